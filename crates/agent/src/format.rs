@@ -1,0 +1,109 @@
+//! Turns a batch of chat messages into the one user message the model sees.
+
+use nanoclaw_protocol::ChatMessage;
+
+/// Escapes text for use inside an XML-ish element or attribute value, so message text
+/// cannot forge or close the surrounding tags.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// One `<message …>text</message>` element.
+pub fn format_message(msg: &ChatMessage) -> String {
+    let sender = msg.sender_name.as_deref().unwrap_or(&msg.sender);
+    let mut from = format!("{}:{}", msg.chat.channel, msg.chat.chat_id);
+    if let Some(thread) = &msg.chat.thread {
+        from.push('/');
+        from.push_str(thread);
+    }
+    format!(
+        "<message id=\"{}\" from=\"{}\" sender=\"{}\" time=\"{}\">{}</message>",
+        escape(&msg.id),
+        escape(&from),
+        escape(sender),
+        escape(&msg.time),
+        escape(&msg.text)
+    )
+}
+
+/// The whole batch: a single element for one message, several wrapped in `<messages>`.
+pub fn format_turn(messages: &[ChatMessage]) -> String {
+    if let [only] = messages {
+        return format_message(only);
+    }
+    let mut out = String::from("<messages>\n");
+    for msg in messages {
+        out.push_str(&format_message(msg));
+        out.push('\n');
+    }
+    out.push_str("</messages>");
+    out
+}
+
+/// Cuts `text` to at most `max` chars, marking the cut with `…`.
+pub fn truncate_chars(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nanoclaw_protocol::ChatRef;
+
+    fn msg(id: &str, name: Option<&str>, text: &str) -> ChatMessage {
+        ChatMessage {
+            id: id.into(),
+            sender: "u1".into(),
+            sender_name: name.map(Into::into),
+            time: "2025-01-02T03:04:05Z".into(),
+            chat: ChatRef {
+                channel: "terminal".into(),
+                chat_id: "main".into(),
+                thread: None,
+            },
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn single_message_is_one_element_with_escaped_values() {
+        let m = msg("7", Some("Al \"the\" <b>"), "hi </message><message>&");
+        let out = format_turn(&[m]);
+        assert_eq!(
+            out,
+            "<message id=\"7\" from=\"terminal:main\" sender=\"Al &quot;the&quot; &lt;b&gt;\" \
+             time=\"2025-01-02T03:04:05Z\">hi &lt;/message&gt;&lt;message&gt;&amp;</message>"
+        );
+    }
+
+    #[test]
+    fn several_messages_are_wrapped_and_fall_back_to_sender_id() {
+        let out = format_turn(&[msg("1", None, "a"), msg("2", Some("Bo"), "b")]);
+        assert!(out.starts_with("<messages>\n<message id=\"1\""), "{out}");
+        assert!(out.contains("sender=\"u1\""), "{out}");
+        assert!(out.contains("sender=\"Bo\""), "{out}");
+        assert!(out.ends_with("</message>\n</messages>"), "{out}");
+    }
+
+    #[test]
+    fn truncation_marks_the_cut() {
+        assert_eq!(truncate_chars("abcdef", 4), "abc…");
+        assert_eq!(truncate_chars("abc", 4), "abc");
+    }
+}

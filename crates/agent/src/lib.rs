@@ -1,0 +1,15 @@
+//! The nanoclaw agent runner: lives inside the sandbox, speaks the line protocol with the
+//! host on stdio, reaches the model only through the host relay, and runs tools in its
+//! workspace.
+
+pub mod bridge;
+pub mod compaction;
+pub mod conversation;
+pub mod format;
+pub mod host_link;
+pub mod memory;
+pub mod provider;
+pub mod runner;
+pub mod tools;
+
+pub use runner::{AgentEnv, EnvError, run};

@@ -1,0 +1,48 @@
+//! `nanoclaw-agent`: started by the host inside the sandbox; speaks the protocol on
+//! stdin/stdout. Diagnostics go to stderr only.
+
+use nanoclaw_agent::{AgentEnv, run};
+use nanoclaw_protocol::{AgentMessage, encode_line};
+use std::io::Write;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let filter = std::env::var("NANOCLAW_LOG")
+        .ok()
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    let env = match AgentEnv::from_env() {
+        Ok(env) => env,
+        Err(e) => fatal_exit(&e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fatal_exit(&format!("cannot start the async runtime: {e}")),
+    };
+    let code = runtime.block_on(run(env, tokio::io::stdin(), tokio::io::stdout()));
+    // Exit without dropping the runtime: its stdin reader may sit in a blocking read.
+    std::process::exit(code);
+}
+
+fn fatal_exit(error: &str) -> ! {
+    tracing::error!(%error, "fatal");
+    if let Ok(line) = encode_line(&AgentMessage::Fatal {
+        error: error.to_owned(),
+    }) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&line);
+        let _ = out.flush();
+    }
+    std::process::exit(nanoclaw_agent::runner::EXIT_FATAL);
+}

@@ -1,0 +1,728 @@
+//! The session: handshake, the stdin dispatcher, and the tool loop for each turn.
+
+use std::path::PathBuf;
+
+use chrono::Local;
+use nanoclaw_protocol::{
+    AgentMessage, Hello, HostMessage, LineReader, LogLevel, PROTOCOL_MAJOR, PROTOCOL_MINOR, Ready,
+    ToolActivity, ToolPhase, Turn, TurnFinished, is_compatible,
+};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use crate::bridge::Bridge;
+use crate::compaction;
+use crate::conversation::{Conversation, ConversationStore};
+use crate::format::format_turn;
+use crate::host_link::{HostLink, Outbox};
+use crate::memory::{self, PromptContext};
+use crate::provider::{
+    self, ContentBlock, Message, ModelRequest, Provider, ProviderError, RetryPolicy, Role,
+    ToolSpec, Usage,
+};
+use crate::tools::{ToolContext, ToolRegistry};
+
+/// Model calls per turn before the agent stops and says so.
+pub const MAX_TOOL_ROUNDS: usize = 40;
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Exit codes.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_IO: i32 = 1;
+pub const EXIT_FATAL: i32 = 2;
+
+/// What the host passes in the environment.
+#[derive(Debug, Clone)]
+pub struct AgentEnv {
+    /// `NANOCLAW_MODEL_SOCKET`: Unix socket of the host's model relay.
+    pub model_socket: PathBuf,
+    /// `NANOCLAW_WORKSPACE` (default: the current directory): the group folder.
+    pub workspace: PathBuf,
+    /// `NANOCLAW_GLOBAL_DIR`: the read-only global memory folder, if any.
+    pub global_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("{0} is not set; the host must pass it to the agent")]
+    Missing(&'static str),
+    #[error(
+        "cannot determine the workspace: NANOCLAW_WORKSPACE is not set and the current directory is unknown ({0})"
+    )]
+    NoWorkspace(std::io::Error),
+}
+
+impl AgentEnv {
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_lookup(|k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    }
+
+    /// Builds the environment from `lookup` (for tests and embedding).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<PathBuf>) -> Result<Self, EnvError> {
+        let model_socket =
+            lookup("NANOCLAW_MODEL_SOCKET").ok_or(EnvError::Missing("NANOCLAW_MODEL_SOCKET"))?;
+        let workspace = match lookup("NANOCLAW_WORKSPACE") {
+            Some(w) => w,
+            None => std::env::current_dir().map_err(EnvError::NoWorkspace)?,
+        };
+        Ok(Self {
+            model_socket,
+            workspace,
+            global_dir: lookup("NANOCLAW_GLOBAL_DIR"),
+        })
+    }
+}
+
+/// Runs one agent session over `input`/`output` (stdin/stdout) and returns the exit code.
+/// Every protocol message is written before this returns.
+pub async fn run<R, W>(env: AgentEnv, input: R, output: W) -> i32
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let outbox = Outbox::spawn_writer(output);
+    let code = session(env, input, &outbox).await;
+    outbox.flush().await;
+    code
+}
+
+fn fatal(outbox: &Outbox, error: String) -> i32 {
+    tracing::error!(%error, "fatal");
+    outbox.send(AgentMessage::Fatal { error });
+    EXIT_FATAL
+}
+
+fn message_kind(msg: &HostMessage) -> String {
+    serde_json::to_value(msg)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn session<R>(env: AgentEnv, input: R, outbox: &Outbox) -> i32
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let mut reader = LineReader::new(BufReader::new(input));
+    let hello = loop {
+        match reader.next::<HostMessage>().await {
+            Ok(Some(HostMessage::Hello(h))) => break h,
+            Ok(Some(other)) => {
+                return fatal(
+                    outbox,
+                    format!(
+                        "expected a hello message first, got `{}`",
+                        message_kind(&other)
+                    ),
+                );
+            }
+            Ok(None) => {
+                tracing::error!("the host closed stdin before the handshake");
+                return EXIT_IO;
+            }
+            Err(e) if e.is_recoverable() => {
+                outbox.log(
+                    LogLevel::Warn,
+                    format!("skipped a malformed line from the host: {e}"),
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the handshake failed");
+                return EXIT_IO;
+            }
+        }
+    };
+
+    if !is_compatible(hello.protocol_major) {
+        return fatal(
+            outbox,
+            format!(
+                "protocol version mismatch: the host speaks {}.{}, this agent (version \
+                 {AGENT_VERSION}) speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}; use an agent built \
+                 with the same nanoclaw version as the host",
+                hello.protocol_major, hello.protocol_minor
+            ),
+        );
+    }
+    let bridge = match Bridge::start(&env.model_socket).await {
+        Ok(b) => b,
+        Err(e) => {
+            return fatal(
+                outbox,
+                format!("cannot open the loopback bridge to the model relay: {e}"),
+            );
+        }
+    };
+    let Some(provider) = provider::provider_for(
+        &hello.model.provider,
+        &bridge.base_url(),
+        RetryPolicy::default(),
+    ) else {
+        let known: Vec<&str> = provider::provider_names().collect();
+        return fatal(
+            outbox,
+            format!(
+                "unknown model provider `{}`; known providers: {}",
+                hello.model.provider,
+                known.join(", ")
+            ),
+        );
+    };
+    outbox.send(AgentMessage::Ready(Ready {
+        protocol_major: PROTOCOL_MAJOR,
+        protocol_minor: PROTOCOL_MINOR,
+        agent_version: AGENT_VERSION.into(),
+    }));
+    tracing::info!(
+        session = %hello.session_id,
+        group = %hello.group.folder,
+        provider = %hello.model.provider,
+        model = %hello.model.model,
+        "agent ready"
+    );
+
+    let host = HostLink::new(outbox.clone());
+    let (turn_tx, mut turns) = mpsc::unbounded_channel();
+    let (shutdown_tx, mut shutdown) = watch::channel(false);
+    // Kept here so the watch stays open after stdin ends: EOF still answers queued turns.
+    let _shutdown_keep = shutdown_tx.clone();
+    tokio::spawn(read_loop(reader, turn_tx, shutdown_tx, host.clone()));
+
+    let mut agent = Agent::new(provider, hello, env, host);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            next = turns.recv() => match next {
+                Some(turn) => agent.run_turn(turn).await,
+                None => {
+                    tracing::info!("the host closed stdin; exiting");
+                    break;
+                }
+            },
+        }
+    }
+    let mut dropped = 0;
+    while turns.try_recv().is_ok() {
+        dropped += 1;
+    }
+    if dropped > 0 {
+        outbox.log(
+            LogLevel::Info,
+            format!("shutting down with {dropped} queued turn(s) not started"),
+        );
+    }
+    drop(bridge);
+    EXIT_OK
+}
+
+async fn read_loop<R>(
+    mut reader: LineReader<BufReader<R>>,
+    turns: mpsc::UnboundedSender<Turn>,
+    shutdown: watch::Sender<bool>,
+    host: HostLink,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let outbox = host.outbox().clone();
+    loop {
+        match reader.next::<HostMessage>().await {
+            Ok(Some(HostMessage::Turn(turn))) => {
+                if turns.send(turn).is_err() {
+                    break;
+                }
+            }
+            Ok(Some(HostMessage::RequestResult(result))) => {
+                let id = result.request_id.clone();
+                if !host.resolve(result) {
+                    outbox.log(
+                        LogLevel::Warn,
+                        format!("ignored a result for request `{id}`, which is not waiting"),
+                    );
+                }
+            }
+            Ok(Some(HostMessage::Shutdown)) => {
+                shutdown.send_replace(true);
+            }
+            Ok(Some(HostMessage::Hello(_))) => {
+                outbox.log(LogLevel::Warn, "ignored a second hello from the host");
+            }
+            Ok(None) => break,
+            Err(e) if e.is_recoverable() => {
+                outbox.log(
+                    LogLevel::Warn,
+                    format!("skipped a malformed line from the host: {e}"),
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading from the host failed");
+                break;
+            }
+        }
+    }
+    // Requests still waiting can never be answered now.
+    host.close();
+}
+
+/// The conversation with the model and everything a turn needs.
+pub struct Agent {
+    provider: Box<dyn Provider>,
+    tools: ToolRegistry,
+    hello: Hello,
+    env: AgentEnv,
+    host: HostLink,
+    store: ConversationStore,
+    conversation: Conversation,
+}
+
+impl Agent {
+    /// Loads the saved conversation of `hello.session_id`, if any.
+    pub fn new(provider: Box<dyn Provider>, hello: Hello, env: AgentEnv, host: HostLink) -> Self {
+        let store = ConversationStore::new(&env.workspace, &hello.session_id);
+        let (conversation, note) = store.load();
+        if let Some(note) = note {
+            host.outbox().log(LogLevel::Warn, note);
+        } else if !conversation.messages.is_empty() {
+            tracing::info!(
+                messages = conversation.messages.len(),
+                "resuming the saved conversation"
+            );
+        }
+        Self {
+            provider,
+            tools: ToolRegistry::default(),
+            hello,
+            env,
+            host,
+            store,
+            conversation,
+        }
+    }
+
+    pub fn conversation(&self) -> &Conversation {
+        &self.conversation
+    }
+
+    fn out(&self) -> &Outbox {
+        self.host.outbox()
+    }
+
+    /// Answers one turn: `TurnFinished` or `TurnFailed` (history rolled back) is sent.
+    pub async fn run_turn(&mut self, turn: Turn) {
+        let before = self.conversation.clone();
+        let turn_id = turn.turn_id.clone();
+        tracing::info!(turn = %turn_id, messages = turn.messages.len(), "turn started");
+        match self.turn_loop(&turn).await {
+            Ok((reply, usage)) => {
+                if let Err(e) = self.store.save(&self.conversation) {
+                    self.out().log(LogLevel::Warn, e.to_string());
+                }
+                self.out().send(AgentMessage::TurnFinished(TurnFinished {
+                    turn_id,
+                    reply,
+                    usage,
+                }));
+            }
+            Err(e) => {
+                // Roll back so a retry of this turn does not see it twice.
+                self.conversation = before;
+                tracing::warn!(turn = %turn_id, error = %e, "turn failed");
+                self.out().send(AgentMessage::TurnFailed {
+                    turn_id,
+                    error: format!("the model request failed: {e}"),
+                    retryable: e.is_retryable(),
+                });
+            }
+        }
+    }
+
+    fn system_prompt(&self) -> String {
+        memory::system_prompt(&PromptContext {
+            hello: &self.hello,
+            workspace: &self.env.workspace,
+            global_dir: self.env.global_dir.as_deref(),
+            now: Local::now(),
+        })
+    }
+
+    async fn turn_loop(&mut self, turn: &Turn) -> Result<(String, Usage), ProviderError> {
+        self.conversation
+            .push_user_text(format_turn(&turn.messages));
+        // Re-read every turn so memory edits apply at once.
+        let system = self.system_prompt();
+        let specs = self.tools.specs();
+        let mut usage = Usage::default();
+        let ctx = ToolContext {
+            workspace: self.env.workspace.clone(),
+            turn_id: turn.turn_id.clone(),
+            host: self.host.clone(),
+        };
+
+        for _ in 0..MAX_TOOL_ROUNDS {
+            self.maybe_compact(&system, &specs, &mut usage).await;
+            let request = ModelRequest {
+                model: self.hello.model.model.clone(),
+                system: system.clone(),
+                messages: self.conversation.messages.clone(),
+                tools: specs.clone(),
+                max_tokens: self.hello.model.max_tokens,
+            };
+            let out = self.out().clone();
+            let turn_id = turn.turn_id.clone();
+            let mut on_text = move |text: &str| {
+                if !text.is_empty() {
+                    out.send(AgentMessage::TextDelta {
+                        turn_id: turn_id.clone(),
+                        text: text.to_owned(),
+                    });
+                }
+            };
+            let response = self.provider.complete(&request, &mut on_text).await?;
+            usage.add(&response.usage);
+            let u = &response.usage;
+            self.conversation.last_input_tokens =
+                Some(u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens);
+
+            let reply: String = response
+                .content
+                .iter()
+                .filter_map(|b| match b {
+                    ContentBlock::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let calls: Vec<(String, String, serde_json::Value)> = response
+                .content
+                .iter()
+                .filter_map(|b| match b {
+                    ContentBlock::ToolUse { id, name, input } => {
+                        Some((id.clone(), name.clone(), input.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            // APIs reject empty text blocks and empty assistant messages.
+            let mut content: Vec<ContentBlock> = response
+                .content
+                .into_iter()
+                .filter(|b| !matches!(b, ContentBlock::Text { text } if text.is_empty()))
+                .collect();
+            if content.is_empty() {
+                content.push(ContentBlock::Text {
+                    text: "(no reply)".into(),
+                });
+            }
+            self.conversation.messages.push(Message {
+                role: Role::Assistant,
+                content,
+            });
+            if calls.is_empty() {
+                return Ok((reply, usage));
+            }
+
+            let mut results = Vec::with_capacity(calls.len());
+            for (id, name, input) in calls {
+                let summary = self.tools.summary(&name, &input);
+                self.activity(&turn.turn_id, &name, ToolPhase::Started, &summary);
+                let output = self.tools.run(&name, input, &ctx).await;
+                let phase = if output.is_error {
+                    ToolPhase::Failed
+                } else {
+                    ToolPhase::Finished
+                };
+                self.activity(&turn.turn_id, &name, phase, &summary);
+                results.push(ContentBlock::ToolResult {
+                    tool_use_id: id,
+                    content: output.content,
+                    is_error: output.is_error,
+                });
+            }
+            self.conversation.messages.push(Message {
+                role: Role::User,
+                content: results,
+            });
+        }
+
+        let note = format!(
+            "I stopped after {MAX_TOOL_ROUNDS} rounds of tool use without finishing. Tell me to \
+             continue if I should keep going."
+        );
+        self.out().send(AgentMessage::TextDelta {
+            turn_id: turn.turn_id.clone(),
+            text: note.clone(),
+        });
+        self.conversation
+            .messages
+            .push(Message::assistant_text(note.clone()));
+        Ok((note, usage))
+    }
+
+    fn activity(&self, turn_id: &str, tool: &str, phase: ToolPhase, summary: &str) {
+        self.out().send(AgentMessage::ToolActivity(ToolActivity {
+            turn_id: turn_id.to_owned(),
+            tool: tool.to_owned(),
+            phase,
+            summary: summary.to_owned(),
+        }));
+    }
+
+    async fn maybe_compact(&mut self, system: &str, specs: &[ToolSpec], usage: &mut Usage) {
+        let window = self.hello.model.context_window;
+        let estimate = compaction::estimate_prompt_tokens(
+            self.conversation.last_input_tokens,
+            system,
+            &self.conversation.messages,
+            specs,
+        );
+        if !compaction::needs_compaction(estimate, window) {
+            return;
+        }
+        let result = compaction::compact(
+            self.provider.as_ref(),
+            &self.hello.model.model,
+            self.hello.model.max_tokens,
+            window,
+            &self.conversation.messages,
+        )
+        .await;
+        match result {
+            Ok(Some(done)) => {
+                usage.add(&done.usage);
+                self.conversation.messages = done.messages;
+                self.conversation.last_input_tokens = None;
+                self.out().log(
+                    LogLevel::Info,
+                    format!(
+                        "compacted the conversation: {} older messages summarized (prompt was about {estimate} of {window} tokens)",
+                        done.summarized
+                    ),
+                );
+            }
+            Ok(None) => tracing::debug!(estimate, "prompt is large but nothing can be summarized"),
+            Err(e) => self.out().log(
+                LogLevel::Warn,
+                format!(
+                    "compacting the conversation failed ({e}); continuing with the full history"
+                ),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{ModelResponse, StopReason};
+    use async_trait::async_trait;
+    use nanoclaw_protocol::{ChatMessage, ChatRef, GroupInfo, ModelConfig};
+    use serde_json::json;
+    use std::sync::{Arc, Mutex};
+
+    /// Answers every request with the next scripted response (the last one repeats).
+    struct Fake {
+        replies: Mutex<Vec<Result<ModelResponse, ProviderError>>>,
+        seen: Arc<Mutex<Vec<ModelRequest>>>,
+    }
+
+    #[async_trait]
+    impl Provider for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn complete(
+            &self,
+            request: &ModelRequest,
+            on_text: &mut (dyn for<'t> FnMut(&'t str) + Send),
+        ) -> Result<ModelResponse, ProviderError> {
+            self.seen.lock().unwrap().push(request.clone());
+            let mut replies = self.replies.lock().unwrap();
+            let next = if replies.len() > 1 {
+                replies.remove(0)
+            } else {
+                match &replies[0] {
+                    Ok(r) => Ok(r.clone()),
+                    Err(_) => replies.remove(0),
+                }
+            };
+            if let Ok(r) = &next {
+                for b in &r.content {
+                    if let ContentBlock::Text { text } = b {
+                        on_text(text);
+                    }
+                }
+            }
+            next
+        }
+    }
+
+    fn text(t: &str) -> ModelResponse {
+        ModelResponse {
+            content: vec![ContentBlock::Text { text: t.into() }],
+            stop_reason: StopReason::EndTurn,
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 2,
+                ..Usage::default()
+            },
+        }
+    }
+
+    fn bash_call() -> ModelResponse {
+        ModelResponse {
+            content: vec![ContentBlock::ToolUse {
+                id: "tu".into(),
+                name: "bash".into(),
+                input: json!({"command": "true"}),
+            }],
+            stop_reason: StopReason::ToolUse,
+            usage: Usage::default(),
+        }
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+            session_id: "s".into(),
+            group: GroupInfo {
+                id: "g".into(),
+                name: "G".into(),
+                folder: "g".into(),
+                is_main: false,
+            },
+            model: ModelConfig {
+                provider: "fake".into(),
+                model: "m".into(),
+                max_tokens: 100,
+                context_window: 100_000,
+            },
+            assistant_name: "Andy".into(),
+            timezone: None,
+        }
+    }
+
+    fn turn(id: &str, text: &str) -> Turn {
+        Turn {
+            turn_id: id.into(),
+            messages: vec![ChatMessage {
+                id: "1".into(),
+                sender: "u".into(),
+                sender_name: None,
+                time: "t".into(),
+                chat: ChatRef {
+                    channel: "terminal".into(),
+                    chat_id: "c".into(),
+                    thread: None,
+                },
+                text: text.into(),
+            }],
+        }
+    }
+
+    fn agent(
+        ws: &std::path::Path,
+        replies: Vec<Result<ModelResponse, ProviderError>>,
+    ) -> (
+        Agent,
+        mpsc::UnboundedReceiver<AgentMessage>,
+        Arc<Mutex<Vec<ModelRequest>>>,
+    ) {
+        let (outbox, rx) = Outbox::channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let fake = Fake {
+            replies: Mutex::new(replies),
+            seen: seen.clone(),
+        };
+        let env = AgentEnv {
+            model_socket: ws.join("none.sock"),
+            workspace: ws.to_path_buf(),
+            global_dir: None,
+        };
+        let agent = Agent::new(Box::new(fake), hello(), env, HostLink::new(outbox));
+        (agent, rx, seen)
+    }
+
+    async fn last_message(rx: &mut mpsc::UnboundedReceiver<AgentMessage>) -> AgentMessage {
+        let mut last = None;
+        while let Ok(m) = rx.try_recv() {
+            last = Some(m);
+        }
+        last.unwrap()
+    }
+
+    #[tokio::test]
+    async fn failed_turn_is_rolled_back_and_reported_with_the_api_message() {
+        let ws = tempfile::tempdir().unwrap();
+        let err = ProviderError::Api {
+            provider: "fake",
+            status: 529,
+            kind: "overloaded_error".into(),
+            message: "Overloaded".into(),
+            retryable: true,
+        };
+        let (mut agent, mut rx, _) = agent(ws.path(), vec![Err(err), Ok(text("fine"))]);
+        agent.run_turn(turn("t1", "hello")).await;
+        agent.out().flush().await;
+        match last_message(&mut rx).await {
+            AgentMessage::TurnFailed {
+                error, retryable, ..
+            } => {
+                assert!(error.contains("Overloaded"), "{error}");
+                assert!(retryable);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(agent.conversation().messages.is_empty());
+        agent.run_turn(turn("t2", "again")).await;
+        assert_eq!(agent.conversation().messages.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn tool_loop_is_capped_with_a_clear_message() {
+        let ws = tempfile::tempdir().unwrap();
+        let (mut agent, mut rx, seen) = agent(ws.path(), vec![Ok(bash_call())]);
+        agent.run_turn(turn("t1", "loop forever")).await;
+        agent.out().flush().await;
+        match last_message(&mut rx).await {
+            AgentMessage::TurnFinished(f) => {
+                assert!(f.reply.contains("stopped after 40 rounds"), "{}", f.reply);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.lock().unwrap().len(), MAX_TOOL_ROUNDS);
+        // History still alternates and ends with the assistant's note.
+        let msgs = &agent.conversation().messages;
+        assert_eq!(msgs.last().unwrap().role, Role::Assistant);
+        for pair in msgs.windows(2) {
+            assert_ne!(pair[0].role, pair[1].role);
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_edits_apply_on_the_next_turn() {
+        let ws = tempfile::tempdir().unwrap();
+        let (mut agent, _rx, seen) = agent(ws.path(), vec![Ok(text("ok"))]);
+        agent.run_turn(turn("t1", "a")).await;
+        std::fs::write(ws.path().join("AGENTS.md"), "User likes tea.").unwrap();
+        agent.run_turn(turn("t2", "b")).await;
+        let seen = seen.lock().unwrap();
+        assert!(!seen[0].system.contains("User likes tea."));
+        assert!(seen[1].system.contains("User likes tea."));
+    }
+
+    #[test]
+    fn env_requires_the_model_socket() {
+        let err = AgentEnv::from_lookup(|_| None).unwrap_err();
+        assert!(err.to_string().contains("NANOCLAW_MODEL_SOCKET"));
+        let env = AgentEnv::from_lookup(|k| Some(PathBuf::from(format!("/x/{k}")))).unwrap();
+        assert_eq!(env.workspace, PathBuf::from("/x/NANOCLAW_WORKSPACE"));
+    }
+}

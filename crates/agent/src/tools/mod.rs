@@ -1,0 +1,264 @@
+//! The tools the model can call, one per file, registered in [`all_tools`].
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::format::truncate_chars;
+use crate::host_link::HostLink;
+use crate::provider::ToolSpec;
+
+mod bash;
+mod edit_file;
+mod glob;
+mod grep;
+mod read_file;
+mod send_message;
+mod write_file;
+
+pub use bash::BashTool;
+pub use edit_file::EditFileTool;
+pub use glob::GlobTool;
+pub use grep::GrepTool;
+pub use read_file::ReadFileTool;
+pub use send_message::SendMessageTool;
+pub use write_file::WriteFileTool;
+
+/// What a tool returns to the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOutput {
+    pub content: String,
+    pub is_error: bool,
+}
+
+impl ToolOutput {
+    pub fn ok(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            is_error: false,
+        }
+    }
+
+    pub fn error(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            is_error: true,
+        }
+    }
+}
+
+/// What a tool may use while it runs.
+#[derive(Clone)]
+pub struct ToolContext {
+    /// The group folder; relative paths resolve against it.
+    pub workspace: PathBuf,
+    /// The turn being answered (requests to the host carry it).
+    pub turn_id: String,
+    pub host: HostLink,
+}
+
+impl ToolContext {
+    /// `path` as given by the model, relative ones taken from the workspace.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.workspace.join(p)
+        }
+    }
+
+    /// How to show `path` to the model: relative to the workspace when inside it.
+    pub fn display(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.workspace) {
+            Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+            _ => path.display().to_string(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Tool: Send + Sync {
+    fn spec(&self) -> ToolSpec;
+
+    /// One line for humans about this call (e.g. the command bash runs).
+    fn summary(&self, input: &Value) -> String {
+        truncate_chars(&input.to_string(), SUMMARY_CHARS)
+    }
+
+    /// Runs the tool. Bad input and failures come back as an error output, never a panic.
+    async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput;
+}
+
+/// Longest ToolActivity summary.
+pub const SUMMARY_CHARS: usize = 120;
+
+/// Every tool the agent offers.
+pub fn all_tools() -> Vec<Box<dyn Tool>> {
+    vec![
+        Box::new(BashTool),
+        Box::new(ReadFileTool),
+        Box::new(WriteFileTool),
+        Box::new(EditFileTool),
+        Box::new(GlobTool),
+        Box::new(GrepTool),
+        Box::new(SendMessageTool),
+    ]
+}
+
+/// The registered tools, looked up by name.
+pub struct ToolRegistry {
+    tools: Vec<Box<dyn Tool>>,
+}
+
+impl Default for ToolRegistry {
+    fn default() -> Self {
+        Self::new(all_tools())
+    }
+}
+
+impl ToolRegistry {
+    pub fn new(tools: Vec<Box<dyn Tool>>) -> Self {
+        Self { tools }
+    }
+
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.iter().map(|t| t.spec()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&dyn Tool> {
+        self.tools
+            .iter()
+            .find(|t| t.spec().name == name)
+            .map(|t| t.as_ref())
+    }
+
+    pub fn summary(&self, name: &str, input: &Value) -> String {
+        match self.get(name) {
+            Some(tool) => tool.summary(input),
+            None => truncate_chars(&input.to_string(), SUMMARY_CHARS),
+        }
+    }
+
+    /// Runs tool `name`; an unknown name is an error for the model to read.
+    pub async fn run(&self, name: &str, input: Value, ctx: &ToolContext) -> ToolOutput {
+        match self.get(name) {
+            Some(tool) => tool.run(input, ctx).await,
+            None => {
+                let known: Vec<String> = self.tools.iter().map(|t| t.spec().name).collect();
+                ToolOutput::error(format!(
+                    "unknown tool `{name}`; available tools: {}",
+                    known.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// Parses a tool's input object, turning a bad shape into a message the model can act on.
+pub(crate) fn parse_input<T: DeserializeOwned>(tool: &str, input: Value) -> Result<T, ToolOutput> {
+    serde_json::from_value(input)
+        .map_err(|e| ToolOutput::error(format!("invalid input for {tool}: {e}")))
+}
+
+/// The string field `field` of `input`, for summaries.
+pub(crate) fn str_field<'a>(input: &'a Value, field: &str) -> &'a str {
+    input.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Runs blocking filesystem work off the async threads.
+pub(crate) async fn blocking<F>(f: F) -> ToolOutput
+where
+    F: FnOnce() -> ToolOutput + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| ToolOutput::error(format!("the tool stopped unexpectedly: {e}")))
+}
+
+/// Keeps the first and last parts of `text` when it is longer than `max` chars, saying
+/// how much was cut.
+pub(crate) fn cap_head_tail(text: &str, max: usize) -> String {
+    let total = text.chars().count();
+    if total <= max {
+        return text.to_owned();
+    }
+    let head_n = max / 2;
+    let tail_n = max - head_n;
+    let head: String = text.chars().take(head_n).collect();
+    let tail: String = text.chars().skip(total - tail_n).collect();
+    format!(
+        "{head}\n\n[… {} characters cut …]\n\n{tail}",
+        total - head_n - tail_n
+    )
+}
+
+/// Whether the start of a file looks binary (contains NUL bytes).
+pub(crate) fn looks_binary(bytes: &[u8]) -> bool {
+    bytes.iter().take(8192).any(|&b| b == 0)
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+    use crate::host_link::Outbox;
+    use nanoclaw_protocol::AgentMessage;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    pub fn ctx(dir: &Path) -> (ToolContext, UnboundedReceiver<AgentMessage>) {
+        let (outbox, rx) = Outbox::channel();
+        (
+            ToolContext {
+                workspace: dir.to_path_buf(),
+                turn_id: "t1".into(),
+                host: HostLink::new(outbox),
+            },
+            rx,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tool_names_are_unique_and_schemas_are_objects() {
+        let reg = ToolRegistry::default();
+        let mut names: Vec<String> = reg.specs().into_iter().map(|s| s.name).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        for spec in reg.specs() {
+            assert_eq!(spec.input_schema["type"], "object", "{}", spec.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_tool_and_bad_input_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _rx) = test_util::ctx(dir.path());
+        let reg = ToolRegistry::default();
+        let out = reg.run("nope", json!({}), &ctx).await;
+        assert!(out.is_error && out.content.contains("bash"), "{out:?}");
+        for spec in reg.specs() {
+            for bad in [json!({}), json!("str"), json!({"path": 5, "command": [1]})] {
+                let out = reg.run(&spec.name, bad, &ctx).await;
+                assert!(out.is_error, "{} accepted bad input: {out:?}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn head_tail_cap_says_how_much_was_cut() {
+        let text = format!("{}{}", "a".repeat(100), "b".repeat(100));
+        let out = cap_head_tail(&text, 20);
+        assert!(out.starts_with("aaaaaaaaaa\n"));
+        assert!(out.ends_with("\nbbbbbbbbbb"));
+        assert!(out.contains("180 characters cut"), "{out}");
+    }
+}

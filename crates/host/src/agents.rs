@@ -1,0 +1,499 @@
+//! Agent lifecycle: spawning sandboxed agents, the handshake, the idle pool and the cap on
+//! concurrent agents.
+//!
+//! One live agent per session. A worker takes the session's agent out of the pool for a
+//! turn and puts it back afterwards; an agent left idle longer than the idle timeout is
+//! stopped. At most `max_concurrent` agents live at once: a new one first evicts the
+//! longest-idle agent, else waits for a slot (the queue).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use nanoclaw_protocol::{
+    AgentMessage, GroupInfo, Hello, HostMessage, LineReader, LineWriter, ModelConfig,
+    PROTOCOL_MAJOR, PROTOCOL_MINOR,
+};
+use nanoclaw_sandbox::{Mount, Runtime, SandboxSpec};
+use nanoclaw_store::{Group, Session};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::config::{Config, Paths, create_private_dir};
+use crate::relay::{Relay, RelayHandle};
+
+/// Where things appear inside every sandbox.
+pub const SANDBOX_WORKSPACE: &str = "/workspace/group";
+pub const SANDBOX_GLOBAL: &str = "/workspace/global";
+pub const SANDBOX_RUN: &str = "/run/nanoclaw";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Seeded into a new group's folder; the agent keeps its memory here.
+const GROUP_MEMORY_TEMPLATE: &str = "# Memory\n\nNotes this group's assistant keeps for itself: \
+people, preferences, ongoing work. The assistant may edit this file.\n";
+/// Seeded into the global memory folder; read-only to every agent.
+const GLOBAL_MEMORY_TEMPLATE: &str = "# Standing instructions\n\nInstructions every agent \
+group follows. Only the owner edits this file (agents see it read-only).\n\n- Be concise.\n";
+
+/// What an agent process told the host, or that it is gone.
+#[derive(Debug)]
+pub enum AgentEvent {
+    Message(AgentMessage),
+    Exited(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("no sandbox runtime is available, so no agent can run: {0}")]
+    NoRuntime(String),
+    #[error("preparing the sandbox failed: {0}")]
+    Prepare(String),
+    #[error(transparent)]
+    Sandbox(#[from] nanoclaw_sandbox::SandboxError),
+    #[error("the agent did not complete the handshake: {0}")]
+    Handshake(String),
+}
+
+impl SpawnError {
+    /// Whether trying again later could help (a missing runtime will not fix itself).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SpawnError::NoRuntime(_))
+    }
+}
+
+/// A running, handshaken agent.
+pub struct LiveAgent {
+    pub session_id: String,
+    pub sandbox_name: String,
+    writer: LineWriter<ChildStdin>,
+    events: mpsc::Receiver<AgentEvent>,
+    child: Child,
+    cleanup: Option<Box<dyn FnOnce() + Send>>,
+    _relay: RelayHandle,
+    _permit: OwnedSemaphorePermit,
+    run_dir: PathBuf,
+}
+
+impl LiveAgent {
+    pub async fn send(&mut self, msg: &HostMessage) -> Result<(), nanoclaw_protocol::WriteError> {
+        self.writer.send(msg).await
+    }
+
+    /// The next event; `Exited` once the process is gone.
+    pub async fn next_event(&mut self) -> AgentEvent {
+        self.events
+            .recv()
+            .await
+            .unwrap_or_else(|| AgentEvent::Exited("agent output closed".into()))
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Asks the agent to exit, then kills it if it does not.
+    pub async fn stop(mut self) {
+        let _ = self.writer.send(&HostMessage::Shutdown).await;
+        if tokio::time::timeout(Duration::from_secs(2), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        self.finish();
+    }
+
+    /// Kills the agent at once.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup();
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+impl Drop for LiveAgent {
+    fn drop(&mut self) {
+        // kill_on_drop stops the process; the runtime's cleanup must still run.
+        self.finish();
+    }
+}
+
+struct IdleAgent {
+    agent: LiveAgent,
+    since: Instant,
+    generation: u64,
+}
+
+pub struct AgentPool {
+    runtime: Result<Arc<dyn Runtime>, String>,
+    relay: Arc<Relay>,
+    paths: Paths,
+    config: Config,
+    agent_binary: Result<PathBuf, String>,
+    idle: Mutex<HashMap<String, IdleAgent>>,
+    slots: Arc<Semaphore>,
+    generation: std::sync::atomic::AtomicU64,
+    me: Weak<AgentPool>,
+}
+
+impl AgentPool {
+    pub fn new(
+        runtime: Result<Arc<dyn Runtime>, String>,
+        relay: Arc<Relay>,
+        paths: Paths,
+        config: Config,
+        agent_binary: Result<PathBuf, String>,
+    ) -> Arc<AgentPool> {
+        let slots = Arc::new(Semaphore::new(config.agents.max_concurrent));
+        Arc::new_cyclic(|me| AgentPool {
+            runtime,
+            relay,
+            paths,
+            config,
+            agent_binary,
+            idle: Mutex::new(HashMap::new()),
+            slots,
+            generation: std::sync::atomic::AtomicU64::new(0),
+            me: me.clone(),
+        })
+    }
+
+    pub fn runtime_name(&self) -> Option<&'static str> {
+        self.runtime.as_ref().ok().map(|r| r.name())
+    }
+
+    /// The session's live agent, spawning one if needed (possibly waiting for a slot).
+    pub async fn acquire(&self, session: &Session, group: &Group) -> Result<LiveAgent, SpawnError> {
+        if let Some(mut idle) = self.idle.lock().await.remove(&session.id) {
+            if idle.agent.is_alive() {
+                return Ok(idle.agent);
+            }
+            idle.agent.kill().await;
+        }
+        let runtime = match &self.runtime {
+            Ok(r) => Arc::clone(r),
+            Err(why) => return Err(SpawnError::NoRuntime(why.clone())),
+        };
+        let permit = self.take_slot().await;
+        self.spawn(runtime.as_ref(), session, group, permit).await
+    }
+
+    /// Returns an agent after a turn; it stays warm until the idle timeout.
+    pub async fn release(&self, mut agent: LiveAgent) {
+        if !agent.is_alive() {
+            agent.kill().await;
+            return;
+        }
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session_id = agent.session_id.clone();
+        let replaced = self.idle.lock().await.insert(
+            session_id.clone(),
+            IdleAgent {
+                agent,
+                since: Instant::now(),
+                generation,
+            },
+        );
+        if let Some(old) = replaced {
+            old.agent.kill().await;
+        }
+        let pool = self.me.clone();
+        let idle_timeout = self.config.agents.idle_timeout();
+        tokio::spawn(async move {
+            tokio::time::sleep(idle_timeout).await;
+            if let Some(pool) = pool.upgrade() {
+                pool.expire(&session_id, generation).await;
+            }
+        });
+    }
+
+    async fn expire(&self, session_id: &str, generation: u64) {
+        let mut idle = self.idle.lock().await;
+        if idle.get(session_id).map(|a| a.generation) == Some(generation) {
+            if let Some(entry) = idle.remove(session_id) {
+                drop(idle);
+                tracing::info!(session = session_id, "stopping idle agent");
+                entry.agent.stop().await;
+            }
+        }
+    }
+
+    /// Number of agents waiting idle.
+    pub async fn idle_count(&self) -> usize {
+        self.idle.lock().await.len()
+    }
+
+    /// Stops every idle agent (shutdown).
+    pub async fn stop_all(&self) {
+        let agents: Vec<_> = self.idle.lock().await.drain().map(|(_, a)| a.agent).collect();
+        for agent in agents {
+            agent.stop().await;
+        }
+    }
+
+    async fn take_slot(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+                return permit;
+            }
+            // Full: make room by stopping the agent that has been idle longest.
+            let oldest = {
+                let mut idle = self.idle.lock().await;
+                let key = idle
+                    .iter()
+                    .min_by_key(|(_, a)| a.since)
+                    .map(|(k, _)| k.clone());
+                key.and_then(|k| idle.remove(&k))
+            };
+            match oldest {
+                Some(entry) => {
+                    tracing::info!(session = %entry.agent.session_id, "evicting idle agent to make room");
+                    entry.agent.stop().await;
+                }
+                None => {
+                    // Every slot is busy with a turn: queue for the next free one.
+                    tracing::info!("agent cap reached; waiting for a free slot");
+                    if let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await {
+                        return permit;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn spawn(
+        &self,
+        runtime: &dyn Runtime,
+        session: &Session,
+        group: &Group,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<LiveAgent, SpawnError> {
+        let agent_binary = self
+            .agent_binary
+            .as_ref()
+            .map_err(|e| SpawnError::Prepare(e.clone()))?
+            .clone();
+        let sandbox_name = format!(
+            "nc-{}-{}",
+            group.folder,
+            crate::random_suffix(8).to_ascii_lowercase()
+        );
+        let group_dir = self.paths.group_dir(&group.folder);
+        let global_dir = self.paths.global_dir();
+        let run_dir = self.paths.sandbox_run_dir(&sandbox_name);
+        prepare_dirs(&group_dir, &global_dir, &run_dir)
+            .map_err(|e| SpawnError::Prepare(e.to_string()))?;
+        let relay = self
+            .relay
+            .serve(&run_dir.join("model.sock"), &sandbox_name)
+            .map_err(|e| SpawnError::Prepare(format!("model relay socket: {e}")))?;
+
+        let timezone = crate::host_timezone(&self.config);
+        let mut env = BTreeMap::new();
+        env.insert("HOME".into(), SANDBOX_WORKSPACE.into());
+        env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        env.insert("TZ".into(), timezone.clone());
+        env.insert(
+            "NANOCLAW_MODEL_SOCKET".into(),
+            format!("{SANDBOX_RUN}/model.sock"),
+        );
+        env.insert("NANOCLAW_WORKSPACE".into(), SANDBOX_WORKSPACE.into());
+        env.insert("NANOCLAW_GLOBAL_DIR".into(), SANDBOX_GLOBAL.into());
+        if let Ok(level) = std::env::var("NANOCLAW_AGENT_LOG") {
+            env.insert("NANOCLAW_LOG".into(), level);
+        }
+        let spec = SandboxSpec {
+            name: sandbox_name.clone(),
+            agent_binary,
+            args: Vec::new(),
+            mounts: vec![
+                Mount {
+                    host_path: group_dir,
+                    sandbox_path: SANDBOX_WORKSPACE.into(),
+                    writable: true,
+                },
+                Mount {
+                    host_path: global_dir,
+                    sandbox_path: SANDBOX_GLOBAL.into(),
+                    writable: false,
+                },
+                Mount {
+                    host_path: run_dir.clone(),
+                    sandbox_path: SANDBOX_RUN.into(),
+                    writable: true,
+                },
+            ],
+            env,
+            workdir: SANDBOX_WORKSPACE.into(),
+            limits: self.config.agents.limits.to_limits(),
+        };
+        let started = Instant::now();
+        let process = runtime.spawn(&spec).await?;
+        let nanoclaw_sandbox::SandboxProcess {
+            stdin,
+            stdout,
+            stderr,
+            child,
+            cleanup,
+        } = process;
+
+        let (tx, rx) = mpsc::channel(256);
+        spawn_stdout_reader(stdout, tx, sandbox_name.clone());
+        spawn_stderr_logger(stderr, sandbox_name.clone());
+
+        let mut agent = LiveAgent {
+            session_id: session.id.clone(),
+            sandbox_name: sandbox_name.clone(),
+            writer: LineWriter::new(stdin),
+            events: rx,
+            child,
+            cleanup,
+            _relay: relay,
+            _permit: permit,
+            run_dir,
+        };
+        let hello = HostMessage::Hello(Hello {
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+            session_id: session.id.clone(),
+            group: GroupInfo {
+                id: group.id.clone(),
+                name: group.name.clone(),
+                folder: group.folder.clone(),
+                is_main: group.is_main,
+            },
+            model: ModelConfig {
+                provider: group
+                    .provider
+                    .clone()
+                    .unwrap_or_else(|| self.config.model.provider.clone()),
+                model: group
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| self.config.model.model.clone()),
+                max_tokens: self.config.model.max_tokens,
+                context_window: self.config.model.context_window,
+            },
+            assistant_name: self.config.assistant_name.clone(),
+            timezone: Some(timezone),
+        });
+        if let Err(e) = agent.send(&hello).await {
+            agent.kill().await;
+            return Err(SpawnError::Handshake(format!("sending hello: {e}")));
+        }
+        let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, agent.next_event()).await;
+        match answer {
+            Ok(AgentEvent::Message(AgentMessage::Ready(ready))) => {
+                if ready.protocol_major != PROTOCOL_MAJOR {
+                    agent.kill().await;
+                    return Err(SpawnError::Handshake(format!(
+                        "agent speaks protocol {}.{}, host speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}; rebuild nanoclaw-agent from the same release",
+                        ready.protocol_major, ready.protocol_minor
+                    )));
+                }
+                tracing::info!(
+                    sandbox = %sandbox_name,
+                    session = %session.id,
+                    runtime = runtime.name(),
+                    agent_version = %ready.agent_version,
+                    spawn_ms = started.elapsed().as_millis() as u64,
+                    "agent ready"
+                );
+                Ok(agent)
+            }
+            Ok(AgentEvent::Message(AgentMessage::Fatal { error })) => {
+                agent.kill().await;
+                Err(SpawnError::Handshake(error))
+            }
+            Ok(AgentEvent::Message(other)) => {
+                agent.kill().await;
+                Err(SpawnError::Handshake(format!(
+                    "expected ready, got {other:?}"
+                )))
+            }
+            Ok(AgentEvent::Exited(why)) => {
+                agent.kill().await;
+                Err(SpawnError::Handshake(format!("agent exited: {why}")))
+            }
+            Err(_) => {
+                agent.kill().await;
+                Err(SpawnError::Handshake(format!(
+                    "no answer within {}s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+fn prepare_dirs(
+    group_dir: &std::path::Path,
+    global_dir: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> std::io::Result<()> {
+    create_private_dir(group_dir)?;
+    create_private_dir(global_dir)?;
+    create_private_dir(run_dir)?;
+    let group_memory = group_dir.join("AGENTS.md");
+    if !group_memory.exists() && !group_dir.join("CLAUDE.md").exists() {
+        std::fs::write(group_memory, GROUP_MEMORY_TEMPLATE)?;
+    }
+    let global_memory = global_dir.join("AGENTS.md");
+    if !global_memory.exists() && !global_dir.join("CLAUDE.md").exists() {
+        std::fs::write(global_memory, GLOBAL_MEMORY_TEMPLATE)?;
+    }
+    Ok(())
+}
+
+fn spawn_stdout_reader(
+    stdout: tokio::process::ChildStdout,
+    tx: mpsc::Sender<AgentEvent>,
+    sandbox: String,
+) {
+    tokio::spawn(async move {
+        let mut reader = LineReader::new(BufReader::new(stdout));
+        loop {
+            match reader.next::<AgentMessage>().await {
+                Ok(Some(msg)) => {
+                    if tx.send(AgentEvent::Message(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send(AgentEvent::Exited("agent closed its output".into())).await;
+                    return;
+                }
+                Err(e) if e.is_recoverable() => {
+                    // The agent is untrusted: a bad line is logged and skipped.
+                    tracing::warn!(sandbox = %sandbox, error = %e, "rejected a protocol line from the agent");
+                }
+                Err(e) => {
+                    let _ = tx.send(AgentEvent::Exited(e.to_string())).await;
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn spawn_stderr_logger(stderr: tokio::process::ChildStderr, sandbox: String) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let line: String = line.chars().take(2000).collect();
+            tracing::debug!(sandbox = %sandbox, "agent: {line}");
+        }
+    });
+}

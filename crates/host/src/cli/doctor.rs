@@ -1,0 +1,96 @@
+//! `nanoclaw doctor`: what this machine has and lacks, with fixes.
+
+use std::process::ExitCode;
+
+use nanoclaw_host::config::{Config, Paths};
+use nanoclaw_host::relay::ModelUpstreams;
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
+    let mut checks = Vec::new();
+    let paths = Paths::from_env().map_err(anyhow::Error::msg);
+    let config = match &paths {
+        Ok(p) => Config::load(&p.config_file()),
+        Err(_) => Ok(Config::default()),
+    };
+    checks.push(Check {
+        name: "data directory",
+        ok: paths.is_ok(),
+        detail: match &paths {
+            Ok(p) => p.home.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+    });
+    let config = match config {
+        Ok(c) => {
+            checks.push(Check {
+                name: "config",
+                ok: true,
+                detail: "valid".into(),
+            });
+            c
+        }
+        Err(e) => {
+            checks.push(Check {
+                name: "config",
+                ok: false,
+                detail: e.to_string(),
+            });
+            Config::default()
+        }
+    };
+    let runtime = nanoclaw_host::runtime::select(&config).await;
+    checks.push(Check {
+        name: "sandbox runtime",
+        ok: runtime.is_ok(),
+        detail: match &runtime {
+            Ok(r) => format!("{} works", r.name()),
+            Err(e) => e.clone(),
+        },
+    });
+    let agent = nanoclaw_host::find_agent_binary();
+    checks.push(Check {
+        name: "agent runner",
+        ok: agent.is_ok(),
+        detail: match &agent {
+            Ok(p) => p.display().to_string(),
+            Err(e) => e.clone(),
+        },
+    });
+    let upstreams = ModelUpstreams::from_env();
+    let provider = config.model.provider.clone();
+    checks.push(Check {
+        name: "model credentials",
+        ok: upstreams.has(&provider),
+        detail: if upstreams.has(&provider) {
+            format!("{provider}: configured (the key stays in the host)")
+        } else if provider == "anthropic" {
+            "set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN); try `nanoclaw demo` meanwhile".into()
+        } else {
+            "set OPENAI_API_KEY and/or OPENAI_BASE_URL".into()
+        },
+    });
+    let all_ok = checks.iter().all(|c| c.ok);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": all_ok, "checks": checks})
+        );
+    } else {
+        for c in &checks {
+            println!("{} {:<18} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

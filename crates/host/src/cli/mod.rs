@@ -1,0 +1,56 @@
+//! Command implementations.
+
+pub mod chat;
+pub mod config;
+pub mod demo;
+pub mod doctor;
+pub mod run;
+
+use std::path::Path;
+
+/// Logs to stderr (the daemon) or to `file` (an in-process host behind `chat`).
+/// `NANOCLAW_LOG` sets the filter (default `info`); `NANOCLAW_LOG_FORMAT=json` for JSON.
+pub fn init_logging(file: Option<&Path>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("NANOCLAW_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("NANOCLAW_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let no_color = std::env::var_os("NO_COLOR").is_some();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let writer = file.and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    match (writer, json) {
+        (Some(f), true) => {
+            let _ = builder
+                .json()
+                .with_writer(std::sync::Mutex::new(f))
+                .try_init();
+        }
+        (Some(f), false) => {
+            let _ = builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .try_init();
+        }
+        (None, true) => {
+            let _ = builder.json().with_writer(std::io::stderr).try_init();
+        }
+        (None, false) => {
+            let _ = builder
+                .with_ansi(!no_color)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
+}
+
+/// Whether to use colour on stderr.
+pub fn color() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+}

@@ -1,0 +1,755 @@
+//! The host: wires channels, router, store, agents and delivery together.
+//!
+//! Durability rules: an inbound message is stored before it is acknowledged; a turn's
+//! reply is stored in the same transaction that marks its messages done; delivery marks a
+//! message delivered only once. After a crash, `processing` rows go back to `pending`
+//! and are answered again; replies already stored are not produced twice.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nanoclaw_protocol::{
+    AgentMessage, ChatMessage, ChatRef, HostMessage, RequestAction, RequestResult, ToolPhase, Turn,
+};
+use nanoclaw_sandbox::Runtime;
+use nanoclaw_store::{
+    Chat, Inbound, NewGroup, NewOutbound, OutboundKind, SessionMode, Store, Usage as StoreUsage,
+};
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::agents::{AgentEvent, AgentPool};
+use crate::channel::{
+    Channel, ChannelContext, ChannelError, ChannelEvent, OutgoingMessage, Progress, RouteOutcome,
+};
+use crate::config::{Config, Paths};
+use crate::relay::{ModelUpstreams, Relay};
+use crate::now_ms;
+
+/// Messages batched into one turn at most.
+const MAX_BATCH: usize = 10;
+/// Longest text the agent may send through `send_message`.
+const MAX_AGENT_MESSAGE_BYTES: usize = 64 * 1024;
+/// Delivery attempts before a message is marked failed.
+const MAX_DELIVERY_TRIES: u32 = 5;
+
+pub struct HostOptions {
+    pub paths: Paths,
+    pub config: Config,
+    pub upstreams: ModelUpstreams,
+    /// Use this runtime instead of detecting one (tests, benchmarks).
+    pub runtime: Option<Arc<dyn Runtime>>,
+    /// The agent binary; found automatically when `None`.
+    pub agent_binary: Option<PathBuf>,
+}
+
+impl HostOptions {
+    /// Options from `$NANOCLAW_HOME`, its config file and the environment.
+    pub fn from_env() -> anyhow::Result<HostOptions> {
+        let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
+        let config = Config::load(&paths.config_file())?;
+        Ok(HostOptions {
+            paths,
+            config,
+            upstreams: ModelUpstreams::from_env(),
+            runtime: None,
+            agent_binary: None,
+        })
+    }
+}
+
+/// A running host. Dropping it does not stop it; call [`Host::shutdown`].
+pub struct Host {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    store: Store,
+    config: Config,
+    pool: Arc<AgentPool>,
+    channels: HashMap<String, Arc<dyn Channel>>,
+    /// Sessions with a running worker.
+    workers: Mutex<HashSet<String>>,
+    delivery_wake: Notify,
+    scheduler_wake: Notify,
+    /// Chats whose channel said nobody is listening; skipped until reachable again.
+    parked_chats: Mutex<HashSet<i64>>,
+    runtime_error: Option<String>,
+    _lock: HostLock,
+}
+
+/// One host per data directory: a second would double-answer every message.
+struct HostLock {
+    _file: std::fs::File,
+}
+
+impl HostLock {
+    fn acquire(path: &std::path::Path) -> anyhow::Result<HostLock> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            anyhow::bail!(
+                "another nanoclaw host is already running with this data directory ({}); \
+                 use `nanoclaw chat` to talk to it, or stop it first",
+                path.parent().and_then(|p| p.parent()).unwrap_or(path).display()
+            );
+        }
+        Ok(HostLock { _file: file })
+    }
+}
+
+impl Host {
+    pub async fn start(options: HostOptions) -> anyhow::Result<Host> {
+        let HostOptions {
+            paths,
+            config,
+            upstreams,
+            runtime,
+            agent_binary,
+        } = options;
+        paths
+            .prepare()
+            .with_context(|| format!("preparing the data directory {}", paths.home.display()))?;
+        let lock = HostLock::acquire(&paths.run_dir().join("host.lock"))?;
+        // Sandboxes of a previous run died with it (die-with-parent); drop their sockets.
+        let stale = paths.run_dir().join("sandboxes");
+        let _ = std::fs::remove_dir_all(&stale);
+        crate::config::create_private_dir(&stale)?;
+        let store = Store::open(&paths.database())
+            .with_context(|| format!("opening {}", paths.database().display()))?;
+
+        let recovered = store.recover_interrupted(now_ms()).await?;
+        if recovered > 0 {
+            tracing::warn!(
+                messages = recovered,
+                "resuming messages interrupted by the last shutdown"
+            );
+        }
+        ensure_main_wiring(&store, &config).await?;
+
+        let runtime = match runtime {
+            Some(r) => Ok(r),
+            None => crate::runtime::select(&config).await,
+        };
+        let runtime_error = runtime.as_ref().err().cloned();
+        if let Some(why) = &runtime_error {
+            tracing::error!("no sandbox runtime: agents will not run. {why}");
+        }
+        let agent_binary = match agent_binary {
+            Some(p) => Ok(p),
+            None => crate::find_agent_binary(),
+        };
+        if let Err(why) = &agent_binary {
+            tracing::error!("{why}");
+        }
+        if !upstreams.has(&config.model.provider) {
+            tracing::warn!(
+                provider = %config.model.provider,
+                "no credentials for the configured model provider; agents will report it when asked"
+            );
+        }
+        let relay = Relay::new(upstreams).context("building the model relay's HTTP client")?;
+        let pool = AgentPool::new(
+            runtime,
+            relay,
+            paths.clone(),
+            config.clone(),
+            agent_binary,
+        );
+
+        let channel_list = crate::channel::build_enabled(&ChannelContext {
+            config: &config,
+            paths: &paths,
+        })?;
+        let channels: HashMap<String, Arc<dyn Channel>> = channel_list
+            .iter()
+            .map(|c| (c.name().to_owned(), Arc::clone(c)))
+            .collect();
+
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            pool,
+            channels,
+            workers: Mutex::new(HashSet::new()),
+            delivery_wake: Notify::new(),
+            scheduler_wake: Notify::new(),
+            parked_chats: Mutex::new(HashSet::new()),
+            runtime_error,
+            _lock: lock,
+        });
+
+        let (tx, rx) = mpsc::channel::<ChannelEvent>(1024);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(router_loop(Arc::clone(&inner), rx)));
+        tasks.push(tokio::spawn(delivery_loop(Arc::clone(&inner))));
+        tasks.push(tokio::spawn(scheduler_loop(Arc::clone(&inner))));
+        for channel in channel_list {
+            let name = channel.name();
+            Arc::clone(&channel)
+                .start(tx.clone())
+                .await
+                .with_context(|| format!("starting the {name} channel"))?;
+            tracing::info!(channel = name, "channel started");
+        }
+        Ok(Host { inner, tasks })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The runtime agents run in, or why there is none.
+    pub fn runtime(&self) -> Result<&'static str, String> {
+        match &self.inner.runtime_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.inner.pool.runtime_name().unwrap_or("unknown")),
+        }
+    }
+
+    /// Stops channels, background tasks and idle agents.
+    pub async fn shutdown(self) {
+        for channel in self.inner.channels.values() {
+            channel.stop().await;
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.inner.pool.stop_all().await;
+    }
+}
+
+async fn ensure_main_wiring(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let group = store
+        .ensure_group(NewGroup {
+            name: "Main".into(),
+            folder: "main".into(),
+            trigger: Some(config.trigger.clone()),
+            is_main: true,
+            provider: None,
+            model: None,
+        })
+        .await?;
+    let chat = store
+        .ensure_chat(
+            "terminal",
+            crate::channel::terminal::TERMINAL_CHAT_ID,
+            "Terminal",
+            false,
+        )
+        .await?;
+    // The owner's own chat: every message is for the assistant, no trigger needed.
+    store
+        .wire(chat.id, group.id.clone(), false, SessionMode::Shared)
+        .await?;
+    Ok(())
+}
+
+async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<ChannelEvent>) {
+    while let Some(event) = rx.recv().await {
+        match event {
+            ChannelEvent::Inbound(mut event) => {
+                let ack = event.ack.take();
+                let outcome = match crate::router::route(&inner.store, &event).await {
+                    Ok(routed) => {
+                        for session in routed.sessions {
+                            kick(&inner, session).await;
+                        }
+                        routed.outcome
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, channel = %event.channel, "storing an inbound message failed");
+                        RouteOutcome::Failed(format!("could not store the message: {e}"))
+                    }
+                };
+                tracing::debug!(channel = %event.channel, chat = %event.chat_id, ?outcome, "routed");
+                if let Some(ack) = ack {
+                    let _ = ack.send(outcome);
+                }
+            }
+            ChannelEvent::Reachable { channel, chat_id } => {
+                if let Ok(Some(chat)) = inner.store.chat_by_platform(channel, chat_id).await {
+                    inner.parked_chats.lock().await.remove(&chat.id);
+                }
+                inner.delivery_wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Makes sure a worker is processing `session`.
+async fn kick(inner: &Arc<Inner>, session: String) {
+    let mut workers = inner.workers.lock().await;
+    if workers.insert(session.clone()) {
+        tokio::spawn(session_worker(Arc::clone(inner), session));
+    }
+}
+
+/// Answers the session's due messages, one turn at a time, until none are left.
+async fn session_worker(inner: Arc<Inner>, session_id: String) {
+    loop {
+        let batch = {
+            let mut workers = inner.workers.lock().await;
+            match inner
+                .store
+                .claim_pending(session_id.clone(), now_ms(), MAX_BATCH)
+                .await
+            {
+                Ok(batch) if !batch.is_empty() => batch,
+                Ok(_) => {
+                    workers.remove(&session_id);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(session = %session_id, error = %e, "claiming messages failed");
+                    workers.remove(&session_id);
+                    return;
+                }
+            }
+        };
+        if let Err(e) = run_turn(&inner, &session_id, batch).await {
+            tracing::error!(session = %session_id, error = %e, "turn bookkeeping failed");
+        }
+    }
+}
+
+enum TurnEnd {
+    Finished,
+    Failed { error: String, retryable: bool },
+}
+
+async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> anyhow::Result<()> {
+    let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
+    let first_id = ids.first().copied().unwrap_or_default();
+    let session = inner
+        .store
+        .session(session_id.to_owned())
+        .await?
+        .context("session vanished")?;
+    let group = inner
+        .store
+        .group(session.group_id.clone())
+        .await?
+        .context("agent group vanished")?;
+    let chat = inner
+        .store
+        .chat(session.chat_id)
+        .await?
+        .context("chat vanished")?;
+    let tries = batch.iter().map(|m| m.tries).max().unwrap_or(1);
+    tracing::info!(session = %session_id, group = %group.folder, messages = ids.len(), tries, "turn starting");
+
+    // A message that keeps killing the host (each restart claims it again) must end too.
+    if tries > inner.config.agents.max_tries {
+        return fail_turn(
+            inner,
+            &chat,
+            session_id,
+            &ids,
+            format!("gave up after {} interrupted attempts", tries - 1),
+            false,
+        )
+        .await;
+    }
+
+    let mut agent = match inner.pool.acquire(&session, &group).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            tracing::error!(session = %session_id, error = %e, "could not start the agent");
+            let retryable = e.is_retryable();
+            return fail_turn(inner, &chat, session_id, &ids, e.to_string(), retryable).await;
+        }
+    };
+
+    let turn_id = format!("{session_id}:{first_id}:{tries}");
+    let turn = HostMessage::Turn(Turn {
+        turn_id: turn_id.clone(),
+        messages: batch
+            .iter()
+            .map(|m| ChatMessage {
+                id: m.id.to_string(),
+                sender: m.sender.clone(),
+                sender_name: m.sender_name.clone(),
+                time: chrono::DateTime::from_timestamp_millis(m.received_at)
+                    .unwrap_or_default()
+                    .to_rfc3339(),
+                chat: ChatRef {
+                    channel: chat.channel.clone(),
+                    chat_id: chat.platform_id.clone(),
+                    thread: m.thread.clone(),
+                },
+                text: m.text.clone(),
+            })
+            .collect(),
+    });
+    if let Err(e) = agent.send(&turn).await {
+        agent.kill().await;
+        return fail_turn(inner, &chat, session_id, &ids, format!("the agent stopped: {e}"), true).await;
+    }
+
+    let channel = inner.channels.get(&chat.channel).cloned();
+    let deadline = tokio::time::Instant::now() + inner.config.agents.turn_timeout();
+    let mut sent_messages = 0u32;
+    let end = loop {
+        let event = match tokio::time::timeout_at(deadline, agent.next_event()).await {
+            Ok(event) => event,
+            Err(_) => {
+                break TurnEnd::Failed {
+                    error: format!(
+                        "the turn took longer than {}s and was stopped",
+                        inner.config.agents.turn_timeout_secs
+                    ),
+                    retryable: true,
+                };
+            }
+        };
+        let msg = match event {
+            AgentEvent::Message(msg) => msg,
+            AgentEvent::Exited(why) => {
+                break TurnEnd::Failed {
+                    error: format!("the agent exited mid-turn ({why})"),
+                    retryable: true,
+                };
+            }
+        };
+        match msg {
+            AgentMessage::TextDelta { turn_id: t, text } if t == turn_id => {
+                if let Some(ch) = &channel {
+                    ch.progress(&chat.platform_id, Progress::TextDelta(text)).await;
+                }
+            }
+            AgentMessage::ToolActivity(activity) if activity.turn_id == turn_id => {
+                tracing::info!(session = %session_id, tool = %activity.tool, phase = ?activity.phase, summary = %activity.summary, "tool");
+                if activity.phase == ToolPhase::Started {
+                    if let Some(ch) = &channel {
+                        ch.progress(
+                            &chat.platform_id,
+                            Progress::Tool {
+                                tool: activity.tool,
+                                summary: activity.summary,
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+            AgentMessage::Request(request) => {
+                let result = handle_request(
+                    inner,
+                    session_id,
+                    &chat,
+                    first_id,
+                    &mut sent_messages,
+                    request.action,
+                )
+                .await;
+                let reply = HostMessage::RequestResult(match result {
+                    Ok(data) => RequestResult {
+                        request_id: request.request_id,
+                        ok: true,
+                        error: None,
+                        data,
+                    },
+                    Err(error) => RequestResult {
+                        request_id: request.request_id,
+                        ok: false,
+                        error: Some(error),
+                        data: serde_json::Value::Null,
+                    },
+                });
+                if let Err(e) = agent.send(&reply).await {
+                    break TurnEnd::Failed {
+                        error: format!("the agent stopped: {e}"),
+                        retryable: true,
+                    };
+                }
+            }
+            AgentMessage::TurnFinished(done) if done.turn_id == turn_id => {
+                let mut replies = Vec::new();
+                if !done.reply.trim().is_empty() {
+                    replies.push(NewOutbound {
+                        session_id: Some(session_id.to_owned()),
+                        chat_id: chat.id,
+                        in_reply_to: ids.last().copied(),
+                        idempotency_key: format!("reply:{session_id}:{first_id}"),
+                        text: done.reply,
+                        kind: OutboundKind::Reply,
+                    });
+                }
+                inner.store.complete_turn(ids.clone(), replies, now_ms()).await?;
+                inner
+                    .store
+                    .record_usage(
+                        session_id.to_owned(),
+                        StoreUsage {
+                            input_tokens: done.usage.input_tokens,
+                            output_tokens: done.usage.output_tokens,
+                            cache_read: done.usage.cache_read_input_tokens,
+                            cache_creation: done.usage.cache_creation_input_tokens,
+                        },
+                        now_ms(),
+                    )
+                    .await?;
+                inner.delivery_wake.notify_one();
+                break TurnEnd::Finished;
+            }
+            AgentMessage::TurnFailed {
+                turn_id: t,
+                error,
+                retryable,
+            } if t == turn_id => break TurnEnd::Failed { error, retryable },
+            AgentMessage::Log { level, message } => {
+                let message: String = message.chars().take(2000).collect();
+                match level {
+                    nanoclaw_protocol::LogLevel::Error | nanoclaw_protocol::LogLevel::Warn => {
+                        tracing::warn!(session = %session_id, "agent: {message}")
+                    }
+                    _ => tracing::debug!(session = %session_id, "agent: {message}"),
+                }
+            }
+            AgentMessage::Fatal { error } => {
+                break TurnEnd::Failed {
+                    error: format!("the agent gave up: {error}"),
+                    retryable: false,
+                };
+            }
+            other => {
+                tracing::debug!(session = %session_id, ?other, "ignoring an agent message for another turn");
+            }
+        }
+    };
+    match end {
+        TurnEnd::Finished => {
+            inner.pool.release(agent).await;
+            tracing::info!(session = %session_id, "turn finished");
+            Ok(())
+        }
+        TurnEnd::Failed { error, retryable } => {
+            tracing::warn!(session = %session_id, %error, retryable, "turn failed");
+            // The agent's state is suspect after a failure; start fresh next time.
+            agent.kill().await;
+            fail_turn(inner, &chat, session_id, &ids, error, retryable).await
+        }
+    }
+}
+
+
+/// Checks and performs something the agent asked for. The agent is untrusted: it may only
+/// message the chat its turn came from, within size limits.
+async fn handle_request(
+    inner: &Arc<Inner>,
+    session_id: &str,
+    chat: &Chat,
+    first_id: i64,
+    sent_messages: &mut u32,
+    action: RequestAction,
+) -> Result<serde_json::Value, String> {
+    match action {
+        RequestAction::SendMessage { text } => {
+            if text.trim().is_empty() {
+                return Err("send_message needs non-empty text".into());
+            }
+            if text.len() > MAX_AGENT_MESSAGE_BYTES {
+                return Err(format!(
+                    "message of {} bytes refused; the limit is {MAX_AGENT_MESSAGE_BYTES}",
+                    text.len()
+                ));
+            }
+            *sent_messages += 1;
+            // Keyed by the turn's first message and its position in the turn, so a turn
+            // retried after a crash does not send the same message twice.
+            let key = format!("msg:{session_id}:{first_id}:{sent_messages}");
+            let row = inner
+                .store
+                .insert_outbound(NewOutbound {
+                    session_id: Some(session_id.to_owned()),
+                    chat_id: chat.id,
+                    in_reply_to: Some(first_id),
+                    idempotency_key: key,
+                    text,
+                    kind: OutboundKind::Message,
+                })
+                .await
+                .map_err(|e| format!("could not queue the message: {e}"))?;
+            inner.delivery_wake.notify_one();
+            Ok(serde_json::json!({ "queued": row.is_some() }))
+        }
+    }
+}
+
+async fn fail_turn(
+    inner: &Arc<Inner>,
+    chat: &Chat,
+    session_id: &str,
+    ids: &[i64],
+    error: String,
+    retryable: bool,
+) -> anyhow::Result<()> {
+    let max_tries = if retryable {
+        inner.config.agents.max_tries
+    } else {
+        1
+    };
+    let first_id = ids.first().copied().unwrap_or_default();
+    let notice = NewOutbound {
+        session_id: Some(session_id.to_owned()),
+        chat_id: chat.id,
+        in_reply_to: ids.last().copied(),
+        idempotency_key: format!("error:{session_id}:{first_id}"),
+        text: format!("Sorry, I could not answer that: {error}"),
+        kind: OutboundKind::Error,
+    };
+    let outcome = inner
+        .store
+        .retry_or_fail(
+            ids.to_vec(),
+            error,
+            max_tries,
+            (inner.config.agents.retry_backoff_secs * 1000) as i64,
+            now_ms(),
+            Some(notice),
+        )
+        .await?;
+    if !outcome.retried.is_empty() {
+        tracing::info!(session = %session_id, messages = outcome.retried.len(), "turn will be retried");
+        inner.scheduler_wake.notify_one();
+    }
+    if outcome.notice.is_some() {
+        inner.delivery_wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Sleeps until the next retry is due (no polling), then wakes those sessions.
+async fn scheduler_loop(inner: Arc<Inner>) {
+    loop {
+        let now = now_ms();
+        match inner.store.sessions_with_due_work(now).await {
+            Ok(sessions) => {
+                for s in sessions {
+                    kick(&inner, s).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "finding due work failed"),
+        }
+        let next = inner.store.next_due_time().await.ok().flatten();
+        let notified = inner.scheduler_wake.notified();
+        match next {
+            Some(at) if at > now_ms() => {
+                let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = notified => {}
+                }
+            }
+            Some(_) => {
+                // Due now but claimed by a running worker: wait for news.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+/// Delivers stored outbound messages through their channels.
+async fn delivery_loop(inner: Arc<Inner>) {
+    let mut chats: HashMap<i64, Chat> = HashMap::new();
+    loop {
+        let notified = inner.delivery_wake.notified();
+        let mut retry_soon = false;
+        match inner.store.pending_outbound(200).await {
+            Ok(rows) => {
+                for row in rows {
+                    if inner.parked_chats.lock().await.contains(&row.chat_id) {
+                        continue;
+                    }
+                    let chat = match chats.get(&row.chat_id) {
+                        Some(c) => c.clone(),
+                        None => match inner.store.chat(row.chat_id).await {
+                            Ok(Some(c)) => {
+                                chats.insert(c.id, c.clone());
+                                c
+                            }
+                            _ => continue,
+                        },
+                    };
+                    let Some(channel) = inner.channels.get(&chat.channel) else {
+                        // The channel is not running (disabled in config): keep the message.
+                        inner.parked_chats.lock().await.insert(chat.id);
+                        continue;
+                    };
+                    let reply_to = match row.in_reply_to {
+                        Some(id) => inner
+                            .store
+                            .inbound(id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|m| m.platform_msg_id),
+                        None => None,
+                    };
+                    let message = OutgoingMessage {
+                        outbound_id: row.id,
+                        idempotency_key: row.idempotency_key.clone(),
+                        chat_id: chat.platform_id.clone(),
+                        thread: None,
+                        text: row.text.clone(),
+                        kind: row.kind.as_str().to_owned(),
+                        reply_to,
+                    };
+                    match channel.deliver(&message).await {
+                        Ok(platform_id) => {
+                            if let Err(e) = inner
+                                .store
+                                .mark_delivered(row.id, platform_id, now_ms())
+                                .await
+                            {
+                                tracing::error!(outbound = row.id, error = %e, "recording a delivery failed");
+                            }
+                        }
+                        Err(ChannelError::NotConnected(why)) => {
+                            tracing::debug!(chat = %chat.platform_id, %why, "chat unreachable; message kept");
+                            inner.parked_chats.lock().await.insert(chat.id);
+                        }
+                        Err(e) => {
+                            tracing::warn!(outbound = row.id, error = %e, "delivery failed");
+                            let _ = inner
+                                .store
+                                .mark_delivery_failed(row.id, e.to_string(), MAX_DELIVERY_TRIES)
+                                .await;
+                            retry_soon = true;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbound queue failed");
+                retry_soon = true;
+            }
+        }
+        if retry_soon {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = notified => {}
+            }
+        } else {
+            notified.await;
+        }
+    }
+}

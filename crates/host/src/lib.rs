@@ -1,0 +1,110 @@
+//! The nanoclaw host: one small process that receives chat messages from channels, routes
+//! them to agent groups, stores them durably, runs each session's agent in a sandbox and
+//! delivers the replies.
+//!
+//! Message path: channel → [`router`] → store (inbound row) → session worker
+//! ([`host`]) → [`agents`] (sandboxed agent over the protocol) → store (outbound row) →
+//! delivery → channel. See docs/ARCHITECTURE.md.
+
+pub mod agents;
+pub mod channel;
+pub mod config;
+pub mod host;
+pub mod relay;
+pub mod router;
+pub mod runtime;
+
+pub use host::{Host, HostOptions};
+
+use std::path::PathBuf;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A random string of `len` characters from `[a-z0-9]`.
+pub fn random_suffix(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// The IANA zone agents should use: the configured one, else `TZ`, else the host's
+/// `/etc/localtime`, else UTC.
+pub fn host_timezone(config: &config::Config) -> String {
+    if !config.timezone.trim().is_empty() {
+        return config.timezone.trim().to_owned();
+    }
+    if let Ok(tz) = std::env::var("TZ") {
+        let tz = tz.trim_start_matches(':').trim();
+        if !tz.is_empty() && !tz.starts_with('/') {
+            return tz.to_owned();
+        }
+    }
+    if let Ok(target) = std::fs::read_link("/etc/localtime") {
+        let s = target.to_string_lossy();
+        if let Some(idx) = s.find("zoneinfo/") {
+            return s[idx + "zoneinfo/".len()..].to_owned();
+        }
+    }
+    if let Ok(tz) = std::fs::read_to_string("/etc/timezone") {
+        let tz = tz.trim();
+        if !tz.is_empty() {
+            return tz.to_owned();
+        }
+    }
+    "UTC".to_owned()
+}
+
+/// Finds the `nanoclaw-agent` binary: `$NANOCLAW_AGENT_BIN`, next to this executable, or
+/// the static build in the cargo target directory.
+pub fn find_agent_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("NANOCLAW_AGENT_BIN").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "NANOCLAW_AGENT_BIN points to {}, which is not a file",
+                p.display()
+            ))
+        };
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("nanoclaw-agent"));
+            // Running from a cargo target dir (target/<profile>/ or target/<profile>/deps/):
+            // the agent is built for musl under target/x86_64-unknown-linux-musl/<profile>/.
+            let release_first = exe.to_string_lossy().contains("/release/");
+            let profiles = if release_first {
+                ["release", "debug"]
+            } else {
+                ["debug", "release"]
+            };
+            for ancestor in dir.ancestors().skip(1).take(3) {
+                for profile in profiles {
+                    candidates.push(
+                        ancestor
+                            .join("x86_64-unknown-linux-musl")
+                            .join(profile)
+                            .join("nanoclaw-agent"),
+                    );
+                }
+            }
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "the agent runner (nanoclaw-agent) was not found next to nanoclaw; build it with \
+             `cargo build --release -p nanoclaw-agent --target x86_64-unknown-linux-musl` \
+             or set NANOCLAW_AGENT_BIN"
+                .to_owned()
+        })
+}

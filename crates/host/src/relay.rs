@@ -1,0 +1,382 @@
+//! The model relay: how a sandboxed agent reaches its model without ever holding a key.
+//!
+//! Each running sandbox gets its own Unix socket (mounted into the sandbox); the socket a
+//! request arrives on identifies the sandbox. The agent sends plain HTTP with no
+//! credentials; the relay forwards it to the real API over TLS and adds the key on the
+//! host side. Only model API paths are relayed — the relay is not a general proxy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde_json::json;
+
+/// Request headers the agent may set; everything else (notably any auth header) is dropped.
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    "anthropic-version",
+    "anthropic-beta",
+    "user-agent",
+];
+
+/// Response headers passed back to the agent (retry hints, ids for support requests).
+const FORWARDED_RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "retry-after",
+    "request-id",
+    "x-request-id",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-tokens-remaining",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+];
+
+/// Requests bigger than this are refused: a conversation is far smaller.
+const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+/// How the key is presented to an upstream API.
+#[derive(Clone)]
+pub enum UpstreamAuth {
+    /// `x-api-key: KEY` (Anthropic API keys).
+    XApiKey(String),
+    /// `Authorization: Bearer TOKEN` (OpenAI keys, Anthropic OAuth tokens).
+    Bearer(String),
+    /// No credential (local servers such as Ollama).
+    None,
+}
+
+impl std::fmt::Debug for UpstreamAuth {
+    // Never print a key, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAuth::XApiKey(_) => f.write_str("XApiKey(<redacted>)"),
+            UpstreamAuth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            UpstreamAuth::None => f.write_str("None"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// e.g. `https://api.anthropic.com` or `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub auth: UpstreamAuth,
+}
+
+/// The model APIs the host can reach, read the way the vendors' own SDKs read them.
+#[derive(Debug, Clone, Default)]
+pub struct ModelUpstreams {
+    pub anthropic: Option<Upstream>,
+    pub openai: Option<Upstream>,
+}
+
+impl ModelUpstreams {
+    /// `ANTHROPIC_API_KEY` (or `ANTHROPIC_AUTH_TOKEN`) and `ANTHROPIC_BASE_URL`;
+    /// `OPENAI_API_KEY` and `OPENAI_BASE_URL` (a base URL alone is enough for keyless
+    /// local servers).
+    pub fn from_env() -> ModelUpstreams {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> ModelUpstreams {
+        let anthropic_base = get("ANTHROPIC_BASE_URL")
+            .unwrap_or_else(|| "https://api.anthropic.com".to_owned());
+        let anthropic = if let Some(key) = get("ANTHROPIC_API_KEY") {
+            Some(Upstream {
+                base_url: anthropic_base,
+                auth: UpstreamAuth::XApiKey(key),
+            })
+        } else {
+            get("ANTHROPIC_AUTH_TOKEN").map(|token| Upstream {
+                base_url: anthropic_base,
+                auth: UpstreamAuth::Bearer(token),
+            })
+        };
+        let openai_base = get("OPENAI_BASE_URL");
+        let openai = match (get("OPENAI_API_KEY"), openai_base) {
+            (Some(key), base) => Some(Upstream {
+                base_url: base.unwrap_or_else(|| "https://api.openai.com/v1".to_owned()),
+                auth: UpstreamAuth::Bearer(key),
+            }),
+            (None, Some(base)) => Some(Upstream {
+                base_url: base,
+                auth: UpstreamAuth::None,
+            }),
+            (None, None) => None,
+        };
+        ModelUpstreams { anthropic, openai }
+    }
+
+    pub fn has(&self, provider: &str) -> bool {
+        match provider {
+            "anthropic" => self.anthropic.is_some(),
+            "openai" => self.openai.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// Shared by every sandbox's relay socket.
+pub struct Relay {
+    upstreams: ModelUpstreams,
+    client: reqwest::Client,
+}
+
+impl Relay {
+    pub fn new(upstreams: ModelUpstreams) -> Result<Arc<Relay>, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build()?;
+        Ok(Arc::new(Relay { upstreams, client }))
+    }
+
+    pub fn upstreams(&self) -> &ModelUpstreams {
+        &self.upstreams
+    }
+
+    /// Serves the relay on a new socket at `socket_path` for the sandbox `sandbox`.
+    /// Dropping the handle stops it and removes the socket.
+    pub fn serve(
+        self: &Arc<Self>,
+        socket_path: &Path,
+        sandbox: &str,
+    ) -> std::io::Result<RelayHandle> {
+        let _ = std::fs::remove_file(socket_path);
+        let listener = tokio::net::UnixListener::bind(socket_path)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The sandbox user is mapped to this host user, so owner-only is enough.
+            std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let state = RelayState {
+            relay: Arc::clone(self),
+            sandbox: Arc::from(sandbox),
+        };
+        let app = axum::Router::new()
+            .fallback(relay_request)
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!(error = %e, "model relay stopped");
+            }
+        });
+        Ok(RelayHandle {
+            task,
+            socket_path: socket_path.to_owned(),
+        })
+    }
+}
+
+/// A running relay socket.
+pub struct RelayHandle {
+    task: tokio::task::JoinHandle<()>,
+    socket_path: PathBuf,
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+}
+
+#[derive(Clone)]
+struct RelayState {
+    relay: Arc<Relay>,
+    sandbox: Arc<str>,
+}
+
+/// An error in the shape the calling provider understands, so the agent reports it
+/// clearly instead of failing to parse it.
+fn relay_error(provider: &str, status: StatusCode, kind: &str, message: String) -> Response {
+    let body = if provider == "anthropic" {
+        json!({"type": "error", "error": {"type": kind, "message": message}})
+    } else {
+        json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn relay_request(State(state): State<RelayState>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let (provider, rest) = match path.strip_prefix("/anthropic/") {
+        Some(rest) => ("anthropic", rest),
+        None => match path.strip_prefix("/openai/") {
+            Some(rest) => ("openai", rest),
+            None => {
+                tracing::warn!(sandbox = %state.sandbox, %path, "relay refused a non-model path");
+                return relay_error(
+                    "anthropic",
+                    StatusCode::NOT_FOUND,
+                    "not_found_error",
+                    format!("nanoclaw relay: {path} is not a model API path (use /anthropic/… or /openai/…)"),
+                );
+            }
+        },
+    };
+    if rest.split('/').any(|seg| seg == ".." || seg == ".") {
+        return relay_error(
+            provider,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "nanoclaw relay: path traversal refused".into(),
+        );
+    }
+    if request.method() != Method::POST && request.method() != Method::GET {
+        return relay_error(
+            provider,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("nanoclaw relay: method {} not allowed", request.method()),
+        );
+    }
+    let upstreams = state.relay.upstreams();
+    let upstream = match provider {
+        "anthropic" => upstreams.anthropic.as_ref(),
+        _ => upstreams.openai.as_ref(),
+    };
+    let Some(upstream) = upstream else {
+        let fix = if provider == "anthropic" {
+            "set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) where nanoclaw runs and restart it"
+        } else {
+            "set OPENAI_API_KEY and/or OPENAI_BASE_URL where nanoclaw runs and restart it"
+        };
+        return relay_error(
+            provider,
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            format!("nanoclaw has no {provider} credentials configured: {fix}"),
+        );
+    };
+
+    let mut url = format!("{}/{}", upstream.base_url.trim_end_matches('/'), rest);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(&q);
+    }
+    let method = request.method().clone();
+    let headers = forwarded_headers(request.headers(), FORWARDED_REQUEST_HEADERS);
+    let body = match axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            return relay_error(
+                provider,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("nanoclaw relay: request body refused: {e}"),
+            );
+        }
+    };
+
+    let mut outgoing = state
+        .relay
+        .client
+        .request(method.clone(), &url)
+        .headers(headers)
+        .body(body);
+    outgoing = match &upstream.auth {
+        UpstreamAuth::XApiKey(key) => outgoing.header("x-api-key", key),
+        UpstreamAuth::Bearer(token) => outgoing.bearer_auth(token),
+        UpstreamAuth::None => outgoing,
+    };
+    let started = std::time::Instant::now();
+    let response = match outgoing.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(sandbox = %state.sandbox, provider, error = %e, "model upstream unreachable");
+            return relay_error(
+                provider,
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                format!("nanoclaw relay could not reach the {provider} API: {e}"),
+            );
+        }
+    };
+    let status = response.status();
+    tracing::info!(
+        sandbox = %state.sandbox,
+        provider,
+        %method,
+        path = %rest,
+        status = status.as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "relayed model request"
+    );
+    let mut builder = Response::builder().status(status.as_u16());
+    if let Some(h) = builder.headers_mut() {
+        *h = forwarded_headers(response.headers(), FORWARDED_RESPONSE_HEADERS);
+    }
+    let stream = response.bytes_stream().map_err(std::io::Error::other);
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| {
+            relay_error(
+                provider,
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                format!("nanoclaw relay: bad upstream response: {e}"),
+            )
+        })
+}
+
+fn forwarded_headers(from: &HeaderMap, allowed: &[&str]) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in allowed {
+        if let Some(value) = from.get(*name) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                out.insert(n, v);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_read_the_environment_like_the_vendor_sdks() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let u = ModelUpstreams::from_lookup(env(&[("ANTHROPIC_API_KEY", "sk-ant")]));
+        let a = u.anthropic.unwrap();
+        assert_eq!(a.base_url, "https://api.anthropic.com");
+        assert!(matches!(a.auth, UpstreamAuth::XApiKey(ref k) if k == "sk-ant"));
+        assert!(u.openai.is_none());
+
+        let u = ModelUpstreams::from_lookup(env(&[
+            ("ANTHROPIC_AUTH_TOKEN", "tok"),
+            ("OPENAI_BASE_URL", "http://localhost:11434/v1"),
+        ]));
+        assert!(matches!(u.anthropic.unwrap().auth, UpstreamAuth::Bearer(_)));
+        let o = u.openai.unwrap();
+        assert_eq!(o.base_url, "http://localhost:11434/v1");
+        assert!(matches!(o.auth, UpstreamAuth::None));
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_key() {
+        let up = Upstream {
+            base_url: "x".into(),
+            auth: UpstreamAuth::XApiKey("sk-secret-value".into()),
+        };
+        assert!(!format!("{up:?}").contains("sk-secret-value"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Harness for the host's end-to-end tests: a real host (in-process or as a child
+//! process), the real bubblewrap sandbox, the static agent, and the scripted model.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
+use nanoclaw_host::config::{Config, Paths};
+use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
+use nanoclaw_host::{Host, HostOptions};
+use nanoclaw_test_support::scripted_model::ScriptedModel;
+
+pub const TEST_KEY: &str = "sk-ant-test-0123456789-SECRET";
+
+pub fn config_for_tests() -> Config {
+    let mut config = Config::default();
+    config.agents.retry_backoff_secs = 0;
+    config.agents.idle_timeout_secs = 60;
+    config
+}
+
+pub async fn start_host(home: &Path, model: &ScriptedModel, config: Config) -> Host {
+    Host::start(HostOptions {
+        paths: Paths::new(home),
+        config,
+        upstreams: ModelUpstreams {
+            anthropic: Some(Upstream {
+                base_url: model.base_url(),
+                auth: UpstreamAuth::XApiKey(TEST_KEY.into()),
+            }),
+            openai: None,
+        },
+        runtime: None,
+        agent_binary: Some(nanoclaw_test_support::agent_binary()),
+    })
+    .await
+    .expect("host starts")
+}
+
+pub async fn connect_client(home: &Path) -> TerminalClient {
+    let socket = Paths::new(home).terminal_socket();
+    nanoclaw_test_support::eventually(30, "the terminal socket", || {
+        let socket = socket.clone();
+        async move { TerminalClient::connect(&socket).await.ok() }
+    })
+    .await
+}
+
+/// Sends `text` and returns the text of the reply (or error message) to it.
+pub async fn ask(client: &mut TerminalClient, text: &str) -> (String, String) {
+    let id = client.send(text).await.expect("send");
+    wait_reply(client, &id).await
+}
+
+/// (kind, text) of the reply to message `id`.
+pub async fn wait_reply(client: &mut TerminalClient, id: &str) -> (String, String) {
+    let line = tokio::time::timeout(Duration::from_secs(120), client.reply_to(id))
+        .await
+        .expect("a reply within 120 s")
+        .expect("reading from the host")
+        .expect("the host kept the connection");
+    match line {
+        ServerLine::Message { kind, text, .. } => (kind, text),
+        other => panic!("message was not accepted: {other:?}"),
+    }
+}
+
+/// `nanoclaw run` as a child process, so a test can kill it like a crash would.
+pub fn spawn_daemon(home: &Path, model: &ScriptedModel) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_nanoclaw"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("NANOCLAW_HOME", home)
+        .env("NANOCLAW_LOG", "debug")
+        .env("ANTHROPIC_BASE_URL", model.base_url())
+        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(home.join("daemon.log"))
+                .expect("daemon log"),
+        ))
+        .spawn()
+        .expect("spawning nanoclaw run")
+}

@@ -1,0 +1,224 @@
+//! End to end: a message goes in, a sandboxed agent runs a tool, the reply comes out.
+
+mod common;
+
+use common::*;
+use nanoclaw_host::channel::terminal::ServerLine;
+use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
+use nanoclaw_test_support::TestHome;
+use serde_json::json;
+
+/// A scenario that runs `command` in bash when the user's text contains `keyword`, then
+/// answers with the tool's output.
+fn probe(keyword: &str, command: &str) -> (Matcher, Reply) {
+    (
+        Matcher::LastUserTextContains(keyword.into()),
+        Reply::text("running").with_tool_call("bash", json!({ "command": command })),
+    )
+}
+
+fn probing_scenario(probes: &[(&str, &str)]) -> Scenario {
+    let mut scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(Matcher::LastIsToolResult, Reply::text("OUT[{{last_tool_result}}]"));
+    for (k, c) in probes {
+        let (m, r) = probe(k, c);
+        scenario = scenario.rule(m, r);
+    }
+    scenario.rule(Matcher::Always, Reply::text("echo: {{last_user_text}}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_runs_bash_in_the_sandbox_and_the_reply_is_delivered() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::demo_uname().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+
+    let id = client.send("which kernel is this?").await.unwrap();
+    let mut saw_tool = false;
+    let mut streamed = String::new();
+    let reply = loop {
+        match client.next().await.unwrap().expect("connection open") {
+            ServerLine::Tool { tool, summary } => {
+                assert_eq!(tool, "bash");
+                assert!(summary.contains("uname"), "{summary}");
+                saw_tool = true;
+            }
+            ServerLine::Delta { text } => streamed.push_str(&text),
+            ServerLine::Message {
+                kind,
+                text,
+                reply_to,
+                ..
+            } if reply_to.as_deref() == Some(&id) => {
+                assert_eq!(kind, "reply");
+                break text;
+            }
+            _ => {}
+        }
+    };
+    assert!(saw_tool, "the terminal shows the tool the agent used");
+    assert!(streamed.contains("Let me check"), "reply text streams in: {streamed}");
+    let kernel = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .unwrap();
+    let kernel = String::from_utf8_lossy(&kernel.stdout).trim().to_owned();
+    assert!(
+        reply.contains("I ran `uname -sr` in my sandbox") && reply.contains(&kernel),
+        "reply quotes the sandboxed command's output: {reply}"
+    );
+
+    // The relay injected the key; the agent never sent one of its own.
+    let requests = model.requests();
+    assert!(requests.len() >= 2, "a tool round trip is two model calls");
+    for r in &requests {
+        assert_eq!(r.header("x-api-key"), Some(TEST_KEY));
+    }
+
+    // The books: message done, reply delivered once.
+    let store = host.store().clone();
+    let chat = store
+        .chat_by_platform("terminal", "local")
+        .await
+        .unwrap()
+        .unwrap();
+    let out = store.outbound_for_chat(chat.id).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].state.as_str(), "delivered");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_has_no_network_no_key_and_no_host_files() {
+    let home = TestHome::new();
+    // A file the agent must not see: the host's database lives in the same home.
+    let host_secret = home.path().join("host-only-secret.txt");
+    std::fs::write(&host_secret, "HOST-ONLY-CONTENT").unwrap();
+    let db = home.path().join("nanoclaw.db");
+    let probes = [
+        (
+            "probe-env",
+            "env; for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; echo END",
+        ),
+        (
+            "probe-files",
+            &*format!(
+                "cat {} 2>&1; ls {} 2>&1; cat /etc/shadow 2>&1; ls /root 2>&1; id -u; echo END",
+                host_secret.display(),
+                db.display()
+            ),
+        ),
+        (
+            "probe-net",
+            "cat /proc/net/dev; (exec 3<>/dev/tcp/1.1.1.1/80) 2>&1 && echo CONNECTED; (exec 3<>/dev/tcp/127.0.0.1/1) 2>&1; echo END",
+        ),
+        (
+            "probe-write",
+            "touch /usr/evil 2>&1; touch /workspace/global/evil 2>&1; echo ok > /workspace/group/mine && echo WROTE; echo END",
+        ),
+    ];
+    let model = ScriptedModel::start(probing_scenario(&probes)).await.unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+
+    let (_, env) = ask(&mut client, "probe-env").await;
+    assert!(env.contains("END"), "{env}");
+    assert!(!env.contains(TEST_KEY), "the API key leaked into the sandbox: {env}");
+    assert!(!env.contains("ANTHROPIC"), "{env}");
+
+    let (_, files) = ask(&mut client, "probe-files").await;
+    assert!(files.contains("END"), "{files}");
+    assert!(!files.contains("HOST-ONLY-CONTENT"), "{files}");
+    assert!(files.contains("No such file"), "{files}");
+    assert!(!files.contains("root:"), "/etc/shadow readable: {files}");
+    assert!(files.contains("1000"), "runs as uid 1000: {files}");
+
+    let (_, net) = ask(&mut client, "probe-net").await;
+    assert!(net.contains("END"), "{net}");
+    assert!(!net.contains("CONNECTED"), "{net}");
+    assert!(net.contains("lo:"), "{net}");
+    assert!(!net.contains("eth0"), "{net}");
+
+    let (_, write) = ask(&mut client, "probe-write").await;
+    assert!(write.contains("WROTE"), "{write}");
+    assert!(write.contains("Read-only file system") || write.contains("Permission denied"), "{write}");
+    assert!(home.path().join("groups/main/mine").exists());
+    assert!(!home.path().join("global/evil").exists());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_dies_mid_turn_is_retried_and_answers_once() {
+    let home = TestHome::new();
+    let command = "if [ -f /workspace/group/.died ]; then echo survived; else touch /workspace/group/.died; kill -9 $PPID; fi";
+    let model = ScriptedModel::start(probing_scenario(&[("die-once", command)]))
+        .await
+        .unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+    let (kind, text) = ask(&mut client, "die-once").await;
+    assert_eq!(kind, "reply");
+    assert!(text.contains("survived"), "{text}");
+    let store = host.store().clone();
+    let chat = store
+        .chat_by_platform("terminal", "local")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.outbound_for_chat(chat.id).await.unwrap().len(), 1);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_error_reaches_the_chat_as_a_clear_message() {
+    let home = TestHome::new();
+    // The model wants a different key than the host holds: 401 authentication_error.
+    let model = ScriptedModel::start(Scenario::echo().with_api_key("some-other-key"))
+        .await
+        .unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+    let (kind, text) = ask(&mut client, "hello").await;
+    assert_eq!(kind, "error");
+    assert!(text.contains("authentication_error") || text.contains("401"), "{text}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_terminal_input_gets_an_error_and_the_connection_survives() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+    client.send_raw(b"this is not json\n").await.unwrap();
+    loop {
+        if let ServerLine::Error { error } = client.next().await.unwrap().unwrap() {
+            assert!(error.contains("unreadable"), "{error}");
+            break;
+        }
+    }
+    let (kind, text) = ask(&mut client, "still there?").await;
+    assert_eq!(kind, "reply");
+    assert!(text.contains("still there?"), "{text}");
+
+    // A re-sent message (same id) is stored once and answered once.
+    client.send_with_id("dup-1", "once only").await.unwrap();
+    let (_, first) = wait_reply(&mut client, "dup-1").await;
+    assert!(first.contains("once only"));
+    client.send_with_id("dup-1", "once only").await.unwrap();
+    loop {
+        if let ServerLine::Ack { id, status, .. } = client.next().await.unwrap().unwrap() {
+            if id == "dup-1" {
+                assert_eq!(status, "duplicate");
+                break;
+            }
+        }
+    }
+    host.shutdown().await;
+}

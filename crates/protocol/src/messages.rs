@@ -1,0 +1,210 @@
+//! Message types on the wire. Every message is an object tagged by `"type"`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Host → agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// First message of every session: versions and the agent's configuration.
+    Hello(Hello),
+    /// A batch of chat messages the agent must answer.
+    Turn(Turn),
+    /// The host's answer to an [`AgentMessage::Request`].
+    RequestResult(RequestResult),
+    /// Finish the current turn (if any) and exit cleanly.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_major: u32,
+    pub protocol_minor: u32,
+    pub session_id: String,
+    pub group: GroupInfo,
+    pub model: ModelConfig,
+    /// The assistant's name as users address it, e.g. `Andy`.
+    pub assistant_name: String,
+    /// IANA time zone of the group, e.g. `Europe/Berlin`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub id: String,
+    pub name: String,
+    pub folder: String,
+    /// The owner's main group: it gets admin tools in later versions.
+    #[serde(default)]
+    pub is_main: bool,
+}
+
+/// Which model the agent talks to. The agent never learns a key: it reaches the model
+/// through the host relay, which injects credentials on the host side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// `anthropic` or `openai` (any OpenAI-compatible Chat Completions server).
+    pub provider: String,
+    pub model: String,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Tokens the model's context window holds; compaction starts before it fills.
+    #[serde(default = "default_context_window")]
+    pub context_window: u32,
+}
+
+fn default_max_tokens() -> u32 {
+    4096
+}
+fn default_context_window() -> u32 {
+    200_000
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// Host-chosen id; every agent message about this turn carries it.
+    pub turn_id: String,
+    pub messages: Vec<ChatMessage>,
+}
+
+/// One inbound chat message as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The host's id of the stored inbound row.
+    pub id: String,
+    pub sender: String,
+    #[serde(default)]
+    pub sender_name: Option<String>,
+    /// RFC 3339 time the message was received.
+    pub time: String,
+    pub chat: ChatRef,
+    pub text: String,
+}
+
+/// Where a message came from / where a reply goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChatRef {
+    /// Channel type, e.g. `terminal`, `telegram`.
+    pub channel: String,
+    /// The chat's id on that platform.
+    pub chat_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestResult {
+    pub request_id: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+}
+
+/// Agent → host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// Handshake answer: the agent accepted the host's hello.
+    Ready(Ready),
+    /// A piece of the reply text, as the model streams it.
+    TextDelta { turn_id: String, text: String },
+    /// A tool started or finished (for typing indicators, logs and the terminal).
+    ToolActivity(ToolActivity),
+    /// Something only the host may do; the host authorizes it and answers with
+    /// [`HostMessage::RequestResult`].
+    Request(Request),
+    /// The turn is answered. `reply` is the text to deliver to the turn's chat (empty when
+    /// the agent chose not to answer, e.g. it already used `send_message`).
+    TurnFinished(TurnFinished),
+    /// The turn could not be completed.
+    TurnFailed {
+        turn_id: String,
+        error: String,
+        /// Whether trying the same turn again may help (e.g. the model was overloaded).
+        retryable: bool,
+    },
+    /// A log line the host records under the session's span.
+    Log { level: LogLevel, message: String },
+    /// The agent cannot go on (bad handshake, broken configuration). It exits after this.
+    Fatal { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub protocol_major: u32,
+    pub protocol_minor: u32,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolActivity {
+    pub turn_id: String,
+    pub tool: String,
+    pub phase: ToolPhase,
+    /// One line for humans, e.g. the command bash runs.
+    #[serde(default)]
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolPhase {
+    Started,
+    Finished,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub request_id: String,
+    pub turn_id: String,
+    pub action: RequestAction,
+}
+
+/// Actions the agent asks the host to perform. The host checks every one: the agent's
+/// requests are untrusted input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum RequestAction {
+    /// Send a message to the chat the turn came from.
+    SendMessage { text: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnFinished {
+    pub turn_id: String,
+    pub reply: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens;
+        self.cache_read_input_tokens += other.cache_read_input_tokens;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}

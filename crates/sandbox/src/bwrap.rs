@@ -1,0 +1,1158 @@
+//! The `native` runtime: the agent runs under [bubblewrap](https://github.com/containers/bubblewrap)
+//! (`bwrap`, ≥ 0.5; `--size` used from 0.7, `--disable-userns` from 0.8).
+//!
+//! # What is enforced, and by whom
+//!
+//! | Guarantee | Mechanism |
+//! |---|---|
+//! | non-root user inside | new user namespace, `--uid 1000 --gid 1000`, `--cap-drop ALL`; `/etc/passwd` is generated (`agent`, home = workdir) |
+//! | no nested user namespaces | `--disable-userns` (bwrap ≥ 0.8 only) |
+//! | no network but loopback | new network namespace (`--unshare-net`): only `lo`, no route anywhere |
+//! | own processes only | new pid namespace; `/proc` is a fresh procfs of that namespace |
+//! | ipc / hostname / cgroup view | new ipc and uts namespaces (hostname `nanoclaw`), cgroup namespace when available |
+//! | no TIOCSTI into the host terminal | `--new-session` (setsid) |
+//! | dies with the host | `--die-with-parent` (PDEATHSIG: the host thread that called `spawn` must outlive the sandbox, so do not spawn from a short-lived thread such as `spawn_blocking`); `kill_on_drop` on the bwrap child |
+//! | filesystem | root is bwrap's tmpfs, remounted read-only once populated. Read-only: `/usr`, `/bin` `/sbin` `/lib*` (symlinks recreated on merged-usr hosts, else ro-bound), a short allow-list of `/etc` files (no `/etc/ssl/private`, no shadow), the agent binary at [`AGENT_BINARY_PATH`]. Generated: `/etc/passwd`, `/etc/group`, `/etc/hosts`, `/etc/hostname` (`--ro-bind-data` from pipes, no temp files). Fresh: `/proc`, minimal `/dev`, size-limited tmpfs `/tmp` and `/run`. Plus exactly the spec's mounts, in order. No host home, no data dir. |
+//! | environment | `bwrap` itself is started with an empty environment (its pid-1 reaper is visible in the sandbox's `/proc`), and `--clearenv` + `--setenv` gives the agent exactly `spec.env` |
+//! | `max_open_files`, `max_file_bytes`, `max_memory_bytes` | `RLIMIT_NOFILE`, `RLIMIT_FSIZE`, `RLIMIT_AS` set in `pre_exec` on bwrap, inherited by everything in the sandbox (clamped to the host's hard limit when lower). `RLIMIT_CORE` = 0. |
+//! | `max_processes` | `RLIMIT_NPROC`, with two kernel caveats: it is **not enforced at all when the host runs as root** (tasks of host uid 0 are exempt), and for a non-root host user it counts *all* tasks of that user (the sandbox's user namespace inherits the creator's limit). So for non-root the rlimit is `max_processes` + the user's task count at spawn, i.e. roughly "`max_processes` more tasks". The exact per-sandbox limit is the cgroup below. |
+//! | `max_processes`, `max_memory_bytes` (exact) | a per-sandbox cgroup when cgroups are writable (root, or a delegated v2 subtree): `pids.max` = `max_processes` + 2 (bwrap's two own processes), `memory.max` / `memory.limit_in_bytes` = `max_memory_bytes`. v2: `<current>/nanoclaw/<name>` or `/sys/fs/cgroup/nanoclaw/<name>`; v1: `/sys/fs/cgroup/{pids,memory}/<current>/nanoclaw/<name>`. Joined from `pre_exec`; the cleanup hook kills leftovers and removes it. When not writable: logged at debug, rlimits only. |
+//!
+//! Caveat when the host runs as root: the sandbox uid 1000 maps to host uid 0, so for
+//! *mounted* host files the sandbox has root's owner permissions (without any capability).
+//! That is why `/etc` is an allow-list and only the spec's mounts are visible.
+//!
+//! Visible but harmless: bwrap's command line (`/proc/1/cmdline` inside), which names the
+//! host paths of the mounts. A workdir outside every mount is created empty on the read-only
+//! root (`--dir`); one under a mount must already exist on the host.
+//! Per-sandbox cgroups of a host that died are removed by the next [`NativeRuntime::detect`]
+//! (empty ones older than a minute).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::cgroup::SandboxCgroup;
+use crate::{AGENT_BINARY_PATH, Limits, Mount, Runtime, SandboxError, SandboxProcess, SandboxSpec};
+
+const RUNTIME: &str = "native";
+const HOSTNAME: &str = "nanoclaw";
+const SANDBOX_UID: u32 = 1000;
+const SANDBOX_GID: u32 = 1000;
+/// Size of the sandbox's `/tmp` tmpfs (bwrap ≥ 0.7).
+pub const TMP_SIZE_BYTES: u64 = 256 * 1024 * 1024;
+/// Size of the sandbox's `/run` tmpfs (bwrap ≥ 0.7).
+pub const RUN_SIZE_BYTES: u64 = 16 * 1024 * 1024;
+/// Environment variable naming the bwrap binary to use instead of `bwrap` on `PATH`.
+pub const BWRAP_ENV: &str = "NANOCLAW_BWRAP";
+
+const INSTALL_FIX: &str = "Install bubblewrap: `apt-get install bubblewrap` (Debian/Ubuntu), \
+     `dnf install bubblewrap` (Fedora), `pacman -S bubblewrap` (Arch), or set NANOCLAW_BWRAP \
+     to its path";
+
+/// Library directories recreated as in the host (symlink or read-only bind).
+const SYSTEM_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+
+/// The only host `/etc` entries visible inside (when they exist). Nothing with secrets.
+const ETC_ALLOW_LIST: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates.conf",
+    "/etc/pki/tls/certs",
+    "/etc/pki/ca-trust/extracted",
+    "/etc/nsswitch.conf",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/mime.types",
+    "/etc/bash.bashrc",
+    "/etc/profile",
+    "/etc/inputrc",
+    "/etc/os-release",
+];
+
+/// Sandbox paths a spec mount may not cover (they are the runtime's own mounts).
+const RESERVED: &[&str] = &["/proc", "/dev", "/sys", "/usr", "/etc", "/opt/nanoclaw"];
+
+/// How a host system path appears in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SystemEntry {
+    /// `--symlink target path`
+    Symlink { target: PathBuf, path: PathBuf },
+    /// `--ro-bind path path`
+    RoBind { path: PathBuf },
+}
+
+/// The host's system layout, detected once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostLayout {
+    pub(crate) entries: Vec<SystemEntry>,
+}
+
+impl HostLayout {
+    fn detect() -> Self {
+        let mut entries = vec![SystemEntry::RoBind {
+            path: PathBuf::from("/usr"),
+        }];
+        for path in SYSTEM_DIRS.iter().chain(ETC_ALLOW_LIST) {
+            let path = Path::new(path);
+            let Ok(meta) = std::fs::symlink_metadata(path) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                if let Ok(target) = std::fs::read_link(path) {
+                    entries.push(SystemEntry::Symlink {
+                        target,
+                        path: path.to_path_buf(),
+                    });
+                }
+            } else {
+                entries.push(SystemEntry::RoBind {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+        Self { entries }
+    }
+}
+
+/// Optional bwrap features, from its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Features {
+    /// `--size` for tmpfs (0.7.0).
+    pub(crate) tmpfs_size: bool,
+    /// `--disable-userns` (0.8.0).
+    pub(crate) disable_userns: bool,
+}
+
+impl Features {
+    fn from_version(version: (u32, u32, u32)) -> Self {
+        Self {
+            tmpfs_size: version >= (0, 7, 0),
+            disable_userns: version >= (0, 8, 0),
+        }
+    }
+}
+
+/// A spec that passed validation, with canonical host paths.
+#[derive(Debug, Clone)]
+pub(crate) struct ValidSpec {
+    pub(crate) name: String,
+    pub(crate) agent_binary: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) mounts: Vec<Mount>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) workdir: PathBuf,
+    pub(crate) limits: Limits,
+}
+
+/// The bubblewrap runtime.
+#[derive(Debug, Clone)]
+pub struct NativeRuntime {
+    bwrap: PathBuf,
+    version: (u32, u32, u32),
+    features: Features,
+    layout: HostLayout,
+}
+
+impl NativeRuntime {
+    /// Finds `bwrap` (`$NANOCLAW_BWRAP`, else `PATH`) and checks its version. Does not start a
+    /// sandbox: call [`Runtime::probe`] for that.
+    pub fn detect() -> Result<Self, SandboxError> {
+        let bwrap = match std::env::var_os(BWRAP_ENV) {
+            Some(path) if !path.is_empty() => {
+                let path = PathBuf::from(path);
+                if !is_executable(&path) {
+                    return Err(unavailable(
+                        format!("{BWRAP_ENV}={} is not an executable file", path.display()),
+                        INSTALL_FIX.to_string(),
+                    ));
+                }
+                path
+            }
+            _ => find_on_path("bwrap").ok_or_else(|| {
+                unavailable(
+                    "bubblewrap (`bwrap`) was not found on PATH".to_string(),
+                    INSTALL_FIX.to_string(),
+                )
+            })?,
+        };
+        Self::with_bwrap(bwrap)
+    }
+
+    /// Uses the given `bwrap` binary.
+    pub fn with_bwrap(bwrap: PathBuf) -> Result<Self, SandboxError> {
+        let output = std::process::Command::new(&bwrap)
+            .arg("--version")
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| {
+                unavailable(
+                    format!("running `{} --version` failed: {error}", bwrap.display()),
+                    INSTALL_FIX.to_string(),
+                )
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = parse_version(&text).ok_or_else(|| {
+            unavailable(
+                format!(
+                    "`{} --version` printed {:?}, not a bubblewrap version",
+                    bwrap.display(),
+                    text.trim()
+                ),
+                INSTALL_FIX.to_string(),
+            )
+        })?;
+        if version < (0, 5, 0) {
+            return Err(unavailable(
+                format!(
+                    "bubblewrap {}.{}.{} is too old (need 0.5.0 or newer)",
+                    version.0, version.1, version.2
+                ),
+                "Upgrade bubblewrap (your distribution's package, or build it from \
+                 https://github.com/containers/bubblewrap)"
+                    .to_string(),
+            ));
+        }
+        // Sandboxes of a host that crashed leave empty cgroups behind.
+        crate::cgroup::remove_stale(Duration::from_secs(60));
+        Ok(Self {
+            bwrap,
+            version,
+            features: Features::from_version(version),
+            layout: HostLayout::detect(),
+        })
+    }
+
+    /// The `bwrap` binary in use.
+    pub fn bwrap_path(&self) -> &Path {
+        &self.bwrap
+    }
+
+    /// The bubblewrap version, `(major, minor, patch)`.
+    pub fn version(&self) -> (u32, u32, u32) {
+        self.version
+    }
+
+    /// The full bwrap command line (without the program) for `spec`, for logs and debugging.
+    /// The generated `/etc` files appear as fd numbers that are only valid during `spawn`.
+    pub fn command_line(&self, spec: &SandboxSpec) -> Result<Vec<OsString>, SandboxError> {
+        let valid = validate(spec)?;
+        let fds: Vec<(RawFd, &'static str)> = generated_files(&valid)
+            .iter()
+            .enumerate()
+            .map(|(index, (dest, _))| (3 + index as RawFd, *dest))
+            .collect();
+        Ok(build_args(&valid, &self.layout, self.features, &fds))
+    }
+}
+
+#[async_trait]
+impl Runtime for NativeRuntime {
+    fn name(&self) -> &'static str {
+        RUNTIME
+    }
+
+    async fn probe(&self) -> Result<(), SandboxError> {
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let agent = ["/usr/bin/true", "/bin/true"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|path| path.exists())
+            .ok_or_else(|| {
+                unavailable(
+                    "no `true` binary in /usr/bin or /bin to probe with".to_string(),
+                    "Install coreutils".to_string(),
+                )
+            })?;
+        let spec = SandboxSpec {
+            name: format!(
+                "probe-{}-{}",
+                std::process::id(),
+                PROBES.fetch_add(1, Ordering::Relaxed)
+            ),
+            agent_binary: agent,
+            args: Vec::new(),
+            mounts: Vec::new(),
+            env: Default::default(),
+            workdir: PathBuf::from("/tmp"),
+            limits: Limits::default(),
+        };
+        let process = match self.spawn(&spec).await {
+            Ok(process) => process,
+            Err(SandboxError::Spawn { source, .. }) => {
+                return Err(unavailable(
+                    format!("starting {} failed: {source}", self.bwrap.display()),
+                    INSTALL_FIX.to_string(),
+                ));
+            }
+            Err(other) => return Err(other),
+        };
+        let SandboxProcess {
+            stdin,
+            stdout,
+            mut stderr,
+            mut child,
+            cleanup,
+        } = process;
+        drop(stdin);
+        drop(stdout);
+        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+            use tokio::io::AsyncReadExt;
+            let mut message = Vec::new();
+            let _ = stderr.read_to_end(&mut message).await;
+            (child.wait().await, message)
+        })
+        .await;
+        let result = match waited {
+            Ok((Ok(status), _)) if status.success() => Ok(()),
+            Ok((Ok(status), message)) => {
+                let message = String::from_utf8_lossy(&message).trim().to_string();
+                Err(unavailable(
+                    format!("a test sandbox failed ({status}): {message}"),
+                    fix_for_failure(&message),
+                ))
+            }
+            Ok((Err(error), _)) => Err(unavailable(
+                format!("waiting for the test sandbox failed: {error}"),
+                fix_for_failure(""),
+            )),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err(unavailable(
+                    "a test sandbox running `true` did not exit within 30 s".to_string(),
+                    "Check that bubblewrap works: `bwrap --ro-bind / / true`".to_string(),
+                ))
+            }
+        };
+        if let Some(cleanup) = cleanup {
+            cleanup();
+        }
+        result
+    }
+
+    async fn spawn(&self, spec: &SandboxSpec) -> Result<SandboxProcess, SandboxError> {
+        let valid = validate(spec)?;
+        let spawn_error = |source: std::io::Error| SandboxError::Spawn {
+            runtime: RUNTIME,
+            source,
+        };
+
+        // Generated /etc files go through pipes (`--ro-bind-data FD`): nothing to clean up.
+        // They are a few hundred bytes, far below the pipe buffer, so writing cannot block.
+        let mut readers = Vec::new();
+        let mut data_fds = Vec::new();
+        for (dest, content) in generated_files(&valid) {
+            let (reader, mut writer) = std::io::pipe().map_err(spawn_error)?;
+            writer.write_all(content.as_bytes()).map_err(spawn_error)?;
+            drop(writer);
+            data_fds.push((reader.as_raw_fd(), dest));
+            readers.push(reader);
+        }
+        let args = build_args(&valid, &self.layout, self.features, &data_fds);
+
+        let mut cgroup = SandboxCgroup::create(&valid.name, &valid.limits);
+        let hook = PreExec {
+            inherit_fds: data_fds.iter().map(|(fd, _)| *fd).collect(),
+            cgroup_procs: cgroup
+                .as_ref()
+                .map(SandboxCgroup::procs_fds)
+                .unwrap_or_default(),
+            rlimits: rlimits_for(&valid.limits),
+        };
+
+        let mut command = tokio::process::Command::new(&self.bwrap);
+        command
+            .args(&args)
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: the hook only calls async-signal-safe functions (write, fcntl, getrlimit,
+        // setrlimit) on data prepared before the fork; it does not allocate or lock.
+        unsafe {
+            command.pre_exec(move || hook.run());
+        }
+        tracing::debug!(sandbox = %valid.name, bwrap = %self.bwrap.display(), ?args, "starting sandbox");
+        let spawned = command.spawn();
+        drop(readers);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(error) => {
+                if let Some(cgroup) = cgroup {
+                    cgroup.remove();
+                }
+                return Err(spawn_error(error));
+            }
+        };
+        if let Some(cg) = cgroup.as_mut() {
+            cg.close_procs();
+            if let Some(pid) = child.id()
+                && !cg.contains(pid)
+            {
+                tracing::warn!(sandbox = %valid.name, pid, "sandbox did not join its cgroup; only rlimits apply");
+            }
+        }
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill().await;
+            if let Some(cgroup) = cgroup {
+                cgroup.remove();
+            }
+            return Err(spawn_error(std::io::Error::other(
+                "bwrap child has no piped stdio",
+            )));
+        };
+        let cleanup: Option<Box<dyn FnOnce() + Send>> =
+            cgroup.map(|cgroup| Box::new(move || cgroup.remove()) as Box<dyn FnOnce() + Send>);
+        Ok(SandboxProcess {
+            stdin,
+            stdout,
+            stderr,
+            child,
+            cleanup,
+        })
+    }
+}
+
+/// Runs in the forked child before `exec(bwrap)`.
+struct PreExec {
+    /// Fds bwrap must inherit (the `--ro-bind-data` pipes); they are CLOEXEC in the parent.
+    inherit_fds: Vec<RawFd>,
+    /// `cgroup.procs` files to join.
+    cgroup_procs: Vec<RawFd>,
+    rlimits: Vec<(RlimitResource, u64)>,
+}
+
+/// Highest fd marked close-on-exec when `close_range(2)` is unavailable.
+const FALLBACK_MAX_FD: RawFd = 65536;
+
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
+
+impl PreExec {
+    fn run(&self) -> std::io::Result<()> {
+        // Fds the host inherited without CLOEXEC (from whoever started it) must not reach
+        // the sandbox: mark everything above stderr close-on-exec, then re-open the few
+        // bwrap needs. stdio is already in place when pre_exec runs.
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags in this process.
+        let marked = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if marked != 0 {
+            // Kernels before 5.11: mark each possible fd (EBADF for unused ones is fine).
+            for fd in 3..FALLBACK_MAX_FD {
+                // SAFETY: fcntl on an arbitrary fd number only sets flags or fails with EBADF.
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+        }
+        for &fd in &self.cgroup_procs {
+            // Best effort: "0" moves the writing process. The parent checks membership.
+            // SAFETY: fd is an open cgroup.procs file owned by the parent for the whole
+            // spawn; the buffer is a static byte string.
+            let _ = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        }
+        for &(resource, wanted) in &self.rlimits {
+            let mut current = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: `current` is a valid, writable rlimit struct.
+            if unsafe { libc::getrlimit(resource, &mut current) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // An unprivileged process cannot raise its hard limit: never ask for more.
+            let value = (wanted as libc::rlim_t).min(current.rlim_max);
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            // SAFETY: `limit` is a valid rlimit struct.
+            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        for &fd in &self.inherit_fds {
+            // SAFETY: fd is an open pipe read end owned by the parent for the whole spawn;
+            // clearing FD_CLOEXEC only affects this (child) process's fd table.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rlimits_for(limits: &Limits) -> Vec<(RlimitResource, u64)> {
+    vec![
+        (libc::RLIMIT_NPROC, nproc_limit(limits.max_processes)),
+        (libc::RLIMIT_AS, limits.max_memory_bytes),
+        (libc::RLIMIT_FSIZE, limits.max_file_bytes),
+        (libc::RLIMIT_NOFILE, limits.max_open_files),
+        (libc::RLIMIT_CORE, 0),
+    ]
+}
+
+/// `RLIMIT_NPROC` for the bwrap child. For a non-root host user the kernel compares the limit
+/// with *all* that user's tasks, so add what the user already runs (see module docs).
+fn nproc_limit(max_processes: u64) -> u64 {
+    // SAFETY: getuid never fails and has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if uid == 0 {
+        return max_processes;
+    }
+    max_processes.saturating_add(tasks_of_uid(uid))
+}
+
+/// Number of tasks (threads) whose real uid is `uid`, from /proc.
+fn tasks_of_uid(uid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.as_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|value| value.parse::<u64>().ok())
+        };
+        if field("Uid:") == Some(u64::from(uid)) {
+            total += field("Threads:").unwrap_or(1);
+        }
+    }
+    total
+}
+
+/// The generated `/etc` files: (path inside, content).
+pub(crate) fn generated_files(spec: &ValidSpec) -> Vec<(&'static str, String)> {
+    let home = spec.workdir.display();
+    vec![
+        (
+            "/etc/passwd",
+            format!(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\n\
+                 agent:x:{SANDBOX_UID}:{SANDBOX_GID}:nanoclaw agent:{home}:/bin/sh\n\
+                 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            ),
+        ),
+        (
+            "/etc/group",
+            format!("root:x:0:\nagent:x:{SANDBOX_GID}:\nnogroup:x:65534:\n"),
+        ),
+        (
+            "/etc/hosts",
+            format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        ),
+        ("/etc/hostname", format!("{HOSTNAME}\n")),
+    ]
+}
+
+/// Builds bwrap's arguments. Pure: everything host-dependent is passed in.
+/// `data_fds` are (fd, path inside) for `--ro-bind-data`.
+pub(crate) fn build_args(
+    spec: &ValidSpec,
+    layout: &HostLayout,
+    features: Features,
+    data_fds: &[(RawFd, &str)],
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&dyn AsRefOs]| {
+        for item in items {
+            args.push(item.as_os());
+        }
+    };
+    push(&[
+        &"--unshare-user",
+        &"--unshare-pid",
+        &"--unshare-net",
+        &"--unshare-ipc",
+        &"--unshare-uts",
+        &"--unshare-cgroup-try",
+    ]);
+    if features.disable_userns {
+        push(&[&"--disable-userns"]);
+    }
+    push(&[
+        &"--die-with-parent",
+        &"--new-session",
+        &"--uid",
+        &SANDBOX_UID.to_string(),
+        &"--gid",
+        &SANDBOX_GID.to_string(),
+        &"--cap-drop",
+        &"ALL",
+        &"--hostname",
+        &HOSTNAME,
+    ]);
+    for entry in &layout.entries {
+        match entry {
+            SystemEntry::Symlink { target, path } => push(&[&"--symlink", target, path]),
+            SystemEntry::RoBind { path } => push(&[&"--ro-bind", path, path]),
+        }
+    }
+    for (fd, dest) in data_fds {
+        push(&[&"--ro-bind-data", &fd.to_string(), dest]);
+    }
+    push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
+    for (dir, size) in [("/tmp", TMP_SIZE_BYTES), ("/run", RUN_SIZE_BYTES)] {
+        if features.tmpfs_size {
+            push(&[&"--size", &size.to_string()]);
+        }
+        push(&[&"--tmpfs", &dir]);
+    }
+    for mount in &spec.mounts {
+        let flag = if mount.writable {
+            "--bind"
+        } else {
+            "--ro-bind"
+        };
+        push(&[&flag, &mount.host_path, &mount.sandbox_path]);
+    }
+    let workdir_mounted = spec
+        .mounts
+        .iter()
+        .any(|mount| spec.workdir.starts_with(&mount.sandbox_path));
+    if !workdir_mounted {
+        push(&[&"--dir", &spec.workdir]);
+    }
+    push(&[&"--ro-bind", &spec.agent_binary, &AGENT_BINARY_PATH]);
+    // Everything is in place: freeze the root tmpfs (submounts keep their own flags).
+    push(&[&"--remount-ro", &"/"]);
+    push(&[&"--clearenv"]);
+    for (key, value) in &spec.env {
+        push(&[&"--setenv", key, value]);
+    }
+    push(&[&"--chdir", &spec.workdir, &"--", &AGENT_BINARY_PATH]);
+    for arg in &spec.args {
+        push(&[arg]);
+    }
+    args
+}
+
+/// Anything that can become one argv element.
+trait AsRefOs {
+    fn as_os(&self) -> OsString;
+}
+impl<T: AsRef<std::ffi::OsStr> + ?Sized> AsRefOs for T {
+    fn as_os(&self) -> OsString {
+        self.as_ref().to_os_string()
+    }
+}
+
+fn invalid(message: String) -> SandboxError {
+    SandboxError::InvalidSpec(message)
+}
+
+/// A sandbox path: absolute, no `.`/`..`, no NUL.
+fn check_sandbox_path(what: &str, path: &Path) -> Result<(), SandboxError> {
+    if !path.is_absolute() {
+        return Err(invalid(format!(
+            "{what} {} must be an absolute path inside the sandbox",
+            path.display()
+        )));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(invalid(format!(
+            "{what} {} must not contain `.` or `..` components",
+            path.display()
+        )));
+    }
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(invalid(format!(
+            "{what} {} contains a NUL byte",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn canonical_host_path(what: &str, path: &Path) -> Result<PathBuf, SandboxError> {
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(invalid(format!(
+            "{what} {} contains a NUL byte",
+            path.display()
+        )));
+    }
+    std::fs::canonicalize(path).map_err(|error| {
+        invalid(format!(
+            "{what} {} is not usable on the host: {error}",
+            path.display()
+        ))
+    })
+}
+
+/// Checks a spec and resolves its host paths.
+pub(crate) fn validate(spec: &SandboxSpec) -> Result<ValidSpec, SandboxError> {
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 128
+        && spec.name != "."
+        && spec.name != ".."
+        && spec
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !name_ok {
+        return Err(invalid(format!(
+            "sandbox name {:?} must be 1-128 characters of [A-Za-z0-9_.-]",
+            spec.name
+        )));
+    }
+
+    let agent_binary = canonical_host_path("agent binary", &spec.agent_binary)?;
+    if !agent_binary.is_file() {
+        return Err(invalid(format!(
+            "agent binary {} is not a regular file",
+            agent_binary.display()
+        )));
+    }
+
+    check_sandbox_path("workdir", &spec.workdir)?;
+    let workdir_bytes = spec.workdir.as_os_str().as_bytes();
+    if workdir_bytes.contains(&b':') || workdir_bytes.contains(&b'\n') {
+        // It becomes the home directory field of the generated /etc/passwd.
+        return Err(invalid(format!(
+            "workdir {} must not contain `:` or a newline",
+            spec.workdir.display()
+        )));
+    }
+
+    let mut mounts = Vec::with_capacity(spec.mounts.len());
+    for mount in &spec.mounts {
+        check_sandbox_path("mount destination", &mount.sandbox_path)?;
+        if mount.sandbox_path == Path::new("/") {
+            return Err(invalid(
+                "a mount cannot replace the sandbox root `/`".to_string(),
+            ));
+        }
+        if let Some(reserved) = RESERVED
+            .iter()
+            .find(|reserved| mount.sandbox_path.starts_with(reserved))
+        {
+            return Err(invalid(format!(
+                "mount destination {} is inside {reserved}, which the runtime provides",
+                mount.sandbox_path.display()
+            )));
+        }
+        mounts.push(Mount {
+            host_path: canonical_host_path("mount source", &mount.host_path)?,
+            sandbox_path: mount.sandbox_path.clone(),
+            writable: mount.writable,
+        });
+    }
+
+    let mut env = Vec::with_capacity(spec.env.len());
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(invalid(format!(
+                "environment variable name {key:?} must be non-empty without `=` or NUL"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(invalid(format!(
+                "environment variable {key} contains a NUL byte"
+            )));
+        }
+        env.push((key.clone(), value.clone()));
+    }
+    if let Some(arg) = spec.args.iter().find(|arg| arg.contains('\0')) {
+        return Err(invalid(format!(
+            "agent argument {arg:?} contains a NUL byte"
+        )));
+    }
+
+    Ok(ValidSpec {
+        name: spec.name.clone(),
+        agent_binary,
+        args: spec.args.clone(),
+        mounts,
+        env,
+        workdir: spec.workdir.clone(),
+        limits: spec.limits.clone(),
+    })
+}
+
+fn unavailable(reason: String, fix: String) -> SandboxError {
+    SandboxError::Unavailable {
+        runtime: RUNTIME,
+        reason,
+        fix,
+    }
+}
+
+/// A fix for a failed test sandbox, from bwrap's message and the host's sysctls.
+fn fix_for_failure(message: &str) -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|value| value.trim().to_string())
+    };
+    let mut fixes = Vec::new();
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        fixes.push(
+            "unprivileged user namespaces are disabled: `sudo sysctl -w kernel.unprivileged_userns_clone=1` \
+             (persist it in /etc/sysctl.d/)",
+        );
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        fixes.push(
+            "AppArmor restricts unprivileged user namespaces (Ubuntu 24.04+): \
+             `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`, or add an AppArmor \
+             profile granting `userns` to bwrap",
+        );
+    }
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        fixes.push("user namespaces are disabled: `sudo sysctl -w user.max_user_namespaces=15000`");
+    }
+    if message.contains("Resource temporarily unavailable") {
+        fixes.push(
+            "the process limit was hit: raise the sandbox's max_processes (for a non-root user it \
+             counts all of the user's tasks)",
+        );
+    }
+    if fixes.is_empty() {
+        if message.contains("namespace") || message.contains("uid map") {
+            fixes.push(
+                "bubblewrap cannot create user namespaces here: enable unprivileged user namespaces \
+                 (`sysctl kernel.unprivileged_userns_clone=1`, \
+                 `sysctl kernel.apparmor_restrict_unprivileged_userns=0`), or, inside a container, \
+                 allow them (e.g. Docker `--security-opt seccomp=unconfined --security-opt apparmor=unconfined`)",
+            );
+        } else {
+            fixes
+                .push("run `bwrap --unshare-all --ro-bind / / true` to see bubblewrap's own error");
+        }
+    }
+    fixes.join("; ")
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let version = text
+        .split_whitespace()
+        .find(|word| word.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+    let mut parts = version
+        .split(['.', '-', '+'])
+        .map(|part| part.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ValidSpec {
+        ValidSpec {
+            name: "g1".into(),
+            agent_binary: "/host/agent".into(),
+            args: vec!["--serve".into(), "x y".into()],
+            mounts: vec![
+                Mount {
+                    host_path: "/host/work".into(),
+                    sandbox_path: "/workspace".into(),
+                    writable: true,
+                },
+                Mount {
+                    host_path: "/host/ro".into(),
+                    sandbox_path: "/workspace/ro".into(),
+                    writable: false,
+                },
+            ],
+            env: vec![
+                ("HOME".into(), "/workspace".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
+            workdir: "/workspace".into(),
+            limits: Limits::default(),
+        }
+    }
+
+    fn layout() -> HostLayout {
+        HostLayout {
+            entries: vec![
+                SystemEntry::RoBind {
+                    path: "/usr".into(),
+                },
+                SystemEntry::Symlink {
+                    target: "usr/bin".into(),
+                    path: "/bin".into(),
+                },
+                SystemEntry::RoBind {
+                    path: "/lib64".into(),
+                },
+            ],
+        }
+    }
+
+    const ALL: Features = Features {
+        tmpfs_size: true,
+        disable_userns: true,
+    };
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Index of the `window` sequence in `args`, if present.
+    fn find(args: &[String], window: &[&str]) -> Option<usize> {
+        args.windows(window.len())
+            .position(|w| w.iter().zip(window).all(|(a, b)| a == b))
+    }
+
+    #[test]
+    fn isolation_flags_are_present() {
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
+        for flag in [
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+        ] {
+            assert!(args.contains(&flag.to_string()), "missing {flag}: {args:?}");
+        }
+        assert!(find(&args, &["--uid", "1000", "--gid", "1000"]).is_some());
+        assert!(find(&args, &["--cap-drop", "ALL"]).is_some());
+        assert!(find(&args, &["--hostname", "nanoclaw"]).is_some());
+        assert!(find(&args, &["--proc", "/proc", "--dev", "/dev"]).is_some());
+        assert!(
+            find(
+                &args,
+                &["--size", &TMP_SIZE_BYTES.to_string(), "--tmpfs", "/tmp"]
+            )
+            .is_some()
+        );
+        assert!(find(&args, &["--remount-ro", "/"]).is_some());
+        // Never the whole host root or /etc.
+        assert!(find(&args, &["--ro-bind", "/", "/"]).is_none());
+        assert!(find(&args, &["--ro-bind", "/etc", "/etc"]).is_none());
+        assert!(find(&args, &["--bind", "/", "/"]).is_none());
+    }
+
+    #[test]
+    fn old_bwrap_gets_no_newer_flags() {
+        let old = Features {
+            tmpfs_size: false,
+            disable_userns: false,
+        };
+        let args = strings(&build_args(&spec(), &layout(), old, &[]));
+        assert!(!args.contains(&"--size".to_string()));
+        assert!(!args.contains(&"--disable-userns".to_string()));
+        assert!(find(&args, &["--tmpfs", "/tmp"]).is_some());
+    }
+
+    #[test]
+    fn system_layout_mounts_and_generated_files() {
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[(7, "/etc/passwd")]));
+        assert!(find(&args, &["--ro-bind", "/usr", "/usr"]).is_some());
+        assert!(find(&args, &["--symlink", "usr/bin", "/bin"]).is_some());
+        assert!(find(&args, &["--ro-bind", "/lib64", "/lib64"]).is_some());
+        assert!(find(&args, &["--ro-bind-data", "7", "/etc/passwd"]).is_some());
+    }
+
+    #[test]
+    fn spec_mounts_in_order_then_agent_then_command() {
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
+        let rw = find(&args, &["--bind", "/host/work", "/workspace"]).expect("rw mount");
+        let ro = find(&args, &["--ro-bind", "/host/ro", "/workspace/ro"]).expect("ro mount");
+        let tmp = find(&args, &["--tmpfs", "/tmp"]).expect("tmp");
+        let agent = find(&args, &["--ro-bind", "/host/agent", AGENT_BINARY_PATH]).expect("agent");
+        let remount = find(&args, &["--remount-ro", "/"]).expect("remount");
+        assert!(
+            tmp < rw && rw < ro && ro < agent && agent < remount,
+            "{args:?}"
+        );
+        // The workdir is a mount: no --dir for it.
+        assert!(find(&args, &["--dir", "/workspace"]).is_none());
+        let tail = find(
+            &args,
+            &[
+                "--chdir",
+                "/workspace",
+                "--",
+                AGENT_BINARY_PATH,
+                "--serve",
+                "x y",
+            ],
+        )
+        .expect("command tail");
+        assert_eq!(tail + 6, args.len(), "the command must be last: {args:?}");
+    }
+
+    #[test]
+    fn env_is_cleared_then_set_from_spec_only() {
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
+        let clear = find(&args, &["--clearenv"]).expect("clearenv");
+        let home = find(&args, &["--setenv", "HOME", "/workspace"]).expect("HOME");
+        let lang = find(&args, &["--setenv", "LANG", "C.UTF-8"]).expect("LANG");
+        assert!(clear < home && clear < lang);
+        assert_eq!(args.iter().filter(|a| *a == "--setenv").count(), 2);
+    }
+
+    #[test]
+    fn unmounted_workdir_is_created() {
+        let mut spec = spec();
+        spec.workdir = "/home/agent".into();
+        let args = strings(&build_args(&spec, &layout(), ALL, &[]));
+        let dir = find(&args, &["--dir", "/home/agent"]).expect("--dir");
+        let remount = find(&args, &["--remount-ro", "/"]).expect("remount");
+        assert!(dir < remount);
+    }
+
+    #[test]
+    fn passwd_names_the_agent_user_with_workdir_home() {
+        let files = generated_files(&spec());
+        let passwd = &files
+            .iter()
+            .find(|(p, _)| *p == "/etc/passwd")
+            .expect("passwd")
+            .1;
+        assert!(passwd.contains("agent:x:1000:1000:nanoclaw agent:/workspace:/bin/sh\n"));
+        assert!(passwd.starts_with("root:x:0:0:"));
+        let group = &files
+            .iter()
+            .find(|(p, _)| *p == "/etc/group")
+            .expect("group")
+            .1;
+        assert!(group.contains("agent:x:1000:\n"));
+    }
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(parse_version("bubblewrap 0.8.0\n"), Some((0, 8, 0)));
+        assert_eq!(parse_version("bubblewrap 0.11.0-rc1"), Some((0, 11, 0)));
+        assert_eq!(parse_version("bubblewrap 0.6"), Some((0, 6, 0)));
+        assert_eq!(parse_version("nonsense"), None);
+        assert!(!Features::from_version((0, 6, 1)).tmpfs_size);
+        assert_eq!(Features::from_version((0, 8, 0)), ALL);
+    }
+
+    fn base_spec(dir: &Path) -> SandboxSpec {
+        let agent = dir.join("agent");
+        std::fs::write(&agent, "#!/bin/sh\n").expect("write agent");
+        SandboxSpec {
+            name: "ok".into(),
+            agent_binary: agent,
+            args: vec![],
+            mounts: vec![Mount {
+                host_path: dir.to_path_buf(),
+                sandbox_path: "/workspace".into(),
+                writable: true,
+            }],
+            env: Default::default(),
+            workdir: "/workspace".into(),
+            limits: Limits::default(),
+        }
+    }
+
+    #[test]
+    fn validation_rejects_bad_specs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(validate(&base_spec(dir.path())).is_ok());
+        type Mutation = Box<dyn Fn(&mut SandboxSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "absolute",
+                Box::new(|s| s.mounts[0].sandbox_path = "workspace".into()),
+            ),
+            (
+                "`..`",
+                Box::new(|s| s.mounts[0].sandbox_path = "/workspace/../etc".into()),
+            ),
+            (
+                "not usable on the host",
+                Box::new(|s| s.mounts[0].host_path = "/definitely/not/here".into()),
+            ),
+            (
+                "sandbox root",
+                Box::new(|s| s.mounts[0].sandbox_path = "/".into()),
+            ),
+            (
+                "runtime provides",
+                Box::new(|s| s.mounts[0].sandbox_path = "/etc/shadow".into()),
+            ),
+            ("sandbox name", Box::new(|s| s.name = "../x".into())),
+            ("sandbox name", Box::new(|s| s.name = String::new())),
+            (
+                "agent binary",
+                Box::new(|s| s.agent_binary = "/nope/agent".into()),
+            ),
+            ("workdir", Box::new(|s| s.workdir = "rel".into())),
+            ("workdir", Box::new(|s| s.workdir = "/a:b".into())),
+            (
+                "environment variable name",
+                Box::new(|s| {
+                    s.env.insert("A=B".into(), "x".into());
+                }),
+            ),
+        ];
+        for (expected, mutate) in cases {
+            let mut spec = base_spec(dir.path());
+            mutate(&mut spec);
+            let error = validate(&spec).expect_err(expected).to_string();
+            assert!(
+                error.contains(expected),
+                "{error:?} should mention {expected:?}"
+            );
+            assert!(error.starts_with("invalid sandbox spec"), "{error}");
+        }
+    }
+}

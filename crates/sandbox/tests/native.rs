@@ -1,0 +1,615 @@
+//! Real bubblewrap sandboxes, probed from the inside by a tiny shell "agent" that runs the
+//! command given as its first argument.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::Duration;
+
+use nanoclaw_sandbox::{
+    AGENT_BINARY_PATH, Limits, Mount, NativeRuntime, Runtime, SandboxError, SandboxProcess,
+    SandboxSpec,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "s3cr3t-host-value-5b1f";
+const FAKE_KEY: &str = "sk-ant-fake-key-do-not-leak-9c2e";
+
+static HOST_ENV: Once = Once::new();
+
+/// Puts secrets into the test process's environment, which the sandbox must not see.
+fn set_host_secrets() {
+    HOST_ENV.call_once(|| {
+        // SAFETY: set once, before this test's sandboxes start; no test reads these
+        // variables through libc concurrently.
+        unsafe {
+            std::env::set_var("NANOCLAW_TEST_SECRET", SECRET);
+            std::env::set_var("ANTHROPIC_API_KEY", FAKE_KEY);
+        }
+    });
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, "#!/bin/sh\neval \"$1\"\n").expect("write agent");
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for sub in ["work", "ro", "outside"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        std::fs::write(dir.path().join("ro/readme.txt"), "read only data\n").expect("write ro");
+        std::fs::write(dir.path().join("outside/secret-marker-7f3a.txt"), SECRET)
+            .expect("write outside");
+        // World-accessible so a non-root bwrap can bind them.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        std::fs::set_permissions(
+            dir.path().join("work"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .expect("chmod work");
+        Self { dir }
+    }
+
+    fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    fn spec(&self, name: &str, command: &str) -> SandboxSpec {
+        SandboxSpec {
+            name: format!("test-{name}-{}", std::process::id()),
+            agent_binary: self.path("agent"),
+            args: vec![command.to_string()],
+            mounts: vec![
+                Mount {
+                    host_path: self.path("work"),
+                    sandbox_path: "/workspace".into(),
+                    writable: true,
+                },
+                Mount {
+                    host_path: self.path("ro"),
+                    sandbox_path: "/workspace/ro".into(),
+                    writable: false,
+                },
+            ],
+            env: BTreeMap::from([
+                ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+                ("HOME".to_string(), "/workspace".to_string()),
+                ("NANOCLAW_GROUP".to_string(), "g1".to_string()),
+            ]),
+            workdir: "/workspace".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+fn runtime() -> NativeRuntime {
+    NativeRuntime::detect().expect("bwrap is installed on this machine")
+}
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn finish(process: SandboxProcess) -> Output {
+    let SandboxProcess {
+        stdin,
+        mut stdout,
+        mut stderr,
+        mut child,
+        cleanup,
+    } = process;
+    drop(stdin);
+    let collected = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut out = String::new();
+        let mut err = String::new();
+        let (a, b) = tokio::join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err)
+        );
+        a.expect("read stdout");
+        b.expect("read stderr");
+        let status = child.wait().await.expect("wait");
+        (status, out, err)
+    })
+    .await
+    .expect("sandbox did not finish within 60 s");
+    if let Some(cleanup) = cleanup {
+        cleanup();
+    }
+    Output {
+        code: collected.0.code(),
+        stdout: collected.1,
+        stderr: collected.2,
+    }
+}
+
+async fn run_spec(spec: &SandboxSpec) -> Output {
+    let process = runtime().spawn(spec).await.expect("spawn sandbox");
+    finish(process).await
+}
+
+async fn run(fixture: &Fixture, name: &str, command: &str) -> Output {
+    run_spec(&fixture.spec(name, command)).await
+}
+
+#[tokio::test]
+async fn probe_succeeds_here() {
+    let runtime = runtime();
+    assert_eq!(runtime.name(), "native");
+    runtime.probe().await.expect("probe");
+}
+
+#[tokio::test]
+async fn runs_as_unprivileged_agent_user() {
+    let fixture = Fixture::new();
+    let out = run(
+        &fixture,
+        "uid",
+        "id -u; id -g; id -un; cat /proc/sys/kernel/hostname; grep CapEff /proc/self/status; pwd",
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "1000", "uid: {}", out.stdout);
+    assert_eq!(lines[1], "1000");
+    assert_eq!(lines[2], "agent");
+    assert_eq!(lines[3], "nanoclaw");
+    assert_eq!(lines[4], "CapEff:\t0000000000000000");
+    assert_eq!(lines[5], "/workspace");
+}
+
+#[tokio::test]
+async fn only_loopback_and_no_route_out() {
+    let fixture = Fixture::new();
+    let out = run(
+        &fixture,
+        "net",
+        "cat /proc/net/dev; echo ---; bash -c 'echo x > /dev/tcp/1.1.1.1/53' 2>&1; echo connect=$?",
+    )
+    .await;
+    let (devices, _) = out.stdout.split_once("---").expect("separator");
+    let interfaces: Vec<&str> = devices
+        .lines()
+        .filter_map(|line| line.split_once(':').map(|(name, _)| name.trim()))
+        .filter(|name| !name.contains('|'))
+        .collect();
+    assert_eq!(interfaces, vec!["lo"], "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Network is unreachable"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("connect=1"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn host_files_outside_mounts_are_invisible() {
+    let fixture = Fixture::new();
+    let outside = fixture.path("outside/secret-marker-7f3a.txt");
+    let command = format!(
+        "cat {} 2>&1; echo cat=$?; \
+         find / -xdev -name 'secret-marker-7f3a*' 2>/dev/null | sed s/^/found:/; \
+         find /tmp /run /workspace -name 'secret-marker-7f3a*' | sed s/^/found:/; \
+         for p in /etc/shadow /etc/gshadow /etc/ssl/private /root /home /var {data}; do test -e $p && echo present:$p; done; \
+         ls /etc",
+        outside.display(),
+        data = fixture.path("outside").display(),
+    );
+    let out = run(&fixture, "files", &command).await;
+    assert!(out.stdout.contains("cat=1"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains(SECRET),
+        "secret leaked: {}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("found:"), "{}", out.stdout);
+    assert!(!out.stdout.contains("present:"), "{}", out.stdout);
+    let etc: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("cat="))
+        .skip(1)
+        .collect();
+    assert!(etc.contains(&"passwd") && etc.contains(&"group"), "{etc:?}");
+    assert!(
+        !etc.contains(&"shadow") && !etc.contains(&"sudoers"),
+        "{etc:?}"
+    );
+}
+
+#[tokio::test]
+async fn host_environment_does_not_leak() {
+    set_host_secrets();
+    let fixture = Fixture::new();
+    let out = run(
+        &fixture,
+        "env",
+        "env; echo ---; cat /proc/[0-9]*/environ | tr '\\0' '\\n'",
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for leaked in [
+        SECRET,
+        FAKE_KEY,
+        "NANOCLAW_TEST_SECRET",
+        "ANTHROPIC_API_KEY",
+        "CARGO",
+    ] {
+        assert!(
+            !out.stdout.contains(leaked),
+            "{leaked} leaked:\n{}",
+            out.stdout
+        );
+    }
+    let (env, environs) = out.stdout.split_once("---").expect("separator");
+    let mut names: Vec<&str> = env
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(k, _)| k))
+        .collect();
+    names.sort();
+    // `env` run by sh also sees PWD (sh sets it); nothing from the host.
+    names.retain(|name| *name != "PWD");
+    assert_eq!(names, vec!["HOME", "NANOCLAW_GROUP", "PATH"], "{env}");
+    assert!(environs.contains("NANOCLAW_GROUP=g1"), "{environs}");
+}
+
+#[tokio::test]
+async fn filesystem_write_permissions() {
+    let fixture = Fixture::new();
+    let command = format!(
+        "touch /rootfile 2>/dev/null && echo root-writable; \
+         touch /usr/x 2>/dev/null && echo usr-writable; \
+         touch /etc/x 2>/dev/null && echo etc-writable; \
+         echo hi >> /etc/passwd 2>/dev/null && echo passwd-writable; \
+         echo data > /workspace/out.txt && echo work-ok; \
+         cat /workspace/ro/readme.txt; \
+         touch /workspace/ro/new 2>/dev/null && echo ro-writable; \
+         echo x > {agent} 2>/dev/null && echo agent-writable; \
+         test -x {agent} && echo agent-exec; \
+         echo t > /tmp/t && echo tmp-ok",
+        agent = AGENT_BINARY_PATH
+    );
+    let out = run(&fixture, "fs", &command).await;
+    assert!(!out.stdout.contains("writable"), "{}", out.stdout);
+    for ok in ["work-ok", "read only data", "agent-exec", "tmp-ok"] {
+        assert!(
+            out.stdout.contains(ok),
+            "missing {ok}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(fixture.path("work/out.txt")).expect("written file on host"),
+        "data\n"
+    );
+    assert!(!fixture.path("ro/new").exists());
+}
+
+#[tokio::test]
+async fn pid_namespace_shows_only_the_sandbox() {
+    let fixture = Fixture::new();
+    let out = run(
+        &fixture,
+        "pid",
+        "for p in /proc/[0-9]*; do echo \"${p#/proc/} $(cat $p/comm)\"; done",
+    )
+    .await;
+    let processes: Vec<&str> = out.stdout.lines().collect();
+    // bwrap's reaper (pid 1), the agent shell and its `cat` children; never the host's.
+    assert!(processes.len() <= 4, "{processes:?}");
+    assert!(processes.contains(&"1 bwrap"), "{processes:?}");
+    assert!(
+        processes.iter().all(|p| p.ends_with(" bwrap")
+            || p.ends_with(" sh")
+            || p.ends_with(" cat")
+            || p.ends_with(" nanoclaw-agent")),
+        "{processes:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_stray_fds_reach_the_agent() {
+    let fixture = Fixture::new();
+    let out = run(&fixture, "fds", "ls -l /proc/$$/fd | tail -n +2").await;
+    for line in out.stdout.lines() {
+        let fd: u32 = line
+            .split_whitespace()
+            .nth(8)
+            .and_then(|fd| fd.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line}"));
+        if fd > 2 {
+            assert!(
+                !line.contains("pipe:") && !line.contains("socket:"),
+                "leaked fd: {line}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn limits_are_applied() {
+    let fixture = Fixture::new();
+    let mut spec = fixture.spec(
+        "limits",
+        "cat /proc/self/limits; echo nofile=$(ulimit -n); bash -c 'echo nproc=$(ulimit -u); echo as=$(ulimit -v)'; \
+         dd if=/dev/zero of=/workspace/big bs=1M count=20 2>&1; echo dd=$?",
+    );
+    spec.limits = Limits {
+        max_processes: 100,
+        max_memory_bytes: 1024 * 1024 * 1024,
+        max_file_bytes: 10 * 1024 * 1024,
+        max_open_files: 200,
+    };
+    let out = run_spec(&spec).await;
+    let limit = |name: &str| -> (String, String) {
+        let line = out
+            .stdout
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {}", out.stdout));
+        let mut fields = line[name.len()..].split_whitespace();
+        (
+            fields.next().expect("soft").into(),
+            fields.next().expect("hard").into(),
+        )
+    };
+    assert_eq!(limit("Max open files"), ("200".into(), "200".into()));
+    assert_eq!(
+        limit("Max file size"),
+        ("10485760".into(), "10485760".into())
+    );
+    assert_eq!(
+        limit("Max address space"),
+        ("1073741824".into(), "1073741824".into())
+    );
+    assert_eq!(limit("Max core file size"), ("0".into(), "0".into()));
+    let nproc: u64 = limit("Max processes").0.parse().expect("nproc number");
+    if is_root() {
+        assert_eq!(nproc, 100);
+    } else {
+        assert!(nproc >= 100, "{nproc}");
+    }
+    assert!(out.stdout.contains("nofile=200"), "{}", out.stdout);
+    assert!(out.stdout.contains("as=1048576"), "{}", out.stdout);
+    // Writing past max_file_bytes fails.
+    assert!(!out.stdout.contains("dd=0"), "{}", out.stdout);
+    let written = std::fs::metadata(fixture.path("work/big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(written <= 10 * 1024 * 1024, "{written}");
+}
+
+/// Where the kernel exposes a pids controller we can write to, the per-sandbox cgroup caps the
+/// number of tasks even for root (which RLIMIT_NPROC does not limit).
+#[tokio::test]
+async fn process_limit_is_enforced_by_cgroup_when_root() {
+    let v1 = Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !is_root() || !(v1 || v2) {
+        eprintln!("skipped: needs root and a pids cgroup");
+        return;
+    }
+    let fixture = Fixture::new();
+    let mut spec = fixture.spec(
+        "pids",
+        "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done; echo started",
+    );
+    spec.limits.max_processes = 10;
+    let name = spec.name.clone();
+    let process = runtime().spawn(&spec).await.expect("spawn");
+    let cgroup_dir = if v2 {
+        None
+    } else {
+        Some(PathBuf::from("/sys/fs/cgroup/pids/nanoclaw").join(&name))
+    };
+    if let Some(dir) = &cgroup_dir {
+        assert!(
+            dir.is_dir(),
+            "cgroup {} should exist while running",
+            dir.display()
+        );
+    }
+    let out = finish(process).await;
+    assert!(
+        out.stderr.contains("fork") || out.stderr.contains("Resource temporarily unavailable"),
+        "expected fork failures past 10 processes; stdout={} stderr={}",
+        out.stdout,
+        out.stderr
+    );
+    if let Some(dir) = &cgroup_dir {
+        assert!(!dir.exists(), "cleanup should remove {}", dir.display());
+    }
+}
+
+#[tokio::test]
+async fn stdio_is_piped_to_the_agent() {
+    let fixture = Fixture::new();
+    let process = runtime()
+        .spawn(&fixture.spec("stdio", "read line; echo \"got:$line\"; echo err >&2"))
+        .await
+        .expect("spawn");
+    let SandboxProcess {
+        mut stdin,
+        stdout,
+        stderr,
+        child,
+        cleanup,
+    } = process;
+    stdin
+        .write_all(b"{\"hello\":1}\n")
+        .await
+        .expect("write stdin");
+    let out = finish(SandboxProcess {
+        stdin,
+        stdout,
+        stderr,
+        child,
+        cleanup,
+    })
+    .await;
+    assert_eq!(out.stdout, "got:{\"hello\":1}\n");
+    assert_eq!(out.stderr, "err\n");
+    assert_eq!(out.code, Some(0));
+}
+
+#[tokio::test]
+async fn kill_stops_the_sandbox() {
+    let fixture = Fixture::new();
+    let marker = format!("sleep 3{}.5", std::process::id() % 1000);
+    let process = runtime()
+        .spawn(&fixture.spec("kill", &format!("echo up; {marker}")))
+        .await
+        .expect("spawn");
+    let mut process = process;
+    let mut buf = [0u8; 3];
+    process
+        .stdout
+        .read_exact(&mut buf)
+        .await
+        .expect("sandbox started");
+    process.kill().await;
+    wait_until_gone(&marker).await;
+}
+
+/// Pids of host processes whose command line contains `needle`.
+fn processes_matching(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{:?}: {cmdline}", entry.file_name()));
+        }
+    }
+    found
+}
+
+async fn wait_until_gone(needle: &str) {
+    for _ in 0..200 {
+        if processes_matching(needle).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("still running: {:?}", processes_matching(needle));
+}
+
+const HELPER_ENV: &str = "NANOCLAW_DIE_WITH_PARENT_HELPER";
+
+/// Not a test by itself: the body of the short-lived parent in `dies_with_its_parent`.
+#[tokio::test]
+#[ignore = "helper process for dies_with_its_parent"]
+async fn die_with_parent_helper() {
+    let Ok(command) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let fixture = Fixture::new();
+    let mut process = runtime()
+        .spawn(&fixture.spec("orphan", &format!("echo up; {command}")))
+        .await
+        .expect("spawn");
+    let mut buf = [0u8; 3];
+    process
+        .stdout
+        .read_exact(&mut buf)
+        .await
+        .expect("sandbox started");
+    println!("READY");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test]
+async fn dies_with_its_parent() {
+    let marker = format!("sleep 4{}.25", std::process::id() % 1000);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut helper = tokio::process::Command::new(exe)
+        .args([
+            "--exact",
+            "die_with_parent_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_ENV, &marker)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn helper");
+    let mut stdout = helper.stdout.take().expect("helper stdout");
+    let mut seen = String::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0u8; 256];
+        while !seen.contains("READY") {
+            let n = stdout.read(&mut buf).await.expect("read helper");
+            assert!(n > 0, "helper exited early: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .expect("helper did not start its sandbox");
+    assert!(
+        !processes_matching(&marker).is_empty(),
+        "sandboxed sleep should run"
+    );
+    helper.start_kill().expect("SIGKILL helper");
+    helper.wait().await.expect("reap helper");
+    wait_until_gone(&marker).await;
+}
+
+#[tokio::test]
+async fn invalid_specs_are_rejected_before_starting() {
+    let fixture = Fixture::new();
+    let runtime = runtime();
+    let mut relative = fixture.spec("bad", "true");
+    relative.mounts[0].sandbox_path = "workspace".into();
+    let mut missing = fixture.spec("bad", "true");
+    missing.mounts[0].host_path = fixture.path("does-not-exist");
+    let mut dotdot = fixture.spec("bad", "true");
+    dotdot.mounts[1].sandbox_path = "/workspace/../etc".into();
+    let mut name = fixture.spec("bad", "true");
+    name.name = "a/b".into();
+    for (spec, expected) in [
+        (relative, "absolute"),
+        (missing, "does-not-exist"),
+        (dotdot, "`..`"),
+        (name, "sandbox name"),
+    ] {
+        match runtime.spawn(&spec).await {
+            Err(SandboxError::InvalidSpec(message)) => {
+                assert!(
+                    message.contains(expected),
+                    "{message} should mention {expected}"
+                )
+            }
+            Err(other) => panic!("expected InvalidSpec, got {other}"),
+            Ok(_) => panic!("spec with {expected} problem was accepted"),
+        }
+    }
+}
+
+#[test]
+fn detect_reports_a_missing_bwrap_with_a_fix() {
+    let error = NativeRuntime::with_bwrap("/nonexistent/bwrap".into()).expect_err("missing bwrap");
+    let message = error.to_string();
+    assert!(message.contains("native is not usable"), "{message}");
+    assert!(message.contains("apt-get install bubblewrap"), "{message}");
+}

@@ -1,0 +1,28 @@
+//! nanoclaw's central SQLite database.
+//!
+//! One [`Store`] handle per process (cheap to clone). Every call runs on a single owner thread that holds
+//! the connection, so writes are serialized; write transactions are `BEGIN IMMEDIATE` with a busy timeout
+//! so a second process on the same file waits instead of failing. Times are unix milliseconds (UTC); calls
+//! whose behaviour depends on time take `now_ms` so tests control the clock.
+
+mod chats;
+mod engine;
+mod error;
+mod groups;
+mod inbound;
+mod model;
+mod outbound;
+mod sessions;
+mod usage;
+
+pub use engine::{SCHEMA_VERSION, Store, now_ms};
+pub use error::StoreError;
+pub use groups::{DEFAULT_TRIGGER, validate_folder};
+pub use inbound::backoff_ms;
+pub use model::{
+    Chat, Group, Inbound, InboundStatus, InsertedInbound, NewGroup, NewInbound, NewOutbound,
+    Outbound, OutboundKind, OutboundState, RetryOutcome, Session, SessionMode, SessionStatus,
+    Usage, UsageTotals, Wiring,
+};
+/// Re-exported so [`Store::call`] users need no direct rusqlite dependency.
+pub use rusqlite;

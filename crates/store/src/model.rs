@@ -1,0 +1,281 @@
+//! Row types and enums. Plain pub-field structs, serializable for `--json` output.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+/// Declares a string-backed enum with `as_str`, `FromStr`, `Display` and SQLite conversions.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The text stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = StoreError;
+            fn from_str(s: &str) -> Result<Self, StoreError> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| {
+                        let allowed: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                        StoreError::Invalid(format!(
+                            "{:?} is not a valid {} (expected one of: {})",
+                            s,
+                            stringify!($name),
+                            allowed.join(", ")
+                        ))
+                    })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                let text = value.as_str()?;
+                text.parse().map_err(|e: StoreError| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Lifecycle of an inbound message.
+    InboundStatus {
+        Pending => "pending",
+        Processing => "processing",
+        Done => "done",
+        Failed => "failed",
+    }
+);
+
+text_enum!(
+    /// Delivery state of an outbound message.
+    OutboundState {
+        Pending => "pending",
+        Delivered => "delivered",
+        Failed => "failed",
+    }
+);
+
+text_enum!(
+    /// What an outbound message is.
+    OutboundKind {
+        /// The agent's answer to inbound messages.
+        Reply => "reply",
+        /// A message the agent sent on its own (scheduled task, tool).
+        Message => "message",
+        /// A notice to the user that something failed.
+        Error => "error",
+    }
+);
+
+text_enum!(
+    /// How a wiring maps conversations to sessions.
+    SessionMode {
+        /// One session for the whole chat; threads are ignored.
+        Shared => "shared",
+        /// One session per platform thread.
+        PerThread => "per-thread",
+    }
+);
+
+text_enum!(
+    /// Whether a session still receives messages.
+    SessionStatus {
+        Active => "active",
+        Closed => "closed",
+    }
+);
+
+/// An agent group: one agent persona with its own folder, trigger and model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub folder: String,
+    pub trigger: String,
+    pub is_main: bool,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub created_at: i64,
+}
+
+/// Input of [`Store::ensure_group`](crate::Store::ensure_group).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewGroup {
+    pub name: String,
+    pub folder: String,
+    /// `None` → the default trigger `@Andy`.
+    pub trigger: Option<String>,
+    pub is_main: bool,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+}
+
+/// A chat on some channel (a DM or a group chat).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chat {
+    pub id: i64,
+    pub channel: String,
+    pub platform_id: String,
+    pub name: String,
+    pub is_group: bool,
+    pub created_at: i64,
+}
+
+/// A chat routed to an agent group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wiring {
+    pub id: i64,
+    pub chat_id: i64,
+    pub group_id: String,
+    pub requires_trigger: bool,
+    pub session_mode: SessionMode,
+    pub created_at: i64,
+}
+
+/// A conversation between one group and one chat (and thread, in per-thread mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub group_id: String,
+    pub chat_id: i64,
+    pub thread: Option<String>,
+    pub status: SessionStatus,
+    pub created_at: i64,
+    pub last_active: i64,
+}
+
+/// Input of [`Store::insert_inbound`](crate::Store::insert_inbound).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewInbound {
+    pub session_id: String,
+    pub chat_id: i64,
+    pub platform_msg_id: String,
+    pub sender: String,
+    pub sender_name: Option<String>,
+    pub text: String,
+    pub thread: Option<String>,
+    /// Unix ms; the message is due for processing from this time on.
+    pub received_at: i64,
+}
+
+/// Result of [`Store::insert_inbound`](crate::Store::insert_inbound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InsertedInbound {
+    /// The row id (the existing row's id when `duplicate`).
+    pub id: i64,
+    /// The platform re-delivered a message already stored; nothing was inserted.
+    pub duplicate: bool,
+}
+
+/// A stored inbound message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inbound {
+    pub id: i64,
+    pub session_id: String,
+    pub chat_id: i64,
+    pub platform_msg_id: String,
+    pub sender: String,
+    pub sender_name: Option<String>,
+    pub text: String,
+    pub thread: Option<String>,
+    pub received_at: i64,
+    pub status: InboundStatus,
+    pub tries: u32,
+    pub process_after: i64,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
+/// Input of [`Store::insert_outbound`](crate::Store::insert_outbound) and friends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewOutbound {
+    pub session_id: Option<String>,
+    pub chat_id: i64,
+    pub in_reply_to: Option<i64>,
+    /// Unique; inserting an existing key is a no-op (so retries never duplicate a message).
+    pub idempotency_key: String,
+    pub text: String,
+    pub kind: OutboundKind,
+}
+
+/// A stored outbound message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    pub id: i64,
+    pub session_id: Option<String>,
+    pub chat_id: i64,
+    pub in_reply_to: Option<i64>,
+    pub idempotency_key: String,
+    pub text: String,
+    pub kind: OutboundKind,
+    pub state: OutboundState,
+    pub tries: u32,
+    pub platform_message_id: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// Result of [`Store::retry_or_fail`](crate::Store::retry_or_fail).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryOutcome {
+    /// Rows put back to `pending` with a backoff.
+    pub retried: Vec<i64>,
+    /// Rows that reached `max_tries` and are now `failed`.
+    pub failed: Vec<i64>,
+    /// The failure notice, when it was inserted by this call.
+    pub notice: Option<Outbound>,
+}
+
+/// Token usage of one model turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read: u64,
+    pub cache_creation: u64,
+}
+
+/// Summed usage over many turns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    /// Number of recorded turns.
+    pub turns: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read: u64,
+    pub cache_creation: u64,
+}

@@ -1,0 +1,197 @@
+//! The outbound queue: replies and messages waiting to be delivered to a chat.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::engine::{Store, now_ms};
+use crate::error::{Ctx, StoreError};
+use crate::model::{NewOutbound, Outbound, OutboundState};
+
+const OUTBOUND_COLS: &str = "id, session_id, chat_id, in_reply_to, idempotency_key, text, kind, state, tries, \
+     platform_message_id, last_error, created_at, delivered_at";
+
+fn outbound_row(row: &Row<'_>) -> rusqlite::Result<Outbound> {
+    Ok(Outbound {
+        id: row.get(0)?,
+        session_id: row.get(1)?,
+        chat_id: row.get(2)?,
+        in_reply_to: row.get(3)?,
+        idempotency_key: row.get(4)?,
+        text: row.get(5)?,
+        kind: row.get(6)?,
+        state: row.get(7)?,
+        tries: row.get(8)?,
+        platform_message_id: row.get(9)?,
+        last_error: row.get(10)?,
+        created_at: row.get(11)?,
+        delivered_at: row.get(12)?,
+    })
+}
+
+fn outbound_by_id(conn: &Connection, id: i64) -> Result<Option<Outbound>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {OUTBOUND_COLS} FROM outbound WHERE id = ?1"),
+        [id],
+        outbound_row,
+    )
+    .optional()
+    .ctx("look up outbound")
+}
+
+fn outbound_list(
+    conn: &Connection,
+    op: &'static str,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> Result<Vec<Outbound>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).ctx(op)?;
+    let rows = stmt.query_map(p, outbound_row).ctx(op)?;
+    rows.collect::<Result<Vec<_>, _>>().ctx(op)
+}
+
+/// Insert inside an open transaction; `None` when the idempotency key already exists.
+pub(crate) fn insert_outbound_tx(
+    conn: &Connection,
+    m: &NewOutbound,
+    now_ms: i64,
+) -> Result<Option<Outbound>, StoreError> {
+    let inserted = conn
+        .execute(
+            "INSERT INTO outbound (session_id, chat_id, in_reply_to, idempotency_key, text, kind, state,
+                                   tries, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7)
+             ON CONFLICT (idempotency_key) DO NOTHING",
+            params![m.session_id, m.chat_id, m.in_reply_to, m.idempotency_key, m.text, m.kind, now_ms],
+        )
+        .ctx("insert outbound")?;
+    if inserted == 0 {
+        tracing::debug!(key = %m.idempotency_key, "store: outbound already recorded, skipped");
+        return Ok(None);
+    }
+    outbound_by_id(conn, conn.last_insert_rowid())
+}
+
+impl Store {
+    /// Queue a message for delivery; `None` when a message with this idempotency key already exists.
+    pub async fn insert_outbound(&self, m: NewOutbound) -> Result<Option<Outbound>, StoreError> {
+        self.write("insert outbound", move |tx| {
+            insert_outbound_tx(tx, &m, now_ms())
+        })
+        .await
+    }
+
+    /// The outbound message with this id.
+    pub async fn outbound(&self, id: i64) -> Result<Option<Outbound>, StoreError> {
+        self.read(move |conn| outbound_by_id(conn, id)).await
+    }
+
+    /// Up to `limit` undelivered messages, oldest first.
+    pub async fn pending_outbound(&self, limit: usize) -> Result<Vec<Outbound>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            outbound_list(
+                conn,
+                "list pending outbound",
+                &format!("SELECT {OUTBOUND_COLS} FROM outbound WHERE state = 'pending' ORDER BY id LIMIT ?1"),
+                [limit],
+            )
+        })
+        .await
+    }
+
+    /// Undelivered messages of one chat, oldest first.
+    pub async fn pending_outbound_for_chat(
+        &self,
+        chat_id: i64,
+    ) -> Result<Vec<Outbound>, StoreError> {
+        self.read(move |conn| {
+            outbound_list(
+                conn,
+                "list pending outbound for chat",
+                &format!(
+                    "SELECT {OUTBOUND_COLS} FROM outbound WHERE chat_id = ?1 AND state = 'pending' ORDER BY id"
+                ),
+                [chat_id],
+            )
+        })
+        .await
+    }
+
+    /// Every outbound message of one chat, oldest first.
+    pub async fn outbound_for_chat(&self, chat_id: i64) -> Result<Vec<Outbound>, StoreError> {
+        self.read(move |conn| {
+            outbound_list(
+                conn,
+                "list outbound for chat",
+                &format!("SELECT {OUTBOUND_COLS} FROM outbound WHERE chat_id = ?1 ORDER BY id"),
+                [chat_id],
+            )
+        })
+        .await
+    }
+
+    /// Record a successful delivery. Only a `pending` row changes, so a second call returns `false`
+    /// and the message is never "delivered twice" in the books.
+    pub async fn mark_delivered(
+        &self,
+        id: i64,
+        platform_message_id: Option<String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.write("mark outbound delivered", move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE outbound SET state = 'delivered', platform_message_id = ?2, delivered_at = ?3,
+                         last_error = NULL
+                     WHERE id = ?1 AND state = 'pending'",
+                    params![id, platform_message_id, now_ms],
+                )
+                .ctx("mark outbound delivered")?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Record a failed delivery attempt: tries += 1, and the row becomes `failed` once `max_tries` is
+    /// reached. A row no longer `pending` is left alone. Returns the resulting state.
+    pub async fn mark_delivery_failed(
+        &self,
+        id: i64,
+        error: impl Into<String>,
+        max_tries: u32,
+    ) -> Result<OutboundState, StoreError> {
+        let error = error.into();
+        self.write("mark outbound delivery failed", move |tx| {
+            let current: Option<(OutboundState, u32)> = tx
+                .query_row("SELECT state, tries FROM outbound WHERE id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .ctx("read outbound state")?;
+            let Some((state, tries)) = current else {
+                return Err(StoreError::NotFound {
+                    what: "outbound message",
+                    id: id.to_string(),
+                });
+            };
+            if state != OutboundState::Pending {
+                return Ok(state);
+            }
+            let tries = tries.saturating_add(1);
+            let next = if tries >= max_tries {
+                OutboundState::Failed
+            } else {
+                OutboundState::Pending
+            };
+            tx.execute(
+                "UPDATE outbound SET tries = ?2, last_error = ?3, state = ?4 WHERE id = ?1",
+                params![id, tries, error, next],
+            )
+            .ctx("mark outbound delivery failed")?;
+            if next == OutboundState::Failed {
+                tracing::warn!(outbound = id, tries, error = %error, "store: outbound delivery gave up");
+            }
+            Ok(next)
+        })
+        .await
+    }
+}

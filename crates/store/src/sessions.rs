@@ -1,0 +1,142 @@
+//! Sessions: one conversation of a group in a chat (and thread, in per-thread mode).
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use crate::engine::{Store, new_id};
+use crate::error::{Ctx, StoreError};
+use crate::model::{Session, SessionMode, SessionStatus};
+
+const SESSION_COLS: &str = "id, group_id, chat_id, thread, status, created_at, last_active";
+
+fn session_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: row.get(0)?,
+        group_id: row.get(1)?,
+        chat_id: row.get(2)?,
+        thread: row.get(3)?,
+        status: row.get(4)?,
+        created_at: row.get(5)?,
+        last_active: row.get(6)?,
+    })
+}
+
+impl Store {
+    /// Find the active session for (group, chat, thread) or create it; marks it active at `now_ms`.
+    /// In shared mode the thread is ignored: the whole chat is one session.
+    pub async fn resolve_session(
+        &self,
+        group_id: impl Into<String>,
+        chat_id: i64,
+        thread: Option<String>,
+        mode: SessionMode,
+        now_ms: i64,
+    ) -> Result<Session, StoreError> {
+        let group_id = group_id.into();
+        let thread = match mode {
+            SessionMode::Shared => None,
+            SessionMode::PerThread => thread,
+        };
+        self.write("resolve session", move |tx| {
+            let found = tx
+                .query_row(
+                    &format!(
+                        "SELECT {SESSION_COLS} FROM sessions
+                         WHERE group_id = ?1 AND chat_id = ?2 AND thread IS ?3 AND status = 'active'"
+                    ),
+                    params![group_id, chat_id, thread],
+                    session_row,
+                )
+                .optional()
+                .ctx("find active session")?;
+            if let Some(mut session) = found {
+                if now_ms > session.last_active {
+                    tx.execute(
+                        "UPDATE sessions SET last_active = ?2 WHERE id = ?1",
+                        params![session.id, now_ms],
+                    )
+                    .ctx("touch session")?;
+                    session.last_active = now_ms;
+                }
+                return Ok(session);
+            }
+            let session = Session {
+                id: new_id("ses"),
+                group_id: group_id.clone(),
+                chat_id,
+                thread: thread.clone(),
+                status: SessionStatus::Active,
+                created_at: now_ms,
+                last_active: now_ms,
+            };
+            tx.execute(
+                &format!("INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    session.id,
+                    session.group_id,
+                    session.chat_id,
+                    session.thread,
+                    session.status,
+                    session.created_at,
+                    session.last_active
+                ],
+            )
+            .ctx("create session")?;
+            tracing::info!(session = %session.id, group = %session.group_id, chat_id, "store: session created");
+            Ok(session)
+        })
+        .await
+    }
+
+    /// The session with this id.
+    pub async fn session(&self, id: impl Into<String>) -> Result<Option<Session>, StoreError> {
+        let id = id.into();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"),
+                [&id],
+                session_row,
+            )
+            .optional()
+            .ctx("look up session")
+        })
+        .await
+    }
+
+    /// Close a session so the next message starts a fresh one; returns whether it was active.
+    pub async fn close_session(
+        &self,
+        id: impl Into<String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.into();
+        self.write("close session", move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE sessions SET status = 'closed', last_active = MAX(last_active, ?2)
+                     WHERE id = ?1 AND status = 'active'",
+                    params![id, now_ms],
+                )
+                .ctx("close session")?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// All sessions of a group, most recently active first.
+    pub async fn sessions_for_group(
+        &self,
+        group_id: impl Into<String>,
+    ) -> Result<Vec<Session>, StoreError> {
+        let group_id = group_id.into();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLS} FROM sessions WHERE group_id = ?1 ORDER BY last_active DESC, id"
+                ))
+                .ctx("list sessions")?;
+            let rows = stmt.query_map([&group_id], session_row).ctx("list sessions")?;
+            rows.collect::<Result<Vec<_>, _>>().ctx("list sessions")
+        })
+        .await
+    }
+}

@@ -1,0 +1,113 @@
+//! Shared test helpers: the static agent binary, temporary nanoclaw homes, and the
+//! scripted model server (re-exported from `nanoclaw-scripted-model`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub use nanoclaw_scripted_model as scripted_model;
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The static `nanoclaw-agent` (x86_64-unknown-linux-musl, debug). `NANOCLAW_AGENT_BIN`
+/// overrides; `scripts/test` builds it before the tests. When it is missing it is built
+/// here, so a plain `cargo test` works too.
+pub fn agent_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("NANOCLAW_AGENT_BIN") {
+            return PathBuf::from(p);
+        }
+        let path = target_dir()
+            .join("x86_64-unknown-linux-musl")
+            .join("debug")
+            .join("nanoclaw-agent");
+        if path.is_file() && std::env::var_os("NANOCLAW_REBUILD_AGENT").is_none() {
+            return path;
+        }
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "nanoclaw-agent",
+                "--target",
+                "x86_64-unknown-linux-musl",
+            ])
+            .status()
+            .expect("running cargo to build nanoclaw-agent");
+        assert!(
+            status.success(),
+            "building nanoclaw-agent for x86_64-unknown-linux-musl failed \
+             (needs `rustup target add x86_64-unknown-linux-musl` and musl-tools)"
+        );
+        assert!(path.is_file(), "{} missing after build", path.display());
+        path
+    })
+    .clone()
+}
+
+/// A temporary `$NANOCLAW_HOME`, removed on drop.
+pub struct TestHome {
+    dir: tempfile::TempDir,
+}
+
+impl TestHome {
+    pub fn new() -> TestHome {
+        TestHome {
+            dir: tempfile::Builder::new()
+                .prefix("nanoclaw-test-")
+                .tempdir()
+                .expect("creating a temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `config.toml`.
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(self.dir.path().join("config.toml"), toml).expect("writing config.toml");
+    }
+}
+
+impl Default for TestHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Waits until `f` returns `Some`, polling every 20 ms, failing after `secs` seconds with
+/// `what` (a liveness bound, not a speed assertion).
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
