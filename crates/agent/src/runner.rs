@@ -8,7 +8,7 @@ use nanoclaw_protocol::{
     ToolActivity, ToolPhase, Turn, TurnFinished, is_compatible,
 };
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::bridge::Bridge;
 use crate::compaction;
@@ -187,47 +187,49 @@ where
     );
 
     let host = HostLink::new(outbox.clone());
-    let (turn_tx, mut turns) = mpsc::unbounded_channel();
-    let (shutdown_tx, mut shutdown) = watch::channel(false);
-    // Kept here so the watch stays open after stdin ends: EOF still answers queued turns.
-    let _shutdown_keep = shutdown_tx.clone();
-    tokio::spawn(read_loop(reader, turn_tx, shutdown_tx, host.clone()));
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
+    tokio::spawn(read_loop(reader, inbox_tx, host.clone()));
 
     let mut agent = Agent::new(provider, hello, env, host);
+    // One ordered queue: turns the host sent before `shutdown` are still answered.
     loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            next = turns.recv() => match next {
-                Some(turn) => agent.run_turn(turn).await,
-                None => {
-                    tracing::info!("the host closed stdin; exiting");
-                    break;
-                }
-            },
+        match inbox.recv().await {
+            Some(Inbound::Turn(turn)) => agent.run_turn(turn).await,
+            Some(Inbound::Shutdown) => {
+                tracing::info!("shutdown requested; exiting");
+                break;
+            }
+            None => {
+                tracing::info!("the host closed stdin; exiting");
+                break;
+            }
         }
     }
     let mut dropped = 0;
-    while turns.try_recv().is_ok() {
-        dropped += 1;
+    while let Ok(item) = inbox.try_recv() {
+        if matches!(item, Inbound::Turn(_)) {
+            dropped += 1;
+        }
     }
     if dropped > 0 {
         outbox.log(
-            LogLevel::Info,
-            format!("shutting down with {dropped} queued turn(s) not started"),
+            LogLevel::Warn,
+            format!("shutting down with {dropped} turn(s) received after the shutdown request"),
         );
     }
     drop(bridge);
     EXIT_OK
 }
 
+/// What the reader hands to the turn loop, in arrival order.
+enum Inbound {
+    Turn(Turn),
+    Shutdown,
+}
+
 async fn read_loop<R>(
     mut reader: LineReader<BufReader<R>>,
-    turns: mpsc::UnboundedSender<Turn>,
-    shutdown: watch::Sender<bool>,
+    inbox: mpsc::UnboundedSender<Inbound>,
     host: HostLink,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -236,7 +238,7 @@ async fn read_loop<R>(
     loop {
         match reader.next::<HostMessage>().await {
             Ok(Some(HostMessage::Turn(turn))) => {
-                if turns.send(turn).is_err() {
+                if inbox.send(Inbound::Turn(turn)).is_err() {
                     break;
                 }
             }
@@ -250,7 +252,8 @@ async fn read_loop<R>(
                 }
             }
             Ok(Some(HostMessage::Shutdown)) => {
-                shutdown.send_replace(true);
+                // Keep reading: the current turn may still wait for request results.
+                let _ = inbox.send(Inbound::Shutdown);
             }
             Ok(Some(HostMessage::Hello(_))) => {
                 outbox.log(LogLevel::Warn, "ignored a second hello from the host");

@@ -468,3 +468,21 @@ async fn long_conversation_is_compacted_with_a_summary() {
     // Memory and instructions stay in the system prompt.
     assert!(last.body["system"].to_string().contains("You are Andy"));
 }
+
+#[tokio::test]
+async fn shutdown_right_after_a_turn_still_answers_it() {
+    let relay = relay(Scenario::echo()).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    agent.handshake(hello("anthropic", "s1")).await;
+    agent.send(&turn("t1", "quick one")).await;
+    agent.send(&HostMessage::Shutdown).await;
+    let msgs = agent.until_turn_end().await;
+    assert!(finished(&msgs).reply.contains("quick one"));
+    // stdin stays open here: the shutdown alone ends the session.
+    let code = tokio::time::timeout(HANG_GUARD, agent.child.wait())
+        .await
+        .expect("the agent did not exit after shutdown")
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+}

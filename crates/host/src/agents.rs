@@ -220,12 +220,12 @@ impl AgentPool {
 
     async fn expire(&self, session_id: &str, generation: u64) {
         let mut idle = self.idle.lock().await;
-        if idle.get(session_id).map(|a| a.generation) == Some(generation) {
-            if let Some(entry) = idle.remove(session_id) {
-                drop(idle);
-                tracing::info!(session = session_id, "stopping idle agent");
-                entry.agent.stop().await;
-            }
+        if idle.get(session_id).map(|a| a.generation) == Some(generation)
+            && let Some(entry) = idle.remove(session_id)
+        {
+            drop(idle);
+            tracing::info!(session = session_id, "stopping idle agent");
+            entry.agent.stop().await;
         }
     }
 
@@ -236,7 +236,13 @@ impl AgentPool {
 
     /// Stops every idle agent (shutdown).
     pub async fn stop_all(&self) {
-        let agents: Vec<_> = self.idle.lock().await.drain().map(|(_, a)| a.agent).collect();
+        let agents: Vec<_> = self
+            .idle
+            .lock()
+            .await
+            .drain()
+            .map(|(_, a)| a.agent)
+            .collect();
         for agent in agents {
             agent.stop().await;
         }
@@ -472,7 +478,9 @@ fn spawn_stdout_reader(
                     }
                 }
                 Ok(None) => {
-                    let _ = tx.send(AgentEvent::Exited("agent closed its output".into())).await;
+                    let _ = tx
+                        .send(AgentEvent::Exited("agent closed its output".into()))
+                        .await;
                     return;
                 }
                 Err(e) if e.is_recoverable() => {

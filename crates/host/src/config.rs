@@ -191,7 +191,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not valid nanoclaw configuration: {message}Fix the file or move it aside to use the defaults.")]
+    #[error(
+        "{path} is not valid nanoclaw configuration: {message}Fix the file or move it aside to use the defaults."
+    )]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -378,7 +380,10 @@ mod tests {
 
         std::fs::write(&path, "[model]\nprovider = \"gemini\"\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
-        assert!(err.contains("model.provider") && err.contains("anthropic"), "{err}");
+        assert!(
+            err.contains("model.provider") && err.contains("anthropic"),
+            "{err}"
+        );
 
         std::fs::write(&path, "[agents]\nmax_concurent = 3\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();

@@ -26,8 +26,8 @@ use crate::channel::{
     Channel, ChannelContext, ChannelError, ChannelEvent, OutgoingMessage, Progress, RouteOutcome,
 };
 use crate::config::{Config, Paths};
-use crate::relay::{ModelUpstreams, Relay};
 use crate::now_ms;
+use crate::relay::{ModelUpstreams, Relay};
 
 /// Messages batched into one turn at most.
 const MAX_BATCH: usize = 10;
@@ -104,7 +104,10 @@ impl HostLock {
             anyhow::bail!(
                 "another nanoclaw host is already running with this data directory ({}); \
                  use `nanoclaw chat` to talk to it, or stop it first",
-                path.parent().and_then(|p| p.parent()).unwrap_or(path).display()
+                path.parent()
+                    .and_then(|p| p.parent())
+                    .unwrap_or(path)
+                    .display()
             );
         }
         Ok(HostLock { _file: file })
@@ -162,13 +165,7 @@ impl Host {
             );
         }
         let relay = Relay::new(upstreams).context("building the model relay's HTTP client")?;
-        let pool = AgentPool::new(
-            runtime,
-            relay,
-            paths.clone(),
-            config.clone(),
-            agent_binary,
-        );
+        let pool = AgentPool::new(runtime, relay, paths.clone(), config.clone(), agent_binary);
 
         let channel_list = crate::channel::build_enabled(&ChannelContext {
             config: &config,
@@ -193,10 +190,11 @@ impl Host {
         });
 
         let (tx, rx) = mpsc::channel::<ChannelEvent>(1024);
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(router_loop(Arc::clone(&inner), rx)));
-        tasks.push(tokio::spawn(delivery_loop(Arc::clone(&inner))));
-        tasks.push(tokio::spawn(scheduler_loop(Arc::clone(&inner))));
+        let tasks = vec![
+            tokio::spawn(router_loop(Arc::clone(&inner), rx)),
+            tokio::spawn(delivery_loop(Arc::clone(&inner))),
+            tokio::spawn(scheduler_loop(Arc::clone(&inner))),
+        ];
         for channel in channel_list {
             let name = channel.name();
             Arc::clone(&channel)
@@ -397,7 +395,15 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
     });
     if let Err(e) = agent.send(&turn).await {
         agent.kill().await;
-        return fail_turn(inner, &chat, session_id, &ids, format!("the agent stopped: {e}"), true).await;
+        return fail_turn(
+            inner,
+            &chat,
+            session_id,
+            &ids,
+            format!("the agent stopped: {e}"),
+            true,
+        )
+        .await;
     }
 
     let channel = inner.channels.get(&chat.channel).cloned();
@@ -428,22 +434,23 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
         match msg {
             AgentMessage::TextDelta { turn_id: t, text } if t == turn_id => {
                 if let Some(ch) = &channel {
-                    ch.progress(&chat.platform_id, Progress::TextDelta(text)).await;
+                    ch.progress(&chat.platform_id, Progress::TextDelta(text))
+                        .await;
                 }
             }
             AgentMessage::ToolActivity(activity) if activity.turn_id == turn_id => {
                 tracing::info!(session = %session_id, tool = %activity.tool, phase = ?activity.phase, summary = %activity.summary, "tool");
-                if activity.phase == ToolPhase::Started {
-                    if let Some(ch) = &channel {
-                        ch.progress(
-                            &chat.platform_id,
-                            Progress::Tool {
-                                tool: activity.tool,
-                                summary: activity.summary,
-                            },
-                        )
-                        .await;
-                    }
+                if activity.phase == ToolPhase::Started
+                    && let Some(ch) = &channel
+                {
+                    ch.progress(
+                        &chat.platform_id,
+                        Progress::Tool {
+                            tool: activity.tool,
+                            summary: activity.summary,
+                        },
+                    )
+                    .await;
                 }
             }
             AgentMessage::Request(request) => {
@@ -489,7 +496,10 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                         kind: OutboundKind::Reply,
                     });
                 }
-                inner.store.complete_turn(ids.clone(), replies, now_ms()).await?;
+                inner
+                    .store
+                    .complete_turn(ids.clone(), replies, now_ms())
+                    .await?;
                 inner
                     .store
                     .record_usage(
@@ -545,7 +555,6 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
         }
     }
 }
-
 
 /// Checks and performs something the agent asked for. The agent is untrusted: it may only
 /// message the chat its turn came from, within size limits.

@@ -75,8 +75,10 @@ pub fn find_agent_binary() -> Result<PathBuf, String> {
         };
     }
     let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        {
             candidates.push(dir.join("nanoclaw-agent"));
             // Running from a cargo target dir (target/<profile>/ or target/<profile>/deps/):
             // the agent is built for musl under target/x86_64-unknown-linux-musl/<profile>/.
@@ -98,13 +100,10 @@ pub fn find_agent_binary() -> Result<PathBuf, String> {
             }
         }
     }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            "the agent runner (nanoclaw-agent) was not found next to nanoclaw; build it with \
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        "the agent runner (nanoclaw-agent) was not found next to nanoclaw; build it with \
              `cargo build --release -p nanoclaw-agent --target x86_64-unknown-linux-musl` \
              or set NANOCLAW_AGENT_BIN"
-                .to_owned()
-        })
+            .to_owned()
+    })
 }

@@ -84,8 +84,8 @@ impl ModelUpstreams {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> ModelUpstreams {
-        let anthropic_base = get("ANTHROPIC_BASE_URL")
-            .unwrap_or_else(|| "https://api.anthropic.com".to_owned());
+        let anthropic_base =
+            get("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".to_owned());
         let anthropic = if let Some(key) = get("ANTHROPIC_API_KEY") {
             Some(Upstream {
                 base_url: anthropic_base,
@@ -216,7 +216,9 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
                     "anthropic",
                     StatusCode::NOT_FOUND,
                     "not_found_error",
-                    format!("nanoclaw relay: {path} is not a model API path (use /anthropic/… or /openai/…)"),
+                    format!(
+                        "nanoclaw relay: {path} is not a model API path (use /anthropic/… or /openai/…)"
+                    ),
                 );
             }
         },
@@ -314,28 +316,26 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
         *h = forwarded_headers(response.headers(), FORWARDED_RESPONSE_HEADERS);
     }
     let stream = response.bytes_stream().map_err(std::io::Error::other);
-    builder
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|e| {
-            relay_error(
-                provider,
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                format!("nanoclaw relay: bad upstream response: {e}"),
-            )
-        })
+    builder.body(Body::from_stream(stream)).unwrap_or_else(|e| {
+        relay_error(
+            provider,
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            format!("nanoclaw relay: bad upstream response: {e}"),
+        )
+    })
 }
 
 fn forwarded_headers(from: &HeaderMap, allowed: &[&str]) -> HeaderMap {
     let mut out = HeaderMap::new();
     for name in allowed {
-        if let Some(value) = from.get(*name) {
-            if let (Ok(n), Ok(v)) = (
+        if let Some(value) = from.get(*name)
+            && let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_bytes(value.as_bytes()),
-            ) {
-                out.insert(n, v);
-            }
+            )
+        {
+            out.insert(n, v);
         }
     }
     out

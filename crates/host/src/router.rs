@@ -19,7 +19,10 @@ pub fn has_trigger(text: &str, trigger: &str) -> bool {
     while let Some(pos) = lower[from..].find(&needle) {
         let start = from + pos;
         let end = start + needle.len();
-        let before_ok = lower[..start].chars().next_back().is_none_or(|c| !is_word(c))
+        let before_ok = lower[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_word(c))
             || !needle.chars().next().is_some_and(is_word);
         let after_ok = lower[end..].chars().next().is_none_or(|c| !is_word(c));
         if before_ok && after_ok {

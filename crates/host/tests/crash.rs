@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use nanoclaw_host::channel::terminal::ServerLine;
-use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use nanoclaw_test_support::TestHome;
+use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,20 +13,24 @@ async fn host_killed_mid_turn_answers_after_restart_exactly_once() {
     let home = TestHome::new();
     let scenario = Scenario::new()
         .with_api_key(TEST_KEY)
-        .rule(Matcher::LastIsToolResult, Reply::text("finished: {{last_tool_result}}"))
+        .rule(
+            Matcher::LastIsToolResult,
+            Reply::text("finished: {{last_tool_result}}"),
+        )
         .rule(
             Matcher::LastUserTextContains("slow job".into()),
-            Reply::text("working on it").with_tool_call(
-                "bash",
-                json!({"command": "sleep 2; echo slow-job-done"}),
-            ),
+            Reply::text("working on it")
+                .with_tool_call("bash", json!({"command": "sleep 2; echo slow-job-done"})),
         )
         .rule(Matcher::Always, Reply::text("echo: {{last_user_text}}"));
     let model = ScriptedModel::start(scenario).await.unwrap();
 
     let mut daemon = spawn_daemon(home.path(), &model);
     let mut client = connect_client(home.path()).await;
-    client.send_with_id("slow-1", "please run the slow job").await.unwrap();
+    client
+        .send_with_id("slow-1", "please run the slow job")
+        .await
+        .unwrap();
     // Wait until the sandboxed tool is running, then kill the host like a crash would.
     loop {
         match client.next().await.unwrap() {
@@ -53,7 +57,9 @@ async fn host_killed_mid_turn_answers_after_restart_exactly_once() {
             ServerLine::Message { reply_to, text, .. } if reply_to.as_deref() == Some("slow-1") => {
                 panic!("the reply was delivered twice: {text}");
             }
-            ServerLine::Message { reply_to, text, .. } if reply_to.as_deref() == Some(id.as_str()) => {
+            ServerLine::Message { reply_to, text, .. }
+                if reply_to.as_deref() == Some(id.as_str()) =>
+            {
                 assert!(text.contains("after the crash"));
                 break;
             }
@@ -71,7 +77,10 @@ async fn host_killed_mid_turn_answers_after_restart_exactly_once() {
         .unwrap()
         .unwrap();
     let out = store.outbound_for_chat(chat.id).await.unwrap();
-    let finished: Vec<_> = out.iter().filter(|o| o.text.contains("slow-job-done")).collect();
+    let finished: Vec<_> = out
+        .iter()
+        .filter(|o| o.text.contains("slow-job-done"))
+        .collect();
     assert_eq!(finished.len(), 1, "{out:?}");
     assert_eq!(finished[0].state.as_str(), "delivered");
 }

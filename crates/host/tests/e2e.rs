@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use nanoclaw_host::channel::terminal::ServerLine;
-use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use nanoclaw_test_support::TestHome;
+use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use serde_json::json;
 
 /// A scenario that runs `command` in bash when the user's text contains `keyword`, then
@@ -18,9 +18,10 @@ fn probe(keyword: &str, command: &str) -> (Matcher, Reply) {
 }
 
 fn probing_scenario(probes: &[(&str, &str)]) -> Scenario {
-    let mut scenario = Scenario::new()
-        .with_api_key(TEST_KEY)
-        .rule(Matcher::LastIsToolResult, Reply::text("OUT[{{last_tool_result}}]"));
+    let mut scenario = Scenario::new().with_api_key(TEST_KEY).rule(
+        Matcher::LastIsToolResult,
+        Reply::text("OUT[{{last_tool_result}}]"),
+    );
     for (k, c) in probes {
         let (m, r) = probe(k, c);
         scenario = scenario.rule(m, r);
@@ -61,7 +62,10 @@ async fn message_runs_bash_in_the_sandbox_and_the_reply_is_delivered() {
         }
     };
     assert!(saw_tool, "the terminal shows the tool the agent used");
-    assert!(streamed.contains("Let me check"), "reply text streams in: {streamed}");
+    assert!(
+        streamed.contains("Let me check"),
+        "reply text streams in: {streamed}"
+    );
     let kernel = std::process::Command::new("uname")
         .arg("-r")
         .output()
@@ -121,13 +125,18 @@ async fn the_sandbox_has_no_network_no_key_and_no_host_files() {
             "touch /usr/evil 2>&1; touch /workspace/global/evil 2>&1; echo ok > /workspace/group/mine && echo WROTE; echo END",
         ),
     ];
-    let model = ScriptedModel::start(probing_scenario(&probes)).await.unwrap();
+    let model = ScriptedModel::start(probing_scenario(&probes))
+        .await
+        .unwrap();
     let host = start_host(home.path(), &model, config_for_tests()).await;
     let mut client = connect_client(home.path()).await;
 
     let (_, env) = ask(&mut client, "probe-env").await;
     assert!(env.contains("END"), "{env}");
-    assert!(!env.contains(TEST_KEY), "the API key leaked into the sandbox: {env}");
+    assert!(
+        !env.contains(TEST_KEY),
+        "the API key leaked into the sandbox: {env}"
+    );
     assert!(!env.contains("ANTHROPIC"), "{env}");
 
     let (_, files) = ask(&mut client, "probe-files").await;
@@ -145,7 +154,10 @@ async fn the_sandbox_has_no_network_no_key_and_no_host_files() {
 
     let (_, write) = ask(&mut client, "probe-write").await;
     assert!(write.contains("WROTE"), "{write}");
-    assert!(write.contains("Read-only file system") || write.contains("Permission denied"), "{write}");
+    assert!(
+        write.contains("Read-only file system") || write.contains("Permission denied"),
+        "{write}"
+    );
     assert!(home.path().join("groups/main/mine").exists());
     assert!(!home.path().join("global/evil").exists());
     host.shutdown().await;
@@ -184,7 +196,10 @@ async fn a_model_error_reaches_the_chat_as_a_clear_message() {
     let mut client = connect_client(home.path()).await;
     let (kind, text) = ask(&mut client, "hello").await;
     assert_eq!(kind, "error");
-    assert!(text.contains("authentication_error") || text.contains("401"), "{text}");
+    assert!(
+        text.contains("authentication_error") || text.contains("401"),
+        "{text}"
+    );
     host.shutdown().await;
 }
 
@@ -213,11 +228,11 @@ async fn bad_terminal_input_gets_an_error_and_the_connection_survives() {
     assert!(first.contains("once only"));
     client.send_with_id("dup-1", "once only").await.unwrap();
     loop {
-        if let ServerLine::Ack { id, status, .. } = client.next().await.unwrap().unwrap() {
-            if id == "dup-1" {
-                assert_eq!(status, "duplicate");
-                break;
-            }
+        if let ServerLine::Ack { id, status, .. } = client.next().await.unwrap().unwrap()
+            && id == "dup-1"
+        {
+            assert_eq!(status, "duplicate");
+            break;
         }
     }
     host.shutdown().await;

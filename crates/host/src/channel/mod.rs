@@ -55,7 +55,10 @@ pub enum RouteOutcome {
 pub enum ChannelEvent {
     Inbound(InboundEvent),
     /// Someone is reachable in this chat again: queued messages can be delivered now.
-    Reachable { channel: String, chat_id: String },
+    Reachable {
+        channel: String,
+        chat_id: String,
+    },
 }
 
 /// A reply or message for a chat.

@@ -327,9 +327,9 @@ impl TerminalClient {
     pub async fn reply_to(&mut self, id: &str) -> std::io::Result<Option<ServerLine>> {
         while let Some(line) = self.next().await? {
             match &line {
-                ServerLine::Message {
-                    kind, reply_to, ..
-                } if reply_to.as_deref() == Some(id) && (kind == "reply" || kind == "error") => {
+                ServerLine::Message { kind, reply_to, .. }
+                    if reply_to.as_deref() == Some(id) && (kind == "reply" || kind == "error") =>
+                {
                     return Ok(Some(line));
                 }
                 ServerLine::Ack {

@@ -1,6 +1,8 @@
 use std::process::ExitCode;
 
-use nanoclaw_host::config::{Config, DEFAULT_CONFIG_TOML, Paths, create_private_dir, write_private_file};
+use nanoclaw_host::config::{
+    Config, DEFAULT_CONFIG_TOML, Paths, create_private_dir, write_private_file,
+};
 
 pub fn path() -> anyhow::Result<ExitCode> {
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
@@ -12,7 +14,10 @@ pub fn init(force: bool) -> anyhow::Result<ExitCode> {
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
     let file = paths.config_file();
     if file.exists() && !force {
-        eprintln!("{} exists; keeping it (use --force to overwrite)", file.display());
+        eprintln!(
+            "{} exists; keeping it (use --force to overwrite)",
+            file.display()
+        );
         return Ok(ExitCode::FAILURE);
     }
     create_private_dir(&paths.home)?;

@@ -79,13 +79,15 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     });
     let all_ok = checks.iter().all(|c| c.ok);
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"ok": all_ok, "checks": checks})
-        );
+        println!("{}", serde_json::json!({"ok": all_ok, "checks": checks}));
     } else {
         for c in &checks {
-            println!("{} {:<18} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+            println!(
+                "{} {:<18} {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            );
         }
     }
     Ok(if all_ok {

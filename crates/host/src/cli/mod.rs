@@ -12,12 +12,14 @@ use std::path::Path;
 /// `NANOCLAW_LOG` sets the filter (default `info`); `NANOCLAW_LOG_FORMAT=json` for JSON.
 pub fn init_logging(file: Option<&Path>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("NANOCLAW_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("NANOCLAW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("NANOCLAW_LOG_FORMAT").is_ok_and(|v| v == "json");
     let no_color = std::env::var_os("NO_COLOR").is_some();
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let writer = file.and_then(|path| {
+        if let Some(dir) = path.parent() {
+            let _ = nanoclaw_host::config::create_private_dir(dir);
+        }
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)

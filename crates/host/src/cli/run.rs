@@ -9,7 +9,9 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let host = Host::start(options).await?;
     match host.runtime() {
         Ok(name) => tracing::info!(home = %home.display(), runtime = name, "nanoclaw is ready"),
-        Err(why) => tracing::error!(home = %home.display(), "nanoclaw is up but cannot run agents: {why}"),
+        Err(why) => {
+            tracing::error!(home = %home.display(), "nanoclaw is up but cannot run agents: {why}")
+        }
     }
     wait_for_signal().await;
     tracing::info!("shutting down");

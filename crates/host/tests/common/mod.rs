@@ -1,6 +1,8 @@
 //! Harness for the host's end-to-end tests: a real host (in-process or as a child
 //! process), the real bubblewrap sandbox, the static agent, and the scripted model.
 #![allow(dead_code)]
+// Test harness: a failed precondition should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
