@@ -229,9 +229,9 @@ impl AgentPool {
         }
     }
 
-    /// Number of agents waiting idle.
-    pub async fn idle_count(&self) -> usize {
-        self.idle.lock().await.len()
+    /// Number of agents alive (each holds one slot), busy or idle.
+    pub fn live_count(&self) -> usize {
+        self.config.agents.max_concurrent - self.slots.available_permits()
     }
 
     /// Stops every idle agent (shutdown).

@@ -65,6 +65,7 @@ impl HostOptions {
 pub struct Host {
     inner: Arc<Inner>,
     tasks: Vec<JoinHandle<()>>,
+    sink: mpsc::Sender<ChannelEvent>,
 }
 
 struct Inner {
@@ -203,11 +204,25 @@ impl Host {
                 .with_context(|| format!("starting the {name} channel"))?;
             tracing::info!(channel = name, "channel started");
         }
-        Ok(Host { inner, tasks })
+        Ok(Host {
+            inner,
+            tasks,
+            sink: tx,
+        })
     }
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Where in-process channels (and tests) hand messages to the router.
+    pub fn inbound_sink(&self) -> crate::channel::InboundSink {
+        self.sink.clone()
+    }
+
+    /// Agents running right now: busy with a turn or idle and warm.
+    pub fn live_agents(&self) -> usize {
+        self.inner.pool.live_count()
     }
 
     /// The runtime agents run in, or why there is none.
@@ -520,7 +535,15 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 turn_id: t,
                 error,
                 retryable,
-            } if t == turn_id => break TurnEnd::Failed { error, retryable },
+            } if t == turn_id => {
+                // The agent already retried its model calls with backoff; trying the whole
+                // turn again would only keep the user waiting longer for the same error.
+                tracing::debug!(session = %session_id, retryable, "agent reported a failed turn");
+                break TurnEnd::Failed {
+                    error,
+                    retryable: false,
+                };
+            }
             AgentMessage::Log { level, message } => {
                 let message: String = message.chars().take(2000).collect();
                 match level {

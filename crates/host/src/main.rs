@@ -44,10 +44,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Agent groups: list them, set a group's model or trigger.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
     /// The configuration file.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// List agent groups with their trigger, provider and model.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a group's provider, model or trigger (applies to its next agent).
+    Set {
+        /// The group's folder name, e.g. `main`.
+        folder: String,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        trigger: Option<String>,
     },
 }
 
@@ -89,6 +114,15 @@ fn main() -> ExitCode {
             } => cli::chat::chat(message, json, timeout).await,
             Command::Demo => cli::demo::demo().await,
             Command::Doctor { json } => cli::doctor::doctor(json).await,
+            Command::Group { command } => match command {
+                GroupCommand::List { json } => cli::group::list(json).await,
+                GroupCommand::Set {
+                    folder,
+                    provider,
+                    model,
+                    trigger,
+                } => cli::group::set(folder, provider, model, trigger).await,
+            },
             Command::Config { command } => match command {
                 ConfigCommand::Path => cli::config::path(),
                 ConfigCommand::Init { force } => cli::config::init(force),

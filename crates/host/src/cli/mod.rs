@@ -4,6 +4,7 @@ pub mod chat;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod group;
 pub mod run;
 
 use std::path::Path;

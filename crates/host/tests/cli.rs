@@ -1,0 +1,177 @@
+//! The `nanoclaw` command line as a user runs it.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::TEST_KEY;
+use nanoclaw_test_support::TestHome;
+use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
+
+fn nanoclaw(home: &TestHome, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("NANOCLAW_HOME", home.path())
+        .env("NO_COLOR", "1")
+        .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn demo_runs_a_sandboxed_command_offline_and_says_the_model_is_scripted() {
+    let home = TestHome::new();
+    let out = nanoclaw(&home, &["demo"], &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("SCRIPTED"), "{stderr}");
+    let kernel = text(&Command::new("uname").arg("-r").output().unwrap().stdout);
+    assert!(stdout.contains(kernel.trim()), "{stdout}");
+    assert!(
+        stderr.contains("uname -sr"),
+        "the tool use is shown: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_message_without_a_running_host_starts_one_and_prints_the_reply() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let base = model.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        let out = nanoclaw(
+            &home,
+            &["chat", "-m", "ping from a script", "--json"],
+            &[
+                ("ANTHROPIC_BASE_URL", &base),
+                ("ANTHROPIC_API_KEY", TEST_KEY),
+            ],
+        );
+        (out, home)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["kind"], "reply");
+    assert!(
+        reply["reply"]
+            .as_str()
+            .unwrap()
+            .contains("ping from a script"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn without_a_sandbox_no_agent_runs_and_the_user_is_told_how_to_fix_it() {
+    let home = TestHome::new();
+    let out = nanoclaw(
+        &home,
+        &["chat", "-m", "hello"],
+        &[
+            ("NANOCLAW_BWRAP", "/nonexistent/bwrap"),
+            ("ANTHROPIC_API_KEY", TEST_KEY),
+        ],
+    );
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("no sandbox runtime"), "{all}");
+    assert!(all.contains("bubblewrap") || all.contains("bwrap"), "{all}");
+
+    let out = nanoclaw(
+        &home,
+        &["doctor", "--json"],
+        &[("NANOCLAW_BWRAP", "/nonexistent/bwrap")],
+    );
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let runtime = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sandbox runtime")
+        .unwrap();
+    assert_eq!(runtime["ok"], false);
+}
+
+#[test]
+fn a_broken_config_is_reported_with_the_offending_setting() {
+    let home = TestHome::new();
+    home.write_config("[agents]\nmax_concurrent = \"lots\"\n");
+    let out = nanoclaw(&home, &["config", "show"], &[]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("max_concurrent") && err.contains("config.toml"),
+        "{err}"
+    );
+
+    home.write_config("# fine\n[model]\nmodel = \"claude-opus-4-1\"\n");
+    let out = nanoclaw(&home, &["config", "show", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(config["model"]["model"], "claude-opus-4-1");
+    assert_eq!(config["trigger"], "@Andy");
+}
+
+#[test]
+fn a_groups_model_can_be_changed_from_the_cli() {
+    let home = TestHome::new();
+    // The demo-free way to create the database: one doctor run does not; a chat does.
+    let out = nanoclaw(&home, &["group", "list"], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("start nanoclaw once"));
+
+    let out = nanoclaw(&home, &["chat", "-m", "hi", "--timeout", "60"], &[]);
+    // No key configured: the answer is an error, but the database now exists.
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("ANTHROPIC_API_KEY")
+            || text(&out.stderr).contains("ANTHROPIC_API_KEY"),
+        "the missing key is named: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let out = nanoclaw(
+        &home,
+        &[
+            "group",
+            "set",
+            "main",
+            "--provider",
+            "openai",
+            "--model",
+            "gpt-4.1-mini",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = nanoclaw(&home, &["group", "list", "--json"], &[]);
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(groups[0]["folder"], "main");
+    assert_eq!(groups[0]["provider"], "openai");
+    assert_eq!(groups[0]["model"], "gpt-4.1-mini");
+
+    let out = nanoclaw(
+        &home,
+        &["group", "set", "main", "--provider", "gemini"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("gemini"));
+}

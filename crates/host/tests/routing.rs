@@ -1,0 +1,200 @@
+//! Routing and lifecycle: triggers, wiring, the agent cap and idle timeout, send_message.
+
+mod common;
+
+use common::*;
+use nanoclaw_host::Host;
+use nanoclaw_host::channel::terminal::ServerLine;
+use nanoclaw_host::channel::{ChannelEvent, InboundEvent, RouteOutcome};
+use nanoclaw_store::{NewGroup, SessionMode};
+use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
+use nanoclaw_test_support::{TestHome, eventually};
+use serde_json::json;
+
+async fn inject(host: &Host, channel: &str, chat: &str, id: &str, text: &str) -> RouteOutcome {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    host.inbound_sink()
+        .send(ChannelEvent::Inbound(InboundEvent {
+            channel: channel.into(),
+            chat_id: chat.into(),
+            chat_name: chat.into(),
+            is_group: true,
+            thread: None,
+            platform_msg_id: id.into(),
+            sender: "test:alice".into(),
+            sender_name: Some("Alice".into()),
+            text: text.into(),
+            received_at: nanoclaw_host::now_ms(),
+            ack: Some(tx),
+        }))
+        .await
+        .unwrap();
+    rx.await.unwrap()
+}
+
+/// Wires `chat` on the (unregistered) `test` channel to a new group `folder`.
+async fn wire_group(host: &Host, folder: &str, chat: &str, requires_trigger: bool) -> i64 {
+    let store = host.store();
+    let group = store
+        .ensure_group(NewGroup {
+            name: folder.into(),
+            folder: folder.into(),
+            trigger: Some("@Andy".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let chat = store.ensure_chat("test", chat, chat, true).await.unwrap();
+    store
+        .wire(chat.id, group.id, requires_trigger, SessionMode::Shared)
+        .await
+        .unwrap();
+    chat.id
+}
+
+async fn replies(host: &Host, chat_id: i64) -> Vec<String> {
+    host.store()
+        .outbound_for_chat(chat_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.text)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_chats_need_the_trigger_and_unwired_chats_are_ignored() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let chat = wire_group(&host, "team", "room-1", true).await;
+
+    let outcome = inject(&host, "test", "room-1", "m1", "just chatting").await;
+    assert!(
+        matches!(outcome, RouteOutcome::Ignored(ref why) if why.contains("trigger")),
+        "{outcome:?}"
+    );
+    let outcome = inject(&host, "test", "room-2", "m2", "@Andy hello?").await;
+    assert!(
+        matches!(outcome, RouteOutcome::Ignored(ref why) if why.contains("not wired")),
+        "{outcome:?}"
+    );
+
+    let outcome = inject(&host, "test", "room-1", "m3", "hey @andy, how are you").await;
+    assert_eq!(outcome, RouteOutcome::Accepted);
+    let texts = eventually(60, "the reply to the triggered message", || async {
+        let r = replies(&host, chat).await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(texts.len(), 1);
+    assert!(texts[0].contains("how are you"), "{texts:?}");
+    // Only the triggered message reached the model.
+    assert!(
+        model
+            .requests()
+            .iter()
+            .all(|r| !r.body.to_string().contains("just chatting"))
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_beyond_the_cap_wait_their_turn_and_idle_agents_stop() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let mut config = config_for_tests();
+    config.agents.max_concurrent = 1;
+    config.agents.idle_timeout_secs = 1;
+    let host = start_host(home.path(), &model, config).await;
+    let chats = [
+        wire_group(&host, "alpha", "room-a", false).await,
+        wire_group(&host, "beta", "room-b", false).await,
+        wire_group(&host, "gamma", "room-c", false).await,
+    ];
+    for (i, room) in ["room-a", "room-b", "room-c"].iter().enumerate() {
+        let outcome = inject(
+            &host,
+            "test",
+            room,
+            &format!("m{i}"),
+            &format!("hi from {room}"),
+        )
+        .await;
+        assert_eq!(outcome, RouteOutcome::Accepted);
+    }
+    let mut most_alive = 0;
+    eventually(90, "all three groups answered", || {
+        most_alive = most_alive.max(host.live_agents());
+        let host = &host;
+        async move {
+            for chat in chats {
+                if replies(host, chat).await.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    assert!(
+        most_alive <= 1,
+        "the cap of one live agent was exceeded: {most_alive}"
+    );
+    for (chat, room) in chats.iter().zip(["room-a", "room-b", "room-c"]) {
+        let r = replies(&host, *chat).await;
+        assert_eq!(r.len(), 1);
+        assert!(r[0].contains(room), "{r:?}");
+    }
+    // With nothing to do, the last agent stops after the idle timeout.
+    eventually(30, "the idle agent to stop", || async {
+        (host.live_agents() == 0).then_some(())
+    })
+    .await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_message_reaches_the_chat_before_the_final_reply() {
+    let home = TestHome::new();
+    let scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(Matcher::LastIsToolResult, Reply::text("all done"))
+        .rule(
+            Matcher::Always,
+            Reply::tool_call("send_message", json!({"text": "working on it…"})),
+        );
+    let model = ScriptedModel::start(scenario).await.unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+    let id = client.send("do the thing").await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match client.next().await.unwrap().expect("connection open") {
+            ServerLine::Message {
+                kind,
+                text,
+                reply_to,
+                ..
+            } => {
+                seen.push((kind.clone(), text));
+                if kind == "reply" && reply_to.as_deref() == Some(id.as_str()) {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("message".to_owned(), "working on it…".to_owned()),
+            ("reply".to_owned(), "all done".to_owned())
+        ]
+    );
+    host.shutdown().await;
+}
