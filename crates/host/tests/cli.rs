@@ -1,5 +1,8 @@
 //! The `nanoclaw` command line as a user runs it.
 
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::{Command, Output};

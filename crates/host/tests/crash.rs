@@ -1,5 +1,8 @@
 //! The host is killed mid-turn; on restart the message is answered, and delivered once.
 
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

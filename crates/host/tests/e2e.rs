@@ -1,5 +1,8 @@
 //! End to end: a message goes in, a sandboxed agent runs a tool, the reply comes out.
 
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

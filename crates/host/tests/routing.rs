@@ -1,5 +1,8 @@
 //! Routing and lifecycle: triggers, wiring, the agent cap and idle timeout, send_message.
 
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -174,19 +177,17 @@ async fn send_message_reaches_the_chat_before_the_final_reply() {
     let id = client.send("do the thing").await.unwrap();
     let mut seen = Vec::new();
     loop {
-        match client.next().await.unwrap().expect("connection open") {
-            ServerLine::Message {
-                kind,
-                text,
-                reply_to,
-                ..
-            } => {
-                seen.push((kind.clone(), text));
-                if kind == "reply" && reply_to.as_deref() == Some(id.as_str()) {
-                    break;
-                }
+        if let ServerLine::Message {
+            kind,
+            text,
+            reply_to,
+            ..
+        } = client.next().await.unwrap().expect("connection open")
+        {
+            seen.push((kind.clone(), text));
+            if kind == "reply" && reply_to.as_deref() == Some(id.as_str()) {
+                break;
             }
-            _ => {}
         }
     }
     assert_eq!(
