@@ -38,6 +38,15 @@ pub fn format_message(msg: &ChatMessage) -> String {
 }
 
 /// The whole batch: a single element for one message, several wrapped in `<messages>`.
+/// The line that opens every turn: the current local time and zone.
+pub fn context_line(now: chrono::DateTime<chrono::Local>, zone: &str) -> String {
+    format!(
+        "<context now=\"{}\" timezone=\"{}\" />",
+        escape(&now.format("%A, %Y-%m-%d %H:%M (UTC%:z)").to_string()),
+        escape(zone)
+    )
+}
+
 pub fn format_turn(messages: &[ChatMessage]) -> String {
     if let [only] = messages {
         return format_message(only);

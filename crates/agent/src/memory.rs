@@ -5,7 +5,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Local};
 use nanoclaw_protocol::Hello;
 
 /// Largest memory file included in full.
@@ -67,7 +66,6 @@ pub struct PromptContext<'a> {
     pub hello: &'a Hello,
     pub workspace: &'a Path,
     pub global_dir: Option<&'a Path>,
-    pub now: DateTime<Local>,
 }
 
 /// Builds the system prompt from the instructions and the current memory files.
@@ -92,7 +90,8 @@ pub fn system_prompt(ctx: &PromptContext<'_>) -> String {
          that need the internet will fail.\n\
          - Your workspace is {workspace} (the current directory). Files you create there \
          persist between conversations.\n\
-         - Current local time: {time} (time zone {zone}).\n\
+         - Your time zone is {zone}. Each turn starts with a <context> line giving the \
+         current local time.\n\
          \n\
          # Messages\n\
          Chat messages arrive as <message> elements with the sender and time; several may \
@@ -111,7 +110,6 @@ pub fn system_prompt(ctx: &PromptContext<'_>) -> String {
         name = hello.assistant_name,
         group = hello.group.name,
         workspace = ctx.workspace.display(),
-        time = ctx.now.format("%A, %Y-%m-%d %H:%M (UTC%:z)"),
     );
 
     if let Some(global) = ctx.global_dir.and_then(read_memory) {
@@ -185,7 +183,6 @@ mod tests {
             hello: &h,
             workspace: ws,
             global_dir: global,
-            now: Local::now(),
         })
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::bridge::Bridge;
 use crate::compaction;
 use crate::conversation::{Conversation, ConversationStore};
-use crate::format::format_turn;
+use crate::format::{context_line, format_turn};
 use crate::host_link::{HostLink, Outbox};
 use crate::memory::{self, PromptContext};
 use crate::provider::{
@@ -352,13 +352,18 @@ impl Agent {
             hello: &self.hello,
             workspace: &self.env.workspace,
             global_dir: self.env.global_dir.as_deref(),
-            now: Local::now(),
         })
     }
 
     async fn turn_loop(&mut self, turn: &Turn) -> Result<(String, Usage), ProviderError> {
-        self.conversation
-            .push_user_text(format_turn(&turn.messages));
+        // The time goes with the turn, not into the system prompt, so the system prompt
+        // stays byte-identical between turns and keeps hitting the prompt cache.
+        let zone = self.hello.timezone.as_deref().unwrap_or("UTC");
+        self.conversation.push_user_text(format!(
+            "{}\n{}",
+            context_line(Local::now(), zone),
+            format_turn(&turn.messages)
+        ));
         // Re-read every turn so memory edits apply at once.
         let system = self.system_prompt();
         let specs = self.tools.specs();

@@ -273,6 +273,9 @@ impl Channel for TerminalChannel {
 pub struct TerminalClient {
     lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     write: tokio::net::unix::OwnedWriteHalf,
+    /// Keys of messages already shown. A host that crashed between delivering a message
+    /// and recording it delivers it again after restart; the client shows it once.
+    seen_keys: std::collections::HashSet<String>,
 }
 
 impl TerminalClient {
@@ -282,6 +285,7 @@ impl TerminalClient {
         Ok(TerminalClient {
             lines: BufReader::new(read).lines(),
             write,
+            seen_keys: std::collections::HashSet::new(),
         })
     }
 
@@ -314,7 +318,10 @@ impl TerminalClient {
             let Some(line) = self.lines.next_line().await? else {
                 return Ok(None);
             };
-            match serde_json::from_str(&line) {
+            match serde_json::from_str::<ServerLine>(&line) {
+                Ok(ServerLine::Message { ref key, .. }) if !self.seen_keys.insert(key.clone()) => {
+                    tracing::debug!(%key, "skipping a message delivered twice");
+                }
                 Ok(parsed) => return Ok(Some(parsed)),
                 Err(e) => {
                     tracing::debug!(error = %e, "skipping an unreadable line from the host");
