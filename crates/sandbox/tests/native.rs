@@ -327,8 +327,10 @@ async fn pid_namespace_shows_only_the_sandbox() {
 #[tokio::test]
 async fn no_stray_fds_reach_the_agent() {
     let fixture = Fixture::new();
-    let out = run(&fixture, "fds", "ls -l /proc/$$/fd | tail -n +2").await;
-    for line in out.stdout.lines() {
+    // `exec` so the listing is of a process that got exactly what the sandbox hands
+    // down: a shell's own pipeline and saved-redirection fds would show up otherwise.
+    let out = run(&fixture, "fds", "exec ls -l /proc/self/fd").await;
+    for line in out.stdout.lines().filter(|l| !l.starts_with("total")) {
         let fd: u32 = line
             .split_whitespace()
             .nth(8)

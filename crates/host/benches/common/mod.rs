@@ -49,6 +49,10 @@ pub fn print_row(name: &str, samples: &[Duration]) {
         println!("{name:<44} {:>5} (no samples)", 0);
         return;
     }
+    if std::env::var_os("BENCH_DUMP").is_some() {
+        let all: Vec<String> = samples.iter().map(|d| ms(*d)).collect();
+        println!("{name}: samples in order (ms): {}", all.join(" "));
+    }
     let mut sorted = samples.to_vec();
     sorted.sort();
     let total: Duration = sorted.iter().sum();
