@@ -59,6 +59,11 @@ async fn accept_loop(listener: TcpListener, socket: PathBuf) {
 }
 
 async fn forward(mut tcp: TcpStream, socket: &Path) {
+    // Streamed model output is many small writes; with Nagle's algorithm on, each one can
+    // wait ~40 ms for the client's delayed ACK.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not disable Nagle on the model bridge");
+    }
     let mut unix = match UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(e) => {

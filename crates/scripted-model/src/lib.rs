@@ -13,6 +13,7 @@ mod anthropic;
 mod openai;
 mod scenario;
 
+use axum::serve::ListenerExt;
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -188,7 +189,7 @@ impl ScriptedModel {
             .fallback(not_found)
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
+            if let Err(error) = axum::serve(listener.tap_io(disable_nagle), app).await {
                 tracing::error!(%error, "scripted model server stopped");
             }
         });
@@ -341,4 +342,12 @@ fn json_response(status: StatusCode, body: Value, retry_after: Option<u64>) -> R
             .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     }
     resp
+}
+
+/// Streaming replies are many small writes; with Nagle's algorithm each can wait for the
+/// client's delayed ACK (~40 ms), which a real API server would not impose.
+fn disable_nagle(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not disable Nagle on the scripted model");
+    }
 }
