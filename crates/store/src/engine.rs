@@ -71,11 +71,21 @@ impl Store {
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
             .map_err(open_err)?;
         migrate(&mut conn)?;
+        let checkpointer = if wal {
+            // Checkpoints (which fsync) run on their own thread and connection, off the
+            // write path: an inline auto-checkpoint adds milliseconds to whichever commit
+            // happens to cross the threshold.
+            conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+                .map_err(open_err)?;
+            Some(Checkpointer::start(&path)?)
+        } else {
+            None
+        };
 
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("nanoclaw-store".into())
-            .spawn(move || owner_loop(conn, rx))
+            .spawn(move || owner_loop(conn, rx, checkpointer))
             .map_err(|source| StoreError::Io {
                 op: "start the database thread for",
                 path,
@@ -126,8 +136,85 @@ impl Store {
     pub fn close(self) {}
 }
 
-fn owner_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+/// Database calls between two checkpoint nudges. A turn makes about five small commits, so
+/// the WAL stays around a few hundred pages.
+const CALLS_PER_CHECKPOINT: u32 = 64;
+
+/// WAL size (in frames, i.e. pages) above which the writer checkpoints inline after all.
+/// Under a sustained burst of writes the background checkpoint never catches up with the
+/// end of the WAL, so SQLite cannot start it over and it would grow without bound.
+const MAX_WAL_FRAMES: i64 = 4096;
+
+/// Copies the WAL back into the database file from a thread of its own.
+struct Checkpointer {
+    nudge: mpsc::SyncSender<()>,
+    /// WAL length in frames at the last background checkpoint.
+    wal_frames: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // One pending nudge is enough: a checkpoint covers everything committed before it.
+        let (nudge, rx) = mpsc::sync_channel::<()>(1);
+        let wal_frames = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let frames = std::sync::Arc::clone(&wal_frames);
+        std::thread::Builder::new()
+            .name("nanoclaw-store-checkpoint".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // PASSIVE never blocks the writer; what it cannot copy now waits for
+                    // the next nudge.
+                    match conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+                    {
+                        Ok(log) => frames.store(log, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) => tracing::warn!(error = %e, "store: WAL checkpoint failed"),
+                    }
+                }
+            })
+            .map_err(|source| StoreError::Io {
+                op: "start the checkpoint thread for",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Checkpointer { nudge, wal_frames })
+    }
+
+    /// Asks for a background checkpoint; checkpoints inline on `conn` when the WAL has
+    /// outgrown [`MAX_WAL_FRAMES`].
+    fn nudge(&self, conn: &Connection) {
+        use std::sync::atomic::Ordering;
+        if self.wal_frames.load(Ordering::Relaxed) > MAX_WAL_FRAMES {
+            // RESTART makes the next write start the WAL from the beginning.
+            match conn.execute_batch("PRAGMA wal_checkpoint(RESTART)") {
+                Ok(()) => self.wal_frames.store(0, Ordering::Relaxed),
+                Err(e) => tracing::warn!(error = %e, "store: WAL checkpoint failed"),
+            }
+            return;
+        }
+        let _ = self.nudge.try_send(());
+    }
+}
+
+fn owner_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, checkpointer: Option<Checkpointer>) {
+    let mut calls = 0u32;
     while let Ok(job) = rx.recv() {
+        calls += 1;
+        if calls >= CALLS_PER_CHECKPOINT {
+            calls = 0;
+            if let Some(c) = &checkpointer {
+                c.nudge(&conn);
+            }
+        }
         if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
             tracing::error!("store: a database call panicked; its caller gets an error");
             // Never leave a half-done transaction open for the next caller.

@@ -950,3 +950,29 @@ async fn simultaneous_first_opens_migrate_once() {
         assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
     }
 }
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_in_the_background_and_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let f = fixture(Store::open(&path).unwrap()).await;
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    // 3,000 back-to-back commits of a few 4 KiB pages each: ~40 MiB of WAL if it were
+    // never copied back and started over.
+    for i in 0..3_000 {
+        f.store
+            .insert_inbound(msg(&f, &format!("wal-{i}"), 1_000 + i))
+            .await
+            .unwrap();
+    }
+    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(size < 24 * 1024 * 1024, "the WAL grew to {size} bytes");
+    assert_eq!(
+        f.store
+            .inbound_for_session(&f.session_id)
+            .await
+            .unwrap()
+            .len(),
+        3_000
+    );
+}
