@@ -240,3 +240,49 @@ async fn bad_terminal_input_gets_an_error_and_the_connection_survives() {
     }
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_compatible_group_gets_its_answer_through_the_relay() {
+    use nanoclaw_host::config::Paths;
+    use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
+    use nanoclaw_host::{Host, HostOptions};
+
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::demo_uname().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let mut config = config_for_tests();
+    config.model.provider = "openai".into();
+    config.model.model = "gpt-4.1-mini".into();
+    let host = Host::start(HostOptions {
+        paths: Paths::new(home.path()),
+        config,
+        upstreams: ModelUpstreams {
+            anthropic: None,
+            openai: Some(Upstream {
+                // As OPENAI_BASE_URL is written for OpenAI itself: with the /v1.
+                base_url: format!("{}/v1", model.base_url()),
+                auth: UpstreamAuth::Bearer(TEST_KEY.into()),
+            }),
+        },
+        runtime: None,
+        agent_binary: Some(nanoclaw_test_support::agent_binary()),
+    })
+    .await
+    .unwrap();
+    let mut client = connect_client(home.path()).await;
+    let (kind, text) = ask(&mut client, "which kernel?").await;
+    assert_eq!(kind, "reply");
+    assert!(text.contains("I ran `uname -sr` in my sandbox"), "{text}");
+    let requests = model.requests();
+    assert!(requests.len() >= 2);
+    for r in &requests {
+        assert_eq!(r.path, "/v1/chat/completions");
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {TEST_KEY}").as_str())
+        );
+        assert_eq!(r.body["model"], "gpt-4.1-mini");
+    }
+    host.shutdown().await;
+}
