@@ -15,10 +15,9 @@ use nanoclaw_protocol::{
     AgentMessage, GroupInfo, Hello, HostMessage, LineReader, LineWriter, ModelConfig,
     PROTOCOL_MAJOR, PROTOCOL_MINOR,
 };
-use nanoclaw_sandbox::{Mount, Runtime, SandboxSpec};
+use nanoclaw_sandbox::{Mount, Runtime, SandboxControl, SandboxSpec, SandboxStdin};
 use nanoclaw_store::{Group, Session};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::{Config, Paths, create_private_dir};
@@ -67,10 +66,9 @@ impl SpawnError {
 pub struct LiveAgent {
     pub session_id: String,
     pub sandbox_name: String,
-    writer: LineWriter<ChildStdin>,
+    writer: LineWriter<SandboxStdin>,
     events: mpsc::Receiver<AgentEvent>,
-    child: Child,
-    cleanup: Option<Box<dyn FnOnce() + Send>>,
+    control: Box<dyn SandboxControl>,
     _relay: RelayHandle,
     _permit: OwnedSemaphorePermit,
     run_dir: PathBuf,
@@ -89,41 +87,32 @@ impl LiveAgent {
             .unwrap_or_else(|| AgentEvent::Exited("agent output closed".into()))
     }
 
-    /// Whether the process is still running.
+    /// Whether the sandbox is still running.
     pub fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.control.is_running()
     }
 
     /// Asks the agent to exit, then kills it if it does not.
     pub async fn stop(mut self) {
         let _ = self.writer.send(&HostMessage::Shutdown).await;
-        if tokio::time::timeout(Duration::from_secs(2), self.child.wait())
+        if tokio::time::timeout(Duration::from_secs(2), self.control.wait())
             .await
             .is_err()
         {
-            let _ = self.child.kill().await;
+            self.control.kill().await;
         }
-        self.finish();
     }
 
     /// Kills the agent at once.
     pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
-        self.finish();
-    }
-
-    fn finish(&mut self) {
-        if let Some(cleanup) = self.cleanup.take() {
-            cleanup();
-        }
-        let _ = std::fs::remove_dir_all(&self.run_dir);
+        self.control.kill().await;
     }
 }
 
 impl Drop for LiveAgent {
     fn drop(&mut self) {
-        // kill_on_drop stops the process; the runtime's cleanup must still run.
-        self.finish();
+        // Dropping the control stops the sandbox; the relay socket's folder goes too.
+        let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
 
@@ -351,8 +340,7 @@ impl AgentPool {
             stdin,
             stdout,
             stderr,
-            child,
-            cleanup,
+            control,
         } = process;
 
         let (tx, rx) = mpsc::channel(256);
@@ -364,8 +352,7 @@ impl AgentPool {
             sandbox_name: sandbox_name.clone(),
             writer: LineWriter::new(stdin),
             events: rx,
-            child,
-            cleanup,
+            control,
             _relay: relay,
             _permit: permit,
             run_dir,
@@ -464,7 +451,7 @@ fn prepare_dirs(
 }
 
 fn spawn_stdout_reader(
-    stdout: tokio::process::ChildStdout,
+    stdout: nanoclaw_sandbox::SandboxOutput,
     tx: mpsc::Sender<AgentEvent>,
     sandbox: String,
 ) {
@@ -496,7 +483,7 @@ fn spawn_stdout_reader(
     });
 }
 
-fn spawn_stderr_logger(stderr: tokio::process::ChildStderr, sandbox: String) {
+fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {

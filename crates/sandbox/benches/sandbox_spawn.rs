@@ -133,17 +133,13 @@ async fn finish(process: SandboxProcess) {
         stdin,
         mut stdout,
         stderr,
-        mut child,
-        cleanup,
+        mut control,
     } = process;
     drop(stdin);
     drop(stderr);
     let mut rest = Vec::new();
     let _ = stdout.read_to_end(&mut rest).await;
-    let _ = child.wait().await;
-    if let Some(cleanup) = cleanup {
-        cleanup();
-    }
+    let _ = control.wait().await;
 }
 
 fn row(name: &str, samples: &[Duration]) {

@@ -304,8 +304,7 @@ impl Runtime for NativeRuntime {
             stdin,
             stdout,
             mut stderr,
-            mut child,
-            cleanup,
+            mut control,
         } = process;
         drop(stdin);
         drop(stdout);
@@ -313,33 +312,35 @@ impl Runtime for NativeRuntime {
             use tokio::io::AsyncReadExt;
             let mut message = Vec::new();
             let _ = stderr.read_to_end(&mut message).await;
-            (child.wait().await, message)
+            (control.wait().await, message)
         })
         .await;
         let result = match waited {
-            Ok((Ok(status), _)) if status.success() => Ok(()),
-            Ok((Ok(status), message)) => {
+            Ok((Some(0), _)) => Ok(()),
+            Ok((Some(code), message)) => {
                 let message = String::from_utf8_lossy(&message).trim().to_string();
                 Err(unavailable(
-                    format!("a test sandbox failed ({status}): {message}"),
+                    format!("a test sandbox failed (exit status {code}): {message}"),
                     fix_for_failure(&message),
                 ))
             }
-            Ok((Err(error), _)) => Err(unavailable(
-                format!("waiting for the test sandbox failed: {error}"),
-                fix_for_failure(""),
-            )),
+            Ok((None, message)) => {
+                let message = String::from_utf8_lossy(&message).trim().to_string();
+                Err(unavailable(
+                    format!("a test sandbox was killed: {message}"),
+                    fix_for_failure(&message),
+                ))
+            }
             Err(_) => {
-                let _ = child.kill().await;
+                control.kill().await;
                 Err(unavailable(
                     "a test sandbox running `true` did not exit within 30 s".to_string(),
                     "Check that bubblewrap works: `bwrap --ro-bind / / true`".to_string(),
                 ))
             }
         };
-        if let Some(cleanup) = cleanup {
-            cleanup();
-        }
+        // Dropping the control releases the test sandbox's cgroup.
+        drop(control);
         result
     }
 
@@ -421,12 +422,52 @@ impl Runtime for NativeRuntime {
         let cleanup: Option<Box<dyn FnOnce() + Send>> =
             cgroup.map(|cgroup| Box::new(move || cgroup.remove()) as Box<dyn FnOnce() + Send>);
         Ok(SandboxProcess {
-            stdin,
-            stdout,
-            stderr,
-            child,
-            cleanup,
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            control: Box::new(ProcessControl { child, cleanup }),
         })
+    }
+}
+
+/// The bubblewrap process of one sandbox, and the runtime's cleanup for it.
+struct ProcessControl {
+    child: tokio::process::Child,
+    cleanup: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ProcessControl {
+    fn run_cleanup(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup();
+        }
+    }
+}
+
+#[async_trait]
+impl crate::SandboxControl for ProcessControl {
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    async fn wait(&mut self) -> Option<i32> {
+        let status = self.child.wait().await.ok()?;
+        self.run_cleanup();
+        status.code()
+    }
+
+    async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+        self.run_cleanup();
+    }
+}
+
+impl Drop for ProcessControl {
+    fn drop(&mut self) {
+        // kill_on_drop stops bwrap (and --die-with-parent everything under it); the
+        // cgroup must still go.
+        let _ = self.child.start_kill();
+        self.run_cleanup();
     }
 }
 

@@ -70,24 +70,38 @@ pub struct SandboxSpec {
 /// Where the agent binary appears inside every sandbox.
 pub const AGENT_BINARY_PATH: &str = "/opt/nanoclaw/nanoclaw-agent";
 
-/// A running sandbox: the agent's stdio plus a handle to stop it.
+/// The sandbox's stdin as the host writes it.
+pub type SandboxStdin = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+/// The sandbox's stdout or stderr as the host reads it.
+pub type SandboxOutput = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+/// A running sandbox: the agent's stdio plus a handle to watch and stop it. The stdio is
+/// a plain byte stream whatever the runtime (process pipes, a container attach).
 pub struct SandboxProcess {
-    pub stdin: tokio::process::ChildStdin,
-    pub stdout: tokio::process::ChildStdout,
-    pub stderr: tokio::process::ChildStderr,
-    pub child: tokio::process::Child,
-    /// Runtime-specific cleanup (e.g. removing a cgroup) run when the process is reaped.
-    pub cleanup: Option<Box<dyn FnOnce() + Send>>,
+    pub stdin: SandboxStdin,
+    pub stdout: SandboxOutput,
+    pub stderr: SandboxOutput,
+    pub control: Box<dyn SandboxControl>,
 }
 
 impl SandboxProcess {
-    /// Kills the sandbox and waits for it, then runs the runtime's cleanup.
+    /// Kills the sandbox and releases what the runtime holds for it.
     pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
-        if let Some(cleanup) = self.cleanup.take() {
-            cleanup();
-        }
+        self.control.kill().await;
     }
+}
+
+/// Watching and stopping one sandbox. Dropping it stops the sandbox too (best effort).
+#[async_trait]
+pub trait SandboxControl: Send {
+    /// Whether the sandbox is still running; never blocks.
+    fn is_running(&mut self) -> bool;
+
+    /// Waits until the sandbox has ended; its exit code when the runtime knows it.
+    async fn wait(&mut self) -> Option<i32>;
+
+    /// Stops the sandbox at once and releases its resources. Calling it again is harmless.
+    async fn kill(&mut self);
 }
 
 #[derive(Debug, thiserror::Error)]

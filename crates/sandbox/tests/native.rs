@@ -111,8 +111,7 @@ async fn finish(process: SandboxProcess) -> Output {
         stdin,
         mut stdout,
         mut stderr,
-        mut child,
-        cleanup,
+        mut control,
     } = process;
     drop(stdin);
     let collected = tokio::time::timeout(Duration::from_secs(60), async {
@@ -124,16 +123,13 @@ async fn finish(process: SandboxProcess) -> Output {
         );
         a.expect("read stdout");
         b.expect("read stderr");
-        let status = child.wait().await.expect("wait");
+        let status = control.wait().await;
         (status, out, err)
     })
     .await
     .expect("sandbox did not finish within 60 s");
-    if let Some(cleanup) = cleanup {
-        cleanup();
-    }
     Output {
-        code: collected.0.code(),
+        code: collected.0,
         stdout: collected.1,
         stderr: collected.2,
     }
@@ -451,8 +447,7 @@ async fn stdio_is_piped_to_the_agent() {
         mut stdin,
         stdout,
         stderr,
-        child,
-        cleanup,
+        control,
     } = process;
     stdin
         .write_all(b"{\"hello\":1}\n")
@@ -462,8 +457,7 @@ async fn stdio_is_piped_to_the_agent() {
         stdin,
         stdout,
         stderr,
-        child,
-        cleanup,
+        control,
     })
     .await;
     assert_eq!(out.stdout, "got:{\"hello\":1}\n");
