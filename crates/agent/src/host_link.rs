@@ -183,5 +183,7 @@ impl HostLink {
 fn action_name(action: &RequestAction) -> &'static str {
     match action {
         RequestAction::SendMessage { .. } => "send_message",
+        RequestAction::ListGroups => "list_groups",
+        RequestAction::RegisterChat { .. } => "register_chat",
     }
 }

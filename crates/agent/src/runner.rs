@@ -10,7 +10,7 @@ use nanoclaw_protocol::{
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::mpsc;
 
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, RelayRoute};
 use crate::compaction;
 use crate::conversation::{Conversation, ConversationStore};
 use crate::format::{context_line, format_turn};
@@ -35,8 +35,10 @@ pub const EXIT_FATAL: i32 = 2;
 /// What the host passes in the environment.
 #[derive(Debug, Clone)]
 pub struct AgentEnv {
-    /// `NANOCLAW_MODEL_SOCKET`: Unix socket of the host's model relay.
-    pub model_socket: PathBuf,
+    /// Where the host's model relay is: `NANOCLAW_MODEL_SOCKET` (its Unix socket, the
+    /// default), or `NANOCLAW_MODEL_TCP` (`host:port`) with `NANOCLAW_MODEL_TOKEN` where no
+    /// socket can cross into the sandbox.
+    pub relay: RelayRoute,
     /// `NANOCLAW_WORKSPACE` (default: the current directory): the group folder.
     pub workspace: PathBuf,
     /// `NANOCLAW_GLOBAL_DIR`: the read-only global memory folder, if any.
@@ -47,6 +49,8 @@ pub struct AgentEnv {
 pub enum EnvError {
     #[error("{0} is not set; the host must pass it to the agent")]
     Missing(&'static str),
+    #[error("{0}")]
+    Invalid(String),
     #[error(
         "cannot determine the workspace: NANOCLAW_WORKSPACE is not set and the current directory is unknown ({0})"
     )]
@@ -64,18 +68,57 @@ impl AgentEnv {
 
     /// Builds the environment from `lookup` (for tests and embedding).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<PathBuf>) -> Result<Self, EnvError> {
-        let model_socket =
-            lookup("NANOCLAW_MODEL_SOCKET").ok_or(EnvError::Missing("NANOCLAW_MODEL_SOCKET"))?;
+        let relay = relay_route(&lookup)?;
         let workspace = match lookup("NANOCLAW_WORKSPACE") {
             Some(w) => w,
             None => std::env::current_dir().map_err(EnvError::NoWorkspace)?,
         };
         Ok(Self {
-            model_socket,
+            relay,
             workspace,
             global_dir: lookup("NANOCLAW_GLOBAL_DIR"),
         })
     }
+}
+
+/// The relay route from the environment: TCP when `NANOCLAW_MODEL_TCP` is set (then the
+/// token is required and a socket must not also be given), else the Unix socket.
+fn relay_route(lookup: &impl Fn(&str) -> Option<PathBuf>) -> Result<RelayRoute, EnvError> {
+    let text = |name: &'static str| -> Result<Option<String>, EnvError> {
+        lookup(name)
+            .map(|v| {
+                v.into_os_string()
+                    .into_string()
+                    .map_err(|_| EnvError::Invalid(format!("{name} is not valid UTF-8")))
+            })
+            .transpose()
+    };
+    let Some(addr) = text("NANOCLAW_MODEL_TCP")? else {
+        return lookup("NANOCLAW_MODEL_SOCKET")
+            .map(RelayRoute::Unix)
+            .ok_or(EnvError::Missing("NANOCLAW_MODEL_SOCKET"));
+    };
+    if lookup("NANOCLAW_MODEL_SOCKET").is_some() {
+        return Err(EnvError::Invalid(
+            "both NANOCLAW_MODEL_SOCKET and NANOCLAW_MODEL_TCP are set; the host must pass one"
+                .into(),
+        ));
+    }
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !port_ok {
+        return Err(EnvError::Invalid(format!(
+            "NANOCLAW_MODEL_TCP={addr:?} is not host:port"
+        )));
+    }
+    let token = text("NANOCLAW_MODEL_TOKEN")?.ok_or(EnvError::Missing("NANOCLAW_MODEL_TOKEN"))?;
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(EnvError::Invalid(
+            "NANOCLAW_MODEL_TOKEN must be non-empty without whitespace".into(),
+        ));
+    }
+    Ok(RelayRoute::Tcp { addr, token })
 }
 
 /// Runs one agent session over `input`/`output` (stdin/stdout) and returns the exit code.
@@ -149,7 +192,7 @@ where
             ),
         );
     }
-    let bridge = match Bridge::start(&env.model_socket).await {
+    let bridge = match Bridge::start_route(env.relay.clone()).await {
         Ok(b) => b,
         Err(e) => {
             return fatal(
@@ -301,7 +344,13 @@ impl Agent {
         }
         Self {
             provider,
-            tools: ToolRegistry::default(),
+            tools: if hello.group.is_main {
+                let mut tools = crate::tools::all_tools();
+                tools.extend(crate::tools::admin_tools());
+                ToolRegistry::new(tools)
+            } else {
+                ToolRegistry::default()
+            },
             hello,
             env,
             host,
@@ -650,7 +699,7 @@ mod tests {
             seen: seen.clone(),
         };
         let env = AgentEnv {
-            model_socket: ws.join("none.sock"),
+            relay: RelayRoute::Unix(ws.join("none.sock")),
             workspace: ws.to_path_buf(),
             global_dir: None,
         };
@@ -726,11 +775,94 @@ mod tests {
         assert!(seen[1].system.contains("User likes tea."));
     }
 
+    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<PathBuf> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| PathBuf::from(v))
+        }
+    }
+
+    #[test]
+    fn env_selects_the_tcp_relay_with_its_token() {
+        let env = AgentEnv::from_lookup(lookup(&[
+            ("NANOCLAW_MODEL_TCP", "192.168.64.1:4100"),
+            ("NANOCLAW_MODEL_TOKEN", "abc123"),
+            ("NANOCLAW_WORKSPACE", "/w"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            env.relay,
+            RelayRoute::Tcp {
+                addr: "192.168.64.1:4100".into(),
+                token: "abc123".into()
+            }
+        );
+        let env = AgentEnv::from_lookup(lookup(&[
+            ("NANOCLAW_MODEL_SOCKET", "/run/nanoclaw/model.sock"),
+            ("NANOCLAW_WORKSPACE", "/w"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            env.relay,
+            RelayRoute::Unix("/run/nanoclaw/model.sock".into())
+        );
+    }
+
+    #[test]
+    fn env_rejects_incomplete_or_ambiguous_tcp_settings() {
+        let cases: [(&'static [(&'static str, &'static str)], &str); 4] = [
+            (
+                &[("NANOCLAW_MODEL_TCP", "10.0.0.1:9")],
+                "NANOCLAW_MODEL_TOKEN",
+            ),
+            (
+                &[
+                    ("NANOCLAW_MODEL_TCP", "10.0.0.1"),
+                    ("NANOCLAW_MODEL_TOKEN", "t"),
+                ],
+                "host:port",
+            ),
+            (
+                &[
+                    ("NANOCLAW_MODEL_TCP", "10.0.0.1:9"),
+                    ("NANOCLAW_MODEL_TOKEN", "a b"),
+                ],
+                "whitespace",
+            ),
+            (
+                &[
+                    ("NANOCLAW_MODEL_TCP", "10.0.0.1:9"),
+                    ("NANOCLAW_MODEL_TOKEN", "t"),
+                    ("NANOCLAW_MODEL_SOCKET", "/s"),
+                ],
+                "both",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let err = AgentEnv::from_lookup(lookup(pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
+    }
+
     #[test]
     fn env_requires_the_model_socket() {
         let err = AgentEnv::from_lookup(|_| None).unwrap_err();
         assert!(err.to_string().contains("NANOCLAW_MODEL_SOCKET"));
-        let env = AgentEnv::from_lookup(|k| Some(PathBuf::from(format!("/x/{k}")))).unwrap();
+        let env = AgentEnv::from_lookup(|k| {
+            (!k.starts_with("NANOCLAW_MODEL_T")).then(|| PathBuf::from(format!("/x/{k}")))
+        })
+        .unwrap();
         assert_eq!(env.workspace, PathBuf::from("/x/NANOCLAW_WORKSPACE"));
+        assert_eq!(
+            env.relay,
+            RelayRoute::Unix(PathBuf::from("/x/NANOCLAW_MODEL_SOCKET"))
+        );
     }
 }

@@ -60,6 +60,15 @@ impl SpawnError {
     pub fn is_retryable(&self) -> bool {
         !matches!(self, SpawnError::NoRuntime(_))
     }
+
+    /// The runtime is there but not answering right now (e.g. the Docker engine is
+    /// restarting): the message should wait for it, not count as a failed try.
+    pub fn is_runtime_down(&self) -> bool {
+        matches!(
+            self,
+            SpawnError::Sandbox(nanoclaw_sandbox::SandboxError::Unavailable { .. })
+        )
+    }
 }
 
 /// A running, handshaken agent.
@@ -124,6 +133,7 @@ struct IdleAgent {
 
 pub struct AgentPool {
     runtime: Result<Arc<dyn Runtime>, String>,
+    store: nanoclaw_store::Store,
     relay: Arc<Relay>,
     paths: Paths,
     config: Config,
@@ -137,6 +147,7 @@ pub struct AgentPool {
 impl AgentPool {
     pub fn new(
         runtime: Result<Arc<dyn Runtime>, String>,
+        store: nanoclaw_store::Store,
         relay: Arc<Relay>,
         paths: Paths,
         config: Config,
@@ -145,6 +156,7 @@ impl AgentPool {
         let slots = Arc::new(Semaphore::new(config.agents.max_concurrent));
         Arc::new_cyclic(|me| AgentPool {
             runtime,
+            store,
             relay,
             paths,
             config,
@@ -294,6 +306,20 @@ impl AgentPool {
             .serve(&run_dir.join("model.sock"), &sandbox_name)
             .map_err(|e| SpawnError::Prepare(format!("model relay socket: {e}")))?;
 
+        // Extra folders: only what the owner's allowlist permits today (checked at every
+        // spawn, symlinks resolved); refusals are logged with the rule that refused them.
+        let requested = self
+            .store
+            .group_mounts(group.id.as_str())
+            .await
+            .map_err(|e| SpawnError::Prepare(format!("reading the group's mounts: {e}")))?;
+        let extra_mounts = if requested.is_empty() {
+            Vec::new()
+        } else {
+            let policy = crate::mounts::MountPolicy::load_or_deny();
+            crate::mounts::resolve_group_mounts(&policy, group, &requested, &self.paths.home).0
+        };
+
         let timezone = crate::host_timezone(&self.config);
         let mut env = BTreeMap::new();
         env.insert("HOME".into(), SANDBOX_WORKSPACE.into());
@@ -324,12 +350,17 @@ impl AgentPool {
                     sandbox_path: SANDBOX_GLOBAL.into(),
                     writable: false,
                 },
+                // Read-only: connecting to the socket needs no write access to the folder,
+                // and the agent has no business creating files next to it.
                 Mount {
                     host_path: run_dir.clone(),
                     sandbox_path: SANDBOX_RUN.into(),
-                    writable: true,
+                    writable: false,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(extra_mounts)
+            .collect(),
             env,
             workdir: SANDBOX_WORKSPACE.into(),
             limits: self.config.agents.limits.to_limits(),
@@ -439,15 +470,31 @@ fn prepare_dirs(
     create_private_dir(group_dir)?;
     create_private_dir(global_dir)?;
     create_private_dir(run_dir)?;
-    let group_memory = group_dir.join("AGENTS.md");
-    if !group_memory.exists() && !group_dir.join("CLAUDE.md").exists() {
-        std::fs::write(group_memory, GROUP_MEMORY_TEMPLATE)?;
-    }
-    let global_memory = global_dir.join("AGENTS.md");
-    if !global_memory.exists() && !global_dir.join("CLAUDE.md").exists() {
-        std::fs::write(global_memory, GLOBAL_MEMORY_TEMPLATE)?;
-    }
+    seed_memory(group_dir, GROUP_MEMORY_TEMPLATE)?;
+    seed_memory(global_dir, GLOBAL_MEMORY_TEMPLATE)?;
     Ok(())
+}
+
+/// Writes a starting `AGENTS.md` into `dir` when it has no memory file. The group folder
+/// is the agent's: anything there may be a symlink it planted, so nothing is followed —
+/// `create_new` refuses any existing entry, dangling symlinks included.
+fn seed_memory(dir: &std::path::Path, template: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if ["AGENTS.md", "CLAUDE.md"]
+        .iter()
+        .any(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
+    {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join("AGENTS.md"))
+    {
+        Ok(mut f) => f.write_all(template.as_bytes()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn spawn_stdout_reader(
@@ -491,4 +538,29 @@ fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String)
             tracing::debug!(sandbox = %sandbox, "agent: {line}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeding_memory_never_writes_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.txt");
+        let group = dir.path().join("group");
+        std::fs::create_dir(&group).unwrap();
+        // A dangling link: following it would create a file outside the group folder.
+        std::os::unix::fs::symlink(&outside, group.join("AGENTS.md")).unwrap();
+        seed_memory(&group, "template").unwrap();
+        assert!(!outside.exists());
+
+        let fresh = dir.path().join("fresh");
+        std::fs::create_dir(&fresh).unwrap();
+        seed_memory(&fresh, "template").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(fresh.join("AGENTS.md")).unwrap(),
+            "template"
+        );
+    }
 }

@@ -31,7 +31,9 @@ max_tokens = 8192
 context_window = 200000
 
 [agents]
-# "auto" picks the first usable runtime. Today: "native" (bubblewrap). No usable runtime
+# Where agents run: "docker" (Docker Engine or Podman's Docker-compatible socket),
+# "native" (bubblewrap namespaces, Linux), "apple" (Apple's container, macOS), or "auto":
+# Docker if the engine answers and the agent image is built, else native. No usable runtime
 # means no agents: nanoclaw never runs an agent outside a sandbox.
 runtime = "auto"
 # Live agents at once; more sessions wait in a queue.
@@ -50,6 +52,14 @@ max_processes = 256
 max_memory_mb = 2048
 max_file_mb = 512
 max_open_files = 1024
+
+[agents.docker]
+# The agent image (`nanoclaw image build` makes it).
+image = "nanoclaw-agent:latest"
+# Engine socket; empty: $DOCKER_HOST, /var/run/docker.sock, then Podman's sockets.
+socket = ""
+# CPU cores an agent container may use; 0 means no limit.
+cpus = 0.0
 
 [channels.terminal]
 enabled = true
@@ -109,6 +119,25 @@ pub struct AgentsSection {
     pub max_tries: u32,
     pub retry_backoff_secs: u64,
     pub limits: LimitsSection,
+    pub docker: DockerSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerSection {
+    pub image: String,
+    pub socket: String,
+    pub cpus: f64,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        Self {
+            image: "nanoclaw-agent:latest".into(),
+            socket: String::new(),
+            cpus: 0.0,
+        }
+    }
 }
 
 impl Default for AgentsSection {
@@ -121,6 +150,7 @@ impl Default for AgentsSection {
             max_tries: 3,
             retry_backoff_secs: 2,
             limits: LimitsSection::default(),
+            docker: DockerSection::default(),
         }
     }
 }
@@ -236,11 +266,17 @@ impl Config {
                 self.model.provider
             ));
         }
-        if !["auto", "native"].contains(&self.agents.runtime.as_str()) {
+        if !["auto", "docker", "native", "apple"].contains(&self.agents.runtime.as_str()) {
             return Err(format!(
-                "agents.runtime = {:?}: use \"auto\" or \"native\"",
+                "agents.runtime = {:?}: use \"auto\", \"docker\", \"native\" or \"apple\"",
                 self.agents.runtime
             ));
+        }
+        if self.agents.docker.image.trim().is_empty() {
+            return Err("agents.docker.image must not be empty".into());
+        }
+        if !(self.agents.docker.cpus >= 0.0 && self.agents.docker.cpus.is_finite()) {
+            return Err("agents.docker.cpus must be 0 (no limit) or a positive number".into());
         }
         if self.agents.max_concurrent == 0 {
             return Err("agents.max_concurrent must be at least 1".into());
@@ -307,6 +343,21 @@ impl Paths {
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.home.join("logs")
+    }
+
+    /// A random id for this data directory, made on first use. Containers carry it, so a
+    /// host removes only its own leftovers.
+    pub fn host_id(&self) -> std::io::Result<String> {
+        let file = self.home.join("host-id");
+        match std::fs::read_to_string(&file) {
+            Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let id = crate::random_suffix(16);
+        write_private_file(&file, id.as_bytes())?;
+        Ok(id)
     }
 
     /// Creates the data directories with mode 0700 and writes the commented default

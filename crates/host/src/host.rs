@@ -16,7 +16,8 @@ use nanoclaw_protocol::{
 };
 use nanoclaw_sandbox::Runtime;
 use nanoclaw_store::{
-    Chat, Inbound, NewGroup, NewOutbound, OutboundKind, SessionMode, Store, Usage as StoreUsage,
+    Chat, Group, Inbound, NewGroup, NewOutbound, OutboundKind, SessionMode, Store,
+    Usage as StoreUsage,
 };
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -146,7 +147,12 @@ impl Host {
 
         let runtime = match runtime {
             Some(r) => Ok(r),
-            None => crate::runtime::select(&config).await,
+            None => {
+                let host_id = paths
+                    .host_id()
+                    .with_context(|| format!("reading {}/host-id", paths.home.display()))?;
+                crate::runtime::select(&config, &host_id).await
+            }
         };
         let runtime_error = runtime.as_ref().err().cloned();
         if let Some(why) = &runtime_error {
@@ -166,7 +172,14 @@ impl Host {
             );
         }
         let relay = Relay::new(upstreams).context("building the model relay's HTTP client")?;
-        let pool = AgentPool::new(runtime, relay, paths.clone(), config.clone(), agent_binary);
+        let pool = AgentPool::new(
+            runtime,
+            store.clone(),
+            relay,
+            paths.clone(),
+            config.clone(),
+            agent_binary,
+        );
 
         let channel_list = crate::channel::build_enabled(&ChannelContext {
             config: &config,
@@ -380,6 +393,9 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
 
     let mut agent = match inner.pool.acquire(&session, &group).await {
         Ok(agent) => agent,
+        Err(e) if e.is_runtime_down() => {
+            return defer_turn(inner, &chat, session_id, &ids, e.to_string()).await;
+        }
         Err(e) => {
             tracing::error!(session = %session_id, error = %e, "could not start the agent");
             let retryable = e.is_retryable();
@@ -472,6 +488,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 let result = handle_request(
                     inner,
                     session_id,
+                    &group,
                     &chat,
                     first_id,
                     &mut sent_messages,
@@ -584,6 +601,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
 async fn handle_request(
     inner: &Arc<Inner>,
     session_id: &str,
+    group: &Group,
     chat: &Chat,
     first_id: i64,
     sent_messages: &mut u32,
@@ -619,7 +637,179 @@ async fn handle_request(
             inner.delivery_wake.notify_one();
             Ok(serde_json::json!({ "queued": row.is_some() }))
         }
+        RequestAction::ListGroups => {
+            require_main(group, "list_groups")?;
+            list_groups(&inner.store)
+                .await
+                .map_err(|e| format!("could not read the groups: {e}"))
+        }
+        RequestAction::RegisterChat {
+            channel,
+            chat_id,
+            folder,
+            name,
+            requires_trigger,
+        } => {
+            require_main(group, "register_chat")?;
+            register_chat(inner, channel, chat_id, folder, name, requires_trigger).await
+        }
     }
+}
+
+/// Admin actions are for the owner's main group only; other groups see just their own
+/// folder.
+fn require_main(group: &Group, action: &str) -> Result<(), String> {
+    if group.is_main {
+        Ok(())
+    } else {
+        tracing::warn!(group = %group.folder, action, "refused an admin request from a non-main group");
+        Err(format!(
+            "{action} is only available to the owner's main group; this is group {:?}",
+            group.folder
+        ))
+    }
+}
+
+async fn list_groups(store: &Store) -> Result<serde_json::Value, nanoclaw_store::StoreError> {
+    let groups = store.list_groups().await?;
+    let mut chats_by_group: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    for chat in store.list_chats().await? {
+        for (wiring, group) in store.wirings_for_chat(chat.id).await? {
+            chats_by_group
+                .entry(group.id)
+                .or_default()
+                .push(serde_json::json!({
+                    "channel": chat.channel,
+                    "chat_id": chat.platform_id,
+                    "name": chat.name,
+                    "requires_trigger": wiring.requires_trigger,
+                }));
+        }
+    }
+    Ok(serde_json::Value::Array(
+        groups
+            .into_iter()
+            .map(|g| {
+                serde_json::json!({
+                    "folder": g.folder,
+                    "name": g.name,
+                    "trigger": g.trigger,
+                    "is_main": g.is_main,
+                    "provider": g.provider,
+                    "model": g.model,
+                    "chats": chats_by_group.remove(&g.id).unwrap_or_default(),
+                })
+            })
+            .collect(),
+    ))
+}
+
+async fn register_chat(
+    inner: &Arc<Inner>,
+    channel: String,
+    chat_id: String,
+    folder: String,
+    name: Option<String>,
+    requires_trigger: bool,
+) -> Result<serde_json::Value, String> {
+    let valid_channel = !channel.is_empty()
+        && channel.len() <= 32
+        && channel
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid_channel {
+        return Err(format!(
+            "channel {channel:?} is not a channel type (lowercase letters, digits, - and _)"
+        ));
+    }
+    if chat_id.trim().is_empty() || chat_id.len() > 256 {
+        return Err("chat_id must be 1 to 256 characters".into());
+    }
+    let existed = inner
+        .store
+        .group_by_folder(folder.as_str())
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some();
+    let group = inner
+        .store
+        .ensure_group(NewGroup {
+            name: name.unwrap_or_else(|| folder.clone()),
+            folder,
+            trigger: Some(inner.config.trigger.clone()),
+            is_main: false,
+            provider: None,
+            model: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let chat = inner
+        .store
+        .ensure_chat(channel.as_str(), chat_id.as_str(), chat_id.as_str(), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    inner
+        .store
+        .wire(
+            chat.id,
+            group.id.clone(),
+            requires_trigger,
+            SessionMode::Shared,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(%channel, %chat_id, group = %group.folder, "chat registered by the main group");
+    Ok(serde_json::json!({
+        "group": group.folder,
+        "created_group": !existed,
+        "channel": channel,
+        "chat_id": chat_id,
+        "requires_trigger": requires_trigger,
+    }))
+}
+
+/// How long messages wait before trying an unreachable sandbox engine again.
+const RUNTIME_DOWN_RETRY: Duration = Duration::from_secs(15);
+
+/// The sandbox engine is down: keep the messages, say so once, try again later.
+async fn defer_turn(
+    inner: &Arc<Inner>,
+    chat: &Chat,
+    session_id: &str,
+    ids: &[i64],
+    error: String,
+) -> anyhow::Result<()> {
+    tracing::error!(session = %session_id, %error, "sandbox runtime unreachable; messages kept for later");
+    let first_id = ids.first().copied().unwrap_or_default();
+    let now = now_ms();
+    inner
+        .store
+        .defer_claimed(
+            ids.to_vec(),
+            now + RUNTIME_DOWN_RETRY.as_millis() as i64,
+            error.clone(),
+            now,
+        )
+        .await?;
+    // Keyed per batch: the notice goes out once however many times the engine is retried.
+    let notice = inner
+        .store
+        .insert_outbound(NewOutbound {
+            session_id: Some(session_id.to_owned()),
+            chat_id: chat.id,
+            in_reply_to: None,
+            idempotency_key: format!("deferred:{session_id}:{first_id}"),
+            text: format!(
+                "I can't start my sandbox right now ({error}). Your message is kept and I'll answer as soon as it is back."
+            ),
+            kind: OutboundKind::Message,
+        })
+        .await?;
+    if notice.is_some() {
+        inner.delivery_wake.notify_one();
+    }
+    inner.scheduler_wake.notify_one();
+    Ok(())
 }
 
 async fn fail_turn(

@@ -10,6 +10,7 @@ pub mod agents;
 pub mod channel;
 pub mod config;
 pub mod host;
+pub mod mounts;
 pub mod relay;
 pub mod router;
 pub mod runtime;

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// The agent container image (used by the Docker runtime): build it, check it.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// The configuration file.
     Config {
         #[command(subcommand)]
@@ -73,6 +78,75 @@ enum GroupCommand {
         model: Option<String>,
         #[arg(long)]
         trigger: Option<String>,
+    },
+    /// Extra host folders a group's agents see at /workspace/extra/<name>, allowed only by the
+    /// mount allowlist (~/.config/nanoclaw/mount-allowlist.toml; see docs/SECURITY.md).
+    Mount {
+        #[command(subcommand)]
+        command: MountCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MountCommand {
+    /// Give a group a host folder (checked against the allowlist now and at every agent start).
+    Add {
+        /// The group's folder name, e.g. `main`.
+        folder: String,
+        /// The host folder (symlinks are resolved; the resolved folder is what gets mounted).
+        host_path: std::path::PathBuf,
+        /// Name inside the sandbox (/workspace/extra/NAME); default: the folder's own name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Ask for read-write (granted only where the allowlist allows it).
+        #[arg(long)]
+        rw: bool,
+    },
+    /// Remove a group's mount (its next agent no longer sees it).
+    Rm { folder: String, name: String },
+    /// List a group's mounts with what the allowlist says about each today.
+    List {
+        folder: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build the agent image from container/Containerfile (Debian with git, curl, python3,
+    /// ripgrep, jq…; user `agent`, uid 1000). The agent binary is mounted at run time, so a
+    /// nanoclaw upgrade needs a rebuild only when `image status` says outdated.
+    Build {
+        #[arg(long, default_value = nanoclaw_sandbox::image::DEFAULT_TAG)]
+        tag: String,
+        /// Base image for the Containerfile (must be local or pullable).
+        #[arg(long, default_value = nanoclaw_sandbox::image::DEFAULT_BASE)]
+        base: String,
+        /// No registry needed: a tiny busybox-only image from this machine's static busybox
+        /// (Debian package busybox-static).
+        #[arg(long, conflicts_with_all = ["debootstrap", "base", "containerfile"])]
+        minimal: bool,
+        /// No registry needed: make a Debian base with debootstrap (needs root and Debian's
+        /// mirror), then build the Containerfile on it.
+        #[arg(long, conflicts_with = "base")]
+        debootstrap: bool,
+        /// Build this Containerfile instead of the bundled one.
+        #[arg(long)]
+        containerfile: Option<std::path::PathBuf>,
+        /// Debian mirror for --debootstrap.
+        #[arg(long, requires = "debootstrap")]
+        mirror: Option<String>,
+        /// On a terminal, print the build output above the progress line.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Say whether the agent image exists and is current (exit status 1 when it is not).
+    Status {
+        #[arg(long, default_value = nanoclaw_sandbox::image::DEFAULT_TAG)]
+        tag: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -122,6 +196,41 @@ fn main() -> ExitCode {
                     model,
                     trigger,
                 } => cli::group::set(folder, provider, model, trigger).await,
+                GroupCommand::Mount { command } => match command {
+                    MountCommand::Add {
+                        folder,
+                        host_path,
+                        name,
+                        rw,
+                    } => cli::group::mount_add(folder, host_path, name, rw).await,
+                    MountCommand::Rm { folder, name } => cli::group::mount_rm(folder, name).await,
+                    MountCommand::List { folder, json } => {
+                        cli::group::mount_list(folder, json).await
+                    }
+                },
+            },
+            Command::Image { command } => match command {
+                ImageCommand::Build {
+                    tag,
+                    base,
+                    minimal,
+                    debootstrap,
+                    containerfile,
+                    mirror,
+                    verbose,
+                } => {
+                    cli::image::build(cli::image::BuildArgs {
+                        tag,
+                        base,
+                        minimal,
+                        debootstrap,
+                        containerfile,
+                        mirror,
+                        verbose,
+                    })
+                    .await
+                }
+                ImageCommand::Status { tag, json } => cli::image::status(tag, json).await,
             },
             Command::Config { command } => match command {
                 ConfigCommand::Path => cli::config::path(),

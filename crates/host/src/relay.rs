@@ -4,7 +4,13 @@
 //! request arrives on identifies the sandbox. The agent sends plain HTTP with no
 //! credentials; the relay forwards it to the real API over TLS and adds the key on the
 //! host side. Only model API paths are relayed — the relay is not a general proxy.
+//!
+//! Where a Unix socket cannot cross into the sandbox (a VM: Apple's container, Docker
+//! Desktop), [`Relay::serve_tcp`] gives the sandbox its own TCP port instead, which only
+//! accepts connections that first present that sandbox's token; the HTTP relay behind it is
+//! the same.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -140,6 +146,17 @@ impl Relay {
         &self.upstreams
     }
 
+    /// The relay's HTTP service for one sandbox; every transport serves this same router.
+    fn router(self: &Arc<Self>, sandbox: &str) -> axum::Router {
+        let state = RelayState {
+            relay: Arc::clone(self),
+            sandbox: Arc::from(sandbox),
+        };
+        axum::Router::new()
+            .fallback(relay_request)
+            .with_state(state)
+    }
+
     /// Serves the relay on a new socket at `socket_path` for the sandbox `sandbox`.
     /// Dropping the handle stops it and removes the socket.
     pub fn serve(
@@ -154,35 +171,192 @@ impl Relay {
             // The sandbox user is mapped to this host user, so owner-only is enough.
             std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o600))?;
         }
-        let state = RelayState {
-            relay: Arc::clone(self),
-            sandbox: Arc::from(sandbox),
-        };
-        let app = axum::Router::new()
-            .fallback(relay_request)
-            .with_state(state);
+        let app = self.router(sandbox);
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!(error = %e, "model relay stopped");
             }
         });
         Ok(RelayHandle {
-            task,
-            socket_path: socket_path.to_owned(),
+            tasks: vec![task],
+            socket_path: Some(socket_path.to_owned()),
         })
+    }
+
+    /// Serves the relay for the sandbox `sandbox` on a TCP port of its own at `bind`
+    /// (`127.0.0.1:0` unless the sandbox reaches the host some other way, e.g. a VM's
+    /// gateway address), for sandboxes a Unix socket cannot reach (VMs).
+    ///
+    /// Returns the handle (dropping it stops the listener), the address actually bound and
+    /// a fresh token (64 hex digits). Each connection must first send
+    /// `NANOCLAW-RELAY <token>\n` within [`TCP_PREAMBLE_TIMEOUT`]; anything else closes it
+    /// before a byte reaches the relay. After the preamble it is the same HTTP relay, with
+    /// the same identity, as [`Relay::serve`].
+    pub fn serve_tcp(
+        self: &Arc<Self>,
+        bind: SocketAddr,
+        sandbox: &str,
+    ) -> std::io::Result<(RelayHandle, SocketAddr, String)> {
+        let listener = std::net::TcpListener::bind(bind)?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let addr = listener.local_addr()?;
+        let token = new_token();
+        let (verified_tx, verified_rx) = tokio::sync::mpsc::channel(16);
+        let gate = tokio::spawn(tcp_gate(
+            listener,
+            Arc::from(token.as_bytes()),
+            Arc::from(sandbox),
+            verified_tx,
+        ));
+        let app = self.router(sandbox);
+        let verified = VerifiedConnections {
+            rx: verified_rx,
+            addr,
+        };
+        let serve = tokio::spawn(async move {
+            if let Err(e) = axum::serve(verified, app).await {
+                tracing::warn!(error = %e, "model relay (tcp) stopped");
+            }
+        });
+        tracing::debug!(sandbox, %addr, "model relay listening on tcp");
+        Ok((
+            RelayHandle {
+                tasks: vec![gate, serve],
+                socket_path: None,
+            },
+            addr,
+            token,
+        ))
     }
 }
 
-/// A running relay socket.
+/// First line every TCP relay connection sends, followed by the token and `\n`.
+pub const TCP_PREAMBLE_PREFIX: &str = "NANOCLAW-RELAY ";
+/// How long a TCP relay connection may take to send its preamble.
+pub const TCP_PREAMBLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// 32 random bytes from the thread's CSPRNG, as hex.
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Accepts TCP connections and passes on only those that present the token; each check runs
+/// on its own task so a silent client cannot hold up the others.
+async fn tcp_gate(
+    listener: tokio::net::TcpListener,
+    token: Arc<[u8]>,
+    sandbox: Arc<str>,
+    verified: tokio::sync::mpsc::Sender<(tokio::net::TcpStream, SocketAddr)>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Transient (e.g. out of file descriptors): back off briefly and go on.
+                tracing::warn!(error = %e, %sandbox, "model relay (tcp) accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let token = Arc::clone(&token);
+        let sandbox = Arc::clone(&sandbox);
+        let verified = verified.clone();
+        tokio::spawn(async move {
+            // Streamed model output is many small writes: no Nagle delay.
+            let _ = stream.set_nodelay(true);
+            let mut stream = stream;
+            match tokio::time::timeout(TCP_PREAMBLE_TIMEOUT, read_preamble(&mut stream)).await {
+                Ok(Ok(presented)) if token_matches(&presented, &token) => {
+                    let _ = verified.send((stream, peer)).await;
+                }
+                Ok(Ok(_)) => {
+                    tracing::warn!(%sandbox, %peer, "model relay (tcp) refused a connection: wrong token");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%sandbox, %peer, error = %e, "model relay (tcp) refused a connection: bad preamble");
+                }
+                Err(_) => {
+                    tracing::warn!(%sandbox, %peer, "model relay (tcp) refused a connection: no preamble within 5 s");
+                }
+            }
+        });
+    }
+}
+
+/// Longest preamble accepted: the prefix, a token of up to 128 characters and `\n`.
+const MAX_PREAMBLE: usize = TCP_PREAMBLE_PREFIX.len() + 129;
+
+/// Reads `NANOCLAW-RELAY <token>\n` one byte at a time, so no byte of the HTTP request
+/// that follows is consumed; returns the token.
+async fn read_preamble(stream: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::with_capacity(MAX_PREAMBLE);
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            break;
+        }
+        line.push(byte);
+        if line.len() >= MAX_PREAMBLE {
+            return Err(std::io::Error::other("preamble line too long"));
+        }
+    }
+    line.strip_prefix(TCP_PREAMBLE_PREFIX.as_bytes())
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| std::io::Error::other("the connection did not start with NANOCLAW-RELAY"))
+}
+
+/// Compares in time independent of where the first difference is.
+fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
+    if presented.len() != expected.len() {
+        return false;
+    }
+    presented
+        .iter()
+        .zip(expected)
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
+/// The connections that passed the token check, as an axum listener.
+struct VerifiedConnections {
+    rx: tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for VerifiedConnections {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(connection) => connection,
+            // The gate stopped (the handle is being dropped): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// A running relay listener (Unix socket or TCP).
 pub struct RelayHandle {
-    task: tokio::task::JoinHandle<()>,
-    socket_path: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    socket_path: Option<PathBuf>,
 }
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.socket_path);
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -369,6 +543,14 @@ mod tests {
         let o = u.openai.unwrap();
         assert_eq!(o.base_url, "http://localhost:11434/v1");
         assert!(matches!(o.auth, UpstreamAuth::None));
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        assert!(token_matches(b"abcd", b"abcd"));
+        assert!(!token_matches(b"abce", b"abcd"));
+        assert!(!token_matches(b"abc", b"abcd"));
+        assert!(!token_matches(b"", b"abcd"));
     }
 
     #[test]

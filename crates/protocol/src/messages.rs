@@ -172,6 +172,27 @@ pub struct Request {
 pub enum RequestAction {
     /// Send a message to the chat the turn came from.
     SendMessage { text: String },
+    /// Main group only: every agent group with its chats.
+    ListGroups,
+    /// Main group only: wire a chat to an agent group (created when `folder` is new).
+    RegisterChat {
+        /// Channel type, e.g. `telegram`.
+        channel: String,
+        /// The chat's id on that platform.
+        chat_id: String,
+        /// The agent group's folder (`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`).
+        folder: String,
+        /// A name for the group when it is created.
+        #[serde(default)]
+        name: Option<String>,
+        /// Whether messages must contain the group's trigger (default true).
+        #[serde(default = "default_true")]
+        requires_trigger: bool,
+    },
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -40,6 +40,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::cgroup::SandboxCgroup;
+use crate::process::ProcessControl;
 use crate::{AGENT_BINARY_PATH, Limits, Mount, Runtime, SandboxError, SandboxProcess, SandboxSpec};
 
 const RUNTIME: &str = "native";
@@ -425,49 +426,8 @@ impl Runtime for NativeRuntime {
             stdin: Box::pin(stdin),
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
-            control: Box::new(ProcessControl { child, cleanup }),
+            control: Box::new(ProcessControl::new(child, cleanup)),
         })
-    }
-}
-
-/// The bubblewrap process of one sandbox, and the runtime's cleanup for it.
-struct ProcessControl {
-    child: tokio::process::Child,
-    cleanup: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl ProcessControl {
-    fn run_cleanup(&mut self) {
-        if let Some(cleanup) = self.cleanup.take() {
-            cleanup();
-        }
-    }
-}
-
-#[async_trait]
-impl crate::SandboxControl for ProcessControl {
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    async fn wait(&mut self) -> Option<i32> {
-        let status = self.child.wait().await.ok()?;
-        self.run_cleanup();
-        status.code()
-    }
-
-    async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-        self.run_cleanup();
-    }
-}
-
-impl Drop for ProcessControl {
-    fn drop(&mut self) {
-        // kill_on_drop stops bwrap (and --die-with-parent everything under it); the
-        // cgroup must still go.
-        let _ = self.child.start_kill();
-        self.run_cleanup();
     }
 }
 
@@ -902,7 +862,7 @@ fn fix_for_failure(message: &str) -> String {
     fixes.join("; ")
 }
 
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+pub(crate) fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     let version = text
         .split_whitespace()
         .find(|word| word.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
@@ -915,14 +875,14 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, patch))
 }
 
-fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
         .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
 
-fn find_on_path(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))

@@ -12,10 +12,16 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
+pub mod apple;
 pub mod bwrap;
 mod cgroup;
+pub mod docker;
+pub mod image;
+mod process;
 
+pub use apple::AppleRuntime;
 pub use bwrap::NativeRuntime;
+pub use docker::DockerRuntime;
 
 /// A path from the host made visible inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

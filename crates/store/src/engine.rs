@@ -15,7 +15,10 @@ use tokio::sync::oneshot;
 use crate::error::{Ctx, StoreError};
 
 /// Schema migrations, in order. Entry `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_group_mounts.sql"),
+];
 
 /// The schema version this build knows.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

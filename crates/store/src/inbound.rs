@@ -239,6 +239,33 @@ impl Store {
         .await
     }
 
+    /// Puts claimed rows back to `pending` until `until_ms` without counting the try: used when
+    /// the sandbox engine is unreachable, which says nothing about the message itself.
+    pub async fn defer_claimed(
+        &self,
+        inbound_ids: Vec<i64>,
+        until_ms: i64,
+        reason: impl Into<String>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let reason = reason.into();
+        self.write("defer claimed inbound", move |tx| {
+            let mut n = 0;
+            for id in &inbound_ids {
+                n += tx
+                    .execute(
+                        "UPDATE inbound SET status = 'pending', tries = MAX(tries - 1, 0),
+                                process_after = ?2, last_error = ?3, updated_at = ?4
+                         WHERE id = ?1 AND status = 'processing'",
+                        rusqlite::params![id, until_ms, reason, now_ms],
+                    )
+                    .ctx("defer claimed inbound")?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     /// Sessions that have `pending` rows due at `now_ms`, the one waiting longest first.
     pub async fn sessions_with_due_work(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         self.read(move |conn| {

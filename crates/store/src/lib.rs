@@ -11,6 +11,7 @@ mod error;
 mod groups;
 mod inbound;
 mod model;
+mod mounts;
 mod outbound;
 mod sessions;
 mod usage;
@@ -24,5 +25,6 @@ pub use model::{
     Outbound, OutboundKind, OutboundState, RetryOutcome, Session, SessionMode, SessionStatus,
     Usage, UsageTotals, Wiring,
 };
+pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.
 pub use rusqlite;

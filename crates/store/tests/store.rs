@@ -653,6 +653,33 @@ async fn recover_interrupted_requeues_and_keeps_tries() {
 }
 
 #[tokio::test]
+async fn deferring_a_claim_waits_without_spending_a_try() {
+    let f = fixture(Store::open_in_memory().unwrap()).await;
+    let s = &f.store;
+    let id = s.insert_inbound(msg(&f, "a", 0)).await.unwrap().id;
+    let claimed = s.claim_pending(&f.session_id, 0, 5).await.unwrap();
+    assert_eq!(claimed[0].tries, 1);
+    assert_eq!(
+        s.defer_claimed(vec![id], 5_000, "engine down", 10)
+            .await
+            .unwrap(),
+        1
+    );
+    let row = s.inbound(id).await.unwrap().unwrap();
+    assert_eq!((row.status, row.tries), (InboundStatus::Pending, 0));
+    assert_eq!(row.last_error.as_deref(), Some("engine down"));
+    assert!(
+        s.claim_pending(&f.session_id, 4_999, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.next_due_time().await.unwrap(), Some(5_000));
+    let again = s.claim_pending(&f.session_id, 5_000, 5).await.unwrap();
+    assert_eq!(again[0].tries, 1);
+}
+
+#[tokio::test]
 async fn delivery_is_recorded_once() {
     let f = fixture(Store::open_in_memory().unwrap()).await;
     let s = &f.store;

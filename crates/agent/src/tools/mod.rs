@@ -14,7 +14,9 @@ mod bash;
 mod edit_file;
 mod glob;
 mod grep;
+mod list_groups;
 mod read_file;
+mod register_chat;
 mod send_message;
 mod write_file;
 
@@ -22,7 +24,9 @@ pub use bash::BashTool;
 pub use edit_file::EditFileTool;
 pub use glob::GlobTool;
 pub use grep::GrepTool;
+pub use list_groups::ListGroupsTool;
 pub use read_file::ReadFileTool;
+pub use register_chat::RegisterChatTool;
 pub use send_message::SendMessageTool;
 pub use write_file::WriteFileTool;
 
@@ -106,6 +110,11 @@ pub fn all_tools() -> Vec<Box<dyn Tool>> {
         Box::new(GrepTool),
         Box::new(SendMessageTool),
     ]
+}
+
+/// Tools only the owner's main group gets (the host checks again on every request).
+pub fn admin_tools() -> Vec<Box<dyn Tool>> {
+    vec![Box::new(ListGroupsTool), Box::new(RegisterChatTool)]
 }
 
 /// The registered tools, looked up by name.

@@ -46,7 +46,11 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
             Config::default()
         }
     };
-    let runtime = nanoclaw_host::runtime::select(&config).await;
+    let host_id = match &paths {
+        Ok(p) if p.home.exists() => p.host_id().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let runtime = nanoclaw_host::runtime::select(&config, &host_id).await;
     checks.push(Check {
         name: "sandbox runtime",
         ok: runtime.is_ok(),

@@ -78,3 +78,212 @@ pub async fn set(
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `nanoclaw group mount add FOLDER HOST_PATH [--name NAME] [--rw]`: checked against the allowlist
+/// now, and again at every spawn.
+pub async fn mount_add(
+    folder: String,
+    host_path: std::path::PathBuf,
+    name: Option<String>,
+    rw: bool,
+) -> anyhow::Result<ExitCode> {
+    use nanoclaw_host::mounts::MountPolicy;
+    use nanoclaw_store::{GroupMount, NewGroupMount};
+
+    let (store, _) = open()?;
+    let group = group_or_bail(&store, &folder).await?;
+    let Some(given) = host_path.to_str() else {
+        anyhow::bail!(
+            "{} is not valid UTF-8; mount a folder whose path is",
+            host_path.display()
+        );
+    };
+    // Stored as given, but made absolute: the daemon's working directory is not the caller's.
+    let stored = if given.starts_with('/') || given == "~" || given.starts_with("~/") {
+        given.to_owned()
+    } else {
+        std::env::current_dir()?.join(given).display().to_string()
+    };
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let resolved = std::fs::canonicalize(expand_home(&stored)).unwrap_or_default();
+            let base = resolved
+                .file_name()
+                .or_else(|| std::path::Path::new(&stored).file_name())
+                .map(|s| default_mount_name(&s.to_string_lossy()))
+                .unwrap_or_default();
+            if nanoclaw_store::validate_mount_name(&base).is_err() {
+                anyhow::bail!(
+                    "cannot name the mount after {base:?}; give a name with --name (letters, digits, '_', '.', '-')"
+                );
+            }
+            base
+        }
+    };
+    let policy = MountPolicy::load()?;
+    let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
+    let request = GroupMount {
+        group_id: group.id.clone(),
+        name: name.clone(),
+        host_path: stored.clone(),
+        read_write: rw,
+        created_at: 0,
+    };
+    let approved = match policy.check(&group, &request, &paths.home) {
+        Ok(a) => a,
+        Err(rejection) => anyhow::bail!("not added: {rejection}"),
+    };
+    store
+        .add_group_mount(NewGroupMount {
+            group_id: group.id.clone(),
+            name: name.clone(),
+            host_path: stored,
+            read_write: rw,
+        })
+        .await
+        .map_err(|e| match e {
+            nanoclaw_store::StoreError::Invalid(msg) => {
+                anyhow::anyhow!("{msg} (`nanoclaw group mount rm {} {name}`)", group.folder)
+            }
+            other => other.into(),
+        })?;
+    println!(
+        "added {name} to {}: {} at {} ({}); the group's next agent sees it",
+        group.folder,
+        approved.host_path.display(),
+        approved.sandbox_path.display(),
+        if approved.writable {
+            "read-write"
+        } else {
+            "read-only"
+        }
+    );
+    for note in &approved.notes {
+        println!("note: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw group mount rm FOLDER NAME`.
+pub async fn mount_rm(folder: String, name: String) -> anyhow::Result<ExitCode> {
+    let (store, _) = open()?;
+    let group = group_or_bail(&store, &folder).await?;
+    if !store.remove_group_mount(&group.id, &name).await? {
+        anyhow::bail!(
+            "{} has no mount named {name:?}; see `nanoclaw group mount list {}`",
+            group.folder,
+            group.folder
+        );
+    }
+    println!(
+        "removed {name} from {}; agents started from now on no longer see it",
+        group.folder
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw group mount list FOLDER [--json]`: each request with what the allowlist says today.
+pub async fn mount_list(folder: String, json: bool) -> anyhow::Result<ExitCode> {
+    use nanoclaw_host::mounts::MountPolicy;
+
+    let (store, _) = open()?;
+    let group = group_or_bail(&store, &folder).await?;
+    let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
+    let policy = match MountPolicy::load() {
+        Ok(p) => p,
+        Err(e) => MountPolicy::unusable(
+            nanoclaw_host::mounts::allowlist_path().unwrap_or_default(),
+            e.to_string(),
+        ),
+    };
+    let mounts = store.group_mounts(&group.id).await?;
+    let mut rows = Vec::new();
+    for m in &mounts {
+        let row = match policy.check(&group, m, &paths.home) {
+            Ok(a) => serde_json::json!({
+                "name": m.name,
+                "host_path": m.host_path,
+                "wants_rw": m.read_write,
+                "verdict": "ok",
+                "resolved": a.host_path,
+                "sandbox_path": a.sandbox_path,
+                "writable": a.writable,
+                "notes": a.notes,
+            }),
+            Err(r) => serde_json::json!({
+                "name": m.name,
+                "host_path": m.host_path,
+                "wants_rw": m.read_write,
+                "verdict": "rejected",
+                "reason": r.to_string(),
+            }),
+        };
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!(
+            "{} has no extra mounts; add one with `nanoclaw group mount add {} PATH`",
+            group.folder, group.folder
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for row in &rows {
+        let s = |k: &str| row[k].as_str().unwrap_or_default().to_owned();
+        if row["verdict"] == "ok" {
+            let mode = if row["writable"] == true { "rw" } else { "ro" };
+            println!(
+                "{:<16} {mode}  {} -> {}",
+                s("name"),
+                s("resolved"),
+                s("sandbox_path")
+            );
+            for note in row["notes"].as_array().into_iter().flatten() {
+                println!("{:<16}     note: {}", "", note.as_str().unwrap_or_default());
+            }
+        } else {
+            println!("{:<16} REFUSED  {}", s("name"), s("reason"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn group_or_bail(store: &Store, folder: &str) -> anyhow::Result<nanoclaw_store::Group> {
+    store.group_by_folder(folder).await?.ok_or_else(|| {
+        anyhow::anyhow!("no agent group with folder {folder:?}; see `nanoclaw group list`")
+    })
+}
+
+/// `~/x` with the caller's home; used only to pick a default mount name.
+fn expand_home(path: &str) -> std::path::PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => {
+            std::path::PathBuf::from(home).join(rest.trim_start_matches('/'))
+        }
+        _ => std::path::PathBuf::from(path),
+    }
+}
+
+/// A folder's name made into a valid mount name: other characters become '-', leading
+/// non-alphanumerics and runs of '.' go (".config" → "config", "My Files" → "My-Files").
+fn default_mount_name(base: &str) -> String {
+    let mut name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while name.contains("..") {
+        name = name.replace("..", ".");
+    }
+    let name = name.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    name.chars().take(64).collect()
+}

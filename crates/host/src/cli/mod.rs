@@ -5,6 +5,7 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod group;
+pub mod image;
 pub mod run;
 
 use std::path::Path;

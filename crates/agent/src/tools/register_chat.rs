@@ -1,0 +1,85 @@
+//! `register_chat` (main group only): wire a chat to an agent group.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nanoclaw_protocol::RequestAction;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Tool, ToolContext, ToolOutput, parse_input};
+use crate::provider::ToolSpec;
+
+pub struct RegisterChatTool;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize)]
+struct Input {
+    channel: String,
+    chat_id: String,
+    folder: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default = "default_true")]
+    requires_trigger: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[async_trait]
+impl Tool for RegisterChatTool {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "register_chat".into(),
+            description: "Wire a chat (channel + chat id) to an agent group so the assistant \
+                          answers there; the group is created when the folder is new. Only the \
+                          owner's main group may use this."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "channel": {"type": "string", "description": "channel type, e.g. telegram"},
+                    "chat_id": {"type": "string", "description": "the chat's id on that platform"},
+                    "folder": {"type": "string", "description": "the agent group's folder name"},
+                    "name": {"type": "string", "description": "display name for a new group"},
+                    "requires_trigger": {"type": "boolean", "description": "messages must mention the trigger (default true)"}
+                },
+                "required": ["channel", "chat_id", "folder"]
+            }),
+        }
+    }
+
+    fn summary(&self, input: &Value) -> String {
+        format!(
+            "{}:{} → {}",
+            input["channel"].as_str().unwrap_or("?"),
+            input["chat_id"].as_str().unwrap_or("?"),
+            input["folder"].as_str().unwrap_or("?")
+        )
+    }
+
+    async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
+        let input: Input = match parse_input("register_chat", input) {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        let action = RequestAction::RegisterChat {
+            channel: input.channel,
+            chat_id: input.chat_id,
+            folder: input.folder,
+            name: input.name,
+            requires_trigger: input.requires_trigger,
+        };
+        match ctx.host.request(&ctx.turn_id, action, TIMEOUT).await {
+            Ok(result) if result.ok => ToolOutput::ok(result.data.to_string()),
+            Ok(result) => ToolOutput::error(format!(
+                "the host refused: {}",
+                result.error.as_deref().unwrap_or("no reason given")
+            )),
+            Err(e) => ToolOutput::error(e.to_string()),
+        }
+    }
+}
