@@ -139,6 +139,8 @@ pub struct AgentPool {
     config: Config,
     agent_binary: Result<PathBuf, String>,
     idle: Mutex<HashMap<String, IdleAgent>>,
+    /// Sessions kept warm (`agents.warm`): never stopped for idleness, never evicted.
+    pinned: std::sync::Mutex<std::collections::HashSet<String>>,
     slots: Arc<Semaphore>,
     generation: std::sync::atomic::AtomicU64,
     me: Weak<AgentPool>,
@@ -162,6 +164,7 @@ impl AgentPool {
             config,
             agent_binary,
             idle: Mutex::new(HashMap::new()),
+            pinned: std::sync::Mutex::new(std::collections::HashSet::new()),
             slots,
             generation: std::sync::atomic::AtomicU64::new(0),
             me: me.clone(),
@@ -209,6 +212,9 @@ impl AgentPool {
         if let Some(old) = replaced {
             old.agent.kill().await;
         }
+        if self.is_pinned(&session_id) {
+            return;
+        }
         let pool = self.me.clone();
         let idle_timeout = self.config.agents.idle_timeout();
         tokio::spawn(async move {
@@ -217,6 +223,24 @@ impl AgentPool {
                 pool.expire(&session_id, generation).await;
             }
         });
+    }
+
+    fn is_pinned(&self, session_id: &str) -> bool {
+        self.pinned
+            .lock()
+            .map(|p| p.contains(session_id))
+            .unwrap_or(false)
+    }
+
+    /// Starts the session's agent ahead of its first message and keeps it warm.
+    pub async fn prewarm(&self, session: &Session, group: &Group) -> Result<(), SpawnError> {
+        if let Ok(mut pinned) = self.pinned.lock() {
+            pinned.insert(session.id.clone());
+        }
+        let agent = self.acquire(session, group).await?;
+        self.release(agent).await;
+        tracing::info!(session = %session.id, group = %group.folder, "agent kept warm");
+        Ok(())
     }
 
     async fn expire(&self, session_id: &str, generation: u64) {
@@ -259,6 +283,7 @@ impl AgentPool {
                 let mut idle = self.idle.lock().await;
                 let key = idle
                     .iter()
+                    .filter(|(k, _)| !self.is_pinned(k))
                     .min_by_key(|(_, a)| a.since)
                     .map(|(k, _)| k.clone());
                 key.and_then(|k| idle.remove(&k))

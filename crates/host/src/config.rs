@@ -40,6 +40,9 @@ runtime = "auto"
 max_concurrent = 4
 # An agent with no work for this long is stopped (it resumes its conversation when woken).
 idle_timeout_secs = 600
+# Groups (by folder) whose agents are started with the host and kept warm, so a first
+# message does not wait for a sandbox to start. Each holds one of max_concurrent's slots.
+warm = []
 # Longest a single turn may take before the agent is stopped and the turn retried.
 turn_timeout_secs = 900
 # Tries per message before the chat is told it failed.
@@ -115,6 +118,7 @@ pub struct AgentsSection {
     pub runtime: String,
     pub max_concurrent: usize,
     pub idle_timeout_secs: u64,
+    pub warm: Vec<String>,
     pub turn_timeout_secs: u64,
     pub max_tries: u32,
     pub retry_backoff_secs: u64,
@@ -146,6 +150,7 @@ impl Default for AgentsSection {
             runtime: "auto".into(),
             max_concurrent: 4,
             idle_timeout_secs: 600,
+            warm: Vec::new(),
             turn_timeout_secs: 900,
             max_tries: 3,
             retry_backoff_secs: 2,

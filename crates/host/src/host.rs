@@ -217,6 +217,9 @@ impl Host {
                 .with_context(|| format!("starting the {name} channel"))?;
             tracing::info!(channel = name, "channel started");
         }
+        if !inner.config.agents.warm.is_empty() {
+            tokio::spawn(prewarm(Arc::clone(&inner)));
+        }
         Ok(Host {
             inner,
             tasks,
@@ -311,6 +314,53 @@ async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<ChannelEvent>) {
                     inner.parked_chats.lock().await.remove(&chat.id);
                 }
                 inner.delivery_wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Starts the agents of the groups in `agents.warm` (their known sessions; for the main
+/// group, the terminal's session) so first replies skip the sandbox start.
+async fn prewarm(inner: Arc<Inner>) {
+    for folder in inner.config.agents.warm.clone() {
+        let group = match inner.store.group_by_folder(folder.as_str()).await {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                tracing::warn!(%folder, "agents.warm names a group that does not exist");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%folder, error = %e, "reading a warm group failed");
+                continue;
+            }
+        };
+        let mut sessions = inner
+            .store
+            .sessions_for_group(group.id.as_str())
+            .await
+            .unwrap_or_default();
+        if sessions.is_empty()
+            && group.is_main
+            && let Ok(Some(chat)) = inner
+                .store
+                .chat_by_platform("terminal", crate::channel::terminal::TERMINAL_CHAT_ID)
+                .await
+            && let Ok(session) = inner
+                .store
+                .resolve_session(
+                    group.id.clone(),
+                    chat.id,
+                    None,
+                    SessionMode::Shared,
+                    now_ms(),
+                )
+                .await
+        {
+            sessions.push(session);
+        }
+        for session in sessions {
+            if let Err(e) = inner.pool.prewarm(&session, &group).await {
+                tracing::warn!(%folder, error = %e, "could not keep an agent warm");
             }
         }
     }

@@ -199,3 +199,33 @@ async fn send_message_reaches_the_chat_before_the_final_reply() {
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_group_has_its_agent_running_before_the_first_message() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let mut config = config_for_tests();
+    config.agents.warm = vec!["main".into()];
+    config.agents.idle_timeout_secs = 1;
+    let host = start_host(home.path(), &model, config).await;
+    eventually(60, "the warm agent to start", || async {
+        (host.live_agents() == 1).then_some(())
+    })
+    .await;
+    assert!(model.requests().is_empty(), "warming calls no model");
+    // Well past the idle timeout, the warm agent is still there.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(host.live_agents(), 1);
+    let mut client = connect_client(home.path()).await;
+    let (kind, text) = ask(&mut client, "hello warm").await;
+    assert_eq!(kind, "reply");
+    assert!(text.contains("hello warm"));
+    assert_eq!(
+        host.live_agents(),
+        1,
+        "the warm agent answered; no second one"
+    );
+    host.shutdown().await;
+}

@@ -18,6 +18,8 @@ pub const TEST_KEY: &str = "sk-ant-test-0123456789-SECRET";
 
 pub fn config_for_tests() -> Config {
     let mut config = Config::default();
+    // Deterministic: "auto" would pick Docker whenever an agent image happens to exist.
+    config.agents.runtime = "native".into();
     config.agents.retry_backoff_secs = 0;
     config.agents.idle_timeout_secs = 60;
     config
