@@ -49,6 +49,9 @@ turn_timeout_secs = 900
 max_tries = 3
 # First retry delay; doubles with every try.
 retry_backoff_secs = 2
+# While the sandbox engine (e.g. Docker) is unreachable, messages wait and are tried again
+# this often; they are not counted as failed tries.
+runtime_retry_secs = 15
 
 [agents.limits]
 max_processes = 256
@@ -122,6 +125,7 @@ pub struct AgentsSection {
     pub turn_timeout_secs: u64,
     pub max_tries: u32,
     pub retry_backoff_secs: u64,
+    pub runtime_retry_secs: u64,
     pub limits: LimitsSection,
     pub docker: DockerSection,
 }
@@ -154,6 +158,7 @@ impl Default for AgentsSection {
             turn_timeout_secs: 900,
             max_tries: 3,
             retry_backoff_secs: 2,
+            runtime_retry_secs: 15,
             limits: LimitsSection::default(),
             docker: DockerSection::default(),
         }

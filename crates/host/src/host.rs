@@ -818,9 +818,6 @@ async fn register_chat(
     }))
 }
 
-/// How long messages wait before trying an unreachable sandbox engine again.
-const RUNTIME_DOWN_RETRY: Duration = Duration::from_secs(15);
-
 /// The sandbox engine is down: keep the messages, say so once, try again later.
 async fn defer_turn(
     inner: &Arc<Inner>,
@@ -836,7 +833,7 @@ async fn defer_turn(
         .store
         .defer_claimed(
             ids.to_vec(),
-            now + RUNTIME_DOWN_RETRY.as_millis() as i64,
+            now + (inner.config.agents.runtime_retry_secs.max(1) * 1000) as i64,
             error.clone(),
             now,
         )

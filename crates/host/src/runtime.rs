@@ -13,7 +13,19 @@ use crate::config::Config;
 /// `host_id` labels this host's containers.
 pub async fn select(config: &Config, host_id: &str) -> Result<Arc<dyn Runtime>, String> {
     match config.agents.runtime.as_str() {
-        "docker" => docker(config, host_id).await,
+        "docker" => match docker(config, host_id).await {
+            Ok(runtime) => Ok(runtime),
+            Err(why) => {
+                // Docker was asked for explicitly: an engine that is down now may be up in a
+                // minute. Messages wait (the chat is told) instead of failing.
+                tracing::error!("the Docker engine is not usable yet; will retry: {why}");
+                Ok(Arc::new(RetryingRuntime {
+                    config: config.clone(),
+                    host_id: host_id.to_owned(),
+                    inner: tokio::sync::Mutex::new(None),
+                }))
+            }
+        },
         "native" => native().await,
         "apple" => apple().await,
         _ => auto(config, host_id).await,
@@ -57,6 +69,53 @@ async fn docker(config: &Config, host_id: &str) -> Result<Arc<dyn Runtime>, Stri
         Err(e) => tracing::warn!(error = %e, "could not remove leftover agent containers"),
     }
     Ok(Arc::new(runtime))
+}
+
+/// A runtime that is not up yet: every use tries to connect again, and until that works
+/// it answers `Unavailable`, which makes the host keep messages for later.
+struct RetryingRuntime {
+    config: Config,
+    host_id: String,
+    inner: tokio::sync::Mutex<Option<Arc<dyn Runtime>>>,
+}
+
+impl RetryingRuntime {
+    async fn get(&self) -> Result<Arc<dyn Runtime>, nanoclaw_sandbox::SandboxError> {
+        let mut inner = self.inner.lock().await;
+        if let Some(runtime) = inner.as_ref() {
+            return Ok(Arc::clone(runtime));
+        }
+        match docker(&self.config, &self.host_id).await {
+            Ok(runtime) => {
+                tracing::info!("the Docker engine answers again");
+                *inner = Some(Arc::clone(&runtime));
+                Ok(runtime)
+            }
+            Err(reason) => Err(nanoclaw_sandbox::SandboxError::Unavailable {
+                runtime: "docker",
+                reason,
+                fix: "start the Docker engine (or Podman's socket); waiting messages are answered when it is up".into(),
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for RetryingRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn probe(&self) -> Result<(), nanoclaw_sandbox::SandboxError> {
+        self.get().await?.probe().await
+    }
+
+    async fn spawn(
+        &self,
+        spec: &nanoclaw_sandbox::SandboxSpec,
+    ) -> Result<nanoclaw_sandbox::SandboxProcess, nanoclaw_sandbox::SandboxError> {
+        self.get().await?.spawn(spec).await
+    }
 }
 
 async fn native() -> Result<Arc<dyn Runtime>, String> {

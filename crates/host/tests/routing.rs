@@ -229,3 +229,94 @@ async fn a_warm_group_has_its_agent_running_before_the_first_message() {
     );
     host.shutdown().await;
 }
+
+/// A sandbox engine that is down for the first `down_for` spawns (like a Docker daemon
+/// restarting), then works (the native sandbox underneath).
+struct FlakyRuntime {
+    down_for: std::sync::atomic::AtomicU32,
+    inner: nanoclaw_sandbox::NativeRuntime,
+}
+
+#[async_trait::async_trait]
+impl nanoclaw_sandbox::Runtime for FlakyRuntime {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    async fn probe(&self) -> Result<(), nanoclaw_sandbox::SandboxError> {
+        Ok(())
+    }
+    async fn spawn(
+        &self,
+        spec: &nanoclaw_sandbox::SandboxSpec,
+    ) -> Result<nanoclaw_sandbox::SandboxProcess, nanoclaw_sandbox::SandboxError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .down_for
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(nanoclaw_sandbox::SandboxError::Unavailable {
+                runtime: "flaky",
+                reason: "the engine is restarting".into(),
+                fix: "wait".into(),
+            });
+        }
+        self.inner.spawn(spec).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_for_an_unreachable_engine_and_are_answered_when_it_returns() {
+    use nanoclaw_host::HostOptions;
+    use nanoclaw_host::config::Paths;
+    use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
+
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let mut config = config_for_tests();
+    config.agents.runtime_retry_secs = 1;
+    config.agents.max_tries = 1; // waiting must not spend tries
+    let host = Host::start(HostOptions {
+        paths: Paths::new(home.path()),
+        config,
+        upstreams: ModelUpstreams {
+            anthropic: Some(Upstream {
+                base_url: model.base_url(),
+                auth: UpstreamAuth::XApiKey(TEST_KEY.into()),
+            }),
+            openai: None,
+        },
+        runtime: Some(std::sync::Arc::new(FlakyRuntime {
+            down_for: std::sync::atomic::AtomicU32::new(3),
+            inner: nanoclaw_sandbox::NativeRuntime::detect().unwrap(),
+        })),
+        agent_binary: Some(nanoclaw_test_support::agent_binary()),
+    })
+    .await
+    .unwrap();
+    let mut client = connect_client(home.path()).await;
+    let id = client.send("are you there?").await.unwrap();
+    let mut notices = Vec::new();
+    let reply = loop {
+        if let ServerLine::Message {
+            kind,
+            text,
+            reply_to,
+            ..
+        } = client.next().await.unwrap().expect("connection open")
+        {
+            if reply_to.as_deref() == Some(id.as_str()) {
+                break (kind, text);
+            }
+            notices.push(text);
+        }
+    };
+    assert_eq!(reply.0, "reply", "{reply:?}");
+    assert!(reply.1.contains("are you there?"));
+    assert_eq!(notices.len(), 1, "the chat is told once: {notices:?}");
+    assert!(notices[0].contains("can't start my sandbox"), "{notices:?}");
+    assert!(notices[0].contains("restarting"), "{notices:?}");
+    host.shutdown().await;
+}

@@ -5,12 +5,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
 use nanoclaw_host::config::{Config, Paths};
 use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
+use nanoclaw_sandbox::Runtime;
 use nanoclaw_test_support::scripted_model::ScriptedModel;
 
 pub const BENCH_KEY: &str = "sk-ant-bench-0123456789-SECRET";
@@ -102,11 +104,23 @@ pub fn upstreams(model: &ScriptedModel) -> ModelUpstreams {
 
 /// Starts an in-process host on `home` (runtime detected and probed, like `nanoclaw run`).
 pub async fn start_host(home: &Path, model: &ScriptedModel, agent_binary: PathBuf) -> Host {
+    start_host_with(home, model, agent_binary, bench_config(), None).await
+}
+
+/// Starts an in-process host on `home` with `config` and, when given, an already-probed
+/// `runtime` (else detected and probed from `config`, like `nanoclaw run`).
+pub async fn start_host_with(
+    home: &Path,
+    model: &ScriptedModel,
+    agent_binary: PathBuf,
+    config: Config,
+    runtime: Option<Arc<dyn Runtime>>,
+) -> Host {
     Host::start(HostOptions {
         paths: Paths::new(home),
-        config: bench_config(),
+        config,
         upstreams: upstreams(model),
-        runtime: None,
+        runtime,
         agent_binary: Some(agent_binary),
     })
     .await
