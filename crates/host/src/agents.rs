@@ -15,7 +15,7 @@ use nanoclaw_protocol::{
     AgentMessage, GroupInfo, Hello, HostMessage, LineReader, LineWriter, ModelConfig,
     PROTOCOL_MAJOR, PROTOCOL_MINOR,
 };
-use nanoclaw_sandbox::{Mount, Runtime, SandboxControl, SandboxSpec, SandboxStdin};
+use nanoclaw_sandbox::{Mount, RelayTransport, Runtime, SandboxControl, SandboxSpec, SandboxStdin};
 use nanoclaw_store::{Group, Session};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -326,10 +326,30 @@ impl AgentPool {
         let run_dir = self.paths.sandbox_run_dir(&sandbox_name);
         prepare_dirs(&group_dir, &global_dir, &run_dir)
             .map_err(|e| SpawnError::Prepare(e.to_string()))?;
-        let relay = self
-            .relay
-            .serve(&run_dir.join("model.sock"), &sandbox_name)
-            .map_err(|e| SpawnError::Prepare(format!("model relay socket: {e}")))?;
+        let mut env = BTreeMap::new();
+        let relay = match runtime.relay_transport() {
+            RelayTransport::UnixSocket => {
+                env.insert(
+                    "NANOCLAW_MODEL_SOCKET".into(),
+                    format!("{SANDBOX_RUN}/model.sock"),
+                );
+                self.relay
+                    .serve(&run_dir.join("model.sock"), &sandbox_name)
+                    .map_err(|e| SpawnError::Prepare(format!("model relay socket: {e}")))?
+            }
+            RelayTransport::Tcp { bind, host } => {
+                let (handle, addr, token) = self
+                    .relay
+                    .serve_tcp(bind, &sandbox_name)
+                    .map_err(|e| SpawnError::Prepare(format!("model relay port on {bind}: {e}")))?;
+                env.insert(
+                    "NANOCLAW_MODEL_TCP".into(),
+                    format!("{host}:{}", addr.port()),
+                );
+                env.insert("NANOCLAW_MODEL_TOKEN".into(), token);
+                handle
+            }
+        };
 
         // Extra folders: only what the owner's allowlist permits today (checked at every
         // spawn, symlinks resolved); refusals are logged with the rule that refused them.
@@ -346,15 +366,10 @@ impl AgentPool {
         };
 
         let timezone = crate::host_timezone(&self.config);
-        let mut env = BTreeMap::new();
         env.insert("HOME".into(), SANDBOX_WORKSPACE.into());
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
         env.insert("LANG".into(), "C.UTF-8".into());
         env.insert("TZ".into(), timezone.clone());
-        env.insert(
-            "NANOCLAW_MODEL_SOCKET".into(),
-            format!("{SANDBOX_RUN}/model.sock"),
-        );
         env.insert("NANOCLAW_WORKSPACE".into(), SANDBOX_WORKSPACE.into());
         env.insert("NANOCLAW_GLOBAL_DIR".into(), SANDBOX_GLOBAL.into());
         if let Ok(level) = std::env::var("NANOCLAW_AGENT_LOG") {

@@ -222,6 +222,18 @@ impl AppleRuntime {
 
 #[async_trait]
 impl Runtime for AppleRuntime {
+    /// With a network attached, the relay is a token-checked TCP port on the host side of
+    /// the default container network (`192.168.64.1`); without one, nothing reaches the VM.
+    fn relay_transport(&self) -> crate::RelayTransport {
+        match &self.network {
+            AppleNetwork::None => crate::RelayTransport::UnixSocket,
+            AppleNetwork::Attached(_) => crate::RelayTransport::Tcp {
+                bind: std::net::SocketAddr::from(([192, 168, 64, 1], 0)),
+                host: "192.168.64.1".to_owned(),
+            },
+        }
+    }
+
     fn name(&self) -> &'static str {
         RUNTIME
     }

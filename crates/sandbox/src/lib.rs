@@ -128,11 +128,30 @@ pub enum SandboxError {
     },
 }
 
+/// How a sandbox of this runtime reaches the host's model relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayTransport {
+    /// A Unix socket in a folder mounted into the sandbox (same kernel: bwrap, Docker on
+    /// Linux). The socket it arrives on identifies the sandbox.
+    UnixSocket,
+    /// A per-sandbox TCP port on `bind`, reached from inside as `host:PORT`, that only
+    /// accepts that sandbox's token (VMs: Apple's container, Docker Desktop).
+    Tcp {
+        bind: std::net::SocketAddr,
+        host: String,
+    },
+}
+
 /// A way to run the agent in isolation.
 #[async_trait]
 pub trait Runtime: Send + Sync {
     /// Short name: `native`, `docker`, `apple`.
     fn name(&self) -> &'static str;
+
+    /// How its sandboxes reach the model relay.
+    fn relay_transport(&self) -> RelayTransport {
+        RelayTransport::UnixSocket
+    }
 
     /// Checks that this runtime can start sandboxes here. The error says how to fix it.
     async fn probe(&self) -> Result<(), SandboxError>;
