@@ -118,8 +118,9 @@ enum ImageCommand {
     /// ripgrep, jq…; user `agent`, uid 1000). The agent binary is mounted at run time, so a
     /// nanoclaw upgrade needs a rebuild only when `image status` says outdated.
     Build {
-        #[arg(long, default_value = nanoclaw_sandbox::image::DEFAULT_TAG)]
-        tag: String,
+        /// Image tag (default: `agents.docker.image` from the config).
+        #[arg(long)]
+        tag: Option<String>,
         /// Base image for the Containerfile (must be local or pullable).
         #[arg(long, default_value = nanoclaw_sandbox::image::DEFAULT_BASE)]
         base: String,
@@ -143,8 +144,9 @@ enum ImageCommand {
     },
     /// Say whether the agent image exists and is current (exit status 1 when it is not).
     Status {
-        #[arg(long, default_value = nanoclaw_sandbox::image::DEFAULT_TAG)]
-        tag: String,
+        /// Image tag (default: `agents.docker.image` from the config).
+        #[arg(long)]
+        tag: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -220,7 +222,7 @@ fn main() -> ExitCode {
                     verbose,
                 } => {
                     cli::image::build(cli::image::BuildArgs {
-                        tag,
+                        tag: tag.unwrap_or_else(cli::image::configured_tag),
                         base,
                         minimal,
                         debootstrap,
@@ -230,7 +232,9 @@ fn main() -> ExitCode {
                     })
                     .await
                 }
-                ImageCommand::Status { tag, json } => cli::image::status(tag, json).await,
+                ImageCommand::Status { tag, json } => {
+                    cli::image::status(tag.unwrap_or_else(cli::image::configured_tag), json).await
+                }
             },
             Command::Config { command } => match command {
                 ConfigCommand::Path => cli::config::path(),

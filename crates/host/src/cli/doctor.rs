@@ -11,6 +11,9 @@ struct Check {
     name: &'static str,
     ok: bool,
     detail: String,
+    /// A failed optional check is reported but does not fail the doctor.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    optional: bool,
 }
 
 pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
@@ -27,6 +30,7 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
             Ok(p) => p.home.display().to_string(),
             Err(e) => e.to_string(),
         },
+        optional: false,
     });
     let config = match config {
         Ok(c) => {
@@ -34,6 +38,7 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
                 name: "config",
                 ok: true,
                 detail: "valid".into(),
+                optional: false,
             });
             c
         }
@@ -42,6 +47,7 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
                 name: "config",
                 ok: false,
                 detail: e.to_string(),
+                optional: false,
             });
             Config::default()
         }
@@ -58,6 +64,29 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
             Ok(r) => format!("{} works", r.name()),
             Err(e) => e.clone(),
         },
+        optional: false,
+    });
+    // Docker is optional (the native sandbox works without it), so it only fails the check
+    // when the config asks for it.
+    let wants_docker = config.agents.runtime == "docker";
+    let image = &config.agents.docker.image;
+    let (docker_ok, docker_detail) = match nanoclaw_sandbox::image::connect().await {
+        Err(e) => (false, format!("engine not reachable: {e}")),
+        Ok(docker) => match nanoclaw_sandbox::image::image_status(&docker, image).await {
+            nanoclaw_sandbox::image::ImageStatus::Current => (true, format!("{image} is current")),
+            status => (
+                false,
+                status
+                    .remedy(image)
+                    .unwrap_or_else(|| format!("{image}: not usable")),
+            ),
+        },
+    };
+    checks.push(Check {
+        name: "docker image",
+        ok: docker_ok,
+        detail: docker_detail,
+        optional: !wants_docker,
     });
     let agent = nanoclaw_host::find_agent_binary();
     checks.push(Check {
@@ -67,6 +96,7 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
             Ok(p) => p.display().to_string(),
             Err(e) => e.clone(),
         },
+        optional: false,
     });
     let upstreams = ModelUpstreams::from_env();
     let provider = config.model.provider.clone();
@@ -80,18 +110,19 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
         } else {
             "set OPENAI_API_KEY and/or OPENAI_BASE_URL".into()
         },
+        optional: false,
     });
-    let all_ok = checks.iter().all(|c| c.ok);
+    let all_ok = checks.iter().all(|c| c.ok || c.optional);
     if json {
         println!("{}", serde_json::json!({"ok": all_ok, "checks": checks}));
     } else {
         for c in &checks {
-            println!(
-                "{} {:<18} {}",
-                if c.ok { "ok  " } else { "FAIL" },
-                c.name,
-                c.detail
-            );
+            let mark = match (c.ok, c.optional) {
+                (true, _) => "ok  ",
+                (false, true) => "--  ",
+                (false, false) => "FAIL",
+            };
+            println!("{mark} {:<18} {}", c.name, c.detail);
         }
     }
     Ok(if all_ok {

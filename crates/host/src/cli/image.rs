@@ -172,3 +172,13 @@ fn shorten(text: &str, max: usize) -> String {
     out.push('…');
     out
 }
+
+/// The image the config names (`agents.docker.image`); the default tag when there is no
+/// readable config.
+pub fn configured_tag() -> String {
+    nanoclaw_host::config::Paths::from_env()
+        .ok()
+        .and_then(|p| nanoclaw_host::config::Config::load(&p.config_file()).ok())
+        .map(|c| c.agents.docker.image)
+        .unwrap_or_else(|| nanoclaw_sandbox::image::DEFAULT_TAG.to_owned())
+}
