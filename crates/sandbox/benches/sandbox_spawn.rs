@@ -1,9 +1,13 @@
-//! Native (bubblewrap) sandbox spawn latency: `NativeRuntime::spawn` called → first byte
-//! the sandboxed program writes on stdout read by the caller. The "agent" is a `/bin/sh`
-//! script that prints one line and exits, so the figure is the sandbox's cost (namespaces,
-//! mounts, rlimits, cgroup when writable, exec) plus a shell start, nothing of the agent.
-//! The spec mirrors the host's: three mounts (group rw, global ro, run rw), a small
-//! environment and the default limits.
+//! Sandbox spawn latency, per runtime: `Runtime::spawn` called → first byte the sandboxed
+//! program writes on stdout read by the caller. Every iteration is a new sandbox (the cold
+//! path the host takes for each agent). The "agent" is a `/bin/sh` script that prints one
+//! line and exits, so the figure is the runtime's cost (namespaces or container create,
+//! attach and start, mounts, limits) plus a shell start, nothing of the agent. The spec
+//! mirrors the host's: three mounts (group rw, global ro, run rw), a small environment and
+//! the default limits.
+//!
+//! Native (bubblewrap) always; Docker when an engine answers, with the minimal agent image
+//! (`nanoclaw image build --minimal`, built here) or `$NANOCLAW_BENCH_IMAGE`.
 //!
 //! Run: `cargo bench -p nanoclaw-sandbox --bench sandbox_spawn` (`BENCH_N=…` to change n).
 
@@ -12,10 +16,16 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nanoclaw_sandbox::{Limits, Mount, NativeRuntime, Runtime, SandboxProcess, SandboxSpec};
+use nanoclaw_sandbox::docker::DockerConfig;
+use nanoclaw_sandbox::{
+    DockerRuntime, Limits, Mount, NativeRuntime, Runtime, SandboxProcess, SandboxSpec,
+};
 use tokio::io::AsyncReadExt;
+
+const BENCH_IMAGE: &str = "nanoclaw-bench-busybox:minimal";
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -46,12 +56,9 @@ async fn run() {
     }
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
-    let runtime = NativeRuntime::detect().expect("bubblewrap is installed");
-    runtime
-        .probe()
-        .await
-        .expect("the native runtime works here");
-    let (major, minor, patch) = runtime.version();
+    let native = NativeRuntime::detect().expect("bubblewrap is installed");
+    native.probe().await.expect("the native runtime works here");
+    let (major, minor, patch) = native.version();
     println!(
         "machine: {} cores, kernel {}; bubblewrap {major}.{minor}.{patch}",
         std::thread::available_parallelism()
@@ -61,24 +68,76 @@ async fn run() {
             .unwrap_or_default()
             .trim()
     );
+    measure(
+        "native sandbox spawn (bubblewrap)",
+        &native,
+        dir.path(),
+        100,
+    )
+    .await;
 
-    let spec = |i: usize| SandboxSpec {
+    match docker().await {
+        Some(docker) => {
+            measure(
+                &format!("docker sandbox spawn ({})", docker.image()),
+                &docker,
+                dir.path(),
+                30,
+            )
+            .await
+        }
+        None => println!("\n## docker sandbox spawn: skipped (no engine answers here)"),
+    }
+}
+
+/// Docker with the bench image, or `None` when no engine answers.
+async fn docker() -> Option<DockerRuntime> {
+    use nanoclaw_sandbox::image::{self, ImageBuild, ImageKind};
+    let engine = image::connect().await.ok()?;
+    let tag = match std::env::var("NANOCLAW_BENCH_IMAGE") {
+        Ok(tag) => tag,
+        Err(_) => {
+            let build = ImageBuild {
+                tag: BENCH_IMAGE.into(),
+                kind: ImageKind::Minimal,
+                ..Default::default()
+            };
+            image::build(&engine, &build, &mut |_| {})
+                .await
+                .expect("building the minimal bench image");
+            BENCH_IMAGE.to_owned()
+        }
+    };
+    let runtime = DockerRuntime::connect(DockerConfig {
+        socket: None,
+        image: tag,
+        cpus: None,
+        host_id: format!("bench-{}", std::process::id()),
+    })
+    .await
+    .ok()?;
+    runtime.probe().await.expect("the bench image is usable");
+    Some(runtime)
+}
+
+fn spec(dir: &Path, i: usize) -> SandboxSpec {
+    SandboxSpec {
         name: format!("bench-{}-{i}", std::process::id()),
-        agent_binary: agent.clone(),
+        agent_binary: dir.join("agent"),
         args: Vec::new(),
         mounts: vec![
             Mount {
-                host_path: dir.path().join("group"),
+                host_path: dir.join("group"),
                 sandbox_path: "/workspace/group".into(),
                 writable: true,
             },
             Mount {
-                host_path: dir.path().join("global"),
+                host_path: dir.join("global"),
                 sandbox_path: "/workspace/global".into(),
                 writable: false,
             },
             Mount {
-                host_path: dir.path().join("run"),
+                host_path: dir.join("run"),
                 sandbox_path: "/run/nanoclaw".into(),
                 writable: true,
             },
@@ -90,19 +149,20 @@ async fn run() {
         ]),
         workdir: "/workspace/group".into(),
         limits: Limits::default(),
-    };
+    }
+}
 
-    // Warm-up: page cache, bwrap binary, dynamic loader.
-    for i in 0..5 {
-        let process = runtime.spawn(&spec(i)).await.expect("spawn");
+async fn measure(title: &str, runtime: &dyn Runtime, dir: &Path, default_n: usize) {
+    // Warm-up: page cache, binaries, the engine's image cache.
+    for i in 0..3 {
+        let process = runtime.spawn(&spec(dir, i)).await.expect("spawn");
         finish(process).await;
     }
-
-    let n = iterations(100);
+    let n = iterations(default_n);
     let mut call = Vec::with_capacity(n);
     let mut first_byte = Vec::with_capacity(n);
     for i in 0..n {
-        let spec = spec(i + 1000);
+        let spec = spec(dir, i + 1000);
         let started = Instant::now();
         let mut process = runtime.spawn(&spec).await.expect("spawn");
         call.push(started.elapsed());
@@ -116,9 +176,8 @@ async fn run() {
         assert_eq!(byte[0], b'x');
         finish(process).await;
     }
-
     println!();
-    println!("## native sandbox spawn (bubblewrap), /bin/sh script agent");
+    println!("## {title}, /bin/sh script agent");
     println!(
         "{:<44} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "measurement", "n", "p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms"
@@ -127,7 +186,7 @@ async fn run() {
     row("spawn() -> first stdout byte", &first_byte);
 }
 
-/// Waits for the sandbox to exit and runs the runtime's cleanup (not timed).
+/// Waits for the sandbox to exit and releases it (not timed).
 async fn finish(process: SandboxProcess) {
     let SandboxProcess {
         stdin,

@@ -24,14 +24,6 @@ use nanoclaw_sandbox::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IMAGE: &str = "nanoclaw-test-busybox:latest";
-/// Bumped when the rootfs below changes, so an old import is replaced.
-const IMAGE_REVISION: &str = "4";
-const REVISION_LABEL: &str = "org.nanoclaw.test-image-revision";
-const APPLETS: &[&str] = &[
-    "sh", "cat", "ls", "id", "echo", "sleep", "touch", "mkdir", "env", "wc", "head", "tr", "rm",
-    "dd", "nc", "grep", "hostname", "test",
-];
-
 const SECRET: &str = "s3cr3t-host-value-5b1f";
 const FAKE_KEY: &str = "sk-ant-fake-key-do-not-leak-9c2e";
 
@@ -101,88 +93,24 @@ fn engine(runtime: &DockerRuntime) -> Docker {
     .expect("bollard client")
 }
 
-/// A rootfs with a static busybox and a few applet links, as a tar in memory.
-fn busybox_rootfs() -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let dir = |builder: &mut tar::Builder<Vec<u8>>, path: &str| {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        // Docker copies the image directory's mode onto a tmpfs mounted over it.
-        header.set_mode(if path == "tmp" { 0o1777 } else { 0o755 });
-        header.set_size(0);
-        builder
-            .append_data(&mut header, path, std::io::empty())
-            .expect("dir entry");
-    };
-    for path in ["bin", "etc", "tmp", "run", "proc", "sys", "dev", "opt"] {
-        dir(&mut builder, path);
-    }
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_mode(0o755);
-    header.set_size(busybox.len() as u64);
-    builder
-        .append_data(&mut header, "bin/busybox", busybox.as_slice())
-        .expect("busybox entry");
-    for applet in APPLETS {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_mode(0o777);
-        header.set_size(0);
-        builder
-            .append_link(&mut header, format!("bin/{applet}"), "busybox")
-            .expect("applet link");
-    }
-    for (path, body) in [
-        (
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/workspace:/bin/sh\n",
-        ),
-        ("etc/group", "root:x:0:\nagent:x:1000:\n"),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(0o644);
-        header.set_size(body.len() as u64);
-        builder
-            .append_data(&mut header, path, body.as_bytes())
-            .expect("etc entry");
-    }
-    builder.into_inner().expect("tar")
-}
-
-/// Imports the test image unless the engine already has this revision of it.
+/// Builds the test image once per run: the same minimal (busybox) image `nanoclaw image
+/// build --minimal` makes, so the tests run what users can build without a registry.
 async fn ensure_image(docker: &Docker) {
     let mut done = IMPORT.lock().await;
     if *done {
         return;
     }
-    let current = docker
-        .inspect_image(IMAGE)
-        .await
-        .ok()
-        .and_then(|image| image.config)
-        .and_then(|config| config.labels)
-        .and_then(|labels| labels.get(REVISION_LABEL).cloned());
-    if current.as_deref() != Some(IMAGE_REVISION) {
-        let (repo, tag) = IMAGE.split_once(':').expect("tagged");
-        let options = CreateImageOptions {
-            from_src: Some("-".to_string()),
-            repo: Some(repo.to_string()),
-            tag: Some(tag.to_string()),
-            changes: vec![format!("LABEL {REVISION_LABEL}={IMAGE_REVISION}")],
+    nanoclaw_sandbox::image::build(
+        docker,
+        &nanoclaw_sandbox::image::ImageBuild {
+            tag: IMAGE.into(),
+            kind: nanoclaw_sandbox::image::ImageKind::Minimal,
             ..Default::default()
-        };
-        let mut progress = docker.create_image(
-            Some(options),
-            Some(bollard::body_full(busybox_rootfs().into())),
-            None,
-        );
-        while let Some(step) = progress.next().await {
-            step.expect("importing the test image");
-        }
-    }
+        },
+        &mut |_| {},
+    )
+    .await
+    .expect("building the minimal test image");
     *done = true;
 }
 
@@ -353,7 +281,13 @@ async fn probe_reports_an_outdated_image() {
             changes: vec![format!("LABEL {LABEL_IMAGE_VERSION}=0-outdated")],
             ..Default::default()
         }),
-        Some(bollard::body_full(busybox_rootfs().into())),
+        Some(bollard::body_full(
+            nanoclaw_sandbox::image::minimal_rootfs(
+                &std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox"),
+                &["sh".to_owned()],
+            )
+            .expect("rootfs"),
+        )),
         None,
     );
     while let Some(step) = progress.next().await {
