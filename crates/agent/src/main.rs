@@ -22,6 +22,21 @@ fn main() {
         Ok(env) => env,
         Err(e) => fatal_exit(&e.to_string()),
     };
+    // Egress: bound before the runtime exists, so the proxy variables can be set while the
+    // process is still single-threaded; every tool subprocess inherits them.
+    let egress = match nanoclaw_agent::egress_bridge::PreparedEgress::from_env() {
+        Ok(e) => e,
+        Err(e) => fatal_exit(&format!(
+            "cannot open the loopback egress proxy bridge: {e}"
+        )),
+    };
+    if let Some(egress) = &egress {
+        for (name, value) in egress.env() {
+            // SAFETY: no other thread exists yet (the runtime is built below), so nothing
+            // can read the environment concurrently.
+            unsafe { std::env::set_var(name, value) };
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -30,7 +45,13 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fatal_exit(&format!("cannot start the async runtime: {e}")),
     };
-    let code = runtime.block_on(run(env, tokio::io::stdin(), tokio::io::stdout()));
+    let code = runtime.block_on(async {
+        let _egress = match egress.map(|e| e.start()).transpose() {
+            Ok(bridge) => bridge,
+            Err(e) => fatal_exit(&format!("cannot start the egress proxy bridge: {e}")),
+        };
+        run(env, tokio::io::stdin(), tokio::io::stdout()).await
+    });
     // Exit without dropping the runtime: its stdin reader may sit in a blocking read.
     std::process::exit(code);
 }

@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod channel;
 pub mod config;
+pub mod egress;
 pub mod host;
 pub mod mounts;
 pub mod relay;

@@ -54,6 +54,12 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Secrets (encrypted; agents only ever see placeholders), their grants, and the audit log
+    /// of every proxied request. See docs/SECURITY.md.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
     /// The configuration file.
     Config {
         #[command(subcommand)]
@@ -85,6 +91,32 @@ enum GroupCommand {
         #[command(subcommand)]
         command: MountCommand,
     },
+    /// What a group's agents may reach on the network (deny by default; loopback, private
+    /// and cloud-metadata addresses are always refused).
+    Egress {
+        #[command(subcommand)]
+        command: EgressCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EgressCommand {
+    /// Allow a host (`api.example.com`) or its subdomains (`*.example.com`).
+    Allow { folder: String, pattern: String },
+    /// Deny a host or its subdomains (deny wins over allow).
+    Deny { folder: String, pattern: String },
+    /// Remove a group's rule for a pattern.
+    Rm { folder: String, pattern: String },
+    /// List a group's egress rules, methods and ports.
+    List {
+        folder: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Limit a group to some HTTP methods (`GET,HEAD`), or `all`.
+    Methods { folder: String, methods: String },
+    /// Set the ports a group may reach (`80,443,8443`), or `default` (80 and 443).
+    Ports { folder: String, ports: String },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +185,75 @@ enum ImageCommand {
 }
 
 #[derive(Subcommand)]
+enum VaultCommand {
+    /// Store a new secret. The value is read from a hidden prompt, or from stdin when it is not a
+    /// terminal (`printenv ANTHROPIC_API_KEY | nanoclaw vault set anthropic`); never from the
+    /// command line.
+    Set {
+        /// Secret name: a-z, 0-9, '_', '.', '-' (at most 64).
+        name: String,
+        /// Refused: a value on the command line leaks into shell history and /proc.
+        #[arg(hide = true, num_args = 0.., allow_hyphen_values = true)]
+        value: Vec<String>,
+    },
+    /// List secrets with versions, times and grants (never values).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret with all its versions and grants.
+    Rm { name: String },
+    /// Give a secret a new value (prompt or stdin); the next request uses it, no restart needed.
+    Rotate {
+        name: String,
+        #[arg(hide = true, num_args = 0.., allow_hyphen_values = true)]
+        value: Vec<String>,
+    },
+    /// Let a group's agents use a secret on a host: it is injected by the egress proxy, the
+    /// agent only sees a placeholder.
+    Grant {
+        name: String,
+        /// The group's folder name, e.g. `main`.
+        #[arg(long)]
+        group: String,
+        /// Host name, exact (`api.anthropic.com`) or any subdomain (`*.example.com`).
+        #[arg(long)]
+        host: String,
+        /// Only under this path prefix, e.g. `/v1`.
+        #[arg(long)]
+        path: Option<String>,
+        /// Where the secret goes: `header:x-api-key: {secret}`, `header:Authorization: Bearer
+        /// {secret}` or `query:PARAM`.
+        #[arg(long)]
+        inject: String,
+        /// The owner approves the grant's first use in the main chat.
+        #[arg(long)]
+        approval: bool,
+    },
+    /// Remove a secret's grants to a group (only those on --host, when given).
+    Revoke {
+        name: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Show the audit log of proxied requests.
+    Audit {
+        #[arg(long)]
+        group: Option<String>,
+        /// Keep printing new rows as they come (checks every 500 ms; Ctrl-C stops).
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the audit log's hash chain (exit status 1 naming the first bad row).
+    Verify,
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Print where the config file is.
     Path,
@@ -210,6 +311,28 @@ fn main() -> ExitCode {
                         cli::group::mount_list(folder, json).await
                     }
                 },
+                GroupCommand::Egress { command } => match command {
+                    EgressCommand::Allow { folder, pattern } => {
+                        cli::group::egress_set(folder, pattern, nanoclaw_store::EgressAction::Allow)
+                            .await
+                    }
+                    EgressCommand::Deny { folder, pattern } => {
+                        cli::group::egress_set(folder, pattern, nanoclaw_store::EgressAction::Deny)
+                            .await
+                    }
+                    EgressCommand::Rm { folder, pattern } => {
+                        cli::group::egress_rm(folder, pattern).await
+                    }
+                    EgressCommand::List { folder, json } => {
+                        cli::group::egress_list(folder, json).await
+                    }
+                    EgressCommand::Methods { folder, methods } => {
+                        cli::group::egress_methods(folder, methods).await
+                    }
+                    EgressCommand::Ports { folder, ports } => {
+                        cli::group::egress_ports(folder, ports).await
+                    }
+                },
             },
             Command::Image { command } => match command {
                 ImageCommand::Build {
@@ -235,6 +358,39 @@ fn main() -> ExitCode {
                 ImageCommand::Status { tag, json } => {
                     cli::image::status(tag.unwrap_or_else(cli::image::configured_tag), json).await
                 }
+            },
+            Command::Vault { command } => match command {
+                VaultCommand::Set { name, value } => cli::vault::set(name, value).await,
+                VaultCommand::List { json } => cli::vault::list(json).await,
+                VaultCommand::Rm { name } => cli::vault::rm(name).await,
+                VaultCommand::Rotate { name, value } => cli::vault::rotate(name, value).await,
+                VaultCommand::Grant {
+                    name,
+                    group,
+                    host,
+                    path,
+                    inject,
+                    approval,
+                } => {
+                    cli::vault::grant(cli::vault::GrantArgs {
+                        name,
+                        group,
+                        host,
+                        path,
+                        inject,
+                        approval,
+                    })
+                    .await
+                }
+                VaultCommand::Revoke { name, group, host } => {
+                    cli::vault::revoke(name, group, host).await
+                }
+                VaultCommand::Audit {
+                    group,
+                    follow,
+                    json,
+                } => cli::vault::audit(group, follow, json).await,
+                VaultCommand::Verify => cli::vault::verify().await,
             },
             Command::Config { command } => match command {
                 ConfigCommand::Path => cli::config::path(),

@@ -18,6 +18,8 @@ use crate::error::{Ctx, StoreError};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_group_mounts.sql"),
+    include_str!("../migrations/0003_vault.sql"),
+    include_str!("../migrations/0004_egress_policy.sql"),
 ];
 
 /// The schema version this build knows.

@@ -6,6 +6,7 @@
 //! whose behaviour depends on time take `now_ms` so tests control the clock.
 
 mod chats;
+mod egress;
 mod engine;
 mod error;
 mod groups;
@@ -15,7 +16,9 @@ mod mounts;
 mod outbound;
 mod sessions;
 mod usage;
+mod vault;
 
+pub use egress::{EgressAction, EgressRule, EgressSettings};
 pub use engine::{SCHEMA_VERSION, Store, now_ms};
 pub use error::StoreError;
 pub use groups::{DEFAULT_TRIGGER, validate_folder};
@@ -28,3 +31,6 @@ pub use model::{
 pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.
 pub use rusqlite;
+pub use vault::{
+    AUDIT_GENESIS_HASH, AuditRecord, NewAudit, NewGrant, SecretRecord, SecretVersion, VaultGrant,
+};

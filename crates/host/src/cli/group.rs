@@ -287,3 +287,167 @@ fn default_mount_name(base: &str) -> String {
     let name = name.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
     name.chars().take(64).collect()
 }
+
+/// `nanoclaw group egress allow|deny FOLDER PATTERN`: the pattern is checked and normalized
+/// first; one action per pattern (allowing a denied pattern replaces the deny).
+pub async fn egress_set(
+    folder: String,
+    pattern: String,
+    action: nanoclaw_store::EgressAction,
+) -> anyhow::Result<ExitCode> {
+    use nanoclaw_host::egress::DomainPattern;
+    let pattern = DomainPattern::parse(&pattern)?.to_string();
+    let (store, _) = open()?;
+    let group = group_or_bail(&store, &folder).await?;
+    store.set_egress_rule(&group.id, &pattern, action).await?;
+    let what = match action {
+        nanoclaw_store::EgressAction::Allow => "may now reach",
+        nanoclaw_store::EgressAction::Deny => "may no longer reach",
+    };
+    println!(
+        "{} {what} {pattern} (running agents included, within a second)",
+        group.folder
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw group egress rm FOLDER PATTERN`.
+pub async fn egress_rm(folder: String, pattern: String) -> anyhow::Result<ExitCode> {
+    use nanoclaw_host::egress::DomainPattern;
+    // Accept the pattern as typed or as stored.
+    let normalized = DomainPattern::parse(&pattern)
+        .map(|p| p.to_string())
+        .unwrap_or(pattern.clone());
+    let (store, _) = open()?;
+    let group = group_or_bail(&store, &folder).await?;
+    if !store.remove_egress_rule(&group.id, &normalized).await? {
+        anyhow::bail!(
+            "{} has no egress rule for {pattern:?}; see `nanoclaw group egress list {}`",
+            group.folder,
+            group.folder
+        );
+    }
+    println!(
+        "removed the egress rule for {normalized} from {}",
+        group.folder
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw group egress list FOLDER [--json]`.
+pub async fn egress_list(folder: String, json: bool) -> anyhow::Result<ExitCode> {
+    let (store, _) = open()?;
+    let group = group_or_bail(&store, &folder).await?;
+    let rules = store.egress_rules(&group.id).await?;
+    let settings = store.egress_settings(&group.id).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "group": group.folder,
+                "rules": rules,
+                "methods": settings.methods,
+                "ports": settings.ports.clone().unwrap_or_else(|| nanoclaw_host::egress::DEFAULT_PORTS.to_vec()),
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rules.is_empty() {
+        println!(
+            "{} may reach no host (deny by default); allow one with `nanoclaw group egress allow {} api.example.com`",
+            group.folder, group.folder
+        );
+    }
+    for r in &rules {
+        println!("{:<6} {}", r.action.as_str(), r.pattern);
+    }
+    let methods = settings
+        .methods
+        .map(|m| m.join(", "))
+        .unwrap_or_else(|| "all".into());
+    let ports = settings
+        .ports
+        .unwrap_or_else(|| nanoclaw_host::egress::DEFAULT_PORTS.to_vec())
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("methods: {methods}\nports:   {ports}");
+    println!(
+        "always refused: loopback, private, link-local, CGNAT, unique-local, multicast and cloud-metadata addresses"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw group egress methods FOLDER GET,HEAD|all`.
+pub async fn egress_methods(folder: String, list: String) -> anyhow::Result<ExitCode> {
+    let methods = if list.trim().eq_ignore_ascii_case("all") {
+        None
+    } else {
+        let mut out = Vec::new();
+        for m in list.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let m = m.to_ascii_uppercase();
+            if http::Method::from_bytes(m.as_bytes()).is_err() || m == "CONNECT" {
+                anyhow::bail!("{m:?} is not an HTTP method a group can be limited to");
+            }
+            out.push(m);
+        }
+        if out.is_empty() {
+            anyhow::bail!("give methods like GET,HEAD, or `all`");
+        }
+        Some(out)
+    };
+    let (store, _) = open()?;
+    let group = group_or_bail(&store, &folder).await?;
+    let mut settings = store.egress_settings(&group.id).await?;
+    settings.methods = methods;
+    store
+        .set_egress_settings(&group.id, settings.clone())
+        .await?;
+    println!(
+        "{} may use {} (HTTPS tunnels need every method until TLS inspection exists)",
+        group.folder,
+        settings
+            .methods
+            .map(|m| m.join(", "))
+            .unwrap_or_else(|| "every method".into())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw group egress ports FOLDER 80,443,8443|default`.
+pub async fn egress_ports(folder: String, list: String) -> anyhow::Result<ExitCode> {
+    let ports = if list.trim().eq_ignore_ascii_case("default") {
+        None
+    } else {
+        let mut out = Vec::new();
+        for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => out.push(n),
+                _ => anyhow::bail!("{p:?} is not a port number (1-65535)"),
+            }
+        }
+        if out.is_empty() {
+            anyhow::bail!("give ports like 80,443, or `default`");
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    };
+    let (store, _) = open()?;
+    let group = group_or_bail(&store, &folder).await?;
+    let mut settings = store.egress_settings(&group.id).await?;
+    settings.ports = ports;
+    store
+        .set_egress_settings(&group.id, settings.clone())
+        .await?;
+    let shown = settings
+        .ports
+        .unwrap_or_else(|| nanoclaw_host::egress::DEFAULT_PORTS.to_vec())
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("{} may reach ports {shown}", group.folder);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,240 @@
+//! Loopback HTTP proxy → host egress proxy bridge. The sandbox has no network but loopback;
+//! the host's egress proxy is a Unix socket (`NANOCLAW_EGRESS_SOCKET`, normally
+//! `/run/nanoclaw/proxy.sock`). This listens on `127.0.0.1:0` and passes every connection
+//! byte-for-byte to that socket, and gives tool subprocesses the proxy variables that make
+//! curl, git, pip, npm and Python use it. The host does all the checking.
+//!
+//! The listener is bound before the async runtime starts so the variables can be set in the
+//! process environment while it is still single-threaded; every tool subprocess inherits
+//! them. The agent's own model client ignores them (it is built with `no_proxy()` and uses
+//! the model bridge).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::task::JoinHandle;
+
+/// Where the host's egress proxy socket is, inside the sandbox.
+pub const EGRESS_SOCKET_ENV: &str = "NANOCLAW_EGRESS_SOCKET";
+
+/// Hosts that never go through the proxy (the bridges themselves live on loopback).
+pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+
+/// The CA bundle variables, set when the host intercepts TLS (a later step) so clients
+/// trust its local CA.
+pub const CA_BUNDLE_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+];
+
+/// The environment every tool subprocess gets so its HTTP(S) goes through `proxy_url`
+/// (`http://127.0.0.1:PORT`), with `ca_bundle` when the host intercepts TLS. The one place
+/// that decides these variables.
+pub fn proxy_env(proxy_url: &str, ca_bundle: Option<&Path>) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        env.push((name, proxy_url.to_owned()));
+    }
+    env.push(("NO_PROXY", NO_PROXY.to_owned()));
+    env.push(("no_proxy", NO_PROXY.to_owned()));
+    if let Some(ca) = ca_bundle {
+        for name in CA_BUNDLE_VARS {
+            env.push((*name, ca.display().to_string()));
+        }
+    }
+    env
+}
+
+/// A bound but not yet serving bridge (no async runtime needed to make one).
+pub struct PreparedEgress {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    socket: PathBuf,
+}
+
+impl PreparedEgress {
+    /// Binds `127.0.0.1:0` for the host socket at `socket`.
+    pub fn bind(socket: impl Into<PathBuf>) -> io::Result<PreparedEgress> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        Ok(PreparedEgress {
+            listener,
+            addr,
+            socket: socket.into(),
+        })
+    }
+
+    /// `Some` when `NANOCLAW_EGRESS_SOCKET` is set (the host gives the sandbox egress).
+    pub fn from_env() -> io::Result<Option<PreparedEgress>> {
+        match std::env::var_os(EGRESS_SOCKET_ENV).filter(|v| !v.is_empty()) {
+            Some(socket) => Self::bind(PathBuf::from(socket)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The variables for tool subprocesses ([`proxy_env`]).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        proxy_env(&self.proxy_url(), None)
+    }
+
+    /// Starts forwarding; must run inside a tokio runtime.
+    pub fn start(self) -> io::Result<EgressBridge> {
+        let listener = TcpListener::from_std(self.listener)?;
+        tracing::debug!(addr = %self.addr, socket = %self.socket.display(), "egress bridge listening");
+        let task = tokio::spawn(accept_loop(listener, Arc::from(self.socket)));
+        Ok(EgressBridge {
+            addr: self.addr,
+            task,
+        })
+    }
+}
+
+/// A running bridge; stops when dropped.
+pub struct EgressBridge {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl EgressBridge {
+    /// Binds and starts at once (inside a runtime).
+    pub async fn start(socket: impl Into<PathBuf>) -> io::Result<EgressBridge> {
+        PreparedEgress::bind(socket)?.start()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for EgressBridge {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, socket: Arc<Path>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                let socket = Arc::clone(&socket);
+                tokio::spawn(async move { forward(tcp, &socket).await });
+            }
+            Err(e) => {
+                // Transient (e.g. out of file descriptors): back off briefly and go on.
+                tracing::warn!(error = %e, "egress bridge accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn forward(mut tcp: TcpStream, socket: &Path) {
+    // Interactive protocols inside tunnels (git, ssh-like) are many small writes.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not disable Nagle on the egress bridge");
+    }
+    let mut unix = match UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Dropping the TCP connection makes the client report a proxy connect error.
+            tracing::warn!(error = %e, socket = %socket.display(), "cannot connect to the host egress proxy");
+            return;
+        }
+    };
+    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await {
+        tracing::debug!(error = %e, "egress bridge connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_to_the_host_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(&[&buf[..], b" ok"].concat()).await.unwrap();
+        });
+        let bridge = EgressBridge::start(&path).await.unwrap();
+        assert!(bridge.proxy_url().starts_with("http://127.0.0.1:"));
+        let mut c = TcpStream::connect(bridge.addr()).await.unwrap();
+        c.write_all(b"CONNECT").await.unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"CONNECT ok");
+    }
+
+    #[tokio::test]
+    async fn a_missing_host_socket_closes_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = EgressBridge::start(dir.path().join("absent.sock"))
+            .await
+            .unwrap();
+        let mut c = TcpStream::connect(bridge.addr()).await.unwrap();
+        let mut out = Vec::new();
+        let res = c.read_to_end(&mut out).await;
+        assert!(res.is_err() || out.is_empty());
+    }
+
+    #[test]
+    fn the_proxy_env_covers_both_cases_and_excludes_loopback() {
+        let env = proxy_env("http://127.0.0.1:4000", None);
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        for k in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "ALL_PROXY",
+        ] {
+            assert_eq!(get(k), Some("http://127.0.0.1:4000"), "{k}");
+        }
+        assert_eq!(get("NO_PROXY"), Some("localhost,127.0.0.1,::1"));
+        assert_eq!(get("no_proxy"), Some("localhost,127.0.0.1,::1"));
+        assert_eq!(get("SSL_CERT_FILE"), None);
+        let with_ca = proxy_env(
+            "http://127.0.0.1:4000",
+            Some(Path::new("/run/nanoclaw/ca.pem")),
+        );
+        for k in CA_BUNDLE_VARS {
+            assert!(
+                with_ca.contains(&(*k, "/run/nanoclaw/ca.pem".to_owned())),
+                "{k}"
+            );
+        }
+    }
+}

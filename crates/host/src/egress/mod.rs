@@ -1,0 +1,142 @@
+//! Deny-by-default HTTP/HTTPS egress for sandboxes, through the host.
+//!
+//! Each running sandbox gets its own Unix socket (`proxy.sock` in its run dir, mounted
+//! read-only at `/run/nanoclaw`); the socket a request arrives on is the sandbox's identity,
+//! as for the model relay. Inside the sandbox the agent runner serves a loopback HTTP proxy
+//! bridged byte-for-byte to that socket and points `HTTP_PROXY`/`HTTPS_PROXY` at it; the
+//! sandbox has no other network.
+//!
+//! The proxy speaks HTTP/1.1 proxy: absolute-form `http://` requests are forwarded, and
+//! `CONNECT host:port` is tunnelled after the checks. Checks ([`policy`]): the group's
+//! allowed/denied domains (deny wins), methods and ports, then the RESOLVED addresses —
+//! loopback, private, link-local, CGNAT, unique-local, multicast and cloud metadata are
+//! refused whatever the lists say — and the proxy connects to exactly the checked address
+//! (no second lookup, so DNS rebinding cannot swap it). Refusals are `403` with a body naming
+//! the rule. Every decision goes to an [`EgressAudit`].
+//!
+//! Not yet: TLS interception for hosts with a credential to inject ([`EgressSecrets`] is the
+//! seam), a TCP transport for VM runtimes.
+
+pub mod policy;
+pub mod proxy;
+pub mod resolve;
+pub mod source;
+
+use std::sync::Mutex;
+
+pub use policy::{
+    AddressGuard, BlockedRange, DEFAULT_PORTS, DomainPattern, EgressPolicy, PatternError, Refusal,
+    RefusalRule, TargetHost, blocked_range,
+};
+pub use proxy::{EgressHandle, EgressProxy};
+pub use resolve::{Resolve, StaticResolver, SystemResolver};
+pub use source::{PolicySource, StaticPolicies, StorePolicySource};
+
+/// Name of the proxy socket in a sandbox's run dir (next to `model.sock`).
+pub const PROXY_SOCKET_NAME: &str = "proxy.sock";
+/// The variable the agent runner reads to find the socket inside the sandbox.
+pub const EGRESS_SOCKET_ENV: &str = "NANOCLAW_EGRESS_SOCKET";
+
+/// Whether a request went out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressDecision {
+    Allowed,
+    Denied,
+}
+
+/// One proxied request (or tunnel), as the audit sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EgressRecord {
+    /// Unix milliseconds when the request arrived.
+    pub time_ms: i64,
+    /// The group folder the socket belongs to.
+    pub group: String,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    /// Plain HTTP only, without the query (which may hold credentials); `None` for CONNECT.
+    pub path: Option<String>,
+    /// What the client got: the upstream status, 200 for an opened tunnel, or the refusal's.
+    pub status: u16,
+    /// Request body bytes (tunnel: client → upstream).
+    pub bytes_up: u64,
+    /// Response body bytes (tunnel: upstream → client).
+    pub bytes_down: u64,
+    pub decision: EgressDecision,
+    /// For an allowed request the pattern that allowed it; else the refusal rule's tag and
+    /// message.
+    pub reason: String,
+    /// The secret injected into the request (always `None` until TLS interception lands).
+    pub secret: Option<String>,
+}
+
+/// Where every egress decision is recorded (the vault's hash-chained audit log implements
+/// this). Called on the proxy's tasks: keep it quick and non-blocking.
+pub trait EgressAudit: Send + Sync {
+    fn record(&self, entry: EgressRecord);
+}
+
+/// Logs each decision with `tracing` (the default until the vault's audit log is wired).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TracingAudit;
+
+impl EgressAudit for TracingAudit {
+    fn record(&self, e: EgressRecord) {
+        match e.decision {
+            EgressDecision::Allowed => tracing::info!(
+                group = %e.group, method = %e.method, host = %e.host, port = e.port,
+                path = e.path.as_deref().unwrap_or(""), status = e.status,
+                bytes_up = e.bytes_up, bytes_down = e.bytes_down, reason = %e.reason,
+                "egress allowed"
+            ),
+            EgressDecision::Denied => tracing::warn!(
+                group = %e.group, method = %e.method, host = %e.host, port = e.port,
+                path = e.path.as_deref().unwrap_or(""), status = e.status, reason = %e.reason,
+                "egress denied"
+            ),
+        }
+    }
+}
+
+/// Keeps every record in memory (tests and benchmarks).
+#[derive(Debug, Default)]
+pub struct MemoryAudit {
+    records: Mutex<Vec<EgressRecord>>,
+}
+
+impl MemoryAudit {
+    pub fn records(&self) -> Vec<EgressRecord> {
+        match self.records.lock() {
+            Ok(r) => r.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+}
+
+impl EgressAudit for MemoryAudit {
+    fn record(&self, entry: EgressRecord) {
+        match self.records.lock() {
+            Ok(mut r) => r.push(entry),
+            Err(e) => e.into_inner().push(entry),
+        }
+    }
+}
+
+/// What the proxy will need from the vault. Nothing is injected yet: a host with an
+/// injection rule is only logged and tunnelled untouched; the TLS-interception step will
+/// terminate TLS for it and set the credential on each request.
+pub trait EgressSecrets: Send + Sync {
+    /// Whether requests from `group` to `host` get a credential injected.
+    fn injects_for(&self, group: &str, host: &str) -> bool;
+}
+
+/// No secrets: every allowed host is tunnelled untouched.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSecrets;
+
+impl EgressSecrets for NoSecrets {
+    fn injects_for(&self, _group: &str, _host: &str) -> bool {
+        false
+    }
+}

@@ -1,0 +1,718 @@
+//! The per-sandbox HTTP/1.1 proxy on a Unix socket: forwards absolute-form `http://`
+//! requests and tunnels `CONNECT`, after the policy's checks, to exactly the checked address.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use super::policy::{EgressPolicy, Refusal, RefusalRule, TargetHost};
+use super::resolve::{Resolve, SystemResolver};
+use super::source::PolicySource;
+use super::{EgressAudit, EgressDecision, EgressRecord, EgressSecrets, NoSecrets, TracingAudit};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Connecting to an upstream gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send a request's headers within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open connections per sandbox; more are closed at once (a runaway tool, not a use case).
+const MAX_CONNECTIONS: usize = 512;
+
+/// The header on every answer the proxy itself makes.
+pub const EGRESS_HEADER: &str = "x-nanoclaw-egress";
+
+/// Shared by every sandbox's socket: the policy source, resolver, audit and the upstream
+/// connection pool (keyed by the checked IP and port).
+#[derive(Clone)]
+pub struct EgressProxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    policies: Arc<dyn PolicySource>,
+    resolver: Arc<dyn Resolve>,
+    audit: Arc<dyn EgressAudit>,
+    secrets: Arc<dyn EgressSecrets>,
+    client: Client<HttpConnector, ProxyBody>,
+}
+
+/// A serving socket; dropping it stops the listener, ends its connections and open tunnels,
+/// and removes the socket file.
+pub struct EgressHandle {
+    task: JoinHandle<()>,
+    socket_path: PathBuf,
+    _shutdown: watch::Sender<()>,
+}
+
+impl EgressHandle {
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+}
+
+impl Drop for EgressHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+}
+
+impl EgressProxy {
+    /// A proxy with the system resolver, the tracing audit and no secrets.
+    pub fn new(policies: Arc<dyn PolicySource>) -> EgressProxy {
+        Self::build(
+            policies,
+            Arc::new(SystemResolver),
+            Arc::new(TracingAudit),
+            Arc::new(NoSecrets),
+        )
+    }
+
+    /// Everything explicit (tests inject a resolver; the vault provides audit and secrets).
+    pub fn build(
+        policies: Arc<dyn PolicySource>,
+        resolver: Arc<dyn Resolve>,
+        audit: Arc<dyn EgressAudit>,
+        secrets: Arc<dyn EgressSecrets>,
+    ) -> EgressProxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        EgressProxy {
+            inner: Arc::new(Inner {
+                policies,
+                resolver,
+                audit,
+                secrets,
+                client,
+            }),
+        }
+    }
+
+    /// Serves the proxy for the group `group_folder` on a new socket at `socket_path`
+    /// (owner-only; an old file there is replaced). Must run inside a tokio runtime.
+    pub fn serve(&self, socket_path: &Path, group_folder: &str) -> io::Result<EgressHandle> {
+        let _ = std::fs::remove_file(socket_path);
+        let listener = UnixListener::bind(socket_path)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The sandbox user is mapped to this host user, so owner-only is enough.
+            std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(());
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&self.inner),
+            Arc::from(group_folder),
+            shutdown_rx,
+        ));
+        tracing::debug!(group = group_folder, socket = %socket_path.display(), "egress proxy listening");
+        Ok(EgressHandle {
+            task,
+            socket_path: socket_path.to_owned(),
+            _shutdown: shutdown_tx,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    inner: Arc<Inner>,
+    group: Arc<str>,
+    shutdown: watch::Receiver<()>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, group = %group, "egress proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(group = %group, "egress proxy: too many open connections; closing one");
+            continue;
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            Arc::clone(&inner),
+            Arc::clone(&group),
+            shutdown.clone(),
+            permit,
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    inner: Arc<Inner>,
+    group: Arc<str>,
+    mut shutdown: watch::Receiver<()>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let tunnel_shutdown = shutdown.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (inner, group, sd) = (
+            Arc::clone(&inner),
+            Arc::clone(&group),
+            tunnel_shutdown.clone(),
+        );
+        async move { Ok::<_, Infallible>(handle(inner, group, req, sd).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::select! {
+        res = conn => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "egress proxy connection ended with an error");
+            }
+        }
+        // The handle was dropped: the sandbox is gone.
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// What is known about a request for its audit record.
+struct Pending {
+    time_ms: i64,
+    group: String,
+    method: String,
+    host: String,
+    port: u16,
+    path: Option<String>,
+}
+
+impl Pending {
+    fn finish(
+        self,
+        status: u16,
+        bytes_up: u64,
+        bytes_down: u64,
+        decision: EgressDecision,
+        reason: String,
+    ) -> EgressRecord {
+        EgressRecord {
+            time_ms: self.time_ms,
+            group: self.group,
+            method: self.method,
+            host: self.host,
+            port: self.port,
+            path: self.path,
+            status,
+            bytes_up,
+            bytes_down,
+            decision,
+            reason,
+            secret: None,
+        }
+    }
+}
+
+async fn handle(
+    inner: Arc<Inner>,
+    group: Arc<str>,
+    req: Request<Incoming>,
+    shutdown: watch::Receiver<()>,
+) -> Response<ProxyBody> {
+    let connect = req.method() == Method::CONNECT;
+    let mut pending = Pending {
+        time_ms: crate::now_ms(),
+        group: group.to_string(),
+        method: req.method().to_string(),
+        host: String::new(),
+        port: 0,
+        path: None,
+    };
+    let target = match target_of(&req) {
+        Ok(t) => t,
+        Err(refusal) => {
+            pending.host = req.uri().host().map(str::to_owned).unwrap_or_default();
+            return refuse(&inner, pending, &refusal);
+        }
+    };
+    pending.host = target.host.to_string();
+    pending.port = target.port;
+    if !connect {
+        pending.path = Some(req.uri().path().to_owned());
+    }
+    let policy = match inner.policies.policy(&group).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(group = %group, error = %e, "egress policy unavailable; refusing");
+            let refusal = Refusal::new(
+                RefusalRule::Unreachable,
+                format!("group {group}'s egress policy could not be read ({e}); try again"),
+            );
+            return refuse(&inner, pending, &refusal);
+        }
+    };
+    let addrs = match check(&inner, &policy, req.method(), &target).await {
+        Ok(a) => a,
+        Err(refusal) => return refuse(&inner, pending, &refusal),
+    };
+    let reason = allowed_by(&policy, &target.host);
+    if inner
+        .secrets
+        .injects_for(&group, &target.host.as_match_str())
+    {
+        // The seam for the TLS-interception step; until then the request goes out untouched.
+        tracing::warn!(group = %group, host = %target.host, "an injection rule exists for this host, but TLS interception is not built yet; sending untouched");
+    }
+    if connect {
+        tunnel(inner, req, pending, addrs, reason, shutdown).await
+    } else {
+        forward(inner, req, pending, &target, addrs, reason).await
+    }
+}
+
+struct Target {
+    host: TargetHost,
+    port: u16,
+    /// The normalized authority (the upstream's `Host` header).
+    authority: String,
+}
+
+/// The host and port a request is for: the CONNECT target, or an absolute `http://` URI.
+fn target_of(req: &Request<Incoming>) -> Result<Target, Refusal> {
+    let bad = |m: String| Refusal::new(RefusalRule::BadRequest, m);
+    let uri = req.uri();
+    let Some(authority) = uri.authority() else {
+        return Err(bad(
+            "this is an HTTP proxy: send absolute-form requests (http://host/path) or CONNECT host:port"
+                .into(),
+        ));
+    };
+    let port = if req.method() == Method::CONNECT {
+        authority
+            .port_u16()
+            .ok_or_else(|| bad(format!("CONNECT {authority} needs a port")))?
+    } else {
+        match uri.scheme_str() {
+            Some("http") => authority.port_u16().unwrap_or(80),
+            Some("https") => {
+                return Err(bad(format!(
+                    "send https://{authority} through CONNECT (set HTTPS_PROXY), not as a plain proxy request"
+                )));
+            }
+            other => {
+                return Err(bad(format!(
+                    "scheme {} is not proxied; only http:// requests and CONNECT",
+                    other.unwrap_or("(none)")
+                )));
+            }
+        }
+    };
+    if port == 0 {
+        return Err(bad(format!("{authority}: port 0 is not a port")));
+    }
+    let host = TargetHost::parse(authority.host())
+        .ok_or_else(|| bad(format!("{:?} is not a valid host name", authority.host())))?;
+    // Rebuilt from the normalized host, so the upstream sees the name that was checked.
+    let host_part = match &host {
+        TargetHost::Ip(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        other => other.to_string(),
+    };
+    let authority = match authority.port_u16() {
+        Some(p) => format!("{host_part}:{p}"),
+        None => host_part,
+    };
+    Ok(Target {
+        host,
+        port,
+        authority,
+    })
+}
+
+/// The policy's checks, then resolution and the resolved-address checks. Returns the
+/// addresses to connect to, IPv4 first (more often reachable from a host without IPv6).
+async fn check(
+    inner: &Inner,
+    policy: &EgressPolicy,
+    method: &Method,
+    target: &Target,
+) -> Result<Vec<SocketAddr>, Refusal> {
+    policy.check_target(method, &target.host, target.port)?;
+    let mut addrs = match &target.host {
+        TargetHost::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+        TargetHost::Name(name) => inner
+            .resolver
+            .resolve(name, target.port)
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    RefusalRule::Unreachable,
+                    format!("cannot resolve {name}: {e}"),
+                )
+            })?,
+    };
+    policy.check_resolved(&target.host, &addrs)?;
+    addrs.sort_by_key(|a| a.is_ipv6());
+    Ok(addrs)
+}
+
+fn allowed_by(policy: &EgressPolicy, host: &TargetHost) -> String {
+    let name = host.as_match_str();
+    policy
+        .allow
+        .iter()
+        .find(|p| p.matches(&name))
+        .map(|p| format!("allowed by {p}"))
+        .unwrap_or_else(|| "allowed".into())
+}
+
+fn refuse(inner: &Inner, pending: Pending, refusal: &Refusal) -> Response<ProxyBody> {
+    let status = refusal.rule.status();
+    inner.audit.record(pending.finish(
+        status.as_u16(),
+        0,
+        0,
+        EgressDecision::Denied,
+        format!("{}: {}", refusal.rule.tag(), refusal.message),
+    ));
+    let tag = if status == StatusCode::FORBIDDEN {
+        "denied"
+    } else {
+        "error"
+    };
+    let mut resp = Response::new(full(format!("{}\n", refusal.message)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(EGRESS_HEADER, HeaderValue::from_static(tag));
+    resp
+}
+
+fn full(text: String) -> ProxyBody {
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Connects to the first reachable checked address.
+async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                )
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn tunnel(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    pending: Pending,
+    addrs: Vec<SocketAddr>,
+    reason: String,
+    mut shutdown: watch::Receiver<()>,
+) -> Response<ProxyBody> {
+    let mut upstream = match connect_any(&addrs).await {
+        Ok(s) => s,
+        Err(e) => {
+            let refusal = Refusal::new(
+                RefusalRule::Unreachable,
+                format!("cannot connect to {}:{}: {e}", pending.host, pending.port),
+            );
+            return refuse(&inner, pending, &refusal);
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    tokio::spawn(async move {
+        let (mut up, mut down) = (0u64, 0u64);
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                tokio::select! {
+                    res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
+                        Ok((u, d)) => (up, down) = (u, d),
+                        Err(e) => tracing::debug!(error = %e, "egress tunnel ended with an error"),
+                    },
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "egress tunnel: the client never took the upgrade")
+            }
+        }
+        inner
+            .audit
+            .record(pending.finish(200, up, down, EgressDecision::Allowed, reason));
+    });
+    let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    *resp.status_mut() = StatusCode::OK;
+    resp
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the proxy's own: never forwarded either way.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+}
+
+async fn forward(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    pending: Pending,
+    target: &Target,
+    addrs: Vec<SocketAddr>,
+    reason: String,
+) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    // The Host the policy checked, not whatever the client put there.
+    match HeaderValue::from_str(&target.authority) {
+        Ok(v) => {
+            headers.insert(header::HOST, v);
+        }
+        Err(_) => {
+            let refusal = Refusal::new(
+                RefusalRule::BadRequest,
+                "the request's host is not a valid header value",
+            );
+            return refuse(&inner, pending, &refusal);
+        }
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let up_count = Arc::new(AtomicU64::new(0));
+    // Without a body a failed connect can be retried on the next address.
+    let body_is_empty = body.is_end_stream();
+    let mut body = Some(Counted::new(body, Arc::clone(&up_count), None).boxed_any());
+    let mut last_err = String::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let uri = match format!("http://{addr}{path_and_query}").parse::<Uri>() {
+            Ok(u) => u,
+            Err(e) => {
+                last_err = e.to_string();
+                break;
+            }
+        };
+        let this_body = if i == 0 {
+            body.take()
+                .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed())
+        } else {
+            Empty::new().map_err(|never| match never {}).boxed()
+        };
+        let mut upstream_req = Request::new(this_body);
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.headers_mut() = headers.clone();
+        match inner.client.request(upstream_req).await {
+            Ok(resp) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                let status = rparts.status.as_u16();
+                let finisher = Finisher {
+                    audit: Arc::clone(&inner.audit),
+                    pending: Some(pending),
+                    status,
+                    reason,
+                    up: up_count,
+                    down: Arc::new(AtomicU64::new(0)),
+                };
+                let down = Arc::clone(&finisher.down);
+                let body = Counted::new(rbody, down, Some(finisher)).boxed_any();
+                return Response::from_parts(rparts, body);
+            }
+            Err(e) => {
+                last_err = format!("{addr}: {e}");
+                if !(e.is_connect() && body_is_empty) {
+                    break;
+                }
+            }
+        }
+    }
+    let refusal = Refusal::new(
+        RefusalRule::Unreachable,
+        format!("cannot reach {}:{} ({last_err})", target.host, target.port),
+    );
+    refuse(&inner, pending, &refusal)
+}
+
+/// Records the audit entry once the response body is done (or dropped).
+struct Finisher {
+    audit: Arc<dyn EgressAudit>,
+    pending: Option<Pending>,
+    status: u16,
+    reason: String,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.audit.record(p.finish(
+                self.status,
+                self.up.load(Ordering::Relaxed),
+                self.down.load(Ordering::Relaxed),
+                EgressDecision::Allowed,
+                std::mem::take(&mut self.reason),
+            ));
+        }
+    }
+}
+
+/// A body that counts its data bytes and drops its finisher at the end.
+struct Counted<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+    finisher: Option<Finisher>,
+}
+
+impl<B> Counted<B>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn new(inner: B, count: Arc<AtomicU64>, finisher: Option<Finisher>) -> Self {
+        Counted {
+            inner,
+            count,
+            finisher,
+        }
+    }
+
+    fn boxed_any(self) -> ProxyBody {
+        BodyExt::boxed(self)
+    }
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finisher = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.finisher = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_proxy_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("proxy-foo", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+}
