@@ -79,6 +79,8 @@ pub struct LiveAgent {
     events: mpsc::Receiver<AgentEvent>,
     control: Box<dyn SandboxControl>,
     _relay: RelayHandle,
+    /// The sandbox's egress proxy socket (none for runtimes without one).
+    _egress: Option<crate::egress::EgressHandle>,
     _permit: OwnedSemaphorePermit,
     run_dir: PathBuf,
 }
@@ -134,6 +136,7 @@ struct IdleAgent {
 pub struct AgentPool {
     runtime: Result<Arc<dyn Runtime>, String>,
     store: nanoclaw_store::Store,
+    egress: crate::egress::EgressProxy,
     relay: Arc<Relay>,
     paths: Paths,
     config: Config,
@@ -150,6 +153,7 @@ impl AgentPool {
     pub fn new(
         runtime: Result<Arc<dyn Runtime>, String>,
         store: nanoclaw_store::Store,
+        egress: crate::egress::EgressProxy,
         relay: Arc<Relay>,
         paths: Paths,
         config: Config,
@@ -159,6 +163,7 @@ impl AgentPool {
         Arc::new_cyclic(|me| AgentPool {
             runtime,
             store,
+            egress,
             relay,
             paths,
             config,
@@ -327,11 +332,26 @@ impl AgentPool {
         prepare_dirs(&group_dir, &global_dir, &run_dir)
             .map_err(|e| SpawnError::Prepare(e.to_string()))?;
         let mut env = BTreeMap::new();
+        let mut egress = None;
         let relay = match runtime.relay_transport() {
             RelayTransport::UnixSocket => {
                 env.insert(
                     "NANOCLAW_MODEL_SOCKET".into(),
                     format!("{SANDBOX_RUN}/model.sock"),
+                );
+                // All other traffic: the egress proxy, deny by default; the socket is
+                // the sandbox's identity, like the model relay's.
+                egress = Some(
+                    self.egress
+                        .serve(
+                            &run_dir.join(crate::egress::PROXY_SOCKET_NAME),
+                            &group.folder,
+                        )
+                        .map_err(|e| SpawnError::Prepare(format!("egress proxy socket: {e}")))?,
+                );
+                env.insert(
+                    crate::egress::EGRESS_SOCKET_ENV.into(),
+                    format!("{SANDBOX_RUN}/{}", crate::egress::PROXY_SOCKET_NAME),
                 );
                 self.relay
                     .serve(&run_dir.join("model.sock"), &sandbox_name)
@@ -425,6 +445,7 @@ impl AgentPool {
             events: rx,
             control,
             _relay: relay,
+            _egress: egress,
             _permit: permit,
             run_dir,
         };

@@ -172,9 +172,18 @@ impl Host {
             );
         }
         let relay = Relay::new(upstreams).context("building the model relay's HTTP client")?;
+        let egress = crate::egress::EgressProxy::build(
+            Arc::new(crate::egress::StorePolicySource::new(store.clone())),
+            Arc::new(crate::egress::SystemResolver),
+            Arc::new(crate::egress::VaultAudit::new(nanoclaw_vault::Audit::new(
+                store.clone(),
+            ))),
+            Arc::new(crate::egress::NoSecrets),
+        );
         let pool = AgentPool::new(
             runtime,
             store.clone(),
+            egress,
             relay,
             paths.clone(),
             config.clone(),

@@ -93,6 +93,12 @@ fn attacks(home: &Path, host_pid: u32) -> Vec<Attack> {
             command: format!("{net_guard}; busybox nslookup example.com 1.1.1.1 2>&1 | grep -q 'Address.*[0-9]' && echo ESCAPED:dns; echo CONTAINED:no-dns"),
         },
         Attack {
+            name: "reach metadata, the internet or a private address through the egress proxy",
+            // The sandbox's only way out: the host's proxy, deny by default. Spoken by hand
+            // (busybox nc) so it works in the minimal image too.
+            command: "p=${HTTP_PROXY##*:}; p=${p%/}; [ -n \"$p\" ] || echo ESCAPED:no-proxy-env; for u in http://169.254.169.254/latest/meta-data/ http://1.1.1.1/ http://10.0.0.1/ http://[fe80::1]/; do r=$( (printf \"GET $u HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n\"; sleep 1) | busybox nc -w 5 127.0.0.1 $p | head -1); case \"$r\" in *403*) ;; *) echo \"ESCAPED:proxy-$u:$r\";; esac; done; echo CONTAINED:proxy-refuses".into(),
+        },
+        Attack {
             name: "reach the Docker socket",
             command: "for s in /var/run/docker.sock /run/docker.sock /run/podman/podman.sock; do [ -S $s ] && echo ESCAPED:$s; done; echo CONTAINED:no-engine-socket".into(),
         },

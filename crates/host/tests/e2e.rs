@@ -286,3 +286,45 @@ async fn an_openai_compatible_group_gets_its_answer_through_the_relay() {
     }
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_traffic_goes_through_the_egress_proxy_which_denies_by_default() {
+    let home = TestHome::new();
+    let probes = [(
+        "probe-egress",
+        "env | grep -c '^HTTPS_PROXY=http://127.0.0.1:'; curl -sS --max-time 10 http://example.com/ 2>&1; echo; curl -sS --max-time 10 https://example.com/ 2>&1; echo END",
+    )];
+    let model = ScriptedModel::start(probing_scenario(&probes))
+        .await
+        .unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+    let (_, out) = ask(&mut client, "probe-egress").await;
+    assert!(out.contains("END"), "{out}");
+    assert!(
+        out.starts_with("OUT[1"),
+        "tools get the proxy in their environment: {out}"
+    );
+    assert!(
+        out.contains("example.com is not in group main's allowed domains"),
+        "plain HTTP is refused with the rule: {out}"
+    );
+    assert!(out.contains("403"), "CONNECT is refused too: {out}");
+
+    // Every decision is in the tamper-evident audit log.
+    let audit = nanoclaw_vault::Audit::new(host.store().clone());
+    let rows = nanoclaw_test_support::eventually(30, "two audit rows", || {
+        let audit = audit.clone();
+        async move {
+            let rows = audit.rows(0, None, 100).await.ok()?;
+            (rows.len() >= 2).then_some(rows)
+        }
+    })
+    .await;
+    assert!(
+        rows.iter()
+            .all(|r| r.group_folder == "main" && r.host.starts_with("example.com"))
+    );
+    assert!(audit.verify().await.is_ok());
+    host.shutdown().await;
+}

@@ -28,9 +28,11 @@ pub use policy::{
     AddressGuard, BlockedRange, DEFAULT_PORTS, DomainPattern, EgressPolicy, PatternError, Refusal,
     RefusalRule, TargetHost, blocked_range,
 };
+mod vault_audit;
 pub use proxy::{EgressHandle, EgressProxy};
 pub use resolve::{Resolve, StaticResolver, SystemResolver};
 pub use source::{PolicySource, StaticPolicies, StorePolicySource};
+pub use vault_audit::VaultAudit;
 
 /// Name of the proxy socket in a sandbox's run dir (next to `model.sock`).
 pub const PROXY_SOCKET_NAME: &str = "proxy.sock";
