@@ -86,8 +86,10 @@ pub fn system_prompt(ctx: &PromptContext<'_>) -> String {
         "You are {name}, a personal assistant in the chat group \"{group}\".\n\
          \n\
          # Environment\n\
-         - You run in a sandbox. There is no network access except to the model; commands \
-         that need the internet will fail.\n\
+         - You run in a sandbox. The only way out is the host's proxy (HTTP_PROXY is set \
+         for your commands), which reaches just the hosts the owner allowed for this group; \
+         anything else gets a 403 that names the rule. Tell the user when a task needs a \
+         host that is not allowed (they can run `nanoclaw group egress allow`).\n\
          - Your workspace is {workspace} (the current directory). Files you create there \
          persist between conversations.\n\
          - Your time zone is {zone}. Each turn starts with a <context> line giving the \

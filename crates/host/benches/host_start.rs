@@ -81,6 +81,7 @@ async fn run() {
             upstreams: upstreams(&model),
             runtime: Some(Arc::clone(&native)),
             agent_binary: Some(agent.clone()),
+            master_key: None,
         })
         .await
         .expect("host starts");

@@ -45,6 +45,8 @@ pub struct HostOptions {
     pub runtime: Option<Arc<dyn Runtime>>,
     /// The agent binary; found automatically when `None`.
     pub agent_binary: Option<PathBuf>,
+    /// The vault's master key; `None` reads `NANOCLAW_MASTER_KEY` or the key file.
+    pub master_key: Option<nanoclaw_vault::MasterKey>,
 }
 
 impl HostOptions {
@@ -58,6 +60,7 @@ impl HostOptions {
             upstreams: ModelUpstreams::from_env(),
             runtime: None,
             agent_binary: None,
+            master_key: None,
         })
     }
 }
@@ -81,6 +84,8 @@ struct Inner {
     /// Chats whose channel said nobody is listening; skipped until reachable again.
     parked_chats: Mutex<HashSet<i64>>,
     runtime_error: Option<String>,
+    /// Secrets; the leak guard scans outgoing chat messages for their values.
+    vault: Option<nanoclaw_vault::Vault>,
     _lock: HostLock,
 }
 
@@ -124,6 +129,7 @@ impl Host {
             upstreams,
             runtime,
             agent_binary,
+            master_key,
         } = options;
         paths
             .prepare()
@@ -171,7 +177,9 @@ impl Host {
                 "no credentials for the configured model provider; agents will report it when asked"
             );
         }
-        let relay = Relay::new(upstreams).context("building the model relay's HTTP client")?;
+        let vault = open_vault(&store, master_key).await;
+        let relay = Relay::new(upstreams, vault.clone())
+            .context("building the model relay's HTTP client")?;
         let egress = crate::egress::EgressProxy::build(
             Arc::new(crate::egress::StorePolicySource::new(store.clone())),
             Arc::new(crate::egress::SystemResolver),
@@ -209,6 +217,7 @@ impl Host {
             scheduler_wake: Notify::new(),
             parked_chats: Mutex::new(HashSet::new()),
             runtime_error,
+            vault,
             _lock: lock,
         });
 
@@ -267,6 +276,30 @@ impl Host {
             task.abort();
         }
         self.inner.pool.stop_all().await;
+    }
+}
+
+/// The vault, when there is one to open. A vault that cannot be opened (wrong or missing
+/// key) is reported and left closed: its secrets are unavailable, nothing is overwritten.
+async fn open_vault(
+    store: &Store,
+    key: Option<nanoclaw_vault::MasterKey>,
+) -> Option<nanoclaw_vault::Vault> {
+    let opened = match key {
+        Some(key) => nanoclaw_vault::Vault::open(store.clone(), key)
+            .await
+            .map(Some),
+        None => match nanoclaw_vault::default_key_path() {
+            Ok(path) => nanoclaw_vault::Vault::open_default(store.clone(), &path, false).await,
+            Err(e) => Err(e),
+        },
+    };
+    match opened {
+        Ok(vault) => vault,
+        Err(e) => {
+            tracing::error!("the vault cannot be opened; its secrets are unavailable: {e}");
+            None
+        }
     }
 }
 
@@ -945,12 +978,82 @@ async fn scheduler_loop(inner: Arc<Inner>) {
     }
 }
 
+/// The text to deliver: with every secret value redacted. A redaction is logged and the
+/// owner is told in the main chat.
+async fn guard_text(
+    inner: &Arc<Inner>,
+    guard: &nanoclaw_vault::LeakGuard,
+    row: &nanoclaw_store::Outbound,
+    chat: &Chat,
+) -> String {
+    if guard.is_empty() {
+        return row.text.clone();
+    }
+    let hits = guard.scan(row.text.as_bytes());
+    if hits.is_empty() {
+        return row.text.clone();
+    }
+    let mut names: Vec<&str> = hits
+        .iter()
+        .map(|m| guard.secret_name(m.secret_index))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    tracing::warn!(
+        outbound = row.id,
+        channel = %chat.channel,
+        chat = %chat.platform_id,
+        secrets = ?names,
+        "redacted a secret from an outgoing chat message"
+    );
+    if let Ok(Some(owner_chat)) = inner
+        .store
+        .chat_by_platform("terminal", crate::channel::terminal::TERMINAL_CHAT_ID)
+        .await
+    {
+        let alert = NewOutbound {
+            session_id: None,
+            chat_id: owner_chat.id,
+            in_reply_to: None,
+            idempotency_key: format!("leak:{}", row.id),
+            text: format!(
+                "Security: a message to {}:{} contained the secret(s) {}; the values were redacted before it was sent.",
+                chat.channel,
+                chat.platform_id,
+                names.join(", ")
+            ),
+            kind: OutboundKind::Error,
+        };
+        if let Err(e) = inner.store.insert_outbound(alert).await {
+            tracing::error!(error = %e, "could not queue the leak alert");
+        }
+        inner.delivery_wake.notify_one();
+    }
+    guard.redact(&row.text)
+}
+
 /// Delivers stored outbound messages through their channels.
 async fn delivery_loop(inner: Arc<Inner>) {
     let mut chats: HashMap<i64, Chat> = HashMap::new();
     loop {
         let notified = inner.delivery_wake.notified();
         let mut retry_soon = false;
+        // Built per pass from the live secret versions, so a rotation is covered at once.
+        let guard = match &inner.vault {
+            Some(vault) => match vault.leak_guard().await {
+                Ok(guard) => Some(guard),
+                Err(e) => {
+                    // Fail closed: without a working guard nothing leaves.
+                    tracing::error!(error = %e, "the leak guard is unavailable; holding outgoing messages");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = notified => {}
+                    }
+                    continue;
+                }
+            },
+            None => None,
+        };
         match inner.store.pending_outbound(200).await {
             Ok(rows) => {
                 for row in rows {
@@ -982,12 +1085,16 @@ async fn delivery_loop(inner: Arc<Inner>) {
                             .map(|m| m.platform_msg_id),
                         None => None,
                     };
+                    let text = match &guard {
+                        Some(guard) => guard_text(&inner, guard, &row, &chat).await,
+                        None => row.text.clone(),
+                    };
                     let message = OutgoingMessage {
                         outbound_id: row.id,
                         idempotency_key: row.idempotency_key.clone(),
                         chat_id: chat.platform_id.clone(),
                         thread: None,
-                        text: row.text.clone(),
+                        text,
                         kind: row.kind.as_str().to_owned(),
                         reply_to,
                     };

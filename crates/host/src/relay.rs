@@ -130,20 +130,65 @@ impl ModelUpstreams {
 /// Shared by every sandbox's relay socket.
 pub struct Relay {
     upstreams: ModelUpstreams,
+    /// Model keys stored with `nanoclaw vault set anthropic|openai` win over the
+    /// environment; read on every request, so a rotation applies at once.
+    vault: Option<nanoclaw_vault::Vault>,
     client: reqwest::Client,
 }
 
 impl Relay {
-    pub fn new(upstreams: ModelUpstreams) -> Result<Arc<Relay>, reqwest::Error> {
+    pub fn new(
+        upstreams: ModelUpstreams,
+        vault: Option<nanoclaw_vault::Vault>,
+    ) -> Result<Arc<Relay>, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(15))
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
-        Ok(Arc::new(Relay { upstreams, client }))
+        Ok(Arc::new(Relay {
+            upstreams,
+            vault,
+            client,
+        }))
     }
 
     pub fn upstreams(&self) -> &ModelUpstreams {
         &self.upstreams
+    }
+
+    /// Where `provider` requests go and with which credential: the vault's secret named
+    /// after the provider when there is one, else the environment's.
+    async fn upstream_for(
+        &self,
+        provider: &str,
+    ) -> Result<Option<Upstream>, nanoclaw_vault::VaultError> {
+        use nanoclaw_vault::ExposeSecret;
+        let from_env = match provider {
+            "anthropic" => self.upstreams.anthropic.clone(),
+            _ => self.upstreams.openai.clone(),
+        };
+        let Some(vault) = &self.vault else {
+            return Ok(from_env);
+        };
+        let secret = match vault.reveal(provider).await {
+            Ok(secret) => secret,
+            Err(nanoclaw_vault::VaultError::NoSuchSecret(_)) => return Ok(from_env),
+            Err(e) => return Err(e),
+        };
+        let base_url = from_env.map(|u| u.base_url).unwrap_or_else(|| {
+            if provider == "anthropic" {
+                "https://api.anthropic.com".to_owned()
+            } else {
+                "https://api.openai.com/v1".to_owned()
+            }
+        });
+        let key = secret.expose_secret().to_owned();
+        let auth = if provider == "anthropic" {
+            UpstreamAuth::XApiKey(key)
+        } else {
+            UpstreamAuth::Bearer(key)
+        };
+        Ok(Some(Upstream { base_url, auth }))
     }
 
     /// The relay's HTTP service for one sandbox; every transport serves this same router.
@@ -413,10 +458,17 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
             format!("nanoclaw relay: method {} not allowed", request.method()),
         );
     }
-    let upstreams = state.relay.upstreams();
-    let upstream = match provider {
-        "anthropic" => upstreams.anthropic.as_ref(),
-        _ => upstreams.openai.as_ref(),
+    let upstream = match state.relay.upstream_for(provider).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::error!(sandbox = %state.sandbox, provider, error = %e, "reading the model key from the vault failed");
+            return relay_error(
+                provider,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                format!("nanoclaw could not read the {provider} key from its vault: {e}"),
+            );
+        }
     };
     let Some(upstream) = upstream else {
         let fix = if provider == "anthropic" {

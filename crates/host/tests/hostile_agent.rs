@@ -65,6 +65,7 @@ async fn a_misbehaving_agent_is_contained_and_the_host_keeps_serving() {
         upstreams: ModelUpstreams::default(),
         runtime: None,
         agent_binary: Some(agent),
+        master_key: None,
     })
     .await
     .unwrap();

@@ -17,13 +17,16 @@ async fn model_and_relay() -> (ScriptedModel, std::sync::Arc<Relay>) {
     let model = ScriptedModel::start(Scenario::echo().with_api_key(KEY))
         .await
         .unwrap();
-    let relay = Relay::new(ModelUpstreams {
-        anthropic: Some(Upstream {
-            base_url: model.base_url(),
-            auth: UpstreamAuth::XApiKey(KEY.into()),
-        }),
-        openai: None,
-    })
+    let relay = Relay::new(
+        ModelUpstreams {
+            anthropic: Some(Upstream {
+                base_url: model.base_url(),
+                auth: UpstreamAuth::XApiKey(KEY.into()),
+            }),
+            openai: None,
+        },
+        None,
+    )
     .unwrap();
     (model, relay)
 }

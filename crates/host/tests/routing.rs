@@ -293,6 +293,7 @@ async fn messages_wait_for_an_unreachable_engine_and_are_answered_when_it_return
             inner: nanoclaw_sandbox::NativeRuntime::detect().unwrap(),
         })),
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
+        master_key: None,
     })
     .await
     .unwrap();

@@ -43,8 +43,9 @@ impl Tool for BashTool {
                 "Run a shell command with /bin/bash -c in the workspace directory. stdout and \
                  stderr are returned together with the exit code; long output is cut in the \
                  middle. The command is killed (with all its child processes) after \
-                 timeout_secs (default {DEFAULT_TIMEOUT_SECS}, max {MAX_TIMEOUT_SECS}). There \
-                 is no network access."
+                 timeout_secs (default {DEFAULT_TIMEOUT_SECS}, max {MAX_TIMEOUT_SECS}). Network \
+                 access goes through the host's proxy (HTTP_PROXY is set): only the hosts the \
+                 owner allowed for this group answer; others get a 403 naming the rule."
             ),
             input_schema: json!({
                 "type": "object",

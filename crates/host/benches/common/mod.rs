@@ -122,6 +122,7 @@ pub async fn start_host_with(
         upstreams: upstreams(model),
         runtime,
         agent_binary: Some(agent_binary),
+        master_key: None,
     })
     .await
     .expect("host starts")
