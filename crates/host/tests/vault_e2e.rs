@@ -104,12 +104,8 @@ async fn a_secret_in_a_chat_reply_is_redacted_and_the_owner_is_alerted() {
         .unwrap();
     let mut alert = None;
     let reply = loop {
-        if let ServerLine::Message {
-            kind,
-            text,
-            reply_to,
-            ..
-        } = client.next().await.unwrap().expect("connection open")
+        if let ServerLine::Message { text, reply_to, .. } =
+            client.next().await.unwrap().expect("connection open")
         {
             assert!(
                 !text.contains("ghp_Zq8TESTsecretVALUE1234"),
