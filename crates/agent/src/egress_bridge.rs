@@ -23,13 +23,17 @@ pub const EGRESS_SOCKET_ENV: &str = "NANOCLAW_EGRESS_SOCKET";
 /// Hosts that never go through the proxy (the bridges themselves live on loopback).
 pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 
-/// The CA bundle variables, set when the host intercepts TLS (a later step) so clients
-/// trust its local CA.
+/// Where the host put the CA bundle (system roots + its local CA) inside the sandbox, set
+/// when the host intercepts TLS for credential injection.
+pub const CA_BUNDLE_ENV: &str = "NANOCLAW_CA_BUNDLE";
+
+/// The CA bundle variables, set when the host intercepts TLS so clients trust its local CA.
 pub const CA_BUNDLE_VARS: &[&str] = &[
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
     "NODE_EXTRA_CA_CERTS",
     "GIT_SSL_CAINFO",
+    "CURL_CA_BUNDLE",
 ];
 
 /// The environment every tool subprocess gets so its HTTP(S) goes through `proxy_url`
@@ -62,6 +66,7 @@ pub struct PreparedEgress {
     listener: std::net::TcpListener,
     addr: SocketAddr,
     socket: PathBuf,
+    ca_bundle: Option<PathBuf>,
 }
 
 impl PreparedEgress {
@@ -74,15 +79,28 @@ impl PreparedEgress {
             listener,
             addr,
             socket: socket.into(),
+            ca_bundle: None,
         })
     }
 
-    /// `Some` when `NANOCLAW_EGRESS_SOCKET` is set (the host gives the sandbox egress).
+    /// `Some` when `NANOCLAW_EGRESS_SOCKET` is set (the host gives the sandbox egress); the
+    /// CA bundle from `NANOCLAW_CA_BUNDLE` when set.
     pub fn from_env() -> io::Result<Option<PreparedEgress>> {
         match std::env::var_os(EGRESS_SOCKET_ENV).filter(|v| !v.is_empty()) {
-            Some(socket) => Self::bind(PathBuf::from(socket)).map(Some),
+            Some(socket) => {
+                let ca = std::env::var_os(CA_BUNDLE_ENV)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from);
+                Self::bind(PathBuf::from(socket)).map(|p| Some(p.with_ca_bundle(ca)))
+            }
             None => Ok(None),
         }
+    }
+
+    /// Tools are told to trust `bundle` (the host intercepts TLS for some hosts).
+    pub fn with_ca_bundle(mut self, bundle: Option<PathBuf>) -> PreparedEgress {
+        self.ca_bundle = bundle;
+        self
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -96,7 +114,7 @@ impl PreparedEgress {
 
     /// The variables for tool subprocesses ([`proxy_env`]).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        proxy_env(&self.proxy_url(), None)
+        proxy_env(&self.proxy_url(), self.ca_bundle.as_deref())
     }
 
     /// Starts forwarding; must run inside a tokio runtime.
@@ -236,5 +254,14 @@ mod tests {
                 "{k}"
             );
         }
+        assert!(with_ca.contains(&("CURL_CA_BUNDLE", "/run/nanoclaw/ca.pem".to_owned())));
+        let prepared = PreparedEgress::bind("/nonexistent.sock")
+            .unwrap()
+            .with_ca_bundle(Some(PathBuf::from("/run/nanoclaw/ca-bundle.pem")));
+        assert!(
+            prepared
+                .env()
+                .contains(&("SSL_CERT_FILE", "/run/nanoclaw/ca-bundle.pem".to_owned()))
+        );
     }
 }

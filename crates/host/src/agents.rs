@@ -353,6 +353,17 @@ impl AgentPool {
                     crate::egress::EGRESS_SOCKET_ENV.into(),
                     format!("{SANDBOX_RUN}/{}", crate::egress::PROXY_SOCKET_NAME),
                 );
+                // TLS interception: the sandbox gets the local CA's certificate (never its
+                // key) in a bundle with the system roots, and the secrets' placeholders.
+                if let Some(ca) = self.egress.ca() {
+                    ca.write_bundle(&run_dir)
+                        .map_err(|e| SpawnError::Prepare(format!("CA bundle: {e}")))?;
+                    env.insert(
+                        crate::egress::CA_BUNDLE_ENV.into(),
+                        format!("{SANDBOX_RUN}/{}", crate::egress::SANDBOX_CA_BUNDLE),
+                    );
+                }
+                env.extend(self.egress.placeholder_env(&group.folder).await);
                 self.relay
                     .serve(&run_dir.join("model.sock"), &sandbox_name)
                     .map_err(|e| SpawnError::Prepare(format!("model relay socket: {e}")))?

@@ -180,14 +180,7 @@ impl Host {
         let vault = open_vault(&store, master_key).await;
         let relay = Relay::new(upstreams, vault.clone())
             .context("building the model relay's HTTP client")?;
-        let egress = crate::egress::EgressProxy::build(
-            Arc::new(crate::egress::StorePolicySource::new(store.clone())),
-            Arc::new(crate::egress::SystemResolver),
-            Arc::new(crate::egress::VaultAudit::new(nanoclaw_vault::Audit::new(
-                store.clone(),
-            ))),
-            Arc::new(crate::egress::NoSecrets),
-        );
+        let egress = build_egress(&store, &paths, vault.as_ref());
         let pool = AgentPool::new(
             runtime,
             store.clone(),
@@ -276,6 +269,48 @@ impl Host {
             task.abort();
         }
         self.inner.pool.stop_all().await;
+    }
+}
+
+/// The egress proxy. With a vault: its secrets are injected (TLS interception with the
+/// local CA under `$NANOCLAW_HOME/ca/`, made on first use) and the leak guard scans what
+/// the proxy can read. A CA that cannot be made leaves interception off (logged).
+fn build_egress(
+    store: &Store,
+    paths: &Paths,
+    vault: Option<&nanoclaw_vault::Vault>,
+) -> crate::egress::EgressProxy {
+    use crate::egress as eg;
+    let policies = Arc::new(eg::StorePolicySource::new(store.clone()));
+    let resolver = Arc::new(eg::SystemResolver);
+    let audit = Arc::new(eg::VaultAudit::new(nanoclaw_vault::Audit::new(
+        store.clone(),
+    )));
+    let Some(vault) = vault else {
+        return eg::EgressProxy::build(policies, resolver, audit, Arc::new(eg::NoSecrets));
+    };
+    let secrets = Arc::new(eg::VaultSecrets::new(vault.clone()));
+    let interception = eg::LocalCa::load_or_create(&paths.home.join(eg::ca::CA_DIR_NAME))
+        .map_err(|e| e.to_string())
+        .map(|ca| eg::Interception {
+            ca: Arc::new(ca),
+            extra_upstream_roots: Vec::new(),
+        });
+    let built = interception.and_then(|i| {
+        eg::EgressProxy::build_intercepting(
+            policies.clone(),
+            resolver.clone(),
+            audit.clone(),
+            secrets.clone(),
+            i,
+        )
+    });
+    match built {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            tracing::error!(error = %e, "egress TLS interception is off; secrets will not be injected");
+            eg::EgressProxy::build(policies, resolver, audit, secrets)
+        }
     }
 }
 

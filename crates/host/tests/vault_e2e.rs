@@ -133,3 +133,61 @@ async fn a_secret_in_a_chat_reply_is_redacted_and_the_owner_is_alerted() {
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_gets_placeholders_and_our_ca_never_the_secret() {
+    use nanoclaw_test_support::scripted_model::{Matcher, Reply};
+    let home = TestHome::new();
+    let scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(Matcher::LastIsToolResult, Reply::text("OUT[{{last_tool_result}}]"))
+        .rule(
+            Matcher::Always,
+            Reply::tool_call(
+                "bash",
+                serde_json::json!({"command": "env | grep -E '^(NANOCLAW_SECRET_GITHUB|SSL_CERT_FILE)='; grep -c 'BEGIN CERTIFICATE' \"$SSL_CERT_FILE\"; K='ghp_Zq8TEST''secretVALUE1234'; env | grep -q \"$K\" && echo LEAKED-ENV; for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f 2>/dev/null; done | grep -q \"$K\" && echo LEAKED-PROC; grep -rqs \"$K\" /workspace /run /tmp /opt && echo LEAKED-FILE; echo END"}),
+            ),
+        );
+    let model = ScriptedModel::start(scenario).await.unwrap();
+    let vault = vault(&home).await;
+    vault
+        .set("anthropic", SecretString::from(TEST_KEY.to_owned()))
+        .await
+        .unwrap();
+    vault
+        .set(
+            "github",
+            SecretString::from("ghp_Zq8TESTsecretVALUE1234".to_owned()),
+        )
+        .await
+        .unwrap();
+    vault
+        .grant(nanoclaw_vault::GrantRequest {
+            secret_name: "github".into(),
+            group_folder: "main".into(),
+            host: "api.github.com".into(),
+            path_prefix: String::new(),
+            inject: "header:Authorization: Bearer {secret}".into(),
+            needs_approval: false,
+        })
+        .await
+        .unwrap();
+    let host = start(&home, &model).await;
+    let mut client = connect_client(home.path()).await;
+    let (kind, out) = ask(&mut client, "show me your environment").await;
+    assert_eq!(kind, "reply", "{out}");
+    assert!(out.contains("END"), "{out}");
+    assert!(
+        out.contains("NANOCLAW_SECRET_GITHUB=nanoclaw-placeholder-github-"),
+        "tools get a placeholder: {out}"
+    );
+    assert!(
+        out.contains("SSL_CERT_FILE=/run/nanoclaw/ca-bundle.pem"),
+        "{out}"
+    );
+    assert!(!out.contains("LEAKED"), "{out}");
+    // The bundle has the system roots plus ours.
+    let certs: usize = out.lines().find_map(|l| l.trim().parse().ok()).unwrap_or(0);
+    assert!(certs >= 2, "{out}");
+    host.shutdown().await;
+}

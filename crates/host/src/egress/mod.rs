@@ -14,25 +14,39 @@
 //! (no second lookup, so DNS rebinding cannot swap it). Refusals are `403` with a body naming
 //! the rule. Every decision goes to an [`EgressAudit`].
 //!
-//! Not yet: TLS interception for hosts with a credential to inject ([`EgressSecrets`] is the
-//! seam), a TCP transport for VM runtimes.
+//! TLS interception ([`mitm`]): CONNECT to a host where the group has a credential grant is
+//! answered by the proxy itself with a leaf certificate from the local CA ([`ca`]); each
+//! request inside gets the credential set (header or query parameter), placeholders bound to
+//! that host swapped for their real values, and goes on over real TLS (system roots, SNI =
+//! the host) to the checked address. Request URLs, headers and bodies the proxy can see
+//! (plain HTTP and intercepted HTTPS) are scanned by the leak guard: a secret going to a host
+//! it is not granted for is refused. Tunnelled HTTPS is opaque and not scanned.
+//!
+//! Not yet: the owner's approval of a grant's first use (such grants are refused with a 403
+//! saying so), scanning responses, a TCP transport for VM runtimes.
 
+pub mod ca;
+mod mitm;
 pub mod policy;
 pub mod proxy;
 pub mod resolve;
 pub mod source;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use policy::{
     AddressGuard, BlockedRange, DEFAULT_PORTS, DomainPattern, EgressPolicy, PatternError, Refusal,
     RefusalRule, TargetHost, blocked_range,
 };
 mod vault_audit;
-pub use proxy::{EgressHandle, EgressProxy};
+mod vault_secrets;
+pub use ca::{CA_BUNDLE_ENV, CaError, LocalCa, SANDBOX_CA_BUNDLE, SANDBOX_CA_CERT};
+pub use mitm::{MAX_SCANNED_BODY, PLACEHOLDER_PREFIX};
+pub use proxy::{EgressHandle, EgressProxy, Interception};
 pub use resolve::{Resolve, StaticResolver, SystemResolver};
 pub use source::{PolicySource, StaticPolicies, StorePolicySource};
 pub use vault_audit::VaultAudit;
+pub use vault_secrets::VaultSecrets;
 
 /// Name of the proxy socket in a sandbox's run dir (next to `model.sock`).
 pub const PROXY_SOCKET_NAME: &str = "proxy.sock";
@@ -69,7 +83,7 @@ pub struct EgressRecord {
     /// For an allowed request the pattern that allowed it; else the refusal rule's tag and
     /// message.
     pub reason: String,
-    /// The secret injected into the request (always `None` until TLS interception lands).
+    /// The secret injected into the request (intercepted HTTPS only).
     pub secret: Option<String>,
 }
 
@@ -125,20 +139,66 @@ impl EgressAudit for MemoryAudit {
     }
 }
 
-/// What the proxy will need from the vault. Nothing is injected yet: a host with an
-/// injection rule is only logged and tunnelled untouched; the TLS-interception step will
-/// terminate TLS for it and set the credential on each request.
+/// What the proxy needs from the vault ([`VaultSecrets`] is the real one). Errors are
+/// messages; the proxy refuses the request (fails closed) when one comes back.
+#[async_trait::async_trait]
 pub trait EgressSecrets: Send + Sync {
-    /// Whether requests from `group` to `host` get a credential injected.
-    fn injects_for(&self, group: &str, host: &str) -> bool;
+    /// Whether `group` has any credential grant on `host` (then CONNECT to it is intercepted).
+    async fn injects_for(&self, group: &str, host: &str) -> Result<bool, String>;
+    /// The credential to set on a request from `group` to `host` + `path`, if any.
+    async fn injection(
+        &self,
+        group: &str,
+        host: &str,
+        path: &str,
+    ) -> Result<Option<nanoclaw_vault::Injection>, String>;
+    /// The real value behind `placeholder`, only when it is bound to `host` for `group`.
+    async fn resolve_placeholder(
+        &self,
+        group: &str,
+        placeholder: &str,
+        host: &str,
+    ) -> Result<Option<nanoclaw_vault::SecretString>, String>;
+    /// Whether secret `name` is granted to `group` on `host` (then it may be sent there).
+    async fn bound_to(&self, group: &str, name: &str, host: &str) -> Result<bool, String>;
+    /// The leak guard over every live secret version; `None` when there is nothing to find.
+    async fn leak_guard(&self) -> Result<Option<Arc<nanoclaw_vault::LeakGuard>>, String>;
+    /// `NANOCLAW_SECRET_<NAME>` placeholders for the group's sandbox environment.
+    async fn placeholder_env(&self, group: &str) -> Result<Vec<(String, String)>, String>;
 }
 
-/// No secrets: every allowed host is tunnelled untouched.
+/// No secrets: every allowed host is tunnelled untouched and nothing is scanned.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoSecrets;
 
+#[async_trait::async_trait]
 impl EgressSecrets for NoSecrets {
-    fn injects_for(&self, _group: &str, _host: &str) -> bool {
-        false
+    async fn injects_for(&self, _group: &str, _host: &str) -> Result<bool, String> {
+        Ok(false)
+    }
+    async fn injection(
+        &self,
+        _group: &str,
+        _host: &str,
+        _path: &str,
+    ) -> Result<Option<nanoclaw_vault::Injection>, String> {
+        Ok(None)
+    }
+    async fn resolve_placeholder(
+        &self,
+        _group: &str,
+        _placeholder: &str,
+        _host: &str,
+    ) -> Result<Option<nanoclaw_vault::SecretString>, String> {
+        Ok(None)
+    }
+    async fn bound_to(&self, _group: &str, _name: &str, _host: &str) -> Result<bool, String> {
+        Ok(false)
+    }
+    async fn leak_guard(&self) -> Result<Option<Arc<nanoclaw_vault::LeakGuard>>, String> {
+        Ok(None)
+    }
+    async fn placeholder_env(&self, _group: &str) -> Result<Vec<(String, String)>, String> {
+        Ok(Vec::new())
     }
 }

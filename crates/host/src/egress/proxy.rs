@@ -24,18 +24,21 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use super::ca::LocalCa;
+use super::mitm::{Mitm, Scanned, scan_request};
 use super::policy::{EgressPolicy, Refusal, RefusalRule, TargetHost};
 use super::resolve::{Resolve, SystemResolver};
 use super::source::PolicySource;
 use super::{EgressAudit, EgressDecision, EgressRecord, EgressSecrets, NoSecrets, TracingAudit};
+use rustls_pki_types::CertificateDer;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type ProxyBody = BoxBody<Bytes, BoxError>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Connecting to an upstream gives up after this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send a request's headers within this.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open connections per sandbox; more are closed at once (a runaway tool, not a use case).
 const MAX_CONNECTIONS: usize = 512;
 
@@ -49,12 +52,22 @@ pub struct EgressProxy {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     policies: Arc<dyn PolicySource>,
     resolver: Arc<dyn Resolve>,
-    audit: Arc<dyn EgressAudit>,
-    secrets: Arc<dyn EgressSecrets>,
+    pub(super) audit: Arc<dyn EgressAudit>,
+    pub(super) secrets: Arc<dyn EgressSecrets>,
     client: Client<HttpConnector, ProxyBody>,
+    /// TLS interception for hosts with a credential grant; `None`: every CONNECT is tunnelled.
+    pub(super) mitm: Option<Arc<Mitm>>,
+}
+
+/// How the proxy intercepts TLS: the local CA it presents leaves from, and extra roots the
+/// upstream client trusts besides the system's (tests' own upstream CA; never from the
+/// environment).
+pub struct Interception {
+    pub ca: Arc<LocalCa>,
+    pub extra_upstream_roots: Vec<CertificateDer<'static>>,
 }
 
 /// A serving socket; dropping it stops the listener, ends its connections and open tunnels,
@@ -90,11 +103,58 @@ impl EgressProxy {
     }
 
     /// Everything explicit (tests inject a resolver; the vault provides audit and secrets).
+    /// No TLS interception: see [`EgressProxy::build_intercepting`].
     pub fn build(
         policies: Arc<dyn PolicySource>,
         resolver: Arc<dyn Resolve>,
         audit: Arc<dyn EgressAudit>,
         secrets: Arc<dyn EgressSecrets>,
+    ) -> EgressProxy {
+        Self::build_inner(policies, resolver, audit, secrets, None)
+    }
+
+    /// As [`EgressProxy::build`], and CONNECT to a host where the group has a credential
+    /// grant is intercepted with `interception`'s CA so the credential can be injected.
+    pub fn build_intercepting(
+        policies: Arc<dyn PolicySource>,
+        resolver: Arc<dyn Resolve>,
+        audit: Arc<dyn EgressAudit>,
+        secrets: Arc<dyn EgressSecrets>,
+        interception: Interception,
+    ) -> Result<EgressProxy, String> {
+        let mitm = Mitm::new(interception)?;
+        Ok(Self::build_inner(
+            policies,
+            resolver,
+            audit,
+            secrets,
+            Some(Arc::new(mitm)),
+        ))
+    }
+
+    /// The local CA, when the proxy intercepts TLS (its certificate goes into sandboxes).
+    pub fn ca(&self) -> Option<&Arc<LocalCa>> {
+        self.inner.mitm.as_ref().map(|m| &m.ca)
+    }
+
+    /// `NANOCLAW_SECRET_<NAME>` placeholders for a sandbox of `group`. A vault that cannot be
+    /// read gives none (logged): tools then simply lack the variables.
+    pub async fn placeholder_env(&self, group: &str) -> Vec<(String, String)> {
+        match self.inner.secrets.placeholder_env(group).await {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::error!(group, error = %e, "no secret placeholders for the sandbox");
+                Vec::new()
+            }
+        }
+    }
+
+    fn build_inner(
+        policies: Arc<dyn PolicySource>,
+        resolver: Arc<dyn Resolve>,
+        audit: Arc<dyn EgressAudit>,
+        secrets: Arc<dyn EgressSecrets>,
+        mitm: Option<Arc<Mitm>>,
     ) -> EgressProxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -110,6 +170,7 @@ impl EgressProxy {
                 audit,
                 secrets,
                 client,
+                mitm,
             }),
         }
     }
@@ -203,17 +264,19 @@ async fn serve_connection(
 }
 
 /// What is known about a request for its audit record.
-struct Pending {
-    time_ms: i64,
-    group: String,
-    method: String,
-    host: String,
-    port: u16,
-    path: Option<String>,
+pub(super) struct Pending {
+    pub(super) time_ms: i64,
+    pub(super) group: String,
+    pub(super) method: String,
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) path: Option<String>,
+    /// The secret injected (intercepted requests).
+    pub(super) secret: Option<String>,
 }
 
 impl Pending {
-    fn finish(
+    pub(super) fn finish(
         self,
         status: u16,
         bytes_up: u64,
@@ -233,7 +296,7 @@ impl Pending {
             bytes_down,
             decision,
             reason,
-            secret: None,
+            secret: self.secret,
         }
     }
 }
@@ -252,6 +315,7 @@ async fn handle(
         host: String::new(),
         port: 0,
         path: None,
+        secret: None,
     };
     let target = match target_of(&req) {
         Ok(t) => t,
@@ -281,12 +345,23 @@ async fn handle(
         Err(refusal) => return refuse(&inner, pending, &refusal),
     };
     let reason = allowed_by(&policy, &target.host);
-    if inner
-        .secrets
-        .injects_for(&group, &target.host.as_match_str())
-    {
-        // The seam for the TLS-interception step; until then the request goes out untouched.
-        tracing::warn!(group = %group, host = %target.host, "an injection rule exists for this host, but TLS interception is not built yet; sending untouched");
+    if connect && let Some(mitm) = inner.mitm.clone() {
+        match inner
+            .secrets
+            .injects_for(&group, &target.host.as_match_str())
+            .await
+        {
+            Ok(true) => {
+                return super::mitm::intercept(
+                    inner, mitm, group, req, pending, target, addrs, reason, shutdown,
+                );
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let refusal = Refusal::new(RefusalRule::Unreachable, e);
+                return refuse(&inner, pending, &refusal);
+            }
+        }
     }
     if connect {
         tunnel(inner, req, pending, addrs, reason, shutdown).await
@@ -295,11 +370,11 @@ async fn handle(
     }
 }
 
-struct Target {
-    host: TargetHost,
-    port: u16,
+pub(super) struct Target {
+    pub(super) host: TargetHost,
+    pub(super) port: u16,
     /// The normalized authority (the upstream's `Host` header).
-    authority: String,
+    pub(super) authority: String,
 }
 
 /// The host and port a request is for: the CONNECT target, or an absolute `http://` URI.
@@ -390,21 +465,37 @@ fn allowed_by(policy: &EgressPolicy, host: &TargetHost) -> String {
         .unwrap_or_else(|| "allowed".into())
 }
 
-fn refuse(inner: &Inner, pending: Pending, refusal: &Refusal) -> Response<ProxyBody> {
-    let status = refusal.rule.status();
+pub(super) fn refuse(inner: &Inner, pending: Pending, refusal: &Refusal) -> Response<ProxyBody> {
+    refuse_with(
+        inner,
+        pending,
+        refusal.rule.status(),
+        refusal.rule.tag(),
+        &refusal.message,
+    )
+}
+
+/// A refusal the policy module has no rule for (leak guard, approvals, the vault).
+pub(super) fn refuse_with(
+    inner: &Inner,
+    pending: Pending,
+    status: StatusCode,
+    rule_tag: &str,
+    message: &str,
+) -> Response<ProxyBody> {
     inner.audit.record(pending.finish(
         status.as_u16(),
         0,
         0,
         EgressDecision::Denied,
-        format!("{}: {}", refusal.rule.tag(), refusal.message),
+        format!("{rule_tag}: {message}"),
     ));
     let tag = if status == StatusCode::FORBIDDEN {
         "denied"
     } else {
         "error"
     };
-    let mut resp = Response::new(full(format!("{}\n", refusal.message)));
+    let mut resp = Response::new(full(format!("{message}\n")));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -415,14 +506,14 @@ fn refuse(inner: &Inner, pending: Pending, refusal: &Refusal) -> Response<ProxyB
     resp
 }
 
-fn full(text: String) -> ProxyBody {
+pub(super) fn full(text: String) -> ProxyBody {
     Full::new(Bytes::from(text))
         .map_err(|never| match never {})
         .boxed()
 }
 
 /// Connects to the first reachable checked address.
-async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+pub(super) async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
     for addr in addrs {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
@@ -497,7 +588,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -553,7 +644,25 @@ async fn forward(
     let up_count = Arc::new(AtomicU64::new(0));
     // Without a body a failed connect can be retried on the next address.
     let body_is_empty = body.is_end_stream();
-    let mut body = Some(Counted::new(body, Arc::clone(&up_count), None).boxed_any());
+    let host = target.host.as_match_str();
+    let body = match scan_request(
+        &inner,
+        &pending.group,
+        &host,
+        &parts.uri.to_string(),
+        &headers,
+        body,
+    )
+    .await
+    {
+        Ok(Scanned::Stream(b)) => Counted::new(b, Arc::clone(&up_count), None).boxed_any(),
+        Ok(Scanned::Buffered(b)) => {
+            up_count.store(b.len() as u64, Ordering::Relaxed);
+            Full::new(b).map_err(|never| match never {}).boxed()
+        }
+        Err(blocked) => return blocked.refuse(&inner, pending),
+    };
+    let mut body = Some(body);
     let mut last_err = String::new();
     for (i, addr) in addrs.iter().enumerate() {
         let uri = match format!("http://{addr}{path_and_query}").parse::<Uri>() {
@@ -606,13 +715,13 @@ async fn forward(
 }
 
 /// Records the audit entry once the response body is done (or dropped).
-struct Finisher {
-    audit: Arc<dyn EgressAudit>,
-    pending: Option<Pending>,
-    status: u16,
-    reason: String,
-    up: Arc<AtomicU64>,
-    down: Arc<AtomicU64>,
+pub(super) struct Finisher {
+    pub(super) audit: Arc<dyn EgressAudit>,
+    pub(super) pending: Option<Pending>,
+    pub(super) status: u16,
+    pub(super) reason: String,
+    pub(super) up: Arc<AtomicU64>,
+    pub(super) down: Arc<AtomicU64>,
 }
 
 impl Drop for Finisher {
@@ -630,7 +739,7 @@ impl Drop for Finisher {
 }
 
 /// A body that counts its data bytes and drops its finisher at the end.
-struct Counted<B> {
+pub(super) struct Counted<B> {
     inner: B,
     count: Arc<AtomicU64>,
     finisher: Option<Finisher>,
@@ -641,7 +750,7 @@ where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    fn new(inner: B, count: Arc<AtomicU64>, finisher: Option<Finisher>) -> Self {
+    pub(super) fn new(inner: B, count: Arc<AtomicU64>, finisher: Option<Finisher>) -> Self {
         Counted {
             inner,
             count,
@@ -649,7 +758,7 @@ where
         }
     }
 
-    fn boxed_any(self) -> ProxyBody {
+    pub(super) fn boxed_any(self) -> ProxyBody {
         BodyExt::boxed(self)
     }
 }

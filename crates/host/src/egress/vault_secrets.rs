@@ -1,0 +1,108 @@
+//! [`EgressSecrets`] backed by the vault. Nothing decrypted is cached except the leak guard,
+//! which is rebuilt whenever the set of stored secret versions changes (checked on every
+//! call, without decrypting), so a rotation applies to the very next request.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use nanoclaw_vault::{Injection, LeakGuard, SecretString, Vault, host_matches, normalize_host};
+
+use super::EgressSecrets;
+
+/// What identifies the set of live secret versions: name, version and nonce of each.
+type Fingerprint = Vec<(String, i64, Vec<u8>)>;
+
+pub struct VaultSecrets {
+    vault: Vault,
+    guard: Mutex<Option<(Fingerprint, Arc<LeakGuard>)>>,
+}
+
+impl VaultSecrets {
+    pub fn new(vault: Vault) -> VaultSecrets {
+        VaultSecrets {
+            vault,
+            guard: Mutex::new(None),
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    format!("the vault could not be read ({e})")
+}
+
+#[async_trait]
+impl EgressSecrets for VaultSecrets {
+    async fn injects_for(&self, group: &str, host: &str) -> Result<bool, String> {
+        let host = normalize_host(host);
+        let grants = self
+            .vault
+            .store()
+            .vault_group_grants(group)
+            .await
+            .map_err(err)?;
+        Ok(grants.iter().any(|(g, _)| host_matches(&g.host, &host)))
+    }
+
+    async fn injection(
+        &self,
+        group: &str,
+        host: &str,
+        path: &str,
+    ) -> Result<Option<Injection>, String> {
+        self.vault
+            .injection_for(group, host, path)
+            .await
+            .map_err(err)
+    }
+
+    async fn resolve_placeholder(
+        &self,
+        group: &str,
+        placeholder: &str,
+        host: &str,
+    ) -> Result<Option<SecretString>, String> {
+        self.vault
+            .resolve_placeholder(group, placeholder, host)
+            .await
+            .map_err(err)
+    }
+
+    async fn bound_to(&self, group: &str, name: &str, host: &str) -> Result<bool, String> {
+        let host = normalize_host(host);
+        let grants = self
+            .vault
+            .store()
+            .vault_group_grants(group)
+            .await
+            .map_err(err)?;
+        Ok(grants
+            .iter()
+            .any(|(g, _)| g.secret_name == name && host_matches(&g.host, &host)))
+    }
+
+    async fn leak_guard(&self) -> Result<Option<Arc<LeakGuard>>, String> {
+        let versions = self.vault.store().vault_versions(None).await.map_err(err)?;
+        if versions.is_empty() {
+            return Ok(None);
+        }
+        let fingerprint: Fingerprint = versions
+            .into_iter()
+            .map(|v| (v.name, v.version, v.nonce))
+            .collect();
+        if let Ok(cached) = self.guard.lock()
+            && let Some((fp, guard)) = cached.as_ref()
+            && *fp == fingerprint
+        {
+            return Ok((!guard.is_empty()).then(|| Arc::clone(guard)));
+        }
+        let guard = Arc::new(self.vault.leak_guard().await.map_err(err)?);
+        if let Ok(mut cached) = self.guard.lock() {
+            *cached = Some((fingerprint, Arc::clone(&guard)));
+        }
+        Ok((!guard.is_empty()).then_some(guard))
+    }
+
+    async fn placeholder_env(&self, group: &str) -> Result<Vec<(String, String)>, String> {
+        self.vault.placeholder_env(group).await.map_err(err)
+    }
+}
