@@ -79,7 +79,7 @@ struct Inner {
     channels: HashMap<String, Arc<dyn Channel>>,
     /// Sessions with a running worker.
     workers: Mutex<HashSet<String>>,
-    delivery_wake: Notify,
+    delivery_wake: Arc<Notify>,
     scheduler_wake: Notify,
     /// Chats whose channel said nobody is listening; skipped until reachable again.
     parked_chats: Mutex<HashSet<i64>>,
@@ -180,7 +180,10 @@ impl Host {
         let vault = open_vault(&store, master_key).await;
         let relay = Relay::new(upstreams, vault.clone())
             .context("building the model relay's HTTP client")?;
-        let egress = build_egress(&store, &paths, vault.as_ref());
+        let delivery_wake = Arc::new(Notify::new());
+        let egress = build_egress(&store, &paths, vault.as_ref()).with_approval_notifier(Arc::new(
+            crate::approvals::ChatApprovalNotifier::new(store.clone(), Arc::clone(&delivery_wake)),
+        ));
         let pool = AgentPool::new(
             runtime,
             store.clone(),
@@ -206,7 +209,7 @@ impl Host {
             pool,
             channels,
             workers: Mutex::new(HashSet::new()),
-            delivery_wake: Notify::new(),
+            delivery_wake,
             scheduler_wake: Notify::new(),
             parked_chats: Mutex::new(HashSet::new()),
             runtime_error,
@@ -369,6 +372,15 @@ async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<ChannelEvent>) {
         match event {
             ChannelEvent::Inbound(mut event) => {
                 let ack = event.ack.take();
+                // The owner's `/approve N` / `/deny N` in the main chat never reach an agent.
+                if let Some(outcome) = crate::approvals::intercept(&inner.store, &event).await {
+                    inner.delivery_wake.notify_one();
+                    tracing::debug!(channel = %event.channel, chat = %event.chat_id, ?outcome, "approval command");
+                    if let Some(ack) = ack {
+                        let _ = ack.send(outcome);
+                    }
+                    continue;
+                }
                 let outcome = match crate::router::route(&inner.store, &event).await {
                     Ok(routed) => {
                         for session in routed.sessions {

@@ -7,6 +7,7 @@
 //! delivery → channel. See docs/ARCHITECTURE.md.
 
 pub mod agents;
+pub mod approvals;
 pub mod channel;
 pub mod config;
 pub mod egress;

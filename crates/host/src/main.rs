@@ -251,6 +251,21 @@ enum VaultCommand {
     },
     /// Check the audit log's hash chain (exit status 1 naming the first bad row).
     Verify,
+    /// Limit how often a secret is injected: at most N requests per minute (0 = no limit).
+    Limit {
+        name: String,
+        #[arg(long)]
+        per_minute: u32,
+    },
+    /// Grants that need the owner's approval: pending ones first, then decided ones.
+    Approvals {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve grant N (as `/approve N` in the main chat does).
+    Approve { grant: i64 },
+    /// Deny grant N (as `/deny N` in the main chat does).
+    Deny { grant: i64 },
 }
 
 #[derive(Subcommand)]
@@ -391,6 +406,12 @@ fn main() -> ExitCode {
                     json,
                 } => cli::vault::audit(group, follow, json).await,
                 VaultCommand::Verify => cli::vault::verify().await,
+                VaultCommand::Limit { name, per_minute } => {
+                    cli::vault::limit(name, per_minute).await
+                }
+                VaultCommand::Approvals { json } => cli::vault::approvals(json).await,
+                VaultCommand::Approve { grant } => cli::vault::decide(grant, true).await,
+                VaultCommand::Deny { grant } => cli::vault::decide(grant, false).await,
             },
             Command::Config { command } => match command {
                 ConfigCommand::Path => cli::config::path(),

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use nanoclaw_host::egress::{
     AddressGuard, EgressDecision, EgressPolicy, EgressProxy, Interception, LocalCa, MemoryAudit,
-    StaticPolicies, StaticResolver, VaultSecrets,
+    MemoryNotifier, StaticPolicies, StaticResolver, VaultSecrets,
 };
 use nanoclaw_store::Store;
 use nanoclaw_vault::{GrantRequest, MasterKey, SecretString, Vault};
@@ -130,6 +130,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     vault: Vault,
     audit: Arc<MemoryAudit>,
+    notifier: Arc<MemoryNotifier>,
     ca: Arc<LocalCa>,
     proxy: EgressProxy,
     proxy_url: String,
@@ -233,6 +234,8 @@ async fn start() -> Fixture {
         },
     )
     .unwrap();
+    let notifier = Arc::new(MemoryNotifier::default());
+    let proxy = proxy.with_approval_notifier(notifier.clone());
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("proxy.sock");
     let handle = proxy.serve(&socket, "main").unwrap();
@@ -253,6 +256,7 @@ async fn start() -> Fixture {
         _dir: dir,
         vault,
         audit,
+        notifier,
         ca,
         proxy,
         proxy_url,
@@ -549,4 +553,167 @@ fn the_proxy_knows_the_vaults_placeholder_form() {
                 .starts_with(nanoclaw_host::egress::PLACEHOLDER_PREFIX)
         );
     });
+}
+
+/// A secret `gated` granted to `main` on api.test under /gated, needing the owner's approval.
+async fn gated_grant(fx: &Fixture) -> i64 {
+    fx.vault
+        .set("gated", SecretString::from("gated-REAL-4444-dddd"))
+        .await
+        .unwrap();
+    fx.vault
+        .grant(GrantRequest {
+            secret_name: "gated".into(),
+            group_folder: "main".into(),
+            host: "api.test".into(),
+            path_prefix: "/gated".into(),
+            inject: "header:x-gated: {secret}".into(),
+            needs_approval: true,
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn a_grant_needing_approval_waits_asks_the_owner_once_and_injects_once_approved() {
+    let fx = start().await;
+    let id = gated_grant(&fx).await;
+    let c = fx.client();
+    for _ in 0..2 {
+        let resp = c.get(fx.url("api.test", "/gated/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 403);
+        let body = resp.text().await.unwrap();
+        assert!(
+            body.contains("waits for the owner's approval in the main chat")
+                && body.contains("gated"),
+            "{body}"
+        );
+    }
+    assert_eq!(fx.seen_count(), 0, "nothing reached the upstream");
+    let asked = fx.notifier.requests();
+    assert_eq!(asked.len(), 1, "the owner is asked once: {asked:?}");
+    assert_eq!(
+        (
+            asked[0].grant_id,
+            asked[0].group.as_str(),
+            asked[0].secret.as_str()
+        ),
+        (id, "main", "gated")
+    );
+    assert_eq!(asked[0].host, "api.test");
+    let store = fx.vault.store();
+    let pending = store.vault_approval(id).await.unwrap().unwrap();
+    assert_eq!(pending.state, nanoclaw_store::ApprovalState::Pending);
+    // Nor can a placeholder stand in for it meanwhile.
+    let placeholder = fx.vault.placeholder("gated", 1);
+    assert!(
+        fx.vault
+            .resolve_placeholder("main", &placeholder, "api.test")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store
+        .vault_decide_approval(id, true, nanoclaw_store::now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = c.get(fx.url("api.test", "/gated/y")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(fx.last_seen().header("x-gated"), ["gated-REAL-4444-dddd"]);
+    assert_eq!(fx.notifier.requests().len(), 1);
+    let records = fx.audit.records();
+    let approvals: Vec<_> = records
+        .iter()
+        .filter(|r| r.reason.starts_with("approval:"))
+        .collect();
+    assert_eq!(approvals.len(), 2, "{records:?}");
+    assert!(
+        approvals
+            .iter()
+            .all(|r| r.decision == EgressDecision::Denied && r.status == 403)
+    );
+}
+
+#[tokio::test]
+async fn a_denied_grant_is_refused_and_never_injected() {
+    let fx = start().await;
+    let id = gated_grant(&fx).await;
+    fx.vault
+        .store()
+        .vault_decide_approval(id, false, nanoclaw_store::now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = fx
+        .client()
+        .get(fx.url("api.test", "/gated/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("the owner denied"), "{body}");
+    assert_eq!(fx.seen_count(), 0);
+    assert!(
+        fx.notifier.requests().is_empty(),
+        "a decided grant asks nobody"
+    );
+}
+
+#[tokio::test]
+async fn over_a_secrets_rate_limit_the_proxy_answers_429_with_retry_after() {
+    let fx = start().await;
+    assert!(
+        fx.vault
+            .store()
+            .vault_set_rate_limit("anthropic", 3)
+            .await
+            .unwrap()
+    );
+    let c = fx.client();
+    for i in 0..3 {
+        let resp = c
+            .get(fx.url("api.test", &format!("/v1/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = c.get(fx.url("api.test", "/v1/3")).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp
+        .headers()
+        .get("retry-after")
+        .expect("retry-after")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("anthropic") && body.contains("3 request(s) per minute"),
+        "{body}"
+    );
+    assert_eq!(fx.seen_count(), 3, "the upstream saw only the allowed ones");
+    // Another secret is not limited by it.
+    let resp = c
+        .get(fx.url("api.test", "/custom/after"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let denied: Vec<_> = fx
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.decision == EgressDecision::Denied)
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert!(denied[0].reason.starts_with("rate_limit"), "{denied:?}");
+    assert_eq!(denied[0].secret.as_deref(), Some("anthropic"));
+    assert_eq!(denied[0].status, 429);
 }

@@ -355,3 +355,53 @@ async fn audit_follow_prints_rows_recorded_after_it_started() {
     assert_eq!(row["host"], "evil.example");
     assert_eq!(row["decision"], "deny");
 }
+
+#[test]
+fn limit_and_approvals_from_the_command_line() {
+    let env = Env::new();
+    ok(&env.run_with_stdin(
+        &["vault", "set", "gh"],
+        "ghp_CLIapproval123456",
+        Some(KEY_HEX),
+    ));
+    ok(&env.run(&[
+        "vault",
+        "grant",
+        "gh",
+        "--group",
+        "main",
+        "--host",
+        "api.github.com",
+        "--inject",
+        "header:Authorization: Bearer {secret}",
+        "--approval",
+    ]));
+    ok(&env.run(&["vault", "limit", "gh", "--per-minute", "5"]));
+    let out = ok(&env.run(&["vault", "list"]));
+    assert!(
+        out.contains("at most 5/min") && out.contains("#1 group main"),
+        "{out}"
+    );
+    assert!(
+        !env.run(&["vault", "limit", "nope", "--per-minute", "1"])
+            .status
+            .success()
+    );
+    assert!(ok(&env.run(&["vault", "approvals"])).contains("no approvals"));
+    let out = ok(&env.run(&["vault", "approve", "1"]));
+    assert!(
+        out.contains("grant #1") && out.contains("approved"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&env.run(&["vault", "approvals", "--json"]))).unwrap();
+    assert_eq!(json[0]["grant_id"], 1);
+    assert_eq!(json[0]["state"], "approved");
+    assert_eq!(json[0]["secret_name"], "gh");
+    ok(&env.run(&["vault", "deny", "1"]));
+    assert!(ok(&env.run(&["vault", "approvals"])).contains("denied"));
+    assert!(!env.run(&["vault", "approve", "99"]).status.success());
+    // No limit again.
+    ok(&env.run(&["vault", "limit", "gh", "--per-minute", "0"]));
+    assert!(!ok(&env.run(&["vault", "list"])).contains("/min"));
+}

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_group_mounts.sql"),
     include_str!("../migrations/0003_vault.sql"),
     include_str!("../migrations/0004_egress_policy.sql"),
+    include_str!("../migrations/0005_grant_approvals.sql"),
 ];
 
 /// The schema version this build knows.
@@ -145,16 +146,19 @@ impl Store {
 /// the WAL stays around a few hundred pages.
 const CALLS_PER_CHECKPOINT: u32 = 64;
 
-/// WAL size (in frames, i.e. pages) above which the writer checkpoints inline after all.
-/// Under a sustained burst of writes the background checkpoint never catches up with the
-/// end of the WAL, so SQLite cannot start it over and it would grow without bound.
-const MAX_WAL_FRAMES: i64 = 4096;
+/// WAL file size above which the writer checkpoints inline after all. Under a sustained
+/// burst of writes the background checkpoint never catches up with the end of the WAL, so
+/// SQLite cannot start it over and it would grow without bound. Measured by the writer
+/// itself (a `stat`), so the bound holds even when the checkpoint thread gets no CPU.
+const MAX_WAL_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Copies the WAL back into the database file from a thread of its own.
 struct Checkpointer {
     nudge: mpsc::SyncSender<()>,
-    /// WAL length in frames at the last background checkpoint.
-    wal_frames: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    wal_path: PathBuf,
+    /// The WAL was over the limit and could not be cut yet (a checkpoint was busy): check
+    /// again after every call, not only every [`CALLS_PER_CHECKPOINT`].
+    over_limit: std::cell::Cell<bool>,
 }
 
 impl Checkpointer {
@@ -170,19 +174,15 @@ impl Checkpointer {
             })?;
         // One pending nudge is enough: a checkpoint covers everything committed before it.
         let (nudge, rx) = mpsc::sync_channel::<()>(1);
-        let wal_frames = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let frames = std::sync::Arc::clone(&wal_frames);
         std::thread::Builder::new()
             .name("nanoclaw-store-checkpoint".into())
             .spawn(move || {
                 while rx.recv().is_ok() {
                     // PASSIVE never blocks the writer; what it cannot copy now waits for
                     // the next nudge.
-                    match conn
-                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
-                        Ok(log) => frames.store(log, std::sync::atomic::Ordering::Relaxed),
-                        Err(e) => tracing::warn!(error = %e, "store: WAL checkpoint failed"),
+                        tracing::warn!(error = %e, "store: WAL checkpoint failed");
                     }
                 }
             })
@@ -191,21 +191,35 @@ impl Checkpointer {
                 path: path.to_path_buf(),
                 source,
             })?;
-        Ok(Checkpointer { nudge, wal_frames })
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        Ok(Checkpointer {
+            nudge,
+            wal_path: PathBuf::from(wal_path),
+            over_limit: std::cell::Cell::new(false),
+        })
     }
 
     /// Asks for a background checkpoint; checkpoints inline on `conn` when the WAL has
-    /// outgrown [`MAX_WAL_FRAMES`].
+    /// outgrown [`MAX_WAL_BYTES`].
     fn nudge(&self, conn: &Connection) {
-        use std::sync::atomic::Ordering;
-        if self.wal_frames.load(Ordering::Relaxed) > MAX_WAL_FRAMES {
-            // RESTART makes the next write start the WAL from the beginning.
-            match conn.execute_batch("PRAGMA wal_checkpoint(RESTART)") {
-                Ok(()) => self.wal_frames.store(0, Ordering::Relaxed),
-                Err(e) => tracing::warn!(error = %e, "store: WAL checkpoint failed"),
+        let wal_bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if wal_bytes > MAX_WAL_BYTES {
+            // TRUNCATE copies everything back and cuts the file to zero, so the next
+            // writes start a small WAL again. It reports busy (first column) when the
+            // background checkpoint held the lock; then try again after the next call.
+            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+                Ok(busy) => self.over_limit.set(busy != 0),
+                Err(e) => {
+                    self.over_limit.set(true);
+                    tracing::warn!(error = %e, "store: WAL checkpoint failed");
+                }
             }
             return;
         }
+        self.over_limit.set(false);
         let _ = self.nudge.try_send(());
     }
 }
@@ -213,12 +227,12 @@ impl Checkpointer {
 fn owner_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, checkpointer: Option<Checkpointer>) {
     let mut calls = 0u32;
     while let Ok(job) = rx.recv() {
-        calls += 1;
-        if calls >= CALLS_PER_CHECKPOINT {
+        calls = calls.saturating_add(1);
+        if let Some(c) = &checkpointer
+            && (calls >= CALLS_PER_CHECKPOINT || c.over_limit.get())
+        {
             calls = 0;
-            if let Some(c) = &checkpointer {
-                c.nudge(&conn);
-            }
+            c.nudge(&conn);
         }
         if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
             tracing::error!("store: a database call panicked; its caller gets an error");

@@ -32,5 +32,6 @@ pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.
 pub use rusqlite;
 pub use vault::{
-    AUDIT_GENESIS_HASH, AuditRecord, NewAudit, NewGrant, SecretRecord, SecretVersion, VaultGrant,
+    AUDIT_GENESIS_HASH, ApprovalState, AuditRecord, GrantApproval, NewAudit, NewGrant,
+    SecretRecord, SecretVersion, VaultGrant,
 };

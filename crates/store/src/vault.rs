@@ -22,6 +22,51 @@ pub struct SecretRecord {
     pub created_at: i64,
     /// When the current version replaced an older one; `None` if never rotated.
     pub rotated_at: Option<i64>,
+    /// Injections allowed per minute (sliding window); 0 = no limit.
+    #[serde(default)]
+    pub per_minute: i64,
+}
+
+/// Where the owner's approval of a grant stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ApprovalState> {
+        match s {
+            "pending" => Some(ApprovalState::Pending),
+            "approved" => Some(ApprovalState::Approved),
+            "denied" => Some(ApprovalState::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// The approval of one grant that needs the owner's approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantApproval {
+    pub grant_id: i64,
+    pub secret_name: String,
+    pub state: ApprovalState,
+    pub requested_at: i64,
+    pub decided_at: Option<i64>,
+    /// The group whose agent asked.
+    pub group_folder: String,
+    /// The host it asked for.
+    pub host: String,
 }
 
 /// One sealed version of a secret.
@@ -113,7 +158,7 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-const SECRET_COLS: &str = "name, current_version, created_at, rotated_at";
+const SECRET_COLS: &str = "name, current_version, created_at, rotated_at, per_minute";
 const VERSION_COLS: &str = "name, version, nonce, ciphertext, created_at, retired_at";
 const GRANT_COLS: &str =
     "id, secret_name, group_folder, host, path_prefix, inject, needs_approval, created_at";
@@ -126,6 +171,7 @@ fn secret_at(row: &Row<'_>) -> rusqlite::Result<SecretRecord> {
         current_version: row.get(1)?,
         created_at: row.get(2)?,
         rotated_at: row.get(3)?,
+        per_minute: row.get(4)?,
     })
 }
 
@@ -151,6 +197,39 @@ fn grant_at(row: &Row<'_>) -> rusqlite::Result<VaultGrant> {
         needs_approval: row.get(6)?,
         created_at: row.get(7)?,
     })
+}
+
+const APPROVAL_SELECT: &str =
+    "SELECT a.grant_id, g.secret_name, a.state, a.requested_at, a.decided_at, a.group_folder, a.host
+     FROM vault_grant_approvals a JOIN vault_grants g ON g.id = a.grant_id";
+
+fn approval_at(row: &Row<'_>) -> rusqlite::Result<GrantApproval> {
+    let state: String = row.get(2)?;
+    Ok(GrantApproval {
+        grant_id: row.get(0)?,
+        secret_name: row.get(1)?,
+        state: ApprovalState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Text,
+                format!("unknown approval state {state:?}").into(),
+            )
+        })?,
+        requested_at: row.get(3)?,
+        decided_at: row.get(4)?,
+        group_folder: row.get(5)?,
+        host: row.get(6)?,
+    })
+}
+
+/// Approvals whose grant is gone (foreign keys may be off on another connection; ids are reused).
+fn drop_orphan_approvals(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM vault_grant_approvals WHERE grant_id NOT IN (SELECT id FROM vault_grants)",
+        [],
+    )
+    .ctx("remove approvals of removed grants")?;
+    Ok(())
 }
 
 fn audit_at(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
@@ -285,6 +364,7 @@ impl Store {
             // Explicit deletes: foreign keys may be off on a connection someone else opened.
             tx.execute("DELETE FROM vault_grants WHERE secret_name = ?1", [&name])
                 .ctx("remove secret grants")?;
+            drop_orphan_approvals(tx)?;
             tx.execute("DELETE FROM vault_versions WHERE name = ?1", [&name])
                 .ctx("remove secret versions")?;
             let n = tx
@@ -452,12 +532,15 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let (secret, group) = (secret.into(), group.into());
         self.write("revoke grant", move |tx| {
-            tx.execute(
-                "DELETE FROM vault_grants
-                 WHERE secret_name = ?1 AND group_folder = ?2 AND (?3 IS NULL OR host = ?3)",
-                params![secret, group, host],
-            )
-            .ctx("revoke grant")
+            let n = tx
+                .execute(
+                    "DELETE FROM vault_grants
+                     WHERE secret_name = ?1 AND group_folder = ?2 AND (?3 IS NULL OR host = ?3)",
+                    params![secret, group, host],
+                )
+                .ctx("revoke grant")?;
+            drop_orphan_approvals(tx)?;
+            Ok(n)
         })
         .await
     }
@@ -473,6 +556,132 @@ impl Store {
                 .ctx("list grants")?;
             let rows = stmt.query_map([&name], grant_at).ctx("list grants")?;
             rows.collect::<Result<Vec<_>, _>>().ctx("list grants")
+        })
+        .await
+    }
+
+    /// Set secret `name`'s rate limit (injections per minute, 0 = none); `false` when there is no
+    /// such secret.
+    pub async fn vault_set_rate_limit(
+        &self,
+        name: impl Into<String>,
+        per_minute: i64,
+    ) -> Result<bool, StoreError> {
+        let name = name.into();
+        if per_minute < 0 {
+            return Err(StoreError::Invalid(format!(
+                "rate limit {per_minute} for {name:?} is negative; give 0 (no limit) or more"
+            )));
+        }
+        self.write("set secret rate limit", move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE vault_secrets SET per_minute = ?2 WHERE name = ?1",
+                    params![name, per_minute],
+                )
+                .ctx("set secret rate limit")?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// The approval of grant `grant_id`, if it was ever asked for or decided.
+    pub async fn vault_approval(&self, grant_id: i64) -> Result<Option<GrantApproval>, StoreError> {
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("{APPROVAL_SELECT} WHERE a.grant_id = ?1"),
+                [grant_id],
+                approval_at,
+            )
+            .optional()
+            .ctx("read grant approval")
+        })
+        .await
+    }
+
+    /// Every approval (pending first, then by grant).
+    pub async fn vault_approvals(&self) -> Result<Vec<GrantApproval>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "{APPROVAL_SELECT} ORDER BY a.state != 'pending', a.grant_id"
+                ))
+                .ctx("list grant approvals")?;
+            let rows = stmt
+                .query_map([], approval_at)
+                .ctx("list grant approvals")?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .ctx("list grant approvals")
+        })
+        .await
+    }
+
+    /// Record that `group` asked to use grant `grant_id` on `host`: a `pending` approval unless there
+    /// is one already. Returns the approval and whether this call created it (then the owner is to
+    /// be asked).
+    pub async fn vault_request_approval(
+        &self,
+        grant_id: i64,
+        group: impl Into<String>,
+        host: impl Into<String>,
+        now_ms: i64,
+    ) -> Result<(GrantApproval, bool), StoreError> {
+        let (group, host) = (group.into(), host.into());
+        self.write("request grant approval", move |tx| {
+            let created = tx
+                .execute(
+                    "INSERT INTO vault_grant_approvals (grant_id, state, requested_at, group_folder, host)
+                     SELECT id, 'pending', ?2, ?3, ?4 FROM vault_grants WHERE id = ?1
+                     ON CONFLICT (grant_id) DO NOTHING",
+                    params![grant_id, now_ms, group, host],
+                )
+                .ctx("request grant approval")?
+                > 0;
+            let approval = tx
+                .query_row(
+                    &format!("{APPROVAL_SELECT} WHERE a.grant_id = ?1"),
+                    [grant_id],
+                    approval_at,
+                )
+                .optional()
+                .ctx("request grant approval")?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "grant",
+                    id: grant_id.to_string(),
+                })?;
+            Ok((approval, created))
+        })
+        .await
+    }
+
+    /// The owner's decision on grant `grant_id` (asked for or not). `None`: there is no such grant.
+    pub async fn vault_decide_approval(
+        &self,
+        grant_id: i64,
+        approve: bool,
+        now_ms: i64,
+    ) -> Result<Option<GrantApproval>, StoreError> {
+        let state = if approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Denied
+        };
+        self.write("decide grant approval", move |tx| {
+            tx.execute(
+                "INSERT INTO vault_grant_approvals
+                   (grant_id, state, requested_at, decided_at, group_folder, host)
+                 SELECT id, ?2, ?3, ?3, group_folder, host FROM vault_grants WHERE id = ?1
+                 ON CONFLICT (grant_id) DO UPDATE SET state = ?2, decided_at = ?3",
+                params![grant_id, state.as_str(), now_ms],
+            )
+            .ctx("decide grant approval")?;
+            tx.query_row(
+                &format!("{APPROVAL_SELECT} WHERE a.grant_id = ?1"),
+                [grant_id],
+                approval_at,
+            )
+            .optional()
+            .ctx("decide grant approval")
         })
         .await
     }

@@ -70,6 +70,8 @@ pub struct SecretInfo {
     pub current_version: i64,
     pub created_at: i64,
     pub rotated_at: Option<i64>,
+    /// Injections allowed per minute; 0 = no limit.
+    pub per_minute: i64,
     /// Older versions kept for the leak guard.
     pub retired_versions: Vec<i64>,
     pub grants: Vec<VaultGrant>,
@@ -219,6 +221,7 @@ impl Vault {
                 current_version: s.current_version,
                 created_at: s.created_at,
                 rotated_at: s.rotated_at,
+                per_minute: s.per_minute,
             })
             .collect())
     }
@@ -371,10 +374,20 @@ impl Vault {
         }
         let host = normalize_host(host);
         let grants = self.store().vault_group_grants(group_folder).await?;
-        let Some((_, current)) = grants
-            .into_iter()
-            .find(|(g, _)| g.secret_name == name && host_matches(&g.host, &host))
-        else {
+        let mut usable = None;
+        for (g, v) in grants {
+            if g.secret_name != name || !host_matches(&g.host, &host) {
+                continue;
+            }
+            // A grant waiting for (or refused) the owner's approval must not be usable through
+            // a placeholder either.
+            if g.needs_approval && !self.approved(g.id).await? {
+                continue;
+            }
+            usable = Some(v);
+            break;
+        }
+        let Some(current) = usable else {
             return Ok(None);
         };
         let known = (1..=current.version).any(|v| self.placeholder(name, v) == placeholder);
@@ -382,6 +395,15 @@ impl Vault {
             return Ok(None);
         }
         self.decrypt(&current).map(Some)
+    }
+
+    /// Whether the owner approved grant `grant_id`.
+    pub async fn approved(&self, grant_id: i64) -> Result<bool, VaultError> {
+        Ok(self
+            .store()
+            .vault_approval(grant_id)
+            .await?
+            .is_some_and(|a| a.state == nanoclaw_store::ApprovalState::Approved))
     }
 
     /// Every version of every secret not removed (current and retired): the leak guard's patterns.

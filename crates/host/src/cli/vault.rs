@@ -135,21 +135,27 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
             format!(", retired {:?}", s.retired_versions)
         };
         println!(
-            "{}  v{}  created {}{}{}",
+            "{}  v{}  created {}{}{}{}",
             s.name,
             s.current_version,
             when(s.created_at),
             s.rotated_at
                 .map(|t| format!(", rotated {}", when(t)))
                 .unwrap_or_default(),
-            retired
+            retired,
+            if s.per_minute > 0 {
+                format!(", at most {}/min", s.per_minute)
+            } else {
+                String::new()
+            }
         );
         if s.grants.is_empty() {
             println!("    (no grants: not usable by any agent)");
         }
         for g in s.grants {
             println!(
-                "    group {} -> {}{}  {}{}",
+                "    #{} group {} -> {}{}  {}{}",
+                g.id,
                 g.group_folder,
                 g.host,
                 g.path_prefix,
@@ -162,6 +168,72 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw vault limit NAME --per-minute N`.
+pub async fn limit(name: String, per_minute: u32) -> anyhow::Result<ExitCode> {
+    let store = open_store()?;
+    if !store
+        .vault_set_rate_limit(name.as_str(), i64::from(per_minute))
+        .await?
+    {
+        anyhow::bail!("no secret named {name:?}; see `nanoclaw vault list`");
+    }
+    if per_minute == 0 {
+        println!("{name} has no rate limit now");
+    } else {
+        println!(
+            "{name} is injected at most {per_minute} time(s) per minute; more get 429 Too Many Requests"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw vault approvals [--json]`.
+pub async fn approvals(json: bool) -> anyhow::Result<ExitCode> {
+    let list = open_store()?.vault_approvals().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!("no approvals asked for or decided");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for a in list {
+        println!(
+            "#{:<4} {:<8} group {} wants {} on {}  asked {}{}",
+            a.grant_id,
+            a.state.as_str(),
+            a.group_folder,
+            a.secret_name,
+            a.host,
+            when(a.requested_at),
+            a.decided_at
+                .map(|t| format!(", decided {}", when(t)))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanoclaw vault approve N` / `deny N`.
+pub async fn decide(grant: i64, approve: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store()?;
+    let Some(a) = store
+        .vault_decide_approval(grant, approve, nanoclaw_store::now_ms())
+        .await?
+    else {
+        anyhow::bail!("there is no grant #{grant}; see `nanoclaw vault list`");
+    };
+    println!(
+        "grant #{grant} ({} for group {} on {}) is {}",
+        a.secret_name,
+        a.group_folder,
+        a.host,
+        a.state.as_str()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -31,6 +31,7 @@ use super::proxy::{
     CONNECT_TIMEOUT, Counted, Finisher, HEADER_READ_TIMEOUT, Inner, Interception, Pending,
     ProxyBody, Target, connect_any, refuse_with, strip_hop_by_hop,
 };
+use super::{Approval, ApprovalRequest};
 
 /// Request bodies the leak guard buffers to scan; a larger one is refused (413).
 pub const MAX_SCANNED_BODY: usize = 32 * 1024 * 1024;
@@ -224,13 +225,10 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     if let Some(i) = &injection
         && i.needs_approval
     {
-        // The approval flow in the main chat is not built yet: such a grant is never used.
-        let msg = format!(
-            "nanoclaw egress: the grant of secret {} for {} needs the owner's approval before \
-             its first use; ask the owner to approve it (or to grant it without approval)",
-            i.secret_name, c.host
-        );
-        return refuse_with(inner, pending, StatusCode::FORBIDDEN, "approval", &msg);
+        pending = match check_approval(&c, i, pending).await {
+            Ok(p) => p,
+            Err(refused) => return refused,
+        };
     }
     let mut headers = parts.headers;
     let path_and_query = parts
@@ -249,15 +247,27 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
         Err(blocked) => return blocked.refuse(inner, pending),
     };
     strip_hop_by_hop(&mut headers);
-    if let Err(e) = swap_placeholders(&c, &mut headers).await {
-        return refuse_with(
-            inner,
-            pending,
-            StatusCode::BAD_GATEWAY,
-            "vault",
-            &format!("nanoclaw egress: {e}"),
-        );
-    }
+    let swapped = match swap_placeholders(&c, &mut headers).await {
+        Ok(s) => s,
+        Err(e) => {
+            return refuse_with(
+                inner,
+                pending,
+                StatusCode::BAD_GATEWAY,
+                "vault",
+                &format!("nanoclaw egress: {e}"),
+            );
+        }
+    };
+    let used: Vec<&str> = injection
+        .iter()
+        .map(|i| i.secret_name.as_str())
+        .chain(swapped.iter().map(String::as_str))
+        .collect();
+    pending = match check_rate(&c, &used, pending).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
     let path_and_query = match &injection {
         Some(i) => apply(i, &mut headers, &path_and_query),
         None => path_and_query,
@@ -322,6 +332,113 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     }
 }
 
+/// A grant that needs the owner's approval: `Ok` once approved. Its first use records a
+/// pending approval and has the owner asked (once); until decided, and when denied, 403.
+async fn check_approval(
+    c: &Conn,
+    i: &Injection,
+    mut pending: Pending,
+) -> Result<Pending, Response<ProxyBody>> {
+    let inner = &c.inner;
+    let approval = inner.secrets.approval(i.grant_id, &c.group, &c.host).await;
+    pending.secret = Some(i.secret_name.clone());
+    let message = match approval {
+        Ok(Approval::Approved) => {
+            pending.secret = None;
+            return Ok(pending);
+        }
+        Ok(Approval::Pending { newly_requested }) => {
+            if newly_requested {
+                inner
+                    .notifier
+                    .approval_requested(ApprovalRequest {
+                        grant_id: i.grant_id,
+                        group: c.group.to_string(),
+                        secret: i.secret_name.clone(),
+                        host: c.host.clone(),
+                    })
+                    .await;
+            }
+            format!(
+                "nanoclaw egress: the use of secret {} on {} (grant #{}) waits for the owner's \
+                 approval in the main chat; the owner has been asked. Tell the user, and try \
+                 again once it is approved",
+                i.secret_name, c.host, i.grant_id
+            )
+        }
+        Ok(Approval::Denied) => format!(
+            "nanoclaw egress: the owner denied the use of secret {} on {} (grant #{})",
+            i.secret_name, c.host, i.grant_id
+        ),
+        Err(e) => {
+            return Err(refuse_with(
+                inner,
+                pending,
+                StatusCode::BAD_GATEWAY,
+                "vault",
+                &format!("nanoclaw egress: {e}"),
+            ));
+        }
+    };
+    Err(refuse_with(
+        inner,
+        pending,
+        StatusCode::FORBIDDEN,
+        "approval",
+        &message,
+    ))
+}
+
+/// Counts this request against the rate limit of every secret it uses; over one, 429 with
+/// `retry-after`.
+async fn check_rate(
+    c: &Conn,
+    used: &[&str],
+    mut pending: Pending,
+) -> Result<Pending, Response<ProxyBody>> {
+    let inner = &c.inner;
+    let mut limits: Vec<(String, u32)> = Vec::with_capacity(used.len());
+    for name in used {
+        if limits.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        match inner.secrets.rate_limit(name).await {
+            Ok(limit) => limits.push(((*name).to_owned(), limit)),
+            Err(e) => {
+                return Err(refuse_with(
+                    inner,
+                    pending,
+                    StatusCode::BAD_GATEWAY,
+                    "vault",
+                    &format!("nanoclaw egress: {e}"),
+                ));
+            }
+        }
+    }
+    let Err(over) = inner
+        .limiter
+        .try_acquire(&limits, std::time::Instant::now())
+    else {
+        return Ok(pending);
+    };
+    let secs = over.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    pending.secret = Some(over.secret.clone());
+    let mut resp = refuse_with(
+        inner,
+        pending,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit",
+        &format!(
+            "nanoclaw egress: secret {} is limited to {} request(s) per minute and that is used \
+             up; retry in {secs} s",
+            over.secret, over.per_minute
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    Err(resp)
+}
+
 /// Sets the grant's credential: the header (replacing any the client sent) or the query
 /// parameter (replacing any of that name). Returns the new path and query.
 fn apply(i: &Injection, headers: &mut HeaderMap, path_and_query: &str) -> String {
@@ -363,12 +480,14 @@ fn percent_encode(s: &str) -> String {
 
 /// Replaces each placeholder in a header value by its secret when the vault says it is bound
 /// to this host for this group; any other placeholder stays as it is (harmless text).
-async fn swap_placeholders(c: &Conn, headers: &mut HeaderMap) -> Result<(), String> {
+/// Returns the names of the secrets swapped in (they count against rate limits).
+async fn swap_placeholders(c: &Conn, headers: &mut HeaderMap) -> Result<Vec<String>, String> {
+    let mut used = Vec::new();
     if !headers
         .values()
         .any(|v| contains(v.as_bytes(), PLACEHOLDER_PREFIX.as_bytes()))
     {
-        return Ok(());
+        return Ok(used);
     }
     let entries: Vec<(header::HeaderName, HeaderValue)> = headers
         .iter()
@@ -407,6 +526,13 @@ async fn swap_placeholders(c: &Conn, headers: &mut HeaderMap) -> Result<(), Stri
                 Some(real) => {
                     swapped.push_str(real.expose_secret());
                     changed = true;
+                    if let Some((name, _)) = token
+                        .strip_prefix(PLACEHOLDER_PREFIX)
+                        .and_then(|rest| rest.rsplit_once('-'))
+                        && !used.iter().any(|u| u == name)
+                    {
+                        used.push(name.to_owned());
+                    }
                 }
                 None => swapped.push_str(token),
             }
@@ -424,7 +550,7 @@ async fn swap_placeholders(c: &Conn, headers: &mut HeaderMap) -> Result<(), Stri
         }
     }
     *headers = out;
-    Ok(())
+    Ok(used)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -22,13 +22,18 @@
 //! (plain HTTP and intercepted HTTPS) are scanned by the leak guard: a secret going to a host
 //! it is not granted for is refused. Tunnelled HTTPS is opaque and not scanned.
 //!
-//! Not yet: the owner's approval of a grant's first use (such grants are refused with a 403
-//! saying so), scanning responses, a TCP transport for VM runtimes.
+//! A grant marked `needs_approval` is used only once the owner approved it: its first use
+//! records a pending approval, the [`ApprovalNotifier`] asks the owner (the host posts to the
+//! main chat) and the request gets a 403 saying so. Secrets with a rate limit are counted per
+//! injection in a sliding minute ([`rate`]); over it, `429` with `retry-after`.
+//!
+//! Not yet: scanning responses, a TCP transport for VM runtimes.
 
 pub mod ca;
 mod mitm;
 pub mod policy;
 pub mod proxy;
+pub mod rate;
 pub mod resolve;
 pub mod source;
 
@@ -165,6 +170,79 @@ pub trait EgressSecrets: Send + Sync {
     async fn leak_guard(&self) -> Result<Option<Arc<nanoclaw_vault::LeakGuard>>, String>;
     /// `NANOCLAW_SECRET_<NAME>` placeholders for the group's sandbox environment.
     async fn placeholder_env(&self, group: &str) -> Result<Vec<(String, String)>, String>;
+    /// The owner's approval of grant `grant_id`; when there is none yet, records a pending one
+    /// for `group` asking on `host`.
+    async fn approval(&self, grant_id: i64, group: &str, host: &str) -> Result<Approval, String>;
+    /// Injections of secret `name` allowed per minute; 0 = no limit.
+    async fn rate_limit(&self, name: &str) -> Result<u32, String>;
+}
+
+/// Where the owner's approval of a grant stands, as the proxy needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Approval {
+    Approved,
+    Denied,
+    /// Not decided yet; `newly_requested` when this request is the first to ask (then the
+    /// owner is to be told).
+    Pending {
+        newly_requested: bool,
+    },
+}
+
+/// A grant's first use, waiting for the owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalRequest {
+    pub grant_id: i64,
+    /// The group whose agent asked.
+    pub group: String,
+    pub secret: String,
+    pub host: String,
+}
+
+/// Tells the owner a grant waits for approval (the host posts to the main chat). Called once
+/// per grant, when the pending approval is recorded.
+#[async_trait::async_trait]
+pub trait ApprovalNotifier: Send + Sync {
+    async fn approval_requested(&self, request: ApprovalRequest);
+}
+
+/// Only logs (the proxy's default until the host gives it a notifier).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogNotifier;
+
+#[async_trait::async_trait]
+impl ApprovalNotifier for LogNotifier {
+    async fn approval_requested(&self, r: ApprovalRequest) {
+        tracing::warn!(
+            grant = r.grant_id, group = %r.group, secret = %r.secret, host = %r.host,
+            "a grant waits for the owner's approval (`nanoclaw vault approve {}`)", r.grant_id
+        );
+    }
+}
+
+/// Keeps every request in memory (tests).
+#[derive(Debug, Default)]
+pub struct MemoryNotifier {
+    requests: Mutex<Vec<ApprovalRequest>>,
+}
+
+impl MemoryNotifier {
+    pub fn requests(&self) -> Vec<ApprovalRequest> {
+        match self.requests.lock() {
+            Ok(r) => r.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ApprovalNotifier for MemoryNotifier {
+    async fn approval_requested(&self, request: ApprovalRequest) {
+        match self.requests.lock() {
+            Ok(mut r) => r.push(request),
+            Err(e) => e.into_inner().push(request),
+        }
+    }
 }
 
 /// No secrets: every allowed host is tunnelled untouched and nothing is scanned.
@@ -200,5 +278,17 @@ impl EgressSecrets for NoSecrets {
     }
     async fn placeholder_env(&self, _group: &str) -> Result<Vec<(String, String)>, String> {
         Ok(Vec::new())
+    }
+    async fn approval(
+        &self,
+        _grant_id: i64,
+        _group: &str,
+        _host: &str,
+    ) -> Result<Approval, String> {
+        // There are no grants to approve.
+        Ok(Approval::Denied)
+    }
+    async fn rate_limit(&self, _name: &str) -> Result<u32, String> {
+        Ok(0)
     }
 }

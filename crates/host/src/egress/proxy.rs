@@ -27,9 +27,13 @@ use tokio::task::JoinHandle;
 use super::ca::LocalCa;
 use super::mitm::{Mitm, Scanned, scan_request};
 use super::policy::{EgressPolicy, Refusal, RefusalRule, TargetHost};
+use super::rate::RateLimiter;
 use super::resolve::{Resolve, SystemResolver};
 use super::source::PolicySource;
-use super::{EgressAudit, EgressDecision, EgressRecord, EgressSecrets, NoSecrets, TracingAudit};
+use super::{
+    ApprovalNotifier, EgressAudit, EgressDecision, EgressRecord, EgressSecrets, LogNotifier,
+    NoSecrets, TracingAudit,
+};
 use rustls_pki_types::CertificateDer;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -60,6 +64,10 @@ pub(super) struct Inner {
     client: Client<HttpConnector, ProxyBody>,
     /// TLS interception for hosts with a credential grant; `None`: every CONNECT is tunnelled.
     pub(super) mitm: Option<Arc<Mitm>>,
+    /// Asks the owner to approve a grant's first use.
+    pub(super) notifier: Arc<dyn ApprovalNotifier>,
+    /// Injections per secret in the last minute.
+    pub(super) limiter: RateLimiter,
 }
 
 /// How the proxy intercepts TLS: the local CA it presents leaves from, and extra roots the
@@ -132,6 +140,24 @@ impl EgressProxy {
         ))
     }
 
+    /// The same proxy, telling `notifier` when a grant waits for the owner's approval (the
+    /// default only logs it). Call before serving: sockets already served keep the old one.
+    pub fn with_approval_notifier(self, notifier: Arc<dyn ApprovalNotifier>) -> EgressProxy {
+        let i = &self.inner;
+        EgressProxy {
+            inner: Arc::new(Inner {
+                policies: Arc::clone(&i.policies),
+                resolver: Arc::clone(&i.resolver),
+                audit: Arc::clone(&i.audit),
+                secrets: Arc::clone(&i.secrets),
+                client: i.client.clone(),
+                mitm: i.mitm.clone(),
+                notifier,
+                limiter: RateLimiter::default(),
+            }),
+        }
+    }
+
     /// The local CA, when the proxy intercepts TLS (its certificate goes into sandboxes).
     pub fn ca(&self) -> Option<&Arc<LocalCa>> {
         self.inner.mitm.as_ref().map(|m| &m.ca)
@@ -171,6 +197,8 @@ impl EgressProxy {
                 secrets,
                 client,
                 mitm,
+                notifier: Arc::new(LogNotifier),
+                limiter: RateLimiter::default(),
             }),
         }
     }

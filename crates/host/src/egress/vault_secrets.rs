@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use nanoclaw_vault::{Injection, LeakGuard, SecretString, Vault, host_matches, normalize_host};
 
-use super::EgressSecrets;
+use super::{Approval, EgressSecrets};
+use nanoclaw_store::ApprovalState;
 
 /// What identifies the set of live secret versions: name, version and nonce of each.
 type Fingerprint = Vec<(String, i64, Vec<u8>)>;
@@ -104,5 +105,36 @@ impl EgressSecrets for VaultSecrets {
 
     async fn placeholder_env(&self, group: &str) -> Result<Vec<(String, String)>, String> {
         self.vault.placeholder_env(group).await.map_err(err)
+    }
+
+    async fn approval(&self, grant_id: i64, group: &str, host: &str) -> Result<Approval, String> {
+        let store = self.vault.store();
+        if let Some(a) = store.vault_approval(grant_id).await.map_err(err)? {
+            return Ok(match a.state {
+                ApprovalState::Approved => Approval::Approved,
+                ApprovalState::Denied => Approval::Denied,
+                ApprovalState::Pending => Approval::Pending {
+                    newly_requested: false,
+                },
+            });
+        }
+        let (a, created) = store
+            .vault_request_approval(grant_id, group, normalize_host(host), crate::now_ms())
+            .await
+            .map_err(err)?;
+        Ok(match a.state {
+            ApprovalState::Approved => Approval::Approved,
+            ApprovalState::Denied => Approval::Denied,
+            ApprovalState::Pending => Approval::Pending {
+                newly_requested: created,
+            },
+        })
+    }
+
+    async fn rate_limit(&self, name: &str) -> Result<u32, String> {
+        let rec = self.vault.store().vault_secret(name).await.map_err(err)?;
+        Ok(rec
+            .map(|r| u32::try_from(r.per_minute.max(0)).unwrap_or(u32::MAX))
+            .unwrap_or(0))
     }
 }
