@@ -56,6 +56,17 @@ pub enum UpstreamAuth {
     None,
 }
 
+impl Drop for UpstreamAuth {
+    // Keys read from the vault are copied here per request: wipe them when done.
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        match self {
+            UpstreamAuth::XApiKey(key) | UpstreamAuth::Bearer(key) => key.zeroize(),
+            UpstreamAuth::None => {}
+        }
+    }
+}
+
 impl std::fmt::Debug for UpstreamAuth {
     // Never print a key, not even in debug output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
