@@ -603,11 +603,41 @@ fn spawn_stdout_reader(
 }
 
 fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String) {
+    use tokio::io::AsyncReadExt;
+    /// Longest stderr line kept; the rest of a longer line is read and dropped, so a
+    /// sandbox writing an endless line cannot make the host hold it.
+    const MAX_LINE: u64 = 4096;
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let line: String = line.chars().take(2000).collect();
-            tracing::debug!(sandbox = %sandbox, "agent: {line}");
+        let mut reader = BufReader::new(stderr);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut reader)
+                .take(MAX_LINE)
+                .read_until(b'\n', &mut line)
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line.last() != Some(&b'\n') {
+                // Over the cap: skip to the end of this line without keeping it.
+                let mut sink = Vec::new();
+                loop {
+                    sink.clear();
+                    match (&mut reader)
+                        .take(MAX_LINE)
+                        .read_until(b'\n', &mut sink)
+                        .await
+                    {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if sink.last() == Some(&b'\n') => break,
+                        Ok(_) => {}
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&line);
+            tracing::debug!(sandbox = %sandbox, "agent: {}", text.trim_end());
         }
     });
 }

@@ -133,6 +133,11 @@ pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<RouteOutco
 
 /// The chat's id when it is wired to the main group.
 async fn from_main_chat(store: &Store, event: &InboundEvent) -> Result<Option<i64>, StoreError> {
+    // Only the owner's own terminal decides: members of any other chat wired to main are
+    // not the owner, whatever group the chat belongs to.
+    if event.channel != "terminal" || event.chat_id != crate::channel::terminal::TERMINAL_CHAT_ID {
+        return Ok(None);
+    }
     let Some(chat) = store
         .chat_by_platform(event.channel.clone(), event.chat_id.clone())
         .await?

@@ -864,12 +864,19 @@ async fn register_chat(
     if chat_id.trim().is_empty() || chat_id.len() > 256 {
         return Err("chat_id must be 1 to 256 characters".into());
     }
-    let existed = inner
+    let existing = inner
         .store
         .group_by_folder(folder.as_str())
         .await
-        .map_err(|e| e.to_string())?
-        .is_some();
+        .map_err(|e| e.to_string())?;
+    // A chat wired to the main group would let its members act as the owner (approvals,
+    // admin requests): only the owner wires chats to main, from the CLI.
+    if existing.as_ref().is_some_and(|g| g.is_main) {
+        return Err(format!(
+            "{folder:?} is the owner's main group; chats are wired to it by the owner, not by an agent"
+        ));
+    }
+    let existed = existing.is_some();
     let group = inner
         .store
         .ensure_group(NewGroup {

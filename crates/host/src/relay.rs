@@ -18,17 +18,57 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::json;
 
 /// Request headers the agent may set; everything else (notably any auth header) is dropped.
-const FORWARDED_REQUEST_HEADERS: &[&str] = &[
-    "content-type",
-    "accept",
-    "anthropic-version",
-    "anthropic-beta",
-    "user-agent",
+/// `anthropic-beta` is not among them: betas switch on server-side tools (MCP connectors,
+/// web fetch) that would reach the network from the provider's side.
+const FORWARDED_REQUEST_HEADERS: &[&str] =
+    &["content-type", "accept", "anthropic-version", "user-agent"];
+
+/// The only calls the relay makes for a sandbox: a model turn, token counting, the model
+/// list. Anything else at the provider (files, batches, stored responses, other accounts'
+/// data) stays out of reach, whatever path the agent asks for.
+const ALLOWED_CALLS: &[(&str, &str, &str)] = &[
+    ("anthropic", "POST", "v1/messages"),
+    ("anthropic", "POST", "v1/messages/count_tokens"),
+    ("anthropic", "GET", "v1/models"),
+    ("openai", "POST", "chat/completions"),
+    ("openai", "GET", "models"),
 ];
+
+/// Whether a request body asks the provider to reach out by itself (server-side tools, MCP
+/// connectors): the sandbox has no network, and the provider must not be its proxy.
+fn requests_provider_side_network(provider: &str, body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Some("the body is not JSON".into());
+    };
+    for key in ["mcp_servers", "container", "web_search_options"] {
+        if json.get(key).is_some() {
+            return Some(format!("`{key}` is not allowed"));
+        }
+    }
+    let tools = json.get("tools").and_then(|t| t.as_array());
+    for tool in tools.into_iter().flatten() {
+        let kind = tool.get("type").and_then(|t| t.as_str());
+        let allowed = match provider {
+            // Client tools carry no type (or "custom"); typed ones run on Anthropic's side.
+            "anthropic" => matches!(kind, None | Some("custom")),
+            _ => matches!(kind, Some("function")),
+        };
+        if !allowed {
+            return Some(format!(
+                "the tool type {:?} runs on the provider's side",
+                kind.unwrap_or("?")
+            ));
+        }
+    }
+    None
+}
 
 /// Response headers passed back to the agent (retry hints, ids for support requests).
 const FORWARDED_RESPONSE_HEADERS: &[&str] = &[
@@ -153,6 +193,8 @@ impl Relay {
         vault: Option<nanoclaw_vault::Vault>,
     ) -> Result<Arc<Relay>, reqwest::Error> {
         let client = reqwest::Client::builder()
+            // A redirect would carry x-api-key to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(15))
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
@@ -453,20 +495,19 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
             }
         },
     };
-    if rest.split('/').any(|seg| seg == ".." || seg == ".") {
+    let allowed = ALLOWED_CALLS
+        .iter()
+        .any(|(p, m, r)| *p == provider && *m == request.method().as_str() && *r == rest);
+    if !allowed || query.is_some() {
+        tracing::warn!(sandbox = %state.sandbox, provider, method = %request.method(), %path, "relay refused a call outside the model API");
         return relay_error(
             provider,
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "nanoclaw relay: path traversal refused".into(),
-        );
-    }
-    if request.method() != Method::POST && request.method() != Method::GET {
-        return relay_error(
-            provider,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
-            format!("nanoclaw relay: method {} not allowed", request.method()),
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!(
+                "nanoclaw relay: {} {path} is not a model call the relay makes (only messages, token counting and the model list)",
+                request.method()
+            ),
         );
     }
     let upstream = match state.relay.upstream_for(provider).await {
@@ -513,6 +554,17 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
             );
         }
     };
+    if let Some(why) = requests_provider_side_network(provider, &body) {
+        tracing::warn!(sandbox = %state.sandbox, provider, %why, "relay refused provider-side network use");
+        return relay_error(
+            provider,
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!(
+                "nanoclaw relay: {why}; the sandbox has no network, and the provider is not its proxy"
+            ),
+        );
+    }
 
     let mut outgoing = state
         .relay
@@ -534,7 +586,11 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
                 provider,
                 StatusCode::BAD_GATEWAY,
                 "api_error",
-                format!("nanoclaw relay could not reach the {provider} API: {e}"),
+                // Without the URL: an owner may have put a key in the base URL.
+                format!(
+                    "nanoclaw relay could not reach the {provider} API: {}",
+                    e.without_url()
+                ),
             );
         }
     };
@@ -614,6 +670,31 @@ mod tests {
         assert!(!token_matches(b"abce", b"abcd"));
         assert!(!token_matches(b"abc", b"abcd"));
         assert!(!token_matches(b"", b"abcd"));
+    }
+
+    #[test]
+    fn only_model_calls_pass_and_provider_side_network_is_refused() {
+        let allowed = |p: &str, m: &str, r: &str| {
+            ALLOWED_CALLS
+                .iter()
+                .any(|(ap, am, ar)| *ap == p && *am == m && *ar == r)
+        };
+        assert!(allowed("anthropic", "POST", "v1/messages"));
+        assert!(allowed("openai", "POST", "chat/completions"));
+        assert!(!allowed("anthropic", "GET", "v1/files"));
+        assert!(!allowed("openai", "POST", "responses"));
+        assert!(!allowed("openai", "POST", "%2e%2e/chat/completions"));
+
+        let ok = br#"{"model":"m","tools":[{"name":"bash","input_schema":{}}]}"#;
+        assert!(requests_provider_side_network("anthropic", ok).is_none());
+        let mcp = br#"{"model":"m","mcp_servers":[{"type":"url","url":"https://evil"}]}"#;
+        assert!(requests_provider_side_network("anthropic", mcp).is_some());
+        let fetch = br#"{"model":"m","tools":[{"type":"web_fetch_20250910","name":"web_fetch"}]}"#;
+        assert!(requests_provider_side_network("anthropic", fetch).is_some());
+        let function = br#"{"tools":[{"type":"function","function":{"name":"bash"}}]}"#;
+        assert!(requests_provider_side_network("openai", function).is_none());
+        let hosted = br#"{"tools":[{"type":"mcp","server_url":"https://evil"}]}"#;
+        assert!(requests_provider_side_network("openai", hosted).is_some());
     }
 
     #[test]

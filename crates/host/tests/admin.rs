@@ -33,6 +33,13 @@ async fn the_main_group_lists_groups_and_registers_a_chat() {
             ),
         )
         .rule(
+            Matcher::LastUserTextContains("wire it to main".into()),
+            Reply::tool_call(
+                "register_chat",
+                json!({"channel": "telegram", "chat_id": "-100300", "folder": "main"}),
+            ),
+        )
+        .rule(
             Matcher::LastUserTextContains("which groups".into()),
             Reply::tool_call("list_groups", json!({})),
         );
@@ -54,6 +61,17 @@ async fn the_main_group_lists_groups_and_registers_a_chat() {
     assert_eq!(wirings.len(), 1);
     assert_eq!(wirings[0].1.folder, "family");
     assert!(wirings[0].0.requires_trigger);
+
+    // Not even the main agent may wire a chat to the main group.
+    let (_, refused) = ask(&mut client, "now wire it to main").await;
+    assert!(refused.contains("owner's main group"), "{refused}");
+    assert!(
+        store
+            .chat_by_platform("telegram", "-100300")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let (_, groups) = ask(&mut client, "which groups are there?").await;
     assert!(groups.contains("\"folder\": \"main\""), "{groups}");

@@ -92,6 +92,15 @@ fn ip(s: &str) -> IpAddr {
 
 /// Serves the proxy for group `main` with `policy` (the loopback test switch on).
 fn start(policy: EgressPolicy, resolver: StaticResolver) -> Fixture {
+    start_with(policy, resolver, |p| p)
+}
+
+/// As [`start`], with the proxy adjusted by `adjust` before it serves.
+fn start_with(
+    policy: EgressPolicy,
+    resolver: StaticResolver,
+    adjust: impl FnOnce(EgressProxy) -> EgressProxy,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("proxy.sock");
     let audit = Arc::new(MemoryAudit::default());
@@ -101,7 +110,7 @@ fn start(policy: EgressPolicy, resolver: StaticResolver) -> Fixture {
         audit.clone(),
         Arc::new(NoSecrets),
     );
-    let handle = proxy.serve(&socket, "main").unwrap();
+    let handle = adjust(proxy).serve(&socket, "main").unwrap();
     Fixture {
         _dir: dir,
         socket,
@@ -590,4 +599,188 @@ async fn cli_rules_reach_the_store_policy_and_apply_to_a_running_proxy() {
         .await
         .unwrap();
     assert!(!ok && out.contains("no egress rule"), "{out}");
+}
+
+/// A minimal TLS 1.2/1.3 ClientHello record naming `sni` (none when empty).
+fn client_hello(sni: &str) -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend([7u8; 32]);
+    body.push(0);
+    body.extend([0, 2, 0x13, 0x01, 1, 0]);
+    let mut exts = Vec::new();
+    if !sni.is_empty() {
+        let mut entry = vec![0];
+        entry.extend((sni.len() as u16).to_be_bytes());
+        entry.extend(sni.as_bytes());
+        exts.extend([0, 0]);
+        exts.extend(((entry.len() + 2) as u16).to_be_bytes());
+        exts.extend((entry.len() as u16).to_be_bytes());
+        exts.extend(entry);
+    }
+    body.extend((exts.len() as u16).to_be_bytes());
+    body.extend(exts);
+    let mut hs = vec![1, 0];
+    hs.extend((body.len() as u16).to_be_bytes());
+    hs.extend(body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend((hs.len() as u16).to_be_bytes());
+    rec.extend(hs);
+    rec
+}
+
+/// Opens a CONNECT to `host:port` and checks the proxy's 200.
+async fn open_tunnel(socket: &Path, host: &str, port: u16) -> UnixStream {
+    let mut s = UnixStream::connect(socket).await.unwrap();
+    s.write_all(
+        format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = s.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+#[tokio::test]
+async fn a_tunnel_whose_client_hello_names_another_host_is_closed_before_anything_goes_out() {
+    let echo = echo_upstream().await;
+    let port = echo.addr.port();
+    let fx = start_with(
+        policy(&["cdn.test.example"], &[port]),
+        StaticResolver::new().with("cdn.test.example", &[ip(LOCAL)]),
+        |p| p.with_tls_ports(&[port]),
+    );
+
+    // Domain fronting: the CONNECT names the allowed host, the handshake another one.
+    let mut s = open_tunnel(&fx.socket, "cdn.test.example", port).await;
+    s.write_all(&client_hello("attacker.example"))
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+        .await
+        .expect("the proxy closed the tunnel")
+        .ok();
+    assert!(back.is_empty(), "the upstream echoed {} bytes", back.len());
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = fx.audit.records();
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].decision, EgressDecision::Denied);
+    assert!(
+        records[0].reason.starts_with("sni_mismatch"),
+        "{}",
+        records[0].reason
+    );
+    assert_eq!(records[0].bytes_up, 0);
+
+    // Plain bytes instead of TLS are refused too.
+    let mut s = open_tunnel(&fx.socket, "cdn.test.example", port).await;
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+        .await
+        .expect("the proxy closed the tunnel")
+        .ok();
+    assert!(back.is_empty());
+
+    // The matching name (case and trailing dot aside) goes through, bytes intact.
+    let hello = client_hello("CDN.test.example.");
+    let mut s = open_tunnel(&fx.socket, "cdn.test.example", port).await;
+    s.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, hello);
+}
+
+#[tokio::test]
+async fn tunnels_count_against_the_connection_limit() {
+    let echo = echo_upstream().await;
+    let port = echo.addr.port();
+    let fx = start_with(
+        policy(&["tunnel.test.example"], &[port]),
+        StaticResolver::new().with("tunnel.test.example", &[ip(LOCAL)]),
+        |p| p.with_connection_limits(2, 100),
+    );
+    let mut a = open_tunnel(&fx.socket, "tunnel.test.example", port).await;
+    let mut b = open_tunnel(&fx.socket, "tunnel.test.example", port).await;
+    let refused = send(
+        &fx.socket,
+        &format!("CONNECT tunnel.test.example:{port} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(refused.status, 503, "{}", refused.head);
+    assert!(refused.body.contains("2 connections"), "{}", refused.body);
+    // The open tunnels still work.
+    for s in [&mut a, &mut b] {
+        s.write_all(b"still here").await.unwrap();
+        let mut back = [0u8; 10];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"still here");
+    }
+    // Closing one frees its slot.
+    drop(a);
+    let mut ok = false;
+    for _ in 0..100 {
+        let mut s = UnixStream::connect(&fx.socket).await.unwrap();
+        s.write_all(
+            format!("CONNECT tunnel.test.example:{port} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = s.read(&mut head).await.unwrap();
+        if head[..n].starts_with(b"HTTP/1.1 200") {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a closed tunnel's slot was never freed");
+}
+
+#[tokio::test]
+async fn a_request_the_client_abandons_is_still_audited() {
+    // An upstream that accepts and never answers.
+    let listener = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            held.push(s);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let fx = start(
+        policy(&["slow.test.example"], &[port]),
+        StaticResolver::new().with("slow.test.example", &[ip(LOCAL)]),
+    );
+    let mut s = UnixStream::connect(&fx.socket).await.unwrap();
+    s.write_all(get(&format!("slow.test.example:{port}"), "/wait").as_bytes())
+        .await
+        .unwrap();
+    // The request reached the upstream; then the client gives up.
+    accepted.recv().await.unwrap();
+    drop(s);
+    let mut records = Vec::new();
+    for _ in 0..250 {
+        records = fx.audit.records();
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].reason, "aborted: client closed");
+    assert_eq!(records[0].path.as_deref(), Some("/wait"));
+    assert_eq!(records[0].decision, EgressDecision::Allowed);
 }

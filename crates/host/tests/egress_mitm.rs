@@ -393,8 +393,9 @@ async fn a_placeholder_is_swapped_on_its_bound_host_only() {
         "{placeholder}"
     );
     let c = fx.client();
-    // On api.test (openai is granted there) the placeholder becomes the real value.
-    c.get(fx.url("api.test", "/v1/x"))
+    // On api.test under /openai (openai is granted there) the placeholder becomes the real
+    // value.
+    c.get(fx.url("api.test", "/openai/x"))
         .header("x-tool-token", format!("token {placeholder}"))
         .send()
         .await
@@ -402,6 +403,16 @@ async fn a_placeholder_is_swapped_on_its_bound_host_only() {
     assert_eq!(
         fx.last_seen().header("x-tool-token"),
         [format!("token {OPENAI}").as_str()]
+    );
+    // Outside the grant's path it stays a placeholder.
+    c.get(fx.url("api.test", "/v1/x"))
+        .header("x-tool-token", format!("token {placeholder}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.last_seen().header("x-tool-token"),
+        [format!("token {placeholder}").as_str()]
     );
     // On other.test it stays a placeholder: the real value never goes there.
     let resp = c
@@ -467,6 +478,29 @@ async fn a_secret_in_a_body_to_a_host_it_is_not_granted_for_is_refused_and_audit
         .unwrap();
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("secret openai"));
+
+    // Percent-escaping every byte does not hide it.
+    let escaped: String = OPENAI.bytes().map(|b| format!("%{b:02X}")).collect();
+    let resp = c
+        .get(format!("http://plain.test:{}/?d={escaped}", fx.up.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("secret openai"));
+
+    // A compressed body (which cannot be scanned) to a host without a grant is refused.
+    let before = fx.seen_count();
+    let resp = c
+        .post(format!("http://plain.test:{}/upload", fx.up.port))
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    assert!(resp.text().await.unwrap().contains("Content-Encoding"));
+    assert_eq!(fx.seen_count(), before, "nothing reached the upstream");
 }
 
 #[tokio::test]
@@ -609,7 +643,7 @@ async fn a_grant_needing_approval_waits_asks_the_owner_once_and_injects_once_app
     let placeholder = fx.vault.placeholder("gated", 1);
     assert!(
         fx.vault
-            .resolve_placeholder("main", &placeholder, "api.test")
+            .resolve_placeholder("main", &placeholder, "api.test", "/")
             .await
             .unwrap()
             .is_none()
@@ -716,4 +750,31 @@ async fn over_a_secrets_rate_limit_the_proxy_answers_429_with_retry_after() {
     assert!(denied[0].reason.starts_with("rate_limit"), "{denied:?}");
     assert_eq!(denied[0].secret.as_deref(), Some("anthropic"));
     assert_eq!(denied[0].status, 429);
+}
+
+#[tokio::test]
+async fn a_path_that_could_escape_a_path_scoped_grant_is_refused_and_audited() {
+    let fx = start().await;
+    let c = fx.client();
+    let before = fx.seen_count();
+    // reqwest normalizes `..` itself; encoded slashes and backslashes reach the proxy as sent.
+    for path in ["/openai%2F..%2Fadmin", "/openai/x%5c..%5cadmin"] {
+        let resp = c.get(fx.url("api.test", path)).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("could escape a path-scoped grant"), "{body}");
+    }
+    assert_eq!(fx.seen_count(), before, "nothing reached the upstream");
+    let denied: Vec<_> = fx
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.decision == EgressDecision::Denied)
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|r| r.status == 400 && r.reason.starts_with("bad_path"))
+    );
 }

@@ -362,6 +362,7 @@ impl Vault {
         group_folder: &str,
         placeholder: &str,
         host: &str,
+        path: &str,
     ) -> Result<Option<SecretString>, VaultError> {
         let Some((name, _tag)) = placeholder
             .strip_prefix(PLACEHOLDER_PREFIX)
@@ -376,7 +377,10 @@ impl Vault {
         let grants = self.store().vault_group_grants(group_folder).await?;
         let mut usable = None;
         for (g, v) in grants {
-            if g.secret_name != name || !host_matches(&g.host, &host) {
+            if g.secret_name != name
+                || !host_matches(&g.host, &host)
+                || !path_matches(&g.path_prefix, path)
+            {
                 continue;
             }
             // A grant waiting for (or refused) the owner's approval must not be usable through

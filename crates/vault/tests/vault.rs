@@ -184,7 +184,7 @@ async fn rotation_applies_to_the_next_lookup_and_keeps_the_old_version_retired()
     assert_eq!(live, ["sk-old-000000", "sk-new-111111"]);
     // A sandbox still holding the old placeholder gets the new value.
     let got = v
-        .resolve_placeholder("main", &old_placeholder, "api.openai.com")
+        .resolve_placeholder("main", &old_placeholder, "api.openai.com", "/")
         .await
         .unwrap()
         .unwrap();
@@ -284,7 +284,7 @@ async fn placeholders_stand_in_for_secrets_only_on_bound_hosts() {
     // Stable for the same version.
     assert_eq!(&v.placeholder_env("main").await.unwrap()[0].1, ph);
     assert_eq!(
-        v.resolve_placeholder("main", ph, "api.github.com")
+        v.resolve_placeholder("main", ph, "api.github.com", "/")
             .await
             .unwrap()
             .unwrap()
@@ -292,20 +292,20 @@ async fn placeholders_stand_in_for_secrets_only_on_bound_hosts() {
         "ghp_realtoken"
     );
     assert!(
-        v.resolve_placeholder("main", ph, "evil.example")
+        v.resolve_placeholder("main", ph, "evil.example", "/")
             .await
             .unwrap()
             .is_none()
     );
     assert!(
-        v.resolve_placeholder("other", ph, "api.github.com")
+        v.resolve_placeholder("other", ph, "api.github.com", "/")
             .await
             .unwrap()
             .is_none()
     );
     let forged = format!("{}0000000000000000", &ph[..ph.len() - 16]);
     assert!(
-        v.resolve_placeholder("main", &forged, "api.github.com")
+        v.resolve_placeholder("main", &forged, "api.github.com", "/")
             .await
             .unwrap()
             .is_none()

@@ -28,8 +28,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::ca::LocalCa;
 use super::proxy::{
-    CONNECT_TIMEOUT, Counted, Finisher, HEADER_READ_TIMEOUT, Inner, Interception, Pending,
-    ProxyBody, Target, connect_any, refuse_with, strip_hop_by_hop,
+    CONNECT_TIMEOUT, ConnSlot, Counted, Finisher, HEADER_READ_TIMEOUT, Inner, Interception,
+    Pending, ProxyBody, Target, connect_any, refuse_with, strip_hop_by_hop,
 };
 use super::{Approval, ApprovalRequest};
 
@@ -110,6 +110,7 @@ pub(super) fn intercept(
     addrs: Vec<SocketAddr>,
     reason: String,
     mut shutdown: watch::Receiver<()>,
+    slot: Option<ConnSlot>,
 ) -> Response<ProxyBody> {
     let host = target.host.as_match_str();
     let fail = |inner: &Inner, pending, why: String| {
@@ -143,6 +144,7 @@ pub(super) fn intercept(
         super::TargetHost::Ip(std::net::IpAddr::V6(_)) => target.authority.clone(),
         _ => authority,
     };
+    pending.disarm();
     let conn = Arc::new(Conn {
         inner,
         mitm,
@@ -156,6 +158,8 @@ pub(super) fn intercept(
         upstream: Mutex::new(None),
     });
     tokio::spawn(async move {
+        // The connection's slot of the open-connection limits lives as long as this does.
+        let _slot = slot;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => {
@@ -201,15 +205,27 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     let inner = &c.inner;
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
-    let mut pending = Pending {
-        time_ms: crate::now_ms(),
-        group: c.group.to_string(),
-        method: parts.method.to_string(),
-        host: c.host.clone(),
-        port: c.port,
-        path: Some(path.clone()),
-        secret: None,
-    };
+    let mut pending = Pending::new(&inner.audit, &c.group, parts.method.as_str());
+    pending.host = c.host.clone();
+    pending.port = c.port;
+    pending.path = Some(path.clone());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Some(why) = ambiguous_path(target) {
+        return refuse_with(
+            inner,
+            pending,
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            &format!(
+                "nanoclaw egress: the request path {target:?} has {why}, which could escape a \
+                 path-scoped grant; send the normalized path"
+            ),
+        );
+    }
     let injection = match inner.secrets.injection(&c.group, &c.host, &path).await {
         Ok(i) => i,
         Err(e) => {
@@ -247,7 +263,7 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
         Err(blocked) => return blocked.refuse(inner, pending),
     };
     strip_hop_by_hop(&mut headers);
-    let swapped = match swap_placeholders(&c, &mut headers).await {
+    let swapped = match swap_placeholders(&c, &mut headers, &path).await {
         Ok(s) => s,
         Err(e) => {
             return refuse_with(
@@ -304,6 +320,7 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;
+    pending.dispatched = true;
     match send(&c, upstream_req).await {
         Ok(resp) => {
             let (mut rparts, rbody) = resp.into_parts();
@@ -481,7 +498,11 @@ fn percent_encode(s: &str) -> String {
 /// Replaces each placeholder in a header value by its secret when the vault says it is bound
 /// to this host for this group; any other placeholder stays as it is (harmless text).
 /// Returns the names of the secrets swapped in (they count against rate limits).
-async fn swap_placeholders(c: &Conn, headers: &mut HeaderMap) -> Result<Vec<String>, String> {
+async fn swap_placeholders(
+    c: &Conn,
+    headers: &mut HeaderMap,
+    path: &str,
+) -> Result<Vec<String>, String> {
     let mut used = Vec::new();
     if !headers
         .values()
@@ -520,7 +541,7 @@ async fn swap_placeholders(c: &Conn, headers: &mut HeaderMap) -> Result<Vec<Stri
             match c
                 .inner
                 .secrets
-                .resolve_placeholder(&c.group, token, &c.host)
+                .resolve_placeholder(&c.group, token, &c.host, path)
                 .await?
             {
                 Some(real) => {
@@ -551,6 +572,51 @@ async fn swap_placeholders(c: &Conn, headers: &mut HeaderMap) -> Result<Vec<Stri
     }
     *headers = out;
     Ok(used)
+}
+
+/// What makes a request target's path ambiguous to a prefix match (and to servers that
+/// normalize it): `.`/`..` segments, raw or percent-encoded, encoded `/` or `\\`, or `\\`.
+fn ambiguous_path(target: &str) -> Option<&'static str> {
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    if path.contains('\\') {
+        return Some("a backslash");
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Some("an encoded slash or backslash");
+    }
+    let dotted = lower
+        .split('/')
+        .any(|seg| matches!(seg.replace("%2e", ".").as_str(), "." | ".."));
+    dotted.then_some("a dot segment")
+}
+
+/// `%xx` escapes (and `+`, as in forms) decoded; a bad escape stays as it is.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match (
+            s[i],
+            s.get(i + 1).copied().and_then(hex),
+            s.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(((h << 4) | l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -664,6 +730,30 @@ pub(super) async fn scan_request(
     let Some(guard) = inner.secrets.leak_guard().await.map_err(vault_err)? else {
         return Ok(Scanned::Stream(body));
     };
+    // A compressed body cannot be scanned (no decoder here): only hosts the group holds a
+    // grant for may receive one.
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
+    if encoded
+        && !body.is_end_stream()
+        && !inner
+            .secrets
+            .injects_for(group, host)
+            .await
+            .map_err(vault_err)?
+    {
+        return Err(Blocked {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            tag: "leak_guard",
+            message: format!(
+                "nanoclaw egress: request bodies to {host} are scanned for secrets and a \
+                 Content-Encoding other than identity cannot be; send it uncompressed"
+            ),
+        });
+    }
     let bytes = if body.is_end_stream() {
         Bytes::new()
     } else {
@@ -688,9 +778,17 @@ pub(super) async fn scan_request(
             }
         }
     };
+    // The URL is scanned as sent and percent-decoded (a secret split by `%xx` escapes).
+    let decoded = percent_decode(url.as_bytes());
     let mut found: Vec<usize> = guard
         .scan(url.as_bytes())
         .into_iter()
+        .chain(guard.scan(&decoded))
+        .chain(
+            headers
+                .keys()
+                .flat_map(|k| guard.scan(k.as_str().as_bytes())),
+        )
         .chain(headers.values().flat_map(|v| guard.scan(v.as_bytes())))
         .chain(guard.scan(&bytes))
         .map(|m| m.secret_index)
@@ -744,6 +842,30 @@ mod tests {
             "/v1/x?q=1&key=a%20b%26c"
         );
         assert_eq!(apply(&i, &mut h, "/v1/x"), "/v1/x?key=a%20b%26c");
+    }
+
+    #[test]
+    fn percent_escapes_are_decoded_for_the_leak_guard() {
+        assert_eq!(percent_decode(b"/x?k=sk%2Dab+c%zz%4"), b"/x?k=sk-ab c%zz%4");
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_slashes_are_ambiguous() {
+        for bad in [
+            "/v1/../admin",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E./admin",
+            "/v1/./x",
+            "/v1/..",
+            "/v1%2fadmin",
+            "/v1%5Cadmin",
+            "/v1\\admin",
+        ] {
+            assert!(ambiguous_path(bad).is_some(), "{bad}");
+        }
+        for good in ["/v1/x", "/v1/x.y", "/v1/..x", "/", "/v1?a=../b"] {
+            assert_eq!(ambiguous_path(good), None, "{good}");
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod policy;
 pub mod proxy;
 pub mod rate;
 pub mod resolve;
+mod sni;
 pub mod source;
 
 use std::sync::{Arc, Mutex};
@@ -157,12 +158,14 @@ pub trait EgressSecrets: Send + Sync {
         host: &str,
         path: &str,
     ) -> Result<Option<nanoclaw_vault::Injection>, String>;
-    /// The real value behind `placeholder`, only when it is bound to `host` for `group`.
+    /// The real value behind `placeholder`, only when it is bound to `host` and `path` (the
+    /// grant's path prefix) for `group`.
     async fn resolve_placeholder(
         &self,
         group: &str,
         placeholder: &str,
         host: &str,
+        path: &str,
     ) -> Result<Option<nanoclaw_vault::SecretString>, String>;
     /// Whether secret `name` is granted to `group` on `host` (then it may be sent there).
     async fn bound_to(&self, group: &str, name: &str, host: &str) -> Result<bool, String>;
@@ -267,6 +270,7 @@ impl EgressSecrets for NoSecrets {
         _group: &str,
         _placeholder: &str,
         _host: &str,
+        _path: &str,
     ) -> Result<Option<nanoclaw_vault::SecretString>, String> {
         Ok(None)
     }

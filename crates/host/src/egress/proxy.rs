@@ -43,8 +43,12 @@ pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send a request's headers within this.
 pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Open connections per sandbox; more are closed at once (a runaway tool, not a use case).
-const MAX_CONNECTIONS: usize = 512;
+/// Open connections (tunnels and intercepted connections included) per sandbox; more are
+/// refused with a 503 (a runaway tool, not a use case).
+pub const MAX_CONNECTIONS_PER_SANDBOX: usize = 256;
+/// Open connections across every sandbox's socket, so many sandboxes cannot exhaust the
+/// host's file descriptors together.
+pub const MAX_CONNECTIONS_TOTAL: usize = 2048;
 
 /// The header on every answer the proxy itself makes.
 pub const EGRESS_HEADER: &str = "x-nanoclaw-egress";
@@ -68,7 +72,24 @@ pub(super) struct Inner {
     pub(super) notifier: Arc<dyn ApprovalNotifier>,
     /// Injections per secret in the last minute.
     pub(super) limiter: RateLimiter,
+    /// Open connections across all sockets.
+    total_slots: Arc<Semaphore>,
+    total_limit: usize,
+    /// Open connections per socket (each socket makes its semaphore with this many).
+    per_sandbox: usize,
+    /// CONNECT ports whose tunnels must start with a TLS ClientHello naming the CONNECT host.
+    tls_ports: Vec<u16>,
 }
+
+/// What an open client connection holds: one slot of its sandbox's and of the global limit.
+/// It moves into a tunnel or intercepted connection, which outlive hyper's connection.
+pub(super) struct ConnSlot {
+    _sandbox: tokio::sync::OwnedSemaphorePermit,
+    _total: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The slot of the connection a request came on (taken by a CONNECT that upgrades).
+pub(super) type SharedSlot = Arc<std::sync::Mutex<Option<ConnSlot>>>;
 
 /// How the proxy intercepts TLS: the local CA it presents leaves from, and extra roots the
 /// upstream client trusts besides the system's (tests' own upstream CA; never from the
@@ -143,18 +164,44 @@ impl EgressProxy {
     /// The same proxy, telling `notifier` when a grant waits for the owner's approval (the
     /// default only logs it). Call before serving: sockets already served keep the old one.
     pub fn with_approval_notifier(self, notifier: Arc<dyn ApprovalNotifier>) -> EgressProxy {
+        self.rebuilt(|i| i.notifier = notifier)
+    }
+
+    /// The same proxy with other open-connection limits (defaults
+    /// [`MAX_CONNECTIONS_PER_SANDBOX`], [`MAX_CONNECTIONS_TOTAL`]). Call before serving.
+    pub fn with_connection_limits(self, per_sandbox: usize, total: usize) -> EgressProxy {
+        self.rebuilt(|i| {
+            i.per_sandbox = per_sandbox;
+            i.total_limit = total;
+            i.total_slots = Arc::new(Semaphore::new(total));
+        })
+    }
+
+    /// The same proxy checking the TLS ClientHello of tunnels to these ports (default: 443).
+    /// Call before serving.
+    pub fn with_tls_ports(self, ports: &[u16]) -> EgressProxy {
+        self.rebuilt(|i| i.tls_ports = ports.to_vec())
+    }
+
+    fn rebuilt(self, change: impl FnOnce(&mut Inner)) -> EgressProxy {
         let i = &self.inner;
+        let mut next = Inner {
+            policies: Arc::clone(&i.policies),
+            resolver: Arc::clone(&i.resolver),
+            audit: Arc::clone(&i.audit),
+            secrets: Arc::clone(&i.secrets),
+            client: i.client.clone(),
+            mitm: i.mitm.clone(),
+            notifier: Arc::clone(&i.notifier),
+            limiter: RateLimiter::default(),
+            total_slots: Arc::clone(&i.total_slots),
+            total_limit: i.total_limit,
+            per_sandbox: i.per_sandbox,
+            tls_ports: i.tls_ports.clone(),
+        };
+        change(&mut next);
         EgressProxy {
-            inner: Arc::new(Inner {
-                policies: Arc::clone(&i.policies),
-                resolver: Arc::clone(&i.resolver),
-                audit: Arc::clone(&i.audit),
-                secrets: Arc::clone(&i.secrets),
-                client: i.client.clone(),
-                mitm: i.mitm.clone(),
-                notifier,
-                limiter: RateLimiter::default(),
-            }),
+            inner: Arc::new(next),
         }
     }
 
@@ -199,6 +246,10 @@ impl EgressProxy {
                 mitm,
                 notifier: Arc::new(LogNotifier),
                 limiter: RateLimiter::default(),
+                total_slots: Arc::new(Semaphore::new(MAX_CONNECTIONS_TOTAL)),
+                total_limit: MAX_CONNECTIONS_TOTAL,
+                per_sandbox: MAX_CONNECTIONS_PER_SANDBOX,
+                tls_ports: vec![443],
             }),
         }
     }
@@ -235,7 +286,7 @@ async fn accept_loop(
     group: Arc<str>,
     shutdown: watch::Receiver<()>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(inner.per_sandbox));
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -245,18 +296,63 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(group = %group, "egress proxy: too many open connections; closing one");
+        let sandbox = Arc::clone(&slots).try_acquire_owned();
+        let total = Arc::clone(&inner.total_slots).try_acquire_owned();
+        let (Ok(sandbox), Ok(total)) = (sandbox, total) else {
+            let why = if slots.available_permits() == 0 {
+                format!(
+                    "group {group} has {} connections (tunnels included) open through the egress proxy, its limit; close some and retry",
+                    inner.per_sandbox
+                )
+            } else {
+                format!(
+                    "the egress proxy has {} connections open across all sandboxes, its limit; retry later",
+                    inner.total_limit
+                )
+            };
+            tracing::warn!(group = %group, "egress proxy: {why}");
+            tokio::spawn(refuse_busy(stream, why));
             continue;
+        };
+        let slot = ConnSlot {
+            _sandbox: sandbox,
+            _total: total,
         };
         tokio::spawn(serve_connection(
             stream,
             Arc::clone(&inner),
             Arc::clone(&group),
             shutdown.clone(),
-            permit,
+            Arc::new(std::sync::Mutex::new(Some(slot))),
         ));
     }
+}
+
+/// Answers a connection over the limits with a 503 (without reading its request) and
+/// closes it; bounded in time so refused connections do not pile up either.
+async fn refuse_busy(mut stream: UnixStream, why: String) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!("nanoclaw egress: {why}\n");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n{EGRESS_HEADER}: error\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        use tokio::io::AsyncReadExt;
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        // Closing with the request unread would reset the connection before the client
+        // reads the answer; drain a little of it.
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 async fn serve_connection(
@@ -264,16 +360,17 @@ async fn serve_connection(
     inner: Arc<Inner>,
     group: Arc<str>,
     mut shutdown: watch::Receiver<()>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    slot: SharedSlot,
 ) {
     let tunnel_shutdown = shutdown.clone();
     let service = hyper::service::service_fn(move |req| {
-        let (inner, group, sd) = (
+        let (inner, group, sd, slot) = (
             Arc::clone(&inner),
             Arc::clone(&group),
             tunnel_shutdown.clone(),
+            Arc::clone(&slot),
         );
-        async move { Ok::<_, Infallible>(handle(inner, group, req, sd).await) }
+        async move { Ok::<_, Infallible>(handle(inner, group, req, sd, slot).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -301,11 +398,47 @@ pub(super) struct Pending {
     pub(super) path: Option<String>,
     /// The secret injected (intercepted requests).
     pub(super) secret: Option<String>,
+    /// Whether the request was sent upstream (for the record of an aborted one).
+    pub(super) dispatched: bool,
+    /// Where a request dropped before its record was written (the client closed mid-way)
+    /// is still recorded; `None` once recorded.
+    audit: Option<Arc<dyn EgressAudit>>,
 }
 
 impl Pending {
+    pub(super) fn new(audit: &Arc<dyn EgressAudit>, group: &str, method: &str) -> Pending {
+        Pending {
+            time_ms: crate::now_ms(),
+            group: group.to_owned(),
+            method: method.to_owned(),
+            host: String::new(),
+            port: 0,
+            path: None,
+            secret: None,
+            dispatched: false,
+            audit: Some(Arc::clone(audit)),
+        }
+    }
+
+    /// No record for this one (an intercepted CONNECT: its requests are recorded each).
+    pub(super) fn disarm(mut self) {
+        self.audit = None;
+    }
+
     pub(super) fn finish(
-        self,
+        mut self,
+        status: u16,
+        bytes_up: u64,
+        bytes_down: u64,
+        decision: EgressDecision,
+        reason: String,
+    ) -> EgressRecord {
+        self.audit = None;
+        self.record(status, bytes_up, bytes_down, decision, reason)
+    }
+
+    fn record(
+        &mut self,
         status: u16,
         bytes_up: u64,
         bytes_down: u64,
@@ -314,18 +447,34 @@ impl Pending {
     ) -> EgressRecord {
         EgressRecord {
             time_ms: self.time_ms,
-            group: self.group,
-            method: self.method,
-            host: self.host,
+            group: std::mem::take(&mut self.group),
+            method: std::mem::take(&mut self.method),
+            host: std::mem::take(&mut self.host),
             port: self.port,
-            path: self.path,
+            path: self.path.take(),
             status,
             bytes_up,
             bytes_down,
             decision,
             reason,
-            secret: self.secret,
+            secret: self.secret.take(),
         }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(audit) = self.audit.take() else {
+            return;
+        };
+        let decision = if self.dispatched {
+            EgressDecision::Allowed
+        } else {
+            self.secret = None;
+            EgressDecision::Denied
+        };
+        let record = self.record(0, 0, 0, decision, "aborted: client closed".into());
+        audit.record(record);
     }
 }
 
@@ -334,17 +483,10 @@ async fn handle(
     group: Arc<str>,
     req: Request<Incoming>,
     shutdown: watch::Receiver<()>,
+    slot: SharedSlot,
 ) -> Response<ProxyBody> {
     let connect = req.method() == Method::CONNECT;
-    let mut pending = Pending {
-        time_ms: crate::now_ms(),
-        group: group.to_string(),
-        method: req.method().to_string(),
-        host: String::new(),
-        port: 0,
-        path: None,
-        secret: None,
-    };
+    let mut pending = Pending::new(&inner.audit, &group, req.method().as_str());
     let target = match target_of(&req) {
         Ok(t) => t,
         Err(refusal) => {
@@ -380,8 +522,9 @@ async fn handle(
             .await
         {
             Ok(true) => {
+                let slot = slot.lock().ok().and_then(|mut s| s.take());
                 return super::mitm::intercept(
-                    inner, mitm, group, req, pending, target, addrs, reason, shutdown,
+                    inner, mitm, group, req, pending, target, addrs, reason, shutdown, slot,
                 );
             }
             Ok(false) => {}
@@ -392,7 +535,14 @@ async fn handle(
         }
     }
     if connect {
-        tunnel(inner, req, pending, addrs, reason, shutdown).await
+        let slot = slot.lock().ok().and_then(|mut s| s.take());
+        let tls = inner.tls_ports.contains(&target.port).then(|| {
+            (
+                target.host.as_match_str(),
+                matches!(target.host, TargetHost::Ip(_)),
+            )
+        });
+        tunnel(inner, req, pending, addrs, reason, shutdown, slot, tls).await
     } else {
         forward(inner, req, pending, &target, addrs, reason).await
     }
@@ -558,13 +708,18 @@ pub(super) async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     Err(last)
 }
 
+/// Splices a CONNECT. On a TLS port the client's ClientHello is read first and must name
+/// the CONNECT host (`tls`: that host, and whether it is an IP address).
+#[allow(clippy::too_many_arguments)]
 async fn tunnel(
     inner: Arc<Inner>,
     req: Request<Incoming>,
-    pending: Pending,
+    mut pending: Pending,
     addrs: Vec<SocketAddr>,
     reason: String,
     mut shutdown: watch::Receiver<()>,
+    slot: Option<ConnSlot>,
+    tls: Option<(String, bool)>,
 ) -> Response<ProxyBody> {
     let mut upstream = match connect_any(&addrs).await {
         Ok(s) => s,
@@ -577,14 +732,42 @@ async fn tunnel(
         }
     };
     let _ = upstream.set_nodelay(true);
+    // From here the tunnel itself records the outcome.
+    pending.dispatched = true;
     tokio::spawn(async move {
+        let _slot = slot;
         let (mut up, mut down) = (0u64, 0u64);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
+                if let Some((host, is_ip)) = tls {
+                    let checked = tokio::select! {
+                        r = super::sni::check_client_hello(&mut client, &host, is_ip) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    let hello = match checked {
+                        Ok(h) => h,
+                        Err(refusal) => {
+                            tracing::warn!(group = %pending.group, host = %host, reason = refusal.tag(), "egress tunnel refused after its ClientHello");
+                            inner.audit.record(pending.finish(
+                                403,
+                                0,
+                                0,
+                                EgressDecision::Denied,
+                                format!("{}: {}", refusal.tag(), refusal.message(&host)),
+                            ));
+                            return;
+                        }
+                    };
+                    use tokio::io::AsyncWriteExt;
+                    if let Err(e) = upstream.write_all(&hello).await {
+                        tracing::debug!(error = %e, "egress tunnel: the upstream closed");
+                    }
+                    up = hello.len() as u64;
+                }
                 tokio::select! {
                     res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
-                        Ok((u, d)) => (up, down) = (u, d),
+                        Ok((u, d)) => (up, down) = (up + u, d),
                         Err(e) => tracing::debug!(error = %e, "egress tunnel ended with an error"),
                     },
                     _ = shutdown.changed() => {}
@@ -643,7 +826,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 async fn forward(
     inner: Arc<Inner>,
     req: Request<Incoming>,
-    pending: Pending,
+    mut pending: Pending,
     target: &Target,
     addrs: Vec<SocketAddr>,
     reason: String,
@@ -710,6 +893,7 @@ async fn forward(
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers.clone();
+        pending.dispatched = true;
         match inner.client.request(upstream_req).await {
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();

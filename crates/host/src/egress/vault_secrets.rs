@@ -61,9 +61,10 @@ impl EgressSecrets for VaultSecrets {
         group: &str,
         placeholder: &str,
         host: &str,
+        path: &str,
     ) -> Result<Option<SecretString>, String> {
         self.vault
-            .resolve_placeholder(group, placeholder, host)
+            .resolve_placeholder(group, placeholder, host, path)
             .await
             .map_err(err)
     }
