@@ -88,7 +88,7 @@ impl Drop for Bridge {
     }
 }
 
-async fn accept_loop(listener: TcpListener, route: Arc<RelayRoute>) {
+pub(crate) async fn accept_loop(listener: TcpListener, route: Arc<RelayRoute>) {
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
@@ -97,7 +97,7 @@ async fn accept_loop(listener: TcpListener, route: Arc<RelayRoute>) {
             }
             Err(e) => {
                 // Transient (e.g. out of file descriptors): back off briefly and go on.
-                tracing::warn!(error = %e, "model bridge accept failed");
+                tracing::warn!(error = %e, relay = %route, "bridge accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -105,10 +105,10 @@ async fn accept_loop(listener: TcpListener, route: Arc<RelayRoute>) {
 }
 
 async fn forward(mut tcp: TcpStream, route: &RelayRoute) {
-    // Streamed model output is many small writes; with Nagle's algorithm on, each one can
-    // wait ~40 ms for the client's delayed ACK.
+    // Streamed model output and interactive tunnels are many small writes; with Nagle's
+    // algorithm on, each one can wait ~40 ms for the client's delayed ACK.
     if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not disable Nagle on the model bridge");
+        tracing::debug!(error = %e, "could not disable Nagle on the bridge");
     }
     let result = match route {
         RelayRoute::Unix(socket) => match connect_unix(socket).await {

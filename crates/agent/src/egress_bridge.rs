@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// Where the host's egress proxy socket is, inside the sandbox.
@@ -121,7 +121,11 @@ impl PreparedEgress {
     pub fn start(self) -> io::Result<EgressBridge> {
         let listener = TcpListener::from_std(self.listener)?;
         tracing::debug!(addr = %self.addr, socket = %self.socket.display(), "egress bridge listening");
-        let task = tokio::spawn(accept_loop(listener, Arc::from(self.socket)));
+        // The same byte-for-byte loopback → Unix socket bridge as the model's.
+        let task = tokio::spawn(crate::bridge::accept_loop(
+            listener,
+            Arc::new(crate::bridge::RelayRoute::Unix(self.socket)),
+        ));
         Ok(EgressBridge {
             addr: self.addr,
             task,
@@ -156,45 +160,11 @@ impl Drop for EgressBridge {
     }
 }
 
-async fn accept_loop(listener: TcpListener, socket: Arc<Path>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, _)) => {
-                let socket = Arc::clone(&socket);
-                tokio::spawn(async move { forward(tcp, &socket).await });
-            }
-            Err(e) => {
-                // Transient (e.g. out of file descriptors): back off briefly and go on.
-                tracing::warn!(error = %e, "egress bridge accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn forward(mut tcp: TcpStream, socket: &Path) {
-    // Interactive protocols inside tunnels (git, ssh-like) are many small writes.
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not disable Nagle on the egress bridge");
-    }
-    let mut unix = match UnixStream::connect(socket).await {
-        Ok(s) => s,
-        Err(e) => {
-            // Dropping the TCP connection makes the client report a proxy connect error.
-            tracing::warn!(error = %e, socket = %socket.display(), "cannot connect to the host egress proxy");
-            return;
-        }
-    };
-    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await {
-        tracing::debug!(error = %e, "egress bridge connection ended with an error");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::UnixListener;
+    use tokio::net::{TcpStream, UnixListener};
 
     #[tokio::test]
     async fn bytes_flow_both_ways_to_the_host_socket() {
