@@ -1092,7 +1092,8 @@ async fn delivery_loop(inner: Arc<Inner>) {
     loop {
         let notified = inner.delivery_wake.notified();
         let mut retry_soon = false;
-        // Built per pass from the live secret versions, so a rotation is covered at once.
+        // Checked per pass against the live secret versions (the vault rebuilds it only when
+        // they changed), so a rotation is covered at once.
         let guard = match &inner.vault {
             Some(vault) => match vault.leak_guard().await {
                 Ok(guard) => Some(guard),

@@ -31,7 +31,13 @@ pub struct Vault {
 struct Inner {
     store: Store,
     key: MasterKey,
+    /// The last leak guard built, with the versions it covers (name, version, nonce): the
+    /// chat delivery and the egress proxy both scan with it, and it is rebuilt only when a
+    /// secret is set, rotated or removed, not on every pass.
+    guard: std::sync::Mutex<Option<(GuardFingerprint, std::sync::Arc<LeakGuard>)>>,
 }
+
+type GuardFingerprint = Vec<(String, i64, Vec<u8>)>;
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,7 +130,11 @@ impl Vault {
             }
         }
         Ok(Vault {
-            inner: Arc::new(Inner { store, key }),
+            inner: Arc::new(Inner {
+                store,
+                key,
+                guard: std::sync::Mutex::new(None),
+            }),
         })
     }
 
@@ -428,9 +438,28 @@ impl Vault {
         Ok(out)
     }
 
-    /// A leak guard over [`Vault::live_values`].
-    pub async fn leak_guard(&self) -> Result<LeakGuard, VaultError> {
-        Ok(LeakGuard::new(&self.live_values().await?))
+    /// A leak guard over [`Vault::live_values`]. Cached: the versions are listed (no
+    /// decryption) on every call, and the guard rebuilt only when they changed, so a
+    /// rotation is covered by the very next scan.
+    pub async fn leak_guard(&self) -> Result<std::sync::Arc<LeakGuard>, VaultError> {
+        let fingerprint: GuardFingerprint = self
+            .store()
+            .vault_versions(None)
+            .await?
+            .into_iter()
+            .map(|v| (v.name, v.version, v.nonce))
+            .collect();
+        if let Ok(cached) = self.inner.guard.lock()
+            && let Some((fp, guard)) = cached.as_ref()
+            && *fp == fingerprint
+        {
+            return Ok(std::sync::Arc::clone(guard));
+        }
+        let guard = std::sync::Arc::new(LeakGuard::new(&self.live_values().await?));
+        if let Ok(mut cached) = self.inner.guard.lock() {
+            *cached = Some((fingerprint, std::sync::Arc::clone(&guard)));
+        }
+        Ok(guard)
     }
 }
 

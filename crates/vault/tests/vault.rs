@@ -426,6 +426,22 @@ async fn the_leak_guard_from_the_vault_sees_every_live_version() {
 }
 
 #[tokio::test]
+async fn the_cached_leak_guard_follows_every_rotation() {
+    let (v, _, _) = vault().await;
+    v.set("github", s("ghp_firstvalue12345")).await.unwrap();
+    let before = v.leak_guard().await.unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &before,
+        &v.leak_guard().await.unwrap()
+    ));
+    assert!(before.scan(b"ghp_secondvalue6789").is_empty());
+    v.rotate("github", s("ghp_secondvalue6789")).await.unwrap();
+    let after = v.leak_guard().await.unwrap();
+    assert_eq!(after.scan(b"x ghp_secondvalue6789 y").len(), 1);
+    assert_eq!(after.scan(b"x ghp_firstvalue12345 y").len(), 1);
+}
+
+#[tokio::test]
 async fn the_key_file_is_created_0600_once_and_reused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

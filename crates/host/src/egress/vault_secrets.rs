@@ -1,8 +1,7 @@
-//! [`EgressSecrets`] backed by the vault. Nothing decrypted is cached except the leak guard,
-//! which is rebuilt whenever the set of stored secret versions changes (checked on every
-//! call, without decrypting), so a rotation applies to the very next request.
+//! [`EgressSecrets`] backed by the vault. Nothing decrypted is cached here; the vault keeps
+//! the leak guard, rebuilt whenever the set of stored secret versions changes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use nanoclaw_vault::{Injection, LeakGuard, SecretString, Vault, host_matches, normalize_host};
@@ -10,20 +9,13 @@ use nanoclaw_vault::{Injection, LeakGuard, SecretString, Vault, host_matches, no
 use super::{Approval, EgressSecrets};
 use nanoclaw_store::ApprovalState;
 
-/// What identifies the set of live secret versions: name, version and nonce of each.
-type Fingerprint = Vec<(String, i64, Vec<u8>)>;
-
 pub struct VaultSecrets {
     vault: Vault,
-    guard: Mutex<Option<(Fingerprint, Arc<LeakGuard>)>>,
 }
 
 impl VaultSecrets {
     pub fn new(vault: Vault) -> VaultSecrets {
-        VaultSecrets {
-            vault,
-            guard: Mutex::new(None),
-        }
+        VaultSecrets { vault }
     }
 }
 
@@ -83,24 +75,8 @@ impl EgressSecrets for VaultSecrets {
     }
 
     async fn leak_guard(&self) -> Result<Option<Arc<LeakGuard>>, String> {
-        let versions = self.vault.store().vault_versions(None).await.map_err(err)?;
-        if versions.is_empty() {
-            return Ok(None);
-        }
-        let fingerprint: Fingerprint = versions
-            .into_iter()
-            .map(|v| (v.name, v.version, v.nonce))
-            .collect();
-        if let Ok(cached) = self.guard.lock()
-            && let Some((fp, guard)) = cached.as_ref()
-            && *fp == fingerprint
-        {
-            return Ok((!guard.is_empty()).then(|| Arc::clone(guard)));
-        }
-        let guard = Arc::new(self.vault.leak_guard().await.map_err(err)?);
-        if let Ok(mut cached) = self.guard.lock() {
-            *cached = Some((fingerprint, Arc::clone(&guard)));
-        }
+        // The vault caches the guard per set of secret versions.
+        let guard = self.vault.leak_guard().await.map_err(err)?;
         Ok((!guard.is_empty()).then_some(guard))
     }
 
