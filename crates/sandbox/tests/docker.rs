@@ -4,10 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::sync::Once;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -18,34 +15,15 @@ use nanoclaw_sandbox::docker::{
     CONTAINER_PREFIX, DockerConfig, LABEL_HOST, LABEL_IMAGE_VERSION, LABEL_MANAGED, LABEL_SANDBOX,
 };
 use nanoclaw_sandbox::{
-    AGENT_BINARY_PATH, DockerRuntime, Limits, Mount, Runtime, SandboxError, SandboxProcess,
-    SandboxSpec,
+    AGENT_BINARY_PATH, DockerRuntime, Limits, Runtime, SandboxError, SandboxProcess, SandboxSpec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+use common::*;
+
 const IMAGE: &str = "nanoclaw-test-busybox:latest";
-const SECRET: &str = "s3cr3t-host-value-5b1f";
-const FAKE_KEY: &str = "sk-ant-fake-key-do-not-leak-9c2e";
-
-static HOST_ENV: Once = Once::new();
 static IMPORT: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
-
-/// Puts secrets into the test process's environment, which the sandbox must not see.
-fn set_host_secrets() {
-    HOST_ENV.call_once(|| {
-        // SAFETY: set once, before this test's sandboxes start; no test reads these
-        // variables through libc concurrently.
-        unsafe {
-            std::env::set_var("NANOCLAW_TEST_SECRET", SECRET);
-            std::env::set_var("ANTHROPIC_API_KEY", FAKE_KEY);
-        }
-    });
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn host_id() -> String {
     format!("test-{}", std::process::id())
@@ -114,92 +92,6 @@ async fn ensure_image(docker: &Docker) {
     *done = true;
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let agent = dir.path().join("agent");
-        std::fs::write(&agent, "#!/bin/sh\neval \"$1\"\n").expect("write agent");
-        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        for sub in ["work", "ro", "outside"] {
-            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
-        }
-        std::fs::write(dir.path().join("ro/readme.txt"), "read only data\n").expect("write ro");
-        std::fs::write(dir.path().join("outside/secret-marker-7f3a.txt"), SECRET)
-            .expect("write outside");
-        Self { dir }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    fn spec(&self, name: &str, command: &str) -> SandboxSpec {
-        SandboxSpec {
-            name: format!("test-{name}-{}", std::process::id()),
-            agent_binary: self.path("agent"),
-            args: vec![command.to_string()],
-            mounts: vec![
-                Mount {
-                    host_path: self.path("work"),
-                    sandbox_path: "/workspace".into(),
-                    writable: true,
-                },
-                Mount {
-                    host_path: self.path("ro"),
-                    sandbox_path: "/workspace/ro".into(),
-                    writable: false,
-                },
-            ],
-            env: BTreeMap::from([
-                ("PATH".to_string(), "/bin".to_string()),
-                ("HOME".to_string(), "/workspace".to_string()),
-                ("NANOCLAW_GROUP".to_string(), "g1".to_string()),
-            ]),
-            workdir: "/workspace".into(),
-            limits: Limits::default(),
-        }
-    }
-}
-
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn finish(process: SandboxProcess) -> Output {
-    let SandboxProcess {
-        stdin,
-        mut stdout,
-        mut stderr,
-        mut control,
-    } = process;
-    drop(stdin);
-    let collected = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut out = String::new();
-        let mut err = String::new();
-        let (a, b) = tokio::join!(
-            stdout.read_to_string(&mut out),
-            stderr.read_to_string(&mut err)
-        );
-        a.expect("read stdout");
-        b.expect("read stderr");
-        let status = control.wait().await;
-        (status, out, err)
-    })
-    .await
-    .expect("sandbox did not finish within 60 s");
-    Output {
-        code: collected.0,
-        stdout: collected.1,
-        stderr: collected.2,
-    }
-}
-
 async fn run_spec(runtime: &DockerRuntime, spec: &SandboxSpec) -> Output {
     let process = runtime.spawn(spec).await.expect("spawn sandbox");
     finish(process).await
@@ -252,7 +144,7 @@ async fn probe_names_the_build_command_when_the_image_is_missing() {
         }
         other => panic!("expected Unavailable, got {:?}", other.err()),
     }
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     match runtime.spawn(&fixture.spec("noimage", "true")).await {
         Err(error @ SandboxError::Unavailable { .. }) => {
             assert!(
@@ -336,7 +228,7 @@ async fn an_engine_gone_mid_spawn_is_unavailable() {
     let mut config = config(IMAGE, host_id());
     config.socket = Some(socket);
     let runtime = DockerRuntime::connect(config).await.expect("ping answered");
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     match runtime.spawn(&fixture.spec("gone", "true")).await {
         Err(error @ SandboxError::Unavailable { .. }) => {
             let message = error.to_string();
@@ -367,7 +259,7 @@ async fn stdio_is_piped_to_the_agent() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let process = runtime
         .spawn(&fixture.spec(
             "stdio",
@@ -402,7 +294,7 @@ async fn closing_stdin_gives_the_agent_eof() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let mut process = runtime
         .spawn(&fixture.spec("eof", "cat; echo done"))
         .await
@@ -419,7 +311,7 @@ async fn runs_as_an_unprivileged_user_without_capabilities() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let out = run_spec(
         &runtime,
         &fixture.spec(
@@ -449,7 +341,7 @@ async fn filesystem_write_permissions() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let command = format!(
         "touch /rootfile 2>/dev/null && echo root-writable; \
          touch /bin/x 2>/dev/null && echo bin-writable; \
@@ -488,7 +380,7 @@ async fn only_loopback_and_no_route_out() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let out = run_spec(
         &runtime,
         &fixture.spec(
@@ -520,7 +412,7 @@ async fn host_environment_does_not_leak() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let out = run_spec(
         &runtime,
         &fixture.spec(
@@ -560,7 +452,7 @@ async fn limits_are_applied() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let mut spec = fixture.spec(
         "limits",
         "cat /proc/self/limits; \
@@ -608,7 +500,7 @@ async fn process_limit_stops_a_fork_loop() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let mut spec = fixture.spec(
         "pids",
         "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done; echo started",
@@ -629,7 +521,7 @@ async fn labels_while_running_and_kill_removes_the_container() {
         return;
     };
     let docker = engine(&runtime);
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let spec = fixture.spec("kill", "echo up; sleep 30");
     let container = format!("{CONTAINER_PREFIX}{}", spec.name);
     let mut process = runtime.spawn(&spec).await.expect("spawn");
@@ -666,7 +558,7 @@ async fn dropping_the_process_removes_the_container() {
         return;
     };
     let docker = engine(&runtime);
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let spec = fixture.spec("drop", "echo up; sleep 30");
     let container = format!("{CONTAINER_PREFIX}{}", spec.name);
     let mut process = runtime.spawn(&spec).await.expect("spawn");
@@ -684,7 +576,7 @@ async fn remove_orphans_removes_only_unkept_containers_of_this_host() {
         return;
     };
     let docker = engine(&runtime);
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let kept_spec = fixture.spec("kept", "echo up; sleep 30");
     let kept_container = format!("{CONTAINER_PREFIX}{}", kept_spec.name);
     let mut kept = runtime.spawn(&kept_spec).await.expect("spawn kept");
@@ -751,7 +643,7 @@ async fn invalid_specs_are_rejected_before_starting() {
         return;
     };
     let docker = engine(&runtime);
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/bin");
     let mut relative = fixture.spec("bad", "true");
     relative.mounts[0].sandbox_path = "workspace".into();
     let mut missing = fixture.spec("bad", "true");

@@ -3,136 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 use std::time::Duration;
 
 use nanoclaw_sandbox::{
-    AGENT_BINARY_PATH, Limits, Mount, NativeRuntime, Runtime, SandboxError, SandboxProcess,
-    SandboxSpec,
+    AGENT_BINARY_PATH, Limits, NativeRuntime, Runtime, SandboxError, SandboxProcess, SandboxSpec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SECRET: &str = "s3cr3t-host-value-5b1f";
-const FAKE_KEY: &str = "sk-ant-fake-key-do-not-leak-9c2e";
-
-static HOST_ENV: Once = Once::new();
-
-/// Puts secrets into the test process's environment, which the sandbox must not see.
-fn set_host_secrets() {
-    HOST_ENV.call_once(|| {
-        // SAFETY: set once, before this test's sandboxes start; no test reads these
-        // variables through libc concurrently.
-        unsafe {
-            std::env::set_var("NANOCLAW_TEST_SECRET", SECRET);
-            std::env::set_var("ANTHROPIC_API_KEY", FAKE_KEY);
-        }
-    });
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let agent = dir.path().join("agent");
-        std::fs::write(&agent, "#!/bin/sh\neval \"$1\"\n").expect("write agent");
-        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        for sub in ["work", "ro", "outside"] {
-            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
-        }
-        std::fs::write(dir.path().join("ro/readme.txt"), "read only data\n").expect("write ro");
-        std::fs::write(dir.path().join("outside/secret-marker-7f3a.txt"), SECRET)
-            .expect("write outside");
-        // World-accessible so a non-root bwrap can bind them.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod dir");
-        std::fs::set_permissions(
-            dir.path().join("work"),
-            std::fs::Permissions::from_mode(0o777),
-        )
-        .expect("chmod work");
-        Self { dir }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    fn spec(&self, name: &str, command: &str) -> SandboxSpec {
-        SandboxSpec {
-            name: format!("test-{name}-{}", std::process::id()),
-            agent_binary: self.path("agent"),
-            args: vec![command.to_string()],
-            mounts: vec![
-                Mount {
-                    host_path: self.path("work"),
-                    sandbox_path: "/workspace".into(),
-                    writable: true,
-                },
-                Mount {
-                    host_path: self.path("ro"),
-                    sandbox_path: "/workspace/ro".into(),
-                    writable: false,
-                },
-            ],
-            env: BTreeMap::from([
-                ("PATH".to_string(), "/usr/bin:/bin".to_string()),
-                ("HOME".to_string(), "/workspace".to_string()),
-                ("NANOCLAW_GROUP".to_string(), "g1".to_string()),
-            ]),
-            workdir: "/workspace".into(),
-            limits: Limits::default(),
-        }
-    }
-}
+mod common;
+use common::*;
 
 fn runtime() -> NativeRuntime {
     NativeRuntime::detect().expect("bwrap is installed on this machine")
-}
-
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn finish(process: SandboxProcess) -> Output {
-    let SandboxProcess {
-        stdin,
-        mut stdout,
-        mut stderr,
-        mut control,
-    } = process;
-    drop(stdin);
-    let collected = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut out = String::new();
-        let mut err = String::new();
-        let (a, b) = tokio::join!(
-            stdout.read_to_string(&mut out),
-            stderr.read_to_string(&mut err)
-        );
-        a.expect("read stdout");
-        b.expect("read stderr");
-        let status = control.wait().await;
-        (status, out, err)
-    })
-    .await
-    .expect("sandbox did not finish within 60 s");
-    Output {
-        code: collected.0,
-        stdout: collected.1,
-        stderr: collected.2,
-    }
 }
 
 async fn run_spec(spec: &SandboxSpec) -> Output {
@@ -153,7 +36,7 @@ async fn probe_succeeds_here() {
 
 #[tokio::test]
 async fn runs_as_unprivileged_agent_user() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let out = run(
         &fixture,
         "uid",
@@ -172,7 +55,7 @@ async fn runs_as_unprivileged_agent_user() {
 
 #[tokio::test]
 async fn only_loopback_and_no_route_out() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let out = run(
         &fixture,
         "net",
@@ -196,7 +79,7 @@ async fn only_loopback_and_no_route_out() {
 
 #[tokio::test]
 async fn host_files_outside_mounts_are_invisible() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let outside = fixture.path("outside/secret-marker-7f3a.txt");
     let command = format!(
         "cat {} 2>&1; echo cat=$?; \
@@ -232,7 +115,7 @@ async fn host_files_outside_mounts_are_invisible() {
 #[tokio::test]
 async fn host_environment_does_not_leak() {
     set_host_secrets();
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let out = run(
         &fixture,
         "env",
@@ -267,7 +150,7 @@ async fn host_environment_does_not_leak() {
 
 #[tokio::test]
 async fn filesystem_write_permissions() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let command = format!(
         "touch /rootfile 2>/dev/null && echo root-writable; \
          touch /usr/x 2>/dev/null && echo usr-writable; \
@@ -300,7 +183,7 @@ async fn filesystem_write_permissions() {
 
 #[tokio::test]
 async fn pid_namespace_shows_only_the_sandbox() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let out = run(
         &fixture,
         "pid",
@@ -322,7 +205,7 @@ async fn pid_namespace_shows_only_the_sandbox() {
 
 #[tokio::test]
 async fn no_stray_fds_reach_the_agent() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     // `exec` so the listing is of a process that got exactly what the sandbox hands
     // down: a shell's own pipeline and saved-redirection fds would show up otherwise.
     let out = run(&fixture, "fds", "exec ls -l /proc/self/fd").await;
@@ -343,7 +226,7 @@ async fn no_stray_fds_reach_the_agent() {
 
 #[tokio::test]
 async fn limits_are_applied() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let mut spec = fixture.spec(
         "limits",
         "cat /proc/self/limits; echo nofile=$(ulimit -n); bash -c 'echo nproc=$(ulimit -u); echo as=$(ulimit -v)'; \
@@ -404,7 +287,7 @@ async fn process_limit_is_enforced_by_cgroup_when_root() {
         eprintln!("skipped: needs root and a pids cgroup");
         return;
     }
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let mut spec = fixture.spec(
         "pids",
         "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done; echo started",
@@ -438,7 +321,7 @@ async fn process_limit_is_enforced_by_cgroup_when_root() {
 
 #[tokio::test]
 async fn stdio_is_piped_to_the_agent() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let process = runtime()
         .spawn(&fixture.spec("stdio", "read line; echo \"got:$line\"; echo err >&2"))
         .await
@@ -467,7 +350,7 @@ async fn stdio_is_piped_to_the_agent() {
 
 #[tokio::test]
 async fn kill_stops_the_sandbox() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let marker = format!("sleep 3{}.5", std::process::id() % 1000);
     let process = runtime()
         .spawn(&fixture.spec("kill", &format!("echo up; {marker}")))
@@ -518,7 +401,7 @@ async fn die_with_parent_helper() {
     let Ok(command) = std::env::var(HELPER_ENV) else {
         return;
     };
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let mut process = runtime()
         .spawn(&fixture.spec("orphan", &format!("echo up; {command}")))
         .await
@@ -573,7 +456,7 @@ async fn dies_with_its_parent() {
 
 #[tokio::test]
 async fn invalid_specs_are_rejected_before_starting() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new("/usr/bin:/bin");
     let runtime = runtime();
     let mut relative = fixture.spec("bad", "true");
     relative.mounts[0].sandbox_path = "workspace".into();
