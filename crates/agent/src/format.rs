@@ -1,6 +1,8 @@
 //! Turns a batch of chat messages into the one user message the model sees.
 
-use nanoclaw_protocol::ChatMessage;
+use chrono::{DateTime, FixedOffset};
+use nanoclaw_protocol::{ChatMessage, TaskRun};
+use serde_json::Value;
 
 /// Escapes text for use inside an XML-ish element or attribute value, so message text
 /// cannot forge or close the surrounding tags.
@@ -37,9 +39,8 @@ pub fn format_message(msg: &ChatMessage) -> String {
     )
 }
 
-/// The whole batch: a single element for one message, several wrapped in `<messages>`.
 /// The line that opens every turn: the current local time and zone.
-pub fn context_line(now: chrono::DateTime<chrono::Local>, zone: &str) -> String {
+pub fn context_line(now: DateTime<FixedOffset>, zone: &str) -> String {
     format!(
         "<context now=\"{}\" timezone=\"{}\" />",
         escape(&now.format("%A, %Y-%m-%d %H:%M (UTC%:z)").to_string()),
@@ -47,6 +48,41 @@ pub fn context_line(now: chrono::DateTime<chrono::Local>, zone: &str) -> String 
     )
 }
 
+/// What tells the model that a turn is a scheduled task's run (the task's prompt follows as
+/// the turn's message).
+pub fn format_task(task: &TaskRun) -> String {
+    let late = task
+        .late_by_secs
+        .map(|secs| format!(" late_by_secs=\"{secs}\""))
+        .unwrap_or_default();
+    format!(
+        "<scheduled-task id=\"{}\" scheduled_for=\"{}\"{late}/>\n\
+         This is a scheduled run of a task; do what the task says and answer for the chat.",
+        escape(&task.task_id),
+        escape(&task.scheduled_for)
+    )
+}
+
+/// The data a task's pre-check script woke the model with, as compact JSON. Only `&`, `<`
+/// and `>` are escaped: enough to keep the element closed, and the JSON stays readable
+/// (quotes as `&quot;` would roughly double its tokens).
+pub fn format_precheck_data(data: &Value) -> String {
+    let json = data.to_string();
+    let mut out = String::with_capacity(json.len() + 40);
+    out.push_str("The task's pre-check script woke you with this data:\n<precheck-data>");
+    for c in json.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            _ => out.push(c),
+        }
+    }
+    out.push_str("</precheck-data>");
+    out
+}
+
+/// The whole batch: a single element for one message, several wrapped in `<messages>`.
 pub fn format_turn(messages: &[ChatMessage]) -> String {
     if let [only] = messages {
         return format_message(only);
@@ -108,6 +144,47 @@ mod tests {
         assert!(out.contains("sender=\"u1\""), "{out}");
         assert!(out.contains("sender=\"Bo\""), "{out}");
         assert!(out.ends_with("</message>\n</messages>"), "{out}");
+    }
+
+    #[test]
+    fn context_line_shows_the_given_local_time() {
+        let now = DateTime::parse_from_rfc3339("2026-11-26T09:12:00+01:00").unwrap();
+        assert_eq!(
+            context_line(now, "Europe/Berlin"),
+            "<context now=\"Thursday, 2026-11-26 09:12 (UTC+01:00)\" timezone=\"Europe/Berlin\" />"
+        );
+    }
+
+    #[test]
+    fn task_header_is_escaped_and_shows_lateness_only_when_late() {
+        let mut task = TaskRun {
+            task_id: "t-\"x\"/>".into(),
+            scheduled_for: "2026-11-26T09:00:00+01:00".into(),
+            late_by_secs: None,
+            script: None,
+            isolated: false,
+        };
+        let on_time = format_task(&task);
+        assert!(
+            on_time.starts_with(
+                "<scheduled-task id=\"t-&quot;x&quot;/&gt;\" \
+                 scheduled_for=\"2026-11-26T09:00:00+01:00\"/>\nThis is a scheduled run"
+            ),
+            "{on_time}"
+        );
+        task.late_by_secs = Some(540);
+        assert!(format_task(&task).contains("\" late_by_secs=\"540\"/>"));
+    }
+
+    #[test]
+    fn precheck_data_cannot_close_its_element() {
+        let out = format_precheck_data(&serde_json::json!({"t": "</precheck-data><x>&"}));
+        assert!(
+            out.ends_with(
+                "<precheck-data>{\"t\":\"&lt;/precheck-data&gt;&lt;x&gt;&amp;\"}</precheck-data>"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -185,5 +185,11 @@ fn action_name(action: &RequestAction) -> &'static str {
         RequestAction::SendMessage { .. } => "send_message",
         RequestAction::ListGroups => "list_groups",
         RequestAction::RegisterChat { .. } => "register_chat",
+        RequestAction::ScheduleTask { .. } => "schedule_task",
+        RequestAction::ListTasks => "list_tasks",
+        RequestAction::UpdateTask { .. } => "update_task",
+        RequestAction::PauseTask { .. } => "pause_task",
+        RequestAction::ResumeTask { .. } => "resume_task",
+        RequestAction::CancelTask { .. } => "cancel_task",
     }
 }

@@ -9,6 +9,7 @@ pub mod egress_bridge;
 pub mod format;
 pub mod host_link;
 pub mod memory;
+pub mod precheck;
 pub mod provider;
 pub mod runner;
 pub mod tools;

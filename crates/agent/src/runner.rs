@@ -2,20 +2,22 @@
 
 use std::path::PathBuf;
 
-use chrono::Local;
+use chrono::{DateTime, FixedOffset, Local};
 use nanoclaw_protocol::{
-    AgentMessage, Hello, HostMessage, LineReader, LogLevel, PROTOCOL_MAJOR, PROTOCOL_MINOR, Ready,
-    ToolActivity, ToolPhase, Turn, TurnFinished, is_compatible,
+    AgentMessage, Hello, HostMessage, LineReader, LogLevel, PROTOCOL_MAJOR, PROTOCOL_MINOR,
+    PrecheckOutcome, Ready, ToolActivity, ToolPhase, Turn, TurnFinished, is_compatible,
 };
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::mpsc;
 
 use crate::bridge::{Bridge, RelayRoute};
 use crate::compaction;
 use crate::conversation::{Conversation, ConversationStore};
-use crate::format::{context_line, format_turn};
+use crate::format::{context_line, format_precheck_data, format_task, format_turn};
 use crate::host_link::{HostLink, Outbox};
 use crate::memory::{self, PromptContext};
+use crate::precheck;
 use crate::provider::{
     self, ContentBlock, Message, ModelRequest, Provider, ProviderError, RetryPolicy, Role,
     ToolSpec, Usage,
@@ -369,31 +371,88 @@ impl Agent {
 
     /// Answers one turn: `TurnFinished` or `TurnFailed` (history rolled back) is sent.
     pub async fn run_turn(&mut self, turn: Turn) {
-        let before = self.conversation.clone();
         let turn_id = turn.turn_id.clone();
         tracing::info!(turn = %turn_id, messages = turn.messages.len(), "turn started");
-        match self.turn_loop(&turn).await {
+
+        // A task's pre-check runs before anything else and may end the turn without the model.
+        let mut precheck_data = None;
+        if let Some(script) = turn.task.as_ref().and_then(|t| t.script.as_deref()) {
+            match precheck::run(script, &self.env.workspace).await {
+                Ok(verdict) if !verdict.wake => {
+                    tracing::info!(turn = %turn_id, "the pre-check did not wake the agent");
+                    self.out().send(AgentMessage::TurnFinished(TurnFinished {
+                        turn_id,
+                        reply: String::new(),
+                        usage: Usage::default(),
+                        precheck: Some(PrecheckOutcome {
+                            woke: false,
+                            data: verdict.data,
+                        }),
+                    }));
+                    return;
+                }
+                Ok(verdict) => precheck_data = Some(verdict.data),
+                Err(e) => {
+                    tracing::warn!(turn = %turn_id, error = %e, "the pre-check failed");
+                    // The same script would most likely fail the same way again.
+                    self.out().send(AgentMessage::TurnFailed {
+                        turn_id,
+                        error: format!("the task's pre-check script failed: {e}"),
+                        retryable: false,
+                    });
+                    return;
+                }
+            }
+        }
+
+        // An isolated task run gets an empty conversation; the ongoing one waits aside,
+        // untouched in memory and on disk, and comes back whatever the outcome.
+        let isolated = turn.task.as_ref().is_some_and(|t| t.isolated);
+        let before = if isolated {
+            std::mem::take(&mut self.conversation)
+        } else {
+            self.conversation.clone()
+        };
+        let outcome = self.turn_loop(&turn, precheck_data.as_ref()).await;
+        if isolated {
+            self.conversation = before;
+            match outcome {
+                Ok((reply, usage)) => self.finished(turn_id, reply, usage, precheck_data),
+                Err(e) => self.failed(turn_id, &e),
+            }
+            return;
+        }
+        match outcome {
             Ok((reply, usage)) => {
                 if let Err(e) = self.store.save(&self.conversation) {
                     self.out().log(LogLevel::Warn, e.to_string());
                 }
-                self.out().send(AgentMessage::TurnFinished(TurnFinished {
-                    turn_id,
-                    reply,
-                    usage,
-                }));
+                self.finished(turn_id, reply, usage, precheck_data);
             }
             Err(e) => {
                 // Roll back so a retry of this turn does not see it twice.
                 self.conversation = before;
-                tracing::warn!(turn = %turn_id, error = %e, "turn failed");
-                self.out().send(AgentMessage::TurnFailed {
-                    turn_id,
-                    error: format!("the model request failed: {e}"),
-                    retryable: e.is_retryable(),
-                });
+                self.failed(turn_id, &e);
             }
         }
+    }
+
+    fn finished(&self, turn_id: String, reply: String, usage: Usage, woke_with: Option<Value>) {
+        self.out().send(AgentMessage::TurnFinished(TurnFinished {
+            turn_id,
+            reply,
+            usage,
+            precheck: woke_with.map(|data| PrecheckOutcome { woke: true, data }),
+        }));
+    }
+
+    fn failed(&self, turn_id: String, e: &ProviderError) {
+        tracing::warn!(turn = %turn_id, error = %e, "turn failed");
+        self.out().send(AgentMessage::TurnFailed {
+            turn_id,
+            error: format!("the model request failed: {e}"),
+            retryable: e.is_retryable(),
+        });
     }
 
     fn system_prompt(&self) -> String {
@@ -404,15 +463,43 @@ impl Agent {
         })
     }
 
-    async fn turn_loop(&mut self, turn: &Turn) -> Result<(String, Usage), ProviderError> {
+    /// The current time for the context line: the host's `local_time` (the sandbox may lack
+    /// the zone database, so `Local` can be wrong there), else this machine's clock.
+    fn now(&self, turn: &Turn) -> DateTime<FixedOffset> {
+        if let Some(text) = &turn.local_time {
+            match DateTime::parse_from_rfc3339(text) {
+                Ok(now) => return now,
+                Err(e) => self.out().log(
+                    LogLevel::Warn,
+                    format!(
+                        "the turn's local_time {text:?} is not RFC 3339 ({e}); using the sandbox clock"
+                    ),
+                ),
+            }
+        }
+        Local::now().fixed_offset()
+    }
+
+    async fn turn_loop(
+        &mut self,
+        turn: &Turn,
+        precheck_data: Option<&Value>,
+    ) -> Result<(String, Usage), ProviderError> {
         // The time goes with the turn, not into the system prompt, so the system prompt
         // stays byte-identical between turns and keeps hitting the prompt cache.
         let zone = self.hello.timezone.as_deref().unwrap_or("UTC");
-        self.conversation.push_user_text(format!(
-            "{}\n{}",
-            context_line(Local::now(), zone),
-            format_turn(&turn.messages)
-        ));
+        let mut text = context_line(self.now(turn), zone);
+        if let Some(task) = &turn.task {
+            text.push('\n');
+            text.push_str(&format_task(task));
+        }
+        if let Some(data) = precheck_data {
+            text.push('\n');
+            text.push_str(&format_precheck_data(data));
+        }
+        text.push('\n');
+        text.push_str(&format_turn(&turn.messages));
+        self.conversation.push_user_text(text);
         // Re-read every turn so memory edits apply at once.
         let system = self.system_prompt();
         let specs = self.tools.specs();
@@ -681,6 +768,8 @@ mod tests {
                 },
                 text: text.into(),
             }],
+            local_time: None,
+            task: None,
         }
     }
 

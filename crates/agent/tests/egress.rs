@@ -98,6 +98,8 @@ fn turn() -> HostMessage {
             },
             text: "fetch it".into(),
         }],
+        local_time: None,
+        task: None,
     })
 }
 

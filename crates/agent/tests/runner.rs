@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use nanoclaw_protocol::{
     AgentMessage, ChatMessage, ChatRef, GroupInfo, Hello, HostMessage, LineReader, LineWriter,
-    LogLevel, ModelConfig, PROTOCOL_MAJOR, PROTOCOL_MINOR, RequestAction, RequestResult, ToolPhase,
-    Turn, TurnFinished,
+    LogLevel, ModelConfig, PROTOCOL_MAJOR, PROTOCOL_MINOR, PrecheckOutcome, Request, RequestAction,
+    RequestResult, TaskRun, ToolPhase, Turn, TurnFinished, Usage,
 };
 use nanoclaw_scripted_model::{Fault, Matcher, Reply, Scenario, ScriptedModel};
 use serde_json::{Value, json};
@@ -170,6 +170,8 @@ fn turn(id: &str, text: &str) -> HostMessage {
             },
             text: text.into(),
         }],
+        local_time: None,
+        task: None,
     })
 }
 
@@ -485,4 +487,335 @@ async fn shutdown_right_after_a_turn_still_answers_it() {
         .expect("the agent did not exit after shutdown")
         .unwrap();
     assert_eq!(code.code(), Some(0));
+}
+
+fn task_turn(id: &str, text: &str, task: TaskRun) -> HostMessage {
+    let HostMessage::Turn(mut turn) = turn(id, text) else {
+        unreachable!()
+    };
+    turn.task = Some(task);
+    HostMessage::Turn(turn)
+}
+
+fn task(id: &str, script: Option<&str>, isolated: bool) -> TaskRun {
+    TaskRun {
+        task_id: id.into(),
+        scheduled_for: "2026-11-26T09:00:00+01:00".into(),
+        late_by_secs: None,
+        script: script.map(Into::into),
+        isolated,
+    }
+}
+
+/// The error of a failed turn, and whether it is retryable.
+fn failure(msgs: &[AgentMessage]) -> (&str, bool) {
+    match msgs.last() {
+        Some(AgentMessage::TurnFailed {
+            error, retryable, ..
+        }) => (error, *retryable),
+        other => panic!("expected the turn to fail, got {other:?} after {msgs:?}"),
+    }
+}
+
+/// The next request the agent sends the host (tool activity and text pass by).
+async fn next_request(agent: &mut Agent) -> Request {
+    loop {
+        match agent.next().await {
+            AgentMessage::Request(r) => return r,
+            AgentMessage::ToolActivity(_)
+            | AgentMessage::TextDelta { .. }
+            | AgentMessage::Log { .. } => {}
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn precheck_that_does_not_wake_skips_the_model_and_the_conversation() {
+    let relay = relay(Scenario::echo()).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    agent.handshake(hello("anthropic", "s1")).await;
+    agent
+        .send(&turn("t1", "my favourite fruit is banana"))
+        .await;
+    finished(&agent.until_turn_end().await);
+
+    let script = "echo 'checking the inbox…'; echo '{\"wakeAgent\": false, \"data\": {\"n\": 0}}'";
+    agent
+        .send(&task_turn(
+            "t2",
+            "TASK-PROMPT report new mail",
+            task("t-mail", Some(script), false),
+        ))
+        .await;
+    let msgs = agent.until_turn_end().await;
+    let done = finished(&msgs);
+    assert_eq!(done.reply, "");
+    assert_eq!(done.usage, Usage::default());
+    assert_eq!(
+        done.precheck,
+        Some(PrecheckOutcome {
+            woke: false,
+            data: json!({"n": 0})
+        })
+    );
+    assert_eq!(relay.model.requests().len(), 1, "the model was called");
+
+    agent.send(&turn("t3", "anything new?")).await;
+    finished(&agent.until_turn_end().await);
+    let sent = request_text(&relay.model.requests().pop().unwrap().body);
+    assert!(sent.contains("banana"), "{sent}");
+    assert!(
+        !sent.contains("TASK-PROMPT"),
+        "the skipped run entered the conversation: {sent}"
+    );
+}
+
+#[tokio::test]
+async fn precheck_that_wakes_hands_its_data_to_the_model() {
+    let relay = relay(Scenario::new().rule(Matcher::Always, Reply::text("3 new mails"))).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    agent.handshake(hello("anthropic", "s1")).await;
+    let mut run = task(
+        "t-mail",
+        Some("echo '{\"wakeAgent\": true, \"data\": {\"n\": 3}}'"),
+        false,
+    );
+    run.late_by_secs = Some(540);
+    agent.send(&task_turn("t1", "Report new mail.", run)).await;
+    let msgs = agent.until_turn_end().await;
+    let done = finished(&msgs);
+    assert_eq!(done.reply, "3 new mails");
+    assert_eq!(
+        done.precheck,
+        Some(PrecheckOutcome {
+            woke: true,
+            data: json!({"n": 3})
+        })
+    );
+    let requests = relay.model.requests();
+    assert_eq!(requests.len(), 1);
+    let sent = request_text(&requests[0].body);
+    assert!(
+        sent.contains(r#"<precheck-data>{\"n\":3}</precheck-data>"#),
+        "{sent}"
+    );
+    assert!(
+        sent.contains(
+            r#"<scheduled-task id=\"t-mail\" scheduled_for=\"2026-11-26T09:00:00+01:00\" late_by_secs=\"540\"/>"#
+        ),
+        "{sent}"
+    );
+    assert!(sent.contains("This is a scheduled run of a task"), "{sent}");
+    assert!(sent.contains("Report new mail."), "{sent}");
+}
+
+#[tokio::test]
+async fn failing_precheck_fails_the_turn_with_its_status_and_stderr() {
+    let relay = relay(Scenario::echo()).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    agent.handshake(hello("anthropic", "s1")).await;
+    agent
+        .send(&task_turn(
+            "t1",
+            "Report new mail.",
+            task("t-mail", Some("echo 'token expired' >&2; exit 3"), false),
+        ))
+        .await;
+    let msgs = agent.until_turn_end().await;
+    let (error, retryable) = failure(&msgs);
+    assert!(
+        error.starts_with("the task's pre-check script failed"),
+        "{error}"
+    );
+    assert!(error.contains("status 3"), "{error}");
+    assert!(error.contains("token expired"), "{error}");
+    assert!(!retryable);
+    assert!(relay.model.requests().is_empty(), "the model was called");
+}
+
+#[tokio::test]
+async fn precheck_with_a_last_line_of_another_shape_fails_the_turn() {
+    let relay = relay(Scenario::echo()).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    agent.handshake(hello("anthropic", "s1")).await;
+    agent
+        .send(&task_turn(
+            "t1",
+            "Report new mail.",
+            task(
+                "t-mail",
+                Some("echo '{\"wakeAgent\": true}'; echo all done"),
+                false,
+            ),
+        ))
+        .await;
+    let msgs = agent.until_turn_end().await;
+    let (error, retryable) = failure(&msgs);
+    assert!(
+        error.starts_with("the task's pre-check script failed"),
+        "{error}"
+    );
+    assert!(error.contains("last stdout line"), "{error}");
+    assert!(error.contains("all done"), "{error}");
+    assert!(!retryable);
+    assert!(relay.model.requests().is_empty(), "the model was called");
+}
+
+#[tokio::test]
+async fn isolated_task_turn_neither_sees_nor_changes_the_conversation() {
+    let relay = relay(Scenario::echo()).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    agent.handshake(hello("anthropic", "sess-iso")).await;
+    agent
+        .send(&turn("t1", "my favourite fruit is banana"))
+        .await;
+    finished(&agent.until_turn_end().await);
+
+    agent
+        .send(&task_turn(
+            "t2",
+            "TASK-REPORT: summarize the week",
+            task("t-weekly", None, true),
+        ))
+        .await;
+    let msgs = agent.until_turn_end().await;
+    assert!(
+        finished(&msgs).reply.contains("TASK-REPORT"),
+        "{:?}",
+        finished(&msgs)
+    );
+    let task_request = request_text(&relay.model.requests().pop().unwrap().body);
+    assert!(
+        !task_request.contains("banana"),
+        "the isolated run saw the conversation: {task_request}"
+    );
+
+    // In memory…
+    agent.send(&turn("t3", "what is my favourite fruit?")).await;
+    finished(&agent.until_turn_end().await);
+    let sent = request_text(&relay.model.requests().pop().unwrap().body);
+    assert!(sent.contains("banana"), "{sent}");
+    assert!(!sent.contains("TASK-REPORT"), "{sent}");
+    agent.send(&HostMessage::Shutdown).await;
+    assert_eq!(agent.exit_code().await, 0);
+
+    // …and on disk.
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    agent.handshake(hello("anthropic", "sess-iso")).await;
+    agent.send(&turn("t4", "and my favourite colour?")).await;
+    finished(&agent.until_turn_end().await);
+    let sent = request_text(&relay.model.requests().pop().unwrap().body);
+    assert!(sent.contains("banana"), "{sent}");
+    assert!(!sent.contains("TASK-REPORT"), "{sent}");
+}
+
+#[tokio::test]
+async fn schedule_task_round_trips_through_the_host_in_any_group() {
+    let scenario = Scenario::new()
+        .rule(
+            Matcher::LastIsToolResult,
+            Reply::text("tool said: {{last_tool_result}}"),
+        )
+        .rule(
+            Matcher::Always,
+            Reply::tool_call(
+                "schedule_task",
+                json!({
+                    "prompt": "Tell the user good morning and today's first appointment.",
+                    "schedule": "0 9 * * 1-5",
+                    "script": "echo '{\"wakeAgent\": true}'",
+                    "isolated": true
+                }),
+            ),
+        );
+    let relay = relay(scenario).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    let mut h = hello("anthropic", "s1");
+    h.group.is_main = false;
+    agent.handshake(h).await;
+    agent
+        .send(&turn("t1", "say good morning every weekday at 9"))
+        .await;
+
+    let request = next_request(&mut agent).await;
+    assert_eq!(request.turn_id, "t1");
+    assert_eq!(
+        request.action,
+        RequestAction::ScheduleTask {
+            prompt: "Tell the user good morning and today's first appointment.".into(),
+            schedule: "0 9 * * 1-5".into(),
+            script: Some("echo '{\"wakeAgent\": true}'".into()),
+            isolated: true,
+            group: None,
+        }
+    );
+    agent
+        .send(&HostMessage::RequestResult(RequestResult {
+            request_id: request.request_id,
+            ok: true,
+            error: None,
+            data: json!({
+                "task_id": "t-abc",
+                "next_run": "2026-11-27T09:00:00+01:00",
+                "describe": "cron 0 9 * * 1-5 (Europe/Berlin)"
+            }),
+        }))
+        .await;
+    let msgs = agent.until_turn_end().await;
+    let reply = &finished(&msgs).reply;
+    assert!(reply.starts_with("tool said: "), "{reply}");
+    assert!(reply.contains("\"task_id\": \"t-abc\""), "{reply}");
+    assert!(
+        reply.contains("\"next_run\": \"2026-11-27T09:00:00+01:00\""),
+        "{reply}"
+    );
+
+    // A group that is not the main one has every task tool (the host decides per request).
+    let tools: Vec<String> = relay.model.requests()[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    for name in [
+        "schedule_task",
+        "list_tasks",
+        "update_task",
+        "pause_task",
+        "resume_task",
+        "cancel_task",
+    ] {
+        assert!(tools.iter().any(|t| t == name), "{name} missing: {tools:?}");
+    }
+    assert!(!tools.iter().any(|t| t == "list_groups"), "{tools:?}");
+}
+
+#[tokio::test]
+async fn context_line_shows_the_hosts_local_time_and_zone() {
+    let relay = relay(Scenario::echo()).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(ws.path(), &relay.socket);
+    let mut h = hello("anthropic", "s1");
+    h.timezone = Some("Europe/Berlin".into());
+    agent.handshake(h).await;
+    let HostMessage::Turn(mut t) = turn("t1", "what time is it?") else {
+        unreachable!()
+    };
+    t.local_time = Some("2026-11-26T09:12:00+01:00".into());
+    agent.send(&HostMessage::Turn(t)).await;
+    finished(&agent.until_turn_end().await);
+    let sent = request_text(&relay.model.requests()[0].body);
+    assert!(
+        sent.contains(
+            r#"<context now=\"Thursday, 2026-11-26 09:12 (UTC+01:00)\" timezone=\"Europe/Berlin\" />"#
+        ),
+        "{sent}"
+    );
 }

@@ -92,6 +92,8 @@ fn turn(text: &str) -> HostMessage {
             },
             text: text.into(),
         }],
+        local_time: None,
+        task: None,
     })
 }
 

@@ -82,6 +82,7 @@ async fn run() {
             runtime: Some(Arc::clone(&native)),
             agent_binary: Some(agent.clone()),
             master_key: None,
+            clock: None,
         })
         .await
         .expect("host starts");

@@ -17,7 +17,8 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# nanoclaw configuration. Every setting
 assistant_name = "Andy"
 trigger = "@Andy"
 
-# IANA time zone for the agents' sense of "now" (empty: the host's zone).
+# IANA time zone for the agents' sense of "now" and for scheduled tasks (empty: the host's
+# zone). A group can have its own: `nanoclaw group set FOLDER --timezone Europe/Berlin`.
 timezone = ""
 
 [model]
@@ -67,6 +68,16 @@ socket = ""
 # CPU cores an agent container may use; 0 means no limit.
 cpus = 0.0
 
+[scheduler]
+# A run that fell due while nanoclaw was not running: "run_once" runs it once at start and
+# says it is late (several missed runs of one task still run once); "skip" records it as
+# missed, says so in the task's chat and waits for the next fire time.
+missed_runs = "run_once"
+# A run starting more than this many seconds after its time counts as missed.
+late_after_secs = 60
+# Scheduled tasks one group may have, so an agent cannot flood the scheduler.
+max_tasks_per_group = 100
+
 [channels.terminal]
 enabled = true
 "#;
@@ -79,6 +90,7 @@ pub struct Config {
     pub timezone: String,
     pub model: ModelSection,
     pub agents: AgentsSection,
+    pub scheduler: SchedulerSection,
     pub channels: ChannelsSection,
 }
 
@@ -90,6 +102,7 @@ impl Default for Config {
             timezone: String::new(),
             model: ModelSection::default(),
             agents: AgentsSection::default(),
+            scheduler: SchedulerSection::default(),
             channels: ChannelsSection::default(),
         }
     }
@@ -205,6 +218,32 @@ impl LimitsSection {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// `run_once` or `skip`.
+    pub missed_runs: String,
+    pub late_after_secs: u64,
+    pub max_tasks_per_group: usize,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        Self {
+            missed_runs: "run_once".into(),
+            late_after_secs: 60,
+            max_tasks_per_group: 100,
+        }
+    }
+}
+
+impl SchedulerSection {
+    /// Whether missed runs are skipped (else run once, late).
+    pub fn skip_missed(&self) -> bool {
+        self.missed_runs == "skip"
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelsSection {
@@ -293,6 +332,17 @@ impl Config {
         }
         if self.agents.max_tries == 0 {
             return Err("agents.max_tries must be at least 1".into());
+        }
+        if !["run_once", "skip"].contains(&self.scheduler.missed_runs.as_str()) {
+            return Err(format!(
+                "scheduler.missed_runs = {:?}: use \"run_once\" or \"skip\"",
+                self.scheduler.missed_runs
+            ));
+        }
+        if !self.timezone.trim().is_empty()
+            && let Err(e) = nanoclaw_schedule::parse_tz(self.timezone.trim())
+        {
+            return Err(format!("timezone: {e}"));
         }
         Ok(())
     }

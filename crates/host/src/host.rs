@@ -16,7 +16,7 @@ use nanoclaw_protocol::{
 };
 use nanoclaw_sandbox::Runtime;
 use nanoclaw_store::{
-    Chat, Group, Inbound, NewGroup, NewOutbound, OutboundKind, SessionMode, Store,
+    Chat, Group, Inbound, NewGroup, NewOutbound, OutboundKind, RunStatus, SessionMode, Store,
     Usage as StoreUsage,
 };
 use tokio::sync::{Mutex, Notify, mpsc};
@@ -45,8 +45,10 @@ pub struct HostOptions {
     pub runtime: Option<Arc<dyn Runtime>>,
     /// The agent binary; found automatically when `None`.
     pub agent_binary: Option<PathBuf>,
-    /// The vault's master key; `None` reads `NANOCLAW_MASTER_KEY` or the key file.
+    /// The vault's master key; `None` reads `NANOCLAW_MASTER_KEY`, the key file or the OS keyring.
     pub master_key: Option<nanoclaw_vault::MasterKey>,
+    /// The scheduled tasks' clock; `None` is the system clock (tests pass a manual one).
+    pub clock: Option<Arc<dyn crate::clock::Clock>>,
 }
 
 impl HostOptions {
@@ -61,6 +63,7 @@ impl HostOptions {
             runtime: None,
             agent_binary: None,
             master_key: None,
+            clock: None,
         })
     }
 }
@@ -74,6 +77,8 @@ pub struct Host {
 
 struct Inner {
     store: Store,
+    /// Scheduled tasks.
+    tasks: Arc<crate::tasks::Scheduler>,
     config: Config,
     pool: Arc<AgentPool>,
     channels: HashMap<String, Arc<dyn Channel>>,
@@ -130,6 +135,7 @@ impl Host {
             runtime,
             agent_binary,
             master_key,
+            clock,
         } = options;
         paths
             .prepare()
@@ -177,7 +183,7 @@ impl Host {
                 "no credentials for the configured model provider; agents will report it when asked"
             );
         }
-        let vault = open_vault(&store, master_key).await;
+        let vault = open_vault(&store, master_key, &paths.home).await;
         let relay = Relay::new(upstreams, vault.clone())
             .context("building the model relay's HTTP client")?;
         let delivery_wake = Arc::new(Notify::new());
@@ -203,8 +209,11 @@ impl Host {
             .map(|c| (c.name().to_owned(), Arc::clone(c)))
             .collect();
 
+        let clock = clock.unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
+        let tasks = Arc::new(crate::tasks::Scheduler::new(store.clone(), clock, &config));
         let inner = Arc::new(Inner {
             store,
+            tasks,
             config,
             pool,
             channels,
@@ -222,6 +231,7 @@ impl Host {
             tokio::spawn(router_loop(Arc::clone(&inner), rx)),
             tokio::spawn(delivery_loop(Arc::clone(&inner))),
             tokio::spawn(scheduler_loop(Arc::clone(&inner))),
+            tokio::spawn(task_loop(Arc::clone(&inner))),
         ];
         for channel in channel_list {
             let name = channel.name();
@@ -243,6 +253,11 @@ impl Host {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The scheduled tasks.
+    pub fn tasks(&self) -> &Arc<crate::tasks::Scheduler> {
+        &self.inner.tasks
     }
 
     /// Where in-process channels (and tests) hand messages to the router.
@@ -322,13 +337,16 @@ fn build_egress(
 async fn open_vault(
     store: &Store,
     key: Option<nanoclaw_vault::MasterKey>,
+    home: &std::path::Path,
 ) -> Option<nanoclaw_vault::Vault> {
     let opened = match key {
         Some(key) => nanoclaw_vault::Vault::open(store.clone(), key)
             .await
             .map(Some),
-        None => match nanoclaw_vault::default_key_path() {
-            Ok(path) => nanoclaw_vault::Vault::open_default(store.clone(), &path, false).await,
+        None => match nanoclaw_vault::KeySources::for_home(home) {
+            Ok(sources) => {
+                nanoclaw_vault::Vault::open_default(store.clone(), &sources, false).await
+            }
             Err(e) => Err(e),
         },
     };
@@ -397,6 +415,11 @@ async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<ChannelEvent>) {
                 if let Some(ack) = ack {
                     let _ = ack.send(outcome);
                 }
+            }
+            ChannelEvent::Wake => {
+                inner.tasks.wake();
+                inner.scheduler_wake.notify_one();
+                inner.delivery_wake.notify_one();
             }
             ChannelEvent::Reachable { channel, chat_id } => {
                 if let Ok(Some(chat)) = inner.store.chat_by_platform(channel, chat_id).await {
@@ -543,6 +566,12 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
     };
 
     let turn_id = format!("{session_id}:{first_id}:{tries}");
+    // A scheduled task's run travels alone in its batch (see claim_pending).
+    let task_run = match batch.first().and_then(|m| m.task_run_id) {
+        Some(run_id) => task_for_run(inner, run_id).await,
+        None => None,
+    };
+    let zone = inner.tasks.zone_for(&group);
     let turn = HostMessage::Turn(Turn {
         turn_id: turn_id.clone(),
         messages: batch
@@ -562,6 +591,10 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 text: m.text.clone(),
             })
             .collect(),
+        local_time: Some(inner.tasks.local_now(zone)),
+        task: task_run
+            .as_ref()
+            .map(|(task, run)| inner.tasks.task_run_for_turn(task, run)),
     });
     if let Err(e) = agent.send(&turn).await {
         agent.kill().await;
@@ -634,6 +667,9 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                     request.action,
                 )
                 .await;
+                if let Err(why) = &result {
+                    tracing::info!(session = %session_id, %why, "agent request refused");
+                }
                 let reply = HostMessage::RequestResult(match result {
                     Ok(data) => RequestResult {
                         request_id: request.request_id,
@@ -667,10 +703,28 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                         kind: OutboundKind::Reply,
                     });
                 }
-                inner
-                    .store
-                    .complete_turn(ids.clone(), replies, now_ms())
-                    .await?;
+                if task_run.is_some() {
+                    let woke = done.precheck.as_ref().is_none_or(|p| p.woke);
+                    inner
+                        .store
+                        .complete_task_turn(
+                            ids.clone(),
+                            replies,
+                            if woke {
+                                RunStatus::Ok
+                            } else {
+                                RunStatus::Skipped
+                            },
+                            (done.usage.input_tokens, done.usage.output_tokens),
+                            now_ms(),
+                        )
+                        .await?;
+                } else {
+                    inner
+                        .store
+                        .complete_turn(ids.clone(), replies, now_ms())
+                        .await?;
+                }
                 inner
                     .store
                     .record_usage(
@@ -792,7 +846,25 @@ async fn handle_request(
             require_main(group, "register_chat")?;
             register_chat(inner, channel, chat_id, folder, name, requires_trigger).await
         }
+        action @ (RequestAction::ScheduleTask { .. }
+        | RequestAction::ListTasks
+        | RequestAction::UpdateTask { .. }
+        | RequestAction::PauseTask { .. }
+        | RequestAction::ResumeTask { .. }
+        | RequestAction::CancelTask { .. }) => {
+            crate::tasks::handle_request(&inner.store, &inner.tasks, group, chat, action).await
+        }
     }
+}
+
+/// The task and run an inbound row carries out.
+async fn task_for_run(
+    inner: &Arc<Inner>,
+    run_id: i64,
+) -> Option<(nanoclaw_store::Task, nanoclaw_store::TaskRunRow)> {
+    let run = inner.store.task_run(run_id).await.ok().flatten()?;
+    let task = inner.store.task(run.task_id.clone()).await.ok().flatten()?;
+    Some((task, run))
 }
 
 /// Admin actions are for the owner's main group only; other groups see just their own
@@ -969,19 +1041,29 @@ async fn fail_turn(
         1
     };
     let first_id = ids.first().copied().unwrap_or_default();
+    let task_id = match inner.store.inbound(first_id).await {
+        Ok(Some(Inbound {
+            task_run_id: Some(run_id),
+            ..
+        })) => task_for_run(inner, run_id).await.map(|(t, _)| t.id),
+        _ => None,
+    };
     let notice = NewOutbound {
         session_id: Some(session_id.to_owned()),
         chat_id: chat.id,
         in_reply_to: ids.last().copied(),
         idempotency_key: format!("error:{session_id}:{first_id}"),
-        text: format!("Sorry, I could not answer that: {error}"),
+        text: match &task_id {
+            Some(id) => format!("Scheduled task {id} failed: {error}"),
+            None => format!("Sorry, I could not answer that: {error}"),
+        },
         kind: OutboundKind::Error,
     };
     let outcome = inner
         .store
         .retry_or_fail(
             ids.to_vec(),
-            error,
+            error.clone(),
             max_tries,
             (inner.config.agents.retry_backoff_secs * 1000) as i64,
             now_ms(),
@@ -992,10 +1074,85 @@ async fn fail_turn(
         tracing::info!(session = %session_id, messages = outcome.retried.len(), "turn will be retried");
         inner.scheduler_wake.notify_one();
     }
-    if outcome.notice.is_some() {
+    for failed in &outcome.failed_runs {
+        alert_task_failure(inner, chat, failed, &error).await;
+    }
+    if outcome.notice.is_some() || !outcome.failed_runs.is_empty() {
         inner.delivery_wake.notify_one();
     }
     Ok(())
+}
+
+/// A failed run is never silent: its own chat got the failure notice; the owner's main chat hears
+/// of it too, and of a task that keeps failing.
+async fn alert_task_failure(
+    inner: &Arc<Inner>,
+    task_chat: &Chat,
+    failed: &nanoclaw_store::FailedRun,
+    error: &str,
+) {
+    let main_chat = match inner
+        .store
+        .chat_by_platform("terminal", crate::channel::terminal::TERMINAL_CHAT_ID)
+        .await
+    {
+        Ok(Some(c)) => c,
+        _ => {
+            tracing::warn!(task = %failed.task_id, "no main chat to alert about a failed task run");
+            return;
+        }
+    };
+    let mut text = if main_chat.id == task_chat.id {
+        String::new()
+    } else {
+        format!(
+            "Scheduled task {} (chat {} on {}) failed: {error}",
+            failed.task_id, task_chat.platform_id, task_chat.channel
+        )
+    };
+    if failed.now_failing {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(&format!(
+            "Task {} has failed {} times in a row and is marked failing; it keeps its schedule. \
+             See `nanoclaw tasks show {}`.",
+            failed.task_id, failed.consecutive_failures, failed.task_id
+        ));
+    }
+    if text.is_empty() {
+        return;
+    }
+    let alert = NewOutbound {
+        session_id: None,
+        chat_id: main_chat.id,
+        in_reply_to: None,
+        idempotency_key: format!("task-alert:{}", failed.run_id),
+        text,
+        kind: OutboundKind::Error,
+    };
+    if let Err(e) = inner.store.insert_outbound(alert).await {
+        tracing::error!(task = %failed.task_id, error = %e, "could not queue a task failure alert");
+    }
+}
+
+/// Fires scheduled tasks when due; sleeps until the next fire time (or a change) in between.
+async fn task_loop(inner: Arc<Inner>) {
+    loop {
+        match inner.tasks.fire_due().await {
+            Ok(fired) => {
+                if fired.handled > 0 {
+                    // Late and skipped runs queue a notice for their chat.
+                    inner.delivery_wake.notify_one();
+                }
+                for s in fired.sessions {
+                    kick(&inner, s).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "firing scheduled tasks failed"),
+        }
+        inner.tasks.wait().await;
+    }
 }
 
 /// Sleeps until the next retry is due (no polling), then wakes those sessions.

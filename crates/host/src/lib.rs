@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod egress;
 pub mod host;
@@ -16,6 +17,7 @@ pub mod mounts;
 pub mod relay;
 pub mod router;
 pub mod runtime;
+pub mod tasks;
 
 pub use host::{Host, HostOptions};
 
@@ -36,31 +38,13 @@ pub fn random_suffix(len: usize) -> String {
         .collect()
 }
 
-/// The IANA zone agents should use: the configured one, else `TZ`, else the host's
-/// `/etc/localtime`, else UTC.
+/// The IANA zone agents should use: the configured one, else the host's (`TZ`, `/etc/localtime`,
+/// `/etc/timezone`), else UTC.
 pub fn host_timezone(config: &config::Config) -> String {
-    if !config.timezone.trim().is_empty() {
-        return config.timezone.trim().to_owned();
+    match config.timezone.trim() {
+        "" => nanoclaw_schedule::host_tz().name().to_owned(),
+        tz => tz.to_owned(),
     }
-    if let Ok(tz) = std::env::var("TZ") {
-        let tz = tz.trim_start_matches(':').trim();
-        if !tz.is_empty() && !tz.starts_with('/') {
-            return tz.to_owned();
-        }
-    }
-    if let Ok(target) = std::fs::read_link("/etc/localtime") {
-        let s = target.to_string_lossy();
-        if let Some(idx) = s.find("zoneinfo/") {
-            return s[idx + "zoneinfo/".len()..].to_owned();
-        }
-    }
-    if let Ok(tz) = std::fs::read_to_string("/etc/timezone") {
-        let tz = tz.trim();
-        if !tz.is_empty() {
-            return tz.to_owned();
-        }
-    }
-    "UTC".to_owned()
 }
 
 /// Finds the `nanoclaw-agent` binary: `$NANOCLAW_AGENT_BIN`, next to this executable, or

@@ -44,6 +44,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Scheduled tasks: list them, show one with its runs, run one now, pause, resume, cancel.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
     /// Agent groups: list them, set a group's model or trigger.
     Group {
         #[command(subcommand)]
@@ -68,13 +73,55 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TasksCommand {
+    /// Every task with its schedule, status and next fire time (in the task's zone).
+    List {
+        /// Only this group's tasks (by folder).
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One task: its prompt, schedule, next fire times and run history.
+    Show {
+        task_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a task now, outside its schedule (which does not move).
+    RunNow {
+        task_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a task from firing until it is resumed.
+    Pause {
+        task_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused task from now (runs missed while paused are not made up).
+    Resume {
+        task_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task for good (its run history stays).
+    Cancel {
+        task_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum GroupCommand {
     /// List agent groups with their trigger, provider and model.
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Change a group's provider, model or trigger (applies to its next agent).
+    /// Change a group's provider, model, trigger or time zone (applies to its next agent).
     Set {
         /// The group's folder name, e.g. `main`.
         folder: String,
@@ -84,6 +131,10 @@ enum GroupCommand {
         model: Option<String>,
         #[arg(long)]
         trigger: Option<String>,
+        /// IANA time zone for the group's clock and new scheduled tasks, e.g. `Europe/Berlin`;
+        /// `host` goes back to the host's zone.
+        #[arg(long)]
+        timezone: Option<String>,
     },
     /// Extra host folders a group's agents see at /workspace/extra/<name>, allowed only by the
     /// mount allowlist (~/.config/nanoclaw/mount-allowlist.toml; see docs/SECURITY.md).
@@ -306,6 +357,22 @@ fn main() -> ExitCode {
             } => cli::chat::chat(message, json, timeout).await,
             Command::Demo => cli::demo::demo().await,
             Command::Doctor { json } => cli::doctor::doctor(json).await,
+            Command::Tasks { command } => match command {
+                TasksCommand::List { group, json } => cli::tasks::list(group, json).await,
+                TasksCommand::Show { task_id, json } => cli::tasks::show(task_id, json).await,
+                TasksCommand::RunNow { task_id, json } => {
+                    cli::tasks::change(task_id, cli::tasks::Change::RunNow, json).await
+                }
+                TasksCommand::Pause { task_id, json } => {
+                    cli::tasks::change(task_id, cli::tasks::Change::Pause, json).await
+                }
+                TasksCommand::Resume { task_id, json } => {
+                    cli::tasks::change(task_id, cli::tasks::Change::Resume, json).await
+                }
+                TasksCommand::Cancel { task_id, json } => {
+                    cli::tasks::change(task_id, cli::tasks::Change::Cancel, json).await
+                }
+            },
             Command::Group { command } => match command {
                 GroupCommand::List { json } => cli::group::list(json).await,
                 GroupCommand::Set {
@@ -313,7 +380,8 @@ fn main() -> ExitCode {
                     provider,
                     model,
                     trigger,
-                } => cli::group::set(folder, provider, model, trigger).await,
+                    timezone,
+                } => cli::group::set(folder, provider, model, trigger, timezone).await,
                 GroupCommand::Mount { command } => match command {
                     MountCommand::Add {
                         folder,

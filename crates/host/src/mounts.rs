@@ -948,6 +948,7 @@ mod tests {
             provider: None,
             model: None,
             created_at: 0,
+            timezone: None,
         }
     }
 

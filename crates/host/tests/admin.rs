@@ -117,6 +117,7 @@ async fn another_group_asking_for_admin_actions_is_refused_by_the_host() {
         runtime: None,
         agent_binary: Some(agent),
         master_key: None,
+        clock: None,
     })
     .await
     .unwrap();

@@ -198,6 +198,7 @@ async fn run_suite(runtime: Arc<dyn Runtime>) -> Vec<(String, String)> {
         runtime: Some(runtime),
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
         master_key: None,
+        clock: None,
     })
     .await
     .unwrap();

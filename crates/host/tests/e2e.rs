@@ -268,6 +268,7 @@ async fn an_openai_compatible_group_gets_its_answer_through_the_relay() {
         runtime: None,
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
         master_key: None,
+        clock: None,
     })
     .await
     .unwrap();

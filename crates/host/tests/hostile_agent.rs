@@ -66,6 +66,7 @@ async fn a_misbehaving_agent_is_contained_and_the_host_keeps_serving() {
         runtime: None,
         agent_binary: Some(agent),
         master_key: None,
+        clock: None,
     })
     .await
     .unwrap();

@@ -103,6 +103,7 @@ async fn a_vm_runtime_gets_a_token_checked_tcp_relay_instead_of_a_socket() {
         runtime: Some(runtime.clone()),
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
         master_key: None,
+        clock: None,
     })
     .await
     .unwrap();

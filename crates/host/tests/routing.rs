@@ -294,6 +294,7 @@ async fn messages_wait_for_an_unreachable_engine_and_are_answered_when_it_return
         })),
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
         master_key: None,
+        clock: None,
     })
     .await
     .unwrap();

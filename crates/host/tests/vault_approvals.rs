@@ -82,6 +82,7 @@ async fn approve_works_from_the_main_chat_only() {
         runtime: None,
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
         master_key: Some(key()),
+        clock: None,
     })
     .await
     .unwrap();

@@ -40,6 +40,7 @@ async fn start(home: &TestHome, model: &ScriptedModel) -> Host {
         runtime: None,
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
         master_key: Some(key()),
+        clock: None,
     })
     .await
     .unwrap()

@@ -67,6 +67,32 @@ pub struct Turn {
     /// Host-chosen id; every agent message about this turn carries it.
     pub turn_id: String,
     pub messages: Vec<ChatMessage>,
+    /// The current time in the group's zone, RFC 3339 with its offset (since 1.2). The agent shows
+    /// it to the model so "every weekday at 9am" means 9am where the user is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_time: Option<String>,
+    /// Set when this turn is a run of a scheduled task (since 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRun>,
+}
+
+/// A scheduled task's run, as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub task_id: String,
+    /// The fire time it was scheduled for, RFC 3339 in the task's zone.
+    pub scheduled_for: String,
+    /// How late the run starts (after downtime), when it is late at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_by_secs: Option<u64>,
+    /// A pre-check script: run in the sandbox before the model is called; its last stdout line is
+    /// `{"wakeAgent": bool, "data": …}` and the model is called only when `wakeAgent` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// Run in a fresh, empty conversation each time (nothing is kept), not the group's ongoing one.
+    /// The task's prompt is the text of the turn's one message.
+    #[serde(default)]
+    pub isolated: bool,
 }
 
 /// One inbound chat message as the agent sees it.
@@ -171,7 +197,9 @@ pub struct Request {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum RequestAction {
     /// Send a message to the chat the turn came from.
-    SendMessage { text: String },
+    SendMessage {
+        text: String,
+    },
     /// Main group only: every agent group with its chats.
     ListGroups,
     /// Main group only: wire a chat to an agent group (created when `folder` is new).
@@ -189,6 +217,45 @@ pub enum RequestAction {
         #[serde(default = "default_true")]
         requires_trigger: bool,
     },
+    /// Create a scheduled task for this group (the main group may name another group).
+    ScheduleTask {
+        /// What to do at each run, written as a request to the assistant.
+        prompt: String,
+        /// A cron expression ("0 9 * * 1-5"), an interval ("every 30m"), a relative time
+        /// ("in 20 minutes") or a local date-time ("2026-11-27 09:00"), in the group's zone.
+        schedule: String,
+        /// Optional pre-check script (see [`TaskRun::script`]).
+        #[serde(default)]
+        script: Option<String>,
+        /// Run in a fresh conversation each time instead of the group's ongoing one.
+        #[serde(default)]
+        isolated: bool,
+        /// Main group only: the folder of the group the task belongs to.
+        #[serde(default)]
+        group: Option<String>,
+    },
+    /// The tasks of this group (the main group: of every group).
+    ListTasks,
+    /// Change a task's prompt, schedule or script; only the fields given change.
+    UpdateTask {
+        task_id: String,
+        #[serde(default)]
+        prompt: Option<String>,
+        #[serde(default)]
+        schedule: Option<String>,
+        /// `""` removes the script.
+        #[serde(default)]
+        script: Option<String>,
+    },
+    PauseTask {
+        task_id: String,
+    },
+    ResumeTask {
+        task_id: String,
+    },
+    CancelTask {
+        task_id: String,
+    },
 }
 
 fn default_true() -> bool {
@@ -200,6 +267,17 @@ pub struct TurnFinished {
     pub turn_id: String,
     pub reply: String,
     pub usage: Usage,
+    /// For a task turn with a pre-check script: what the script decided (since 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precheck: Option<PrecheckOutcome>,
+}
+
+/// What a task's pre-check script said. `woke: false` means the model was not called.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrecheckOutcome {
+    pub woke: bool,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

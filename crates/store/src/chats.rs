@@ -130,6 +130,29 @@ impl Store {
         .await
     }
 
+    /// The chats wired to a group, oldest wiring first.
+    pub async fn chats_for_group(
+        &self,
+        group_id: impl Into<String>,
+    ) -> Result<Vec<Chat>, StoreError> {
+        let group_id = group_id.into();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT c.id, c.channel, c.platform_id, c.name, c.is_group, c.created_at
+                     FROM chats c JOIN wirings w ON w.chat_id = c.id
+                     WHERE w.group_id = ?1 ORDER BY w.id",
+                )
+                .ctx("list chats of a group")?;
+            let rows = stmt
+                .query_map([&group_id], chat_row)
+                .ctx("list chats of a group")?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .ctx("list chats of a group")
+        })
+        .await
+    }
+
     /// Route a chat to a group (insert, or update the options of an existing wiring).
     pub async fn wire(
         &self,

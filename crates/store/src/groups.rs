@@ -10,7 +10,7 @@ use crate::model::{Group, NewGroup};
 pub const DEFAULT_TRIGGER: &str = "@Andy";
 
 pub(crate) const GROUP_COLS: &str =
-    "id, name, folder, trigger, is_main, provider, model, created_at";
+    "id, name, folder, trigger, is_main, provider, model, created_at, timezone";
 
 /// Map a row selected with [`GROUP_COLS`] starting at column `at`.
 pub(crate) fn group_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Group> {
@@ -23,6 +23,7 @@ pub(crate) fn group_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Group> {
         provider: row.get(at + 5)?,
         model: row.get(at + 6)?,
         created_at: row.get(at + 7)?,
+        timezone: row.get(at + 8)?,
     })
 }
 
@@ -84,9 +85,10 @@ impl Store {
                 provider: g.provider.clone(),
                 model: g.model.clone(),
                 created_at: now_ms(),
+                timezone: None,
             };
             tx.execute(
-                &format!("INSERT INTO agent_groups ({GROUP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                &format!("INSERT INTO agent_groups ({GROUP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
                     group.id,
                     group.name,
@@ -95,7 +97,8 @@ impl Store {
                     group.is_main,
                     group.provider,
                     group.model,
-                    group.created_at
+                    group.created_at,
+                    group.timezone
                 ],
             )
             .ctx("insert group")?;
@@ -113,10 +116,11 @@ impl Store {
             let changed = tx
                 .execute(
                     "UPDATE agent_groups SET name = ?2, folder = ?3, trigger = ?4, is_main = ?5,
-                         provider = ?6, model = ?7
+                         provider = ?6, model = ?7, timezone = ?8
                      WHERE id = ?1",
                     params![
-                        g.id, g.name, g.folder, g.trigger, g.is_main, g.provider, g.model
+                        g.id, g.name, g.folder, g.trigger, g.is_main, g.provider, g.model,
+                        g.timezone
                     ],
                 )
                 .map_err(|e| folder_clash(e, &g.folder))?;

@@ -10,7 +10,7 @@ use crate::model::{
 use crate::outbound::insert_outbound_tx;
 
 const INBOUND_COLS: &str = "id, session_id, chat_id, platform_msg_id, sender, sender_name, text, thread, \
-     received_at, status, tries, process_after, last_error, updated_at";
+     received_at, status, tries, process_after, last_error, updated_at, task_run_id";
 
 /// Backoff exponent cap: keeps `base · 2^n` far from overflow; saturation handles the rest.
 const MAX_BACKOFF_SHIFT: u32 = 30;
@@ -31,6 +31,7 @@ fn inbound_row(row: &Row<'_>) -> rusqlite::Result<Inbound> {
         process_after: row.get(11)?,
         last_error: row.get(12)?,
         updated_at: row.get(13)?,
+        task_run_id: row.get(14)?,
     })
 }
 
@@ -48,6 +49,30 @@ fn inbound_by_id(conn: &Connection, id: i64) -> Result<Option<Inbound>, StoreErr
 pub fn backoff_ms(backoff_base_ms: i64, tries: u32) -> i64 {
     let shift = tries.saturating_sub(1).min(MAX_BACKOFF_SHIFT);
     backoff_base_ms.max(0).saturating_mul(1_i64 << shift)
+}
+
+/// Queue the replies (skipping existing idempotency keys) and mark the rows `done`, inside a
+/// transaction. Returns the newly inserted replies.
+pub(crate) fn complete_turn_tx(
+    tx: &Connection,
+    inbound_ids: &[i64],
+    replies: &[NewOutbound],
+    now_ms: i64,
+) -> Result<Vec<Outbound>, StoreError> {
+    let mut inserted = Vec::with_capacity(replies.len());
+    for reply in replies {
+        if let Some(row) = insert_outbound_tx(tx, reply, now_ms)? {
+            inserted.push(row);
+        }
+    }
+    for id in inbound_ids {
+        tx.execute(
+            "UPDATE inbound SET status = 'done', updated_at = ?2 WHERE id = ?1",
+            params![id, now_ms],
+        )
+        .ctx("mark inbound done")?;
+    }
+    Ok(inserted)
 }
 
 impl Store {
@@ -104,18 +129,27 @@ impl Store {
         let session_id = session_id.into();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.write("claim pending inbound", move |tx| {
-            let ids: Vec<i64> = {
+            let due: Vec<(i64, Option<i64>)> = {
                 let mut stmt = tx
                     .prepare_cached(
-                        "SELECT id FROM inbound
+                        "SELECT id, task_run_id FROM inbound
                          WHERE session_id = ?1 AND status = 'pending' AND process_after <= ?2
                          ORDER BY received_at, id LIMIT ?3",
                     )
                     .ctx("select due inbound")?;
                 let rows = stmt
-                    .query_map(params![session_id, now_ms, max], |r| r.get(0))
+                    .query_map(params![session_id, now_ms, max], |r| Ok((r.get(0)?, r.get(1)?)))
                     .ctx("select due inbound")?;
                 rows.collect::<Result<_, _>>().ctx("select due inbound")?
+            };
+            // A scheduled task's run is a turn of its own: never batched with chat messages.
+            let ids: Vec<i64> = match due.first() {
+                Some((id, Some(_))) => vec![*id],
+                _ => due
+                    .iter()
+                    .take_while(|(_, run)| run.is_none())
+                    .map(|(id, _)| *id)
+                    .collect(),
             };
             let mut claimed = Vec::with_capacity(ids.len());
             for id in ids {
@@ -142,19 +176,15 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<Outbound>, StoreError> {
         self.write("complete turn", move |tx| {
-            let mut inserted = Vec::with_capacity(replies.len());
-            for reply in &replies {
-                if let Some(row) = insert_outbound_tx(tx, reply, now_ms)? {
-                    inserted.push(row);
-                }
-            }
-            for id in &inbound_ids {
-                tx.execute(
-                    "UPDATE inbound SET status = 'done', updated_at = ?2 WHERE id = ?1",
-                    params![id, now_ms],
-                )
-                .ctx("mark inbound done")?;
-            }
+            let inserted = complete_turn_tx(tx, &inbound_ids, &replies, now_ms)?;
+            crate::tasks::finish_runs_tx(
+                tx,
+                &inbound_ids,
+                crate::tasks::RunStatus::Ok,
+                (0, 0),
+                None,
+                now_ms,
+            )?;
             Ok(inserted)
         })
         .await
@@ -212,6 +242,14 @@ impl Store {
             }
             if !out.failed.is_empty() {
                 tracing::warn!(failed = ?out.failed, error = %error, "store: inbound messages gave up");
+                out.failed_runs = crate::tasks::finish_runs_tx(
+                    tx,
+                    &out.failed,
+                    crate::tasks::RunStatus::Failed,
+                    (0, 0),
+                    Some(&error),
+                    now_ms,
+                )?;
                 if let Some(notice) = &failure_notice {
                     out.notice = insert_outbound_tx(tx, notice, now_ms)?;
                 }

@@ -15,6 +15,7 @@ mod model;
 mod mounts;
 mod outbound;
 mod sessions;
+mod tasks;
 mod usage;
 mod vault;
 
@@ -31,6 +32,10 @@ pub use model::{
 pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.
 pub use rusqlite;
+pub use tasks::{
+    FailedRun, FireTask, FiredRun, NewTask, RunStatus, TASK_FAILING_AFTER, Task, TaskChanges,
+    TaskRunRow, TaskStatus,
+};
 pub use vault::{
     AUDIT_GENESIS_HASH, ApprovalState, AuditRecord, GrantApproval, NewAudit, NewGrant,
     SecretRecord, SecretVersion, VaultGrant,

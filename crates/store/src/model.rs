@@ -1,18 +1,12 @@
 //! Row types and enums. Plain pub-field structs, serializable for `--json` output.
 
-use std::fmt;
-use std::str::FromStr;
-
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use serde::{Deserialize, Serialize};
-
-use crate::error::StoreError;
 
 /// Declares a string-backed enum with `as_str`, `FromStr`, `Display` and SQLite conversions.
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
@@ -29,16 +23,16 @@ macro_rules! text_enum {
             }
         }
 
-        impl FromStr for $name {
-            type Err = StoreError;
-            fn from_str(s: &str) -> Result<Self, StoreError> {
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::StoreError;
+            fn from_str(s: &str) -> Result<Self, $crate::StoreError> {
                 $name::ALL
                     .iter()
                     .copied()
                     .find(|v| v.as_str() == s)
                     .ok_or_else(|| {
                         let allowed: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
-                        StoreError::Invalid(format!(
+                        $crate::StoreError::Invalid(format!(
                             "{:?} is not a valid {} (expected one of: {})",
                             s,
                             stringify!($name),
@@ -48,26 +42,28 @@ macro_rules! text_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
+        impl ::rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> ::rusqlite::Result<::rusqlite::types::ToSqlOutput<'_>> {
+                Ok(::rusqlite::types::ToSqlOutput::from(self.as_str()))
             }
         }
 
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        impl ::rusqlite::types::FromSql for $name {
+            fn column_result(value: ::rusqlite::types::ValueRef<'_>) -> ::rusqlite::types::FromSqlResult<Self> {
                 let text = value.as_str()?;
-                text.parse().map_err(|e: StoreError| FromSqlError::Other(Box::new(e)))
+                text.parse().map_err(|e: $crate::StoreError| ::rusqlite::types::FromSqlError::Other(Box::new(e)))
             }
         }
     };
 }
+
+pub(crate) use text_enum;
 
 text_enum!(
     /// Lifecycle of an inbound message.
@@ -129,6 +125,9 @@ pub struct Group {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub created_at: i64,
+    /// IANA time zone for the group's schedules and clock; `None`: the host's.
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 /// Input of [`Store::ensure_group`](crate::Store::ensure_group).
@@ -217,6 +216,8 @@ pub struct Inbound {
     pub process_after: i64,
     pub last_error: Option<String>,
     pub updated_at: i64,
+    /// The scheduled task run this row carries out; `None` for chat messages.
+    pub task_run_id: Option<i64>,
 }
 
 /// Input of [`Store::insert_outbound`](crate::Store::insert_outbound) and friends.
@@ -258,6 +259,8 @@ pub struct RetryOutcome {
     pub failed: Vec<i64>,
     /// The failure notice, when it was inserted by this call.
     pub notice: Option<Outbound>,
+    /// Scheduled task runs that ended failed with these rows (for alerts).
+    pub failed_runs: Vec<crate::tasks::FailedRun>,
 }
 
 /// Token usage of one model turn.

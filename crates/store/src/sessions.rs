@@ -20,6 +20,62 @@ fn session_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
+/// [`Store::resolve_session`] inside an open transaction (thread already resolved by mode).
+pub(crate) fn resolve_session_tx(
+    tx: &rusqlite::Connection,
+    group_id: &str,
+    chat_id: i64,
+    thread: Option<String>,
+    now_ms: i64,
+) -> Result<Session, StoreError> {
+    let found = tx
+        .query_row(
+            &format!(
+                "SELECT {SESSION_COLS} FROM sessions
+                     WHERE group_id = ?1 AND chat_id = ?2 AND thread IS ?3 AND status = 'active'"
+            ),
+            params![group_id, chat_id, thread],
+            session_row,
+        )
+        .optional()
+        .ctx("find active session")?;
+    if let Some(mut session) = found {
+        if now_ms > session.last_active {
+            tx.execute(
+                "UPDATE sessions SET last_active = ?2 WHERE id = ?1",
+                params![session.id, now_ms],
+            )
+            .ctx("touch session")?;
+            session.last_active = now_ms;
+        }
+        return Ok(session);
+    }
+    let session = Session {
+        id: new_id("ses"),
+        group_id: group_id.to_owned(),
+        chat_id,
+        thread: thread.clone(),
+        status: SessionStatus::Active,
+        created_at: now_ms,
+        last_active: now_ms,
+    };
+    tx.execute(
+        &format!("INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        params![
+            session.id,
+            session.group_id,
+            session.chat_id,
+            session.thread,
+            session.status,
+            session.created_at,
+            session.last_active
+        ],
+    )
+    .ctx("create session")?;
+    tracing::info!(session = %session.id, group = %session.group_id, chat_id, "store: session created");
+    Ok(session)
+}
+
 impl Store {
     /// Find the active session for (group, chat, thread) or create it; marks it active at `now_ms`.
     /// In shared mode the thread is ignored: the whole chat is one session.
@@ -37,52 +93,7 @@ impl Store {
             SessionMode::PerThread => thread,
         };
         self.write("resolve session", move |tx| {
-            let found = tx
-                .query_row(
-                    &format!(
-                        "SELECT {SESSION_COLS} FROM sessions
-                         WHERE group_id = ?1 AND chat_id = ?2 AND thread IS ?3 AND status = 'active'"
-                    ),
-                    params![group_id, chat_id, thread],
-                    session_row,
-                )
-                .optional()
-                .ctx("find active session")?;
-            if let Some(mut session) = found {
-                if now_ms > session.last_active {
-                    tx.execute(
-                        "UPDATE sessions SET last_active = ?2 WHERE id = ?1",
-                        params![session.id, now_ms],
-                    )
-                    .ctx("touch session")?;
-                    session.last_active = now_ms;
-                }
-                return Ok(session);
-            }
-            let session = Session {
-                id: new_id("ses"),
-                group_id: group_id.clone(),
-                chat_id,
-                thread: thread.clone(),
-                status: SessionStatus::Active,
-                created_at: now_ms,
-                last_active: now_ms,
-            };
-            tx.execute(
-                &format!("INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                params![
-                    session.id,
-                    session.group_id,
-                    session.chat_id,
-                    session.thread,
-                    session.status,
-                    session.created_at,
-                    session.last_active
-                ],
-            )
-            .ctx("create session")?;
-            tracing::info!(session = %session.id, group = %session.group_id, chat_id, "store: session created");
-            Ok(session)
+            resolve_session_tx(tx, &group_id, chat_id, thread.clone(), now_ms)
         })
         .await
     }

@@ -21,11 +21,16 @@ pub enum VaultError {
 
     /// No master key is available, but the vault holds secrets sealed with one.
     #[error(
-        "no master key: the vault holds secrets but NANOCLAW_MASTER_KEY is not set and {} does \
-         not exist; set NANOCLAW_MASTER_KEY or restore {}",
+        "no master key: the vault holds secrets but NANOCLAW_MASTER_KEY is not set, {} does \
+         not exist and the OS keyring has no key for this data dir; set NANOCLAW_MASTER_KEY, \
+         restore {} or unlock the keyring that holds it",
         key_path.display(), key_path.display()
     )]
     MissingKey { key_path: PathBuf },
+
+    /// The OS keyring is there but failed; no new key is made in its place.
+    #[error(transparent)]
+    Keyring(#[from] crate::keyring::KeyringError),
 
     /// The master key text could not be parsed.
     #[error("the master key from {origin} is not 32 bytes as base64 or 64 hex characters: {why}")]

@@ -1,7 +1,12 @@
-//! The 32-byte master key: from `NANOCLAW_MASTER_KEY` (base64 or 64 hex characters), else from a 0600
-//! key file outside the data dir, `$XDG_CONFIG_HOME/nanoclaw/master.key` (default
-//! `~/.config/nanoclaw/master.key`), created on first use by `nanoclaw vault set`. The OS keyring is
-//! not used (see docs/SECURITY.md).
+//! The 32-byte master key, looked for in this order:
+//! 1. `NANOCLAW_MASTER_KEY` (base64 or 64 hex characters);
+//! 2. a 0600 key file outside the data dir, `$XDG_CONFIG_HOME/nanoclaw/master.key` (default
+//!    `~/.config/nanoclaw/master.key`), when it exists — installs that started with a file keep it;
+//! 3. the OS keyring (Secret Service), the item for this data dir.
+//!
+//! On first use (`nanoclaw vault set`) a new key goes to the OS keyring when there is one, else to the
+//! key file. An existing key is never replaced. A keyring that is there but fails (locked, prompt
+//! dismissed) is an error, never a reason to make a new key.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -13,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::secret_key;
 use crate::error::VaultError;
+use crate::keyring::{KeyringEntry, Lookup};
 
 /// Environment variable holding the master key.
 pub const MASTER_KEY_ENV: &str = "NANOCLAW_MASTER_KEY";
@@ -24,6 +30,10 @@ pub enum KeyOrigin {
     File(PathBuf),
     /// Created just now at this path.
     Created(PathBuf),
+    /// The OS keyring's item for this data dir.
+    Keyring,
+    /// Created just now in the OS keyring.
+    CreatedInKeyring,
     /// Given by the program (tests, embedding).
     Given,
 }
@@ -34,8 +44,37 @@ impl std::fmt::Display for KeyOrigin {
             KeyOrigin::Env => write!(f, "{MASTER_KEY_ENV}"),
             KeyOrigin::File(p) => write!(f, "key file {}", p.display()),
             KeyOrigin::Created(p) => write!(f, "new key file {}", p.display()),
+            KeyOrigin::Keyring => write!(f, "the OS keyring"),
+            KeyOrigin::CreatedInKeyring => write!(f, "a new key in the OS keyring"),
             KeyOrigin::Given => write!(f, "the key given by the program"),
         }
+    }
+}
+
+/// Where to look for the master key besides `NANOCLAW_MASTER_KEY`.
+#[derive(Clone, Debug)]
+pub struct KeySources {
+    /// The key file (used when it exists, or created when there is no keyring).
+    pub file: PathBuf,
+    /// The OS keyring item; `None` when the keyring is turned off.
+    pub keyring: Option<KeyringEntry>,
+}
+
+impl KeySources {
+    /// The key file only (no keyring).
+    pub fn file_only(file: &Path) -> KeySources {
+        KeySources {
+            file: file.to_path_buf(),
+            keyring: None,
+        }
+    }
+
+    /// The default key file and the keyring item for the data dir `home`.
+    pub fn for_home(home: &Path) -> Result<KeySources, VaultError> {
+        Ok(KeySources {
+            file: default_key_path()?,
+            keyring: KeyringEntry::for_home(home),
+        })
     }
 }
 
@@ -106,29 +145,60 @@ impl MasterKey {
         })
     }
 
-    /// The key from `NANOCLAW_MASTER_KEY`, else from the key file at `path`. With `create`, a missing
-    /// key file is created (0600, directory 0700) with a fresh key; an existing one is never replaced.
+    /// The key from `NANOCLAW_MASTER_KEY`, else the key file, else the OS keyring (see the module
+    /// docs). With `create`, a missing key is created — in the keyring when there is one, else in the
+    /// key file (0600, directory 0700); an existing one is never replaced.
     /// `Ok(None)`: no key anywhere and `create` is false.
-    pub fn load(path: &Path, create: bool) -> Result<Option<MasterKey>, VaultError> {
+    pub fn load(sources: &KeySources, create: bool) -> Result<Option<MasterKey>, VaultError> {
         if let Some(text) = std::env::var_os(MASTER_KEY_ENV).filter(|v| !v.is_empty()) {
             let text = Zeroizing::new(text.to_string_lossy().into_owned());
             return MasterKey::parse(&text, KeyOrigin::Env).map(Some);
         }
+        let path = sources.file.as_path();
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let text = Zeroizing::new(text);
                 warn_if_loose(path);
-                MasterKey::parse(&text, KeyOrigin::File(path.to_path_buf())).map(Some)
+                return MasterKey::parse(&text, KeyOrigin::File(path.to_path_buf())).map(Some);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                MasterKey::create_file(path).map(Some)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(VaultError::KeyFile {
+                    op: "read the master key file",
+                    path: path.to_path_buf(),
+                    source,
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(VaultError::KeyFile {
-                op: "read the master key file",
-                path: path.to_path_buf(),
-                source,
-            }),
+        }
+        if let Some(entry) = &sources.keyring {
+            match entry.lookup()? {
+                Lookup::Found(text) => {
+                    return MasterKey::parse(&text, KeyOrigin::Keyring).map(Some);
+                }
+                Lookup::Missing if create => {
+                    let key = MasterKey::generate();
+                    let text = Zeroizing::new(hex::encode(key.bytes()));
+                    if entry.store(&text)? {
+                        tracing::info!(
+                            home = entry.home(),
+                            "vault: created a new master key in the OS keyring"
+                        );
+                        return Ok(Some(MasterKey {
+                            key: key.key,
+                            origin: KeyOrigin::CreatedInKeyring,
+                        }));
+                    }
+                }
+                Lookup::Missing => {}
+                Lookup::Unavailable(why) => {
+                    tracing::debug!(%why, "vault: no OS keyring; using the key file");
+                }
+            }
+        }
+        if create {
+            MasterKey::create_file(path).map(Some)
+        } else {
+            Ok(None)
         }
     }
 

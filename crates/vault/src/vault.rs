@@ -138,19 +138,26 @@ impl Vault {
         })
     }
 
-    /// Open with the key from `NANOCLAW_MASTER_KEY` or the key file at `key_path`. With `create`, a
-    /// missing key file is created — but only when the vault was never sealed with any key.
-    /// `Ok(None)`: there is no key and the vault is empty (nothing to decrypt).
+    /// Open with the key from `NANOCLAW_MASTER_KEY`, the key file or the OS keyring (see
+    /// [`MasterKey::load`]). With `create`, a missing key is created — but only when the vault was
+    /// never sealed with any key. `Ok(None)`: there is no key and the vault is empty.
     pub async fn open_default(
         store: Store,
-        key_path: &std::path::Path,
+        sources: &crate::KeySources,
         create: bool,
     ) -> Result<Option<Vault>, VaultError> {
         let sealed = store.vault_meta(KEY_CHECK).await?.is_some();
-        match MasterKey::load(key_path, create && !sealed)? {
+        let load_sources = sources.clone();
+        let key =
+            tokio::task::spawn_blocking(move || MasterKey::load(&load_sources, create && !sealed))
+                .await
+                .map_err(|e| {
+                    VaultError::Invalid(format!("loading the master key failed: {e}"))
+                })??;
+        match key {
             Some(key) => Vault::open(store, key).await.map(Some),
             None if sealed => Err(VaultError::MissingKey {
-                key_path: key_path.to_path_buf(),
+                key_path: sources.file.clone(),
             }),
             None => Ok(None),
         }
@@ -159,6 +166,11 @@ impl Vault {
     /// The store behind the vault.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Where the master key came from (for messages; never the key).
+    pub fn key_origin(&self) -> &KeyOrigin {
+        self.key().origin()
     }
 
     fn key(&self) -> &MasterKey {

@@ -446,13 +446,15 @@ async fn the_key_file_is_created_0600_once_and_reused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cfg/nanoclaw/master.key");
+    // The key file only: the keyring has its own test (tests/keyring.rs).
+    let sources = nanoclaw_vault::KeySources::file_only(&path);
     // Only meaningful without NANOCLAW_MASTER_KEY in this test process.
     if std::env::var_os(nanoclaw_vault::MASTER_KEY_ENV).is_some() {
         return;
     }
-    assert!(MasterKey::load(&path, false).unwrap().is_none());
+    assert!(MasterKey::load(&sources, false).unwrap().is_none());
     let store = Store::open_in_memory().unwrap();
-    let v = Vault::open_default(store.clone(), &path, true)
+    let v = Vault::open_default(store.clone(), &sources, true)
         .await
         .unwrap()
         .unwrap();
@@ -470,7 +472,7 @@ async fn the_key_file_is_created_0600_once_and_reused() {
         0o700
     );
     let before = std::fs::read(&path).unwrap();
-    let v2 = Vault::open_default(store.clone(), &path, true)
+    let v2 = Vault::open_default(store.clone(), &sources, true)
         .await
         .unwrap()
         .unwrap();
@@ -478,7 +480,9 @@ async fn the_key_file_is_created_0600_once_and_reused() {
     assert_eq!(std::fs::read(&path).unwrap(), before);
     // The key file lost: a clear error, and no new key file is made over it.
     std::fs::remove_file(&path).unwrap();
-    let err = Vault::open_default(store, &path, true).await.unwrap_err();
+    let err = Vault::open_default(store, &sources, true)
+        .await
+        .unwrap_err();
     assert!(matches!(err, VaultError::MissingKey { .. }), "{err}");
     assert!(!path.exists());
 }

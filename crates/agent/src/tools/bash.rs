@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,7 +90,8 @@ impl Tool for BashTool {
     }
 }
 
-fn shell() -> &'static str {
+/// The shell commands run with: bash, or sh where a minimal image lacks it.
+pub(crate) fn shell() -> &'static str {
     if Path::new("/bin/bash").exists() {
         "/bin/bash"
     } else {
@@ -99,6 +100,83 @@ fn shell() -> &'static str {
 }
 
 async fn run_command(command: &str, cwd: &Path, timeout: Duration) -> ToolOutput {
+    // One buffer for both streams, so the model sees them interleaved as a terminal would.
+    let output = Capture::new(HEAD_BYTES, TAIL_BYTES);
+    let exit = match run_shell(command, cwd, timeout, &output, &output).await {
+        Ok(exit) => exit,
+        Err(e) => {
+            return ToolOutput::error(format!(
+                "could not start {} in {}: {e}",
+                shell(),
+                cwd.display()
+            ));
+        }
+    };
+
+    let mut text = output.text();
+    if text.is_empty() {
+        text.push_str("(no output)");
+    }
+    if exit.detached {
+        text.push_str(
+            "\n[background processes still hold the output open; their later output is not shown]",
+        );
+    }
+    if exit.timed_out {
+        text.push_str(&format!(
+            "\n[timed out after {} s; the command and all its child processes were killed]",
+            timeout.as_secs()
+        ));
+        return ToolOutput::error(text);
+    }
+    match exit.status {
+        Some(s) if s.success() => {
+            text.push_str("\n[exit code: 0]");
+            ToolOutput::ok(text)
+        }
+        Some(s) => {
+            match s.code() {
+                Some(code) => text.push_str(&format!("\n[exit code: {code}]")),
+                None => text.push_str(&format!("\n[killed by signal {}]", signal(s))),
+            }
+            ToolOutput::error(text)
+        }
+        None => {
+            text.push_str("\n[exit status unknown]");
+            ToolOutput::error(text)
+        }
+    }
+}
+
+/// The signal that ended a process (0 when it was not a signal).
+pub(crate) fn signal(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().unwrap_or(0)
+}
+
+/// How a shell command ended.
+#[derive(Debug)]
+pub(crate) struct ShellExit {
+    /// `None` when the exit status could not be read.
+    pub status: Option<ExitStatus>,
+    /// The command ran past its timeout and was killed with its whole process group.
+    pub timed_out: bool,
+    /// Background processes still held the output pipes after the shell exited; what they
+    /// write later is not captured.
+    pub detached: bool,
+}
+
+/// Runs `command` with the shell in `cwd`, inheriting this process's environment (so the
+/// egress proxy variables reach it), with stdin closed, stdout and stderr captured into
+/// `stdout` and `stderr` (which may be the same capture), killed with everything it started
+/// after `timeout`. Errors only when the shell cannot be started.
+pub(crate) async fn run_shell(
+    command: &str,
+    cwd: &Path,
+    timeout: Duration,
+    stdout: &Capture,
+    stderr: &Capture,
+) -> std::io::Result<ShellExit> {
     let mut cmd = Command::new(shell());
     cmd.arg("-c")
         .arg(command)
@@ -109,24 +187,14 @@ async fn run_command(command: &str, cwd: &Path, timeout: Duration) -> ToolOutput
         // Own process group, so a timeout can kill everything the command started.
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return ToolOutput::error(format!(
-                "could not start {} in {}: {e}",
-                shell(),
-                cwd.display()
-            ));
-        }
-    };
+    let mut child = cmd.spawn()?;
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
-    let collector = Arc::new(Mutex::new(HeadTail::default()));
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
-        readers.push(tokio::spawn(pump(out, collector.clone())));
+        readers.push(tokio::spawn(pump(out, stdout.clone())));
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(pump(err, collector.clone())));
+        readers.push(tokio::spawn(pump(err, stderr.clone())));
     }
 
     let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
@@ -149,47 +217,11 @@ async fn run_command(command: &str, cwd: &Path, timeout: Duration) -> ToolOutput
             detached = true;
         }
     }
-
-    let mut text = collector
-        .lock()
-        .map(|c| c.render())
-        .unwrap_or_else(|e| e.into_inner().render());
-    if text.is_empty() {
-        text.push_str("(no output)");
-    }
-    if detached {
-        text.push_str(
-            "\n[background processes still hold the output open; their later output is not shown]",
-        );
-    }
-    if timed_out {
-        text.push_str(&format!(
-            "\n[timed out after {} s; the command and all its child processes were killed]",
-            timeout.as_secs()
-        ));
-        return ToolOutput::error(text);
-    }
-    match status {
-        Some(s) if s.success() => {
-            text.push_str("\n[exit code: 0]");
-            ToolOutput::ok(text)
-        }
-        Some(s) => {
-            match s.code() {
-                Some(code) => text.push_str(&format!("\n[exit code: {code}]")),
-                None => {
-                    use std::os::unix::process::ExitStatusExt;
-                    let sig = s.signal().unwrap_or(0);
-                    text.push_str(&format!("\n[killed by signal {sig}]"));
-                }
-            }
-            ToolOutput::error(text)
-        }
-        None => {
-            text.push_str("\n[exit status unknown]");
-            ToolOutput::error(text)
-        }
-    }
+    Ok(ShellExit {
+        status,
+        timed_out,
+        detached,
+    })
 }
 
 fn kill_group(pgid: i32) {
@@ -200,22 +232,50 @@ fn kill_group(pgid: i32) {
     }
 }
 
-async fn pump<R: AsyncRead + Unpin>(mut from: R, into: Arc<Mutex<HeadTail>>) {
+async fn pump<R: AsyncRead + Unpin>(mut from: R, into: Capture) {
     let mut buf = vec![0u8; 8192];
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => match into.lock() {
-                Ok(mut c) => c.push(&buf[..n]),
-                Err(e) => e.into_inner().push(&buf[..n]),
-            },
+            Ok(n) => into.push(&buf[..n]),
         }
     }
 }
 
-/// Keeps the first and last bytes of a stream of any length in bounded memory.
+/// A command's output kept in bounded memory: the first `head` and the last `tail` bytes
+/// of a stream of any length. Clones share one buffer.
+#[derive(Clone)]
+pub(crate) struct Capture(Arc<Mutex<HeadTail>>);
+
+impl Capture {
+    pub(crate) fn new(head: usize, tail: usize) -> Self {
+        Self(Arc::new(Mutex::new(HeadTail {
+            head_max: head,
+            tail_max: tail,
+            ..HeadTail::default()
+        })))
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        match self.0.lock() {
+            Ok(mut c) => c.push(bytes),
+            Err(e) => e.into_inner().push(bytes),
+        }
+    }
+
+    /// What was kept, lossily decoded, with a note where the middle was cut.
+    pub(crate) fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|c| c.render())
+            .unwrap_or_else(|e| e.into_inner().render())
+    }
+}
+
 #[derive(Default)]
 struct HeadTail {
+    head_max: usize,
+    tail_max: usize,
     head: Vec<u8>,
     tail: VecDeque<u8>,
     total: usize,
@@ -224,15 +284,16 @@ struct HeadTail {
 impl HeadTail {
     fn push(&mut self, mut bytes: &[u8]) {
         self.total += bytes.len();
-        let room = HEAD_BYTES - self.head.len();
+        let room = self.head_max - self.head.len();
         if room > 0 {
             let n = room.min(bytes.len());
             self.head.extend_from_slice(&bytes[..n]);
             bytes = &bytes[n..];
         }
         self.tail.extend(bytes);
-        while self.tail.len() > TAIL_BYTES {
-            self.tail.pop_front();
+        if self.tail.len() > self.tail_max {
+            let excess = self.tail.len() - self.tail_max;
+            self.tail.drain(..excess);
         }
     }
 

@@ -123,6 +123,7 @@ pub async fn start_host_with(
         runtime,
         agent_binary: Some(agent_binary),
         master_key: None,
+        clock: None,
     })
     .await
     .expect("host starts")

@@ -59,6 +59,8 @@ pub enum ChannelEvent {
         channel: String,
         chat_id: String,
     },
+    /// The owner's CLI changed the database: scheduled tasks and queued work are looked at again.
+    Wake,
 }
 
 /// A reply or message for a chat.

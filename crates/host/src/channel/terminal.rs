@@ -29,7 +29,12 @@ const MAX_CLIENT_LINE: usize = 256 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientLine {
-    Message { id: String, text: String },
+    Message {
+        id: String,
+        text: String,
+    },
+    /// The owner's CLI changed the database (e.g. `nanoclaw tasks run-now`): look again now.
+    Wake,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,7 +164,15 @@ impl TerminalChannel {
                     continue;
                 }
             };
-            let ClientLine::Message { id: msg_id, text } = msg;
+            let (msg_id, text) = match msg {
+                ClientLine::Message { id, text } => (id, text),
+                ClientLine::Wake => {
+                    if sink.send(ChannelEvent::Wake).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let (ack_tx, ack_rx) = oneshot::channel();
             let event = InboundEvent {
                 channel: "terminal".into(),
@@ -305,6 +318,14 @@ impl TerminalClient {
         .map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.write.write_all(&line).await
+    }
+
+    /// Tells the host that the database changed under it (scheduled tasks, queued runs).
+    pub async fn wake(&mut self) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&ClientLine::Wake).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.write.write_all(&line).await?;
+        self.write.flush().await
     }
 
     /// Sends raw bytes (tests of malformed input).

@@ -62,6 +62,7 @@ async fn run_demo(home: &std::path::Path) -> anyhow::Result<ExitCode> {
         runtime: None,
         agent_binary: None,
         master_key: None,
+        clock: None,
     };
     let host = Host::start(options).await?;
     match host.runtime() {

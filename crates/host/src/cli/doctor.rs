@@ -112,6 +112,9 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
         },
         optional: false,
     });
+    if let Ok(p) = &paths {
+        checks.push(master_key_check(&p.home).await);
+    }
     let all_ok = checks.iter().all(|c| c.ok || c.optional);
     if json {
         println!("{}", serde_json::json!({"ok": all_ok, "checks": checks}));
@@ -130,4 +133,34 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Where the vault's master key comes from. Only a key that is there but unreadable fails: no key yet
+/// is normal before the first `nanoclaw vault set`.
+async fn master_key_check(home: &std::path::Path) -> Check {
+    let sources = nanoclaw_vault::KeySources::for_home(home);
+    let loaded = match sources {
+        Ok(sources) => tokio::task::spawn_blocking(move || {
+            nanoclaw_vault::MasterKey::load(&sources, false).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    let (ok, detail) = match loaded {
+        Ok(Some(key)) => (true, format!("from {}", key.origin())),
+        Ok(None) => (
+            true,
+            "none yet; the first `nanoclaw vault set` makes one (in the OS keyring when there is \
+             one, else a key file)"
+                .into(),
+        ),
+        Err(e) => (false, e),
+    };
+    Check {
+        name: "vault master key",
+        ok,
+        detail,
+        optional: false,
+    }
 }

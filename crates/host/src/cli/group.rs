@@ -48,6 +48,7 @@ pub async fn set(
     provider: Option<String>,
     model: Option<String>,
     trigger: Option<String>,
+    timezone: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let (store, _) = open()?;
     let Some(mut group) = store.group_by_folder(folder.as_str()).await? else {
@@ -71,9 +72,18 @@ pub async fn set(
         }
         group.trigger = t;
     }
+    if let Some(tz) = timezone {
+        if tz == "host" {
+            group.timezone = None;
+        } else {
+            let zone = nanoclaw_schedule::parse_tz(&tz)?;
+            group.timezone = Some(zone.name().to_owned());
+        }
+    }
     store.update_group(&group).await?;
     println!(
-        "updated {}: the group's next agent uses these settings",
+        "updated {}: the group's next agent uses these settings (existing scheduled tasks keep \
+         their zone)",
         group.folder
     );
     Ok(ExitCode::SUCCESS)

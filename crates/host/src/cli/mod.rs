@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod group;
 pub mod image;
 pub mod run;
+pub mod tasks;
 pub mod vault;
 
 use std::path::Path;

@@ -6,19 +6,34 @@ use std::time::Duration;
 
 use nanoclaw_host::config::Paths;
 use nanoclaw_store::{AuditRecord, Store};
-use nanoclaw_vault::{Audit, GrantRequest, SecretString, Vault, VerifyError, default_key_path};
+use nanoclaw_vault::{
+    Audit, GrantRequest, KeyOrigin, KeySources, SecretString, Vault, VerifyError,
+};
 
 fn open_store() -> anyhow::Result<Store> {
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
     Ok(Store::open(&paths.database())?)
 }
 
-/// The vault with the master key. `create`: make a key file when there is no key at all and the vault
-/// was never sealed (first `vault set`).
+/// The vault with the master key. `create`: make a key (in the OS keyring when there is one, else a
+/// key file) when there is no key at all and the vault was never sealed (first `vault set`).
 async fn open_vault(create: bool) -> anyhow::Result<Option<Vault>> {
-    let store = open_store()?;
-    let key_path = default_key_path()?;
-    Ok(Vault::open_default(store, &key_path, create).await?)
+    let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
+    let store = Store::open(&paths.database())?;
+    let sources = KeySources::for_home(&paths.home)?;
+    let vault = Vault::open_default(store, &sources, create).await?;
+    if let Some(v) = &vault
+        && matches!(
+            v.key_origin(),
+            KeyOrigin::Created(_) | KeyOrigin::CreatedInKeyring
+        )
+    {
+        eprintln!(
+            "vault: master key created ({}); back it up: without it the vault cannot be read",
+            v.key_origin()
+        );
+    }
+    Ok(vault)
 }
 
 async fn require_vault() -> anyhow::Result<Vault> {

@@ -39,6 +39,7 @@ pub async fn start_host(home: &Path, model: &ScriptedModel, config: Config) -> H
         runtime: None,
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
         master_key: None,
+        clock: None,
     })
     .await
     .expect("host starts")
