@@ -178,3 +178,122 @@ fn a_groups_model_can_be_changed_from_the_cli() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("gemini"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_listed_shown_paused_resumed_run_and_cancelled_from_the_cli() {
+    let home = TestHome::new();
+    // The database, with the owner's main group and terminal chat, as the host makes them.
+    let store = nanoclaw_store::Store::open(&home.path().join("nanoclaw.db")).unwrap();
+    let main = store
+        .ensure_group(nanoclaw_store::NewGroup {
+            name: "Main".into(),
+            folder: "main".into(),
+            is_main: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let chat = store
+        .ensure_chat("terminal", "local", "Terminal", false)
+        .await
+        .unwrap();
+    let schedule = nanoclaw_schedule::Schedule::cron("0 9 * * 1-5").unwrap();
+    let next = schedule
+        .next_after(chrono::Utc::now(), nanoclaw_schedule::Tz::Europe__Berlin)
+        .unwrap();
+    let task = store
+        .create_task(nanoclaw_store::NewTask {
+            group_id: main.id.clone(),
+            chat_id: chat.id,
+            prompt: "Send an overview of the sales pipeline.".into(),
+            script: None,
+            schedule: serde_json::to_string(&schedule).unwrap(),
+            timezone: "Europe/Berlin".into(),
+            isolated: false,
+            next_run_at: Some(next.timestamp_millis()),
+            created_by: "agent:main".into(),
+        })
+        .await
+        .unwrap();
+    let run = |args: Vec<String>| {
+        let home = home.path().to_path_buf();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
+                cmd.args(&args)
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .env("HOME", &home)
+                    .env("NANOCLAW_HOME", &home)
+                    .env("NO_COLOR", "1");
+                cmd.output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let out = run(args(&["tasks", "list", "--json"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["task_id"], task.id.as_str());
+    assert_eq!(listed[0]["schedule"], "cron 0 9 * * 1-5 (Europe/Berlin)");
+    // The next fire time is shown in the task's zone: 09:00 CET or CEST.
+    let next_local = listed[0]["next_run_local"].as_str().unwrap();
+    assert!(next_local.contains(" 09:00:00 CE"), "{next_local}");
+    let out = run(args(&["tasks", "list"])).await;
+    assert!(text(&out.stdout).contains(&task.id));
+    assert!(text(&out.stdout).contains("09:00:00"));
+
+    let out = run(args(&["tasks", "pause", &task.id, "--json"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let paused: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(paused["task"]["status"], "paused");
+    assert!(paused["task"].get("next_run").is_none());
+
+    let out = run(args(&["tasks", "resume", &task.id])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("next run"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // No host is running: the run is queued for when it starts, and the user is told.
+    let out = run(args(&["tasks", "run-now", &task.id])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("not running"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(args(&["tasks", "show", &task.id, "--json"])).await;
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["runs"][0]["status"], "queued");
+    assert_eq!(shown["runs"][0]["manual"], true);
+    assert_eq!(shown["upcoming"].as_array().unwrap().len(), 5);
+    let out = run(args(&["tasks", "show", &task.id])).await;
+    assert!(
+        text(&out.stdout).contains("(run now)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(args(&["tasks", "cancel", &task.id])).await;
+    assert!(out.status.success());
+    let out = run(args(&["tasks", "resume", &task.id])).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cancelled"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(args(&["tasks", "show", "task-nope"])).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nanoclaw tasks list"),
+        "{}",
+        text(&out.stderr)
+    );
+}
