@@ -23,7 +23,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,33 +31,6 @@ use nanoclaw_host::channel::terminal::ServerLine;
 use nanoclaw_host::config::Paths;
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
-
-/// The fake agent. `-S`: skip `site`, nothing from outside the standard library is needed.
-const FAKE_AGENT: &str = r#"#!/usr/bin/python3 -S
-import json, sys, time
-inp, out = sys.stdin.buffer, sys.stdout.buffer
-def send(obj):
-    out.write(json.dumps(obj).encode() + b"\n")
-    out.flush()
-while True:
-    line = inp.readline()
-    if not line:
-        break
-    received = time.time_ns()
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    kind = msg.get("type")
-    if kind == "hello":
-        send({"type": "ready", "protocol_major": 1, "protocol_minor": 0, "agent_version": "bench-fake"})
-    elif kind == "turn":
-        reply = "recv=%d sent=%d" % (received, time.time_ns())
-        send({"type": "turn_finished", "turn_id": msg["turn_id"], "reply": reply,
-              "usage": {"input_tokens": 0, "output_tokens": 0}})
-    elif kind == "shutdown":
-        break
-"#;
 
 fn main() {
     if !Path::new("/usr/bin/python3").is_file() {
@@ -75,24 +47,10 @@ fn main() {
     runtime.block_on(run());
 }
 
-fn field(reply: &str, name: &str) -> i128 {
-    reply
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("the fake agent's reply lacks {name}: {reply}"))
-}
-
-fn duration_ns(ns: i128) -> Duration {
-    Duration::from_nanos(ns.max(0) as u64)
-}
-
 async fn run() {
     print_machine();
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = dir.path().join("fake-agent.py");
-    std::fs::write(&agent, FAKE_AGENT).expect("writing the fake agent");
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let agent = write_fake_agent(dir.path());
 
     // The model is never called (the fake agent answers itself); the host wants one configured.
     let model = ScriptedModel::start(Scenario::echo().with_api_key(BENCH_KEY))
