@@ -1139,8 +1139,10 @@ async fn alert_task_failure(
 /// Fires scheduled tasks when due; sleeps until the next fire time (or a change) in between.
 async fn task_loop(inner: Arc<Inner>) {
     loop {
+        let mut last_pass = inner.tasks.clock().now();
         match inner.tasks.fire_due().await {
             Ok(fired) => {
+                last_pass = fired.at;
                 if fired.handled > 0 {
                     // Late and skipped runs queue a notice for their chat.
                     inner.delivery_wake.notify_one();
@@ -1151,7 +1153,7 @@ async fn task_loop(inner: Arc<Inner>) {
             }
             Err(e) => tracing::error!(error = %e, "firing scheduled tasks failed"),
         }
-        inner.tasks.wait().await;
+        inner.tasks.wait(last_pass).await;
     }
 }
 

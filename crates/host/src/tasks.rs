@@ -79,6 +79,8 @@ pub struct RunView {
 /// What one [`Scheduler::fire_due`] pass did.
 #[derive(Debug, Default)]
 pub struct Fired {
+    /// The clock reading the pass fired by.
+    pub at: DateTime<Utc>,
     /// Sessions that got a run's turn to answer.
     pub sessions: Vec<String>,
     /// Due tasks looked at (fired, skipped as missed, or changed meanwhile); each may have queued a
@@ -363,11 +365,16 @@ impl Scheduler {
 
     /// Fire every task due by the clock.
     pub async fn fire_due(&self) -> Result<Fired, StoreError> {
-        let mut fired = Fired::default();
+        let mut fired = Fired {
+            at: self.clock.now(),
+            ..Fired::default()
+        };
         loop {
             let now = self.clock.now();
+            fired.at = now;
             let due = self.store.due_tasks(ms(now), FIRE_BATCH).await?;
             let full = due.len() == FIRE_BATCH;
+            let mut failed = 0;
             for task in due {
                 fired.handled += 1;
                 match self.fire_one(&task, now).await {
@@ -377,10 +384,14 @@ impl Scheduler {
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::error!(task = %task.id, error = %e, "firing a task failed"),
+                    Err(e) => {
+                        failed += 1;
+                        tracing::error!(task = %task.id, error = %e, "firing a task failed");
+                    }
                 }
             }
-            if !full {
+            // A full batch that all failed would be read again as it is: leave it to `wait`.
+            if !full || failed == FIRE_BATCH {
                 return Ok(fired);
             }
         }
@@ -457,12 +468,21 @@ impl Scheduler {
         }))
     }
 
-    /// Sleep until the next task is due or tasks change.
-    pub async fn wait(&self) {
+    /// Sleep until the next task is due or tasks change. `last_pass`: the clock reading the last
+    /// [`Scheduler::fire_due`] pass used. A task still due by then could not be fired (the database
+    /// failed); it is tried again after a pause rather than in a busy loop.
+    pub async fn wait(&self, last_pass: DateTime<Utc>) {
         let woken = self.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         match self.next_due().await {
+            Ok(Some(at)) if at <= last_pass => {
+                tracing::warn!(due = %at, "a due task could not be fired; trying again in 5 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = woken => {}
+                }
+            }
             Ok(Some(at)) if at <= self.clock.now() => {}
             Ok(Some(at)) => {
                 tokio::select! {
