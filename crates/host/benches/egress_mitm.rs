@@ -624,6 +624,20 @@ async fn bench() {
         n as f64 / took
     );
     println!("each per-request vault call alone ({VAULT_CALLS} sequential):");
+    print_one(
+        "store round trip, trivial read (PRAGMA user_version)",
+        &timed(VAULT_CALLS, || async {
+            assert!(store.schema_version().await.unwrap() > 0);
+        })
+        .await,
+    );
+    print_one(
+        "grants query alone (Store::vault_group_grants)",
+        &timed(VAULT_CALLS, || async {
+            assert_eq!(store.vault_group_grants(GROUP).await.unwrap().len(), 1);
+        })
+        .await,
+    );
     let s = &vault_secrets;
     print_one(
         "injection (grants query + decrypt)",

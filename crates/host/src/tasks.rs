@@ -24,8 +24,10 @@ use crate::config::{Config, SchedulerSection};
 pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
 /// Longest pre-check script.
 pub const MAX_SCRIPT_BYTES: usize = 64 * 1024;
-/// Due tasks fired per pass; more are fired in the next pass at once.
+/// Due tasks read at once; more are read in the next round of the same pass.
 const FIRE_BATCH: usize = 256;
+/// Rounds of one firing pass at most.
+const MAX_FIRE_PASSES: usize = 1_000;
 
 /// What went wrong with a task operation. Messages go to agents and CLI users as they are.
 #[derive(Debug, thiserror::Error)]
@@ -363,38 +365,40 @@ impl Scheduler {
         Ok(self.store.next_task_due().await?.map(from_ms))
     }
 
-    /// Fire every task due by the clock.
+    /// Fire every task due by the clock. A task with several fire times due (a pass that came a
+    /// little late for a frequent schedule) is fired for each, in order, until it is caught up.
     pub async fn fire_due(&self) -> Result<Fired, StoreError> {
+        let now = self.clock.now();
         let mut fired = Fired {
-            at: self.clock.now(),
+            at: now,
             ..Fired::default()
         };
-        loop {
-            let now = self.clock.now();
-            fired.at = now;
+        // Bounded, so a task the database keeps refusing cannot hold the loop; `wait` retries.
+        for _ in 0..MAX_FIRE_PASSES {
             let due = self.store.due_tasks(ms(now), FIRE_BATCH).await?;
-            let full = due.len() == FIRE_BATCH;
-            let mut failed = 0;
+            if due.is_empty() {
+                break;
+            }
+            let mut progressed = 0;
             for task in due {
                 fired.handled += 1;
                 match self.fire_one(&task, now).await {
-                    Ok(Some(session)) => {
-                        if !fired.sessions.contains(&session) {
+                    Ok(session) => {
+                        progressed += 1;
+                        if let Some(session) = session
+                            && !fired.sessions.contains(&session)
+                        {
                             fired.sessions.push(session);
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        failed += 1;
-                        tracing::error!(task = %task.id, error = %e, "firing a task failed");
-                    }
+                    Err(e) => tracing::error!(task = %task.id, error = %e, "firing a task failed"),
                 }
             }
-            // A full batch that all failed would be read again as it is: leave it to `wait`.
-            if !full || failed == FIRE_BATCH {
-                return Ok(fired);
+            if progressed == 0 {
+                break;
             }
         }
+        Ok(fired)
     }
 
     async fn fire_one(&self, task: &Task, now: DateTime<Utc>) -> Result<Option<String>, TaskError> {
