@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::*;
+use nanoclaw_host::Host;
 use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
 use nanoclaw_host::clock::ManualClock;
 use nanoclaw_host::config::{Config, Paths};
-use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
-use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_store::{RunStatus, Store, TaskStatus};
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Fault, Matcher, Reply, Scenario, ScriptedModel};
@@ -32,26 +31,30 @@ async fn start(
     config: Config,
     clock: &Arc<ManualClock>,
 ) -> Host {
-    let options = || HostOptions {
-        paths: Paths::new(home),
-        config: config.clone(),
-        upstreams: ModelUpstreams {
-            anthropic: Some(Upstream {
-                base_url: model.base_url(),
-                auth: UpstreamAuth::XApiKey(TEST_KEY.into()),
-            }),
-            openai: None,
-        },
-        runtime: None,
-        agent_binary: Some(nanoclaw_test_support::agent_binary()),
-        master_key: None,
-        clock: Some(Arc::clone(clock) as Arc<dyn nanoclaw_host::clock::Clock>),
-    };
+    let clock = Arc::clone(clock) as Arc<dyn nanoclaw_host::clock::Clock>;
     // A host shut down just before may still hold the data directory's lock for a moment.
     nanoclaw_test_support::eventually(30, "the host to start", || async {
-        Host::start(options()).await.ok()
+        Host::start(host_options(
+            home,
+            model,
+            config.clone(),
+            Some(clock.clone()),
+        ))
+        .await
+        .ok()
     })
     .await
+}
+
+/// The owner's main group and terminal chat, as the host made them.
+async fn main_and_terminal(store: &Store) -> (nanoclaw_store::Group, nanoclaw_store::Chat) {
+    let main = store.group_by_folder("main").await.unwrap().unwrap();
+    let chat = store
+        .chat_by_platform("terminal", "local")
+        .await
+        .unwrap()
+        .unwrap();
+    (main, chat)
 }
 
 /// The next delivered message whose text contains `needle`.
@@ -196,12 +199,7 @@ async fn a_precheck_that_says_no_skips_the_model_and_one_that_says_yes_wakes_it(
     let host = start(home.path(), &model, berlin_config(), &clock).await;
     let mut client = connect_client(home.path()).await;
     let store = host.store().clone();
-    let main = store.group_by_folder("main").await.unwrap().unwrap();
-    let chat = store
-        .chat_by_platform("terminal", "local")
-        .await
-        .unwrap()
-        .unwrap();
+    let (main, chat) = main_and_terminal(&store).await;
     // The script wakes the agent only when the flag file exists in the group's workspace.
     let script = "if [ -f new-mail ]; then echo '{\"wakeAgent\": true, \"data\": {\"unread\": 2}}'; \
                   else echo '{\"wakeAgent\": false}'; fi";
@@ -253,12 +251,7 @@ async fn failing_runs_are_never_silent_and_repeated_failures_mark_the_task_faili
     let host = start(home.path(), &model, berlin_config(), &clock).await;
     let mut client = connect_client(home.path()).await;
     let store = host.store().clone();
-    let main = store.group_by_folder("main").await.unwrap().unwrap();
-    let chat = store
-        .chat_by_platform("terminal", "local")
-        .await
-        .unwrap()
-        .unwrap();
+    let (main, chat) = main_and_terminal(&store).await;
     let task = host
         .tasks()
         .create(
@@ -312,12 +305,7 @@ async fn runs_missed_while_down_run_once_and_say_they_are_late() {
     let clock = Arc::new(ManualClock::new(utc(2026, 6, 1, 10, 0)));
     let host = start(home.path(), &model, berlin_config(), &clock).await;
     let store = host.store().clone();
-    let main = store.group_by_folder("main").await.unwrap().unwrap();
-    let chat = store
-        .chat_by_platform("terminal", "local")
-        .await
-        .unwrap()
-        .unwrap();
+    let (main, chat) = main_and_terminal(&store).await;
     let task = host
         .tasks()
         .create(
@@ -374,12 +362,7 @@ async fn with_the_skip_policy_missed_runs_are_recorded_and_announced_but_not_run
     let clock = Arc::new(ManualClock::new(utc(2026, 6, 1, 10, 0)));
     let host = start(home.path(), &model, config.clone(), &clock).await;
     let store = host.store().clone();
-    let main = store.group_by_folder("main").await.unwrap().unwrap();
-    let chat = store
-        .chat_by_platform("terminal", "local")
-        .await
-        .unwrap()
-        .unwrap();
+    let (main, chat) = main_and_terminal(&store).await;
     let task = host
         .tasks()
         .create(
@@ -577,12 +560,7 @@ async fn a_host_killed_during_a_run_runs_it_exactly_once_after_restart() {
 
     // The owner's task, due in a moment (the daemon runs on the real clock).
     let store = Store::open(&home.path().join("nanoclaw.db")).unwrap();
-    let main = store.group_by_folder("main").await.unwrap().unwrap();
-    let chat = store
-        .chat_by_platform("terminal", "local")
-        .await
-        .unwrap()
-        .unwrap();
+    let (main, chat) = main_and_terminal(&store).await;
     let due = Utc::now() + chrono::Duration::milliseconds(500);
     let schedule = nanoclaw_schedule::Schedule::Once { at: due };
     let task = store

@@ -6,16 +6,8 @@ use nanoclaw_host::config::{Config, Paths};
 use nanoclaw_store::Store;
 
 fn open() -> anyhow::Result<(Store, Config)> {
-    let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
-    let config = Config::load(&paths.config_file())?;
-    let db = paths.database();
-    if !db.exists() {
-        anyhow::bail!(
-            "no nanoclaw database at {} yet; start nanoclaw once (`nanoclaw chat` or `nanoclaw run`)",
-            db.display()
-        );
-    }
-    Ok((Store::open(&db)?, config))
+    let (_, config, store) = super::open_existing()?;
+    Ok((store, config))
 }
 
 pub async fn list(json: bool) -> anyhow::Result<ExitCode> {

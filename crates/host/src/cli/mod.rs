@@ -12,6 +12,24 @@ pub mod vault;
 
 use std::path::Path;
 
+use nanoclaw_host::config::{Config, Paths};
+use nanoclaw_store::Store;
+
+/// The data dir's paths, config and database, for commands that need a host to have run once.
+pub fn open_existing() -> anyhow::Result<(Paths, Config, Store)> {
+    let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
+    let config = Config::load(&paths.config_file())?;
+    let db = paths.database();
+    if !db.exists() {
+        anyhow::bail!(
+            "no nanoclaw database at {} yet; start nanoclaw once (`nanoclaw chat` or `nanoclaw run`)",
+            db.display()
+        );
+    }
+    let store = Store::open(&db)?;
+    Ok((paths, config, store))
+}
+
 /// Logs to stderr (the daemon) or to `file` (an in-process host behind `chat`).
 /// `NANOCLAW_LOG` sets the filter (default `info`); `NANOCLAW_LOG_FORMAT=json` for JSON.
 pub fn init_logging(file: Option<&Path>) {

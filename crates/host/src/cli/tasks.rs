@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use nanoclaw_host::clock::SystemClock;
-use nanoclaw_host::config::{Config, Paths};
+use nanoclaw_host::config::Paths;
 use nanoclaw_host::tasks::{Scheduler, TaskView, run_view};
 use nanoclaw_store::{Store, Task};
 
@@ -16,16 +16,7 @@ struct Ctx {
 }
 
 fn open() -> anyhow::Result<Ctx> {
-    let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
-    let config = Config::load(&paths.config_file())?;
-    let db = paths.database();
-    if !db.exists() {
-        anyhow::bail!(
-            "no nanoclaw database at {} yet; start nanoclaw once (`nanoclaw chat` or `nanoclaw run`)",
-            db.display()
-        );
-    }
-    let store = Store::open(&db)?;
+    let (paths, config, store) = super::open_existing()?;
     let tasks = Scheduler::new(store.clone(), Arc::new(SystemClock), &config);
     Ok(Ctx {
         paths,

@@ -26,7 +26,19 @@ pub fn config_for_tests() -> Config {
 }
 
 pub async fn start_host(home: &Path, model: &ScriptedModel, config: Config) -> Host {
-    Host::start(HostOptions {
+    Host::start(host_options(home, model, config, None))
+        .await
+        .expect("host starts")
+}
+
+/// The options `start_host` uses, with the scheduler on `clock` when given.
+pub fn host_options(
+    home: &Path,
+    model: &ScriptedModel,
+    config: Config,
+    clock: Option<std::sync::Arc<dyn nanoclaw_host::clock::Clock>>,
+) -> HostOptions {
+    HostOptions {
         paths: Paths::new(home),
         config,
         upstreams: ModelUpstreams {
@@ -39,10 +51,8 @@ pub async fn start_host(home: &Path, model: &ScriptedModel, config: Config) -> H
         runtime: None,
         agent_binary: Some(nanoclaw_test_support::agent_binary()),
         master_key: None,
-        clock: None,
-    })
-    .await
-    .expect("host starts")
+        clock,
+    }
 }
 
 pub async fn connect_client(home: &Path) -> TerminalClient {
