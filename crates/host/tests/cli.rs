@@ -177,6 +177,30 @@ fn a_groups_model_can_be_changed_from_the_cli() {
     );
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("gemini"));
+
+    // A group's own time zone, by IANA name; a misspelt one is refused with a suggestion.
+    let out = nanoclaw(
+        &home,
+        &["group", "set", "main", "--timezone", "Berlin"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Europe/Berlin"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = nanoclaw(
+        &home,
+        &["group", "set", "main", "--timezone", "America/New_York"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = nanoclaw(&home, &["group", "list", "--json"], &[]);
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(groups[0]["timezone"], "America/New_York");
+    let out = nanoclaw(&home, &["group", "list"], &[]);
+    assert!(text(&out.stdout).contains("America/New_York"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
