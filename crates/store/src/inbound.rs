@@ -168,7 +168,8 @@ impl Store {
     }
 
     /// Finish a turn in ONE transaction: queue the replies (a reply whose idempotency key exists is
-    /// skipped) and mark the inbound rows `done`. Returns the newly inserted replies.
+    /// skipped) and mark the inbound rows `done`. Returns the newly inserted replies. A scheduled
+    /// task's turn ends with [`Store::complete_task_turn`], which also records the run.
     pub async fn complete_turn(
         &self,
         inbound_ids: Vec<i64>,
@@ -176,16 +177,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<Outbound>, StoreError> {
         self.write("complete turn", move |tx| {
-            let inserted = complete_turn_tx(tx, &inbound_ids, &replies, now_ms)?;
-            crate::tasks::finish_runs_tx(
-                tx,
-                &inbound_ids,
-                crate::tasks::RunStatus::Ok,
-                (0, 0),
-                None,
-                now_ms,
-            )?;
-            Ok(inserted)
+            complete_turn_tx(tx, &inbound_ids, &replies, now_ms)
         })
         .await
     }
