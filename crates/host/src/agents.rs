@@ -396,12 +396,9 @@ impl AgentPool {
             crate::mounts::resolve_group_mounts(&policy, group, &requested, &self.paths.home).0
         };
 
-        // The group's own zone when it has one (`nanoclaw group set --timezone`).
-        let timezone = group
-            .timezone
-            .clone()
-            .filter(|tz| nanoclaw_schedule::parse_tz(tz).is_ok())
-            .unwrap_or_else(|| crate::host_timezone(&self.config));
+        let timezone = crate::group_zone(group, crate::host_zone(&self.config))
+            .name()
+            .to_owned();
         env.insert("HOME".into(), SANDBOX_WORKSPACE.into());
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
         env.insert("LANG".into(), "C.UTF-8".into());

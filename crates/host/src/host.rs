@@ -537,6 +537,12 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
         .chat(session.chat_id)
         .await?
         .context("chat vanished")?;
+    // A scheduled task's run travels alone in its batch (see claim_pending).
+    let task_run = match batch.first().and_then(|m| m.task_run_id) {
+        Some(run_id) => task_for_run(inner, run_id).await,
+        None => None,
+    };
+    let task_id = task_run.as_ref().map(|(task, _)| task.id.as_str());
     let tries = batch.iter().map(|m| m.tries).max().unwrap_or(1);
     tracing::info!(session = %session_id, group = %group.folder, messages = ids.len(), tries, "turn starting");
 
@@ -547,6 +553,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
             &chat,
             session_id,
             &ids,
+            task_id,
             format!("gave up after {} interrupted attempts", tries - 1),
             false,
         )
@@ -561,16 +568,20 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
         Err(e) => {
             tracing::error!(session = %session_id, error = %e, "could not start the agent");
             let retryable = e.is_retryable();
-            return fail_turn(inner, &chat, session_id, &ids, e.to_string(), retryable).await;
+            return fail_turn(
+                inner,
+                &chat,
+                session_id,
+                &ids,
+                task_id,
+                e.to_string(),
+                retryable,
+            )
+            .await;
         }
     };
 
     let turn_id = format!("{session_id}:{first_id}:{tries}");
-    // A scheduled task's run travels alone in its batch (see claim_pending).
-    let task_run = match batch.first().and_then(|m| m.task_run_id) {
-        Some(run_id) => task_for_run(inner, run_id).await,
-        None => None,
-    };
     let zone = inner.tasks.zone_for(&group);
     let turn = HostMessage::Turn(Turn {
         turn_id: turn_id.clone(),
@@ -603,6 +614,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
             &chat,
             session_id,
             &ids,
+            task_id,
             format!("the agent stopped: {e}"),
             true,
         )
@@ -784,7 +796,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
             tracing::warn!(session = %session_id, %error, retryable, "turn failed");
             // The agent's state is suspect after a failure; start fresh next time.
             agent.kill().await;
-            fail_turn(inner, &chat, session_id, &ids, error, retryable).await
+            fail_turn(inner, &chat, session_id, &ids, task_id, error, retryable).await
         }
     }
 }
@@ -1027,11 +1039,14 @@ async fn defer_turn(
     Ok(())
 }
 
+/// A turn failed: retry it later, or give up and say so in its chat. `task_id`: the scheduled
+/// task whose run the turn was.
 async fn fail_turn(
     inner: &Arc<Inner>,
     chat: &Chat,
     session_id: &str,
     ids: &[i64],
+    task_id: Option<&str>,
     error: String,
     retryable: bool,
 ) -> anyhow::Result<()> {
@@ -1041,19 +1056,12 @@ async fn fail_turn(
         1
     };
     let first_id = ids.first().copied().unwrap_or_default();
-    let task_id = match inner.store.inbound(first_id).await {
-        Ok(Some(Inbound {
-            task_run_id: Some(run_id),
-            ..
-        })) => task_for_run(inner, run_id).await.map(|(t, _)| t.id),
-        _ => None,
-    };
     let notice = NewOutbound {
         session_id: Some(session_id.to_owned()),
         chat_id: chat.id,
         in_reply_to: ids.last().copied(),
         idempotency_key: format!("error:{session_id}:{first_id}"),
-        text: match &task_id {
+        text: match task_id {
             Some(id) => format!("Scheduled task {id} failed: {error}"),
             None => format!("Sorry, I could not answer that: {error}"),
         },

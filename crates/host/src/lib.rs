@@ -38,13 +38,26 @@ pub fn random_suffix(len: usize) -> String {
         .collect()
 }
 
-/// The IANA zone agents should use: the configured one, else the host's (`TZ`, `/etc/localtime`,
-/// `/etc/timezone`), else UTC.
-pub fn host_timezone(config: &config::Config) -> String {
+/// The host's zone: the configured one, else the machine's (`TZ`, `/etc/localtime`,
+/// `/etc/timezone`), else UTC. A configured name that is not a zone was refused when the config
+/// was loaded; should one get here anyway, UTC.
+pub fn host_zone(config: &config::Config) -> nanoclaw_schedule::Tz {
     match config.timezone.trim() {
-        "" => nanoclaw_schedule::host_tz().name().to_owned(),
-        tz => tz.to_owned(),
+        "" => nanoclaw_schedule::host_tz(),
+        name => nanoclaw_schedule::parse_tz(name).unwrap_or(nanoclaw_schedule::Tz::UTC),
     }
+}
+
+/// A group's zone: its own (`nanoclaw group set --timezone`), else `host`.
+pub fn group_zone(
+    group: &nanoclaw_store::Group,
+    host: nanoclaw_schedule::Tz,
+) -> nanoclaw_schedule::Tz {
+    group
+        .timezone
+        .as_deref()
+        .and_then(|name| nanoclaw_schedule::parse_tz(name).ok())
+        .unwrap_or(host)
 }
 
 /// Finds the `nanoclaw-agent` binary: `$NANOCLAW_AGENT_BIN`, next to this executable, or

@@ -123,19 +123,12 @@ fn short(prompt: &str) -> String {
 
 impl Scheduler {
     pub fn new(store: Store, clock: Arc<dyn Clock>, config: &Config) -> Scheduler {
-        let host_tz = match config.timezone.trim() {
-            "" => nanoclaw_schedule::host_tz(),
-            name => nanoclaw_schedule::parse_tz(name).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "timezone in the config is not usable; using UTC");
-                Tz::UTC
-            }),
-        };
         Scheduler {
             store,
             clock,
             wake: Notify::new(),
             settings: config.scheduler.clone(),
-            host_tz,
+            host_tz: crate::host_zone(config),
         }
     }
 
@@ -150,11 +143,7 @@ impl Scheduler {
 
     /// The group's zone: its own, else the host's.
     pub fn zone_for(&self, group: &Group) -> Tz {
-        group
-            .timezone
-            .as_deref()
-            .and_then(|name| nanoclaw_schedule::parse_tz(name).ok())
-            .unwrap_or(self.host_tz)
+        crate::group_zone(group, self.host_tz)
     }
 
     fn task_zone(task: &Task) -> Tz {
@@ -506,7 +495,32 @@ impl Scheduler {
     }
 
     /// A task for people and agents.
-    pub async fn view(&self, task: &Task, group_folder: &str) -> TaskView {
+    pub async fn view(&self, task: &Task) -> TaskView {
+        let folder = match self.store.group(task.group_id.clone()).await {
+            Ok(Some(g)) => g.folder,
+            _ => task.group_id.clone(),
+        };
+        self.view_in(task, &folder).await
+    }
+
+    /// Many tasks for people and agents, the groups read once.
+    pub async fn views(&self, tasks: &[Task]) -> Result<Vec<TaskView>, StoreError> {
+        let folders: std::collections::HashMap<String, String> = self
+            .store
+            .list_groups()
+            .await?
+            .into_iter()
+            .map(|g| (g.id, g.folder))
+            .collect();
+        let mut views = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let folder = folders.get(&task.group_id).unwrap_or(&task.group_id);
+            views.push(self.view_in(task, folder).await);
+        }
+        Ok(views)
+    }
+
+    async fn view_in(&self, task: &Task, group_folder: &str) -> TaskView {
         let tz = Self::task_zone(task);
         let schedule = Self::parse_stored(task)
             .map(|s| s.describe(tz))
@@ -644,16 +658,11 @@ pub async fn handle_request(
                     format!("agent:{}", group.folder),
                 )
                 .await
-                .map(|t| (t, target.folder.clone()))
         }
         A::ListTasks => {
             let scope = (!group.is_main).then(|| group.id.clone());
             let all = store.list_tasks(scope).await.map_err(|e| e.to_string())?;
-            let mut views = Vec::with_capacity(all.len());
-            for task in all {
-                let folder = folder_of(store, &task.group_id).await;
-                views.push(tasks.view(&task, &folder).await);
-            }
+            let views = tasks.views(&all).await.map_err(|e| e.to_string())?;
             return serde_json::to_value(views).map_err(|e| e.to_string());
         }
         A::UpdateTask {
@@ -666,31 +675,23 @@ pub async fn handle_request(
             tasks
                 .update(&task, prompt, schedule.as_deref(), script)
                 .await
-                .map(|t| (t, String::new()))
         }
         A::PauseTask { task_id } => {
             let task = owned_task(store, group, &task_id).await?;
-            tasks.pause(&task).await.map(|t| (t, String::new()))
+            tasks.pause(&task).await
         }
         A::ResumeTask { task_id } => {
             let task = owned_task(store, group, &task_id).await?;
-            tasks.resume(&task).await.map(|t| (t, String::new()))
+            tasks.resume(&task).await
         }
         A::CancelTask { task_id } => {
             let task = owned_task(store, group, &task_id).await?;
-            tasks.cancel(&task).await.map(|t| (t, String::new()))
+            tasks.cancel(&task).await
         }
         other => return Err(format!("not a task request: {other:?}")),
     };
     match result {
-        Ok((task, folder)) => {
-            let folder = if folder.is_empty() {
-                folder_of(store, &task.group_id).await
-            } else {
-                folder
-            };
-            serde_json::to_value(tasks.view(&task, &folder).await).map_err(|e| e.to_string())
-        }
+        Ok(task) => serde_json::to_value(tasks.view(&task).await).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -702,12 +703,5 @@ async fn owned_task(store: &Store, group: &Group, task_id: &str) -> Result<Task,
         Ok(Some(task)) if group.is_main || task.group_id == group.id => Ok(task),
         Ok(_) => Err(TaskError::NotFound(task_id.to_owned()).to_string()),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-async fn folder_of(store: &Store, group_id: &str) -> String {
-    match store.group(group_id.to_owned()).await {
-        Ok(Some(g)) => g.folder,
-        _ => group_id.to_owned(),
     }
 }

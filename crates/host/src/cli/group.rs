@@ -21,14 +21,14 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
         "{:<16} {:<20} {:<10} {:<20} {:<10} model",
         "folder", "name", "trigger", "time zone", "provider"
     );
-    let host_zone = nanoclaw_host::host_timezone(&config);
+    let host_zone = nanoclaw_host::host_zone(&config);
     for g in groups {
         println!(
             "{:<16} {:<20} {:<10} {:<20} {:<10} {}{}",
             g.folder,
             g.name,
             g.trigger,
-            g.timezone.as_deref().unwrap_or(&host_zone),
+            g.timezone.as_deref().unwrap_or(host_zone.name()),
             g.provider.as_deref().unwrap_or(&config.model.provider),
             g.model.as_deref().unwrap_or(&config.model.model),
             if g.is_main { "  (main)" } else { "" }

@@ -32,13 +32,6 @@ async fn find(ctx: &Ctx, task_id: &str) -> anyhow::Result<Task> {
         .ok_or_else(|| anyhow::anyhow!("no task {task_id:?}; see `nanoclaw tasks list`"))
 }
 
-async fn folder(store: &Store, group_id: &str) -> String {
-    match store.group(group_id.to_owned()).await {
-        Ok(Some(g)) => g.folder,
-        _ => group_id.to_owned(),
-    }
-}
-
 /// Tell a running host to look at the database again. `false`: no host is running.
 async fn wake_host(paths: &Paths) -> bool {
     match nanoclaw_host::channel::terminal::TerminalClient::connect(&paths.terminal_socket()).await
@@ -62,11 +55,10 @@ pub async fn list(group: Option<String>, json: bool) -> anyhow::Result<ExitCode>
         ),
         None => None,
     };
-    let mut views: Vec<TaskView> = Vec::new();
-    for task in ctx.store.list_tasks(group_id).await? {
-        let f = folder(&ctx.store, &task.group_id).await;
-        views.push(ctx.tasks.view(&task, &f).await);
-    }
+    let views: Vec<TaskView> = ctx
+        .tasks
+        .views(&ctx.store.list_tasks(group_id).await?)
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(ExitCode::SUCCESS);
@@ -106,8 +98,7 @@ pub async fn list(group: Option<String>, json: bool) -> anyhow::Result<ExitCode>
 pub async fn show(task_id: String, json: bool) -> anyhow::Result<ExitCode> {
     let ctx = open()?;
     let task = find(&ctx, &task_id).await?;
-    let f = folder(&ctx.store, &task.group_id).await;
-    let view = ctx.tasks.view(&task, &f).await;
+    let view = ctx.tasks.view(&task).await;
     let tz = nanoclaw_schedule::parse_tz(&task.timezone).unwrap_or(nanoclaw_schedule::Tz::UTC);
     let runs: Vec<_> = ctx
         .store
@@ -224,8 +215,7 @@ pub async fn change(task_id: String, change: Change, json: bool) -> anyhow::Resu
         Change::Cancel => ctx.tasks.cancel(&task).await?,
     };
     let host_running = wake_host(&ctx.paths).await;
-    let f = folder(&ctx.store, &task.group_id).await;
-    let view = ctx.tasks.view(&task, &f).await;
+    let view = ctx.tasks.view(&task).await;
     if json {
         println!(
             "{}",
