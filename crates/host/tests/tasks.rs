@@ -619,3 +619,78 @@ async fn a_host_killed_during_a_run_runs_it_exactly_once_after_restart() {
     );
     assert_eq!(t.next_run_at, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_in_another_chat_also_alerts_the_owners_main_chat() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(utc(2026, 6, 1, 10, 0)));
+    let host = start(home.path(), &model, berlin_config(), &clock).await;
+    let store = host.store().clone();
+    let (_, main_chat) = main_and_terminal(&store).await;
+    let family = store
+        .ensure_group(nanoclaw_store::NewGroup {
+            name: "Family".into(),
+            folder: "family".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let family_chat = store
+        .ensure_chat("telegram", "-100", "Family", true)
+        .await
+        .unwrap();
+    store
+        .wire(
+            family_chat.id,
+            family.id.clone(),
+            true,
+            nanoclaw_store::SessionMode::Shared,
+        )
+        .await
+        .unwrap();
+    let task = host
+        .tasks()
+        .create(
+            &family,
+            family_chat.id,
+            "Plan dinner.".into(),
+            "every 1h",
+            None,
+            false,
+            "test".into(),
+        )
+        .await
+        .unwrap();
+
+    model.push_fault(Fault::status(
+        400,
+        "invalid_request_error",
+        "prompt is broken",
+    ));
+    clock.advance(Duration::from_secs(3600));
+    let runs = wait_run(&store, &task.id, 1).await;
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    // The task's own chat hears of it (queued for Telegram), and so does the owner.
+    let in_family = store.outbound_for_chat(family_chat.id).await.unwrap();
+    assert!(
+        in_family.iter().any(|o| o
+            .text
+            .contains(&format!("Scheduled task {} failed", task.id))),
+        "{in_family:?}"
+    );
+    let to_owner = nanoclaw_test_support::eventually(30, "the owner's alert", || async {
+        let out = store.outbound_for_chat(main_chat.id).await.unwrap();
+        out.into_iter().find(|o| o.text.contains(&task.id))
+    })
+    .await;
+    assert!(to_owner.text.contains("on telegram"), "{}", to_owner.text);
+    assert!(
+        to_owner.text.contains("prompt is broken"),
+        "{}",
+        to_owner.text
+    );
+    host.shutdown().await;
+}
