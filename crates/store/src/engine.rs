@@ -65,18 +65,23 @@ impl Store {
             source,
         };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        // Refuse a newer schema before changing anything in the file (even the journal mode).
-        check_version(user_version(&conn).map_err(open_err)?)?;
-        if wal {
-            let mode: String = conn
-                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-                .map_err(open_err)?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                tracing::warn!(path = %path.display(), mode, "store: WAL journal mode not available");
+        // Another process opening the same new file at once may be switching it to WAL or
+        // migrating; SQLite then answers BUSY to these pragmas without always waiting on the busy
+        // handler, so the whole prologue is retried like a write.
+        retry_busy(|| {
+            // Refuse a newer schema before changing anything in the file (even the journal mode).
+            check_version(user_version(&conn).map_err(open_err)?)?;
+            if wal {
+                let mode: String = conn
+                    .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                    .map_err(open_err)?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    tracing::warn!(path = %path.display(), mode, "store: WAL journal mode not available");
+                }
             }
-        }
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
-            .map_err(open_err)?;
+            conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+                .map_err(open_err)
+        })?;
         migrate(&mut conn)?;
         let checkpointer = if wal {
             // Checkpoints (which fsync) run on their own thread and connection, off the
@@ -343,7 +348,9 @@ pub(crate) fn write_tx<R>(
 
 fn is_busy(err: &StoreError) -> bool {
     let source = match err {
-        StoreError::Sqlite { source, .. } | StoreError::Migration { source, .. } => source,
+        StoreError::Sqlite { source, .. }
+        | StoreError::Migration { source, .. }
+        | StoreError::Open { source, .. } => source,
         _ => return false,
     };
     matches!(
