@@ -118,6 +118,11 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
+/// Where Anthropic requests go unless `ANTHROPIC_BASE_URL` says otherwise.
+pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+/// Where OpenAI requests go unless `OPENAI_BASE_URL` says otherwise.
+pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// e.g. `https://api.anthropic.com` or `https://api.openai.com/v1`.
@@ -140,24 +145,33 @@ impl ModelUpstreams {
         Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
     }
 
+    /// The base URL and the key are independent settings: a base URL without a key is kept
+    /// (the key may come from the vault, or the server needs none), so it is never lost.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> ModelUpstreams {
-        let anthropic_base =
-            get("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".to_owned());
+        let anthropic_base_set = get("ANTHROPIC_BASE_URL");
+        let anthropic_base = anthropic_base_set
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ANTHROPIC_BASE_URL.to_owned());
         let anthropic = if let Some(key) = get("ANTHROPIC_API_KEY") {
             Some(Upstream {
                 base_url: anthropic_base,
                 auth: UpstreamAuth::XApiKey(key),
             })
-        } else {
-            get("ANTHROPIC_AUTH_TOKEN").map(|token| Upstream {
+        } else if let Some(token) = get("ANTHROPIC_AUTH_TOKEN") {
+            Some(Upstream {
                 base_url: anthropic_base,
                 auth: UpstreamAuth::Bearer(token),
+            })
+        } else {
+            anthropic_base_set.map(|base_url| Upstream {
+                base_url,
+                auth: UpstreamAuth::None,
             })
         };
         let openai_base = get("OPENAI_BASE_URL");
         let openai = match (get("OPENAI_API_KEY"), openai_base) {
             (Some(key), base) => Some(Upstream {
-                base_url: base.unwrap_or_else(|| "https://api.openai.com/v1".to_owned()),
+                base_url: base.unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_owned()),
                 auth: UpstreamAuth::Bearer(key),
             }),
             (None, Some(base)) => Some(Upstream {
@@ -228,11 +242,12 @@ impl Relay {
             Err(nanoclaw_vault::VaultError::NoSuchSecret(_)) => return Ok(from_env),
             Err(e) => return Err(e),
         };
+        // The vault replaces the key only: a configured base URL still decides where it goes.
         let base_url = from_env.map(|u| u.base_url).unwrap_or_else(|| {
             if provider == "anthropic" {
-                "https://api.anthropic.com".to_owned()
+                DEFAULT_ANTHROPIC_BASE_URL.to_owned()
             } else {
-                "https://api.openai.com/v1".to_owned()
+                DEFAULT_OPENAI_BASE_URL.to_owned()
             }
         });
         let key = secret.expose_secret().to_owned();
@@ -662,6 +677,12 @@ mod tests {
         let o = u.openai.unwrap();
         assert_eq!(o.base_url, "http://localhost:11434/v1");
         assert!(matches!(o.auth, UpstreamAuth::None));
+
+        // A base URL alone is kept (the key may be in the vault), for both providers.
+        let u = ModelUpstreams::from_lookup(env(&[("ANTHROPIC_BASE_URL", "http://proxy:8080")]));
+        let a = u.anthropic.unwrap();
+        assert_eq!(a.base_url, "http://proxy:8080");
+        assert!(matches!(a.auth, UpstreamAuth::None));
     }
 
     #[test]
