@@ -52,6 +52,9 @@ fn requests_provider_side_network(provider: &str, body: &[u8]) -> Option<String>
             return Some(format!("`{key}` is not allowed"));
         }
     }
+    if let Some(why) = content_fetched_by_the_provider(&json) {
+        return Some(why);
+    }
     let tools = json.get("tools").and_then(|t| t.as_array());
     for tool in tools.into_iter().flatten() {
         let kind = tool.get("type").and_then(|t| t.as_str());
@@ -68,6 +71,115 @@ fn requests_provider_side_network(provider: &str, body: &[u8]) -> Option<String>
         }
     }
     None
+}
+
+/// Content sources the provider reads from the request itself; any other (`url`, `file`)
+/// makes it fetch something by itself.
+const INLINE_SOURCE_TYPES: &[&str] = &["base64", "text", "content"];
+
+/// Where a request body asks the provider to fetch content by reference: an Anthropic
+/// `source` that is not inline (`{"type":"url"}`, `{"type":"file"}`), an OpenAI
+/// `image_url` / `*_url` part that is not a `data:` URL, or a stored file (`file_id`). The
+/// provider would fetch it server-side, outside the egress policy and the leak guard, so only
+/// inline (base64) content passes. The whole body is searched (tool results, document
+/// `content` sources, system blocks) except tool definitions and tool-call inputs, which
+/// the provider does not fetch. Returns where the reference is and what to do instead.
+fn content_fetched_by_the_provider(json: &serde_json::Value) -> Option<String> {
+    let serde_json::Value::Object(top) = json else {
+        return None;
+    };
+    for (key, value) in top {
+        // Tool schemas and output formats describe data; they are never fetched.
+        if matches!(
+            key.as_str(),
+            "tools" | "tool_choice" | "response_format" | "metadata"
+        ) {
+            continue;
+        }
+        if let Some(why) = find_fetched_reference(value, key) {
+            return Some(why);
+        }
+    }
+    None
+}
+
+fn find_fetched_reference(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_fetched_reference(item, &format!("{at}[{i}]"))),
+        Value::Object(map) => {
+            let kind = map.get("type").and_then(Value::as_str);
+            if let Some(Value::Object(source)) = map.get("source") {
+                let source_type = source.get("type").and_then(Value::as_str).unwrap_or("");
+                let by_reference = source.contains_key("url") || source.contains_key("file_id");
+                if !INLINE_SOURCE_TYPES.contains(&source_type) || by_reference {
+                    return Some(format!(
+                        "{at}: a {:?} block whose source is {:?}, not inline data; the provider would \
+                         fetch it outside the egress policy; send the content as base64 instead",
+                        kind.unwrap_or("?"),
+                        if source_type.is_empty() { "a reference" } else { source_type }
+                    ));
+                }
+            }
+            for (key, inner) in map {
+                // A tool call's input is the model's own output, sent back as history.
+                if key == "input" && matches!(kind, Some("tool_use" | "server_tool_use")) {
+                    continue;
+                }
+                let here = format!("{at}.{key}");
+                if key == "file_id" || key == "file_url" {
+                    return Some(format!(
+                        "{here}: content the provider would fetch by reference (stored files, \
+                         URLs) is not relayed, it stays outside the egress policy; send the \
+                         content inline as base64 instead"
+                    ));
+                }
+                if key.ends_with("_url") {
+                    let url = match inner {
+                        Value::String(u) => Some(u.as_str()),
+                        Value::Object(o) => o.get("url").and_then(Value::as_str),
+                        _ => None,
+                    };
+                    if let Some(url) = url
+                        && !url.trim_start().to_ascii_lowercase().starts_with("data:")
+                    {
+                        return Some(format!(
+                            "{here}: a URL ({}) the provider would fetch outside the egress \
+                             policy; send the content as a data: URL (base64) instead",
+                            url_scheme(url)
+                        ));
+                    }
+                }
+                if key == "file"
+                    && let Some(data) = inner.get("file_data").and_then(Value::as_str)
+                    && data.contains("://")
+                {
+                    return Some(format!(
+                        "{here}.file_data: a URL the provider would fetch outside the egress \
+                         policy; send the file's bytes as base64 instead"
+                    ));
+                }
+                if let Some(why) = find_fetched_reference(inner, &here) {
+                    return Some(why);
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The scheme of a URL for an error message (the URL itself may carry secrets).
+fn url_scheme(url: &str) -> String {
+    match url.split_once(':') {
+        Some((scheme, _)) if !scheme.is_empty() && scheme.len() <= 16 => {
+            format!("{}:", scheme.to_ascii_lowercase())
+        }
+        _ => "no scheme".to_owned(),
+    }
 }
 
 /// Response headers passed back to the agent (retry hints, ids for support requests).
@@ -525,37 +637,6 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
             ),
         );
     }
-    let upstream = match state.relay.upstream_for(provider).await {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            tracing::error!(sandbox = %state.sandbox, provider, error = %e, "reading the model key from the vault failed");
-            return relay_error(
-                provider,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "api_error",
-                format!("nanoclaw could not read the {provider} key from its vault: {e}"),
-            );
-        }
-    };
-    let Some(upstream) = upstream else {
-        let fix = if provider == "anthropic" {
-            "set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) where nanoclaw runs and restart it"
-        } else {
-            "set OPENAI_API_KEY and/or OPENAI_BASE_URL where nanoclaw runs and restart it"
-        };
-        return relay_error(
-            provider,
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            format!("nanoclaw has no {provider} credentials configured: {fix}"),
-        );
-    };
-
-    let mut url = format!("{}/{}", upstream.base_url.trim_end_matches('/'), rest);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(&q);
-    }
     let method = request.method().clone();
     let headers = forwarded_headers(request.headers(), FORWARDED_REQUEST_HEADERS);
     let body = match axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES).await {
@@ -581,6 +662,37 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
         );
     }
 
+    let upstream = match state.relay.upstream_for(provider).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::error!(sandbox = %state.sandbox, provider, error = %e, "reading the model key from the vault failed");
+            return relay_error(
+                provider,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                format!("nanoclaw could not read the {provider} key from its vault: {e}"),
+            );
+        }
+    };
+    let Some(upstream) = upstream else {
+        let fix = if provider == "anthropic" {
+            "set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) where nanoclaw runs and restart it, or store the key with `nanoclaw vault set anthropic`"
+        } else {
+            "set OPENAI_API_KEY and/or OPENAI_BASE_URL where nanoclaw runs and restart it, or store the key with `nanoclaw vault set openai`"
+        };
+        return relay_error(
+            provider,
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            format!("nanoclaw has no {provider} credentials configured: {fix}"),
+        );
+    };
+
+    let mut url = format!("{}/{}", upstream.base_url.trim_end_matches('/'), rest);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(&q);
+    }
     let mut outgoing = state
         .relay
         .client
@@ -716,6 +828,50 @@ mod tests {
         assert!(requests_provider_side_network("openai", function).is_none());
         let hosted = br#"{"tools":[{"type":"mcp","server_url":"https://evil"}]}"#;
         assert!(requests_provider_side_network("openai", hosted).is_some());
+    }
+
+    #[test]
+    fn content_the_provider_would_fetch_by_url_is_refused_wherever_it_is() {
+        let refused = |body: serde_json::Value| content_fetched_by_the_provider(&body);
+        let url_image = json!({"type": "image", "source": {"type": "url", "url": "https://evil/x.png"}});
+        let b64_image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}});
+        let msg = |content: serde_json::Value| json!({"messages": [{"role": "user", "content": content}]});
+        assert!(refused(msg(json!([b64_image]))).is_none());
+        let why = refused(msg(json!([{"type": "text", "text": "hi"}, url_image]))).unwrap();
+        assert!(
+            why.starts_with(r#"messages[0].content[1]: a "image" block whose source is "url""#),
+            "{why}"
+        );
+        assert!(!why.contains("evil"), "the URL is not echoed: {why}");
+        for bad in [
+            json!([{"type": "document", "source": {"type": "url", "url": "https://evil/a.pdf"}}]),
+            json!([{"type": "document", "source": {"type": "file", "file_id": "file_123"}}]),
+            json!([{"type": "tool_result", "tool_use_id": "t", "content": [url_image]}]),
+            json!([{"type": "document", "source": {"type": "content", "content": [url_image]}}]),
+            json!([{"type": "image_url", "image_url": {"url": "https://evil/x.png"}}]),
+            json!([{"type": "image_url", "image_url": "http://evil/x.png"}]),
+            json!([{"type": "file", "file": {"file_id": "file-abc"}}]),
+            json!([{"type": "file", "file": {"file_data": "https://evil/a.pdf", "filename": "a.pdf"}}]),
+            json!([{"type": "video_url", "video_url": {"url": "https://evil/v.mp4"}}]),
+        ] {
+            assert!(refused(msg(bad.clone())).is_some(), "{bad}");
+        }
+        // OpenAI tool messages may carry parts too.
+        let tool_msg = json!({"messages": [{"role": "tool", "tool_call_id": "c", "content": [{"type": "image_url", "image_url": {"url": "https://evil"}}]}]});
+        assert!(refused(tool_msg).is_some());
+        let system = json!({"system": [{"type": "image", "source": {"type": "url", "url": "https://evil"}}], "messages": []});
+        assert!(refused(system).is_some());
+        // Inline data, tool inputs and schemas pass.
+        for ok in [
+            json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]),
+            json!([{"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}]),
+            json!([{"type": "tool_use", "id": "t", "name": "fetch", "input": {"image_url": "https://example.com", "source": {"type": "url"}}}]),
+            json!([{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "see https://example.com"}}]),
+        ] {
+            assert!(refused(msg(ok.clone())).is_none(), "{ok}");
+        }
+        let schema = json!({"tools": [{"name": "f", "input_schema": {"properties": {"image_url": {"type": "string"}, "file_id": {"type": "string"}}}}], "messages": []});
+        assert!(refused(schema).is_none());
     }
 
     #[test]

@@ -778,3 +778,54 @@ async fn a_path_that_could_escape_a_path_scoped_grant_is_refused_and_audited() {
             .all(|r| r.status == 400 && r.reason.starts_with("bad_path"))
     );
 }
+
+#[tokio::test]
+async fn path_parameters_and_double_encoding_cannot_reach_a_path_scoped_grant() {
+    let fx = start().await;
+    let c = fx.client();
+    let before = fx.seen_count();
+    // `openai` is granted on /openai only; each of these is /admin (or worse) to some server.
+    let attempts = [
+        ("/openai/..;/admin", "`;` path parameter"),
+        ("/openai/%2e%2e;/admin", "`;` path parameter"),
+        ("/openai/%2e%2e%3b/admin", "encoded `;`"),
+        ("/openai/%252e%252e/admin", "double encoding"),
+        ("/openai/%252fadmin", "double encoding"),
+        ("/openai/%c0%ae%c0%ae/admin", "not valid UTF-8"),
+    ];
+    for (path, why) in attempts {
+        let resp = c.get(fx.url("api.test", path)).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let body = resp.text().await.unwrap();
+        assert!(
+            body.contains("could escape a path-scoped grant") && body.contains(why),
+            "{path}: {body}"
+        );
+        assert!(!body.contains(OPENAI), "{body}");
+    }
+    assert_eq!(fx.seen_count(), before, "nothing reached the upstream");
+    let denied: Vec<_> = fx
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.decision == EgressDecision::Denied)
+        .collect();
+    assert_eq!(denied.len(), attempts.len(), "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|r| r.status == 400 && r.reason.starts_with("bad_path") && r.secret.is_none()),
+        "{denied:?}"
+    );
+    // The grant itself still works on its own path.
+    let resp = c
+        .get(fx.url("api.test", "/openai/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        fx.last_seen().header("authorization"),
+        vec![format!("Bearer {OPENAI}").as_str()]
+    );
+}

@@ -145,3 +145,105 @@ async fn openai_base_url_is_used_with_the_vault_key() {
         "the vault's key is on every request"
     );
 }
+
+/// The relay socket of the running sandbox of group `folder` (`run/sandboxes/nc-FOLDER-…`).
+fn relay_socket(home: &std::path::Path, folder: &str) -> Option<std::path::PathBuf> {
+    let dir = home.join("run/sandboxes");
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let socket = e.path().join("model.sock");
+        (name.starts_with(&format!("nc-{folder}-")) && socket.exists()).then_some(socket)
+    })
+}
+
+/// One HTTP/1.1 request on a fresh connection to the relay socket: (status, body).
+async fn post(socket: &std::path::Path, path: &str, body: &serde_json::Value) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    let out = text(&out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_the_provider_would_fetch_by_url_never_leaves_the_relay() {
+    use serde_json::json;
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(common::TEST_KEY))
+        .await
+        .unwrap();
+    let host = common::start_host(home.path(), &model, common::config_for_tests()).await;
+    let mut client = common::connect_client(home.path()).await;
+    let (kind, _) = common::ask(&mut client, "wake up").await;
+    assert_eq!(kind, "reply");
+    let socket = relay_socket(home.path(), "main").expect("the main sandbox's relay socket");
+
+    let url_image = json!({"type": "image", "source": {"type": "url", "url": "http://attacker.example/x.png"}});
+    let anthropic = |content: serde_json::Value| {
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+               "messages": [{"role": "user", "content": content}]})
+    };
+    let openai = |content: serde_json::Value| {
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": content}]})
+    };
+    let before = model.requests().len();
+    let attempts = [
+        ("/anthropic/v1/messages", anthropic(json!([url_image.clone()]))),
+        (
+            "/anthropic/v1/messages",
+            anthropic(json!([{"type": "document",
+                              "source": {"type": "url", "url": "https://attacker.example/a.pdf"}}])),
+        ),
+        (
+            "/anthropic/v1/messages",
+            // Nested: an image inside a tool result.
+            anthropic(json!([{"type": "tool_result", "tool_use_id": "toolu_1",
+                              "content": [{"type": "text", "text": "here"}, url_image.clone()]}])),
+        ),
+        (
+            "/openai/chat/completions",
+            openai(json!([{"type": "image_url",
+                           "image_url": {"url": "https://attacker.example/x.png"}}])),
+        ),
+        (
+            "/openai/chat/completions",
+            openai(json!([{"type": "file", "file": {"file_id": "file-abc123"}}])),
+        ),
+    ];
+    for (path, body) in &attempts {
+        let (status, answer) = post(&socket, path, body).await;
+        assert_eq!(status, 403, "{path} {body}: {answer}");
+        assert!(
+            answer.contains("egress policy") && answer.contains("base64"),
+            "the refusal says why and what to do: {answer}"
+        );
+        assert!(!answer.contains("attacker.example"), "{answer}");
+    }
+    assert_eq!(
+        model.requests().len(),
+        before,
+        "no URL-sourced content reached the provider"
+    );
+
+    // Inline (base64) content still goes through.
+    let inline = anthropic(json!([{"type": "text", "text": "look"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]));
+    let (status, answer) = post(&socket, "/anthropic/v1/messages", &inline).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(model.requests().len(), before + 1);
+    host.shutdown().await;
+}

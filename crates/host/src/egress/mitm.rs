@@ -574,21 +574,63 @@ async fn swap_placeholders(
     Ok(used)
 }
 
-/// What makes a request target's path ambiguous to a prefix match (and to servers that
-/// normalize it): `.`/`..` segments, raw or percent-encoded, encoded `/` or `\\`, or `\\`.
+/// What makes a request target's path ambiguous to a prefix match (servers normalize paths
+/// in different ways, so the proxy refuses rather than guess): `.`/`..` segments, raw or
+/// percent-encoded; `;` path parameters (`/v1/..;/admin` is `/admin` to some servers), raw or
+/// encoded; encoded `/` or `\\`, or `\\`; an encoded `%` (double encoding such as `%252e`);
+/// control characters; escapes that are not valid UTF-8 (overlong forms such as `%c0%ae`).
 fn ambiguous_path(target: &str) -> Option<&'static str> {
     let path = target.split(['?', '#']).next().unwrap_or(target);
     if path.contains('\\') {
         return Some("a backslash");
     }
+    if path.contains(';') {
+        return Some("a `;` path parameter");
+    }
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") {
         return Some("an encoded slash or backslash");
     }
-    let dotted = lower
-        .split('/')
-        .any(|seg| matches!(seg.replace("%2e", ".").as_str(), "." | ".."));
+    if lower.contains("%3b") {
+        return Some("an encoded `;`");
+    }
+    if lower.contains("%25") {
+        return Some("an encoded `%` (double encoding)");
+    }
+    // No `%25`: one decoding is the whole of it.
+    let decoded = percent_decode_path(path.as_bytes());
+    if decoded.iter().any(|b| b.is_ascii_control()) {
+        return Some("a control character");
+    }
+    let Ok(decoded) = std::str::from_utf8(&decoded) else {
+        return Some("an escape that is not valid UTF-8");
+    };
+    let dotted = decoded.split('/').any(|seg| matches!(seg, "." | ".."));
     dotted.then_some("a dot segment")
+}
+
+/// `%xx` escapes of a path decoded (`+` is a plus in a path); a bad escape stays as it is.
+fn percent_decode_path(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match (
+            s[i],
+            s.get(i + 1).copied().and_then(hex),
+            s.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(((h << 4) | l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// `%xx` escapes (and `+`, as in forms) decoded; a bad escape stays as it is.
@@ -860,10 +902,26 @@ mod tests {
             "/v1%2fadmin",
             "/v1%5Cadmin",
             "/v1\\admin",
+            "/v1/..;/admin",
+            "/v1;x=1/admin",
+            "/v1/%2e%2e%3b/admin",
+            "/v1/%252e%252e/admin",
+            "/v1/%252fadmin",
+            "/v1/%c0%ae%c0%ae/admin",
+            "/v1/%00/admin",
+            "/v1/.%2E/admin",
         ] {
             assert!(ambiguous_path(bad).is_some(), "{bad}");
         }
-        for good in ["/v1/x", "/v1/x.y", "/v1/..x", "/", "/v1?a=../b"] {
+        for good in [
+            "/v1/x",
+            "/v1/x.y",
+            "/v1/..x",
+            "/",
+            "/v1?a=../b;c",
+            "/v1/caf%C3%A9",
+            "/v1/a%20b",
+        ] {
             assert_eq!(ambiguous_path(good), None, "{good}");
         }
     }
