@@ -78,6 +78,22 @@ late_after_secs = 60
 # Scheduled tasks one group may have, so an agent cannot flood the scheduler.
 max_tasks_per_group = 100
 
+[relay]
+# The model relay (each sandbox's only way to its model) under a misbehaving sandbox.
+# Connections one sandbox may hold open; more are answered 503 and closed at once.
+max_connections_per_sandbox = 16
+# Connections across every sandbox's relay, so sandboxes together cannot exhaust the host.
+max_connections_total = 256
+# Model requests one sandbox may have in flight at once; more are answered 429.
+max_requests_in_flight = 4
+# Seconds a client may take to send a request's head; an idle keep-alive connection is
+# closed after this long too.
+header_timeout_secs = 10
+# Seconds a client may take to send a request's body once its head is in (408 otherwise).
+body_timeout_secs = 60
+# An answer from the model API that sends nothing for this many seconds is cut off.
+upstream_idle_timeout_secs = 600
+
 [channels.terminal]
 enabled = true
 "#;
@@ -91,6 +107,7 @@ pub struct Config {
     pub model: ModelSection,
     pub agents: AgentsSection,
     pub scheduler: SchedulerSection,
+    pub relay: RelaySection,
     pub channels: ChannelsSection,
 }
 
@@ -103,6 +120,7 @@ impl Default for Config {
             model: ModelSection::default(),
             agents: AgentsSection::default(),
             scheduler: SchedulerSection::default(),
+            relay: RelaySection::default(),
             channels: ChannelsSection::default(),
         }
     }
@@ -244,6 +262,62 @@ impl SchedulerSection {
     }
 }
 
+/// `[relay]`: limits and timeouts of the model relay (see `relay::RelayLimits`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySection {
+    pub max_connections_per_sandbox: usize,
+    pub max_connections_total: usize,
+    pub max_requests_in_flight: usize,
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+    pub upstream_idle_timeout_secs: u64,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        let limits = crate::relay::RelayLimits::default();
+        Self {
+            max_connections_per_sandbox: limits.max_connections_per_sandbox,
+            max_connections_total: limits.max_connections_total,
+            max_requests_in_flight: limits.max_requests_in_flight,
+            header_timeout_secs: limits.header_timeout.as_secs(),
+            body_timeout_secs: limits.body_timeout.as_secs(),
+            upstream_idle_timeout_secs: limits.upstream_idle_timeout.as_secs(),
+        }
+    }
+}
+
+impl RelaySection {
+    pub fn to_limits(&self) -> crate::relay::RelayLimits {
+        crate::relay::RelayLimits {
+            max_connections_per_sandbox: self.max_connections_per_sandbox,
+            max_connections_total: self.max_connections_total,
+            max_requests_in_flight: self.max_requests_in_flight,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            upstream_idle_timeout: Duration::from_secs(self.upstream_idle_timeout_secs),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("max_connections_per_sandbox", self.max_connections_per_sandbox as u64),
+            ("max_connections_total", self.max_connections_total as u64),
+            ("max_requests_in_flight", self.max_requests_in_flight as u64),
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("body_timeout_secs", self.body_timeout_secs),
+            ("upstream_idle_timeout_secs", self.upstream_idle_timeout_secs),
+        ] {
+            // Zero would refuse every model call (or time out at once): never what is meant.
+            if value == 0 {
+                return Err(format!("relay.{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelsSection {
@@ -344,6 +418,7 @@ impl Config {
         {
             return Err(format!("timezone: {e}"));
         }
+        self.relay.validate()?;
         Ok(())
     }
 }
@@ -499,6 +574,10 @@ mod tests {
         std::fs::write(&path, "[agents]\nmax_concurent = 3\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_concurent"), "{err}");
+
+        std::fs::write(&path, "[relay]\nheader_timeout_secs = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("relay.header_timeout_secs"), "{err}");
     }
 
     #[test]

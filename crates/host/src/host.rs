@@ -184,7 +184,7 @@ impl Host {
             );
         }
         let vault = open_vault(&store, master_key, &paths.home).await;
-        let relay = Relay::new(upstreams, vault.clone())
+        let relay = Relay::with_limits(upstreams, vault.clone(), config.relay.to_limits())
             .context("building the model relay's HTTP client")?;
         let delivery_wake = Arc::new(Notify::new());
         let egress = build_egress(&store, &paths, vault.as_ref()).with_approval_notifier(Arc::new(

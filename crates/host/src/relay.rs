@@ -10,16 +10,21 @@
 //! accepts connections that first present that sandbox's token; the HTTP relay behind it is
 //! the same.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Request headers the agent may set; everything else (notably any auth header) is dropped.
 /// `anthropic-beta` is not among them: betas switch on server-side tools (MCP connectors,
@@ -304,6 +309,39 @@ impl ModelUpstreams {
     }
 }
 
+/// What one sandbox may hold open at the relay and how long a client may take. A sandbox
+/// runs model-written code: a client on its relay socket must not exhaust the host's file
+/// descriptors or tasks, whatever it does (`[relay]` in the config).
+#[derive(Debug, Clone)]
+pub struct RelayLimits {
+    /// Open connections per sandbox; more are answered `503` and closed at once.
+    pub max_connections_per_sandbox: usize,
+    /// Open connections across every sandbox's relay.
+    pub max_connections_total: usize,
+    /// Model requests one sandbox may have in flight; more are answered `429`.
+    pub max_requests_in_flight: usize,
+    /// A request head must arrive within this after the connection opens or after its
+    /// previous response, so an idle keep-alive connection is closed after it too.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this once its head is in (`408` otherwise).
+    pub body_timeout: Duration,
+    /// An upstream answer that sends nothing for this long is cut off.
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_connections_per_sandbox: 16,
+            max_connections_total: 256,
+            max_requests_in_flight: 4,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
 /// Shared by every sandbox's relay socket.
 pub struct Relay {
     upstreams: ModelUpstreams,
@@ -311,6 +349,9 @@ pub struct Relay {
     /// environment; read on every request, so a rotation applies at once.
     vault: Option<nanoclaw_vault::Vault>,
     client: reqwest::Client,
+    limits: RelayLimits,
+    /// Open connections across every sandbox's relay.
+    total_slots: Arc<Semaphore>,
 }
 
 impl Relay {
@@ -318,17 +359,32 @@ impl Relay {
         upstreams: ModelUpstreams,
         vault: Option<nanoclaw_vault::Vault>,
     ) -> Result<Arc<Relay>, reqwest::Error> {
+        Self::with_limits(upstreams, vault, RelayLimits::default())
+    }
+
+    pub fn with_limits(
+        upstreams: ModelUpstreams,
+        vault: Option<nanoclaw_vault::Vault>,
+        limits: RelayLimits,
+    ) -> Result<Arc<Relay>, reqwest::Error> {
         let client = reqwest::Client::builder()
             // A redirect would carry x-api-key to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(std::time::Duration::from_secs(15))
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(limits.upstream_idle_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
         Ok(Arc::new(Relay {
             upstreams,
             vault,
             client,
+            total_slots: Arc::new(Semaphore::new(limits.max_connections_total)),
+            limits,
         }))
+    }
+
+    pub fn limits(&self) -> &RelayLimits {
+        &self.limits
     }
 
     pub fn upstreams(&self) -> &ModelUpstreams {
@@ -371,15 +427,14 @@ impl Relay {
         Ok(Some(Upstream { base_url, auth }))
     }
 
-    /// The relay's HTTP service for one sandbox; every transport serves this same router.
-    fn router(self: &Arc<Self>, sandbox: &str) -> axum::Router {
-        let state = RelayState {
+    /// The relay's state for one sandbox: every transport serves it the same way.
+    fn sandbox_state(self: &Arc<Self>, sandbox: &str) -> RelayState {
+        RelayState {
             relay: Arc::clone(self),
             sandbox: Arc::from(sandbox),
-        };
-        axum::Router::new()
-            .fallback(relay_request)
-            .with_state(state)
+            connections: Arc::new(Semaphore::new(self.limits.max_connections_per_sandbox)),
+            in_flight: Arc::new(Semaphore::new(self.limits.max_requests_in_flight)),
+        }
     }
 
     /// Serves the relay on a new socket at `socket_path` for the sandbox `sandbox`.
@@ -396,15 +451,38 @@ impl Relay {
             // The sandbox user is mapped to this host user, so owner-only is enough.
             std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o600))?;
         }
-        let app = self.router(sandbox);
+        let state = self.sandbox_state(sandbox);
+        let (shutdown_tx, shutdown) = tokio::sync::watch::channel(());
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "model relay stopped");
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Transient (e.g. out of file descriptors): back off briefly and go on.
+                        tracing::warn!(error = %e, sandbox = %state.sandbox, "model relay accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                match state.connection_slot() {
+                    Ok(slot) => {
+                        tokio::spawn(serve_connection(
+                            stream,
+                            state.clone(),
+                            slot,
+                            shutdown.clone(),
+                        ));
+                    }
+                    Err(why) => {
+                        tokio::spawn(refuse_connection(stream, why));
+                    }
+                }
             }
         });
         Ok(RelayHandle {
             tasks: vec![task],
             socket_path: Some(socket_path.to_owned()),
+            _shutdown: shutdown_tx,
         })
     }
 
@@ -416,7 +494,8 @@ impl Relay {
     /// a fresh token (64 hex digits). Each connection must first send
     /// `NANOCLAW-RELAY <token>\n` within [`TCP_PREAMBLE_TIMEOUT`]; anything else closes it
     /// before a byte reaches the relay. After the preamble it is the same HTTP relay, with
-    /// the same identity, as [`Relay::serve`].
+    /// the same identity and limits, as [`Relay::serve`]; a connection waiting for its
+    /// preamble already holds one of the sandbox's connection slots.
     pub fn serve_tcp(
         self: &Arc<Self>,
         bind: SocketAddr,
@@ -427,28 +506,19 @@ impl Relay {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let token = new_token();
-        let (verified_tx, verified_rx) = tokio::sync::mpsc::channel(16);
+        let (shutdown_tx, shutdown) = tokio::sync::watch::channel(());
         let gate = tokio::spawn(tcp_gate(
             listener,
             Arc::from(token.as_bytes()),
-            Arc::from(sandbox),
-            verified_tx,
+            self.sandbox_state(sandbox),
+            shutdown,
         ));
-        let app = self.router(sandbox);
-        let verified = VerifiedConnections {
-            rx: verified_rx,
-            addr,
-        };
-        let serve = tokio::spawn(async move {
-            if let Err(e) = axum::serve(verified, app).await {
-                tracing::warn!(error = %e, "model relay (tcp) stopped");
-            }
-        });
         tracing::debug!(sandbox, %addr, "model relay listening on tcp");
         Ok((
             RelayHandle {
-                tasks: vec![gate, serve],
+                tasks: vec![gate],
                 socket_path: None,
+                _shutdown: shutdown_tx,
             },
             addr,
             token,
@@ -467,34 +537,43 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Accepts TCP connections and passes on only those that present the token; each check runs
+/// Accepts TCP connections and serves only those that present the token; each check runs
 /// on its own task so a silent client cannot hold up the others.
 async fn tcp_gate(
     listener: tokio::net::TcpListener,
     token: Arc<[u8]>,
-    sandbox: Arc<str>,
-    verified: tokio::sync::mpsc::Sender<(tokio::net::TcpStream, SocketAddr)>,
+    state: RelayState,
+    shutdown: tokio::sync::watch::Receiver<()>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Transient (e.g. out of file descriptors): back off briefly and go on.
-                tracing::warn!(error = %e, %sandbox, "model relay (tcp) accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tracing::warn!(error = %e, sandbox = %state.sandbox, "model relay (tcp) accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Counted from the start: connections waiting for their preamble hold slots too.
+        let slot = match state.connection_slot() {
+            Ok(slot) => slot,
+            Err(why) => {
+                tokio::spawn(refuse_connection(stream, why));
                 continue;
             }
         };
         let token = Arc::clone(&token);
-        let sandbox = Arc::clone(&sandbox);
-        let verified = verified.clone();
+        let state = state.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let sandbox = Arc::clone(&state.sandbox);
             // Streamed model output is many small writes: no Nagle delay.
             let _ = stream.set_nodelay(true);
             let mut stream = stream;
             match tokio::time::timeout(TCP_PREAMBLE_TIMEOUT, read_preamble(&mut stream)).await {
                 Ok(Ok(presented)) if token_matches(&presented, &token) => {
-                    let _ = verified.send((stream, peer)).await;
+                    serve_connection(stream, state, slot, shutdown).await;
                 }
                 Ok(Ok(_)) => {
                     tracing::warn!(%sandbox, %peer, "model relay (tcp) refused a connection: wrong token");
@@ -545,33 +624,12 @@ fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
         == 0
 }
 
-/// The connections that passed the token check, as an axum listener.
-struct VerifiedConnections {
-    rx: tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl axum::serve::Listener for VerifiedConnections {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(connection) => connection,
-            // The gate stopped (the handle is being dropped): nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
-}
-
-/// A running relay listener (Unix socket or TCP).
+/// A running relay listener (Unix socket or TCP). Dropping it also ends the sandbox's open
+/// connections.
 pub struct RelayHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     socket_path: Option<PathBuf>,
+    _shutdown: tokio::sync::watch::Sender<()>,
 }
 
 impl Drop for RelayHandle {
@@ -589,6 +647,87 @@ impl Drop for RelayHandle {
 struct RelayState {
     relay: Arc<Relay>,
     sandbox: Arc<str>,
+    /// This sandbox's open connections.
+    connections: Arc<Semaphore>,
+    /// This sandbox's model requests being answered.
+    in_flight: Arc<Semaphore>,
+}
+
+/// One open connection's share of the limits: the sandbox's and the host's.
+struct ConnectionSlot {
+    _sandbox: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+impl RelayState {
+    /// A slot for a new connection, or why there is none (both limits are checked at
+    /// accept time, so a refused connection costs nothing but its answer).
+    fn connection_slot(&self) -> Result<ConnectionSlot, String> {
+        let limits = &self.relay.limits;
+        let Ok(sandbox) = Arc::clone(&self.connections).try_acquire_owned() else {
+            tracing::warn!(sandbox = %self.sandbox, limit = limits.max_connections_per_sandbox, "model relay refused a connection: the sandbox's connection limit");
+            return Err(format!(
+                "this sandbox has {} connections open to the model relay, its limit; close some and retry",
+                limits.max_connections_per_sandbox
+            ));
+        };
+        let Ok(total) = Arc::clone(&self.relay.total_slots).try_acquire_owned() else {
+            tracing::warn!(sandbox = %self.sandbox, limit = limits.max_connections_total, "model relay refused a connection: the host's connection limit");
+            return Err(format!(
+                "the model relay has {} connections open across all sandboxes, its limit; retry later",
+                limits.max_connections_total
+            ));
+        };
+        Ok(ConnectionSlot {
+            _sandbox: sandbox,
+            _total: total,
+        })
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted connection until it closes, times out or the sandbox's
+/// relay is dropped; the slot is held until then.
+async fn serve_connection<S>(
+    stream: S,
+    state: RelayState,
+    slot: ConnectionSlot,
+    mut shutdown: tokio::sync::watch::Receiver<()>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _slot = slot;
+    let header_timeout = state.relay.limits.header_timeout;
+    let sandbox = Arc::clone(&state.sandbox);
+    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(relay_request(State(state), request.map(Body::new)).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(%sandbox, error = %e, "model relay connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Answers a connection over the limits with a `503` in the Anthropic error shape (the
+/// provider is not known before the request is read) and closes it.
+async fn refuse_connection<S>(stream: S, why: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let body = json!({"type": "error", "error": {"type": "overloaded_error", "message": format!("nanoclaw relay: {why}")}}).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    crate::egress::proxy::answer_and_close(stream, answer.as_bytes()).await;
 }
 
 /// An error in the shape the calling provider understands, so the agent reports it
@@ -637,16 +776,43 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
             ),
         );
     }
+    let limits = &state.relay.limits;
+    // Held until the answer has been streamed to the end (or the client went away).
+    let Ok(in_flight) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        tracing::warn!(sandbox = %state.sandbox, provider, limit = limits.max_requests_in_flight, "relay refused a request: too many in flight");
+        return relay_error(
+            provider,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "nanoclaw relay: this sandbox already has {} model requests in flight, its limit; wait for one to finish",
+                limits.max_requests_in_flight
+            ),
+        );
+    };
     let method = request.method().clone();
     let headers = forwarded_headers(request.headers(), FORWARDED_REQUEST_HEADERS);
-    let body = match axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES).await {
-        Ok(b) => b,
-        Err(e) => {
+    let body = axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES);
+    let body = match tokio::time::timeout(limits.body_timeout, body).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             return relay_error(
                 provider,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
                 format!("nanoclaw relay: request body refused: {e}"),
+            );
+        }
+        Err(_) => {
+            tracing::warn!(sandbox = %state.sandbox, provider, "relay refused a request: body too slow");
+            return relay_error(
+                provider,
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "nanoclaw relay: the request body did not arrive within {} s",
+                    limits.body_timeout.as_secs()
+                ),
             );
         }
     };
@@ -735,7 +901,14 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
     if let Some(h) = builder.headers_mut() {
         *h = forwarded_headers(response.headers(), FORWARDED_RESPONSE_HEADERS);
     }
-    let stream = response.bytes_stream().map_err(std::io::Error::other);
+    let stream = response
+        .bytes_stream()
+        .map_err(std::io::Error::other)
+        .map(move |chunk| {
+            // The request counts as in flight until its answer is done.
+            let _held = &in_flight;
+            chunk
+        });
     builder.body(Body::from_stream(stream)).unwrap_or_else(|e| {
         relay_error(
             provider,

@@ -247,3 +247,159 @@ async fn content_the_provider_would_fetch_by_url_never_leaves_the_relay() {
     assert_eq!(model.requests().len(), before + 1);
     host.shutdown().await;
 }
+
+/// Wires chat `chat` of the (unregistered) `test` channel to a new group `folder` (no
+/// trigger needed) and sends it one message; returns once the group's agent answered.
+async fn wake_second_group(host: &nanoclaw_host::Host, folder: &str, chat: &str) {
+    use nanoclaw_host::channel::{ChannelEvent, InboundEvent};
+    use nanoclaw_store::{NewGroup, SessionMode};
+    let store = host.store();
+    let group = store
+        .ensure_group(NewGroup {
+            name: folder.into(),
+            folder: folder.into(),
+            trigger: Some("@Andy".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let chat_row = store.ensure_chat("test", chat, chat, true).await.unwrap();
+    store
+        .wire(chat_row.id, group.id, false, SessionMode::Shared)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    host.inbound_sink()
+        .send(ChannelEvent::Inbound(InboundEvent {
+            channel: "test".into(),
+            chat_id: chat.into(),
+            chat_name: chat.into(),
+            is_group: true,
+            thread: None,
+            platform_msg_id: "m1".into(),
+            sender: "test:mallory".into(),
+            sender_name: Some("Mallory".into()),
+            text: "hello".into(),
+            received_at: nanoclaw_host::now_ms(),
+            ack: Some(tx),
+        }))
+        .await
+        .unwrap();
+    rx.await.unwrap();
+    nanoclaw_test_support::eventually(120, "the second group's answer", || async {
+        let out = store.outbound_for_chat(chat_row.id).await.unwrap();
+        (!out.is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// What became of one hostile connection.
+#[derive(Default)]
+struct Hostile {
+    received: Vec<u8>,
+    closed: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_slow_connections_on_one_sandboxs_relay_is_capped_and_timed_out() {
+    use tokio::io::AsyncWriteExt;
+    const CAP: usize = 8;
+    const FLOOD: usize = 200;
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(common::TEST_KEY))
+        .await
+        .unwrap();
+    let mut config = common::config_for_tests();
+    config.relay.max_connections_per_sandbox = CAP;
+    config.relay.header_timeout_secs = 3;
+    let host = common::start_host(home.path(), &model, config).await;
+    wake_second_group(&host, "team", "room-1").await;
+    let socket = relay_socket(home.path(), "team").expect("the team sandbox's relay socket");
+
+    // The hostile client: far more connections than allowed, each starting a request head
+    // it never finishes.
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let _ = stream
+            .write_all(b"POST /anthropic/v1/messages HTTP/1.1\r\n")
+            .await;
+        flood.push((stream, Hostile::default()));
+    }
+
+    // Meanwhile the owner's chat (another sandbox) is answered.
+    let mut client = common::connect_client(home.path()).await;
+    let (kind, reply) = common::ask(&mut client, "still there?").await;
+    assert_eq!(kind, "reply", "{reply}");
+    assert!(reply.contains("still there?"), "{reply}");
+
+    // Dribble a header byte to every connection still open until the relay has closed them
+    // all: the excess at once with a 503, the ones it took when their head is overdue.
+    // (A liveness bound, not a speed assertion.)
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    while flood.iter().any(|(_, s)| !s.closed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} hostile connections are still open after 90 s",
+            flood.iter().filter(|(_, s)| !s.closed).count()
+        );
+        for (stream, seen) in flood.iter_mut().filter(|(_, s)| !s.closed) {
+            let mut buf = [0u8; 1024];
+            loop {
+                match stream.try_read(&mut buf) {
+                    Ok(0) => {
+                        seen.closed = true;
+                        break;
+                    }
+                    Ok(n) => seen.received.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        seen.closed = true;
+                        break;
+                    }
+                }
+            }
+            if !seen.closed {
+                // A failed write is a close the next read reports.
+                let _ = stream.try_write(b"x");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let refused: Vec<String> = flood
+        .iter()
+        .map(|(_, s)| text(&s.received))
+        .filter(|r| r.starts_with("HTTP/1.1 503"))
+        .collect();
+    assert!(
+        refused.len() >= FLOOD - CAP,
+        "only {} of {FLOOD} connections were refused (limit {CAP})",
+        refused.len()
+    );
+    assert!(
+        refused[0].contains("connections open to the model relay, its limit"),
+        "the refusal names the limit: {}",
+        refused[0]
+    );
+    let timed_out = flood
+        .iter()
+        .filter(|(_, s)| !text(&s.received).starts_with("HTTP/1.1 503"))
+        .count();
+    assert!(
+        (1..=CAP).contains(&timed_out),
+        "{timed_out} connections were taken, then closed for their slow head"
+    );
+
+    // The flood is over: the sandbox gets its slots back, and the owner still gets answers.
+    let (kind, _) = common::ask(&mut client, "and now?").await;
+    assert_eq!(kind, "reply");
+    let (status, answer) = post(
+        &socket,
+        "/anthropic/v1/messages",
+        &serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+                            "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    host.shutdown().await;
+}

@@ -330,16 +330,24 @@ async fn accept_loop(
 
 /// Answers a connection over the limits with a 503 (without reading its request) and
 /// closes it; bounded in time so refused connections do not pile up either.
-async fn refuse_busy(mut stream: UnixStream, why: String) {
-    use tokio::io::AsyncWriteExt;
+async fn refuse_busy(stream: UnixStream, why: String) {
     let body = format!("nanoclaw egress: {why}\n");
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n{EGRESS_HEADER}: error\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
+    answer_and_close(stream, answer.as_bytes()).await;
+}
+
+/// Writes `answer` (a whole HTTP response) to a connection that will not be served, and
+/// closes it, within a second at most (the model relay refuses connections the same way).
+pub(crate) async fn answer_and_close<S>(mut stream: S, answer: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        use tokio::io::AsyncReadExt;
-        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.write_all(answer).await;
         let _ = stream.shutdown().await;
         // Closing with the request unread would reset the connection before the client
         // reads the answer; drain a little of it.
