@@ -302,12 +302,18 @@ impl RelaySection {
 
     fn validate(&self) -> Result<(), String> {
         for (name, value) in [
-            ("max_connections_per_sandbox", self.max_connections_per_sandbox as u64),
+            (
+                "max_connections_per_sandbox",
+                self.max_connections_per_sandbox as u64,
+            ),
             ("max_connections_total", self.max_connections_total as u64),
             ("max_requests_in_flight", self.max_requests_in_flight as u64),
             ("header_timeout_secs", self.header_timeout_secs),
             ("body_timeout_secs", self.body_timeout_secs),
-            ("upstream_idle_timeout_secs", self.upstream_idle_timeout_secs),
+            (
+                "upstream_idle_timeout_secs",
+                self.upstream_idle_timeout_secs,
+            ),
         ] {
             // Zero would refuse every model call (or time out at once): never what is meant.
             if value == 0 {

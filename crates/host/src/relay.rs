@@ -125,7 +125,11 @@ fn find_fetched_reference(value: &serde_json::Value, at: &str) -> Option<String>
                         "{at}: a {:?} block whose source is {:?}, not inline data; the provider would \
                          fetch it outside the egress policy; send the content as base64 instead",
                         kind.unwrap_or("?"),
-                        if source_type.is_empty() { "a reference" } else { source_type }
+                        if source_type.is_empty() {
+                            "a reference"
+                        } else {
+                            source_type
+                        }
                     ));
                 }
             }
@@ -698,10 +702,12 @@ async fn serve_connection<S>(
     let _slot = slot;
     let header_timeout = state.relay.limits.header_timeout;
     let sandbox = Arc::clone(&state.sandbox);
-    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(relay_request(State(state), request.map(Body::new)).await) }
-    });
+    let service = hyper::service::service_fn(
+        move |request: http::Request<hyper::body::Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(relay_request(State(state), request.map(Body::new)).await) }
+        },
+    );
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
@@ -1006,7 +1012,8 @@ mod tests {
     #[test]
     fn content_the_provider_would_fetch_by_url_is_refused_wherever_it_is() {
         let refused = |body: serde_json::Value| content_fetched_by_the_provider(&body);
-        let url_image = json!({"type": "image", "source": {"type": "url", "url": "https://evil/x.png"}});
+        let url_image =
+            json!({"type": "image", "source": {"type": "url", "url": "https://evil/x.png"}});
         let b64_image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}});
         let msg = |content: serde_json::Value| json!({"messages": [{"role": "user", "content": content}]});
         assert!(refused(msg(json!([b64_image]))).is_none());

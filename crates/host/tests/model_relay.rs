@@ -10,6 +10,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+use nanoclaw_host::relay::{ModelUpstreams, Relay, RelayLimits, Upstream, UpstreamAuth};
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
 
@@ -112,7 +113,10 @@ async fn anthropic_base_url_is_used_with_the_vault_key() {
     assert!(
         requests.iter().all(|r| r.header("x-api-key") == Some(KEY)),
         "the vault's key is on every request: {:?}",
-        requests.iter().map(|r| r.header("x-api-key")).collect::<Vec<_>>()
+        requests
+            .iter()
+            .map(|r| r.header("x-api-key"))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -192,17 +196,19 @@ async fn content_the_provider_would_fetch_by_url_never_leaves_the_relay() {
     assert_eq!(kind, "reply");
     let socket = relay_socket(home.path(), "main").expect("the main sandbox's relay socket");
 
-    let url_image = json!({"type": "image", "source": {"type": "url", "url": "http://attacker.example/x.png"}});
+    let url_image =
+        json!({"type": "image", "source": {"type": "url", "url": "http://attacker.example/x.png"}});
     let anthropic = |content: serde_json::Value| {
         json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
                "messages": [{"role": "user", "content": content}]})
     };
-    let openai = |content: serde_json::Value| {
-        json!({"model": "gpt-test", "messages": [{"role": "user", "content": content}]})
-    };
+    let openai = |content: serde_json::Value| json!({"model": "gpt-test", "messages": [{"role": "user", "content": content}]});
     let before = model.requests().len();
     let attempts = [
-        ("/anthropic/v1/messages", anthropic(json!([url_image.clone()]))),
+        (
+            "/anthropic/v1/messages",
+            anthropic(json!([url_image.clone()])),
+        ),
         (
             "/anthropic/v1/messages",
             anthropic(json!([{"type": "document",
@@ -402,4 +408,154 @@ async fn a_flood_of_slow_connections_on_one_sandboxs_relay_is_capped_and_timed_o
     .await;
     assert_eq!(status, 200, "{answer}");
     host.shutdown().await;
+}
+
+/// An upstream that accepts connections and never answers; returns its base URL and how many
+/// connections it holds.
+async fn silent_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&count);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (base, count)
+}
+
+fn relay_to(base: String, limits: RelayLimits) -> std::sync::Arc<Relay> {
+    Relay::with_limits(
+        ModelUpstreams {
+            anthropic: Some(Upstream {
+                base_url: base,
+                auth: UpstreamAuth::XApiKey(common::TEST_KEY.into()),
+            }),
+            openai: None,
+        },
+        None,
+        limits,
+    )
+    .unwrap()
+}
+
+fn hi() -> serde_json::Value {
+    serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_capped_slow_bodies_and_silent_upstreams_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (base, upstream_connections) = silent_upstream().await;
+    let relay = relay_to(
+        base,
+        RelayLimits {
+            max_requests_in_flight: 2,
+            body_timeout: std::time::Duration::from_secs(1),
+            upstream_idle_timeout: std::time::Duration::from_secs(20),
+            ..RelayLimits::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("model.sock");
+    let _handle = relay.serve(&socket, "nc-test-1").unwrap();
+
+    // A body that never completes is answered 408 and does not hold the relay.
+    let mut slow = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    slow.write_all(
+        b"POST /anthropic/v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(60), slow.read(&mut answer))
+        .await
+        .expect("the relay answers a stalled body")
+        .unwrap();
+    let answer = text(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+
+    // Two requests the upstream never answers fill the sandbox's in-flight limit...
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let socket = socket.clone();
+            tokio::spawn(async move { post(&socket, "/anthropic/v1/messages", &hi()).await })
+        })
+        .collect();
+    nanoclaw_test_support::eventually(30, "both requests at the upstream", || async {
+        (upstream_connections.load(std::sync::atomic::Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    // ...so a third is refused at once, saying why.
+    let (status, answer) = post(&socket, "/anthropic/v1/messages", &hi()).await;
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer.contains("2 model requests in flight"), "{answer}");
+    assert_eq!(
+        upstream_connections.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the refused request never reached the upstream"
+    );
+    // The silent upstream is cut off after its idle timeout, which frees the slots.
+    for request in waiting {
+        let (status, answer) = tokio::time::timeout(std::time::Duration::from_secs(120), request)
+            .await
+            .expect("the relay gives up on a silent upstream")
+            .unwrap();
+        assert_eq!(status, 502, "{answer}");
+    }
+    let upstream_before = upstream_connections.load(std::sync::atomic::Ordering::SeqCst);
+    let next = tokio::spawn({
+        let socket = socket.clone();
+        async move { post(&socket, "/anthropic/v1/messages", &hi()).await }
+    });
+    nanoclaw_test_support::eventually(30, "the next request at the upstream", || async {
+        (upstream_connections.load(std::sync::atomic::Ordering::SeqCst) > upstream_before)
+            .then_some(())
+    })
+    .await;
+    next.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_relay_connections_waiting_for_their_token_count_against_the_cap() {
+    use tokio::io::AsyncReadExt;
+    let (base, _) = silent_upstream().await;
+    let relay = relay_to(
+        base,
+        RelayLimits {
+            max_connections_per_sandbox: 4,
+            ..RelayLimits::default()
+        },
+    );
+    let (_handle, addr, _token) = relay
+        .serve_tcp("127.0.0.1:0".parse().unwrap(), "nc-test-tcp")
+        .unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut refused = 0;
+    for stream in &mut silent {
+        // Every connection ends: refused at once, or after the preamble timeout.
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            stream.read_to_end(&mut out),
+        )
+        .await
+        .expect("the relay closes a connection that sends no token");
+        if read.is_ok() && text(&out).starts_with("HTTP/1.1 503") {
+            assert!(text(&out).contains("its limit"), "{}", text(&out));
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused, 6,
+        "all but the 4 the sandbox may hold were refused"
+    );
 }
