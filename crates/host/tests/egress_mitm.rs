@@ -154,6 +154,11 @@ async fn grant(vault: &Vault, name: &str, host: &str, inject: &str) {
 
 /// Proxy for group `main` allowing api.test, other.test and plain.test (all → 127.0.0.1).
 async fn start() -> Fixture {
+    start_tuned(|proxy| proxy).await
+}
+
+/// As [`start`], with `tune` applied to the proxy before it serves.
+async fn start_tuned(tune: impl FnOnce(EgressProxy) -> EgressProxy) -> Fixture {
     let up = https_upstream().await;
     let store = Store::open_in_memory().unwrap();
     let vault = Vault::open(store, MasterKey::from_bytes([42; 32]))
@@ -235,7 +240,7 @@ async fn start() -> Fixture {
     )
     .unwrap();
     let notifier = Arc::new(MemoryNotifier::default());
-    let proxy = proxy.with_approval_notifier(notifier.clone());
+    let proxy = tune(proxy.with_approval_notifier(notifier.clone()));
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("proxy.sock");
     let handle = proxy.serve(&socket, "main").unwrap();
@@ -827,5 +832,78 @@ async fn path_parameters_and_double_encoding_cannot_reach_a_path_scoped_grant() 
     assert_eq!(
         fx.last_seen().header("authorization"),
         vec![format!("Bearer {OPENAI}").as_str()]
+    );
+}
+
+#[tokio::test]
+async fn slow_request_heads_and_bodies_are_cut_off_and_audited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = start_tuned(|proxy| {
+        proxy.with_timeouts(
+            std::time::Duration::from_secs(2),
+            std::time::Duration::from_secs(1),
+        )
+    })
+    .await;
+    let proxy_addr = fx.proxy_url.trim_start_matches("http://").to_owned();
+
+    // A head dribbled a byte at a time is closed once overdue, however long it keeps going.
+    let mut dribbler = tokio::net::TcpStream::connect(&proxy_addr).await.unwrap();
+    dribbler
+        .write_all(b"GET http://plain.test/ HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            dribbler.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a dribbling head was still served after 60 s"
+                );
+                let _ = dribbler.write_all(b"x").await;
+            }
+        }
+    }
+
+    // A body the leak guard must read whole but that stalls is answered 408 and audited.
+    let before = fx.seen_count();
+    let mut stalled = tokio::net::TcpStream::connect(&proxy_addr).await.unwrap();
+    let port = fx.up.port;
+    stalled
+        .write_all(
+            format!(
+                "POST http://plain.test:{port}/upload HTTP/1.1\r\nhost: plain.test:{port}\r\ncontent-length: 100\r\n\r\nabc"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        stalled.read(&mut answer),
+    )
+    .await
+    .expect("the proxy answers a stalled body")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert_eq!(fx.seen_count(), before, "nothing reached the upstream");
+    let audited = fx.audit.records();
+    assert!(
+        audited
+            .iter()
+            .any(|r| r.status == 408 && r.reason.starts_with("body_timeout")),
+        "{audited:?}"
     );
 }

@@ -28,8 +28,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::ca::LocalCa;
 use super::proxy::{
-    CONNECT_TIMEOUT, ConnSlot, Counted, Finisher, HEADER_READ_TIMEOUT, Inner, Interception,
-    Pending, ProxyBody, Target, connect_any, refuse_with, strip_hop_by_hop,
+    CONNECT_TIMEOUT, ConnSlot, Counted, Finisher, Inner, Interception, Pending, ProxyBody, Target,
+    connect_any, refuse_with, strip_hop_by_hop,
 };
 use super::{Approval, ApprovalRequest};
 
@@ -185,7 +185,7 @@ pub(super) fn intercept(
         });
         let served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(conn.inner.header_timeout)
             .serve_connection(TokioIo::new(tls), service);
         tokio::select! {
             res = served => {
@@ -799,7 +799,18 @@ pub(super) async fn scan_request(
     let bytes = if body.is_end_stream() {
         Bytes::new()
     } else {
-        match Limited::new(body, MAX_SCANNED_BODY).collect().await {
+        let read = Limited::new(body, MAX_SCANNED_BODY).collect();
+        let Ok(read) = tokio::time::timeout(inner.body_timeout, read).await else {
+            return Err(Blocked {
+                status: StatusCode::REQUEST_TIMEOUT,
+                tag: "body_timeout",
+                message: format!(
+                    "nanoclaw egress: the request body to {host} did not arrive within {} s",
+                    inner.body_timeout.as_secs()
+                ),
+            });
+        };
+        match read {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return Err(Blocked {

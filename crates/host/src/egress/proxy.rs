@@ -41,8 +41,11 @@ pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Connecting to an upstream gives up after this.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client must send a request's headers within this.
-pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client must send a request's headers within this (after the connection opens or the
+/// previous answer, so it is also how long an idle keep-alive connection is kept).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body the leak guard reads whole must arrive within this once its headers are in.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Open connections (tunnels and intercepted connections included) per sandbox; more are
 /// refused with a 503 (a runaway tool, not a use case).
 pub const MAX_CONNECTIONS_PER_SANDBOX: usize = 256;
@@ -79,6 +82,10 @@ pub(super) struct Inner {
     per_sandbox: usize,
     /// CONNECT ports whose tunnels must start with a TLS ClientHello naming the CONNECT host.
     tls_ports: Vec<u16>,
+    /// How long a client may take to send a request's headers (idle keep-alive included).
+    pub(super) header_timeout: Duration,
+    /// How long a client may take to send a body the leak guard reads whole.
+    pub(super) body_timeout: Duration,
 }
 
 /// What an open client connection holds: one slot of its sandbox's and of the global limit.
@@ -177,6 +184,15 @@ impl EgressProxy {
         })
     }
 
+    /// The same proxy with other client timeouts (defaults [`HEADER_READ_TIMEOUT`],
+    /// [`BODY_READ_TIMEOUT`]). Call before serving.
+    pub fn with_timeouts(self, header: Duration, body: Duration) -> EgressProxy {
+        self.rebuilt(|i| {
+            i.header_timeout = header;
+            i.body_timeout = body;
+        })
+    }
+
     /// The same proxy checking the TLS ClientHello of tunnels to these ports (default: 443).
     /// Call before serving.
     pub fn with_tls_ports(self, ports: &[u16]) -> EgressProxy {
@@ -198,6 +214,8 @@ impl EgressProxy {
             total_limit: i.total_limit,
             per_sandbox: i.per_sandbox,
             tls_ports: i.tls_ports.clone(),
+            header_timeout: i.header_timeout,
+            body_timeout: i.body_timeout,
         };
         change(&mut next);
         EgressProxy {
@@ -250,6 +268,8 @@ impl EgressProxy {
                 total_limit: MAX_CONNECTIONS_TOTAL,
                 per_sandbox: MAX_CONNECTIONS_PER_SANDBOX,
                 tls_ports: vec![443],
+                header_timeout: HEADER_READ_TIMEOUT,
+                body_timeout: BODY_READ_TIMEOUT,
             }),
         }
     }
@@ -371,6 +391,7 @@ async fn serve_connection(
     slot: SharedSlot,
 ) {
     let tunnel_shutdown = shutdown.clone();
+    let header_timeout = inner.header_timeout;
     let service = hyper::service::service_fn(move |req| {
         let (inner, group, sd, slot) = (
             Arc::clone(&inner),
@@ -382,7 +403,7 @@ async fn serve_connection(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::select! {
