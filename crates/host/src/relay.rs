@@ -356,7 +356,13 @@ pub struct Relay {
     limits: RelayLimits,
     /// Open connections across every sandbox's relay.
     total_slots: Arc<Semaphore>,
+    /// Refused connections being answered (see [`MAX_REFUSALS_IN_PROGRESS`]).
+    refusals: Arc<Semaphore>,
 }
+
+/// Refused connections answered at once, across sandboxes; beyond that a refused connection
+/// is closed without an answer, so a flood cannot pile up descriptors in refusals either.
+const MAX_REFUSALS_IN_PROGRESS: usize = 256;
 
 impl Relay {
     pub fn new(
@@ -383,6 +389,7 @@ impl Relay {
             vault,
             client,
             total_slots: Arc::new(Semaphore::new(limits.max_connections_total)),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS)),
             limits,
         }))
     }
@@ -477,9 +484,7 @@ impl Relay {
                             shutdown.clone(),
                         ));
                     }
-                    Err(why) => {
-                        tokio::spawn(refuse_connection(stream, why));
-                    }
+                    Err(why) => state.refuse(stream, why),
                 }
             }
         });
@@ -563,7 +568,7 @@ async fn tcp_gate(
         let slot = match state.connection_slot() {
             Ok(slot) => slot,
             Err(why) => {
-                tokio::spawn(refuse_connection(stream, why));
+                state.refuse(stream, why);
                 continue;
             }
         };
@@ -686,6 +691,20 @@ impl RelayState {
             _sandbox: sandbox,
             _total: total,
         })
+    }
+
+    /// Answers a refused connection with why, or closes it at once when many refusals are
+    /// already being answered.
+    fn refuse<S>(&self, stream: S, why: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if let Ok(permit) = Arc::clone(&self.relay.refusals).try_acquire_owned() {
+            tokio::spawn(async move {
+                refuse_connection(stream, why).await;
+                drop(permit);
+            });
+        }
     }
 }
 

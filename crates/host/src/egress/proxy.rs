@@ -86,7 +86,13 @@ pub(super) struct Inner {
     pub(super) header_timeout: Duration,
     /// How long a client may take to send a body the leak guard reads whole.
     pub(super) body_timeout: Duration,
+    /// Refused connections being answered; beyond [`MAX_REFUSALS_IN_PROGRESS`] a refused
+    /// connection is closed without an answer, so refusals cannot pile up descriptors.
+    refusals: Arc<Semaphore>,
 }
+
+/// Connections refused over the limits that are answered at once, across sandboxes.
+const MAX_REFUSALS_IN_PROGRESS: usize = 256;
 
 /// What an open client connection holds: one slot of its sandbox's and of the global limit.
 /// It moves into a tunnel or intercepted connection, which outlive hyper's connection.
@@ -216,6 +222,7 @@ impl EgressProxy {
             tls_ports: i.tls_ports.clone(),
             header_timeout: i.header_timeout,
             body_timeout: i.body_timeout,
+            refusals: Arc::clone(&i.refusals),
         };
         change(&mut next);
         EgressProxy {
@@ -270,6 +277,7 @@ impl EgressProxy {
                 tls_ports: vec![443],
                 header_timeout: HEADER_READ_TIMEOUT,
                 body_timeout: BODY_READ_TIMEOUT,
+                refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS)),
             }),
         }
     }
@@ -331,7 +339,12 @@ async fn accept_loop(
                 )
             };
             tracing::warn!(group = %group, "egress proxy: {why}");
-            tokio::spawn(refuse_busy(stream, why));
+            if let Ok(permit) = Arc::clone(&inner.refusals).try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse_busy(stream, why).await;
+                    drop(permit);
+                });
+            }
             continue;
         };
         let slot = ConnSlot {
