@@ -32,6 +32,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,7 @@ use async_trait::async_trait;
 
 use crate::cgroup::SandboxCgroup;
 use crate::process::ProcessControl;
+use crate::user::SandboxUser;
 use crate::{AGENT_BINARY_PATH, Limits, Mount, Runtime, SandboxError, SandboxProcess, SandboxSpec};
 
 const RUNTIME: &str = "native";
@@ -81,6 +83,17 @@ const ETC_ALLOW_LIST: &[&str] = &[
     "/etc/profile",
     "/etc/inputrc",
     "/etc/os-release",
+];
+
+/// Kernel interfaces under `/proc` bound read-only over the sandbox's fresh procfs (those
+/// that exist): `/proc/sys` (`kernel.core_pattern` runs a program as root on a crash),
+/// `/proc/sysrq-trigger`, IRQ affinity, bus and filesystem knobs. Docker uses the same list.
+pub const PROC_READ_ONLY: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
 ];
 
 /// Sandbox paths a spec mount may not cover (they are the runtime's own mounts).
@@ -164,7 +177,12 @@ pub struct NativeRuntime {
     bwrap: PathBuf,
     version: (u32, u32, u32),
     features: Features,
+    /// `--bind-fd`/`--ro-bind-fd` (0.10, and backported by distributions): mounts are
+    /// opened by the host and handed over as fds, so the sandbox user needs no access to
+    /// the folders above them (the data dir of a root host is under `/root`).
+    bind_fd: bool,
     layout: HostLayout,
+    user: SandboxUser,
 }
 
 impl NativeRuntime {
@@ -227,19 +245,36 @@ impl NativeRuntime {
                     .to_string(),
             ));
         }
+        let bind_fd = std::process::Command::new(&bwrap)
+            .arg("--help")
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .map(|help| {
+                let text = String::from_utf8_lossy(&help.stdout);
+                text.contains("--bind-fd") && text.contains("--ro-bind-fd")
+            })
+            .unwrap_or(false);
         // Sandboxes of a host that crashed leave empty cgroups behind.
         crate::cgroup::remove_stale(Duration::from_secs(60));
         Ok(Self {
             bwrap,
             version,
             features: Features::from_version(version),
+            bind_fd,
             layout: HostLayout::detect(),
+            user: SandboxUser::for_this_host(),
         })
     }
 
     /// The `bwrap` binary in use.
     pub fn bwrap_path(&self) -> &Path {
         &self.bwrap
+    }
+
+    /// The host ids sandboxes run as.
+    pub fn user(&self) -> SandboxUser {
+        self.user
     }
 
     /// The bubblewrap version, `(major, minor, patch)`.
@@ -256,7 +291,7 @@ impl NativeRuntime {
             .enumerate()
             .map(|(index, (dest, _))| (3 + index as RawFd, *dest))
             .collect();
-        Ok(build_args(&valid, &self.layout, self.features, &fds))
+        Ok(build_args(&valid, &self.layout, self.features, &fds, &[]))
     }
 }
 
@@ -347,10 +382,42 @@ impl Runtime for NativeRuntime {
 
     async fn spawn(&self, spec: &SandboxSpec) -> Result<SandboxProcess, SandboxError> {
         let valid = validate(spec)?;
+        self.user.check()?;
         let spawn_error = |source: std::io::Error| SandboxError::Spawn {
             runtime: RUNTIME,
             source,
         };
+        if self.user.dedicated {
+            let mounts = valid.mounts.clone();
+            let user = self.user;
+            tokio::task::spawn_blocking(move || crate::user::hand_over(&mounts, user))
+                .await
+                .map_err(|error| spawn_error(std::io::Error::other(error)))??;
+        }
+        // The mount sources and the agent binary, opened here (as the host user) in spec
+        // order, when bwrap takes fds; closed once bwrap has started.
+        let mut mount_fds = Vec::new();
+        if self.bind_fd {
+            for path in valid
+                .mounts
+                .iter()
+                .map(|mount| &mount.host_path)
+                .chain(std::iter::once(&valid.agent_binary))
+            {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(|error| {
+                        spawn_error(std::io::Error::new(
+                            error.kind(),
+                            format!("opening {}: {error}", path.display()),
+                        ))
+                    })?;
+                mount_fds.push(file);
+            }
+        }
+        let raw_mount_fds: Vec<RawFd> = mount_fds.iter().map(AsRawFd::as_raw_fd).collect();
 
         // Generated /etc files go through pipes (`--ro-bind-data FD`): nothing to clean up.
         // They are a few hundred bytes, far below the pipe buffer, so writing cannot block.
@@ -363,16 +430,27 @@ impl Runtime for NativeRuntime {
             data_fds.push((reader.as_raw_fd(), dest));
             readers.push(reader);
         }
-        let args = build_args(&valid, &self.layout, self.features, &data_fds);
+        let args = build_args(
+            &valid,
+            &self.layout,
+            self.features,
+            &data_fds,
+            &raw_mount_fds,
+        );
 
         let mut cgroup = SandboxCgroup::create(&valid.name, &valid.limits);
         let hook = PreExec {
-            inherit_fds: data_fds.iter().map(|(fd, _)| *fd).collect(),
+            inherit_fds: data_fds
+                .iter()
+                .map(|(fd, _)| *fd)
+                .chain(raw_mount_fds.iter().copied())
+                .collect(),
             cgroup_procs: cgroup
                 .as_ref()
                 .map(SandboxCgroup::procs_fds)
                 .unwrap_or_default(),
-            rlimits: rlimits_for(&valid.limits),
+            rlimits: rlimits_for(&valid.limits, self.user.uid),
+            drop_to: self.user.dedicated.then_some((self.user.uid, self.user.gid)),
         };
 
         let mut command = tokio::process::Command::new(&self.bwrap);
@@ -392,6 +470,7 @@ impl Runtime for NativeRuntime {
         tracing::debug!(sandbox = %valid.name, bwrap = %self.bwrap.display(), ?args, "starting sandbox");
         let spawned = command.spawn();
         drop(readers);
+        drop(mount_fds);
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
@@ -438,6 +517,9 @@ struct PreExec {
     /// `cgroup.procs` files to join.
     cgroup_procs: Vec<RawFd>,
     rlimits: Vec<(RlimitResource, u64)>,
+    /// The host runs as root: become this unprivileged uid:gid (no supplementary groups)
+    /// before bwrap starts, so the sandbox's uid maps to it and never to host root.
+    drop_to: Option<(u32, u32)>,
 }
 
 /// Highest fd marked close-on-exec when `close_range(2)` is unavailable.
@@ -497,8 +579,22 @@ impl PreExec {
                 return Err(std::io::Error::last_os_error());
             }
         }
+        if let Some((uid, gid)) = self.drop_to {
+            // Groups first, while still privileged; then the gid, then the uid (real,
+            // effective and saved: no way back). Any failure stops the spawn.
+            // SAFETY: setgroups with an empty list, setresgid and setresuid only change
+            // this (child) process's credentials.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
         for &fd in &self.inherit_fds {
-            // SAFETY: fd is an open pipe read end owned by the parent for the whole spawn;
+            // SAFETY: fd is an open pipe read end (or a mount source) owned by the parent for the whole spawn;
             // clearing FD_CLOEXEC only affects this (child) process's fd table.
             if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -508,9 +604,9 @@ impl PreExec {
     }
 }
 
-fn rlimits_for(limits: &Limits) -> Vec<(RlimitResource, u64)> {
+fn rlimits_for(limits: &Limits, uid: u32) -> Vec<(RlimitResource, u64)> {
     vec![
-        (libc::RLIMIT_NPROC, nproc_limit(limits.max_processes)),
+        (libc::RLIMIT_NPROC, nproc_limit(limits.max_processes, uid)),
         (libc::RLIMIT_AS, limits.max_memory_bytes),
         (libc::RLIMIT_FSIZE, limits.max_file_bytes),
         (libc::RLIMIT_NOFILE, limits.max_open_files),
@@ -518,11 +614,10 @@ fn rlimits_for(limits: &Limits) -> Vec<(RlimitResource, u64)> {
     ]
 }
 
-/// `RLIMIT_NPROC` for the bwrap child. For a non-root host user the kernel compares the limit
-/// with *all* that user's tasks, so add what the user already runs (see module docs).
-fn nproc_limit(max_processes: u64) -> u64 {
-    // SAFETY: getuid never fails and has no preconditions.
-    let uid = unsafe { libc::getuid() };
+/// `RLIMIT_NPROC` for the bwrap child running as `uid`. The kernel compares the limit with
+/// *all* that user's tasks (every sandbox's, when the host is root and they share the
+/// dedicated uid), so add what the user already runs (see module docs).
+fn nproc_limit(max_processes: u64, uid: u32) -> u64 {
     if uid == 0 {
         return max_processes;
     }
@@ -588,6 +683,7 @@ pub(crate) fn build_args(
     layout: &HostLayout,
     features: Features,
     data_fds: &[(RawFd, &str)],
+    mount_fds: &[RawFd],
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&dyn AsRefOs]| {
@@ -627,20 +723,35 @@ pub(crate) fn build_args(
     for (fd, dest) in data_fds {
         push(&[&"--ro-bind-data", &fd.to_string(), dest]);
     }
-    push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
+    push(&[&"--proc", &"/proc"]);
+    for path in PROC_READ_ONLY {
+        push(&[&"--ro-bind-try", path, path]);
+    }
+    push(&[&"--dev", &"/dev"]);
     for (dir, size) in [("/tmp", TMP_SIZE_BYTES), ("/run", RUN_SIZE_BYTES)] {
         if features.tmpfs_size {
             push(&[&"--size", &size.to_string()]);
         }
         push(&[&"--tmpfs", &dir]);
     }
-    for mount in &spec.mounts {
-        let flag = if mount.writable {
-            "--bind"
+    // With fds (one per mount, then the agent binary) the host did the path walk.
+    let by_fd = mount_fds.len() == spec.mounts.len() + 1;
+    for (index, mount) in spec.mounts.iter().enumerate() {
+        if by_fd {
+            let flag = if mount.writable {
+                "--bind-fd"
+            } else {
+                "--ro-bind-fd"
+            };
+            push(&[&flag, &mount_fds[index].to_string(), &mount.sandbox_path]);
         } else {
-            "--ro-bind"
-        };
-        push(&[&flag, &mount.host_path, &mount.sandbox_path]);
+            let flag = if mount.writable {
+                "--bind"
+            } else {
+                "--ro-bind"
+            };
+            push(&[&flag, &mount.host_path, &mount.sandbox_path]);
+        }
     }
     let workdir_mounted = spec
         .mounts
@@ -649,7 +760,15 @@ pub(crate) fn build_args(
     if !workdir_mounted {
         push(&[&"--dir", &spec.workdir]);
     }
-    push(&[&"--ro-bind", &spec.agent_binary, &AGENT_BINARY_PATH]);
+    if by_fd {
+        push(&[
+            &"--ro-bind-fd",
+            &mount_fds[spec.mounts.len()].to_string(),
+            &AGENT_BINARY_PATH,
+        ]);
+    } else {
+        push(&[&"--ro-bind", &spec.agent_binary, &AGENT_BINARY_PATH]);
+    }
     // Everything is in place: freeze the root tmpfs (submounts keep their own flags).
     push(&[&"--remount-ro", &"/"]);
     push(&[&"--clearenv"]);
@@ -955,7 +1074,7 @@ mod tests {
 
     #[test]
     fn isolation_flags_are_present() {
-        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[], &[]));
         for flag in [
             "--unshare-user",
             "--unshare-pid",
@@ -973,7 +1092,18 @@ mod tests {
         assert!(find(&args, &["--uid", "1000", "--gid", "1000"]).is_some());
         assert!(find(&args, &["--cap-drop", "ALL"]).is_some());
         assert!(find(&args, &["--hostname", "nanoclaw"]).is_some());
-        assert!(find(&args, &["--proc", "/proc", "--dev", "/dev"]).is_some());
+        let proc = find(&args, &["--proc", "/proc"]).expect("--proc");
+        for path in [
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+            "/proc/irq",
+            "/proc/bus",
+            "/proc/fs",
+        ] {
+            let ro = find(&args, &["--ro-bind-try", path, path]).expect(path);
+            assert!(ro > proc, "{path} must cover the fresh procfs");
+        }
+        assert!(find(&args, &["--dev", "/dev"]).is_some());
         assert!(
             find(
                 &args,
@@ -994,7 +1124,7 @@ mod tests {
             tmpfs_size: false,
             disable_userns: false,
         };
-        let args = strings(&build_args(&spec(), &layout(), old, &[]));
+        let args = strings(&build_args(&spec(), &layout(), old, &[], &[]));
         assert!(!args.contains(&"--size".to_string()));
         assert!(!args.contains(&"--disable-userns".to_string()));
         assert!(find(&args, &["--tmpfs", "/tmp"]).is_some());
@@ -1002,7 +1132,7 @@ mod tests {
 
     #[test]
     fn system_layout_mounts_and_generated_files() {
-        let args = strings(&build_args(&spec(), &layout(), ALL, &[(7, "/etc/passwd")]));
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[(7, "/etc/passwd")], &[]));
         assert!(find(&args, &["--ro-bind", "/usr", "/usr"]).is_some());
         assert!(find(&args, &["--symlink", "usr/bin", "/bin"]).is_some());
         assert!(find(&args, &["--ro-bind", "/lib64", "/lib64"]).is_some());
@@ -1011,7 +1141,7 @@ mod tests {
 
     #[test]
     fn spec_mounts_in_order_then_agent_then_command() {
-        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[], &[]));
         let rw = find(&args, &["--bind", "/host/work", "/workspace"]).expect("rw mount");
         let ro = find(&args, &["--ro-bind", "/host/ro", "/workspace/ro"]).expect("ro mount");
         let tmp = find(&args, &["--tmpfs", "/tmp"]).expect("tmp");
@@ -1040,7 +1170,7 @@ mod tests {
 
     #[test]
     fn env_is_cleared_then_set_from_spec_only() {
-        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[], &[]));
         let clear = find(&args, &["--clearenv"]).expect("clearenv");
         let home = find(&args, &["--setenv", "HOME", "/workspace"]).expect("HOME");
         let lang = find(&args, &["--setenv", "LANG", "C.UTF-8"]).expect("LANG");
@@ -1052,7 +1182,7 @@ mod tests {
     fn unmounted_workdir_is_created() {
         let mut spec = spec();
         spec.workdir = "/home/agent".into();
-        let args = strings(&build_args(&spec, &layout(), ALL, &[]));
+        let args = strings(&build_args(&spec, &layout(), ALL, &[], &[]));
         let dir = find(&args, &["--dir", "/home/agent"]).expect("--dir");
         let remount = find(&args, &["--remount-ro", "/"]).expect("remount");
         assert!(dir < remount);
