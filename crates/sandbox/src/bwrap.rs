@@ -32,7 +32,6 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,10 +176,6 @@ pub struct NativeRuntime {
     bwrap: PathBuf,
     version: (u32, u32, u32),
     features: Features,
-    /// `--bind-fd`/`--ro-bind-fd` (0.10, and backported by distributions): mounts are
-    /// opened by the host and handed over as fds, so the sandbox user needs no access to
-    /// the folders above them (the data dir of a root host is under `/root`).
-    bind_fd: bool,
     layout: HostLayout,
     user: SandboxUser,
 }
@@ -245,23 +240,12 @@ impl NativeRuntime {
                     .to_string(),
             ));
         }
-        let bind_fd = std::process::Command::new(&bwrap)
-            .arg("--help")
-            .env_clear()
-            .stdin(Stdio::null())
-            .output()
-            .map(|help| {
-                let text = String::from_utf8_lossy(&help.stdout);
-                text.contains("--bind-fd") && text.contains("--ro-bind-fd")
-            })
-            .unwrap_or(false);
         // Sandboxes of a host that crashed leave empty cgroups behind.
         crate::cgroup::remove_stale(Duration::from_secs(60));
         Ok(Self {
             bwrap,
             version,
             features: Features::from_version(version),
-            bind_fd,
             layout: HostLayout::detect(),
             user: SandboxUser::for_this_host(),
         })
@@ -291,7 +275,7 @@ impl NativeRuntime {
             .enumerate()
             .map(|(index, (dest, _))| (3 + index as RawFd, *dest))
             .collect();
-        Ok(build_args(&valid, &self.layout, self.features, &fds, &[]))
+        Ok(build_args(&valid, &self.layout, self.features, &fds))
     }
 }
 
@@ -394,30 +378,25 @@ impl Runtime for NativeRuntime {
                 .await
                 .map_err(|error| spawn_error(std::io::Error::other(error)))??;
         }
-        // The mount sources and the agent binary, opened here (as the host user) in spec
-        // order, when bwrap takes fds; closed once bwrap has started.
-        let mut mount_fds = Vec::new();
-        if self.bind_fd {
-            for path in valid
-                .mounts
-                .iter()
-                .map(|mount| &mount.host_path)
-                .chain(std::iter::once(&valid.agent_binary))
-            {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-                    .open(path)
-                    .map_err(|error| {
-                        spawn_error(std::io::Error::new(
-                            error.kind(),
-                            format!("opening {}: {error}", path.display()),
-                        ))
-                    })?;
-                mount_fds.push(file);
+        // A root host's data dir is not reachable for the unprivileged sandbox user (it is
+        // under /root, 0700): the mount sources and the agent binary are opened here, as
+        // root, and bound onto a private staging tmpfs that bwrap then mounts from.
+        let (staging, bwrap_spec) = if self.user.dedicated {
+            let staging = Staging::prepare(&valid).map_err(spawn_error)?;
+            let staged = staging.staged_spec(&valid);
+            (Some(staging), staged)
+        } else {
+            (None, valid.clone())
+        };
+        let plan = match staging.as_ref().map(Staging::plan).transpose() {
+            Ok(plan) => plan,
+            Err(error) => {
+                if let Some(staging) = staging {
+                    staging.remove();
+                }
+                return Err(spawn_error(error));
             }
-        }
-        let raw_mount_fds: Vec<RawFd> = mount_fds.iter().map(AsRawFd::as_raw_fd).collect();
+        };
 
         // Generated /etc files go through pipes (`--ro-bind-data FD`): nothing to clean up.
         // They are a few hundred bytes, far below the pipe buffer, so writing cannot block.
@@ -430,27 +409,18 @@ impl Runtime for NativeRuntime {
             data_fds.push((reader.as_raw_fd(), dest));
             readers.push(reader);
         }
-        let args = build_args(
-            &valid,
-            &self.layout,
-            self.features,
-            &data_fds,
-            &raw_mount_fds,
-        );
+        let args = build_args(&bwrap_spec, &self.layout, self.features, &data_fds);
 
         let mut cgroup = SandboxCgroup::create(&valid.name, &valid.limits);
         let hook = PreExec {
-            inherit_fds: data_fds
-                .iter()
-                .map(|(fd, _)| *fd)
-                .chain(raw_mount_fds.iter().copied())
-                .collect(),
+            inherit_fds: data_fds.iter().map(|(fd, _)| *fd).collect(),
             cgroup_procs: cgroup
                 .as_ref()
                 .map(SandboxCgroup::procs_fds)
                 .unwrap_or_default(),
             rlimits: rlimits_for(&valid.limits, self.user.uid),
             drop_to: self.user.dedicated.then_some((self.user.uid, self.user.gid)),
+            staging: plan,
         };
 
         let mut command = tokio::process::Command::new(&self.bwrap);
@@ -470,12 +440,14 @@ impl Runtime for NativeRuntime {
         tracing::debug!(sandbox = %valid.name, bwrap = %self.bwrap.display(), ?args, "starting sandbox");
         let spawned = command.spawn();
         drop(readers);
-        drop(mount_fds);
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
                 if let Some(cgroup) = cgroup {
                     cgroup.remove();
+                }
+                if let Some(staging) = staging {
+                    staging.remove();
                 }
                 return Err(spawn_error(error));
             }
@@ -495,12 +467,28 @@ impl Runtime for NativeRuntime {
             if let Some(cgroup) = cgroup {
                 cgroup.remove();
             }
+            if let Some(staging) = staging {
+                staging.remove();
+            }
             return Err(spawn_error(std::io::Error::other(
                 "bwrap child has no piped stdio",
             )));
         };
-        let cleanup: Option<Box<dyn FnOnce() + Send>> =
-            cgroup.map(|cgroup| Box::new(move || cgroup.remove()) as Box<dyn FnOnce() + Send>);
+        // The staging mountpoints must stay until bwrap has mounted them: removed with
+        // the cgroup when the sandbox ends.
+        let cleanup: Option<Box<dyn FnOnce() + Send>> = if cgroup.is_some() || staging.is_some()
+        {
+            Some(Box::new(move || {
+                if let Some(cgroup) = cgroup {
+                    cgroup.remove();
+                }
+                if let Some(staging) = staging {
+                    staging.remove();
+                }
+            }))
+        } else {
+            None
+        };
         Ok(SandboxProcess {
             stdin: Box::pin(stdin),
             stdout: Box::pin(stdout),
@@ -520,6 +508,8 @@ struct PreExec {
     /// The host runs as root: become this unprivileged uid:gid (no supplementary groups)
     /// before bwrap starts, so the sandbox's uid maps to it and never to host root.
     drop_to: Option<(u32, u32)>,
+    /// Bind the mount sources onto the staging tmpfs first (see [`Staging`]).
+    staging: Option<StagingPlan>,
 }
 
 /// Highest fd marked close-on-exec when `close_range(2)` is unavailable.
@@ -579,6 +569,9 @@ impl PreExec {
                 return Err(std::io::Error::last_os_error());
             }
         }
+        if let Some(plan) = &self.staging {
+            plan.run()?;
+        }
         if let Some((uid, gid)) = self.drop_to {
             // Groups first, while still privileged; then the gid, then the uid (real,
             // effective and saved: no way back). Any failure stops the spawn.
@@ -594,10 +587,135 @@ impl PreExec {
             }
         }
         for &fd in &self.inherit_fds {
-            // SAFETY: fd is an open pipe read end (or a mount source) owned by the parent for the whole spawn;
+            // SAFETY: fd is an open pipe read end owned by the parent for the whole spawn;
             // clearing FD_CLOEXEC only affects this (child) process's fd table.
             if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the mount sources of a root host's sandboxes are staged: one root-owned folder per
+/// sandbox holding empty mountpoints, on which the sources are bound inside the private
+/// mount namespace of the process that becomes bwrap (the host's view gets no mounts).
+const STAGING_ROOT: &str = "/run/nanoclaw/staging";
+
+/// A root host's data dir is not reachable for the unprivileged sandbox user (it is under
+/// /root, 0700), so bwrap mounts the sources from here instead.
+struct Staging {
+    dir: PathBuf,
+    /// (source, mountpoint, source is a directory), the mounts in order then the agent.
+    binds: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+impl Staging {
+    fn prepare(spec: &ValidSpec) -> std::io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let root = Path::new(STAGING_ROOT);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(root)?;
+        let dir = root.join(&spec.name);
+        // Left over by a host that died with this sandbox name: only empty mountpoints.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o755).create(&dir)?;
+        let mut staging = Self {
+            dir,
+            binds: Vec::new(),
+        };
+        let sources = spec
+            .mounts
+            .iter()
+            .map(|mount| &mount.host_path)
+            .chain(std::iter::once(&spec.agent_binary));
+        for (index, source) in sources.enumerate() {
+            let target = staging.dir.join(index.to_string());
+            let is_dir = std::fs::metadata(source)?.is_dir();
+            if is_dir {
+                std::fs::DirBuilder::new().mode(0o755).create(&target)?;
+            } else {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&target)?;
+            }
+            staging.binds.push((source.clone(), target, is_dir));
+        }
+        Ok(staging)
+    }
+
+    /// The spec as bwrap sees it: every source at its mountpoint.
+    fn staged_spec(&self, spec: &ValidSpec) -> ValidSpec {
+        let mut staged = spec.clone();
+        for (mount, (_, target, _)) in staged.mounts.iter_mut().zip(&self.binds) {
+            mount.host_path = target.clone();
+        }
+        if let Some((_, target, _)) = self.binds.last() {
+            staged.agent_binary = target.clone();
+        }
+        staged
+    }
+
+    /// Everything the child needs, as C strings made before the fork.
+    fn plan(&self) -> std::io::Result<StagingPlan> {
+        let c = |path: &Path| {
+            std::ffi::CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| std::io::Error::other("a path contains a NUL byte"))
+        };
+        let mut binds = Vec::new();
+        for (source, target, _) in &self.binds {
+            binds.push((c(source)?, c(target)?));
+        }
+        Ok(StagingPlan { binds })
+    }
+
+    /// Removes the mountpoints (once bwrap has mounted, or never will).
+    fn remove(self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), %error, "removing a staging folder");
+        }
+    }
+}
+
+struct StagingPlan {
+    /// (source, mountpoint)
+    binds: Vec<(std::ffi::CString, std::ffi::CString)>,
+}
+
+impl StagingPlan {
+    /// In the child, still root: a private mount namespace, each source bound onto its
+    /// mountpoint.
+    fn run(&self) -> std::io::Result<()> {
+        let check = |result: libc::c_int| {
+            if result != 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: unshare and mount are async-signal-safe syscalls on C strings prepared
+        // before the fork; they only change this child's mount namespace.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            for (source, target) in &self.binds {
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
             }
         }
         Ok(())
@@ -683,7 +801,6 @@ pub(crate) fn build_args(
     layout: &HostLayout,
     features: Features,
     data_fds: &[(RawFd, &str)],
-    mount_fds: &[RawFd],
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&dyn AsRefOs]| {
@@ -734,24 +851,13 @@ pub(crate) fn build_args(
         }
         push(&[&"--tmpfs", &dir]);
     }
-    // With fds (one per mount, then the agent binary) the host did the path walk.
-    let by_fd = mount_fds.len() == spec.mounts.len() + 1;
-    for (index, mount) in spec.mounts.iter().enumerate() {
-        if by_fd {
-            let flag = if mount.writable {
-                "--bind-fd"
-            } else {
-                "--ro-bind-fd"
-            };
-            push(&[&flag, &mount_fds[index].to_string(), &mount.sandbox_path]);
+    for mount in &spec.mounts {
+        let flag = if mount.writable {
+            "--bind"
         } else {
-            let flag = if mount.writable {
-                "--bind"
-            } else {
-                "--ro-bind"
-            };
-            push(&[&flag, &mount.host_path, &mount.sandbox_path]);
-        }
+            "--ro-bind"
+        };
+        push(&[&flag, &mount.host_path, &mount.sandbox_path]);
     }
     let workdir_mounted = spec
         .mounts
@@ -760,15 +866,7 @@ pub(crate) fn build_args(
     if !workdir_mounted {
         push(&[&"--dir", &spec.workdir]);
     }
-    if by_fd {
-        push(&[
-            &"--ro-bind-fd",
-            &mount_fds[spec.mounts.len()].to_string(),
-            &AGENT_BINARY_PATH,
-        ]);
-    } else {
-        push(&[&"--ro-bind", &spec.agent_binary, &AGENT_BINARY_PATH]);
-    }
+    push(&[&"--ro-bind", &spec.agent_binary, &AGENT_BINARY_PATH]);
     // Everything is in place: freeze the root tmpfs (submounts keep their own flags).
     push(&[&"--remount-ro", &"/"]);
     push(&[&"--clearenv"]);
@@ -1074,7 +1172,7 @@ mod tests {
 
     #[test]
     fn isolation_flags_are_present() {
-        let args = strings(&build_args(&spec(), &layout(), ALL, &[], &[]));
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
         for flag in [
             "--unshare-user",
             "--unshare-pid",
@@ -1124,7 +1222,7 @@ mod tests {
             tmpfs_size: false,
             disable_userns: false,
         };
-        let args = strings(&build_args(&spec(), &layout(), old, &[], &[]));
+        let args = strings(&build_args(&spec(), &layout(), old, &[]));
         assert!(!args.contains(&"--size".to_string()));
         assert!(!args.contains(&"--disable-userns".to_string()));
         assert!(find(&args, &["--tmpfs", "/tmp"]).is_some());
@@ -1132,7 +1230,7 @@ mod tests {
 
     #[test]
     fn system_layout_mounts_and_generated_files() {
-        let args = strings(&build_args(&spec(), &layout(), ALL, &[(7, "/etc/passwd")], &[]));
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[(7, "/etc/passwd")]));
         assert!(find(&args, &["--ro-bind", "/usr", "/usr"]).is_some());
         assert!(find(&args, &["--symlink", "usr/bin", "/bin"]).is_some());
         assert!(find(&args, &["--ro-bind", "/lib64", "/lib64"]).is_some());
@@ -1141,7 +1239,7 @@ mod tests {
 
     #[test]
     fn spec_mounts_in_order_then_agent_then_command() {
-        let args = strings(&build_args(&spec(), &layout(), ALL, &[], &[]));
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
         let rw = find(&args, &["--bind", "/host/work", "/workspace"]).expect("rw mount");
         let ro = find(&args, &["--ro-bind", "/host/ro", "/workspace/ro"]).expect("ro mount");
         let tmp = find(&args, &["--tmpfs", "/tmp"]).expect("tmp");
@@ -1170,7 +1268,7 @@ mod tests {
 
     #[test]
     fn env_is_cleared_then_set_from_spec_only() {
-        let args = strings(&build_args(&spec(), &layout(), ALL, &[], &[]));
+        let args = strings(&build_args(&spec(), &layout(), ALL, &[]));
         let clear = find(&args, &["--clearenv"]).expect("clearenv");
         let home = find(&args, &["--setenv", "HOME", "/workspace"]).expect("HOME");
         let lang = find(&args, &["--setenv", "LANG", "C.UTF-8"]).expect("LANG");
@@ -1182,7 +1280,7 @@ mod tests {
     fn unmounted_workdir_is_created() {
         let mut spec = spec();
         spec.workdir = "/home/agent".into();
-        let args = strings(&build_args(&spec, &layout(), ALL, &[], &[]));
+        let args = strings(&build_args(&spec, &layout(), ALL, &[]));
         let dir = find(&args, &["--dir", "/home/agent"]).expect("--dir");
         let remount = find(&args, &["--remount-ro", "/"]).expect("remount");
         assert!(dir < remount);
