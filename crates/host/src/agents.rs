@@ -661,11 +661,7 @@ impl StderrTail {
     }
 }
 
-fn spawn_stderr_logger(
-    stderr: nanoclaw_sandbox::SandboxOutput,
-    sandbox: String,
-    tail: StderrTail,
-) {
+fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String, tail: StderrTail) {
     use tokio::io::AsyncReadExt;
     /// Longest stderr line kept; the rest of a longer line is read and dropped, so a
     /// sandbox writing an endless line cannot make the host hold it.

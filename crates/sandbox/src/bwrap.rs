@@ -5,7 +5,8 @@
 //!
 //! | Guarantee | Mechanism |
 //! |---|---|
-//! | non-root user inside | new user namespace, `--uid 1000 --gid 1000`, `--cap-drop ALL`; `/etc/passwd` is generated (`agent`, home = workdir) |
+//! | non-root user inside, never host root outside | new user namespace, `--uid 1000 --gid 1000` mapped to the [`SandboxUser`]: the host user, or — host is root — bwrap is started as the dedicated unprivileged id (`setgroups([])`, `setresgid`, `setresuid` in `pre_exec`), the mounts handed to it ([`crate::user`]) and their sources bound onto mountpoints under `/run/nanoclaw/staging/<name>` in the private mount namespace of the bwrap process (the id cannot walk to them under `/root`); `--cap-drop ALL`; `/etc/passwd` is generated (`agent`, home = workdir) |
+//! | kernel knobs read-only | [`PROC_READ_ONLY`] (`/proc/sys`, `/proc/sysrq-trigger`, `/proc/irq`, `/proc/bus`, `/proc/fs`) `--ro-bind-try` onto themselves after `--proc /proc` |
 //! | no nested user namespaces | `--disable-userns` (bwrap ≥ 0.8 only) |
 //! | no network but loopback | new network namespace (`--unshare-net`): only `lo`, no route anywhere |
 //! | own processes only | new pid namespace; `/proc` is a fresh procfs of that namespace |
@@ -15,12 +16,8 @@
 //! | filesystem | root is bwrap's tmpfs, remounted read-only once populated. Read-only: `/usr`, `/bin` `/sbin` `/lib*` (symlinks recreated on merged-usr hosts, else ro-bound), a short allow-list of `/etc` files (no `/etc/ssl/private`, no shadow), the agent binary at [`AGENT_BINARY_PATH`]. Generated: `/etc/passwd`, `/etc/group`, `/etc/hosts`, `/etc/hostname` (`--ro-bind-data` from pipes, no temp files). Fresh: `/proc`, minimal `/dev`, size-limited tmpfs `/tmp` and `/run`. Plus exactly the spec's mounts, in order. No host home, no data dir. |
 //! | environment | `bwrap` itself is started with an empty environment (its pid-1 reaper is visible in the sandbox's `/proc`), and `--clearenv` + `--setenv` gives the agent exactly `spec.env` |
 //! | `max_open_files`, `max_file_bytes`, `max_memory_bytes` | `RLIMIT_NOFILE`, `RLIMIT_FSIZE`, `RLIMIT_AS` set in `pre_exec` on bwrap, inherited by everything in the sandbox (clamped to the host's hard limit when lower). `RLIMIT_CORE` = 0. |
-//! | `max_processes` | `RLIMIT_NPROC`, with two kernel caveats: it is **not enforced at all when the host runs as root** (tasks of host uid 0 are exempt), and for a non-root host user it counts *all* tasks of that user (the sandbox's user namespace inherits the creator's limit). So for non-root the rlimit is `max_processes` + the user's task count at spawn, i.e. roughly "`max_processes` more tasks". The exact per-sandbox limit is the cgroup below. |
+//! | `max_processes` | `RLIMIT_NPROC`, with a kernel caveat: it counts *all* tasks of the sandbox user (the sandbox's user namespace inherits the creator's limit; for a root host every sandbox shares the dedicated id). So the rlimit is `max_processes` + that user's task count at spawn, i.e. roughly "`max_processes` more tasks". The exact per-sandbox limit is the cgroup below. |
 //! | `max_processes`, `max_memory_bytes` (exact) | a per-sandbox cgroup when cgroups are writable (root, or a delegated v2 subtree): `pids.max` = `max_processes` + 2 (bwrap's two own processes), `memory.max` / `memory.limit_in_bytes` = `max_memory_bytes`. v2: `<current>/nanoclaw/<name>` or `/sys/fs/cgroup/nanoclaw/<name>`; v1: `/sys/fs/cgroup/{pids,memory}/<current>/nanoclaw/<name>`. Joined from `pre_exec`; the cleanup hook kills leftovers and removes it. When not writable: logged at debug, rlimits only. |
-//!
-//! Caveat when the host runs as root: the sandbox uid 1000 maps to host uid 0, so for
-//! *mounted* host files the sandbox has root's owner permissions (without any capability).
-//! That is why `/etc` is an allow-list and only the spec's mounts are visible.
 //!
 //! Visible but harmless: bwrap's command line (`/proc/1/cmdline` inside), which names the
 //! host paths of the mounts. A workdir outside every mount is created empty on the read-only
@@ -419,7 +416,10 @@ impl Runtime for NativeRuntime {
                 .map(SandboxCgroup::procs_fds)
                 .unwrap_or_default(),
             rlimits: rlimits_for(&valid.limits, self.user.uid),
-            drop_to: self.user.dedicated.then_some((self.user.uid, self.user.gid)),
+            drop_to: self
+                .user
+                .dedicated
+                .then_some((self.user.uid, self.user.gid)),
             staging: plan,
         };
 
@@ -476,8 +476,7 @@ impl Runtime for NativeRuntime {
         };
         // The staging mountpoints must stay until bwrap has mounted them: removed with
         // the cgroup when the sandbox ends.
-        let cleanup: Option<Box<dyn FnOnce() + Send>> = if cgroup.is_some() || staging.is_some()
-        {
+        let cleanup: Option<Box<dyn FnOnce() + Send>> = if cgroup.is_some() || staging.is_some() {
             Some(Box::new(move || {
                 if let Some(cgroup) = cgroup {
                     cgroup.remove();

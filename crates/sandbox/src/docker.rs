@@ -5,7 +5,8 @@
 //!
 //! | Guarantee | Mechanism |
 //! |---|---|
-//! | non-root user inside | `User` = the host user's `uid:gid` (so the user's own mounts are writable), or `1000:1000` when the host runs as root (see [`ContainerUser`]); `CapDrop: ALL`, `no-new-privileges` |
+//! | non-root user inside, never host root outside | `User` = the [`SandboxUser`]: the host user's `uid:gid` (so the user's own mounts are writable), or — host is root — the dedicated unprivileged id, with the mounts handed to it without following links ([`crate::user`]); `CapDrop: ALL`, `no-new-privileges` |
+//! | kernel knobs read-only | `ReadonlyPaths` = [`PROC_READ_ONLY`] (the engine's default, stated) |
 //! | no network but loopback | `NetworkMode: none`: only `lo` |
 //! | own processes only, init | the engine's pid namespace; `Init: true` (docker-init/catatonit reaps zombies and forwards signals) |
 //! | filesystem | the image's root, `ReadonlyRootfs`; size-limited `noexec` tmpfs `/tmp` and `/run`; exactly the spec's mounts (bind, read-only unless writable) plus the agent binary read-only at [`AGENT_BINARY_PATH`]. The image's entrypoint is overridden: the command is the agent. |

@@ -371,7 +371,10 @@ mod tests {
             .filter(|entry| entry.metadata().expect("stat").uid() != 0)
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(changed.is_empty(), "host files handed to the sandbox: {changed:?}");
+        assert!(
+            changed.is_empty(),
+            "host files handed to the sandbox: {changed:?}"
+        );
         assert_eq!(
             std::fs::metadata(&outside).expect("stat").uid(),
             0,
@@ -420,7 +423,12 @@ mod tests {
             ro.join("top.txt"),
             ro.join("sub"),
         ] {
-            assert_eq!(owner(&path), (FALLBACK_ID, FALLBACK_ID), "{}", path.display());
+            assert_eq!(
+                owner(&path),
+                (FALLBACK_ID, FALLBACK_ID),
+                "{}",
+                path.display()
+            );
         }
         assert_eq!(
             owner(&ro.join("sub/deep.txt")),
@@ -428,5 +436,4 @@ mod tests {
             "read-only mounts: top level only"
         );
     }
-
 }

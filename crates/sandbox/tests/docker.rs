@@ -359,7 +359,11 @@ async fn sandbox_cannot_become_host_root() {
     )
     .await;
     assert!(out.stdout.contains("done"), "{}{}", out.stdout, out.stderr);
-    assert!(!out.stdout.contains("core_pattern=written"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("core_pattern=written"),
+        "{}",
+        out.stdout
+    );
     let sys = out
         .stdout
         .lines()

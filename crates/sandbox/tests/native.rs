@@ -472,7 +472,10 @@ async fn host_root_attacks() -> Vec<String> {
     .await;
     let mut failures = Vec::new();
     if out.code != Some(0) || !out.stdout.contains("done") {
-        failures.push(format!("the sandbox did not run: {} {}", out.stdout, out.stderr));
+        failures.push(format!(
+            "the sandbox did not run: {} {}",
+            out.stdout, out.stderr
+        ));
     }
     if out.stdout.contains("core_pattern=written") {
         failures.push("the sandbox wrote /proc/sys/kernel/core_pattern".to_string());
