@@ -398,3 +398,32 @@ async fn switching_runtimes_keeps_the_data_dir_working() {
         assert_eq!(notes, "one\ntwo\n", "{first_name} then {second_name}");
     }
 }
+
+/// A sandbox that dies before its handshake says why: the end of its stderr is in the error
+/// (logged at the default level and shown in the chat), not only in the debug log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_start_failure_shows_its_cause() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new();
+    let bin = tempfile::tempdir().unwrap();
+    let agent = bin.path().join("broken-agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho 'cannot start: cause-marker-5e1d' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let mut options = host_options(home.path(), &model, config_for_tests(), None);
+    options.runtime = Some(Arc::new(nanoclaw_sandbox::NativeRuntime::detect().unwrap()));
+    options.agent_binary = Some(agent);
+    let host = Host::start(options).await.unwrap();
+    let mut client = connect_client(home.path()).await;
+    let (kind, text) = ask(&mut client, "hello").await;
+    host.shutdown().await;
+    assert_ne!(kind, "reply", "{text}");
+    assert!(text.contains("cause-marker-5e1d"), "{kind}: {text}");
+}
