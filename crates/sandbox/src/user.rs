@@ -120,9 +120,11 @@ fn system_user() -> Option<(u32, u32)> {
 }
 
 /// Hands what the sandbox needs to `user` (host runs as root): writable mounts entirely
-/// (the sandbox must write there), read-only ones at their top directory and the entries
-/// directly in it (so the sandbox can list and read them, and connect to the sockets in the
-/// run folder). Nothing else, and no link is ever followed: every directory is opened with
+/// (the sandbox must write there); read-only ones that others cannot already list (the
+/// host's own 0700 folders: global memory, the run folder) at their top directory and the
+/// entries directly in it (so the sandbox can read them and connect to the sockets in the
+/// run folder). A read-only folder open to everyone keeps its owner. Nothing else, and no
+/// link is ever followed: every directory is opened with
 /// `O_NOFOLLOW|O_DIRECTORY` relative to its parent's fd, every entry changed with
 /// `fchownat(AT_SYMLINK_NOFOLLOW)`. An entry swapped for a link mid-walk is skipped.
 pub(crate) fn hand_over(mounts: &[Mount], user: SandboxUser) -> Result<(), SandboxError> {
@@ -130,7 +132,20 @@ pub(crate) fn hand_over(mounts: &[Mount], user: SandboxUser) -> Result<(), Sandb
         return Ok(());
     }
     for mount in mounts {
-        let depth = if mount.writable { usize::MAX } else { 1 };
+        let depth = if mount.writable {
+            usize::MAX
+        } else {
+            let open_to_all = std::fs::symlink_metadata(&mount.host_path)
+                .map(|meta| {
+                    use std::os::unix::fs::PermissionsExt;
+                    meta.permissions().mode() & 0o005 == 0o005
+                })
+                .unwrap_or(false);
+            if open_to_all {
+                continue;
+            }
+            1
+        };
         hand_over_tree(&mount.host_path, user.uid, user.gid, depth)?;
     }
     Ok(())
@@ -398,6 +413,11 @@ mod tests {
         std::fs::create_dir_all(ro.join("sub")).expect("mkdir");
         std::fs::write(ro.join("top.txt"), "x").expect("write");
         std::fs::write(ro.join("sub/deep.txt"), "x").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let mounts = vec![
             Mount {
                 host_path: rw.clone(),
@@ -407,6 +427,11 @@ mod tests {
             Mount {
                 host_path: ro.clone(),
                 sandbox_path: "/r".into(),
+                writable: false,
+            },
+            Mount {
+                host_path: open.clone(),
+                sandbox_path: "/o".into(),
                 writable: false,
             },
         ];
@@ -435,5 +460,6 @@ mod tests {
             (0, 0),
             "read-only mounts: top level only"
         );
+        assert_eq!(owner(&open), (0, 0), "a folder open to all keeps its owner");
     }
 }
