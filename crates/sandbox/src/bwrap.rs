@@ -237,8 +237,9 @@ impl NativeRuntime {
                     .to_string(),
             ));
         }
-        // Sandboxes of a host that crashed leave empty cgroups behind.
+        // Sandboxes of a host that crashed leave empty cgroups and staging folders behind.
         crate::cgroup::remove_stale(Duration::from_secs(60));
+        remove_stale_staging(Duration::from_secs(60));
         Ok(Self {
             bwrap,
             version,
@@ -676,6 +677,26 @@ impl Staging {
     fn remove(self) {
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
             tracing::debug!(dir = %self.dir.display(), %error, "removing a staging folder");
+        }
+    }
+}
+
+/// Removes staging folders older than `min_age`: only empty mountpoints, in the host's view,
+/// and bwrap mounts from them within moments of its start, so even a live sandbox's folder
+/// is no longer needed by then.
+fn remove_stale_staging(min_age: Duration) {
+    let Ok(entries) = std::fs::read_dir(STAGING_ROOT) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if old && let Err(error) = std::fs::remove_dir_all(entry.path()) {
+            tracing::debug!(dir = %entry.path().display(), %error, "removing a stale staging folder");
         }
     }
 }
