@@ -449,7 +449,8 @@ impl AgentPool {
 
         let (tx, rx) = mpsc::channel(256);
         spawn_stdout_reader(stdout, tx, sandbox_name.clone());
-        spawn_stderr_logger(stderr, sandbox_name.clone());
+        let stderr_tail = StderrTail::default();
+        spawn_stderr_logger(stderr, sandbox_name.clone(), stderr_tail.clone());
 
         let mut agent = LiveAgent {
             session_id: session.id.clone(),
@@ -513,7 +514,10 @@ impl AgentPool {
             }
             Ok(AgentEvent::Message(AgentMessage::Fatal { error })) => {
                 agent.kill().await;
-                Err(SpawnError::Handshake(error))
+                Err(SpawnError::Handshake(format!(
+                    "{error}{}",
+                    stderr_tail.note().await
+                )))
             }
             Ok(AgentEvent::Message(other)) => {
                 agent.kill().await;
@@ -523,13 +527,17 @@ impl AgentPool {
             }
             Ok(AgentEvent::Exited(why)) => {
                 agent.kill().await;
-                Err(SpawnError::Handshake(format!("agent exited: {why}")))
+                Err(SpawnError::Handshake(format!(
+                    "agent exited: {why}{}",
+                    stderr_tail.note().await
+                )))
             }
             Err(_) => {
                 agent.kill().await;
                 Err(SpawnError::Handshake(format!(
-                    "no answer within {}s",
-                    HANDSHAKE_TIMEOUT.as_secs()
+                    "no answer within {}s{}",
+                    HANDSHAKE_TIMEOUT.as_secs(),
+                    stderr_tail.note().await
                 )))
             }
         }
@@ -604,12 +612,62 @@ fn spawn_stdout_reader(
     });
 }
 
-fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String) {
+/// The last lines a sandbox wrote to stderr, kept so a sandbox that dies before its
+/// handshake (bwrap refusing a mount, the agent failing to start) says why in the error,
+/// which is logged at the default level; the lines themselves go to the debug log.
+#[derive(Clone, Default)]
+struct StderrTail {
+    lines: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// Set once stderr reached its end.
+    done: Arc<tokio::sync::Notify>,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StderrTail {
+    /// Lines kept, and characters per line quoted.
+    const LINES: usize = 8;
+    const CHARS: usize = 300;
+
+    fn push(&self, line: &str) {
+        if let Ok(mut lines) = self.lines.lock() {
+            if lines.len() == Self::LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line.chars().take(Self::CHARS).collect());
+        }
+    }
+
+    fn end(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.done.notify_waiters();
+    }
+
+    /// `; sandbox stderr: …` with what the sandbox said, after waiting briefly for the rest
+    /// of it (the sandbox is gone or killed, so its stderr ends); empty when it said nothing.
+    async fn note(&self) -> String {
+        let notified = self.done.notified();
+        if !self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), notified).await;
+        }
+        let lines = match self.lines.lock() {
+            Ok(lines) => lines.iter().cloned().collect::<Vec<_>>(),
+            Err(_) => Vec::new(),
+        };
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; sandbox stderr: {}", lines.join(" | "))
+        }
+    }
+}
+
+fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String, tail: StderrTail) {
     use tokio::io::AsyncReadExt;
     /// Longest stderr line kept; the rest of a longer line is read and dropped, so a
     /// sandbox writing an endless line cannot make the host hold it.
     const MAX_LINE: u64 = 4096;
     tokio::spawn(async move {
+        let _end = EndOnDrop(tail.clone());
         let mut reader = BufReader::new(stderr);
         let mut line = Vec::new();
         loop {
@@ -640,8 +698,18 @@ fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String)
             }
             let text = String::from_utf8_lossy(&line);
             tracing::debug!(sandbox = %sandbox, "agent: {}", text.trim_end());
+            tail.push(text.trim_end());
         }
     });
+}
+
+/// Marks the tail ended however the logger task ends.
+struct EndOnDrop(StderrTail);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 #[cfg(test)]

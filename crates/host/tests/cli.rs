@@ -111,6 +111,49 @@ fn without_a_sandbox_no_agent_runs_and_the_user_is_told_how_to_fix_it() {
     assert_eq!(runtime["ok"], false);
 }
 
+/// A host user whose group is root (gid 0) would give its sandboxes group root on the host:
+/// doctor fails on it, naming it, and no agent runs.
+#[test]
+fn doctor_fails_when_sandboxes_would_map_to_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to start nanoclaw as uid 65534 gid 0");
+        return;
+    }
+    let home = TestHome::new();
+    home.write_config("[agents]\nruntime = \"native\"\n");
+    std::os::unix::fs::chown(home.path(), Some(65534), Some(0)).unwrap();
+    std::os::unix::fs::chown(home.path().join("config.toml"), Some(65534), Some(0)).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=0", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_nanoclaw"))
+        .args(["doctor", "--json"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("NANOCLAW_HOME", home.path())
+        .env("NO_COLOR", "1")
+        .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary())
+        .env("ANTHROPIC_API_KEY", TEST_KEY);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sandbox user")
+        .unwrap_or_else(|| panic!("no sandbox user check: {report}"))
+        .clone();
+    assert_eq!(check["ok"], false, "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("gid 0") && detail.contains("root"),
+        "{detail}"
+    );
+}
+
 #[test]
 fn a_broken_config_is_reported_with_the_offending_setting() {
     let home = TestHome::new();

@@ -337,3 +337,93 @@ async fn docker_runtime() -> Option<nanoclaw_sandbox::DockerRuntime> {
     runtime.probe().await.expect("the minimal image is usable");
     Some(runtime)
 }
+
+/// One host run on `home` with `runtime`: asks the agent to append `word` to a file in its
+/// group folder and returns the reply (kind, text).
+async fn append_note(home: &Path, runtime: Arc<dyn Runtime>, word: &str) -> (String, String) {
+    let model = ScriptedModel::start(
+        Scenario::new()
+            .with_api_key(TEST_KEY)
+            .rule(
+                Matcher::LastIsToolResult,
+                Reply::text("OUT[{{last_tool_result}}]"),
+            )
+            .rule(
+                Matcher::LastUserTextContains("note ".into()),
+                Reply::tool_call(
+                    "bash",
+                    json!({ "command": format!("echo {word} >> notes.txt && mkdir -p sub && echo {word} > sub/{word} && cat notes.txt") }),
+                ),
+            ),
+    )
+    .await
+    .unwrap();
+    let mut options = host_options(home, &model, config_for_tests(), None);
+    options.runtime = Some(runtime);
+    let host = Host::start(options).await.unwrap();
+    let mut client = connect_client(home).await;
+    let answer = ask(&mut client, &format!("note {word}")).await;
+    host.shutdown().await;
+    answer
+}
+
+/// An existing data dir switched from Docker to native and back keeps working: the group
+/// folder the other runtime wrote is usable, and the host still reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_runtimes_keeps_the_data_dir_working() {
+    let Some(docker) = docker_runtime().await else {
+        return;
+    };
+    let docker: Arc<dyn Runtime> = Arc::new(docker);
+    let native: Arc<dyn Runtime> = Arc::new(nanoclaw_sandbox::NativeRuntime::detect().unwrap());
+    for (first, second) in [
+        (Arc::clone(&docker), Arc::clone(&native)),
+        (Arc::clone(&native), Arc::clone(&docker)),
+    ] {
+        let home = TestHome::new();
+        let (first_name, second_name) = (first.name(), second.name());
+        let (kind, text) = append_note(home.path(), first, "one").await;
+        assert_eq!(kind, "reply", "{first_name}: {text}");
+        assert!(text.contains("one"), "{first_name}: {text}");
+        let (kind, text) = append_note(home.path(), second, "two").await;
+        assert_eq!(
+            kind, "reply",
+            "{first_name} then {second_name}: the second runtime failed: {text}"
+        );
+        assert!(
+            text.contains("one") && text.contains("two"),
+            "{first_name} then {second_name}: {text}"
+        );
+        let notes = std::fs::read_to_string(home.path().join("groups/main/notes.txt")).unwrap();
+        assert_eq!(notes, "one\ntwo\n", "{first_name} then {second_name}");
+    }
+}
+
+/// A sandbox that dies before its handshake says why: the end of its stderr is in the error
+/// (logged at the default level and shown in the chat), not only in the debug log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_start_failure_shows_its_cause() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new();
+    let bin = tempfile::tempdir().unwrap();
+    let agent = bin.path().join("broken-agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho 'cannot start: cause-marker-5e1d' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let mut options = host_options(home.path(), &model, config_for_tests(), None);
+    options.runtime = Some(Arc::new(nanoclaw_sandbox::NativeRuntime::detect().unwrap()));
+    options.agent_binary = Some(agent);
+    let host = Host::start(options).await.unwrap();
+    let mut client = connect_client(home.path()).await;
+    let (kind, text) = ask(&mut client, "hello").await;
+    host.shutdown().await;
+    assert_ne!(kind, "reply", "{text}");
+    assert!(text.contains("cause-marker-5e1d"), "{kind}: {text}");
+}

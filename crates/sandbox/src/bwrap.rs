@@ -5,7 +5,8 @@
 //!
 //! | Guarantee | Mechanism |
 //! |---|---|
-//! | non-root user inside | new user namespace, `--uid 1000 --gid 1000`, `--cap-drop ALL`; `/etc/passwd` is generated (`agent`, home = workdir) |
+//! | non-root user inside, never host root outside | new user namespace, `--uid 1000 --gid 1000` mapped to the [`SandboxUser`]: the host user, or — host is root — bwrap is started as the dedicated unprivileged id (`setgroups([])`, `setresgid`, `setresuid` in `pre_exec`), the mounts handed to it ([`crate::user`]) and their sources bound onto mountpoints under `/run/nanoclaw/staging/<name>` in the private mount namespace of the bwrap process (the id cannot walk to them under `/root`); `--cap-drop ALL`; `/etc/passwd` is generated (`agent`, home = workdir) |
+//! | kernel knobs read-only | [`PROC_READ_ONLY`] (`/proc/sys`, `/proc/sysrq-trigger`, `/proc/irq`, `/proc/bus`, `/proc/fs`) `--ro-bind-try` onto themselves after `--proc /proc` |
 //! | no nested user namespaces | `--disable-userns` (bwrap ≥ 0.8 only) |
 //! | no network but loopback | new network namespace (`--unshare-net`): only `lo`, no route anywhere |
 //! | own processes only | new pid namespace; `/proc` is a fresh procfs of that namespace |
@@ -15,12 +16,8 @@
 //! | filesystem | root is bwrap's tmpfs, remounted read-only once populated. Read-only: `/usr`, `/bin` `/sbin` `/lib*` (symlinks recreated on merged-usr hosts, else ro-bound), a short allow-list of `/etc` files (no `/etc/ssl/private`, no shadow), the agent binary at [`AGENT_BINARY_PATH`]. Generated: `/etc/passwd`, `/etc/group`, `/etc/hosts`, `/etc/hostname` (`--ro-bind-data` from pipes, no temp files). Fresh: `/proc`, minimal `/dev`, size-limited tmpfs `/tmp` and `/run`. Plus exactly the spec's mounts, in order. No host home, no data dir. |
 //! | environment | `bwrap` itself is started with an empty environment (its pid-1 reaper is visible in the sandbox's `/proc`), and `--clearenv` + `--setenv` gives the agent exactly `spec.env` |
 //! | `max_open_files`, `max_file_bytes`, `max_memory_bytes` | `RLIMIT_NOFILE`, `RLIMIT_FSIZE`, `RLIMIT_AS` set in `pre_exec` on bwrap, inherited by everything in the sandbox (clamped to the host's hard limit when lower). `RLIMIT_CORE` = 0. |
-//! | `max_processes` | `RLIMIT_NPROC`, with two kernel caveats: it is **not enforced at all when the host runs as root** (tasks of host uid 0 are exempt), and for a non-root host user it counts *all* tasks of that user (the sandbox's user namespace inherits the creator's limit). So for non-root the rlimit is `max_processes` + the user's task count at spawn, i.e. roughly "`max_processes` more tasks". The exact per-sandbox limit is the cgroup below. |
+//! | `max_processes` | `RLIMIT_NPROC`, with a kernel caveat: it counts *all* tasks of the sandbox user (the sandbox's user namespace inherits the creator's limit; for a root host every sandbox shares the dedicated id). So the rlimit is `max_processes` + that user's task count at spawn, i.e. roughly "`max_processes` more tasks". The exact per-sandbox limit is the cgroup below. |
 //! | `max_processes`, `max_memory_bytes` (exact) | a per-sandbox cgroup when cgroups are writable (root, or a delegated v2 subtree): `pids.max` = `max_processes` + 2 (bwrap's two own processes), `memory.max` / `memory.limit_in_bytes` = `max_memory_bytes`. v2: `<current>/nanoclaw/<name>` or `/sys/fs/cgroup/nanoclaw/<name>`; v1: `/sys/fs/cgroup/{pids,memory}/<current>/nanoclaw/<name>`. Joined from `pre_exec`; the cleanup hook kills leftovers and removes it. When not writable: logged at debug, rlimits only. |
-//!
-//! Caveat when the host runs as root: the sandbox uid 1000 maps to host uid 0, so for
-//! *mounted* host files the sandbox has root's owner permissions (without any capability).
-//! That is why `/etc` is an allow-list and only the spec's mounts are visible.
 //!
 //! Visible but harmless: bwrap's command line (`/proc/1/cmdline` inside), which names the
 //! host paths of the mounts. A workdir outside every mount is created empty on the read-only
@@ -41,6 +38,7 @@ use async_trait::async_trait;
 
 use crate::cgroup::SandboxCgroup;
 use crate::process::ProcessControl;
+use crate::user::SandboxUser;
 use crate::{AGENT_BINARY_PATH, Limits, Mount, Runtime, SandboxError, SandboxProcess, SandboxSpec};
 
 const RUNTIME: &str = "native";
@@ -81,6 +79,17 @@ const ETC_ALLOW_LIST: &[&str] = &[
     "/etc/profile",
     "/etc/inputrc",
     "/etc/os-release",
+];
+
+/// Kernel interfaces under `/proc` bound read-only over the sandbox's fresh procfs (those
+/// that exist): `/proc/sys` (`kernel.core_pattern` runs a program as root on a crash),
+/// `/proc/sysrq-trigger`, IRQ affinity, bus and filesystem knobs. Docker uses the same list.
+pub const PROC_READ_ONLY: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
 ];
 
 /// Sandbox paths a spec mount may not cover (they are the runtime's own mounts).
@@ -165,6 +174,7 @@ pub struct NativeRuntime {
     version: (u32, u32, u32),
     features: Features,
     layout: HostLayout,
+    user: SandboxUser,
 }
 
 impl NativeRuntime {
@@ -227,19 +237,26 @@ impl NativeRuntime {
                     .to_string(),
             ));
         }
-        // Sandboxes of a host that crashed leave empty cgroups behind.
+        // Sandboxes of a host that crashed leave empty cgroups and staging folders behind.
         crate::cgroup::remove_stale(Duration::from_secs(60));
+        remove_stale_staging(Duration::from_secs(60));
         Ok(Self {
             bwrap,
             version,
             features: Features::from_version(version),
             layout: HostLayout::detect(),
+            user: SandboxUser::for_this_host(),
         })
     }
 
     /// The `bwrap` binary in use.
     pub fn bwrap_path(&self) -> &Path {
         &self.bwrap
+    }
+
+    /// The host ids sandboxes run as.
+    pub fn user(&self) -> SandboxUser {
+        self.user
     }
 
     /// The bubblewrap version, `(major, minor, patch)`.
@@ -347,9 +364,36 @@ impl Runtime for NativeRuntime {
 
     async fn spawn(&self, spec: &SandboxSpec) -> Result<SandboxProcess, SandboxError> {
         let valid = validate(spec)?;
+        self.user.check()?;
         let spawn_error = |source: std::io::Error| SandboxError::Spawn {
             runtime: RUNTIME,
             source,
+        };
+        if self.user.dedicated {
+            let mounts = valid.mounts.clone();
+            let user = self.user;
+            tokio::task::spawn_blocking(move || crate::user::hand_over(&mounts, user))
+                .await
+                .map_err(|error| spawn_error(std::io::Error::other(error)))??;
+        }
+        // A root host's data dir is not reachable for the unprivileged sandbox user (it is
+        // under /root, 0700): the mount sources and the agent binary are opened here, as
+        // root, and bound onto a private staging tmpfs that bwrap then mounts from.
+        let (staging, bwrap_spec) = if self.user.dedicated {
+            let staging = Staging::prepare(&valid).map_err(spawn_error)?;
+            let staged = staging.staged_spec(&valid);
+            (Some(staging), staged)
+        } else {
+            (None, valid.clone())
+        };
+        let plan = match staging.as_ref().map(Staging::plan).transpose() {
+            Ok(plan) => plan,
+            Err(error) => {
+                if let Some(staging) = staging {
+                    staging.remove();
+                }
+                return Err(spawn_error(error));
+            }
         };
 
         // Generated /etc files go through pipes (`--ro-bind-data FD`): nothing to clean up.
@@ -363,7 +407,7 @@ impl Runtime for NativeRuntime {
             data_fds.push((reader.as_raw_fd(), dest));
             readers.push(reader);
         }
-        let args = build_args(&valid, &self.layout, self.features, &data_fds);
+        let args = build_args(&bwrap_spec, &self.layout, self.features, &data_fds);
 
         let mut cgroup = SandboxCgroup::create(&valid.name, &valid.limits);
         let hook = PreExec {
@@ -372,7 +416,12 @@ impl Runtime for NativeRuntime {
                 .as_ref()
                 .map(SandboxCgroup::procs_fds)
                 .unwrap_or_default(),
-            rlimits: rlimits_for(&valid.limits),
+            rlimits: rlimits_for(&valid.limits, self.user.uid),
+            drop_to: self
+                .user
+                .dedicated
+                .then_some((self.user.uid, self.user.gid)),
+            staging: plan,
         };
 
         let mut command = tokio::process::Command::new(&self.bwrap);
@@ -398,6 +447,9 @@ impl Runtime for NativeRuntime {
                 if let Some(cgroup) = cgroup {
                     cgroup.remove();
                 }
+                if let Some(staging) = staging {
+                    staging.remove();
+                }
                 return Err(spawn_error(error));
             }
         };
@@ -416,12 +468,27 @@ impl Runtime for NativeRuntime {
             if let Some(cgroup) = cgroup {
                 cgroup.remove();
             }
+            if let Some(staging) = staging {
+                staging.remove();
+            }
             return Err(spawn_error(std::io::Error::other(
                 "bwrap child has no piped stdio",
             )));
         };
-        let cleanup: Option<Box<dyn FnOnce() + Send>> =
-            cgroup.map(|cgroup| Box::new(move || cgroup.remove()) as Box<dyn FnOnce() + Send>);
+        // The staging mountpoints must stay until bwrap has mounted them: removed with
+        // the cgroup when the sandbox ends.
+        let cleanup: Option<Box<dyn FnOnce() + Send>> = if cgroup.is_some() || staging.is_some() {
+            Some(Box::new(move || {
+                if let Some(cgroup) = cgroup {
+                    cgroup.remove();
+                }
+                if let Some(staging) = staging {
+                    staging.remove();
+                }
+            }))
+        } else {
+            None
+        };
         Ok(SandboxProcess {
             stdin: Box::pin(stdin),
             stdout: Box::pin(stdout),
@@ -438,6 +505,11 @@ struct PreExec {
     /// `cgroup.procs` files to join.
     cgroup_procs: Vec<RawFd>,
     rlimits: Vec<(RlimitResource, u64)>,
+    /// The host runs as root: become this unprivileged uid:gid (no supplementary groups)
+    /// before bwrap starts, so the sandbox's uid maps to it and never to host root.
+    drop_to: Option<(u32, u32)>,
+    /// Bind the mount sources onto the staging tmpfs first (see [`Staging`]).
+    staging: Option<StagingPlan>,
 }
 
 /// Highest fd marked close-on-exec when `close_range(2)` is unavailable.
@@ -497,6 +569,23 @@ impl PreExec {
                 return Err(std::io::Error::last_os_error());
             }
         }
+        if let Some(plan) = &self.staging {
+            plan.run()?;
+        }
+        if let Some((uid, gid)) = self.drop_to {
+            // Groups first, while still privileged; then the gid, then the uid (real,
+            // effective and saved: no way back). Any failure stops the spawn.
+            // SAFETY: setgroups with an empty list, setresgid and setresuid only change
+            // this (child) process's credentials.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
         for &fd in &self.inherit_fds {
             // SAFETY: fd is an open pipe read end owned by the parent for the whole spawn;
             // clearing FD_CLOEXEC only affects this (child) process's fd table.
@@ -508,9 +597,154 @@ impl PreExec {
     }
 }
 
-fn rlimits_for(limits: &Limits) -> Vec<(RlimitResource, u64)> {
+/// Where the mount sources of a root host's sandboxes are staged: one root-owned folder per
+/// sandbox holding empty mountpoints, on which the sources are bound inside the private
+/// mount namespace of the process that becomes bwrap (the host's view gets no mounts).
+const STAGING_ROOT: &str = "/run/nanoclaw/staging";
+
+/// A root host's data dir is not reachable for the unprivileged sandbox user (it is under
+/// /root, 0700), so bwrap mounts the sources from here instead.
+struct Staging {
+    dir: PathBuf,
+    /// (source, mountpoint, source is a directory), the mounts in order then the agent.
+    binds: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+impl Staging {
+    fn prepare(spec: &ValidSpec) -> std::io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let root = Path::new(STAGING_ROOT);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(root)?;
+        let dir = root.join(&spec.name);
+        // Left over by a host that died with this sandbox name: only empty mountpoints.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o755).create(&dir)?;
+        let mut staging = Self {
+            dir,
+            binds: Vec::new(),
+        };
+        let sources = spec
+            .mounts
+            .iter()
+            .map(|mount| &mount.host_path)
+            .chain(std::iter::once(&spec.agent_binary));
+        for (index, source) in sources.enumerate() {
+            let target = staging.dir.join(index.to_string());
+            let is_dir = std::fs::metadata(source)?.is_dir();
+            if is_dir {
+                std::fs::DirBuilder::new().mode(0o755).create(&target)?;
+            } else {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&target)?;
+            }
+            staging.binds.push((source.clone(), target, is_dir));
+        }
+        Ok(staging)
+    }
+
+    /// The spec as bwrap sees it: every source at its mountpoint.
+    fn staged_spec(&self, spec: &ValidSpec) -> ValidSpec {
+        let mut staged = spec.clone();
+        for (mount, (_, target, _)) in staged.mounts.iter_mut().zip(&self.binds) {
+            mount.host_path = target.clone();
+        }
+        if let Some((_, target, _)) = self.binds.last() {
+            staged.agent_binary = target.clone();
+        }
+        staged
+    }
+
+    /// Everything the child needs, as C strings made before the fork.
+    fn plan(&self) -> std::io::Result<StagingPlan> {
+        let c = |path: &Path| {
+            std::ffi::CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| std::io::Error::other("a path contains a NUL byte"))
+        };
+        let mut binds = Vec::new();
+        for (source, target, _) in &self.binds {
+            binds.push((c(source)?, c(target)?));
+        }
+        Ok(StagingPlan { binds })
+    }
+
+    /// Removes the mountpoints (once bwrap has mounted, or never will).
+    fn remove(self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), %error, "removing a staging folder");
+        }
+    }
+}
+
+/// Removes staging folders older than `min_age`: only empty mountpoints, in the host's view,
+/// and bwrap mounts from them within moments of its start, so even a live sandbox's folder
+/// is no longer needed by then.
+fn remove_stale_staging(min_age: Duration) {
+    let Ok(entries) = std::fs::read_dir(STAGING_ROOT) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if old && let Err(error) = std::fs::remove_dir_all(entry.path()) {
+            tracing::debug!(dir = %entry.path().display(), %error, "removing a stale staging folder");
+        }
+    }
+}
+
+struct StagingPlan {
+    /// (source, mountpoint)
+    binds: Vec<(std::ffi::CString, std::ffi::CString)>,
+}
+
+impl StagingPlan {
+    /// In the child, still root: a private mount namespace, each source bound onto its
+    /// mountpoint.
+    fn run(&self) -> std::io::Result<()> {
+        let check = |result: libc::c_int| {
+            if result != 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: unshare and mount are async-signal-safe syscalls on C strings prepared
+        // before the fork; they only change this child's mount namespace.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            for (source, target) in &self.binds {
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rlimits_for(limits: &Limits, uid: u32) -> Vec<(RlimitResource, u64)> {
     vec![
-        (libc::RLIMIT_NPROC, nproc_limit(limits.max_processes)),
+        (libc::RLIMIT_NPROC, nproc_limit(limits.max_processes, uid)),
         (libc::RLIMIT_AS, limits.max_memory_bytes),
         (libc::RLIMIT_FSIZE, limits.max_file_bytes),
         (libc::RLIMIT_NOFILE, limits.max_open_files),
@@ -518,11 +752,10 @@ fn rlimits_for(limits: &Limits) -> Vec<(RlimitResource, u64)> {
     ]
 }
 
-/// `RLIMIT_NPROC` for the bwrap child. For a non-root host user the kernel compares the limit
-/// with *all* that user's tasks, so add what the user already runs (see module docs).
-fn nproc_limit(max_processes: u64) -> u64 {
-    // SAFETY: getuid never fails and has no preconditions.
-    let uid = unsafe { libc::getuid() };
+/// `RLIMIT_NPROC` for the bwrap child running as `uid`. The kernel compares the limit with
+/// *all* that user's tasks (every sandbox's, when the host is root and they share the
+/// dedicated uid), so add what the user already runs (see module docs).
+fn nproc_limit(max_processes: u64, uid: u32) -> u64 {
     if uid == 0 {
         return max_processes;
     }
@@ -627,7 +860,11 @@ pub(crate) fn build_args(
     for (fd, dest) in data_fds {
         push(&[&"--ro-bind-data", &fd.to_string(), dest]);
     }
-    push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
+    push(&[&"--proc", &"/proc"]);
+    for path in PROC_READ_ONLY {
+        push(&[&"--ro-bind-try", path, path]);
+    }
+    push(&[&"--dev", &"/dev"]);
     for (dir, size) in [("/tmp", TMP_SIZE_BYTES), ("/run", RUN_SIZE_BYTES)] {
         if features.tmpfs_size {
             push(&[&"--size", &size.to_string()]);
@@ -973,7 +1210,18 @@ mod tests {
         assert!(find(&args, &["--uid", "1000", "--gid", "1000"]).is_some());
         assert!(find(&args, &["--cap-drop", "ALL"]).is_some());
         assert!(find(&args, &["--hostname", "nanoclaw"]).is_some());
-        assert!(find(&args, &["--proc", "/proc", "--dev", "/dev"]).is_some());
+        let proc = find(&args, &["--proc", "/proc"]).expect("--proc");
+        for path in [
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+            "/proc/irq",
+            "/proc/bus",
+            "/proc/fs",
+        ] {
+            let ro = find(&args, &["--ro-bind-try", path, path]).expect(path);
+            assert!(ro > proc, "{path} must cover the fresh procfs");
+        }
+        assert!(find(&args, &["--dev", "/dev"]).is_some());
         assert!(
             find(
                 &args,

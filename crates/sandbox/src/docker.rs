@@ -5,7 +5,8 @@
 //!
 //! | Guarantee | Mechanism |
 //! |---|---|
-//! | non-root user inside | `User` = the host user's `uid:gid` (so the user's own mounts are writable), or `1000:1000` when the host runs as root (see [`ContainerUser`]); `CapDrop: ALL`, `no-new-privileges` |
+//! | non-root user inside, never host root outside | `User` = the [`SandboxUser`]: the host user's `uid:gid` (so the user's own mounts are writable), or — host is root — the dedicated unprivileged id, with the mounts handed to it without following links ([`crate::user`]); `CapDrop: ALL`, `no-new-privileges` |
+//! | kernel knobs read-only | `ReadonlyPaths` = [`PROC_READ_ONLY`] (the engine's default, stated) |
 //! | no network but loopback | `NetworkMode: none`: only `lo` |
 //! | own processes only, init | the engine's pid namespace; `Init: true` (docker-init/catatonit reaps zombies and forwards signals) |
 //! | filesystem | the image's root, `ReadonlyRootfs`; size-limited `noexec` tmpfs `/tmp` and `/run`; exactly the spec's mounts (bind, read-only unless writable) plus the agent binary read-only at [`AGENT_BINARY_PATH`]. The image's entrypoint is overridden: the command is the agent. |
@@ -42,7 +43,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::bwrap::{ValidSpec, validate};
-use crate::{AGENT_BINARY_PATH, Mount, Runtime, SandboxError, SandboxProcess, SandboxSpec};
+use crate::user::SandboxUser;
+use crate::{AGENT_BINARY_PATH, Runtime, SandboxError, SandboxProcess, SandboxSpec};
 
 /// Label set to `true` on every container this runtime creates.
 pub const LABEL_MANAGED: &str = "nanoclaw.managed";
@@ -58,10 +60,10 @@ pub const CONTAINER_PREFIX: &str = "nanoclaw-";
 use crate::image::IMAGE_VERSION;
 
 const RUNTIME: &str = "docker";
-/// The container user when the host runs as root (see [`ContainerUser`]).
-const ROOT_HOST_UID: u32 = 1000;
-const ROOT_HOST_GID: u32 = 1000;
 const HOSTNAME: &str = "nanoclaw";
+/// Kernel interfaces under `/proc` a sandbox may read but never write (`core_pattern`,
+/// sysrq, IRQ affinity...). The same list as the native runtime's.
+pub const PROC_READ_ONLY: &[&str] = crate::bwrap::PROC_READ_ONLY;
 /// tmpfs options: `noexec` so nothing downloaded into scratch space is run from there.
 /// Docker copies the mode of the image's directory onto the tmpfs anyway (so the image's
 /// `/tmp` must be 1777, as in every base image); Podman honours `mode`.
@@ -100,42 +102,8 @@ pub struct DockerRuntime {
     docker: Docker,
     config: DockerConfig,
     socket: PathBuf,
-    user: ContainerUser,
+    user: SandboxUser,
     podman: bool,
-}
-
-/// Which user runs inside the container.
-///
-/// A non-root host user's uid:gid is used as is, so the group folder and the relay socket
-/// (owned by that user) are usable and files the agent writes belong to the user. When the
-/// host runs as root, running the container as uid 0 would make the agent root (capabilities
-/// dropped, but owner of every mounted file), so it runs as 1000:1000 instead and the
-/// mounts are handed to that uid ([`chown_mounts`]): writable ones recursively, read-only
-/// ones at their top level so they can be listed and read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ContainerUser {
-    uid: u32,
-    gid: u32,
-    /// Host is root: mounts must be chowned to `uid:gid`.
-    chown: bool,
-}
-
-impl ContainerUser {
-    fn for_host(euid: u32, egid: u32) -> Self {
-        if euid == 0 {
-            Self {
-                uid: ROOT_HOST_UID,
-                gid: ROOT_HOST_GID,
-                chown: true,
-            }
-        } else {
-            Self {
-                uid: euid,
-                gid: egid,
-                chown: false,
-            }
-        }
-    }
 }
 
 /// The engine socket to use: `$DOCKER_HOST` when it is `unix://…` (even if it does not
@@ -329,9 +297,7 @@ impl DockerRuntime {
                 engine_fix(&socket),
             )
         })?;
-        // SAFETY: geteuid/getegid have no preconditions and cannot fail.
-        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        let user = ContainerUser::for_host(euid, egid);
+        let user = SandboxUser::for_this_host();
         tracing::debug!(socket = %socket.display(), podman = info.podman, api = ?info.api_version, "container engine answers");
         Ok(DockerRuntime {
             docker,
@@ -566,12 +532,13 @@ impl Runtime for DockerRuntime {
     async fn spawn(&self, spec: &SandboxSpec) -> Result<SandboxProcess, SandboxError> {
         let valid = validate(spec)?;
         check_utf8(&valid)?;
-        if self.user.chown {
+        self.user.check()?;
+        if self.user.dedicated {
             let mounts = valid.mounts.clone();
             let user = self.user;
-            tokio::task::spawn_blocking(move || chown_mounts(&mounts, user.uid, user.gid))
+            tokio::task::spawn_blocking(move || crate::user::hand_over(&mounts, user))
                 .await
-                .map_err(|error| spawn_error(format!("chown task failed: {error}")))??;
+                .map_err(|error| spawn_error(format!("ownership task failed: {error}")))??;
         }
         self.start(&valid).await
     }
@@ -581,7 +548,7 @@ impl Runtime for DockerRuntime {
 pub(crate) fn container_config(
     spec: &ValidSpec,
     config: &DockerConfig,
-    user: ContainerUser,
+    user: SandboxUser,
     podman: bool,
 ) -> ContainerCreateBody {
     let mut mounts: Vec<EngineMount> = spec
@@ -607,6 +574,9 @@ pub(crate) fn container_config(
         init: Some(true),
         network_mode: Some("none".to_string()),
         ipc_mode: Some("private".to_string()),
+        // The engine's defaults, stated so they hold whatever the engine (Podman, an old
+        // Docker) would pick: the kernel knobs under /proc stay read-only.
+        readonly_paths: Some(PROC_READ_ONLY.iter().map(|path| path.to_string()).collect()),
         pids_limit: Some(clamp_i64(limits.max_processes)),
         memory: Some(clamp_i64(limits.max_memory_bytes)),
         memory_swap: Some(clamp_i64(limits.max_memory_bytes)),
@@ -623,7 +593,7 @@ pub(crate) fn container_config(
         mounts: Some(mounts),
         // Rootless Podman maps container uids to subordinate ids; keep-id maps the host
         // user to itself so the user's mounts stay writable.
-        userns_mode: (podman && !user.chown).then(|| "keep-id".to_string()),
+        userns_mode: (podman && !user.dedicated).then(|| "keep-id".to_string()),
         ..Default::default()
     };
     let mut cmd = vec![AGENT_BINARY_PATH.to_string()];
@@ -696,39 +666,6 @@ pub(crate) fn is_orphan(
         .get(LABEL_SANDBOX)
         .is_some_and(|sandbox| keep.contains(sandbox));
     !(kept_by_name || kept_by_label)
-}
-
-/// Hands the mounts to `uid:gid` (host runs as root, see [`ContainerUser`]): writable ones
-/// recursively (the relay socket in the run dir included), read-only ones at their top
-/// directory and the entries directly in it. Symlinks are not followed.
-fn chown_mounts(mounts: &[Mount], uid: u32, gid: u32) -> Result<(), SandboxError> {
-    for mount in mounts {
-        let depth = if mount.writable { usize::MAX } else { 1 };
-        chown_tree(&mount.host_path, uid, gid, depth)?;
-    }
-    Ok(())
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32, depth: usize) -> Result<(), SandboxError> {
-    use std::os::unix::fs::MetadataExt;
-    let failed = |error: std::io::Error| {
-        spawn_error(format!(
-            "handing {} to the container user {uid}:{gid} failed: {error}",
-            path.display()
-        ))
-    };
-    let meta = std::fs::symlink_metadata(path).map_err(failed)?;
-    if meta.uid() != uid || meta.gid() != gid {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(failed)?;
-    }
-    if depth == 0 || !meta.is_dir() {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(path).map_err(failed)? {
-        let entry = entry.map_err(failed)?;
-        chown_tree(&entry.path(), uid, gid, depth - 1)?;
-    }
-    Ok(())
 }
 
 /// Waits for the container's next exit (or its removal); its exit code when known.
@@ -904,7 +841,7 @@ fn check_utf8(spec: &ValidSpec) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Limits;
+    use crate::{Limits, Mount};
 
     #[test]
     fn socket_selection_order() {
@@ -990,26 +927,6 @@ mod tests {
         assert_eq!((v.major_version, v.minor_version), (1, 41));
     }
 
-    #[test]
-    fn container_user_depends_on_host_user() {
-        assert_eq!(
-            ContainerUser::for_host(0, 0),
-            ContainerUser {
-                uid: 1000,
-                gid: 1000,
-                chown: true
-            }
-        );
-        assert_eq!(
-            ContainerUser::for_host(1234, 99),
-            ContainerUser {
-                uid: 1234,
-                gid: 99,
-                chown: false
-            }
-        );
-    }
-
     fn spec() -> ValidSpec {
         ValidSpec {
             name: "g1-abc".into(),
@@ -1047,10 +964,10 @@ mod tests {
         }
     }
 
-    const USER: ContainerUser = ContainerUser {
-        uid: 1000,
-        gid: 1000,
-        chown: true,
+    const USER: SandboxUser = SandboxUser {
+        uid: crate::user::FALLBACK_ID,
+        gid: crate::user::FALLBACK_ID,
+        dedicated: true,
     };
 
     #[test]
@@ -1071,6 +988,20 @@ mod tests {
         assert_eq!(host.memory_swap, host.memory, "no swap");
         assert_eq!(host.nano_cpus, Some(1_500_000_000));
         assert_eq!(host.userns_mode, None);
+        assert_eq!(
+            host.readonly_paths,
+            Some(
+                [
+                    "/proc/sys",
+                    "/proc/sysrq-trigger",
+                    "/proc/irq",
+                    "/proc/bus",
+                    "/proc/fs"
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
         let tmpfs = host.tmpfs.expect("tmpfs");
         assert!(tmpfs["/tmp"].contains("size=256m") && tmpfs["/tmp"].contains("noexec"));
         assert!(tmpfs.contains_key("/run"));
@@ -1116,7 +1047,7 @@ mod tests {
             ]
         );
 
-        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        assert_eq!(body.user.as_deref(), Some("2000000000:2000000000"));
         assert_eq!(body.env, Some(vec!["HOME=/workspace/group".to_string()]));
         assert_eq!(body.working_dir.as_deref(), Some("/workspace/group"));
         assert_eq!(body.entrypoint, Some(vec![String::new()]));
@@ -1143,7 +1074,7 @@ mod tests {
 
     #[test]
     fn rootless_podman_keeps_the_host_user_id() {
-        let user = ContainerUser::for_host(1234, 99);
+        let user = SandboxUser::for_host(1234, 99, None);
         let body = container_config(&spec(), &config(None), user, true);
         assert_eq!(body.user.as_deref(), Some("1234:99"));
         assert_eq!(
@@ -1180,56 +1111,6 @@ mod tests {
         assert!(
             !is_orphan(&names("x"), &HashMap::new(), "h", &keep),
             "not ours"
-        );
-    }
-
-    #[test]
-    fn chown_hands_writable_trees_and_read_only_tops_over() {
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: chown needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rw = dir.path().join("rw");
-        let ro = dir.path().join("ro");
-        std::fs::create_dir_all(rw.join("a/b")).expect("mkdir");
-        std::fs::write(rw.join("a/b/f"), "x").expect("write");
-        std::fs::create_dir_all(ro.join("sub")).expect("mkdir");
-        std::fs::write(ro.join("top.txt"), "x").expect("write");
-        std::fs::write(ro.join("sub/deep.txt"), "x").expect("write");
-        let mounts = vec![
-            Mount {
-                host_path: rw.clone(),
-                sandbox_path: "/w".into(),
-                writable: true,
-            },
-            Mount {
-                host_path: ro.clone(),
-                sandbox_path: "/r".into(),
-                writable: false,
-            },
-        ];
-        chown_mounts(&mounts, 1000, 1000).expect("chown");
-        let owner = |p: &Path| {
-            let meta = std::fs::symlink_metadata(p).expect("stat");
-            (meta.uid(), meta.gid())
-        };
-        for path in [
-            rw.clone(),
-            rw.join("a/b"),
-            rw.join("a/b/f"),
-            ro.clone(),
-            ro.join("top.txt"),
-            ro.join("sub"),
-        ] {
-            assert_eq!(owner(&path), (1000, 1000), "{}", path.display());
-        }
-        assert_eq!(
-            owner(&ro.join("sub/deep.txt")),
-            (0, 0),
-            "read-only mounts: top level only"
         );
     }
 

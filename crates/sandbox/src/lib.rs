@@ -18,10 +18,12 @@ mod cgroup;
 pub mod docker;
 pub mod image;
 mod process;
+pub mod user;
 
 pub use apple::AppleRuntime;
 pub use bwrap::NativeRuntime;
 pub use docker::DockerRuntime;
+pub use user::SandboxUser;
 
 /// A path from the host made visible inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -324,8 +324,9 @@ async fn runs_as_an_unprivileged_user_without_capabilities() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_ne!(lines[0], "0", "must not run as root: {}", out.stdout);
     if is_root() {
-        assert_eq!(lines[0], "1000");
-        assert_eq!(lines[1], "1000");
+        let user = nanoclaw_sandbox::SandboxUser::for_this_host();
+        assert_eq!(lines[0], user.uid.to_string());
+        assert_eq!(lines[1], user.gid.to_string());
     } else {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(lines[0], unsafe { libc::geteuid() }.to_string());
@@ -334,6 +335,52 @@ async fn runs_as_an_unprivileged_user_without_capabilities() {
     assert_eq!(lines[3], "CapEff:\t0000000000000000");
     assert_eq!(lines[4], "NoNewPrivs:\t1");
     assert_eq!(lines[5], "/workspace");
+}
+
+/// The attacks of a sandbox on a root host: `kernel.core_pattern` (runs a program as host
+/// root on a crash), a setuid file planted in the group folder, files owned by root.
+#[tokio::test]
+async fn sandbox_cannot_become_host_root() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let fixture = Fixture::new("/bin");
+    let out = run_spec(
+        &runtime,
+        &fixture.spec(
+            "root-attacks",
+            // Writing back the current value: harmless should it succeed.
+            "cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern && echo core_pattern=written; \
+             grep -E ' /proc/sys ' /proc/self/mountinfo; \
+             cp /bin/busybox /workspace/rootshell && chmod 4755 /workspace/rootshell; \
+             mkdir /workspace/made && echo x > /workspace/made/file; echo done",
+        ),
+    )
+    .await;
+    assert!(out.stdout.contains("done"), "{}{}", out.stdout, out.stderr);
+    assert!(
+        !out.stdout.contains("core_pattern=written"),
+        "{}",
+        out.stdout
+    );
+    let sys = out
+        .stdout
+        .lines()
+        .find(|line| line.contains(" /proc/sys "))
+        .unwrap_or_else(|| panic!("/proc/sys is not a mount of its own: {}", out.stdout));
+    let options = sys.split_whitespace().nth(5).unwrap_or_default();
+    assert!(options.split(',').any(|o| o == "ro"), "{sys}");
+    for name in ["work/rootshell", "work/made", "work/made/file"] {
+        let meta = std::fs::symlink_metadata(fixture.path(name)).expect(name);
+        assert!(
+            meta.uid() != 0 && meta.gid() != 0,
+            "{name} belongs to host {}:{} (mode {:o})",
+            meta.uid(),
+            meta.gid(),
+            meta.mode()
+        );
+    }
 }
 
 #[tokio::test]

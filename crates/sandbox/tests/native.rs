@@ -220,6 +220,8 @@ async fn no_stray_fds_reach_the_agent() {
                 !line.contains("pipe:") && !line.contains("socket:"),
                 "leaked fd: {line}"
             );
+            // Only `ls`'s own listing of /proc: no mount source the host opened.
+            assert!(line.contains("-> /proc/"), "leaked fd: {line}");
         }
     }
 }
@@ -261,12 +263,9 @@ async fn limits_are_applied() {
         ("1073741824".into(), "1073741824".into())
     );
     assert_eq!(limit("Max core file size"), ("0".into(), "0".into()));
+    // At least 100: the sandbox's uid may run other tasks (other sandboxes) already.
     let nproc: u64 = limit("Max processes").0.parse().expect("nproc number");
-    if is_root() {
-        assert_eq!(nproc, 100);
-    } else {
-        assert!(nproc >= 100, "{nproc}");
-    }
+    assert!(nproc >= 100, "{nproc}");
     assert!(out.stdout.contains("nofile=200"), "{}", out.stdout);
     assert!(out.stdout.contains("as=1048576"), "{}", out.stdout);
     // Writing past max_file_bytes fails.
@@ -452,6 +451,131 @@ async fn dies_with_its_parent() {
     helper.start_kill().expect("SIGKILL helper");
     helper.wait().await.expect("reap helper");
     wait_until_gone(&marker).await;
+}
+
+/// The attacks of a sandbox on a host running as root (and as anyone): a pipe in
+/// `kernel.core_pattern` would run its program as host root; a setuid file it leaves in
+/// its folder must not be setuid-root on the host; nothing it creates may belong to root.
+/// Returns what failed, so the unprivileged-host variant can report it from a helper.
+async fn host_root_attacks() -> Vec<String> {
+    let fixture = Fixture::new("/usr/bin:/bin");
+    let out = run(
+        &fixture,
+        "root-attacks",
+        // Writing back the current value: harmless if it succeeds (the bug), never changes
+        // the host. Then the mount flags of the kernel knobs, then the setuid plant.
+        "cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern && echo core_pattern=written; \
+         grep -E ' /proc/(sys|sysrq-trigger|irq|bus|fs) ' /proc/self/mountinfo; \
+         cp /bin/sh /workspace/rootshell && chmod 4755 /workspace/rootshell; \
+         mkdir /workspace/made && echo x > /workspace/made/file; echo done",
+    )
+    .await;
+    let mut failures = Vec::new();
+    if out.code != Some(0) || !out.stdout.contains("done") {
+        failures.push(format!(
+            "the sandbox did not run: {} {}",
+            out.stdout, out.stderr
+        ));
+    }
+    if out.stdout.contains("core_pattern=written") {
+        failures.push("the sandbox wrote /proc/sys/kernel/core_pattern".to_string());
+    }
+    let mounts: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|line| line.contains(" /proc/"))
+        .collect();
+    // Those this host's kernel has (a host in a container may lack sysrq-trigger).
+    for path in ["/proc/sys", "/proc/sysrq-trigger"]
+        .into_iter()
+        .filter(|path| std::path::Path::new(path).exists())
+    {
+        let read_only = mounts.iter().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(4) == Some(&path)
+                && fields
+                    .get(5)
+                    .is_some_and(|options| options.split(',').any(|o| o == "ro"))
+        });
+        if !read_only {
+            failures.push(format!("{path} is not a read-only mount: {mounts:?}"));
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    for name in ["work/rootshell", "work/made", "work/made/file"] {
+        match std::fs::symlink_metadata(fixture.path(name)) {
+            Ok(meta) if meta.uid() == 0 || meta.gid() == 0 => failures.push(format!(
+                "{name} the sandbox created belongs to host {}:{} (mode {:o})",
+                meta.uid(),
+                meta.gid(),
+                meta.mode()
+            )),
+            Ok(_) => {}
+            Err(error) => failures.push(format!("{name}: {error}")),
+        }
+    }
+    failures
+}
+
+#[tokio::test]
+async fn sandbox_cannot_become_host_root() {
+    let failures = host_root_attacks().await;
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+const UNPRIVILEGED_ENV: &str = "NANOCLAW_UNPRIVILEGED_ATTACKS_HELPER";
+
+/// Not a test by itself: `sandbox_cannot_become_host_root` for a host that is an ordinary
+/// user, run by `unprivileged_host_is_contained_too` under `setpriv`.
+#[tokio::test]
+#[ignore = "helper process for unprivileged_host_is_contained_too"]
+async fn unprivileged_attacks_helper() {
+    if std::env::var_os(UNPRIVILEGED_ENV).is_none() {
+        return;
+    }
+    assert!(!is_root(), "the helper must run as an ordinary user");
+    for failure in host_root_attacks().await {
+        println!("FAILURE {failure}");
+    }
+    println!("HELPER DONE");
+}
+
+#[tokio::test]
+async fn unprivileged_host_is_contained_too() {
+    if !is_root() {
+        // Already an ordinary user: sandbox_cannot_become_host_root covers it.
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let home = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(home.path(), Some(65534), Some(65534)).expect("chown home");
+    let output = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(exe)
+        .args([
+            "--exact",
+            "unprivileged_attacks_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(UNPRIVILEGED_ENV, "1")
+        .env("HOME", home.path())
+        .env("TMPDIR", home.path())
+        .output()
+        .await
+        .expect("run the helper under setpriv");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("HELPER DONE"),
+        "helper failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let failures: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("FAILURE"))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[tokio::test]

@@ -56,6 +56,24 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
         Ok(p) if p.home.exists() => p.host_id().unwrap_or_default(),
         _ => String::new(),
     };
+    // Before the runtime: a sandbox that would be host root is the first thing to fix.
+    let user = nanoclaw_sandbox::SandboxUser::for_this_host();
+    checks.push(Check {
+        name: "sandbox user",
+        ok: user.check().is_ok(),
+        detail: match user.check() {
+            Err(e) => e.to_string(),
+            Ok(()) if user.dedicated => format!(
+                "sandboxes run as host uid {} gid {} (the host runs as root; they never map to it)",
+                user.uid, user.gid
+            ),
+            Ok(()) => format!(
+                "sandboxes run as you (host uid {} gid {})",
+                user.uid, user.gid
+            ),
+        },
+        optional: false,
+    });
     let runtime = nanoclaw_host::runtime::select(&config, &host_id).await;
     checks.push(Check {
         name: "sandbox runtime",
