@@ -709,8 +709,10 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                     session_id,
                     &group,
                     &chat,
-                    first_id,
-                    &answers,
+                    TurnMessages {
+                        first_id,
+                        answers: &answers,
+                    },
                     &mut sent_messages,
                     request.action,
                 )
@@ -840,6 +842,14 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
     }
 }
 
+/// The messages a turn answers: the first one's row id (it keys the turn's outbound rows)
+/// and every one's platform id.
+#[derive(Clone, Copy)]
+struct TurnMessages<'a> {
+    first_id: i64,
+    answers: &'a [String],
+}
+
 /// Checks and performs something the agent asked for. The agent is untrusted: it may only
 /// message the chat its turn came from, within size limits.
 async fn handle_request(
@@ -847,11 +857,11 @@ async fn handle_request(
     session_id: &str,
     group: &Group,
     chat: &Chat,
-    first_id: i64,
-    answers: &[String],
+    turn: TurnMessages<'_>,
     sent_messages: &mut u32,
     action: RequestAction,
 ) -> Result<serde_json::Value, String> {
+    let TurnMessages { first_id, answers } = turn;
     match action {
         RequestAction::SendMessage { text } => {
             if text.trim().is_empty() {

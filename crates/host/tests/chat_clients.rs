@@ -83,13 +83,11 @@ async fn twenty_clients_against_a_running_host_each_get_the_reply_to_their_own_m
     let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
         .await
         .unwrap();
-    let mut daemon = spawn_daemon(home.path(), &model);
+    let _daemon = KillOnDrop(spawn_daemon(home.path(), &model));
     drop(connect_client(home.path()).await);
 
     // Most of them arrive while the first turn runs and are answered in batched turns.
     let results = concurrent_chats(&home, &model, 20).await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     assert_each_got_its_own_reply(&results);
 }
 
@@ -125,7 +123,7 @@ async fn a_reply_whose_client_left_stays_queued_until_a_client_that_shows_it_con
         )
         .rule(Matcher::Always, Reply::text("echo: {{last_user_text}}"));
     let model = ScriptedModel::start(scenario).await.unwrap();
-    let mut daemon = spawn_daemon(home.path(), &model);
+    let _daemon = KillOnDrop(spawn_daemon(home.path(), &model));
 
     // A script's client that is waiting for answers of its own (it asked nothing yet).
     let mut bystander = connect_client(home.path()).await;
@@ -185,8 +183,6 @@ async fn a_reply_whose_client_left_stays_queued_until_a_client_that_shows_it_con
         }
     })
     .await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 /// Agent text with what a terminal would act on: clipboard write (OSC 52), title (OSC 0),

@@ -34,6 +34,8 @@ const MAX_CLIENT_LINE: usize = 256 * 1024;
 /// How long a delivery waits for a client's socket to take a message; a client that stopped
 /// reading does not hold up delivery to everyone else.
 const WRITE_CONFIRM: Duration = Duration::from_secs(5);
+/// How long a new client has to say what it shows before it is shown the whole chat.
+const DECLARE_GRACE: Duration = Duration::from_millis(300);
 
 /// What a client shows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,7 +214,8 @@ impl TerminalChannel {
             id,
             Client {
                 tx: tx.clone(),
-                scope: Scope::All,
+                // Until it says otherwise (see the read loop).
+                scope: Scope::Own,
                 asked: HashSet::new(),
             },
         );
@@ -230,23 +233,32 @@ impl TerminalChannel {
                 }
             }
         });
-        // Queued replies can go out now that someone is listening.
-        let _ = sink
-            .send(ChannelEvent::Reachable {
-                channel: "terminal".into(),
-                chat_id: TERMINAL_CHAT_ID.into(),
-            })
-            .await;
-
         let mut reader = BufReader::new(read);
         let mut buf = Vec::new();
+        // Shown nothing it did not ask for until it says what it shows: queued messages must
+        // not go to a `chat -m` client in the moment before it says it wants only its own.
+        // A client that says nothing (older clients) shows the whole chat after a moment.
+        let mut declared = false;
+        let grace = tokio::time::sleep(DECLARE_GRACE);
+        tokio::pin!(grace);
         loop {
-            buf.clear();
-            let n = match (&mut reader)
-                .take(MAX_CLIENT_LINE as u64 + 1)
-                .read_until(b'\n', &mut buf)
-                .await
-            {
+            let limit = (MAX_CLIENT_LINE as u64 + 1).saturating_sub(buf.len() as u64);
+            let mut limited = (&mut reader).take(limit);
+            let read = limited.read_until(b'\n', &mut buf);
+            let read = if declared {
+                read.await
+            } else {
+                tokio::select! {
+                    read = read => read,
+                    () = &mut grace => {
+                        // Bytes read so far stay in `buf`; the line goes on next time.
+                        declared = true;
+                        self.settle(id, Scope::All, &sink).await;
+                        continue;
+                    }
+                }
+            };
+            let n = match read {
                 Ok(n) => n,
                 Err(_) => break,
             };
@@ -262,12 +274,12 @@ impl TerminalChannel {
                 );
                 break;
             }
-            let line = String::from_utf8_lossy(&buf);
-            let line = line.trim();
+            let line = String::from_utf8_lossy(&buf).trim().to_owned();
+            buf.clear();
             if line.is_empty() {
                 continue;
             }
-            let msg: ClientLine = match serde_json::from_str(line) {
+            let msg: ClientLine = match serde_json::from_str(&line) {
                 Ok(m) => m,
                 Err(e) => {
                     say(
@@ -281,6 +293,14 @@ impl TerminalChannel {
                     continue;
                 }
             };
+            if !declared {
+                declared = true;
+                let scope = match &msg {
+                    ClientLine::Show { scope } => *scope,
+                    _ => Scope::All,
+                };
+                self.settle(id, scope, &sink).await;
+            }
             let (msg_id, text) = match msg {
                 ClientLine::Message { id, text } => (id, text),
                 ClientLine::Wake => {
@@ -290,9 +310,7 @@ impl TerminalChannel {
                     continue;
                 }
                 ClientLine::Show { scope } => {
-                    if let Some(client) = self.clients.lock().await.get_mut(&id) {
-                        client.scope = scope;
-                    }
+                    self.settle(id, scope, &sink).await;
                     continue;
                 }
             };
@@ -343,6 +361,23 @@ impl TerminalChannel {
         drop(tx);
         let _ = writer.await;
         self.connected.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl TerminalChannel {
+    /// Records what client `id` shows; one that shows the whole chat gets what is queued.
+    async fn settle(&self, id: u64, scope: Scope, sink: &InboundSink) {
+        if let Some(client) = self.clients.lock().await.get_mut(&id) {
+            client.scope = scope;
+        }
+        if scope == Scope::All {
+            let _ = sink
+                .send(ChannelEvent::Reachable {
+                    channel: "terminal".into(),
+                    chat_id: TERMINAL_CHAT_ID.into(),
+                })
+                .await;
+        }
     }
 }
 

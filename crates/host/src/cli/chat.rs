@@ -43,6 +43,10 @@ pub async fn chat(message: Option<String>, json: bool, timeout: u64) -> anyhow::
             one_shot(client, &text, json, timeout).await
         }
         None if std::io::stdin().is_terminal() => {
+            client
+                .show(Scope::All)
+                .await
+                .context("talking to the host")?;
             eprintln!("connected to {}", for_terminal(&connected.assistant));
             interactive(client).await
         }

@@ -153,3 +153,13 @@ pub async fn wait_until_no_host(home: &Path) {
     })
     .await
 }
+
+/// A child process killed when the test ends, passing or failing.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
