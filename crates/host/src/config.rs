@@ -497,8 +497,11 @@ impl Paths {
             Err(e) => return Err(e),
         }
         let id = crate::random_suffix(16);
-        write_private_file(&file, id.as_bytes())?;
-        Ok(id)
+        if create_private_file(&file, id.as_bytes())? {
+            return Ok(id);
+        }
+        // Another process made it first: theirs is the id.
+        std::fs::read_to_string(&file).map(|id| id.trim().to_owned())
     }
 
     /// Creates the data directories with mode 0700 and writes the commented default
@@ -514,10 +517,9 @@ impl Paths {
         ] {
             create_private_dir(&dir)?;
         }
-        let config = self.config_file();
-        if !config.exists() {
-            write_private_file(&config, DEFAULT_CONFIG_TOML.as_bytes())?;
-        }
+        // Never replaces a config that exists, even one written a moment ago by a process
+        // preparing the same directory.
+        create_private_file(&self.config_file(), DEFAULT_CONFIG_TOML.as_bytes())?;
         Ok(())
     }
 }
@@ -532,22 +534,58 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
-/// Writes a file readable only by its owner (created 0600, atomically replaced).
+/// Writes a file readable only by its owner (created 0600, atomically replaced). The
+/// temporary file has a name of its own, so processes writing at once never share one.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = write_temp_beside(path, contents)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Creates `path` with `contents` (0600) unless it exists; readers never see it half
+/// written. Returns whether this call created it.
+pub fn create_private_file(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
+    let tmp = write_temp_beside(path, contents)?;
+    // A hard link appears complete, and fails when the name is taken.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `contents` in a new 0600 file next to `path`, synced; its name is unique to this call.
+fn write_temp_beside(path: &Path, contents: &[u8]) -> std::io::Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        crate::random_suffix(8)
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(contents)?;
+            f.sync_all()
+        });
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -584,6 +622,50 @@ mod tests {
         std::fs::write(&path, "[relay]\nheader_timeout_secs = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("relay.header_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn processes_preparing_a_fresh_data_dir_at_once_all_succeed_with_one_whole_config() {
+        // Twenty at once, several rounds: with a shared temporary name, one's rename took
+        // the file from under another ("No such file or directory").
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let home = dir.path().join("home");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
+            let threads: Vec<_> = (0..20)
+                .map(|_| {
+                    let paths = Paths::new(&home);
+                    let barrier = std::sync::Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        paths.prepare().map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap();
+            }
+            let text = std::fs::read_to_string(Paths::new(&home).config_file()).unwrap();
+            assert_eq!(text, DEFAULT_CONFIG_TOML);
+            let leftovers: Vec<_> = std::fs::read_dir(&home)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "{leftovers:?}");
+        }
+    }
+
+    #[test]
+    fn prepare_keeps_a_config_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        std::fs::write(paths.config_file(), "trigger = \"@Bob\"\n").unwrap();
+        paths.prepare().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(paths.config_file()).unwrap(),
+            "trigger = \"@Bob\"\n"
+        );
     }
 
     #[test]

@@ -88,6 +88,10 @@ struct Inner {
     scheduler_wake: Notify,
     /// Chats whose channel said nobody is listening; skipped until reachable again.
     parked_chats: Mutex<HashSet<i64>>,
+    /// Outbound rows of this run that answer several messages (a batched turn): their
+    /// platform ids, so every sender's client gets the answer. Dropped once delivered; after a
+    /// restart the clients that asked are gone anyway, and `in_reply_to` remains.
+    answers: std::sync::Mutex<HashMap<i64, Vec<String>>>,
     runtime_error: Option<String>,
     /// Secrets; the leak guard scans outgoing chat messages for their values.
     vault: Option<nanoclaw_vault::Vault>,
@@ -97,6 +101,17 @@ struct Inner {
 /// One host per data directory: a second would double-answer every message.
 struct HostLock {
     _file: std::fs::File,
+}
+
+/// Another host holds the data directory's lock.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another nanoclaw host is already running with this data directory ({}); \
+     use `nanoclaw chat` to talk to it, or stop it first",
+    home.display()
+)]
+pub struct AlreadyRunning {
+    pub home: PathBuf,
 }
 
 impl HostLock {
@@ -113,14 +128,14 @@ impl HostLock {
         // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
-            anyhow::bail!(
-                "another nanoclaw host is already running with this data directory ({}); \
-                 use `nanoclaw chat` to talk to it, or stop it first",
-                path.parent()
+            return Err(AlreadyRunning {
+                home: path
+                    .parent()
                     .and_then(|p| p.parent())
                     .unwrap_or(path)
-                    .display()
-            );
+                    .to_owned(),
+            }
+            .into());
         }
         Ok(HostLock { _file: file })
     }
@@ -203,6 +218,7 @@ impl Host {
         let channel_list = crate::channel::build_enabled(&ChannelContext {
             config: &config,
             paths: &paths,
+            warning: runtime_error.clone(),
         })?;
         let channels: HashMap<String, Arc<dyn Channel>> = channel_list
             .iter()
@@ -221,6 +237,7 @@ impl Host {
             delivery_wake,
             scheduler_wake: Notify::new(),
             parked_chats: Mutex::new(HashSet::new()),
+            answers: std::sync::Mutex::new(HashMap::new()),
             runtime_error,
             vault,
             _lock: lock,
@@ -276,6 +293,21 @@ impl Host {
             Some(e) => Err(e.clone()),
             None => Ok(self.inner.pool.runtime_name().unwrap_or("unknown")),
         }
+    }
+
+    /// For a host started on demand by `nanoclaw chat`: returns `true` once no client has
+    /// been connected for `linger` (the terminal channel then stops accepting); `false` at
+    /// once when no channel can tell (the terminal channel is off).
+    pub async fn until_unattended(&self, linger: Duration) -> bool {
+        let watching = self
+            .inner
+            .channels
+            .values()
+            .map(|c| c.until_unattended(linger));
+        futures_util::future::join_all(watching)
+            .await
+            .into_iter()
+            .any(|unattended| unattended)
     }
 
     /// Stops channels, background tasks and idle agents.
@@ -521,6 +553,8 @@ enum TurnEnd {
 
 async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> anyhow::Result<()> {
     let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
+    // Every message of the turn gets its answer, not only the last one.
+    let answers: Vec<String> = batch.iter().map(|m| m.platform_msg_id.clone()).collect();
     let first_id = ids.first().copied().unwrap_or_default();
     let session = inner
         .store
@@ -649,7 +683,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
         match msg {
             AgentMessage::TextDelta { turn_id: t, text } if t == turn_id => {
                 if let Some(ch) = &channel {
-                    ch.progress(&chat.platform_id, Progress::TextDelta(text))
+                    ch.progress(&chat.platform_id, &answers, Progress::TextDelta(text))
                         .await;
                 }
             }
@@ -660,6 +694,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 {
                     ch.progress(
                         &chat.platform_id,
+                        &answers,
                         Progress::Tool {
                             tool: activity.tool,
                             summary: activity.summary,
@@ -674,7 +709,10 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                     session_id,
                     &group,
                     &chat,
-                    first_id,
+                    TurnMessages {
+                        first_id,
+                        answers: &answers,
+                    },
                     &mut sent_messages,
                     request.action,
                 )
@@ -732,10 +770,13 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                         )
                         .await?;
                 } else {
-                    inner
+                    let stored = inner
                         .store
                         .complete_turn(ids.clone(), replies, now_ms())
                         .await?;
+                    for row in stored {
+                        remember_answers(inner, row.id, &answers);
+                    }
                 }
                 inner
                     .store
@@ -801,6 +842,14 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
     }
 }
 
+/// The messages a turn answers: the first one's row id (it keys the turn's outbound rows)
+/// and every one's platform id.
+#[derive(Clone, Copy)]
+struct TurnMessages<'a> {
+    first_id: i64,
+    answers: &'a [String],
+}
+
 /// Checks and performs something the agent asked for. The agent is untrusted: it may only
 /// message the chat its turn came from, within size limits.
 async fn handle_request(
@@ -808,10 +857,11 @@ async fn handle_request(
     session_id: &str,
     group: &Group,
     chat: &Chat,
-    first_id: i64,
+    turn: TurnMessages<'_>,
     sent_messages: &mut u32,
     action: RequestAction,
 ) -> Result<serde_json::Value, String> {
+    let TurnMessages { first_id, answers } = turn;
     match action {
         RequestAction::SendMessage { text } => {
             if text.trim().is_empty() {
@@ -839,6 +889,9 @@ async fn handle_request(
                 })
                 .await
                 .map_err(|e| format!("could not queue the message: {e}"))?;
+            if let Some(row) = &row {
+                remember_answers(inner, row.id, answers);
+            }
             inner.delivery_wake.notify_one();
             Ok(serde_json::json!({ "queued": row.is_some() }))
         }
@@ -1032,11 +1085,35 @@ async fn defer_turn(
             kind: OutboundKind::Message,
         })
         .await?;
-    if notice.is_some() {
+    if let Some(notice) = notice {
+        let answers = platform_ids(inner, ids).await;
+        remember_answers(inner, notice.id, &answers);
         inner.delivery_wake.notify_one();
     }
     inner.scheduler_wake.notify_one();
     Ok(())
+}
+
+/// Records which messages an outbound row answers (see `Inner::answers`).
+fn remember_answers(inner: &Inner, outbound_id: i64, answers: &[String]) {
+    if answers.len() < 2 {
+        // `in_reply_to` says it already.
+        return;
+    }
+    if let Ok(mut map) = inner.answers.lock() {
+        map.insert(outbound_id, answers.to_vec());
+    }
+}
+
+/// The platform ids of inbound rows.
+async fn platform_ids(inner: &Inner, ids: &[i64]) -> Vec<String> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if let Ok(Some(m)) = inner.store.inbound(id).await {
+            out.push(m.platform_msg_id);
+        }
+    }
+    out
 }
 
 /// A turn failed: retry it later, or give up and say so in its chat. `task_id`: the scheduled
@@ -1081,6 +1158,10 @@ async fn fail_turn(
     if !outcome.retried.is_empty() {
         tracing::info!(session = %session_id, messages = outcome.retried.len(), "turn will be retried");
         inner.scheduler_wake.notify_one();
+    }
+    if let Some(notice) = &outcome.notice {
+        let answers = platform_ids(inner, &outcome.failed).await;
+        remember_answers(inner, notice.id, &answers);
     }
     for failed in &outcome.failed_runs {
         alert_task_failure(inner, chat, failed, &error).await;
@@ -1311,6 +1392,12 @@ async fn delivery_loop(inner: Arc<Inner>) {
                         Some(guard) => guard_text(&inner, guard, &row, &chat).await,
                         None => row.text.clone(),
                     };
+                    let answers = inner
+                        .answers
+                        .lock()
+                        .ok()
+                        .and_then(|map| map.get(&row.id).cloned())
+                        .unwrap_or_default();
                     let message = OutgoingMessage {
                         outbound_id: row.id,
                         idempotency_key: row.idempotency_key.clone(),
@@ -1319,9 +1406,13 @@ async fn delivery_loop(inner: Arc<Inner>) {
                         text,
                         kind: row.kind.as_str().to_owned(),
                         reply_to,
+                        answers,
                     };
                     match channel.deliver(&message).await {
                         Ok(platform_id) => {
+                            if let Ok(mut map) = inner.answers.lock() {
+                                map.remove(&row.id);
+                            }
                             if let Err(e) = inner
                                 .store
                                 .mark_delivered(row.id, platform_id, now_ms())
@@ -1334,12 +1425,21 @@ async fn delivery_loop(inner: Arc<Inner>) {
                             tracing::debug!(chat = %chat.platform_id, %why, "chat unreachable; message kept");
                             inner.parked_chats.lock().await.insert(chat.id);
                         }
+                        Err(ChannelError::Unclaimed(why)) => {
+                            // Tried again on the next pass (a client arriving wakes one).
+                            tracing::debug!(outbound = row.id, %why, "message kept");
+                        }
                         Err(e) => {
                             tracing::warn!(outbound = row.id, error = %e, "delivery failed");
-                            let _ = inner
+                            let state = inner
                                 .store
                                 .mark_delivery_failed(row.id, e.to_string(), MAX_DELIVERY_TRIES)
                                 .await;
+                            if matches!(state, Ok(nanoclaw_store::OutboundState::Failed))
+                                && let Ok(mut map) = inner.answers.lock()
+                            {
+                                map.remove(&row.id);
+                            }
                             retry_soon = true;
                         }
                     }

@@ -23,8 +23,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the assistant in the foreground (channels, router, agents, delivery).
-    Run,
-    /// Talk to the assistant from this terminal; starts it in-process when it is not running.
+    Run {
+        /// Started by `nanoclaw chat`: log to the data dir and stop once no client is left.
+        #[arg(long, hide = true)]
+        for_clients: bool,
+    },
+    /// Talk to the assistant from this terminal; starts it in the background when it is not
+    /// running. Piped input: each line is a message, answered before the next is sent.
     Chat {
         /// Send one message, print the reply and exit (for scripts).
         #[arg(short, long)]
@@ -32,8 +37,8 @@ enum Command {
         /// With --message: print the reply as JSON.
         #[arg(long, requires = "message")]
         json: bool,
-        /// With --message: seconds to wait for the reply.
-        #[arg(long, default_value_t = 900, requires = "message")]
+        /// Seconds to wait for a reply (with --message or piped input).
+        #[arg(long, default_value_t = 900)]
         timeout: u64,
     },
     /// See the whole path work offline: a sandboxed agent runs a command and answers,
@@ -349,7 +354,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run => cli::run::run().await,
+            Command::Run { for_clients } => cli::run::run(for_clients).await,
             Command::Chat {
                 message,
                 json,

@@ -6,12 +6,14 @@
 //! in the registry.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Paths};
 
+pub mod sanitize;
 pub mod terminal;
 
 /// A message that arrived on a channel.
@@ -77,6 +79,9 @@ pub struct OutgoingMessage {
     pub kind: String,
     /// The platform id of the message this answers, when it answers one.
     pub reply_to: Option<String>,
+    /// The platform ids of every message this answers: a turn answers all the messages
+    /// batched into it, not only the last (`reply_to`). Empty: just `reply_to`.
+    pub answers: Vec<String>,
 }
 
 /// Live progress of a turn, for channels that can show it (typing, streamed text).
@@ -91,6 +96,10 @@ pub enum ChannelError {
     /// Nobody is there to receive it right now; the message stays queued.
     #[error("{0} is not connected")]
     NotConnected(String),
+    /// Someone is connected, but nobody who asked for this message or shows the whole chat:
+    /// the message stays queued without holding up the chat's other messages.
+    #[error("not delivered yet: {0}")]
+    Unclaimed(String),
     #[error("delivery failed: {0}")]
     Failed(String),
     #[error("channel setup failed: {0}")]
@@ -111,8 +120,16 @@ pub trait Channel: Send + Sync {
     /// Delivers one message. Returns the platform's message id when it has one.
     async fn deliver(&self, message: &OutgoingMessage) -> Result<Option<String>, ChannelError>;
 
-    /// Shows progress of a turn in a chat (best effort; default: nothing).
-    async fn progress(&self, _chat_id: &str, _progress: Progress) {}
+    /// Shows progress of a turn in a chat (best effort; default: nothing). `answers`: the
+    /// platform ids of the messages the turn answers.
+    async fn progress(&self, _chat_id: &str, _answers: &[String], _progress: Progress) {}
+
+    /// For a host started on demand by clients: returns `true` once nobody has been
+    /// connected for `linger` and the channel has stopped accepting; `false` at once when the
+    /// channel cannot tell (the default).
+    async fn until_unattended(&self, _linger: Duration) -> bool {
+        false
+    }
 
     /// Stops receiving.
     async fn stop(&self) {}
@@ -122,6 +139,8 @@ pub trait Channel: Send + Sync {
 pub struct ChannelContext<'a> {
     pub config: &'a Config,
     pub paths: &'a Paths,
+    /// Why agents cannot run here, for channels that tell people on arrival.
+    pub warning: Option<String>,
 }
 
 /// Builds a channel, or `Ok(None)` when the configuration leaves it off.

@@ -3,19 +3,25 @@
 //!
 //! The terminal is the owner's own chat (chat id `local`), wired to the main group, so
 //! every message triggers the agent. Lines on the socket are JSON objects:
-//! client → host `{"type":"message","id":…,"text":…}`;
-//! host → client `ack`, `delta`, `tool`, `message` (see [`ServerLine`]).
+//! client → host `{"type":"message","id":…,"text":…}`, `show`, `wake` (see [`ClientLine`]);
+//! host → client `welcome`, `ack`, `delta`, `tool`, `message`, `error` (see [`ServerLine`]).
+//!
+//! A client sees either the whole chat ([`Scope::All`], `nanoclaw chat` on a terminal) or
+//! only the answers to the messages it sent ([`Scope::Own`], `nanoclaw chat -m` and piped
+//! input). A message counts as delivered only once a client that shows it has it written
+//! to its socket; otherwise it stays queued.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use super::{
     Channel, ChannelContext, ChannelError, ChannelEvent, InboundEvent, InboundSink,
@@ -25,6 +31,22 @@ use super::{
 /// The only chat the terminal has: the owner at the keyboard.
 pub const TERMINAL_CHAT_ID: &str = "local";
 const MAX_CLIENT_LINE: usize = 256 * 1024;
+/// How long a delivery waits for a client's socket to take a message; a client that stopped
+/// reading does not hold up delivery to everyone else.
+const WRITE_CONFIRM: Duration = Duration::from_secs(5);
+/// How long a new client has to say what it shows before it is shown the whole chat.
+const DECLARE_GRACE: Duration = Duration::from_millis(300);
+
+/// What a client shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The owner's whole chat: every message, reply and live progress (the default).
+    #[default]
+    All,
+    /// Only the replies (and progress) of turns that answer messages this client sent.
+    Own,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -35,13 +57,21 @@ pub enum ClientLine {
     },
     /// The owner's CLI changed the database (e.g. `nanoclaw tasks run-now`): look again now.
     Wake,
+    /// What this client shows from now on (default [`Scope::All`]).
+    Show {
+        scope: Scope,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerLine {
-    /// Sent on connect.
-    Welcome { assistant: String },
+    /// Sent on connect; `warning` says why agents cannot run, when they cannot.
+    Welcome {
+        assistant: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warning: Option<String>,
+    },
     /// What became of a client message: `accepted`, `duplicate`, `ignored`, `failed`.
     Ack {
         id: String,
@@ -60,6 +90,9 @@ pub enum ServerLine {
         text: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<String>,
+        /// Every message this answers (all messages of a batched turn), `reply_to` among them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        answers: Vec<String>,
     },
     /// The client sent something the host could not use.
     Error { error: String },
@@ -69,20 +102,50 @@ pub fn factory(ctx: &ChannelContext<'_>) -> Result<Option<Arc<dyn Channel>>, Cha
     if !ctx.config.channels.terminal.enabled {
         return Ok(None);
     }
-    Ok(Some(Arc::new(TerminalChannel::new(
+    let mut channel = TerminalChannel::new(
         ctx.paths.terminal_socket(),
         ctx.config.assistant_name.clone(),
-    ))))
+    );
+    channel.warning = ctx.warning.clone();
+    Ok(Some(Arc::new(channel)))
 }
 
-type ClientTx = mpsc::UnboundedSender<ServerLine>;
+/// A line for one client; `written` hears when it reached the client's socket.
+struct Outgoing {
+    line: ServerLine,
+    written: Option<oneshot::Sender<()>>,
+}
+
+type ClientTx = mpsc::UnboundedSender<Outgoing>;
+
+struct Client {
+    tx: ClientTx,
+    scope: Scope,
+    /// Ids of the messages this client sent.
+    asked: HashSet<String>,
+}
+
+impl Client {
+    /// Whether this client shows a message that answers `answers` (empty: answers nothing).
+    fn shows(&self, answers: &[String]) -> bool {
+        self.scope == Scope::All || answers.iter().any(|a| self.asked.contains(a))
+    }
+}
 
 pub struct TerminalChannel {
     socket: PathBuf,
     assistant: String,
-    clients: Mutex<HashMap<u64, ClientTx>>,
+    /// Why agents cannot run, told to every client on connect.
+    warning: Option<String>,
+    clients: Mutex<HashMap<u64, Client>>,
     next_client: AtomicU64,
     accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Clients connected right now.
+    connected: watch::Sender<usize>,
+    /// Set by [`Channel::until_unattended`]: stop once nobody was connected for this long.
+    linger: watch::Sender<Option<Duration>>,
+    /// Becomes `true` when the channel stopped accepting because nobody was connected.
+    unattended: watch::Sender<bool>,
 }
 
 impl TerminalChannel {
@@ -90,54 +153,112 @@ impl TerminalChannel {
         Self {
             socket,
             assistant,
+            warning: None,
             clients: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(1),
             accept_task: Mutex::new(None),
+            connected: watch::Sender::new(0),
+            linger: watch::Sender::new(None),
+            unattended: watch::Sender::new(false),
         }
     }
 
-    async fn broadcast(&self, line: ServerLine) -> usize {
-        let mut clients = self.clients.lock().await;
-        clients.retain(|_, tx| tx.send(line.clone()).is_ok());
-        clients.len()
+    /// Sends `line` to every client that shows a message answering `answers`; returns
+    /// how many have it written to their socket (waits for that when `confirm`).
+    async fn send_to(&self, answers: &[String], line: ServerLine, confirm: bool) -> Sent {
+        let mut waiting = Vec::new();
+        let connected;
+        {
+            let mut clients = self.clients.lock().await;
+            clients.retain(|_, c| !c.tx.is_closed());
+            connected = clients.len();
+            for client in clients.values().filter(|c| c.shows(answers)) {
+                let (written, heard) = if confirm {
+                    let (tx, rx) = oneshot::channel();
+                    (Some(tx), Some(rx))
+                } else {
+                    (None, None)
+                };
+                let sent = client.tx.send(Outgoing {
+                    line: line.clone(),
+                    written,
+                });
+                if sent.is_ok()
+                    && let Some(rx) = heard
+                {
+                    waiting.push(rx);
+                }
+            }
+        }
+        let mut reached = 0;
+        for rx in waiting {
+            if matches!(tokio::time::timeout(WRITE_CONFIRM, rx).await, Ok(Ok(()))) {
+                reached += 1;
+            }
+        }
+        Sent { connected, reached }
     }
 
     async fn serve_client(self: Arc<Self>, stream: tokio::net::UnixStream, sink: InboundSink) {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let (read, mut write) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<ServerLine>();
-        let _ = tx.send(ServerLine::Welcome {
-            assistant: self.assistant.clone(),
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        let _ = tx.send(Outgoing {
+            line: ServerLine::Welcome {
+                assistant: self.assistant.clone(),
+                warning: self.warning.clone(),
+            },
+            written: None,
         });
-        self.clients.lock().await.insert(id, tx.clone());
+        self.clients.lock().await.insert(
+            id,
+            Client {
+                tx: tx.clone(),
+                // Until it says otherwise (see the read loop).
+                scope: Scope::Own,
+                asked: HashSet::new(),
+            },
+        );
         let writer = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                let Ok(mut bytes) = serde_json::to_vec(&line) else {
+            while let Some(out) = rx.recv().await {
+                let Ok(mut bytes) = serde_json::to_vec(&out.line) else {
                     continue;
                 };
                 bytes.push(b'\n');
                 if write.write_all(&bytes).await.is_err() {
                     break;
                 }
+                if let Some(written) = out.written {
+                    let _ = written.send(());
+                }
             }
         });
-        // Queued replies can go out now that someone is listening.
-        let _ = sink
-            .send(ChannelEvent::Reachable {
-                channel: "terminal".into(),
-                chat_id: TERMINAL_CHAT_ID.into(),
-            })
-            .await;
-
         let mut reader = BufReader::new(read);
         let mut buf = Vec::new();
+        // Shown nothing it did not ask for until it says what it shows: queued messages must
+        // not go to a `chat -m` client in the moment before it says it wants only its own.
+        // A client that says nothing (older clients) shows the whole chat after a moment.
+        let mut declared = false;
+        let grace = tokio::time::sleep(DECLARE_GRACE);
+        tokio::pin!(grace);
         loop {
-            buf.clear();
-            let n = match (&mut reader)
-                .take(MAX_CLIENT_LINE as u64 + 1)
-                .read_until(b'\n', &mut buf)
-                .await
-            {
+            let limit = (MAX_CLIENT_LINE as u64 + 1).saturating_sub(buf.len() as u64);
+            let mut limited = (&mut reader).take(limit);
+            let read = limited.read_until(b'\n', &mut buf);
+            let read = if declared {
+                read.await
+            } else {
+                tokio::select! {
+                    read = read => read,
+                    () = &mut grace => {
+                        // Bytes read so far stay in `buf`; the line goes on next time.
+                        declared = true;
+                        self.settle(id, Scope::All, &sink).await;
+                        continue;
+                    }
+                }
+            };
+            let n = match read {
                 Ok(n) => n,
                 Err(_) => break,
             };
@@ -145,25 +266,41 @@ impl TerminalChannel {
                 break;
             }
             if buf.len() > MAX_CLIENT_LINE {
-                let _ = tx.send(ServerLine::Error {
-                    error: format!("line longer than {MAX_CLIENT_LINE} bytes; disconnecting"),
-                });
+                say(
+                    &tx,
+                    ServerLine::Error {
+                        error: format!("line longer than {MAX_CLIENT_LINE} bytes; disconnecting"),
+                    },
+                );
                 break;
             }
-            let line = String::from_utf8_lossy(&buf);
-            let line = line.trim();
+            let line = String::from_utf8_lossy(&buf).trim().to_owned();
+            buf.clear();
             if line.is_empty() {
                 continue;
             }
-            let msg: ClientLine = match serde_json::from_str(line) {
+            let msg: ClientLine = match serde_json::from_str(&line) {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = tx.send(ServerLine::Error {
-                        error: format!("unreadable line ({e}); expected {{\"type\":\"message\",\"id\":…,\"text\":…}}"),
-                    });
+                    say(
+                        &tx,
+                        ServerLine::Error {
+                            error: format!(
+                                "unreadable line ({e}); expected {{\"type\":\"message\",\"id\":…,\"text\":…}}"
+                            ),
+                        },
+                    );
                     continue;
                 }
             };
+            if !declared {
+                declared = true;
+                let scope = match &msg {
+                    ClientLine::Show { scope } => *scope,
+                    _ => Scope::All,
+                };
+                self.settle(id, scope, &sink).await;
+            }
             let (msg_id, text) = match msg {
                 ClientLine::Message { id, text } => (id, text),
                 ClientLine::Wake => {
@@ -172,7 +309,15 @@ impl TerminalChannel {
                     }
                     continue;
                 }
+                ClientLine::Show { scope } => {
+                    self.settle(id, scope, &sink).await;
+                    continue;
+                }
             };
+            // Recorded before the host sees the message, so its reply cannot come first.
+            if let Some(client) = self.clients.lock().await.get_mut(&id) {
+                client.asked.insert(msg_id.clone());
+            }
             let (ack_tx, ack_rx) = oneshot::channel();
             let event = InboundEvent {
                 channel: "terminal".into(),
@@ -188,9 +333,12 @@ impl TerminalChannel {
                 ack: Some(ack_tx),
             };
             if sink.send(ChannelEvent::Inbound(event)).await.is_err() {
-                let _ = tx.send(ServerLine::Error {
-                    error: "the host is shutting down".into(),
-                });
+                say(
+                    &tx,
+                    ServerLine::Error {
+                        error: "the host is shutting down".into(),
+                    },
+                );
                 break;
             }
             let (status, detail) = match ack_rx.await {
@@ -200,16 +348,72 @@ impl TerminalChannel {
                 Ok(RouteOutcome::Failed(why)) => ("failed", Some(why)),
                 Err(_) => ("failed", Some("the host dropped the message".to_owned())),
             };
-            let _ = tx.send(ServerLine::Ack {
-                id: msg_id,
-                status: status.into(),
-                detail,
-            });
+            say(
+                &tx,
+                ServerLine::Ack {
+                    id: msg_id,
+                    status: status.into(),
+                    detail,
+                },
+            );
         }
         self.clients.lock().await.remove(&id);
         drop(tx);
         let _ = writer.await;
+        self.connected.send_modify(|n| *n = n.saturating_sub(1));
     }
+}
+
+impl TerminalChannel {
+    /// Records what client `id` shows; one that shows the whole chat gets what is queued.
+    async fn settle(&self, id: u64, scope: Scope, sink: &InboundSink) {
+        if let Some(client) = self.clients.lock().await.get_mut(&id) {
+            client.scope = scope;
+        }
+        if scope == Scope::All {
+            let _ = sink
+                .send(ChannelEvent::Reachable {
+                    channel: "terminal".into(),
+                    chat_id: TERMINAL_CHAT_ID.into(),
+                })
+                .await;
+        }
+    }
+}
+
+/// What a delivery reached.
+struct Sent {
+    /// Clients connected at all.
+    connected: usize,
+    /// Clients that show the message and have it written to their socket.
+    reached: usize,
+}
+
+/// Whether `line` is a message that answers the client message `id`.
+pub fn answers_id(line: &ServerLine, id: &str) -> bool {
+    match line {
+        ServerLine::Message {
+            reply_to, answers, ..
+        } => reply_to.as_deref() == Some(id) || answers.iter().any(|a| a == id),
+        _ => false,
+    }
+}
+
+/// Everything `message` answers: the turn's messages, else the one it replies to.
+fn message_answers(message: &OutgoingMessage) -> Vec<String> {
+    if message.answers.is_empty() {
+        message.reply_to.iter().cloned().collect()
+    } else {
+        message.answers.clone()
+    }
+}
+
+/// Queues a line for one client (no confirmation).
+fn say(tx: &ClientTx, line: ServerLine) {
+    let _ = tx.send(Outgoing {
+        line,
+        written: None,
+    });
 }
 
 #[async_trait]
@@ -234,14 +438,43 @@ impl Channel for TerminalChannel {
         }
         let me = Arc::clone(&self);
         let task = tokio::spawn(async move {
+            let mut connected = me.connected.subscribe();
+            let mut linger = me.linger.subscribe();
             loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        tokio::spawn(Arc::clone(&me).serve_client(stream, sink.clone()));
+                let idle_after = match *linger.borrow_and_update() {
+                    Some(d) if *connected.borrow_and_update() == 0 => Some(d),
+                    _ => None,
+                };
+                let idle = async {
+                    match idle_after {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "terminal channel accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                };
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            // Counted here, in the loop that decides about idleness, so an
+                            // accepted client always keeps the channel open.
+                            me.connected.send_modify(|n| *n += 1);
+                            tokio::spawn(Arc::clone(&me).serve_client(stream, sink.clone()));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "terminal channel accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                    _ = connected.changed() => {}
+                    _ = linger.changed() => {}
+                    () = idle => {
+                        // Nobody connected for the whole linger: stop accepting. A client
+                        // that connected but was not accepted sees the connection close
+                        // before the welcome and starts a host again.
+                        let _ = std::fs::remove_file(&me.socket);
+                        drop(listener);
+                        tracing::info!("no terminal client is connected any more");
+                        me.unattended.send_replace(true);
+                        return;
                     }
                 }
             }
@@ -251,26 +484,44 @@ impl Channel for TerminalChannel {
     }
 
     async fn deliver(&self, message: &OutgoingMessage) -> Result<Option<String>, ChannelError> {
-        let reached = self
-            .broadcast(ServerLine::Message {
-                key: message.idempotency_key.clone(),
-                kind: message.kind.clone(),
-                text: message.text.clone(),
-                reply_to: message.reply_to.clone(),
-            })
+        let answers = message_answers(message);
+        let sent = self
+            .send_to(
+                &answers,
+                ServerLine::Message {
+                    key: message.idempotency_key.clone(),
+                    kind: message.kind.clone(),
+                    text: message.text.clone(),
+                    reply_to: message.reply_to.clone(),
+                    answers: answers.clone(),
+                },
+                true,
+            )
             .await;
-        if reached == 0 {
+        if sent.connected == 0 {
             return Err(ChannelError::NotConnected("no terminal client".into()));
+        }
+        if sent.reached == 0 {
+            // Connected clients wait for other answers: keep it for one that shows it.
+            return Err(ChannelError::Unclaimed(
+                "no connected terminal client shows this message".into(),
+            ));
         }
         Ok(Some(message.idempotency_key.clone()))
     }
 
-    async fn progress(&self, _chat_id: &str, progress: Progress) {
+    async fn progress(&self, _chat_id: &str, answers: &[String], progress: Progress) {
         let line = match progress {
             Progress::TextDelta(text) => ServerLine::Delta { text },
             Progress::Tool { tool, summary } => ServerLine::Tool { tool, summary },
         };
-        self.broadcast(line).await;
+        self.send_to(answers, line, false).await;
+    }
+
+    async fn until_unattended(&self, linger: Duration) -> bool {
+        let mut closed = self.unattended.subscribe();
+        self.linger.send_replace(Some(linger));
+        closed.wait_for(|closed| *closed).await.is_ok()
     }
 
     async fn stop(&self) {
@@ -320,6 +571,14 @@ impl TerminalClient {
         self.write.write_all(&line).await
     }
 
+    /// Chooses what this client is shown (see [`Scope`]).
+    pub async fn show(&mut self, scope: Scope) -> std::io::Result<()> {
+        let mut line =
+            serde_json::to_vec(&ClientLine::Show { scope }).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.write.write_all(&line).await
+    }
+
     /// Tells the host that the database changed under it (scheduled tasks, queued runs).
     pub async fn wake(&mut self) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&ClientLine::Wake).map_err(std::io::Error::other)?;
@@ -355,8 +614,8 @@ impl TerminalClient {
     pub async fn reply_to(&mut self, id: &str) -> std::io::Result<Option<ServerLine>> {
         while let Some(line) = self.next().await? {
             match &line {
-                ServerLine::Message { kind, reply_to, .. }
-                    if reply_to.as_deref() == Some(id) && (kind == "reply" || kind == "error") =>
+                ServerLine::Message { kind, .. }
+                    if answers_id(&line, id) && (kind == "reply" || kind == "error") =>
                 {
                     return Ok(Some(line));
                 }

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use nanoclaw_host::channel::terminal::Scope;
 use nanoclaw_host::clock::SystemClock;
 use nanoclaw_host::config::Paths;
 use nanoclaw_host::tasks::{Scheduler, TaskView, run_view};
@@ -36,7 +37,8 @@ async fn find(ctx: &Ctx, task_id: &str) -> anyhow::Result<Task> {
 async fn wake_host(paths: &Paths) -> bool {
     match nanoclaw_host::channel::terminal::TerminalClient::connect(&paths.terminal_socket()).await
     {
-        Ok(mut client) => client.wake().await.is_ok(),
+        // Shown nothing: a client that only pokes the host must not take queued messages.
+        Ok(mut client) => client.show(Scope::Own).await.is_ok() && client.wake().await.is_ok(),
         Err(_) => false,
     }
 }

@@ -107,3 +107,59 @@ pub fn spawn_daemon(home: &Path, model: &ScriptedModel) -> Child {
         .spawn()
         .expect("spawning nanoclaw run")
 }
+
+/// The config that pins the sandbox runtime (native) for tests that run the `nanoclaw`
+/// binary; write it into the home before the first command.
+pub const NATIVE_CONFIG_TOML: &str = "[agents]\nruntime = \"native\"\nretry_backoff_secs = 0\n";
+
+/// `nanoclaw ARGS` as a user runs it on `home`, with nothing from this machine's environment
+/// but `PATH`, the model pinned to `model` (with the test key unless `key` is `None`).
+pub fn nanoclaw_command(
+    home: &Path,
+    model: &ScriptedModel,
+    key: Option<&str>,
+    args: &[&str],
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("NANOCLAW_HOME", home)
+        .env("NO_COLOR", "1")
+        .env("ANTHROPIC_BASE_URL", model.base_url())
+        .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary());
+    if let Some(key) = key {
+        cmd.env("ANTHROPIC_API_KEY", key);
+    }
+    cmd
+}
+
+/// Waits until no host holds `home` (its lock is free): hosts started by `nanoclaw chat`
+/// stop on their own once their clients are gone.
+pub async fn wait_until_no_host(home: &Path) {
+    use std::os::fd::AsRawFd;
+    let lock = Paths::new(home).run_dir().join("host.lock");
+    nanoclaw_test_support::eventually(90, "the host to stop", || {
+        let lock = lock.clone();
+        async move {
+            let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock) else {
+                return Some(());
+            };
+            // SAFETY: flock on a descriptor we own.
+            let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+            free.then_some(())
+        }
+    })
+    .await
+}
+
+/// A child process killed when the test ends, passing or failing.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
