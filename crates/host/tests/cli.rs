@@ -13,8 +13,7 @@ use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
 
 fn nanoclaw(home: &TestHome, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
-    cmd.args(args)
-        .env_clear()
+    nanoclaw_test_support::hermetic(cmd.args(args).env_clear())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home.path())
         .env("NANOCLAW_HOME", home.path())
@@ -244,8 +243,7 @@ async fn tasks_are_listed_shown_paused_resumed_run_and_cancelled_from_the_cli() 
         async move {
             tokio::task::spawn_blocking(move || {
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
-                cmd.args(&args)
-                    .env_clear()
+                nanoclaw_test_support::hermetic(cmd.args(&args).env_clear())
                     .env("PATH", std::env::var("PATH").unwrap_or_default())
                     .env("HOME", &home)
                     .env("NANOCLAW_HOME", &home)
