@@ -560,6 +560,32 @@ mod tests {
     }
 
     #[test]
+    fn every_numeric_setting_is_refused_outside_its_range_and_accepted_at_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        for (name, _, (min, max)) in Config::default().numeric_settings() {
+            let (section, key) = name.rsplit_once('.').unwrap();
+            let write = |v: u64| std::fs::write(&path, format!("[{section}]\n{key} = {v}\n")).unwrap();
+            for ok in [min, max] {
+                write(ok);
+                Config::load(&path).unwrap_or_else(|e| panic!("{name} = {ok}: {e}"));
+            }
+            let mut bad = vec![max + 1];
+            if min > 0 {
+                bad.push(min - 1);
+            }
+            for v in bad {
+                write(v);
+                let err = Config::load(&path).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("{name} = {v}")) && err.contains(&format!("{min} to {max}")),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn prepare_makes_private_dirs_and_a_commented_config() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

@@ -145,7 +145,7 @@ impl Host {
         let stale = paths.run_dir().join("sandboxes");
         let _ = std::fs::remove_dir_all(&stale);
         crate::config::create_private_dir(&stale)?;
-        let store = Store::open(&paths.database())
+        let store = crate::open_store(&paths.database(), false)
             .with_context(|| format!("opening {}", paths.database().display()))?;
 
         let recovered = store.recover_interrupted(now_ms()).await?;

@@ -319,3 +319,119 @@ async fn tasks_are_listed_shown_paused_resumed_run_and_cancelled_from_the_cli() 
         text(&out.stderr)
     );
 }
+
+/// Another process keeps the database's write lock for longer than the busy timeout: a CLI
+/// command waits, says who holds the lock, and succeeds once it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_command_waits_for_a_locked_database_and_says_who_holds_it() {
+    use std::io::BufRead;
+    let home = TestHome::new();
+    let db = home.path().join("nanoclaw.db");
+    let store = nanoclaw_store::Store::open(&db).unwrap();
+    store
+        .ensure_group(nanoclaw_store::NewGroup {
+            name: "Main".into(),
+            folder: "main".into(),
+            is_main: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store.close();
+
+    let locker = nanoclaw_store::rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
+    let mut child = nanoclaw_test_support::hermetic(cmd.env_clear())
+        .args(["group", "set", "main", "--model", "claude-opus-4-1"])
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("NANOCLAW_HOME", home.path())
+        .env("NO_COLOR", "1")
+        // Much shorter than the lock is held (until the wait is reported).
+        .env("NANOCLAW_DB_BUSY_TIMEOUT_MS", "200")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let waiting = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) if line.contains("locked") => break line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "the command did not report waiting for the lock: {seen:?} (exit: {:?})",
+                child.try_wait()
+            ),
+        }
+    };
+    assert!(
+        waiting.contains(&format!("pid {}", std::process::id())),
+        "the lock holder (this test) is named: {waiting}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "still waiting: {waiting}");
+
+    locker.execute_batch("COMMIT").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(out.status.success(), "{seen:?} {rest:?}");
+    assert!(
+        !rest.iter().any(|l| l.contains("migration")),
+        "not reported as a migration: {rest:?}"
+    );
+    let out = nanoclaw(&home, &["group", "list", "--json"], &[]);
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(groups[0]["model"], "claude-opus-4-1");
+}
+
+/// A database cut to 0 bytes is not taken for a new one: nothing starts, the user is told what
+/// happened and how to restore or start fresh, and the file is left as it is.
+#[test]
+fn a_database_truncated_to_zero_bytes_is_refused_not_replaced() {
+    let home = TestHome::new();
+    // A first command made the database (and has exited); then it was truncated.
+    let out = nanoclaw(&home, &["vault", "list"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = home.path().join("nanoclaw.db");
+    assert!(std::fs::metadata(&db).unwrap().len() > 0);
+    std::fs::File::create(&db).unwrap();
+    // (`run` and `chat` open it the same way; `run` is left out so a regression fails rather
+    // than starting a daemon that never exits.)
+    for args in [&["group", "list"][..], &["chat", "-m", "hi"]] {
+        let out = nanoclaw(&home, args, &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("0 bytes") && err.contains("backup") && err.contains("start fresh"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
+}
+
+/// A setting that would make every message fail is refused at start with its allowed range.
+#[test]
+fn a_numeric_setting_out_of_range_is_refused_with_the_allowed_range() {
+    let home = TestHome::new();
+    home.write_config("[agents]\nturn_timeout_secs = 0\n");
+    for args in [&["config", "show"][..], &["chat", "-m", "hi"]] {
+        let out = nanoclaw(&home, args, &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("agents.turn_timeout_secs = 0") && err.contains("10 to 86400"),
+            "{args:?}: {err}"
+        );
+    }
+    home.write_config("[agents.limits]\nmax_processes = 0\n");
+    let out = nanoclaw(&home, &["config", "show"], &[]);
+    assert!(text(&out.stderr).contains("agents.limits.max_processes = 0"));
+}
