@@ -388,20 +388,64 @@ impl Config {
         let l = &a.limits;
         let s = &self.scheduler;
         vec![
-            ("model.max_tokens", u64::from(self.model.max_tokens), (1, 1_000_000)),
-            ("model.context_window", u64::from(self.model.context_window), (4_096, 10_000_000)),
+            (
+                "model.max_tokens",
+                u64::from(self.model.max_tokens),
+                (1, 1_000_000),
+            ),
+            (
+                "model.context_window",
+                u64::from(self.model.context_window),
+                (4_096, 10_000_000),
+            ),
             ("agents.max_concurrent", a.max_concurrent as u64, (1, 256)),
-            ("agents.idle_timeout_secs", a.idle_timeout_secs, (1, 7 * 86_400)),
-            ("agents.turn_timeout_secs", a.turn_timeout_secs, (10, 86_400)),
+            (
+                "agents.idle_timeout_secs",
+                a.idle_timeout_secs,
+                (1, 7 * 86_400),
+            ),
+            (
+                "agents.turn_timeout_secs",
+                a.turn_timeout_secs,
+                (10, 86_400),
+            ),
             ("agents.max_tries", u64::from(a.max_tries), (1, 100)),
-            ("agents.retry_backoff_secs", a.retry_backoff_secs, (0, 3_600)),
-            ("agents.runtime_retry_secs", a.runtime_retry_secs, (1, 3_600)),
-            ("agents.limits.max_processes", l.max_processes, (16, 1_000_000)),
-            ("agents.limits.max_memory_mb", l.max_memory_mb, (64, 1_048_576)),
+            (
+                "agents.retry_backoff_secs",
+                a.retry_backoff_secs,
+                (0, 3_600),
+            ),
+            (
+                "agents.runtime_retry_secs",
+                a.runtime_retry_secs,
+                (1, 3_600),
+            ),
+            (
+                "agents.limits.max_processes",
+                l.max_processes,
+                (16, 1_000_000),
+            ),
+            (
+                "agents.limits.max_memory_mb",
+                l.max_memory_mb,
+                (64, 1_048_576),
+            ),
             ("agents.limits.max_file_mb", l.max_file_mb, (1, 1_048_576)),
-            ("agents.limits.max_open_files", l.max_open_files, (64, 1_048_576)),
-            ("scheduler.late_after_secs", s.late_after_secs, (1, 7 * 86_400)),
-            ("scheduler.max_tasks_per_group", s.max_tasks_per_group as u64, (1, 10_000)),
+            (
+                "agents.limits.max_open_files",
+                l.max_open_files,
+                (64, 1_048_576),
+            ),
+            (
+                "scheduler.late_after_secs",
+                s.late_after_secs,
+                (1, 7 * 86_400),
+            ),
+            (
+                "scheduler.max_tasks_per_group",
+                s.max_tasks_per_group as u64,
+                (1, 10_000),
+            ),
         ]
     }
 }
@@ -565,7 +609,8 @@ mod tests {
         let path = dir.path().join("config.toml");
         for (name, _, (min, max)) in Config::default().numeric_settings() {
             let (section, key) = name.rsplit_once('.').unwrap();
-            let write = |v: u64| std::fs::write(&path, format!("[{section}]\n{key} = {v}\n")).unwrap();
+            let write =
+                |v: u64| std::fs::write(&path, format!("[{section}]\n{key} = {v}\n")).unwrap();
             for ok in [min, max] {
                 write(ok);
                 Config::load(&path).unwrap_or_else(|e| panic!("{name} = {ok}: {e}"));
@@ -578,7 +623,8 @@ mod tests {
                 write(v);
                 let err = Config::load(&path).unwrap_err().to_string();
                 assert!(
-                    err.contains(&format!("{name} = {v}")) && err.contains(&format!("{min} to {max}")),
+                    err.contains(&format!("{name} = {v}"))
+                        && err.contains(&format!("{min} to {max}")),
                     "{err}"
                 );
             }

@@ -119,7 +119,10 @@ pub fn open_store(
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
-        .map_or(nanoclaw_store::DEFAULT_BUSY_TIMEOUT, std::time::Duration::from_millis);
+        .map_or(
+            nanoclaw_store::DEFAULT_BUSY_TIMEOUT,
+            std::time::Duration::from_millis,
+        );
     let on_lock_wait: Option<nanoclaw_store::LockWaitFn> = if show_waiting {
         Some(std::sync::Arc::new(|wait: &nanoclaw_store::LockWait| {
             eprintln!(

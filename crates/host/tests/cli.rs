@@ -358,7 +358,10 @@ async fn a_cli_command_waits_for_a_locked_database_and_says_who_holds_it() {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -377,7 +380,10 @@ async fn a_cli_command_waits_for_a_locked_database_and_says_who_holds_it() {
         waiting.contains(&format!("pid {}", std::process::id())),
         "the lock holder (this test) is named: {waiting}"
     );
-    assert!(child.try_wait().unwrap().is_none(), "still waiting: {waiting}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting: {waiting}"
+    );
 
     locker.execute_batch("COMMIT").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -472,22 +478,40 @@ async fn doctor_checks_the_api_key_with_the_provider() {
         .unwrap();
     let base = model.base_url();
     let report = tokio::task::block_in_place(|| {
-        doctor(&home, &[("ANTHROPIC_BASE_URL", &base), ("ANTHROPIC_API_KEY", TEST_KEY)])
+        doctor(
+            &home,
+            &[
+                ("ANTHROPIC_BASE_URL", &base),
+                ("ANTHROPIC_API_KEY", TEST_KEY),
+            ],
+        )
     });
     assert!(report.0, "a healthy setup passes: {}", report.1);
     assert_eq!(report.1["model credentials"]["ok"], true);
     assert!(model.requests().iter().any(|r| r.path == "/v1/models"));
 
     let report = tokio::task::block_in_place(|| {
-        doctor(&home, &[("ANTHROPIC_BASE_URL", &base), ("ANTHROPIC_API_KEY", "sk-ant-wrong")])
+        doctor(
+            &home,
+            &[
+                ("ANTHROPIC_BASE_URL", &base),
+                ("ANTHROPIC_API_KEY", "sk-ant-wrong"),
+            ],
+        )
     });
-    assert_fails(&report, "model credentials", &["rejected", "401", "ANTHROPIC_API_KEY"]);
+    assert_fails(
+        &report,
+        "model credentials",
+        &["rejected", "401", "ANTHROPIC_API_KEY"],
+    );
 
     // Unreachable: a warning only.
-    let report =
-        tokio::task::block_in_place(|| doctor(&home, &[("ANTHROPIC_API_KEY", TEST_KEY)]));
+    let report = tokio::task::block_in_place(|| doctor(&home, &[("ANTHROPIC_API_KEY", TEST_KEY)]));
     let check = &report.1["model credentials"];
-    assert_eq!((check["ok"].clone(), check["optional"].clone()), (false.into(), true.into()));
+    assert_eq!(
+        (check["ok"].clone(), check["optional"].clone()),
+        (false.into(), true.into())
+    );
     assert!(report.0, "{}", report.1);
 }
 
@@ -495,17 +519,33 @@ async fn doctor_checks_the_api_key_with_the_provider() {
 fn doctor_fails_a_damaged_truncated_or_unwritable_data_dir() {
     let home = TestHome::new();
     let db = home.path().join("nanoclaw.db");
-    std::fs::write(&db, b"this is not a database, it was overwritten by something else..").unwrap();
-    assert_fails(&doctor(&home, &[]), "database", &["cannot be read as a database", "backup"]);
+    std::fs::write(
+        &db,
+        b"this is not a database, it was overwritten by something else..",
+    )
+    .unwrap();
+    assert_fails(
+        &doctor(&home, &[]),
+        "database",
+        &["cannot be read as a database", "backup"],
+    );
     std::fs::write(&db, b"").unwrap();
-    assert_fails(&doctor(&home, &[]), "database", &["0 bytes", "backup", "start fresh"]);
+    assert_fails(
+        &doctor(&home, &[]),
+        "database",
+        &["0 bytes", "backup", "start fresh"],
+    );
 
     // A data dir that cannot be made: its parent is a file.
     let blocker = home.path().join("a-file");
     std::fs::write(&blocker, b"").unwrap();
     let inner = blocker.join("home");
     let report = doctor(&home, &[("NANOCLAW_HOME", inner.to_str().unwrap())]);
-    assert_fails(&report, "data directory", &["cannot create or write", "NANOCLAW_HOME"]);
+    assert_fails(
+        &report,
+        "data directory",
+        &["cannot create or write", "NANOCLAW_HOME"],
+    );
 }
 
 #[test]
@@ -526,14 +566,23 @@ fn doctor_fails_a_missing_or_wrong_master_key_while_secrets_exist() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"ghp_secretvalue").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ghp_secretvalue")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let off = ("NANOCLAW_KEYRING", "off");
     let report = doctor(&home, &[off, ("NANOCLAW_MASTER_KEY", key)]);
     assert_eq!(report.1["vault master key"]["ok"], true, "{}", report.1);
-    assert_fails(&doctor(&home, &[off]), "vault master key", &["no master key", "NANOCLAW_MASTER_KEY"]);
+    assert_fails(
+        &doctor(&home, &[off]),
+        "vault master key",
+        &["no master key", "NANOCLAW_MASTER_KEY"],
+    );
     let wrong = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
     assert_fails(
         &doctor(&home, &[off, ("NANOCLAW_MASTER_KEY", wrong)]),
@@ -546,7 +595,11 @@ fn doctor_fails_a_missing_or_wrong_master_key_while_secrets_exist() {
 fn doctor_fails_a_dead_docker_socket_when_docker_is_meant() {
     let home = TestHome::new();
     let report = doctor(&home, &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
-    assert_fails(&report, "docker image", &["not reachable", "agents.runtime"]);
+    assert_fails(
+        &report,
+        "docker image",
+        &["not reachable", "agents.runtime"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,9 +620,16 @@ async fn doctor_fails_a_group_whose_provider_has_no_key() {
         .await
         .unwrap();
     let base = model.base_url();
-    let env = [("ANTHROPIC_BASE_URL", base.as_str()), ("ANTHROPIC_API_KEY", TEST_KEY)];
+    let env = [
+        ("ANTHROPIC_BASE_URL", base.as_str()),
+        ("ANTHROPIC_API_KEY", TEST_KEY),
+    ];
     let report = tokio::task::block_in_place(|| doctor(&home, &env));
-    assert_fails(&report, "group providers", &["group work", "openai", "OPENAI_API_KEY"]);
+    assert_fails(
+        &report,
+        "group providers",
+        &["group work", "openai", "OPENAI_API_KEY"],
+    );
     // With a key for it, the group is fine.
     let openai_base = format!("{base}/openai/v1");
     let env = [

@@ -113,9 +113,11 @@ async fn a_message_over_the_retry_cap_does_not_take_its_batch_down_with_it() {
         let store = Store::open(&db).unwrap();
         let (session_id, chat_id): (String, i64) = store
             .call(|c| {
-                Ok(c.query_row("SELECT session_id, chat_id FROM inbound LIMIT 1", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?)
+                Ok(
+                    c.query_row("SELECT session_id, chat_id FROM inbound LIMIT 1", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?,
+                )
             })
             .await
             .unwrap();
@@ -130,8 +132,16 @@ async fn a_message_over_the_retry_cap_does_not_take_its_batch_down_with_it() {
             received_at: at,
         };
         let now = nanoclaw_store::now_ms();
-        let a = store.insert_inbound(new("a", "poison", now)).await.unwrap().id;
-        let b = store.insert_inbound(new("b", "innocent bystander", now + 1)).await.unwrap().id;
+        let a = store
+            .insert_inbound(new("a", "poison", now))
+            .await
+            .unwrap()
+            .id;
+        let b = store
+            .insert_inbound(new("b", "innocent bystander", now + 1))
+            .await
+            .unwrap()
+            .id;
         // A was being processed when the host died, for the `max_tries`-th time.
         store
             .call(move |c| {
@@ -150,7 +160,11 @@ async fn a_message_over_the_retry_cap_does_not_take_its_batch_down_with_it() {
         let config = config.clone();
         let home = home.path().to_path_buf();
         let model = &model;
-        async move { nanoclaw_host::Host::start(host_options(&home, model, config, None)).await.ok() }
+        async move {
+            nanoclaw_host::Host::start(host_options(&home, model, config, None))
+                .await
+                .ok()
+        }
     })
     .await;
     let store = host.store().clone();

@@ -366,7 +366,11 @@ async fn a_reply_that_cannot_be_saved_is_kept_and_saved_once_storage_works() {
                 ..
             } = client.next().await.unwrap().expect("connection open")
             {
-                assert_ne!(reply_to.as_deref(), Some(id.as_str()), "answered early: {text}");
+                assert_ne!(
+                    reply_to.as_deref(),
+                    Some(id.as_str()),
+                    "answered early: {text}"
+                );
                 assert_eq!(kind, "error", "{text}");
                 break text;
             }

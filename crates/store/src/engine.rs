@@ -550,7 +550,10 @@ fn lock_holder(db: &Path) -> Option<String> {
         let Ok(pid) = pid.parse::<u32>() else {
             continue;
         };
-        let ino = dev_ino.rsplit(':').next().and_then(|i| i.parse::<u64>().ok());
+        let ino = dev_ino
+            .rsplit(':')
+            .next()
+            .and_then(|i| i.parse::<u64>().ok());
         if pid == me || ino.is_none() {
             continue;
         }

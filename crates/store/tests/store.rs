@@ -672,7 +672,13 @@ async fn only_the_exhausted_row_of_a_batch_fails_the_others_keep_their_tries() {
     let notice = reply(&f, "error:a", Some(a));
     let out = f
         .store
-        .fail_exhausted(vec![a, b, c], max_tries, "gave up", 20, Some(notice.clone()))
+        .fail_exhausted(
+            vec![a, b, c],
+            max_tries,
+            "gave up",
+            20,
+            Some(notice.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(out.failed, [a]);
@@ -685,7 +691,10 @@ async fn only_the_exhausted_row_of_a_batch_fails_the_others_keep_their_tries() {
     assert_eq!(row(a).await.status, InboundStatus::Failed);
     for id in [b, c] {
         let r = row(id).await;
-        assert_eq!((r.status, r.tries, r.process_after), (InboundStatus::Pending, 0, r.received_at));
+        assert_eq!(
+            (r.status, r.tries, r.process_after),
+            (InboundStatus::Pending, 0, r.received_at)
+        );
     }
     // Claimed again at once, on their first try; the notice exists once.
     let again = f.store.claim_pending(&f.session_id, 20, 10).await.unwrap();

@@ -127,7 +127,14 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     };
     let has_key = |p: &str| upstreams.has(p) || vault_keys.iter().any(|n| n == p);
     if has_key(&provider) {
-        checks.push(verify_key(&upstreams, &provider, vault_keys.iter().any(|n| n == &provider)).await);
+        checks.push(
+            verify_key(
+                &upstreams,
+                &provider,
+                vault_keys.iter().any(|n| n == &provider),
+            )
+            .await,
+        );
     } else {
         checks.push(Check {
             name: "model credentials",
@@ -201,7 +208,8 @@ fn database_check(db: &std::path::Path) -> (Check, Option<nanoclaw_store::Store>
         detail,
         optional: false,
     };
-    let restore = "restore it from a backup (with nanoclaw stopped), or move it aside to start fresh";
+    let restore =
+        "restore it from a backup (with nanoclaw stopped), or move it aside to start fresh";
     match std::fs::metadata(db) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return (
@@ -214,9 +222,25 @@ fn database_check(db: &std::path::Path) -> (Check, Option<nanoclaw_store::Store>
                 None,
             );
         }
-        Err(e) => return (fail(format!("{}: cannot read it: {e}; fix its permissions", db.display())), None),
+        Err(e) => {
+            return (
+                fail(format!(
+                    "{}: cannot read it: {e}; fix its permissions",
+                    db.display()
+                )),
+                None,
+            );
+        }
         Ok(m) if m.len() == 0 => {
-            return (fail(nanoclaw_store::StoreError::Truncated { path: db.to_path_buf() }.to_string()), None);
+            return (
+                fail(
+                    nanoclaw_store::StoreError::Truncated {
+                        path: db.to_path_buf(),
+                    }
+                    .to_string(),
+                ),
+                None,
+            );
         }
         Ok(_) => {}
     }
@@ -232,13 +256,20 @@ fn database_check(db: &std::path::Path) -> (Check, Option<nanoclaw_store::Store>
         Ok(rows) => {
             let found: Vec<String> = rows.into_iter().take(3).collect();
             return (
-                fail(format!("{} is damaged ({}); {restore}", db.display(), found.join("; "))),
+                fail(format!(
+                    "{} is damaged ({}); {restore}",
+                    db.display(),
+                    found.join("; ")
+                )),
                 None,
             );
         }
         Err(e) => {
             return (
-                fail(format!("{} cannot be read as a database ({e}); {restore}", db.display())),
+                fail(format!(
+                    "{} cannot be read as a database ({e}); {restore}",
+                    db.display()
+                )),
                 None,
             );
         }
@@ -272,7 +303,11 @@ async fn verify_key(upstreams: &ModelUpstreams, provider: &str, in_vault: bool) 
         _ => upstreams.openai.as_ref(),
     };
     let Some(upstream) = upstream.filter(|_| !in_vault) else {
-        return check(true, false, format!("{provider}: key in the vault (the key stays in the host)"));
+        return check(
+            true,
+            false,
+            format!("{provider}: key in the vault (the key stays in the host)"),
+        );
     };
     let base = upstream.base_url.trim_end_matches('/');
     let url = if provider == "anthropic" {
@@ -296,7 +331,14 @@ async fn verify_key(upstreams: &ModelUpstreams, provider: &str, in_vault: bool) 
         }
         UpstreamAuth::Bearer(token) => {
             request = request.bearer_auth(token);
-            (if provider == "anthropic" { "ANTHROPIC_AUTH_TOKEN" } else { "OPENAI_API_KEY" }, true)
+            (
+                if provider == "anthropic" {
+                    "ANTHROPIC_AUTH_TOKEN"
+                } else {
+                    "OPENAI_API_KEY"
+                },
+                true,
+            )
         }
         UpstreamAuth::None => ("OPENAI_BASE_URL", false),
     };
@@ -320,7 +362,10 @@ async fn verify_key(upstreams: &ModelUpstreams, provider: &str, in_vault: bool) 
         Ok(r) => check(
             false,
             true,
-            format!("{provider}: key not verified: {url} answered {}", r.status()),
+            format!(
+                "{provider}: key not verified: {url} answered {}",
+                r.status()
+            ),
         ),
         Err(e) => check(
             false,
