@@ -143,10 +143,26 @@ async fn creates_private_directory_and_file() {
 
     // A pre-existing world-readable file is tightened.
     let loose = dir.path().join("loose.db");
-    std::fs::write(&loose, b"").unwrap();
+    drop(
+        rusqlite::Connection::open(&loose)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)"),
+    );
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
     Store::open(&loose).unwrap();
     assert_eq!(mode_of(&loose), 0o600);
+}
+
+#[tokio::test]
+async fn an_existing_empty_database_file_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"").unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("backup"), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
 }
 
 #[tokio::test]
