@@ -25,36 +25,43 @@ timezone = ""
 # "anthropic" (Messages API) or "openai" (any OpenAI-compatible Chat Completions server:
 # OpenAI, OpenRouter, Ollama, vLLM). Keys and base URLs come from the environment:
 # ANTHROPIC_API_KEY / ANTHROPIC_AUTH_TOKEN / ANTHROPIC_BASE_URL, OPENAI_API_KEY / OPENAI_BASE_URL.
+# Numbers outside the range given in brackets are refused at start, naming the setting.
 provider = "anthropic"
 model = "claude-sonnet-4-5"
+# Longest answer per model call [1 to 1000000].
 max_tokens = 8192
-# Tokens the model's context holds; older turns are summarized before it fills.
+# Tokens the model's context holds; older turns are summarized before it fills [4096 to 10000000].
 context_window = 200000
 
 [agents]
 # Where agents run: "docker" (Docker Engine or Podman's Docker-compatible socket),
 # "native" (bubblewrap namespaces, Linux), "apple" (Apple's container, macOS), or "auto":
 # Docker if the engine answers and the agent image is built, else native. No usable runtime
-# means no agents: nanoclaw never runs an agent outside a sandbox.
+# means no agents: nanoclaw never runs an agent outside a sandbox. The environment variable
+# NANOCLAW_RUNTIME, when set, wins over this.
 runtime = "auto"
-# Live agents at once; more sessions wait in a queue.
+# Live agents at once; more sessions wait in a queue [1 to 256].
 max_concurrent = 4
-# An agent with no work for this long is stopped (it resumes its conversation when woken).
+# An agent with no work for this long is stopped (it resumes its conversation when woken)
+# [1 to 604800].
 idle_timeout_secs = 600
 # Groups (by folder) whose agents are started with the host and kept warm, so a first
 # message does not wait for a sandbox to start. Each holds one of max_concurrent's slots.
 warm = []
-# Longest a single turn may take before the agent is stopped and the turn retried.
+# Longest a single turn may take before the agent is stopped and the turn retried
+# [10 to 86400].
 turn_timeout_secs = 900
-# Tries per message before the chat is told it failed.
+# Tries per message before the chat is told it failed [1 to 100].
 max_tries = 3
-# First retry delay; doubles with every try.
+# First retry delay; doubles with every try [0 to 3600].
 retry_backoff_secs = 2
 # While the sandbox engine (e.g. Docker) is unreachable, messages wait and are tried again
-# this often; they are not counted as failed tries.
+# this often; they are not counted as failed tries [1 to 3600].
 runtime_retry_secs = 15
 
 [agents.limits]
+# Per agent sandbox: processes [16 to 1000000], memory [64 to 1048576 MB], size of one file
+# [1 to 1048576 MB], open files [64 to 1048576].
 max_processes = 256
 max_memory_mb = 2048
 max_file_mb = 512
@@ -65,7 +72,7 @@ max_open_files = 1024
 image = "nanoclaw-agent:latest"
 # Engine socket; empty: $DOCKER_HOST, /var/run/docker.sock, then Podman's sockets.
 socket = ""
-# CPU cores an agent container may use; 0 means no limit.
+# CPU cores an agent container may use; 0 means no limit [0, or 0.01 to 1024].
 cpus = 0.0
 
 [scheduler]
@@ -73,9 +80,9 @@ cpus = 0.0
 # says it is late (several missed runs of one task still run once); "skip" records it as
 # missed, says so in the task's chat and waits for the next fire time.
 missed_runs = "run_once"
-# A run starting more than this many seconds after its time counts as missed.
+# A run starting more than this many seconds after its time counts as missed [1 to 604800].
 late_after_secs = 60
-# Scheduled tasks one group may have, so an agent cannot flood the scheduler.
+# Scheduled tasks one group may have, so an agent cannot flood the scheduler [1 to 10000].
 max_tasks_per_group = 100
 
 [relay]
@@ -359,8 +366,24 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path`; a missing file gives the defaults.
+    /// Reads `path`; a missing file gives the defaults. `NANOCLAW_RUNTIME`, when set, wins over
+    /// `agents.runtime` (one run on another sandbox without editing the file; tests pin it).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut config = Self::load_file(path)?;
+        if let Some(runtime) = std::env::var("NANOCLAW_RUNTIME")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            config.agents.runtime = runtime.trim().to_owned();
+            config.validate().map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!("{message} (from NANOCLAW_RUNTIME)"),
+            })?;
+        }
+        Ok(config)
+    }
+
+    fn load_file(path: &Path) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
@@ -404,14 +427,19 @@ impl Config {
         if self.agents.docker.image.trim().is_empty() {
             return Err("agents.docker.image must not be empty".into());
         }
-        if !(self.agents.docker.cpus >= 0.0 && self.agents.docker.cpus.is_finite()) {
-            return Err("agents.docker.cpus must be 0 (no limit) or a positive number".into());
+        let cpus = self.agents.docker.cpus;
+        if !(cpus.is_finite() && (cpus == 0.0 || (CPUS_RANGE.0..=CPUS_RANGE.1).contains(&cpus))) {
+            return Err(format!(
+                "agents.docker.cpus = {cpus}: allowed are 0 (no limit) or {} to {}",
+                CPUS_RANGE.0, CPUS_RANGE.1
+            ));
         }
-        if self.agents.max_concurrent == 0 {
-            return Err("agents.max_concurrent must be at least 1".into());
-        }
-        if self.agents.max_tries == 0 {
-            return Err("agents.max_tries must be at least 1".into());
+        for (name, value, (min, max)) in self.numeric_settings() {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "{name} = {value} is out of range: allowed are {min} to {max}"
+                ));
+            }
         }
         if !["run_once", "skip"].contains(&self.scheduler.missed_runs.as_str()) {
             return Err(format!(
@@ -426,6 +454,80 @@ impl Config {
         }
         self.relay.validate()?;
         Ok(())
+    }
+}
+
+/// `agents.docker.cpus`, when not 0 (no limit).
+const CPUS_RANGE: (f64, f64) = (0.01, 1024.0);
+
+impl Config {
+    /// Every integer setting with its allowed range (inclusive). A value outside it would make
+    /// every message fail or the host misbehave (a zero turn timeout stops each turn at once,
+    /// a zero process limit keeps the agent from starting), so it is refused at load.
+    pub fn numeric_settings(&self) -> Vec<(&'static str, u64, (u64, u64))> {
+        let a = &self.agents;
+        let l = &a.limits;
+        let s = &self.scheduler;
+        vec![
+            (
+                "model.max_tokens",
+                u64::from(self.model.max_tokens),
+                (1, 1_000_000),
+            ),
+            (
+                "model.context_window",
+                u64::from(self.model.context_window),
+                (4_096, 10_000_000),
+            ),
+            ("agents.max_concurrent", a.max_concurrent as u64, (1, 256)),
+            (
+                "agents.idle_timeout_secs",
+                a.idle_timeout_secs,
+                (1, 7 * 86_400),
+            ),
+            (
+                "agents.turn_timeout_secs",
+                a.turn_timeout_secs,
+                (10, 86_400),
+            ),
+            ("agents.max_tries", u64::from(a.max_tries), (1, 100)),
+            (
+                "agents.retry_backoff_secs",
+                a.retry_backoff_secs,
+                (0, 3_600),
+            ),
+            (
+                "agents.runtime_retry_secs",
+                a.runtime_retry_secs,
+                (1, 3_600),
+            ),
+            (
+                "agents.limits.max_processes",
+                l.max_processes,
+                (16, 1_000_000),
+            ),
+            (
+                "agents.limits.max_memory_mb",
+                l.max_memory_mb,
+                (64, 1_048_576),
+            ),
+            ("agents.limits.max_file_mb", l.max_file_mb, (1, 1_048_576)),
+            (
+                "agents.limits.max_open_files",
+                l.max_open_files,
+                (64, 1_048_576),
+            ),
+            (
+                "scheduler.late_after_secs",
+                s.late_after_secs,
+                (1, 7 * 86_400),
+            ),
+            (
+                "scheduler.max_tasks_per_group",
+                s.max_tasks_per_group as u64,
+                (1, 10_000),
+            ),
+        ]
     }
 }
 
@@ -666,6 +768,34 @@ mod tests {
             std::fs::read_to_string(paths.config_file()).unwrap(),
             "trigger = \"@Bob\"\n"
         );
+    }
+
+    #[test]
+    fn every_numeric_setting_is_refused_outside_its_range_and_accepted_at_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        for (name, _, (min, max)) in Config::default().numeric_settings() {
+            let (section, key) = name.rsplit_once('.').unwrap();
+            let write =
+                |v: u64| std::fs::write(&path, format!("[{section}]\n{key} = {v}\n")).unwrap();
+            for ok in [min, max] {
+                write(ok);
+                Config::load(&path).unwrap_or_else(|e| panic!("{name} = {ok}: {e}"));
+            }
+            let mut bad = vec![max + 1];
+            if min > 0 {
+                bad.push(min - 1);
+            }
+            for v in bad {
+                write(v);
+                let err = Config::load(&path).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("{name} = {v}"))
+                        && err.contains(&format!("{min} to {max}")),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl Host {
         let stale = paths.run_dir().join("sandboxes");
         let _ = std::fs::remove_dir_all(&stale);
         crate::config::create_private_dir(&stale)?;
-        let store = Store::open(&paths.database())
+        let store = crate::open_store(&paths.database(), false)
             .with_context(|| format!("opening {}", paths.database().display()))?;
 
         let recovered = store.recover_interrupted(now_ms()).await?;
@@ -547,7 +547,7 @@ async fn session_worker(inner: Arc<Inner>, session_id: String) {
 }
 
 enum TurnEnd {
-    Finished,
+    Finished(Box<nanoclaw_protocol::TurnFinished>),
     Failed { error: String, retryable: bool },
 }
 
@@ -580,18 +580,34 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
     let tries = batch.iter().map(|m| m.tries).max().unwrap_or(1);
     tracing::info!(session = %session_id, group = %group.folder, messages = ids.len(), tries, "turn starting");
 
-    // A message that keeps killing the host (each restart claims it again) must end too.
-    if tries > inner.config.agents.max_tries {
-        return fail_turn(
-            inner,
-            &chat,
-            session_id,
-            &ids,
-            task_id,
-            format!("gave up after {} interrupted attempts", tries - 1),
-            false,
-        )
-        .await;
+    // A message that keeps killing the host (each restart claims it again) must end too — but
+    // only that message: the others in its batch go back to the queue untouched and are
+    // claimed again right after (the worker loops).
+    let max_tries = inner.config.agents.max_tries;
+    let exhausted: Vec<&Inbound> = batch.iter().filter(|m| m.tries > max_tries).collect();
+    if let Some(first) = exhausted.first() {
+        let error = format!("gave up after {} interrupted attempts", first.tries - 1);
+        let notice = NewOutbound {
+            session_id: Some(session_id.to_owned()),
+            chat_id: chat.id,
+            in_reply_to: exhausted.last().map(|m| m.id),
+            // Keyed on the exhausted message: the released ones keep their own key free.
+            idempotency_key: format!("error:{session_id}:{}", first.id),
+            text: match task_id {
+                Some(id) => format!("Scheduled task {id} failed: {error}"),
+                None => format!("Sorry, I could not answer that: {error}"),
+            },
+            kind: OutboundKind::Error,
+        };
+        let outcome = inner
+            .store
+            .fail_exhausted(ids, max_tries, error.clone(), now_ms(), Some(notice))
+            .await?;
+        for failed in &outcome.failed_runs {
+            alert_task_failure(inner, &chat, failed, &error).await;
+        }
+        inner.delivery_wake.notify_one();
+        return Ok(());
     }
 
     let mut agent = match inner.pool.acquire(&session, &group).await {
@@ -742,57 +758,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 }
             }
             AgentMessage::TurnFinished(done) if done.turn_id == turn_id => {
-                let mut replies = Vec::new();
-                if !done.reply.trim().is_empty() {
-                    replies.push(NewOutbound {
-                        session_id: Some(session_id.to_owned()),
-                        chat_id: chat.id,
-                        in_reply_to: ids.last().copied(),
-                        idempotency_key: format!("reply:{session_id}:{first_id}"),
-                        text: done.reply,
-                        kind: OutboundKind::Reply,
-                    });
-                }
-                if task_run.is_some() {
-                    let woke = done.precheck.as_ref().is_none_or(|p| p.woke);
-                    inner
-                        .store
-                        .complete_task_turn(
-                            ids.clone(),
-                            replies,
-                            if woke {
-                                RunStatus::Ok
-                            } else {
-                                RunStatus::Skipped
-                            },
-                            (done.usage.input_tokens, done.usage.output_tokens),
-                            now_ms(),
-                        )
-                        .await?;
-                } else {
-                    let stored = inner
-                        .store
-                        .complete_turn(ids.clone(), replies, now_ms())
-                        .await?;
-                    for row in stored {
-                        remember_answers(inner, row.id, &answers);
-                    }
-                }
-                inner
-                    .store
-                    .record_usage(
-                        session_id.to_owned(),
-                        StoreUsage {
-                            input_tokens: done.usage.input_tokens,
-                            output_tokens: done.usage.output_tokens,
-                            cache_read: done.usage.cache_read_input_tokens,
-                            cache_creation: done.usage.cache_creation_input_tokens,
-                        },
-                        now_ms(),
-                    )
-                    .await?;
-                inner.delivery_wake.notify_one();
-                break TurnEnd::Finished;
+                break TurnEnd::Finished(Box::new(done));
             }
             AgentMessage::TurnFailed {
                 turn_id: t,
@@ -828,8 +794,48 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
         }
     };
     match end {
-        TurnEnd::Finished => {
+        TurnEnd::Finished(done) => {
+            // The agent's work is done; saving the reply must not hold its slot.
             inner.pool.release(agent).await;
+            let done = *done;
+            let mut replies = Vec::new();
+            if !done.reply.trim().is_empty() {
+                replies.push(NewOutbound {
+                    session_id: Some(session_id.to_owned()),
+                    chat_id: chat.id,
+                    in_reply_to: ids.last().copied(),
+                    idempotency_key: format!("reply:{session_id}:{first_id}"),
+                    text: done.reply,
+                    kind: OutboundKind::Reply,
+                });
+            }
+            let task_status = task_run.is_some().then(|| {
+                if done.precheck.as_ref().is_none_or(|p| p.woke) {
+                    RunStatus::Ok
+                } else {
+                    RunStatus::Skipped
+                }
+            });
+            let tokens = (done.usage.input_tokens, done.usage.output_tokens);
+            save_turn(inner, session_id, &ids, &answers, replies, task_status, tokens).await;
+            if let Err(e) = inner
+                .store
+                .record_usage(
+                    session_id.to_owned(),
+                    StoreUsage {
+                        input_tokens: done.usage.input_tokens,
+                        output_tokens: done.usage.output_tokens,
+                        cache_read: done.usage.cache_read_input_tokens,
+                        cache_creation: done.usage.cache_creation_input_tokens,
+                    },
+                    now_ms(),
+                )
+                .await
+            {
+                // Only the token counts are lost; the reply is stored.
+                tracing::warn!(session = %session_id, error = %e, "recording token usage failed");
+            }
+            inner.delivery_wake.notify_one();
             tracing::info!(session = %session_id, "turn finished");
             Ok(())
         }
@@ -848,6 +854,116 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
 struct TurnMessages<'a> {
     first_id: i64,
     answers: &'a [String],
+}
+
+/// Longest wait between two attempts to save a finished turn.
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Stores a finished turn: its replies and the completion of its messages (and of its task run),
+/// in one transaction. A storage error (disk full, damaged table) is not the message's fault and
+/// says nothing about the reply: the reply stays in memory and the save is retried with backoff
+/// until it works, and the owner is told once. Should the host stop meanwhile, the messages are
+/// still `processing` and are answered again after the restart (replies carry idempotency keys).
+async fn save_turn(
+    inner: &Arc<Inner>,
+    session_id: &str,
+    ids: &[i64],
+    answers: &[String],
+    replies: Vec<NewOutbound>,
+    task_status: Option<RunStatus>,
+    tokens: (u64, u64),
+) {
+    let mut delay = Duration::from_secs(1);
+    let mut told = false;
+    loop {
+        let saved = match task_status {
+            Some(status) => {
+                inner
+                    .store
+                    .complete_task_turn(ids.to_vec(), replies.clone(), status, tokens, now_ms())
+                    .await
+            }
+            None => inner
+                .store
+                .complete_turn(ids.to_vec(), replies.clone(), now_ms())
+                .await
+                .map(|stored| {
+                    for row in stored {
+                        remember_answers(inner, row.id, answers);
+                    }
+                }),
+        };
+        let Err(e) = saved else {
+            if told {
+                tracing::info!(session = %session_id, "the reply was saved after all");
+            }
+            return;
+        };
+        tracing::error!(session = %session_id, error = %e, retry_in = ?delay, "saving a finished turn failed; the reply is kept and the save retried");
+        if !told {
+            told = true;
+            let first_id = ids.first().copied().unwrap_or_default();
+            tell_owner(
+                inner,
+                format!("storage:{session_id}:{first_id}"),
+                format!(
+                    "I answered a message but could not save the reply: {e}. The reply is kept \
+                     and saving is retried until it works; check free disk space and the \
+                     database (`nanoclaw doctor`)."
+                ),
+            )
+            .await;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(SAVE_RETRY_MAX);
+    }
+}
+
+/// A message for the owner's main chat that must get out even when the database does not take
+/// writes: stored when possible (delivered like any other), else handed to the channel directly.
+async fn tell_owner(inner: &Arc<Inner>, key: String, text: String) {
+    let main_chat = match inner
+        .store
+        .chat_by_platform("terminal", crate::channel::terminal::TERMINAL_CHAT_ID)
+        .await
+    {
+        Ok(Some(chat)) => Some(chat),
+        _ => None,
+    };
+    if let Some(chat) = &main_chat {
+        let stored = inner
+            .store
+            .insert_outbound(NewOutbound {
+                session_id: None,
+                chat_id: chat.id,
+                in_reply_to: None,
+                idempotency_key: key.clone(),
+                text: text.clone(),
+                kind: OutboundKind::Error,
+            })
+            .await;
+        if stored.is_ok() {
+            inner.delivery_wake.notify_one();
+            return;
+        }
+    }
+    let Some(channel) = inner.channels.get("terminal") else {
+        tracing::error!(%text, "no channel to tell the owner");
+        return;
+    };
+    let message = OutgoingMessage {
+        outbound_id: 0,
+        idempotency_key: key,
+        chat_id: crate::channel::terminal::TERMINAL_CHAT_ID.to_owned(),
+        thread: None,
+        text,
+        kind: OutboundKind::Error.as_str().to_owned(),
+        reply_to: None,
+        answers: Vec::new(),
+    };
+    if let Err(e) = channel.deliver(&message).await {
+        tracing::error!(error = %e, text = %message.text, "could not tell the owner");
+    }
 }
 
 /// Checks and performs something the agent asked for. The agent is untrusted: it may only

@@ -107,3 +107,39 @@ pub fn find_agent_binary() -> Result<PathBuf, String> {
             .to_owned()
     })
 }
+
+/// Opens the database at `path`. Another process holding its write lock is waited for, never an
+/// error; `show_waiting` also tells a CLI user on stderr who holds it and for how long they have
+/// waited. `NANOCLAW_DB_BUSY_TIMEOUT_MS` sets how long one attempt waits (default 5000).
+pub fn open_store(
+    path: &std::path::Path,
+    show_waiting: bool,
+) -> Result<nanoclaw_store::Store, nanoclaw_store::StoreError> {
+    let busy_timeout = std::env::var("NANOCLAW_DB_BUSY_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(
+            nanoclaw_store::DEFAULT_BUSY_TIMEOUT,
+            std::time::Duration::from_millis,
+        );
+    let on_lock_wait: Option<nanoclaw_store::LockWaitFn> = if show_waiting {
+        Some(std::sync::Arc::new(|wait: &nanoclaw_store::LockWait| {
+            eprintln!(
+                "nanoclaw: the database {} is locked by {}; waiting for it ({}s so far, Ctrl-C to give up)",
+                wait.path.display(),
+                wait.holder_or_unknown(),
+                wait.waited.as_secs()
+            );
+        }))
+    } else {
+        None
+    };
+    nanoclaw_store::Store::open_with(
+        path,
+        nanoclaw_store::StoreOptions {
+            busy_timeout,
+            on_lock_wait,
+        },
+    )
+}

@@ -330,3 +330,79 @@ async fn sandbox_traffic_goes_through_the_egress_proxy_which_denies_by_default()
     assert!(audit.verify().await.is_ok());
     host.shutdown().await;
 }
+
+/// The database refuses the reply (a trigger standing in for a full disk or a damaged table):
+/// the owner hears of it, the message is neither lost nor failed, and once the cause is gone
+/// the reply arrives — with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_cannot_be_saved_is_kept_and_saved_once_storage_works() {
+    use nanoclaw_store::InboundStatus;
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let store = host.store().clone();
+    store
+        .call(|c| {
+            c.execute_batch(
+                "CREATE TRIGGER test_disk_full BEFORE INSERT ON outbound
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut client = connect_client(home.path()).await;
+    let id = client.send("keep this safe").await.unwrap();
+
+    // The owner is told, in the main chat, what went wrong.
+    let notice = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        loop {
+            if let ServerLine::Message {
+                kind,
+                text,
+                reply_to,
+                ..
+            } = client.next().await.unwrap().expect("connection open")
+            {
+                assert_ne!(
+                    reply_to.as_deref(),
+                    Some(id.as_str()),
+                    "answered early: {text}"
+                );
+                assert_eq!(kind, "error", "{text}");
+                break text;
+            }
+        }
+    })
+    .await
+    .expect("the owner is told within 120 s");
+    assert!(
+        notice.contains("could not save the reply") && notice.contains("disk is full"),
+        "{notice}"
+    );
+    // The message is still in hand, not failed, not lost.
+    let rows = store
+        .call(|c| {
+            let mut stmt = c.prepare("SELECT status FROM inbound")?;
+            let rows = stmt.query_map([], |r| r.get::<_, InboundStatus>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows, [InboundStatus::Processing]);
+
+    // The disk has room again.
+    store
+        .call(|c| {
+            c.execute_batch("DROP TRIGGER test_disk_full")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let (kind, text) = wait_reply(&mut client, &id).await;
+    assert_eq!(kind, "reply");
+    assert!(text.contains("keep this safe"), "{text}");
+    host.shutdown().await;
+}

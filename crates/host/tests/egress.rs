@@ -481,9 +481,8 @@ async fn dropping_the_handle_removes_the_socket() {
 }
 
 fn cli(home: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nanoclaw"))
-        .args(args)
-        .env_clear()
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
+    let out = nanoclaw_test_support::hermetic(cmd.args(args).env_clear())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home)
         .env("NANOCLAW_HOME", home)

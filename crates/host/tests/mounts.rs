@@ -61,9 +61,8 @@ impl Setup {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_nanoclaw"))
-            .args(args)
-            .env_clear()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
+        nanoclaw_test_support::hermetic(cmd.args(args).env_clear())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.home.path())
             .env("NANOCLAW_HOME", self.home.path())

@@ -31,8 +31,7 @@ impl Env {
     }
     fn cmd(&self, args: &[&str], key: Option<&str>) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
-        cmd.args(args)
-            .env_clear()
+        nanoclaw_test_support::hermetic(cmd.args(args).env_clear())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path().join("user"))
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))

@@ -105,7 +105,7 @@ impl Keyring {
     /// A command on the test bus, with HOME and XDG dirs inside the test directory.
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env_clear()
+        nanoclaw_test_support::hermetic(cmd.env_clear())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.join("user"))
             .env("XDG_CONFIG_HOME", self.dir.join("config"))

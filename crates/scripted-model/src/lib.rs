@@ -22,7 +22,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -186,6 +186,9 @@ impl ScriptedModel {
                 "/openai/v1/chat/completions",
                 post(openai::chat_completions),
             )
+            .route("/v1/models", get(models))
+            .route("/openai/v1/models", get(models))
+            .route("/openai/models", get(models))
             .fallback(not_found)
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -227,6 +230,55 @@ impl Drop for ScriptedModel {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `GET /v1/models`, the cheap authenticated request clients use to check a key. Checked like
+/// the real APIs do: Anthropic's `x-api-key` (its error body when wrong), else OpenAI's
+/// `Authorization: Bearer` (its error body).
+async fn models(
+    axum::extract::State(shared): axum::extract::State<Shared>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    shared.record(uri.path(), &headers, b"");
+    let scenario = shared.scenario();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(expected) = &scenario.api_key {
+        let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+        match (header("x-api-key"), bearer) {
+            (Some(k), _) | (None, Some(k)) if k == expected => {}
+            (Some(_), _) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({
+                        "type": "error",
+                        "error": {"type": "authentication_error", "message": "invalid x-api-key"}
+                    })),
+                )
+                    .into_response();
+            }
+            (None, given) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({
+                        "error": {
+                            "message": if given.is_some() { "Incorrect API key provided." } else { "You didn't provide an API key." },
+                            "type": "invalid_request_error",
+                            "param": null,
+                            "code": if given.is_some() { Value::from("invalid_api_key") } else { Value::Null },
+                        }
+                    })),
+                )
+                    .into_response();
+            }
+        }
+    }
+    axum::Json(serde_json::json!({
+        "object": "list",
+        "data": [{"id": "scripted", "object": "model", "type": "model", "display_name": "Scripted model"}],
+        "has_more": false
+    }))
+    .into_response()
 }
 
 async fn not_found() -> Response {

@@ -6,7 +6,7 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
@@ -27,27 +27,97 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build knows.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
-/// Extra attempts after SQLite gave up with BUSY despite `busy_timeout` (e.g. WAL recovery).
+/// How long one attempt waits for another process's write lock, by default.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+/// Quick extra attempts after SQLite gave up with BUSY despite `busy_timeout` (e.g. WAL
+/// recovery), before the wait counts as another process holding the lock.
 const BUSY_RETRIES: u32 = 5;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Told, about once per busy timeout, while another process keeps the database's write lock.
+pub type LockWaitFn = Arc<dyn Fn(&LockWait) + Send + Sync>;
+
+/// A wait for the database's write lock, as reported to [`StoreOptions::on_lock_wait`].
+#[derive(Debug, Clone)]
+pub struct LockWait {
+    /// The database file.
+    pub path: PathBuf,
+    /// How long this operation has waited so far.
+    pub waited: Duration,
+    /// Who holds the lock, when it can be found ("pid 1234 (nanoclaw)"); else `None`.
+    pub holder: Option<String>,
+}
+
+impl LockWait {
+    /// "pid 1234 (nanoclaw)" or "another process".
+    pub fn holder_or_unknown(&self) -> &str {
+        self.holder.as_deref().unwrap_or("another process")
+    }
+}
+
+/// How [`Store::open_with`] deals with other processes on the same file.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// How long one attempt waits for another process's write lock. After that the store keeps
+    /// waiting — a locked database is never an error — and says so (log, and `on_lock_wait`).
+    pub busy_timeout: Duration,
+    /// Called while waiting, e.g. to show a CLI user what is going on.
+    pub on_lock_wait: Option<LockWaitFn>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            on_lock_wait: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("busy_timeout", &self.busy_timeout)
+            .field("on_lock_wait", &self.on_lock_wait.is_some())
+            .finish()
+    }
+}
+
+/// What the owner thread needs to know to wait for another process's lock.
+#[derive(Debug)]
+struct LockPolicy {
+    path: Option<PathBuf>,
+    options: StoreOptions,
+}
 
 /// Cheap, cloneable handle to the database. The owner thread ends when the last handle is dropped.
 #[derive(Clone, Debug)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    policy: Arc<LockPolicy>,
 }
 
 impl Store {
     /// Open (creating if needed) the database at `path`: parent dirs 0700, file 0600, WAL, migrations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with its lock waiting configured. An existing file of 0 bytes is refused
+    /// ([`StoreError::Truncated`]): SQLite would take it for a new database and the data would be
+    /// silently gone.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         prepare_file(path)?;
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::start(conn, path.to_path_buf(), true)
+        let policy = Arc::new(LockPolicy {
+            path: Some(path.to_path_buf()),
+            options,
+        });
+        Self::start(conn, path.to_path_buf(), true, policy)
     }
 
     /// A private in-memory database (tests).
@@ -56,19 +126,29 @@ impl Store {
             path: PathBuf::from(":memory:"),
             source,
         })?;
-        Self::start(conn, PathBuf::from(":memory:"), false)
+        let policy = Arc::new(LockPolicy {
+            path: None,
+            options: StoreOptions::default(),
+        });
+        Self::start(conn, PathBuf::from(":memory:"), false, policy)
     }
 
-    fn start(mut conn: Connection, path: PathBuf, wal: bool) -> Result<Store, StoreError> {
+    fn start(
+        mut conn: Connection,
+        path: PathBuf,
+        wal: bool,
+        policy: Arc<LockPolicy>,
+    ) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.busy_timeout(policy.options.busy_timeout)
+            .map_err(open_err)?;
         // Another process opening the same new file at once may be switching it to WAL or
         // migrating; SQLite then answers BUSY to these pragmas without always waiting on the busy
         // handler, so the whole prologue is retried like a write.
-        retry_busy(|| {
+        retry_busy(&policy, || {
             // Refuse a newer schema before changing anything in the file (even the journal mode).
             check_version(user_version(&conn).map_err(open_err)?)?;
             if wal {
@@ -82,14 +162,14 @@ impl Store {
             conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
                 .map_err(open_err)
         })?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, &policy)?;
         let checkpointer = if wal {
             // Checkpoints (which fsync) run on their own thread and connection, off the
             // write path: an inline auto-checkpoint adds milliseconds to whichever commit
             // happens to cross the threshold.
             conn.execute_batch("PRAGMA wal_autocheckpoint=0")
                 .map_err(open_err)?;
-            Some(Checkpointer::start(&path)?)
+            Some(Checkpointer::start(&path, policy.options.busy_timeout)?)
         } else {
             None
         };
@@ -103,7 +183,7 @@ impl Store {
                 path,
                 source,
             })?;
-        Ok(Store { tx })
+        Ok(Store { tx, policy })
     }
 
     /// Run `f` on the owner thread with exclusive use of the connection. The escape hatch for queries
@@ -127,7 +207,8 @@ impl Store {
         op: &'static str,
         f: impl FnMut(&Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.call(move |conn| write_tx(conn, op, f)).await
+        let policy = Arc::clone(&self.policy);
+        self.call(move |conn| write_tx(conn, &policy, op, f)).await
     }
 
     /// Run a read-only `f` (retried on BUSY).
@@ -135,7 +216,8 @@ impl Store {
         &self,
         mut f: impl FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.call(move |conn| retry_busy(|| f(conn))).await
+        let policy = Arc::clone(&self.policy);
+        self.call(move |conn| retry_busy(&policy, || f(conn))).await
     }
 
     /// The schema version of the open database.
@@ -168,12 +250,12 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+    fn start(path: &Path, busy_timeout: Duration) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        conn.busy_timeout(BUSY_TIMEOUT)
+        conn.busy_timeout(busy_timeout)
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
                 source,
@@ -263,18 +345,35 @@ fn prepare_file(path: &Path) -> Result<(), StoreError> {
                 source,
             })?;
     }
-    let file = OpenOptions::new()
+    let created = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|source| StoreError::Io {
-            op: "create database file",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .open(path);
+    let file = match created {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|source| StoreError::Io {
+                    op: "open database file",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            refuse_truncated(&file, path)?;
+            file
+        }
+        Err(source) => {
+            return Err(StoreError::Io {
+                op: "create database file",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
     // The file holds private conversations: tighten a pre-existing file that others can read.
     let meta = file.metadata().map_err(|source| StoreError::Io {
         op: "inspect database file",
@@ -287,6 +386,26 @@ fn prepare_file(path: &Path) -> Result<(), StoreError> {
         tracing::warn!(path = %path.display(), error = %err, "store: cannot restrict database file to 0600");
     }
     Ok(())
+}
+
+/// An existing database file of 0 bytes was truncated (or lost its contents): SQLite would take
+/// it for a new database and start over, silently. A process that created it a moment ago writes
+/// the header within milliseconds, so a concurrent first open waits for that briefly.
+fn refuse_truncated(file: &std::fs::File, path: &Path) -> Result<(), StoreError> {
+    for _ in 0..40 {
+        let len = file.metadata().map_err(|source| StoreError::Io {
+            op: "inspect database file",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if len.len() > 0 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(StoreError::Truncated {
+        path: path.to_path_buf(),
+    })
 }
 
 fn user_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
@@ -305,10 +424,19 @@ fn check_version(found: i64) -> Result<(), StoreError> {
 
 /// Apply each missing migration in its own immediate transaction together with the version bump.
 /// The version is re-read under the write lock, so two processes opening at once do not both migrate.
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, policy: &LockPolicy) -> Result<(), StoreError> {
+    // Up to date (the usual case): no write lock needed, so a read-only command does not wait
+    // for another process's write.
+    let current = retry_busy(policy, || {
+        user_version(conn).map_err(|source| StoreError::Migration { version: 0, source })
+    })?;
+    check_version(current)?;
+    if current >= SCHEMA_VERSION {
+        return Ok(());
+    }
     for (idx, sql) in MIGRATIONS.iter().enumerate() {
         let version = idx as i64 + 1;
-        let applied = retry_busy(|| {
+        let applied = retry_busy(policy, || {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|source| StoreError::Migration { version, source })?;
@@ -331,12 +459,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(crate) fn write_tx<R>(
+fn write_tx<R>(
     conn: &mut Connection,
+    policy: &LockPolicy,
     op: &'static str,
     mut f: impl FnMut(&Transaction<'_>) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    retry_busy(|| {
+    retry_busy(policy, || {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(op)?;
@@ -359,17 +488,89 @@ fn is_busy(err: &StoreError) -> bool {
     )
 }
 
-fn retry_busy<R>(mut f: impl FnMut() -> Result<R, StoreError>) -> Result<R, StoreError> {
+/// Runs `f` until it is not refused with BUSY. A few quick retries cover SQLite's own races
+/// (WAL recovery, a concurrent first open); after those another process is holding the write
+/// lock for longer than the busy timeout, and the store keeps waiting — saying who holds it —
+/// rather than failing the operation: "database is locked" is never the user's problem.
+fn retry_busy<R>(
+    policy: &LockPolicy,
+    mut f: impl FnMut() -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    let started = std::time::Instant::now();
     let mut attempt = 0;
     loop {
         match f() {
-            Err(err) if is_busy(&err) && attempt < BUSY_RETRIES => {
+            Err(err) if is_busy(&err) => {
                 attempt += 1;
-                tracing::debug!(attempt, error = %err, "store: database busy, retrying");
-                std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+                if attempt <= BUSY_RETRIES {
+                    tracing::debug!(attempt, error = %err, "store: database busy, retrying");
+                    std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+                    continue;
+                }
+                let wait = LockWait {
+                    path: policy.path.clone().unwrap_or_default(),
+                    waited: started.elapsed(),
+                    holder: policy.path.as_deref().and_then(lock_holder),
+                };
+                tracing::warn!(
+                    path = %wait.path.display(),
+                    holder = wait.holder_or_unknown(),
+                    waited_secs = wait.waited.as_secs(),
+                    "store: the database is locked by another process; waiting"
+                );
+                if let Some(report) = &policy.options.on_lock_wait {
+                    report(&wait);
+                }
+                // SQLite may answer BUSY without waiting (e.g. during recovery): never spin.
+                std::thread::sleep(policy.options.busy_timeout.min(Duration::from_millis(250)));
             }
             other => return other,
         }
+    }
+}
+
+/// Who holds the write lock on the database at `db`, from `/proc/locks` (Linux): the process with
+/// the WAL write lock (byte 120 of the `-shm` file) or, in rollback mode, a write lock on the
+/// file itself. `None` when it cannot be told.
+fn lock_holder(db: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let shm_ino = std::fs::metadata(PathBuf::from(shm)).ok().map(|m| m.ino());
+    let db_ino = std::fs::metadata(db).ok().map(|m| m.ino());
+    let me = std::process::id();
+    let mut fallback = None;
+    for line in locks.lines() {
+        // "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 120 120"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, "POSIX" | "OFDLCK", _, "WRITE", pid, dev_ino, start, ..] = fields[..] else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        let ino = dev_ino
+            .rsplit(':')
+            .next()
+            .and_then(|i| i.parse::<u64>().ok());
+        if pid == me || ino.is_none() {
+            continue;
+        }
+        if ino == shm_ino && start == "120" {
+            return Some(describe_pid(pid));
+        }
+        if ino == db_ino {
+            fallback = Some(pid);
+        }
+    }
+    fallback.map(describe_pid)
+}
+
+fn describe_pid(pid: u32) -> String {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(name) => format!("pid {pid} ({})", name.trim()),
+        Err(_) => format!("pid {pid}"),
     }
 }
 

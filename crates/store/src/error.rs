@@ -22,6 +22,16 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
+    /// The database file exists but is empty: it was truncated or its contents were lost.
+    #[error(
+        "the database {} is empty (0 bytes): it was truncated or its contents were lost, and \
+         nanoclaw will not start over on it silently. Restore it from a backup (stop nanoclaw, \
+         copy the backup to this path), or, to start fresh and lose the history, move the empty \
+         file aside (with any -wal and -shm files next to it)",
+        path.display()
+    )]
+    Truncated { path: PathBuf },
+
     /// The database was written by a newer nanoclaw; we refuse to touch it.
     #[error(
         "database schema version {found} is newer than this nanoclaw (knows {known}); upgrade nanoclaw"

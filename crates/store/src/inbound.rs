@@ -75,6 +75,33 @@ pub(crate) fn complete_turn_tx(
     Ok(inserted)
 }
 
+/// The bookkeeping of rows that just became `failed`: their task runs end failed, and the notice
+/// is queued (once, by its idempotency key).
+fn finish_failed_tx(
+    tx: &Connection,
+    out: &mut RetryOutcome,
+    error: &str,
+    failure_notice: Option<&NewOutbound>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if out.failed.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(failed = ?out.failed, error = %error, "store: inbound messages gave up");
+    out.failed_runs = crate::tasks::finish_runs_tx(
+        tx,
+        &out.failed,
+        crate::tasks::RunStatus::Failed,
+        (0, 0),
+        Some(error),
+        now_ms,
+    )?;
+    if let Some(notice) = failure_notice {
+        out.notice = insert_outbound_tx(tx, notice, now_ms)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Store an inbound message as `pending`, due from `received_at`. A message re-delivered by the
     /// platform (same session and platform id) is not stored again: `duplicate` is set and `id` is the
@@ -232,20 +259,56 @@ impl Store {
                     out.failed.push(id);
                 }
             }
-            if !out.failed.is_empty() {
-                tracing::warn!(failed = ?out.failed, error = %error, "store: inbound messages gave up");
-                out.failed_runs = crate::tasks::finish_runs_tx(
-                    tx,
-                    &out.failed,
-                    crate::tasks::RunStatus::Failed,
-                    (0, 0),
-                    Some(&error),
-                    now_ms,
-                )?;
-                if let Some(notice) = &failure_notice {
-                    out.notice = insert_outbound_tx(tx, notice, now_ms)?;
+            finish_failed_tx(tx, &mut out, &error, failure_notice.as_ref(), now_ms)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// A claimed batch holds rows that already used up their tries (each restart while they
+    /// were `processing` claimed them again): those rows alone become `failed` (with
+    /// `failure_notice`, queued once), and the other rows of the batch go back to `pending`, due
+    /// at once, with the try this claim counted given back — they were never tried with it.
+    /// Rows not `processing` are left alone. One transaction.
+    pub async fn fail_exhausted(
+        &self,
+        inbound_ids: Vec<i64>,
+        max_tries: u32,
+        error: impl Into<String>,
+        now_ms: i64,
+        failure_notice: Option<NewOutbound>,
+    ) -> Result<RetryOutcome, StoreError> {
+        let error = error.into();
+        self.write("fail exhausted inbound", move |tx| {
+            let mut out = RetryOutcome::default();
+            for &id in &inbound_ids {
+                let current: Option<(InboundStatus, u32)> = tx
+                    .query_row("SELECT status, tries FROM inbound WHERE id = ?1", [id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
+                    .ctx("read inbound tries")?;
+                let Some((InboundStatus::Processing, tries)) = current else {
+                    continue;
+                };
+                if tries > max_tries {
+                    tx.execute(
+                        "UPDATE inbound SET status = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1",
+                        params![id, error, now_ms],
+                    )
+                    .ctx("fail inbound")?;
+                    out.failed.push(id);
+                } else {
+                    tx.execute(
+                        "UPDATE inbound SET status = 'pending', tries = MAX(tries - 1, 0), updated_at = ?2
+                         WHERE id = ?1",
+                        params![id, now_ms],
+                    )
+                    .ctx("release inbound")?;
+                    out.retried.push(id);
                 }
             }
+            finish_failed_tx(tx, &mut out, &error, failure_notice.as_ref(), now_ms)?;
             Ok(out)
         })
         .await

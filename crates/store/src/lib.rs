@@ -20,7 +20,9 @@ mod usage;
 mod vault;
 
 pub use egress::{EgressAction, EgressRule, EgressSettings};
-pub use engine::{SCHEMA_VERSION, Store, now_ms};
+pub use engine::{
+    DEFAULT_BUSY_TIMEOUT, LockWait, LockWaitFn, SCHEMA_VERSION, Store, StoreOptions, now_ms,
+};
 pub use error::StoreError;
 pub use groups::{DEFAULT_TRIGGER, validate_folder};
 pub use inbound::backoff_ms;

@@ -143,10 +143,26 @@ async fn creates_private_directory_and_file() {
 
     // A pre-existing world-readable file is tightened.
     let loose = dir.path().join("loose.db");
-    std::fs::write(&loose, b"").unwrap();
+    drop(
+        rusqlite::Connection::open(&loose)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)"),
+    );
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
     Store::open(&loose).unwrap();
     assert_eq!(mode_of(&loose), 0o600);
+}
+
+#[tokio::test]
+async fn an_existing_empty_database_file_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"").unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("backup"), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
 }
 
 #[tokio::test]
@@ -650,6 +666,63 @@ async fn recover_interrupted_requeues_and_keeps_tries() {
     assert_eq!((row.status, row.tries), (InboundStatus::Pending, 1));
     let again = store.claim_pending(&session_id, 100, 5).await.unwrap();
     assert_eq!(again[0].tries, 2);
+}
+
+#[tokio::test]
+async fn only_the_exhausted_row_of_a_batch_fails_the_others_keep_their_tries() {
+    let f = fixture(Store::open_in_memory().unwrap()).await;
+    let max_tries = 2;
+    // "a" was claimed by three host runs that each died (three claims: one over the cap).
+    let a = f.store.insert_inbound(msg(&f, "a", 0)).await.unwrap().id;
+    for _ in 0..2 {
+        f.store.claim_pending(&f.session_id, 0, 10).await.unwrap();
+        f.store.recover_interrupted(0).await.unwrap();
+    }
+    // "b" and "c" arrived since; the next claim batches them with "a".
+    let b = f.store.insert_inbound(msg(&f, "b", 1)).await.unwrap().id;
+    let c = f.store.insert_inbound(msg(&f, "c", 2)).await.unwrap().id;
+    let batch = f.store.claim_pending(&f.session_id, 10, 10).await.unwrap();
+    let tries: Vec<_> = batch.iter().map(|m| (m.id, m.tries)).collect();
+    assert_eq!(tries, [(a, 3), (b, 1), (c, 1)]);
+
+    let notice = reply(&f, "error:a", Some(a));
+    let out = f
+        .store
+        .fail_exhausted(
+            vec![a, b, c],
+            max_tries,
+            "gave up",
+            20,
+            Some(notice.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.failed, [a]);
+    assert_eq!(out.retried, [b, c]);
+    assert!(out.notice.is_some());
+    let row = |id| {
+        let store = f.store.clone();
+        async move { store.inbound(id).await.unwrap().unwrap() }
+    };
+    assert_eq!(row(a).await.status, InboundStatus::Failed);
+    for id in [b, c] {
+        let r = row(id).await;
+        assert_eq!(
+            (r.status, r.tries, r.process_after),
+            (InboundStatus::Pending, 0, r.received_at)
+        );
+    }
+    // Claimed again at once, on their first try; the notice exists once.
+    let again = f.store.claim_pending(&f.session_id, 20, 10).await.unwrap();
+    let tries: Vec<_> = again.iter().map(|m| (m.id, m.tries)).collect();
+    assert_eq!(tries, [(b, 1), (c, 1)]);
+    let replay = f
+        .store
+        .fail_exhausted(vec![a], max_tries, "gave up", 30, Some(notice))
+        .await
+        .unwrap();
+    assert!(replay.failed.is_empty() && replay.notice.is_none());
+    assert_eq!(f.store.outbound_for_chat(f.chat_id).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -61,6 +61,18 @@ pub fn agent_binary() -> PathBuf {
     .clone()
 }
 
+/// A closed local port: a model URL that fails at once instead of reaching a real API.
+pub const UNREACHABLE_MODEL_URL: &str = "http://127.0.0.1:9";
+
+/// Pins what a `nanoclaw` child process would otherwise take from the machine: the sandbox
+/// runtime (`auto` picks Docker wherever an engine and the agent image exist) and the model URL
+/// (the vendor's real API once a key is set). Call it after `env_clear`; a test's own `.env`
+/// afterwards wins.
+pub fn hermetic(cmd: &mut Command) -> &mut Command {
+    cmd.env("NANOCLAW_RUNTIME", "native")
+        .env("ANTHROPIC_BASE_URL", UNREACHABLE_MODEL_URL)
+}
+
 /// A temporary `$NANOCLAW_HOME`, removed on drop.
 pub struct TestHome {
     dir: tempfile::TempDir,

@@ -23,15 +23,23 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
         Ok(p) => Config::load(&p.config_file()),
         Err(_) => Ok(Config::default()),
     };
-    checks.push(Check {
-        name: "data directory",
-        ok: paths.is_ok(),
-        detail: match &paths {
-            Ok(p) => p.home.display().to_string(),
-            Err(e) => e.to_string(),
+    checks.push(match &paths {
+        Ok(p) => data_dir_check(&p.home),
+        Err(e) => Check {
+            name: "data directory",
+            ok: false,
+            detail: e.to_string(),
+            optional: false,
         },
-        optional: false,
     });
+    let store = match &paths {
+        Ok(p) => {
+            let (check, store) = database_check(&p.database());
+            checks.push(check);
+            store
+        }
+        Err(_) => None,
+    };
     let config = match config {
         Ok(c) => {
             checks.push(Check {
@@ -86,10 +94,18 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     });
     // Docker is optional (the native sandbox works without it), so it only fails the check
     // when the config asks for it.
-    let wants_docker = config.agents.runtime == "docker";
+    // DOCKER_HOST set says the user means to use Docker too.
+    let wants_docker = config.agents.runtime == "docker"
+        || std::env::var_os("DOCKER_HOST").is_some_and(|v| !v.is_empty());
     let image = &config.agents.docker.image;
     let (docker_ok, docker_detail) = match nanoclaw_sandbox::image::connect().await {
-        Err(e) => (false, format!("engine not reachable: {e}")),
+        Err(e) => (
+            false,
+            format!(
+                "engine not reachable: {e}; start Docker (e.g. `systemctl start docker`), fix \
+                 DOCKER_HOST / agents.docker.socket, or set agents.runtime = \"native\""
+            ),
+        ),
         Ok(docker) => match nanoclaw_sandbox::image::image_status(&docker, image).await {
             nanoclaw_sandbox::image::ImageStatus::Current => (true, format!("{image} is current")),
             status => (
@@ -118,20 +134,38 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     });
     let upstreams = ModelUpstreams::from_env();
     let provider = config.model.provider.clone();
-    checks.push(Check {
-        name: "model credentials",
-        ok: upstreams.has(&provider),
-        detail: if upstreams.has(&provider) {
-            format!("{provider}: configured (the key stays in the host)")
-        } else if provider == "anthropic" {
-            "set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN); try `nanoclaw demo` meanwhile".into()
-        } else {
-            "set OPENAI_API_KEY and/or OPENAI_BASE_URL".into()
-        },
-        optional: false,
-    });
+    // Keys stored in the vault (`nanoclaw vault set anthropic|openai`) win over the environment.
+    let vault_keys: Vec<String> = match &store {
+        Some(store) => store
+            .vault_secrets()
+            .await
+            .map(|s| s.into_iter().map(|r| r.name).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let has_key = |p: &str| upstreams.has(p) || vault_keys.iter().any(|n| n == p);
+    if has_key(&provider) {
+        checks.push(
+            verify_key(
+                &upstreams,
+                &provider,
+                vault_keys.iter().any(|n| n == &provider),
+            )
+            .await,
+        );
+    } else {
+        checks.push(Check {
+            name: "model credentials",
+            ok: false,
+            detail: missing_key_fix(&provider),
+            optional: false,
+        });
+    }
+    if let Some(store) = &store {
+        checks.push(group_providers_check(store, &provider, &has_key).await);
+    }
     if let Ok(p) = &paths {
-        checks.push(master_key_check(&p.home).await);
+        checks.push(master_key_check(&p.home, store.clone()).await);
     }
     let all_ok = checks.iter().all(|c| c.ok || c.optional);
     if json {
@@ -153,27 +187,273 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Where the vault's master key comes from. Only a key that is there but unreadable fails: no key yet
-/// is normal before the first `nanoclaw vault set`.
-async fn master_key_check(home: &std::path::Path) -> Check {
-    let sources = nanoclaw_vault::KeySources::for_home(home);
-    let loaded = match sources {
-        Ok(sources) => tokio::task::spawn_blocking(move || {
-            nanoclaw_vault::MasterKey::load(&sources, false).map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string())),
-        Err(e) => Err(e.to_string()),
+fn missing_key_fix(provider: &str) -> String {
+    if provider == "anthropic" {
+        "set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN); try `nanoclaw demo` meanwhile".into()
+    } else {
+        "set OPENAI_API_KEY and/or OPENAI_BASE_URL".into()
+    }
+}
+
+/// Whether the data directory can be made and written: the host writes its database, sockets
+/// and group folders there.
+fn data_dir_check(home: &std::path::Path) -> Check {
+    let probe = home.join(format!(".doctor-probe-{}", std::process::id()));
+    let written = nanoclaw_host::config::create_private_dir(home)
+        .and_then(|()| std::fs::write(&probe, b"probe"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    Check {
+        name: "data directory",
+        ok: written.is_ok(),
+        detail: match written {
+            Ok(()) => home.display().to_string(),
+            Err(e) => format!(
+                "{}: cannot create or write it ({e}); make it writable by this user (or remount \
+                 the file system read-write), or set NANOCLAW_HOME to a writable directory",
+                home.display()
+            ),
+        },
+        optional: false,
+    }
+}
+
+/// The database can be read and is intact (SQLite's `quick_check`); a missing one is made on
+/// first start. Returns the opened store when it is healthy.
+fn database_check(db: &std::path::Path) -> (Check, Option<nanoclaw_store::Store>) {
+    let fail = |detail: String| Check {
+        name: "database",
+        ok: false,
+        detail,
+        optional: false,
     };
-    let (ok, detail) = match loaded {
-        Ok(Some(key)) => (true, format!("from {}", key.origin())),
-        Ok(None) => (
-            true,
-            "none yet; the first `nanoclaw vault set` makes one (in the OS keyring when there is \
-             one, else a key file)"
-                .into(),
+    let restore =
+        "restore it from a backup (with nanoclaw stopped), or move it aside to start fresh";
+    match std::fs::metadata(db) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (
+                Check {
+                    name: "database",
+                    ok: true,
+                    detail: format!("{}: not created yet (made on first start)", db.display()),
+                    optional: false,
+                },
+                None,
+            );
+        }
+        Err(e) => {
+            return (
+                fail(format!(
+                    "{}: cannot read it: {e}; fix its permissions",
+                    db.display()
+                )),
+                None,
+            );
+        }
+        Ok(m) if m.len() == 0 => {
+            return (
+                fail(
+                    nanoclaw_store::StoreError::Truncated {
+                        path: db.to_path_buf(),
+                    }
+                    .to_string(),
+                ),
+                None,
+            );
+        }
+        Ok(_) => {}
+    }
+    use nanoclaw_store::rusqlite::{Connection, OpenFlags};
+    let checked = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).and_then(|c| {
+        c.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut stmt = c.prepare("PRAGMA quick_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<Result<Vec<_>, _>>()
+    });
+    match checked {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => {}
+        Ok(rows) => {
+            let found: Vec<String> = rows.into_iter().take(3).collect();
+            return (
+                fail(format!(
+                    "{} is damaged ({}); {restore}",
+                    db.display(),
+                    found.join("; ")
+                )),
+                None,
+            );
+        }
+        Err(e) => {
+            return (
+                fail(format!(
+                    "{} cannot be read as a database ({e}); {restore}",
+                    db.display()
+                )),
+                None,
+            );
+        }
+    }
+    match nanoclaw_host::open_store(db, true) {
+        Ok(store) => (
+            Check {
+                name: "database",
+                ok: true,
+                detail: format!("{}: intact", db.display()),
+                optional: false,
+            },
+            Some(store),
         ),
-        Err(e) => (false, e),
+        Err(e) => (fail(format!("{e}")), None),
+    }
+}
+
+/// One cheap authenticated request (the model list) with the configured key: a rejected key
+/// fails; a network failure is only a warning (the API may be unreachable just now).
+async fn verify_key(upstreams: &ModelUpstreams, provider: &str, in_vault: bool) -> Check {
+    use nanoclaw_host::relay::UpstreamAuth;
+    let check = |ok: bool, optional: bool, detail: String| Check {
+        name: "model credentials",
+        ok,
+        detail,
+        optional,
+    };
+    let upstream = match provider {
+        "anthropic" => upstreams.anthropic.as_ref(),
+        _ => upstreams.openai.as_ref(),
+    };
+    let Some(upstream) = upstream.filter(|_| !in_vault) else {
+        return check(
+            true,
+            false,
+            format!("{provider}: key in the vault (the key stays in the host)"),
+        );
+    };
+    let base = upstream.base_url.trim_end_matches('/');
+    let url = if provider == "anthropic" {
+        format!("{base}/v1/models")
+    } else {
+        format!("{base}/models")
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return check(false, true, format!("{provider}: key not verified ({e})")),
+    };
+    let mut request = client.get(&url).header("anthropic-version", "2023-06-01");
+    let (env_name, shown) = match &upstream.auth {
+        UpstreamAuth::XApiKey(key) => {
+            request = request.header("x-api-key", key);
+            ("ANTHROPIC_API_KEY", true)
+        }
+        UpstreamAuth::Bearer(token) => {
+            request = request.bearer_auth(token);
+            (
+                if provider == "anthropic" {
+                    "ANTHROPIC_AUTH_TOKEN"
+                } else {
+                    "OPENAI_API_KEY"
+                },
+                true,
+            )
+        }
+        UpstreamAuth::None => ("OPENAI_BASE_URL", false),
+    };
+    if !shown {
+        return check(true, false, format!("{provider}: keyless server at {base}"));
+    }
+    match request.send().await {
+        Ok(r) if r.status().is_success() => check(
+            true,
+            false,
+            format!("{provider}: key accepted by {base} (the key stays in the host)"),
+        ),
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => check(
+            false,
+            false,
+            format!(
+                "{provider}: {base} rejected the key ({}); set {env_name} to a valid key",
+                r.status()
+            ),
+        ),
+        Ok(r) => check(
+            false,
+            true,
+            format!(
+                "{provider}: key not verified: {url} answered {}",
+                r.status()
+            ),
+        ),
+        Err(e) => check(
+            false,
+            true,
+            format!("{provider}: key not verified, {base} not reachable ({e})"),
+        ),
+    }
+}
+
+/// Every group with its own provider has a key for it; else each of its messages fails.
+async fn group_providers_check(
+    store: &nanoclaw_store::Store,
+    default_provider: &str,
+    has_key: &dyn Fn(&str) -> bool,
+) -> Check {
+    let groups = store.list_groups().await.unwrap_or_default();
+    let missing: Vec<String> = groups
+        .iter()
+        .filter_map(|g| {
+            let p = g.provider.as_deref().filter(|p| *p != default_provider)?;
+            (!has_key(p)).then(|| {
+                format!(
+                    "group {} uses provider {p} but there is no key for it: {}, or `nanoclaw group \
+                     set {} --provider {default_provider}`",
+                    g.folder,
+                    missing_key_fix(p),
+                    g.folder
+                )
+            })
+        })
+        .collect();
+    Check {
+        name: "group providers",
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            "every group's provider has a key".into()
+        } else {
+            missing.join("; ")
+        },
+        optional: false,
+    }
+}
+
+/// Where the vault's master key comes from, and that it opens the vault. No key yet is normal
+/// before the first `nanoclaw vault set`; no key, or another key, while secrets exist fails.
+async fn master_key_check(home: &std::path::Path, store: Option<nanoclaw_store::Store>) -> Check {
+    let sources = nanoclaw_vault::KeySources::for_home(home);
+    let none_yet = "none yet; the first `nanoclaw vault set` makes one (in the OS keyring when \
+                    there is one, else a key file)";
+    let (ok, detail) = match (sources, store) {
+        (Err(e), _) => (false, e.to_string()),
+        (Ok(sources), Some(store)) => {
+            match nanoclaw_vault::Vault::open_default(store, &sources, false).await {
+                Ok(Some(vault)) => (true, format!("from {}", vault.key_origin())),
+                Ok(None) => (true, none_yet.into()),
+                Err(e) => (false, e.to_string()),
+            }
+        }
+        (Ok(sources), None) => {
+            let loaded = tokio::task::spawn_blocking(move || {
+                nanoclaw_vault::MasterKey::load(&sources, false).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match loaded {
+                Ok(Some(key)) => (true, format!("from {}", key.origin())),
+                Ok(None) => (true, none_yet.into()),
+                Err(e) => (false, e),
+            }
+        }
     };
     Check {
         name: "vault master key",

@@ -26,7 +26,7 @@ pub fn open_existing() -> anyhow::Result<(Paths, Config, Store)> {
             db.display()
         );
     }
-    let store = Store::open(&db)?;
+    let store = nanoclaw_host::open_store(&db, true)?;
     Ok((paths, config, store))
 }
 

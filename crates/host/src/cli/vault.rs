@@ -12,14 +12,14 @@ use nanoclaw_vault::{
 
 fn open_store() -> anyhow::Result<Store> {
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
-    Ok(Store::open(&paths.database())?)
+    Ok(nanoclaw_host::open_store(&paths.database(), true)?)
 }
 
 /// The vault with the master key. `create`: make a key (in the OS keyring when there is one, else a
 /// key file) when there is no key at all and the vault was never sealed (first `vault set`).
 async fn open_vault(create: bool) -> anyhow::Result<Option<Vault>> {
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
-    let store = Store::open(&paths.database())?;
+    let store = nanoclaw_host::open_store(&paths.database(), true)?;
     let sources = KeySources::for_home(&paths.home)?;
     let vault = Vault::open_default(store, &sources, create).await?;
     if let Some(v) = &vault

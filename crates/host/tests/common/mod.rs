@@ -85,9 +85,8 @@ pub async fn wait_reply(client: &mut TerminalClient, id: &str) -> (String, Strin
 
 /// `nanoclaw run` as a child process, so a test can kill it like a crash would.
 pub fn spawn_daemon(home: &Path, model: &ScriptedModel) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nanoclaw"))
-        .arg("run")
-        .env_clear()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
+    nanoclaw_test_support::hermetic(cmd.arg("run").env_clear())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home)
         .env("NANOCLAW_HOME", home)
