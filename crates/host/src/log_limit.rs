@@ -45,6 +45,16 @@ impl State {
     }
 }
 
+impl State {
+    fn roll_if_due(&mut self) {
+        if self.window_start.elapsed() >= LOG_WINDOW {
+            self.report_suppressed();
+            self.window_start = Instant::now();
+            self.used = 0;
+        }
+    }
+}
+
 impl Drop for State {
     fn drop(&mut self) {
         self.report_suppressed();
@@ -73,16 +83,31 @@ impl LogBudget {
     /// Whether a record carrying `bytes` of sandbox text may be logged now. A refusal is
     /// counted; the count is logged once when the window ends.
     pub fn admit(&self, bytes: usize) -> bool {
-        // A poisoned lock only means a panic elsewhere; the counters are still usable.
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.window_start.elapsed() >= LOG_WINDOW {
-            st.report_suppressed();
-            st.window_start = Instant::now();
-            st.used = 0;
-        }
+        let mut st = lock(&self.state);
+        st.roll_if_due();
         // Every record costs something, so a flood of empty lines is bounded too.
         let cost = bytes.max(1) + 64;
         if st.used + cost > LOG_BYTES_PER_WINDOW {
+            if st.suppressed_lines == 0 {
+                // Say so at once, and count at the end of the window even if the sandbox
+                // then stays quiet (or is gone: the count is logged when it is dropped).
+                tracing::warn!(
+                    sandbox = %st.sandbox,
+                    "the sandbox is over its log budget of {} bytes per {} s; its log lines are suppressed until the window ends",
+                    LOG_BYTES_PER_WINDOW,
+                    LOG_WINDOW.as_secs()
+                );
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let state = Arc::downgrade(&self.state);
+                    let wait = LOG_WINDOW.saturating_sub(st.window_start.elapsed());
+                    runtime.spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        if let Some(state) = state.upgrade() {
+                            lock(&state).roll_if_due();
+                        }
+                    });
+                }
+            }
             st.suppressed_lines += 1;
             st.suppressed_bytes += bytes as u64;
             return false;
@@ -90,6 +115,11 @@ impl LogBudget {
         st.used += cost;
         true
     }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A poisoned lock only means a panic elsewhere; the counters are still usable.
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `text` made safe for one log record: control characters (escape sequences, newlines,
@@ -125,7 +155,7 @@ mod tests {
         }
         assert!(admitted * 1000 <= LOG_BYTES_PER_WINDOW, "{admitted}");
         assert!(admitted > 0);
-        assert!(!budget.admit(0));
+        assert!(!budget.admit(1000), "still refused after the flood");
     }
 
     #[test]
