@@ -334,6 +334,10 @@ mod tests {
             panic!("{frames:?}");
         };
         assert!(error.len() < MAX_NOTE_BYTES + 100);
-        assert!(error.ends_with("more bytes cut]"), "{}", &error[error.len() - 40..]);
+        assert!(
+            error.ends_with("more bytes cut]"),
+            "{}",
+            &error[error.len() - 40..]
+        );
     }
 }

@@ -509,7 +509,10 @@ mod tests {
 
         std::fs::write(&path, "[model]\nstream_idle_timeout_secs = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
-        assert!(err.contains("stream_idle_timeout_secs must be at least 1"), "{err}");
+        assert!(
+            err.contains("stream_idle_timeout_secs must be at least 1"),
+            "{err}"
+        );
 
         std::fs::write(&path, "[agents]\nmax_concurent = 3\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();

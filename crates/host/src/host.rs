@@ -659,7 +659,10 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 }
             }
             AgentMessage::ToolActivity(activity) if activity.turn_id == turn_id => {
-                if agent.log.admit(activity.tool.len() + activity.summary.len()) {
+                if agent
+                    .log
+                    .admit(activity.tool.len() + activity.summary.len())
+                {
                     tracing::info!(session = %session_id, tool = %clean(&activity.tool), phase = ?activity.phase, summary = %clean(&activity.summary), "tool");
                 }
                 if activity.phase == ToolPhase::Started
@@ -797,7 +800,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 // turn again would only keep the user waiting longer for the same error.
                 tracing::debug!(session = %session_id, retryable, "agent reported a failed turn");
                 break TurnEnd::Failed {
-                    error: clean(&error),
+                    error,
                     retryable: false,
                 };
             }
@@ -815,7 +818,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
             }
             AgentMessage::Fatal { error } => {
                 break TurnEnd::Failed {
-                    error: format!("the agent gave up: {}", clean(&error)),
+                    error: format!("the agent gave up: {error}"),
                     retryable: false,
                 };
             }
@@ -836,7 +839,8 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
             Ok(())
         }
         TurnEnd::Failed { error, retryable } => {
-            tracing::warn!(session = %session_id, %error, retryable, "turn failed");
+            // The error may carry the sandbox's text: escaped and cut in the log record.
+            tracing::warn!(session = %session_id, error = %clean(&error), retryable, "turn failed");
             // The agent's state is suspect after a failure; start fresh next time.
             agent.kill().await;
             fail_turn(inner, &chat, session_id, &ids, task_id, error, retryable).await

@@ -175,5 +175,8 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
     let file = std::fs::read(home.path().join("logs/nanoclaw.log")).unwrap();
     assert!(!file.is_empty());
     assert!(!file.contains(&0x1b), "no ANSI escape in logs/nanoclaw.log");
-    assert!(!output.stderr.contains(&0x1b), "no colour on a piped stderr");
+    assert!(
+        !output.stderr.contains(&0x1b),
+        "no colour on a piped stderr"
+    );
 }

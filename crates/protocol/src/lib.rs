@@ -24,7 +24,12 @@ mod split_tests {
         for max in [1, 2, 3, 5, 64] {
             let pieces = split_text(&text, max);
             assert_eq!(pieces.concat(), text);
-            assert!(pieces.iter().all(|p| !p.is_empty() && (p.len() <= max || p.chars().count() == 1)));
+            for p in &pieces {
+                assert!(
+                    !p.is_empty() && (p.len() <= max || p.chars().count() == 1),
+                    "max {max}: piece {p:?}"
+                );
+            }
         }
         assert_eq!(split_text("", 4), vec![""]);
     }
@@ -63,7 +68,9 @@ pub fn split_text(text: &str, max: usize) -> Vec<&str> {
         pieces.push(head);
         rest = tail;
     }
-    pieces.push(rest);
+    if !rest.is_empty() || pieces.is_empty() {
+        pieces.push(rest);
+    }
     pieces
 }
 

@@ -401,7 +401,9 @@ async fn read_stream(
     let mut stop: Option<String> = None;
     let mut finished = false;
 
-    while let Some(event) = within_idle(NAME, idle, "reading the event stream", events.next()).await? {
+    while let Some(event) =
+        within_idle(NAME, idle, "reading the event stream", events.next()).await?
+    {
         let event = event.map_err(|e| ProviderError::Transport {
             provider: NAME,
             message: format!("reading the event stream: {e}"),

@@ -45,11 +45,7 @@ impl OpenAiProvider {
         on_text: &mut (dyn FnMut(&str) + Send + '_),
     ) -> Result<ModelResponse, Failure> {
         let idle = self.retry.stream_idle_timeout;
-        let response = self
-            .client
-            .post(&self.url)
-            .json(body)
-            .send();
+        let response = self.client.post(&self.url).json(body).send();
         let response = within_idle(NAME, idle, "waiting for the model's response", response)
             .await?
             .map_err(|e| {
@@ -354,7 +350,9 @@ async fn read_stream(
     let mut finish: Option<String> = None;
     let mut done = false;
 
-    while let Some(event) = within_idle(NAME, idle, "reading the event stream", events.next()).await? {
+    while let Some(event) =
+        within_idle(NAME, idle, "reading the event stream", events.next()).await?
+    {
         let event = event.map_err(|e| ProviderError::Transport {
             provider: NAME,
             message: format!("reading the event stream: {e}"),
