@@ -14,27 +14,6 @@ mod messages;
 pub use codec::{LineReader, LineWriter, ReadError, WriteError, decode_line, encode_line};
 pub use messages::*;
 
-#[cfg(test)]
-mod split_tests {
-    use super::split_text;
-
-    #[test]
-    fn split_text_keeps_chars_whole_and_loses_nothing() {
-        let text = "aé€😀".repeat(100);
-        for max in [1, 2, 3, 5, 64] {
-            let pieces = split_text(&text, max);
-            assert_eq!(pieces.concat(), text);
-            for p in &pieces {
-                assert!(
-                    !p.is_empty() && (p.len() <= max || p.chars().count() == 1),
-                    "max {max}: piece {p:?}"
-                );
-            }
-        }
-        assert_eq!(split_text("", 4), vec![""]);
-    }
-}
-
 /// Major version: bumped on incompatible changes. Host and agent must agree on it.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Minor version: bumped on backwards-compatible additions (new optional fields, new
@@ -77,4 +56,25 @@ pub fn split_text(text: &str, max: usize) -> Vec<&str> {
 /// Whether a peer speaking `major.minor` can talk to us.
 pub fn is_compatible(major: u32) -> bool {
     major == PROTOCOL_MAJOR
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_text;
+
+    #[test]
+    fn split_text_keeps_chars_whole_and_loses_nothing() {
+        let text = "aé€😀".repeat(100);
+        for max in [1, 2, 3, 5, 64] {
+            let pieces = split_text(&text, max);
+            assert_eq!(pieces.concat(), text);
+            for p in &pieces {
+                assert!(
+                    !p.is_empty() && (p.len() <= max || p.chars().count() == 1),
+                    "max {max}: piece {p:?}"
+                );
+            }
+        }
+        assert_eq!(split_text("", 4), vec![""]);
+    }
 }
