@@ -191,10 +191,10 @@ async fn pid_namespace_shows_only_the_sandbox() {
     )
     .await;
     let processes: Vec<&str> = out.stdout.lines().collect();
-    // The agent (here a shell) is pid 1 itself (`--as-pid-1`: no bwrap reaper holding its
-    // stdio), plus its `cat` children; never the host's.
+    // The agent (here a shell at the agent's path) is pid 1 itself (`--as-pid-1`: no bwrap
+    // reaper holding its stdio), plus its `cat` children; never the host's.
     assert!(processes.len() <= 4, "{processes:?}");
-    assert!(processes.contains(&"1 sh"), "{processes:?}");
+    assert!(processes.contains(&"1 nanoclaw-agent"), "{processes:?}");
     assert!(
         processes.iter().all(|p| p.ends_with(" bwrap")
             || p.ends_with(" sh")
