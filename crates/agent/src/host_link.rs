@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nanoclaw_protocol::{
-    AgentMessage, LineWriter, LogLevel, Request, RequestAction, RequestResult,
+    AgentMessage, LineWriter, LogLevel, MAX_TEXT_PIECE_BYTES, Request, RequestAction,
+    RequestResult, WriteError, encode_line, split_text,
 };
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
@@ -73,9 +74,15 @@ impl Outbox {
         (Self { tx }, out_rx)
     }
 
+    /// Queues `msg`, split or cut first so that every frame fits in a protocol line (see
+    /// [`fit`]): a message the writer could not encode would be lost and leave the host
+    /// waiting for it.
     pub fn send(&self, msg: AgentMessage) {
-        if self.tx.send(Outgoing::Message(msg)).is_err() {
-            tracing::warn!("protocol writer is gone; message dropped");
+        for frame in fit(msg) {
+            if self.tx.send(Outgoing::Message(frame)).is_err() {
+                tracing::warn!("protocol writer is gone; message dropped");
+                return;
+            }
         }
     }
 
@@ -100,8 +107,88 @@ impl Outbox {
     }
 }
 
+/// Longest error, log or tool-summary text sent in one message; longer text is cut (these
+/// are for people and logs, not data).
+pub const MAX_NOTE_BYTES: usize = 64 * 1024;
+
+/// `msg` as frames that each fit in one protocol line: long text deltas become several
+/// deltas, a long reply becomes `reply_part` frames followed by `turn_finished` with the
+/// last piece (protocol 1.3), and long notes (logs, errors, summaries) are cut. Requests
+/// are checked by [`HostLink::request`] before they get here.
+pub fn fit(msg: AgentMessage) -> Vec<AgentMessage> {
+    match msg {
+        AgentMessage::TextDelta { turn_id, text } if text.len() > MAX_TEXT_PIECE_BYTES => {
+            split_text(&text, MAX_TEXT_PIECE_BYTES)
+                .into_iter()
+                .map(|piece| AgentMessage::TextDelta {
+                    turn_id: turn_id.clone(),
+                    text: piece.to_owned(),
+                })
+                .collect()
+        }
+        AgentMessage::TurnFinished(mut done) if done.reply.len() > MAX_TEXT_PIECE_BYTES => {
+            let reply = std::mem::take(&mut done.reply);
+            let mut pieces = split_text(&reply, MAX_TEXT_PIECE_BYTES);
+            let last = pieces.pop().unwrap_or_default();
+            let mut frames: Vec<AgentMessage> = pieces
+                .into_iter()
+                .map(|piece| AgentMessage::ReplyPart {
+                    turn_id: done.turn_id.clone(),
+                    text: piece.to_owned(),
+                })
+                .collect();
+            done.reply = last.to_owned();
+            frames.push(AgentMessage::TurnFinished(done));
+            frames
+        }
+        AgentMessage::TurnFailed {
+            turn_id,
+            error,
+            retryable,
+        } => vec![AgentMessage::TurnFailed {
+            turn_id,
+            error: cut(error),
+            retryable,
+        }],
+        AgentMessage::Log { level, message } => vec![AgentMessage::Log {
+            level,
+            message: cut(message),
+        }],
+        AgentMessage::Fatal { error } => vec![AgentMessage::Fatal { error: cut(error) }],
+        AgentMessage::ToolActivity(mut activity) => {
+            activity.tool = cut(activity.tool);
+            activity.summary = cut(activity.summary);
+            vec![AgentMessage::ToolActivity(activity)]
+        }
+        other => vec![other],
+    }
+}
+
+/// `text` cut to [`MAX_NOTE_BYTES`], saying how much was left out.
+fn cut(mut text: String) -> String {
+    if text.len() <= MAX_NOTE_BYTES {
+        return text;
+    }
+    let total = text.len();
+    let mut end = MAX_NOTE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!(" […{} more bytes cut]", total - end));
+    text
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    #[error(
+        "the {action} request is {len} bytes, over the protocol's {limit}-byte line limit; send less at once"
+    )]
+    TooLarge {
+        action: &'static str,
+        len: usize,
+        limit: usize,
+    },
     #[error("the host did not answer the {action} request within {secs} s")]
     Timeout { action: &'static str, secs: u64 },
     #[error("the host link closed before the {action} request was answered")]
@@ -140,13 +227,23 @@ impl HostLink {
     ) -> Result<RequestResult, RequestError> {
         let name = action_name(&action);
         let request_id = format!("req-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(request_id.clone(), tx);
-        self.outbox.send(AgentMessage::Request(Request {
+        let message = AgentMessage::Request(Request {
             request_id: request_id.clone(),
             turn_id: turn_id.to_owned(),
             action,
-        }));
+        });
+        // Refused here, at once: the writer could not send it, and the tool would wait for
+        // an answer that never comes.
+        if let Err(WriteError::TooLong { len, limit }) = encode_line(&message) {
+            return Err(RequestError::TooLarge {
+                action: name,
+                len,
+                limit,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(request_id.clone(), tx);
+        self.outbox.send(message);
         let outcome = tokio::time::timeout(timeout, rx).await;
         self.lock().remove(&request_id);
         match outcome {
@@ -191,5 +288,56 @@ fn action_name(action: &RequestAction) -> &'static str {
         RequestAction::PauseTask { .. } => "pause_task",
         RequestAction::ResumeTask { .. } => "resume_task",
         RequestAction::CancelTask { .. } => "cancel_task",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nanoclaw_protocol::{MAX_LINE_BYTES, TurnFinished, Usage};
+
+    #[test]
+    fn a_long_reply_becomes_parts_that_each_fit_a_line() {
+        // Control characters grow sixfold in JSON: the worst case for a piece.
+        let reply = "\u{1}".repeat(MAX_LINE_BYTES + 3);
+        let frames = fit(AgentMessage::TurnFinished(TurnFinished {
+            turn_id: "t".into(),
+            reply: reply.clone(),
+            usage: Usage::default(),
+            precheck: None,
+        }));
+        assert!(frames.len() > 2);
+        let mut joined = String::new();
+        for (i, frame) in frames.iter().enumerate() {
+            assert!(encode_line(frame).is_ok(), "frame {i} fits");
+            match frame {
+                AgentMessage::ReplyPart { text, .. } if i + 1 < frames.len() => {
+                    joined.push_str(text)
+                }
+                AgentMessage::TurnFinished(done) if i + 1 == frames.len() => {
+                    joined.push_str(&done.reply)
+                }
+                other => panic!("unexpected frame {i}: {other:?}"),
+            }
+        }
+        assert_eq!(joined, reply);
+    }
+
+    #[test]
+    fn long_notes_are_cut_and_say_so() {
+        let frames = fit(AgentMessage::TurnFailed {
+            turn_id: "t".into(),
+            error: "é".repeat(MAX_LINE_BYTES),
+            retryable: false,
+        });
+        let [AgentMessage::TurnFailed { error, .. }] = frames.as_slice() else {
+            panic!("{frames:?}");
+        };
+        assert!(error.len() < MAX_NOTE_BYTES + 100);
+        assert!(
+            error.ends_with("more bytes cut]"),
+            "{}",
+            &error[error.len() - 40..]
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod conversation;
 pub mod egress_bridge;
 pub mod format;
 pub mod host_link;
+pub mod init;
 pub mod memory;
 pub mod precheck;
 pub mod provider;

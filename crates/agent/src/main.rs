@@ -7,6 +7,13 @@ use std::io::Write;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // Before anything else, while single-threaded: tools must never reach the protocol
+    // pipes through /proc (see `init`).
+    let protected = nanoclaw_agent::init::protect();
+    let init = match protected {
+        Ok(()) if std::process::id() == 1 => nanoclaw_agent::init::become_init(),
+        _ => Ok(()),
+    };
     let filter = std::env::var("NANOCLAW_LOG")
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())
@@ -17,6 +24,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+
+    // Fail closed: an agent whose pipes tools could write to must not run.
+    if let Err(e) = protected {
+        fatal_exit(&format!(
+            "cannot make the agent process non-dumpable (prctl PR_SET_DUMPABLE): {e}"
+        ));
+    }
+    if let Err(e) = init {
+        fatal_exit(&format!("cannot start the agent under its own pid 1: {e}"));
+    }
 
     let env = match AgentEnv::from_env() {
         Ok(env) => env,

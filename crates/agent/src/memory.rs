@@ -173,6 +173,7 @@ mod tests {
                 model: "m".into(),
                 max_tokens: 1000,
                 context_window: 10_000,
+                stream_idle_timeout_secs: None,
             },
             assistant_name: "Andy".into(),
             timezone: Some("Europe/Berlin".into()),

@@ -203,10 +203,20 @@ where
             );
         }
     };
+    let idle = match hello.model.stream_idle_timeout_secs {
+        None => provider::DEFAULT_STREAM_IDLE_TIMEOUT,
+        Some(0) => {
+            return fatal(
+                outbox,
+                "model.stream_idle_timeout_secs is 0; it must be at least 1 second".into(),
+            );
+        }
+        Some(secs) => std::time::Duration::from_secs(secs),
+    };
     let Some(provider) = provider::provider_for(
         &hello.model.provider,
         &bridge.base_url(),
-        RetryPolicy::default(),
+        RetryPolicy::default().with_stream_idle_timeout(idle),
     ) else {
         let known: Vec<&str> = provider::provider_names().collect();
         return fatal(
@@ -747,6 +757,7 @@ mod tests {
                 model: "m".into(),
                 max_tokens: 100,
                 context_window: 100_000,
+                stream_idle_timeout_secs: None,
             },
             assistant_name: "Andy".into(),
             timezone: None,

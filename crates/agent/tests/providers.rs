@@ -230,6 +230,7 @@ async fn anthropic_honours_retry_after() {
         max_retries: 1,
         base_delay: Duration::ZERO,
         max_delay: Duration::from_secs(10),
+        ..RetryPolicy::default()
     };
     let provider = AnthropicProvider::new(&model.base_url(), policy);
     let started = Instant::now();
@@ -309,6 +310,46 @@ async fn anthropic_retries_a_mid_stream_overload() {
     let all = pieces.concat();
     assert!(all.ends_with("echo: one two three four"), "{all}");
     assert!(all.len() > "echo: one two three four".len(), "{all}");
+}
+
+/// A policy that gives up on a silent response after one second (the default is minutes).
+fn impatient() -> RetryPolicy {
+    RetryPolicy::immediate().with_stream_idle_timeout(Duration::from_secs(1))
+}
+
+#[tokio::test]
+async fn anthropic_retries_a_stream_that_stalls_midway() {
+    let model = ScriptedModel::start(Scenario::echo()).await.unwrap();
+    // message_start and the first text pieces arrive, then nothing.
+    model.push_fault(Fault::stream_stall(4));
+    let provider = AnthropicProvider::new(&model.base_url(), impatient());
+    let (result, pieces) = complete(&provider, &request("one two three four")).await;
+    assert_eq!(text_of(&result.unwrap()), "echo: one two three four");
+    assert_eq!(model.requests().len(), 2, "the stalled attempt was retried");
+    assert!(pieces.concat().len() > "echo: one two three four".len());
+}
+
+#[tokio::test]
+async fn openai_retries_a_stream_that_stalls_midway() {
+    let model = ScriptedModel::start(Scenario::echo()).await.unwrap();
+    model.push_fault(Fault::stream_stall(3));
+    let provider = OpenAiProvider::new(&model.base_url(), impatient());
+    let (result, _) = complete(&provider, &request("a b c d")).await;
+    assert_eq!(text_of(&result.unwrap()), "echo: a b c d");
+    assert_eq!(model.requests().len(), 2, "the stalled attempt was retried");
+}
+
+#[tokio::test]
+async fn a_stream_that_stays_silent_fails_naming_the_idle_timeout() {
+    let model = ScriptedModel::start(Scenario::echo()).await.unwrap();
+    model.push_fault(Fault::stream_stall(1));
+    let provider = AnthropicProvider::new(
+        &model.base_url(),
+        RetryPolicy::none().with_stream_idle_timeout(Duration::from_secs(1)),
+    );
+    let err = complete(&provider, &request("hi")).await.0.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("stream idle timeout"), "{err}");
 }
 
 #[tokio::test]

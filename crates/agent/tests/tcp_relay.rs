@@ -71,6 +71,7 @@ fn hello() -> Hello {
             model: "scripted-1".into(),
             max_tokens: 1024,
             context_window: 200_000,
+            stream_idle_timeout_secs: None,
         },
         assistant_name: "Andy".into(),
         timezone: Some("UTC".into()),

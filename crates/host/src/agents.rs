@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::{Config, Paths, create_private_dir};
+use crate::log_limit::{LogBudget, clean};
 use crate::relay::{Relay, RelayHandle};
 
 /// Where things appear inside every sandbox.
@@ -83,6 +84,8 @@ pub struct LiveAgent {
     _egress: Option<crate::egress::EgressHandle>,
     _permit: OwnedSemaphorePermit,
     run_dir: PathBuf,
+    /// What this sandbox may still make the host log (shared with its output readers).
+    pub log: LogBudget,
 }
 
 impl LiveAgent {
@@ -448,9 +451,15 @@ impl AgentPool {
         } = process;
 
         let (tx, rx) = mpsc::channel(256);
-        spawn_stdout_reader(stdout, tx, sandbox_name.clone());
+        let log = LogBudget::new(sandbox_name.clone());
+        spawn_stdout_reader(stdout, tx, sandbox_name.clone(), log.clone());
         let stderr_tail = StderrTail::default();
-        spawn_stderr_logger(stderr, sandbox_name.clone(), stderr_tail.clone());
+        spawn_stderr_logger(
+            stderr,
+            sandbox_name.clone(),
+            log.clone(),
+            stderr_tail.clone(),
+        );
 
         let mut agent = LiveAgent {
             session_id: session.id.clone(),
@@ -462,6 +471,7 @@ impl AgentPool {
             _egress: egress,
             _permit: permit,
             run_dir,
+            log,
         };
         let hello = HostMessage::Hello(Hello {
             protocol_major: PROTOCOL_MAJOR,
@@ -484,6 +494,7 @@ impl AgentPool {
                     .unwrap_or_else(|| self.config.model.model.clone()),
                 max_tokens: self.config.model.max_tokens,
                 context_window: self.config.model.context_window,
+                stream_idle_timeout_secs: Some(self.config.model.stream_idle_timeout_secs),
             },
             assistant_name: self.config.assistant_name.clone(),
             timezone: Some(timezone),
@@ -515,14 +526,16 @@ impl AgentPool {
             Ok(AgentEvent::Message(AgentMessage::Fatal { error })) => {
                 agent.kill().await;
                 Err(SpawnError::Handshake(format!(
-                    "{error}{}",
+                    "{}{}",
+                    clean(&error),
                     stderr_tail.note().await
                 )))
             }
             Ok(AgentEvent::Message(other)) => {
                 agent.kill().await;
                 Err(SpawnError::Handshake(format!(
-                    "expected ready, got {other:?}"
+                    "expected ready, got {}",
+                    clean(&format!("{other:?}"))
                 )))
             }
             Ok(AgentEvent::Exited(why)) => {
@@ -583,6 +596,7 @@ fn spawn_stdout_reader(
     stdout: nanoclaw_sandbox::SandboxOutput,
     tx: mpsc::Sender<AgentEvent>,
     sandbox: String,
+    log: LogBudget,
 ) {
     tokio::spawn(async move {
         let mut reader = LineReader::new(BufReader::new(stdout));
@@ -600,8 +614,12 @@ fn spawn_stdout_reader(
                     return;
                 }
                 Err(e) if e.is_recoverable() => {
-                    // The agent is untrusted: a bad line is logged and skipped.
-                    tracing::warn!(sandbox = %sandbox, error = %e, "rejected a protocol line from the agent");
+                    // The agent is untrusted: a bad line is logged (within the sandbox's
+                    // log budget) and skipped.
+                    let error = clean(&e.to_string());
+                    if log.admit(error.len()) {
+                        tracing::warn!(sandbox = %sandbox, %error, "rejected a protocol line from the agent");
+                    }
                 }
                 Err(e) => {
                     let _ = tx.send(AgentEvent::Exited(e.to_string())).await;
@@ -661,7 +679,12 @@ impl StderrTail {
     }
 }
 
-fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String, tail: StderrTail) {
+fn spawn_stderr_logger(
+    stderr: nanoclaw_sandbox::SandboxOutput,
+    sandbox: String,
+    log: LogBudget,
+    tail: StderrTail,
+) {
     use tokio::io::AsyncReadExt;
     /// Longest stderr line kept; the rest of a longer line is read and dropped, so a
     /// sandbox writing an endless line cannot make the host hold it.
@@ -697,8 +720,12 @@ fn spawn_stderr_logger(stderr: nanoclaw_sandbox::SandboxOutput, sandbox: String,
                 }
             }
             let text = String::from_utf8_lossy(&line);
-            tracing::debug!(sandbox = %sandbox, "agent: {}", text.trim_end());
-            tail.push(text.trim_end());
+            // Kept whatever the log level: a sandbox that dies before its handshake says why.
+            tail.push(&clean(text.trim_end()));
+            // Read on even when nothing is logged, so the sandbox never blocks on a full pipe.
+            if tracing::enabled!(tracing::Level::DEBUG) && log.admit(line.len()) {
+                tracing::debug!(sandbox = %sandbox, "agent: {}", clean(text.trim_end()));
+            }
         }
     });
 }

@@ -32,6 +32,9 @@ model = "claude-sonnet-4-5"
 max_tokens = 8192
 # Tokens the model's context holds; older turns are summarized before it fills [4096 to 10000000].
 context_window = 200000
+# A model response that sends nothing for this many seconds (a stalled stream) is given up
+# and retried by the agent, well before turn_timeout_secs. At least 1.
+stream_idle_timeout_secs = 120
 
 [agents]
 # Where agents run: "docker" (Docker Engine or Podman's Docker-compatible socket),
@@ -140,6 +143,7 @@ pub struct ModelSection {
     pub model: String,
     pub max_tokens: u32,
     pub context_window: u32,
+    pub stream_idle_timeout_secs: u64,
 }
 
 impl Default for ModelSection {
@@ -149,6 +153,7 @@ impl Default for ModelSection {
             model: "claude-sonnet-4-5".into(),
             max_tokens: 8192,
             context_window: 200_000,
+            stream_idle_timeout_secs: 120,
         }
     }
 }
@@ -417,6 +422,12 @@ impl Config {
                 "model.provider = {:?}: use \"anthropic\" or \"openai\"",
                 self.model.provider
             ));
+        }
+        if self.model.stream_idle_timeout_secs == 0 {
+            return Err(
+                "model.stream_idle_timeout_secs must be at least 1 (seconds a model stream may stay silent before it is retried)"
+                    .into(),
+            );
         }
         if !["auto", "docker", "native", "apple"].contains(&self.agents.runtime.as_str()) {
             return Err(format!(
@@ -714,6 +725,13 @@ mod tests {
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(
             err.contains("model.provider") && err.contains("anthropic"),
+            "{err}"
+        );
+
+        std::fs::write(&path, "[model]\nstream_idle_timeout_secs = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("stream_idle_timeout_secs must be at least 1"),
             "{err}"
         );
 

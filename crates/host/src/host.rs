@@ -27,6 +27,7 @@ use crate::channel::{
     Channel, ChannelContext, ChannelError, ChannelEvent, OutgoingMessage, Progress, RouteOutcome,
 };
 use crate::config::{Config, Paths};
+use crate::log_limit::clean;
 use crate::now_ms;
 use crate::relay::{ModelUpstreams, Relay};
 
@@ -34,6 +35,9 @@ use crate::relay::{ModelUpstreams, Relay};
 const MAX_BATCH: usize = 10;
 /// Longest text the agent may send through `send_message`.
 const MAX_AGENT_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest reply the host accepts from the agent (joined from `reply_part` frames); a longer
+/// one fails the turn with a message saying so instead of being stored.
+const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 /// Delivery attempts before a message is marked failed.
 const MAX_DELIVERY_TRIES: u32 = 5;
 
@@ -674,6 +678,7 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
     let channel = inner.channels.get(&chat.channel).cloned();
     let deadline = tokio::time::Instant::now() + inner.config.agents.turn_timeout();
     let mut sent_messages = 0u32;
+    let mut reply_parts = String::new();
     let end = loop {
         let event = match tokio::time::timeout_at(deadline, agent.next_event()).await {
             Ok(event) => event,
@@ -704,7 +709,12 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 }
             }
             AgentMessage::ToolActivity(activity) if activity.turn_id == turn_id => {
-                tracing::info!(session = %session_id, tool = %activity.tool, phase = ?activity.phase, summary = %activity.summary, "tool");
+                if agent
+                    .log
+                    .admit(activity.tool.len() + activity.summary.len())
+                {
+                    tracing::info!(session = %session_id, tool = %clean(&activity.tool), phase = ?activity.phase, summary = %clean(&activity.summary), "tool");
+                }
                 if activity.phase == ToolPhase::Started
                     && let Some(ch) = &channel
                 {
@@ -733,8 +743,10 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                     request.action,
                 )
                 .await;
-                if let Err(why) = &result {
-                    tracing::info!(session = %session_id, %why, "agent request refused");
+                if let Err(why) = &result
+                    && agent.log.admit(why.len())
+                {
+                    tracing::info!(session = %session_id, why = %clean(why), "agent request refused");
                 }
                 let reply = HostMessage::RequestResult(match result {
                     Ok(data) => RequestResult {
@@ -757,7 +769,33 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                     };
                 }
             }
-            AgentMessage::TurnFinished(done) if done.turn_id == turn_id => {
+            AgentMessage::ReplyPart { turn_id: t, text } if t == turn_id => {
+                // A reply too long for one protocol line comes in parts (protocol 1.3).
+                if reply_parts.len() + text.len() > MAX_REPLY_BYTES {
+                    break TurnEnd::Failed {
+                        error: format!(
+                            "the reply is longer than {} MiB, too long to deliver; ask for a shorter answer or for the result in a file",
+                            MAX_REPLY_BYTES / (1024 * 1024)
+                        ),
+                        retryable: false,
+                    };
+                }
+                reply_parts.push_str(&text);
+            }
+            AgentMessage::TurnFinished(mut done) if done.turn_id == turn_id => {
+                if !reply_parts.is_empty() {
+                    if reply_parts.len() + done.reply.len() > MAX_REPLY_BYTES {
+                        break TurnEnd::Failed {
+                            error: format!(
+                                "the reply is longer than {} MiB, too long to deliver; ask for a shorter answer or for the result in a file",
+                                MAX_REPLY_BYTES / (1024 * 1024)
+                            ),
+                            retryable: false,
+                        };
+                    }
+                    reply_parts.push_str(&done.reply);
+                    done.reply = std::mem::take(&mut reply_parts);
+                }
                 break TurnEnd::Finished(Box::new(done));
             }
             AgentMessage::TurnFailed {
@@ -774,7 +812,10 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 };
             }
             AgentMessage::Log { level, message } => {
-                let message: String = message.chars().take(2000).collect();
+                if !agent.log.admit(message.len()) {
+                    continue;
+                }
+                let message = clean(&message);
                 match level {
                     nanoclaw_protocol::LogLevel::Error | nanoclaw_protocol::LogLevel::Warn => {
                         tracing::warn!(session = %session_id, "agent: {message}")
@@ -789,7 +830,12 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 };
             }
             other => {
-                tracing::debug!(session = %session_id, ?other, "ignoring an agent message for another turn");
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let other = clean(&format!("{other:?}"));
+                    if agent.log.admit(other.len()) {
+                        tracing::debug!(session = %session_id, %other, "ignoring an agent message for another turn");
+                    }
+                }
             }
         }
     };
@@ -817,7 +863,16 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
                 }
             });
             let tokens = (done.usage.input_tokens, done.usage.output_tokens);
-            save_turn(inner, session_id, &ids, &answers, replies, task_status, tokens).await;
+            save_turn(
+                inner,
+                session_id,
+                &ids,
+                &answers,
+                replies,
+                task_status,
+                tokens,
+            )
+            .await;
             if let Err(e) = inner
                 .store
                 .record_usage(
@@ -840,7 +895,8 @@ async fn run_turn(inner: &Arc<Inner>, session_id: &str, batch: Vec<Inbound>) -> 
             Ok(())
         }
         TurnEnd::Failed { error, retryable } => {
-            tracing::warn!(session = %session_id, %error, retryable, "turn failed");
+            // The error may carry the sandbox's text: escaped and cut in the log record.
+            tracing::warn!(session = %session_id, error = %clean(&error), retryable, "turn failed");
             // The agent's state is suspect after a failure; start fresh next time.
             agent.kill().await;
             fail_turn(inner, &chat, session_id, &ids, task_id, error, retryable).await

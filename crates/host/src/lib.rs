@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod egress;
 pub mod host;
+pub mod log_limit;
 pub mod mounts;
 pub mod relay;
 pub mod router;

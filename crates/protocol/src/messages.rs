@@ -53,6 +53,10 @@ pub struct ModelConfig {
     /// Tokens the model's context window holds; compaction starts before it fills.
     #[serde(default = "default_context_window")]
     pub context_window: u32,
+    /// Seconds a model response may send nothing (no headers, no stream bytes) before the
+    /// agent gives up on that attempt and retries it (since 1.3). Absent: the agent's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout_secs: Option<u64>,
 }
 
 fn default_max_tokens() -> u32 {
@@ -143,6 +147,9 @@ pub enum AgentMessage {
     /// Something only the host may do; the host authorizes it and answers with
     /// [`HostMessage::RequestResult`].
     Request(Request),
+    /// A leading piece of a reply too long for one line (since 1.3): the host joins every
+    /// `reply_part` of the turn, in order, in front of the `turn_finished` reply.
+    ReplyPart { turn_id: String, text: String },
     /// The turn is answered. `reply` is the text to deliver to the turn's chat (empty when
     /// the agent chose not to answer, e.g. it already used `send_message`).
     TurnFinished(TurnFinished),

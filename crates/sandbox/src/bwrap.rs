@@ -10,17 +10,17 @@
 //! | no nested user namespaces | `--disable-userns` (bwrap ≥ 0.8 only) |
 //! | no network but loopback | new network namespace (`--unshare-net`): only `lo`, no route anywhere |
 //! | own processes only | new pid namespace; `/proc` is a fresh procfs of that namespace |
+//! | protocol pipes out of the tools' reach | `--as-pid-1`: no bwrap reaper holds the agent's stdio in the sandbox; the agent is pid 1, forks a non-dumpable init and runs non-dumpable itself, so `/proc/<pid>/fd` of both is closed to the tools |
 //! | ipc / hostname / cgroup view | new ipc and uts namespaces (hostname `nanoclaw`), cgroup namespace when available |
 //! | no TIOCSTI into the host terminal | `--new-session` (setsid) |
 //! | dies with the host | `--die-with-parent` (PDEATHSIG: the host thread that called `spawn` must outlive the sandbox, so do not spawn from a short-lived thread such as `spawn_blocking`); `kill_on_drop` on the bwrap child |
 //! | filesystem | root is bwrap's tmpfs, remounted read-only once populated. Read-only: `/usr`, `/bin` `/sbin` `/lib*` (symlinks recreated on merged-usr hosts, else ro-bound), a short allow-list of `/etc` files (no `/etc/ssl/private`, no shadow), the agent binary at [`AGENT_BINARY_PATH`]. Generated: `/etc/passwd`, `/etc/group`, `/etc/hosts`, `/etc/hostname` (`--ro-bind-data` from pipes, no temp files). Fresh: `/proc`, minimal `/dev`, size-limited tmpfs `/tmp` and `/run`. Plus exactly the spec's mounts, in order. No host home, no data dir. |
-//! | environment | `bwrap` itself is started with an empty environment (its pid-1 reaper is visible in the sandbox's `/proc`), and `--clearenv` + `--setenv` gives the agent exactly `spec.env` |
+//! | environment | `bwrap` itself is started with an empty environment (the outer bwrap is not in the sandbox's pid namespace), and `--clearenv` + `--setenv` gives the agent exactly `spec.env` |
 //! | `max_open_files`, `max_file_bytes`, `max_memory_bytes` | `RLIMIT_NOFILE`, `RLIMIT_FSIZE`, `RLIMIT_AS` set in `pre_exec` on bwrap, inherited by everything in the sandbox (clamped to the host's hard limit when lower). `RLIMIT_CORE` = 0. |
 //! | `max_processes` | `RLIMIT_NPROC`, with a kernel caveat: it counts *all* tasks of the sandbox user (the sandbox's user namespace inherits the creator's limit; for a root host every sandbox shares the dedicated id). So the rlimit is `max_processes` + that user's task count at spawn, i.e. roughly "`max_processes` more tasks". The exact per-sandbox limit is the cgroup below. |
 //! | `max_processes`, `max_memory_bytes` (exact) | a per-sandbox cgroup when cgroups are writable (root, or a delegated v2 subtree): `pids.max` = `max_processes` + 2 (bwrap's two own processes), `memory.max` / `memory.limit_in_bytes` = `max_memory_bytes`. v2: `<current>/nanoclaw/<name>` or `/sys/fs/cgroup/nanoclaw/<name>`; v1: `/sys/fs/cgroup/{pids,memory}/<current>/nanoclaw/<name>`. Joined from `pre_exec`; the cleanup hook kills leftovers and removes it. When not writable: logged at debug, rlimits only. |
 //!
-//! Visible but harmless: bwrap's command line (`/proc/1/cmdline` inside), which names the
-//! host paths of the mounts. A workdir outside every mount is created empty on the read-only
+//! A workdir outside every mount is created empty on the read-only
 //! root (`--dir`); one under a mount must already exist on the host.
 //! Per-sandbox cgroups of a host that died are removed by the next [`NativeRuntime::detect`]
 //! (empty ones older than a minute).
@@ -831,6 +831,10 @@ pub(crate) fn build_args(
     push(&[
         &"--unshare-user",
         &"--unshare-pid",
+        // The agent is pid 1 itself: bwrap's own reaper would be a dumpable process holding
+        // the agent's stdio, which tools could open through /proc/1/fd (the agent forks its
+        // own non-dumpable init instead).
+        &"--as-pid-1",
         &"--unshare-net",
         &"--unshare-ipc",
         &"--unshare-uts",
@@ -1196,6 +1200,7 @@ mod tests {
         for flag in [
             "--unshare-user",
             "--unshare-pid",
+            "--as-pid-1",
             "--unshare-net",
             "--unshare-ipc",
             "--unshare-uts",

@@ -8,7 +8,7 @@
 //! | non-root user inside, never host root outside | `User` = the [`SandboxUser`]: the host user's `uid:gid` (so the user's own mounts are writable), or — host is root — the dedicated unprivileged id, with the mounts handed to it without following links ([`crate::user`]); `CapDrop: ALL`, `no-new-privileges` |
 //! | kernel knobs read-only | `ReadonlyPaths` = [`PROC_READ_ONLY`] (the engine's default, stated) |
 //! | no network but loopback | `NetworkMode: none`: only `lo` |
-//! | own processes only, init | the engine's pid namespace; `Init: true` (docker-init/catatonit reaps zombies and forwards signals) |
+//! | own processes only, init | the engine's pid namespace; `Init: false`: the agent is pid 1 and forks its own non-dumpable init (reaps zombies, forwards signals), because docker-init/catatonit would be a dumpable process holding the agent's stdio that tools could open through `/proc/1/fd` |
 //! | filesystem | the image's root, `ReadonlyRootfs`; size-limited `noexec` tmpfs `/tmp` and `/run`; exactly the spec's mounts (bind, read-only unless writable) plus the agent binary read-only at [`AGENT_BINARY_PATH`]. The image's entrypoint is overridden: the command is the agent. |
 //! | environment | exactly `spec.env`, plus what the engine itself always adds: `HOSTNAME` (and `container=podman` under Podman), and the image's own `ENV` (the image is ours: it sets none that matter) |
 //! | `max_processes` | `PidsLimit` (pids cgroup of the container) |
@@ -571,7 +571,8 @@ pub(crate) fn container_config(
         ])),
         cap_drop: Some(vec!["ALL".to_string()]),
         security_opt: Some(vec!["no-new-privileges".to_string()]),
-        init: Some(true),
+        // The agent is its own (non-dumpable) init; see the module docs.
+        init: Some(false),
         network_mode: Some("none".to_string()),
         ipc_mode: Some("private".to_string()),
         // The engine's defaults, stated so they hold whatever the engine (Podman, an old
@@ -981,7 +982,7 @@ mod tests {
             Some(vec!["no-new-privileges".to_string()])
         );
         assert_eq!(host.network_mode.as_deref(), Some("none"));
-        assert_eq!(host.init, Some(true));
+        assert_eq!(host.init, Some(false));
         assert_eq!(host.auto_remove, Some(true));
         assert_eq!(host.pids_limit, Some(64));
         assert_eq!(host.memory, Some(512 * 1024 * 1024));

@@ -191,9 +191,10 @@ async fn pid_namespace_shows_only_the_sandbox() {
     )
     .await;
     let processes: Vec<&str> = out.stdout.lines().collect();
-    // bwrap's reaper (pid 1), the agent shell and its `cat` children; never the host's.
+    // The agent (here a shell at the agent's path) is pid 1 itself (`--as-pid-1`: no bwrap
+    // reaper holding its stdio), plus its `cat` children; never the host's.
     assert!(processes.len() <= 4, "{processes:?}");
-    assert!(processes.contains(&"1 bwrap"), "{processes:?}");
+    assert!(processes.contains(&"1 nanoclaw-agent"), "{processes:?}");
     assert!(
         processes.iter().all(|p| p.ends_with(" bwrap")
             || p.ends_with(" sh")

@@ -10,7 +10,10 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::scenario::{Conversation, Turn};
-use crate::{Fault, Output, Shared, json_pieces, json_response, shape_output, sse_response};
+use crate::{
+    Fault, Output, Shared, json_pieces, json_response, never_respond, shape_output, sse_response,
+    stalled_sse_response,
+};
 use crate::{text_pieces, tokens};
 
 pub(crate) async fn messages(
@@ -48,6 +51,7 @@ pub(crate) async fn messages(
     }
 
     let fault = shared.pop_fault();
+    let mut stall = None;
     let stream_fault = match fault {
         Some(Fault::Status {
             status,
@@ -56,6 +60,10 @@ pub(crate) async fn messages(
             retry_after,
         }) => return error(status, &kind, &message, retry_after),
         Some(Fault::StreamError { kind, message }) => Some((kind, message)),
+        Some(Fault::StreamStall { after_frames }) => {
+            stall = Some(after_frames);
+            None
+        }
         None => None,
     };
 
@@ -101,6 +109,13 @@ pub(crate) async fn messages(
     let msg_id = format!("msg_scripted_{:08}", shared.next_id());
     let request_id = format!("req_scripted_{:08}", shared.next_id());
 
+    if let Some(after_frames) = stall {
+        if !parsed.stream {
+            return never_respond().await;
+        }
+        let frames = stream_frames(&msg_id, &parsed.model, usage, &out);
+        return stalled_sse_response(frames, after_frames);
+    }
     if parsed.stream {
         let frames = match stream_fault {
             Some((kind, message)) => {

@@ -46,6 +46,10 @@ pub enum Fault {
     /// A stream that starts normally, sends some text, then an error event. Without
     /// streaming it becomes a 529 (`overloaded_error`) or 500 status.
     StreamError { kind: String, message: String },
+    /// A stream that sends its first `after_frames` server-sent events of the normal answer,
+    /// then nothing more while keeping the connection open (a stalled upstream). Without
+    /// streaming the response never starts.
+    StreamStall { after_frames: usize },
 }
 
 impl Fault {
@@ -71,6 +75,11 @@ impl Fault {
             message: "Number of request tokens has exceeded your per-minute rate limit".into(),
             retry_after: Some(retry_after_secs),
         }
+    }
+
+    /// A stream that stalls for good after `after_frames` events.
+    pub fn stream_stall(after_frames: usize) -> Self {
+        Fault::StreamStall { after_frames }
     }
 
     /// A mid-stream `overloaded_error` event.
@@ -385,6 +394,29 @@ fn sse_response(frames: Vec<String>, extra: &[(&'static str, String)]) -> Respon
         }
     }
     resp
+}
+
+/// The first `after_frames` frames, then a body that never ends and never sends more.
+fn stalled_sse_response(mut frames: Vec<String>, after_frames: usize) -> Response {
+    frames.truncate(after_frames);
+    let start = futures_util::stream::iter(
+        frames
+            .into_iter()
+            .map(|f| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(f))),
+    );
+    let stream = futures_util::StreamExt::chain(start, futures_util::stream::pending());
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    resp
+}
+
+/// A response whose headers never come.
+async fn never_respond() -> Response {
+    std::future::pending::<()>().await;
+    StatusCode::GATEWAY_TIMEOUT.into_response()
 }
 
 fn json_response(status: StatusCode, body: Value, retry_after: Option<u64>) -> Response {

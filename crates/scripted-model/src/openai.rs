@@ -9,7 +9,10 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::scenario::{Conversation, Turn};
-use crate::{Fault, Output, Shared, json_pieces, json_response, shape_output, sse_response};
+use crate::{
+    Fault, Output, Shared, json_pieces, json_response, never_respond, shape_output, sse_response,
+    stalled_sse_response,
+};
 use crate::{text_pieces, tokens};
 
 pub(crate) async fn chat_completions(
@@ -51,6 +54,7 @@ pub(crate) async fn chat_completions(
         }
     }
 
+    let mut stall = None;
     let stream_fault = match shared.pop_fault() {
         Some(Fault::Status {
             status,
@@ -62,6 +66,10 @@ pub(crate) async fn chat_completions(
             return error(status, &kind, &message, None, code, retry_after);
         }
         Some(Fault::StreamError { kind, message }) => Some((kind, message)),
+        Some(Fault::StreamStall { after_frames }) => {
+            stall = Some(after_frames);
+            None
+        }
         None => None,
     };
 
@@ -113,6 +121,9 @@ pub(crate) async fn chat_completions(
         "total_tokens": prompt_tokens + out.output_tokens,
     });
 
+    if stall.is_some() && !parsed.stream {
+        return never_respond().await;
+    }
     if !parsed.stream {
         let tool_calls: Vec<Value> = out
             .tool_calls
@@ -185,6 +196,9 @@ pub(crate) async fn chat_completions(
         frames.push(format!("data: {c}\n\n"));
     }
     frames.push("data: [DONE]\n\n".to_string());
+    if let Some(after_frames) = stall {
+        return stalled_sse_response(frames, after_frames);
+    }
     sse_response(frames, &[])
 }
 

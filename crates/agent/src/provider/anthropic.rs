@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::retry::{Failure, Retries, parse_retry_after};
+use super::retry::{Failure, Retries, parse_retry_after, within_idle};
 use super::{
     ContentBlock, Message, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, Role,
     StopReason, Usage,
@@ -43,35 +43,40 @@ impl AnthropicProvider {
         body: &Value,
         on_text: &mut (dyn FnMut(&str) + Send + '_),
     ) -> Result<ModelResponse, Failure> {
+        let idle = self.retry.stream_idle_timeout;
         let response = self
             .client
             .post(&self.url)
             .header("anthropic-version", API_VERSION)
             .json(body)
-            .send()
-            .await
+            .send();
+        let response = within_idle(NAME, idle, "waiting for the model's response", response)
+            .await?
             .map_err(|e| transport(format!("POST {}: {e}", self.url)))?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = parse_retry_after(response.headers());
-            let text = response.text().await.unwrap_or_default();
+            let text = within_idle(NAME, idle, "reading the error body", response.text())
+                .await?
+                .unwrap_or_default();
             return Err(Failure {
                 error: status_error(status.as_u16(), &text),
                 retry_after,
             });
         }
-        read_stream(response, on_text).await.map_err(Failure::from)
+        read_stream(response, idle, on_text)
+            .await
+            .map_err(Failure::from)
     }
 }
 
 /// A client for plain HTTP on loopback: no proxy (a sandbox's proxy variables must not
-/// divert relay traffic), bounded connect time, and a read timeout so a stalled stream
-/// fails (and is retried) instead of hanging the agent.
+/// divert relay traffic) and bounded connect time. A stalled response is bounded by the
+/// policy's stream idle timeout around every read (see `within_idle`), not here.
 pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(300))
         .build()
         .unwrap_or_else(|error| {
             tracing::warn!(%error, "could not build the tuned HTTP client; using defaults");
@@ -387,6 +392,7 @@ fn finish_block(building: &mut Building, index: usize) -> Result<(), ProviderErr
 
 async fn read_stream(
     response: reqwest::Response,
+    idle: std::time::Duration,
     on_text: &mut (dyn FnMut(&str) + Send + '_),
 ) -> Result<ModelResponse, ProviderError> {
     let mut events = response.bytes_stream().eventsource();
@@ -395,7 +401,9 @@ async fn read_stream(
     let mut stop: Option<String> = None;
     let mut finished = false;
 
-    while let Some(event) = events.next().await {
+    while let Some(event) =
+        within_idle(NAME, idle, "reading the event stream", events.next()).await?
+    {
         let event = event.map_err(|e| ProviderError::Transport {
             provider: NAME,
             message: format!("reading the event stream: {e}"),

@@ -16,7 +16,7 @@ mod retry;
 
 pub use anthropic::AnthropicProvider;
 pub use openai::OpenAiProvider;
-pub use retry::RetryPolicy;
+pub use retry::{DEFAULT_STREAM_IDLE_TIMEOUT, RetryPolicy};
 
 /// Who said a message in the model conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

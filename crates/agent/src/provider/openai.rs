@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::anthropic::{http_client, snippet};
-use super::retry::{Failure, Retries, parse_retry_after};
+use super::retry::{Failure, Retries, parse_retry_after, within_idle};
 use super::{
     ContentBlock, Message, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, Role,
     StopReason, Usage,
@@ -44,12 +44,10 @@ impl OpenAiProvider {
         body: &Value,
         on_text: &mut (dyn FnMut(&str) + Send + '_),
     ) -> Result<ModelResponse, Failure> {
-        let response = self
-            .client
-            .post(&self.url)
-            .json(body)
-            .send()
-            .await
+        let idle = self.retry.stream_idle_timeout;
+        let response = self.client.post(&self.url).json(body).send();
+        let response = within_idle(NAME, idle, "waiting for the model's response", response)
+            .await?
             .map_err(|e| {
                 Failure::from(ProviderError::Transport {
                     provider: NAME,
@@ -59,13 +57,17 @@ impl OpenAiProvider {
         let status = response.status();
         if !status.is_success() {
             let retry_after = parse_retry_after(response.headers());
-            let text = response.text().await.unwrap_or_default();
+            let text = within_idle(NAME, idle, "reading the error body", response.text())
+                .await?
+                .unwrap_or_default();
             return Err(Failure {
                 error: status_error(status.as_u16(), &text),
                 retry_after,
             });
         }
-        read_stream(response, on_text).await.map_err(Failure::from)
+        read_stream(response, idle, on_text)
+            .await
+            .map_err(Failure::from)
     }
 }
 
@@ -338,6 +340,7 @@ fn finish_reason(s: &str) -> StopReason {
 
 async fn read_stream(
     response: reqwest::Response,
+    idle: std::time::Duration,
     on_text: &mut (dyn FnMut(&str) + Send + '_),
 ) -> Result<ModelResponse, ProviderError> {
     let mut events = response.bytes_stream().eventsource();
@@ -347,7 +350,9 @@ async fn read_stream(
     let mut finish: Option<String> = None;
     let mut done = false;
 
-    while let Some(event) = events.next().await {
+    while let Some(event) =
+        within_idle(NAME, idle, "reading the event stream", events.next()).await?
+    {
         let event = event.map_err(|e| ProviderError::Transport {
             provider: NAME,
             message: format!("reading the event stream: {e}"),

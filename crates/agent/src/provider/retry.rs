@@ -21,7 +21,14 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Upper bound for any delay, including a server's `retry-after`.
     pub max_delay: Duration,
+    /// An attempt whose response (headers, then each piece of the stream) sends nothing for
+    /// this long fails as a retryable transport error, so a stalled upstream costs this
+    /// much per try instead of the whole turn timeout.
+    pub stream_idle_timeout: Duration,
 }
+
+/// The default [`RetryPolicy::stream_idle_timeout`]; the host normally sends its own.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -29,6 +36,7 @@ impl Default for RetryPolicy {
             max_retries: 4,
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(30),
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 }
@@ -40,7 +48,14 @@ impl RetryPolicy {
             max_retries: 4,
             base_delay: Duration::ZERO,
             max_delay: Duration::ZERO,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
+    }
+
+    /// This policy with another stream idle timeout.
+    pub fn with_stream_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_idle_timeout = timeout;
+        self
     }
 
     /// Never retries.
@@ -94,6 +109,24 @@ impl From<ProviderError> for Failure {
             retry_after: None,
         }
     }
+}
+
+/// `fut`, or a retryable transport error naming `what` when it takes longer than `idle`.
+pub(crate) async fn within_idle<T>(
+    provider: &'static str,
+    idle: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, ProviderError> {
+    tokio::time::timeout(idle, fut)
+        .await
+        .map_err(|_| ProviderError::Transport {
+            provider,
+            message: format!(
+                "{what}: nothing received for {} s (stream idle timeout)",
+                idle.as_secs()
+            ),
+        })
 }
 
 /// Parses `retry-after` in seconds (integer or decimal). The HTTP-date form is not

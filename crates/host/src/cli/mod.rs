@@ -30,13 +30,13 @@ pub fn open_existing() -> anyhow::Result<(Paths, Config, Store)> {
     Ok((paths, config, store))
 }
 
-/// Logs to stderr (the daemon) or to `file` (an in-process host behind `chat`).
+/// Logs to stderr (the daemon) or to `file` (an in-process host behind `chat`; never
+/// coloured). Stderr is coloured only when it is a terminal and `NO_COLOR` is unset.
 /// `NANOCLAW_LOG` sets the filter (default `info`); `NANOCLAW_LOG_FORMAT=json` for JSON.
 pub fn init_logging(file: Option<&Path>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("NANOCLAW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("NANOCLAW_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let no_color = std::env::var_os("NO_COLOR").is_some();
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let writer = file.and_then(|path| {
         if let Some(dir) = path.parent() {
@@ -65,8 +65,10 @@ pub fn init_logging(file: Option<&Path>) {
             let _ = builder.json().with_writer(std::io::stderr).try_init();
         }
         (None, false) => {
+            // Colour only for a person at a terminal: stderr redirected to a file, a pipe or
+            // journald gets plain text.
             let _ = builder
-                .with_ansi(!no_color)
+                .with_ansi(color())
                 .with_writer(std::io::stderr)
                 .try_init();
         }

@@ -83,8 +83,14 @@ pub async fn wait_reply(client: &mut TerminalClient, id: &str) -> (String, Strin
     }
 }
 
-/// `nanoclaw run` as a child process, so a test can kill it like a crash would.
+/// `nanoclaw run` as a child process, so a test can kill it like a crash would. Its
+/// stderr (the log, at debug level) goes to `daemon.log` in `home`.
 pub fn spawn_daemon(home: &Path, model: &ScriptedModel) -> Child {
+    spawn_daemon_with_agent(home, model, &nanoclaw_test_support::agent_binary())
+}
+
+/// [`spawn_daemon`] with another program in place of the agent runner.
+pub fn spawn_daemon_with_agent(home: &Path, model: &ScriptedModel, agent: &Path) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
     nanoclaw_test_support::hermetic(cmd.arg("run").env_clear())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -93,7 +99,7 @@ pub fn spawn_daemon(home: &Path, model: &ScriptedModel) -> Child {
         .env("NANOCLAW_LOG", "debug")
         .env("ANTHROPIC_BASE_URL", model.base_url())
         .env("ANTHROPIC_API_KEY", TEST_KEY)
-        .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary())
+        .env("NANOCLAW_AGENT_BIN", agent)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
