@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::process::{Output, Stdio};
 
 use common::*;
@@ -290,21 +289,13 @@ async fn piped_chat(
     key: Option<&str>,
     stdin: &str,
 ) -> Output {
-    let mut child = nanoclaw_command(home.path(), model, key, &["chat", "--timeout", "150"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
+    let mut cmd = nanoclaw_command(home.path(), model, key, &["chat", "--timeout", "150"]);
+    let stdin = stdin.to_owned();
+    tokio::task::spawn_blocking(move || {
+        nanoclaw_test_support::output_with_stdin(&mut cmd, stdin.as_bytes())
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

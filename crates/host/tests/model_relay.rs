@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use nanoclaw_host::relay::{ModelUpstreams, Relay, RelayLimits, Upstream, UpstreamAuth};
 use nanoclaw_test_support::TestHome;
@@ -28,21 +27,11 @@ fn nanoclaw(home: &TestHome, args: &[&str], env: &[(&str, &str)], stdin: &str) -
         .env("NANOCLAW_MASTER_KEY", MASTER_KEY_HEX)
         .env("NANOCLAW_KEYRING", "off")
         .env("NO_COLOR", "1")
-        .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    nanoclaw_test_support::output_with_stdin(&mut cmd, stdin.as_bytes())
 }
 
 fn text(b: &[u8]) -> String {

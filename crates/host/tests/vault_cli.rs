@@ -3,7 +3,6 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -47,20 +46,7 @@ impl Env {
         self.cmd(args, Some(KEY_HEX)).output().unwrap()
     }
     fn run_with_stdin(&self, args: &[&str], stdin: &str, key: Option<&str>) -> Output {
-        let mut child = self
-            .cmd(args, key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        nanoclaw_test_support::output_with_stdin(&mut self.cmd(args, key), stdin.as_bytes())
     }
 }
 

@@ -153,22 +153,13 @@ impl Drop for Keyring {
 }
 
 fn nanoclaw(keyring: &Keyring, home: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = keyring
-        .command(env!("CARGO_BIN_EXE_nanoclaw"))
-        .args(args)
-        .env("NANOCLAW_HOME", home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    nanoclaw_test_support::output_with_stdin(
+        keyring
+            .command(env!("CARGO_BIN_EXE_nanoclaw"))
+            .args(args)
+            .env("NANOCLAW_HOME", home),
+        stdin.as_bytes(),
+    )
 }
 
 fn text(out: &Output) -> String {

@@ -75,6 +75,35 @@ pub(crate) fn complete_turn_tx(
     Ok(inserted)
 }
 
+/// A row's status and tries, `None` when it does not exist.
+fn status_and_tries(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+) -> Result<Option<(InboundStatus, u32)>, StoreError> {
+    tx.query_row(
+        "SELECT status, tries FROM inbound WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .ctx("read inbound tries")
+}
+
+/// Marks a row `failed` with its last error.
+fn mark_failed(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    error: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE inbound SET status = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, error, now_ms],
+    )
+    .ctx("fail inbound")?;
+    Ok(())
+}
+
 /// The bookkeeping of rows that just became `failed`: their task runs end failed, and the notice
 /// is queued (once, by its idempotency key).
 fn finish_failed_tx(
@@ -227,14 +256,12 @@ impl Store {
         self.write("retry or fail inbound", move |tx| {
             let mut out = RetryOutcome::default();
             for &id in &inbound_ids {
-                let current: Option<(InboundStatus, u32)> = tx
-                    .query_row("SELECT status, tries FROM inbound WHERE id = ?1", [id], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()
-                    .ctx("read inbound tries")?;
+                let current = status_and_tries(tx, id)?;
                 let Some((status, tries)) = current else {
-                    tracing::warn!(inbound = id, "store: retry_or_fail on a missing inbound row, skipped");
+                    tracing::warn!(
+                        inbound = id,
+                        "store: retry_or_fail on a missing inbound row, skipped"
+                    );
                     continue;
                 };
                 if matches!(status, InboundStatus::Done | InboundStatus::Failed) {
@@ -251,11 +278,7 @@ impl Store {
                     .ctx("reschedule inbound")?;
                     out.retried.push(id);
                 } else {
-                    tx.execute(
-                        "UPDATE inbound SET status = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1",
-                        params![id, error, now_ms],
-                    )
-                    .ctx("fail inbound")?;
+                    mark_failed(tx, id, &error, now_ms)?;
                     out.failed.push(id);
                 }
             }
@@ -282,21 +305,12 @@ impl Store {
         self.write("fail exhausted inbound", move |tx| {
             let mut out = RetryOutcome::default();
             for &id in &inbound_ids {
-                let current: Option<(InboundStatus, u32)> = tx
-                    .query_row("SELECT status, tries FROM inbound WHERE id = ?1", [id], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()
-                    .ctx("read inbound tries")?;
+                let current = status_and_tries(tx, id)?;
                 let Some((InboundStatus::Processing, tries)) = current else {
                     continue;
                 };
                 if tries > max_tries {
-                    tx.execute(
-                        "UPDATE inbound SET status = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1",
-                        params![id, error, now_ms],
-                    )
-                    .ctx("fail inbound")?;
+                    mark_failed(tx, id, &error, now_ms)?;
                     out.failed.push(id);
                 } else {
                     tx.execute(

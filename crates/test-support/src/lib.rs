@@ -73,6 +73,23 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
         .env("ANTHROPIC_BASE_URL", UNREACHABLE_MODEL_URL)
 }
 
+/// Runs `cmd` with `stdin` as its standard input (the way secrets reach the CLI) and returns
+/// its captured output.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the command");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin).expect("writing the command's stdin");
+    }
+    child.wait_with_output().expect("waiting for the command")
+}
+
 /// A temporary `$NANOCLAW_HOME`, removed on drop.
 pub struct TestHome {
     dir: tempfile::TempDir,

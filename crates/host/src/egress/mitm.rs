@@ -611,30 +611,15 @@ fn ambiguous_path(target: &str) -> Option<&'static str> {
 
 /// `%xx` escapes of a path decoded (`+` is a plus in a path); a bad escape stays as it is.
 fn percent_decode_path(s: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match (
-            s[i],
-            s.get(i + 1).copied().and_then(hex),
-            s.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push(((h << 4) | l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
+    percent_decode_with(s, false)
 }
 
 /// `%xx` escapes (and `+`, as in forms) decoded; a bad escape stays as it is.
 fn percent_decode(s: &[u8]) -> Vec<u8> {
+    percent_decode_with(s, true)
+}
+
+fn percent_decode_with(s: &[u8], plus_is_space: bool) -> Vec<u8> {
     let hex = |b: u8| char::from(b).to_digit(16);
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -648,7 +633,7 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
                 out.push(((h << 4) | l) as u8);
                 i += 3;
             }
-            (b'+', _, _) => {
+            (b'+', _, _) if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
