@@ -8,6 +8,7 @@
 //! answers [`AgentMessage::Ready`] (or [`AgentMessage::Fatal`] when the major versions
 //! differ). See `docs/PROTOCOL.md` for the full description.
 
+pub mod contract;
 mod codec;
 mod messages;
 
