@@ -8,8 +8,8 @@
 //! answers [`AgentMessage::Ready`] (or [`AgentMessage::Fatal`] when the major versions
 //! differ). See `docs/PROTOCOL.md` for the full description.
 
-pub mod contract;
 mod codec;
+pub mod contract;
 mod messages;
 
 pub use codec::{LineReader, LineWriter, ReadError, WriteError, decode_line, encode_line};
