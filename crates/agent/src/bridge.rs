@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 /// What every TCP relay connection starts with, before the token (the host's
 /// `relay::TCP_PREAMBLE_PREFIX`).
-pub const TCP_PREAMBLE_PREFIX: &str = "NANOCLAW-RELAY ";
+pub const TCP_PREAMBLE_PREFIX: &str = nanoclaw_protocol::contract::RELAY_PREAMBLE_PREFIX;
 
 /// Where the host's model relay is.
 #[derive(Clone, PartialEq, Eq)]

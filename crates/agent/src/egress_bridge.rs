@@ -18,14 +18,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// Where the host's egress proxy socket is, inside the sandbox.
-pub const EGRESS_SOCKET_ENV: &str = "NANOCLAW_EGRESS_SOCKET";
+pub const EGRESS_SOCKET_ENV: &str = nanoclaw_protocol::contract::env::EGRESS_SOCKET;
 
 /// Hosts that never go through the proxy (the bridges themselves live on loopback).
 pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 
 /// Where the host put the CA bundle (system roots + its local CA) inside the sandbox, set
 /// when the host intercepts TLS for credential injection.
-pub const CA_BUNDLE_ENV: &str = "NANOCLAW_CA_BUNDLE";
+pub const CA_BUNDLE_ENV: &str = nanoclaw_protocol::contract::env::CA_BUNDLE;
 
 /// The CA bundle variables, set when the host intercepts TLS so clients trust its local CA.
 pub const CA_BUNDLE_VARS: &[&str] = &[

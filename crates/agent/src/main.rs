@@ -14,7 +14,7 @@ fn main() {
         Ok(()) if std::process::id() == 1 => nanoclaw_agent::init::become_init(),
         _ => Ok(()),
     };
-    let filter = std::env::var("NANOCLAW_LOG")
+    let filter = std::env::var(nanoclaw_protocol::contract::env::LOG)
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())

@@ -71,14 +71,14 @@ impl AgentEnv {
     /// Builds the environment from `lookup` (for tests and embedding).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<PathBuf>) -> Result<Self, EnvError> {
         let relay = relay_route(&lookup)?;
-        let workspace = match lookup("NANOCLAW_WORKSPACE") {
+        let workspace = match lookup(nanoclaw_protocol::contract::env::WORKSPACE) {
             Some(w) => w,
             None => std::env::current_dir().map_err(EnvError::NoWorkspace)?,
         };
         Ok(Self {
             relay,
             workspace,
-            global_dir: lookup("NANOCLAW_GLOBAL_DIR"),
+            global_dir: lookup(nanoclaw_protocol::contract::env::GLOBAL_DIR),
         })
     }
 }
@@ -95,12 +95,14 @@ fn relay_route(lookup: &impl Fn(&str) -> Option<PathBuf>) -> Result<RelayRoute, 
             })
             .transpose()
     };
-    let Some(addr) = text("NANOCLAW_MODEL_TCP")? else {
-        return lookup("NANOCLAW_MODEL_SOCKET")
+    let Some(addr) = text(nanoclaw_protocol::contract::env::MODEL_TCP)? else {
+        return lookup(nanoclaw_protocol::contract::env::MODEL_SOCKET)
             .map(RelayRoute::Unix)
-            .ok_or(EnvError::Missing("NANOCLAW_MODEL_SOCKET"));
+            .ok_or(EnvError::Missing(
+                nanoclaw_protocol::contract::env::MODEL_SOCKET,
+            ));
     };
-    if lookup("NANOCLAW_MODEL_SOCKET").is_some() {
+    if lookup(nanoclaw_protocol::contract::env::MODEL_SOCKET).is_some() {
         return Err(EnvError::Invalid(
             "both NANOCLAW_MODEL_SOCKET and NANOCLAW_MODEL_TCP are set; the host must pass one"
                 .into(),
@@ -114,7 +116,9 @@ fn relay_route(lookup: &impl Fn(&str) -> Option<PathBuf>) -> Result<RelayRoute, 
             "NANOCLAW_MODEL_TCP={addr:?} is not host:port"
         )));
     }
-    let token = text("NANOCLAW_MODEL_TOKEN")?.ok_or(EnvError::Missing("NANOCLAW_MODEL_TOKEN"))?;
+    let token = text(nanoclaw_protocol::contract::env::MODEL_TOKEN)?.ok_or(EnvError::Missing(
+        nanoclaw_protocol::contract::env::MODEL_TOKEN,
+    ))?;
     if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(EnvError::Invalid(
             "NANOCLAW_MODEL_TOKEN must be non-empty without whitespace".into(),

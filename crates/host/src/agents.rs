@@ -25,9 +25,9 @@ use crate::log_limit::{LogBudget, clean};
 use crate::relay::{Relay, RelayHandle};
 
 /// Where things appear inside every sandbox.
-pub const SANDBOX_WORKSPACE: &str = "/workspace/group";
-pub const SANDBOX_GLOBAL: &str = "/workspace/global";
-pub const SANDBOX_RUN: &str = "/run/nanoclaw";
+pub const SANDBOX_WORKSPACE: &str = nanoclaw_protocol::contract::paths::WORKSPACE;
+pub const SANDBOX_GLOBAL: &str = nanoclaw_protocol::contract::paths::GLOBAL;
+pub const SANDBOX_RUN: &str = nanoclaw_protocol::contract::paths::RUN;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Seeded into a new group's folder; the agent keeps its memory here.
@@ -339,8 +339,11 @@ impl AgentPool {
         let relay = match runtime.relay_transport() {
             RelayTransport::UnixSocket => {
                 env.insert(
-                    "NANOCLAW_MODEL_SOCKET".into(),
-                    format!("{SANDBOX_RUN}/model.sock"),
+                    nanoclaw_protocol::contract::env::MODEL_SOCKET.into(),
+                    format!(
+                        "{SANDBOX_RUN}/{}",
+                        nanoclaw_protocol::contract::paths::MODEL_SOCKET_NAME
+                    ),
                 );
                 // All other traffic: the egress proxy, deny by default; the socket is
                 // the sandbox's identity, like the model relay's.
@@ -368,7 +371,10 @@ impl AgentPool {
                 }
                 env.extend(self.egress.placeholder_env(&group.folder).await);
                 self.relay
-                    .serve(&run_dir.join("model.sock"), &sandbox_name)
+                    .serve(
+                        &run_dir.join(nanoclaw_protocol::contract::paths::MODEL_SOCKET_NAME),
+                        &sandbox_name,
+                    )
                     .map_err(|e| SpawnError::Prepare(format!("model relay socket: {e}")))?
             }
             RelayTransport::Tcp { bind, host } => {
@@ -377,10 +383,10 @@ impl AgentPool {
                     .serve_tcp(bind, &sandbox_name)
                     .map_err(|e| SpawnError::Prepare(format!("model relay port on {bind}: {e}")))?;
                 env.insert(
-                    "NANOCLAW_MODEL_TCP".into(),
+                    nanoclaw_protocol::contract::env::MODEL_TCP.into(),
                     format!("{host}:{}", addr.port()),
                 );
-                env.insert("NANOCLAW_MODEL_TOKEN".into(), token);
+                env.insert(nanoclaw_protocol::contract::env::MODEL_TOKEN.into(), token);
                 handle
             }
         };
@@ -406,10 +412,16 @@ impl AgentPool {
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
         env.insert("LANG".into(), "C.UTF-8".into());
         env.insert("TZ".into(), timezone.clone());
-        env.insert("NANOCLAW_WORKSPACE".into(), SANDBOX_WORKSPACE.into());
-        env.insert("NANOCLAW_GLOBAL_DIR".into(), SANDBOX_GLOBAL.into());
+        env.insert(
+            nanoclaw_protocol::contract::env::WORKSPACE.into(),
+            SANDBOX_WORKSPACE.into(),
+        );
+        env.insert(
+            nanoclaw_protocol::contract::env::GLOBAL_DIR.into(),
+            SANDBOX_GLOBAL.into(),
+        );
         if let Ok(level) = std::env::var("NANOCLAW_AGENT_LOG") {
-            env.insert("NANOCLAW_LOG".into(), level);
+            env.insert(nanoclaw_protocol::contract::env::LOG.into(), level);
         }
         let spec = SandboxSpec {
             name: sandbox_name.clone(),

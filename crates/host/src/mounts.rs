@@ -20,7 +20,7 @@ use nanoclaw_store::{Group, GroupMount};
 use serde::{Deserialize, Serialize};
 
 /// Extra folders appear under this sandbox path, one per mount name.
-pub const SANDBOX_EXTRA: &str = "/workspace/extra";
+pub const SANDBOX_EXTRA: &str = nanoclaw_protocol::contract::paths::EXTRA;
 /// Overrides where the allowlist is read from (tests, unusual setups).
 pub const ALLOWLIST_ENV: &str = "NANOCLAW_MOUNT_ALLOWLIST";
 /// How many levels inside a mounted folder are searched for blocked entries.

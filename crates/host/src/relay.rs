@@ -536,7 +536,7 @@ impl Relay {
 }
 
 /// First line every TCP relay connection sends, followed by the token and `\n`.
-pub const TCP_PREAMBLE_PREFIX: &str = "NANOCLAW-RELAY ";
+pub const TCP_PREAMBLE_PREFIX: &str = nanoclaw_protocol::contract::RELAY_PREAMBLE_PREFIX;
 /// How long a TCP relay connection may take to send its preamble.
 pub const TCP_PREAMBLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

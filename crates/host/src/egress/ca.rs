@@ -29,10 +29,10 @@ const CERT_FILE: &str = "ca.pem";
 const KEY_FILE: &str = "ca-key.pem";
 
 /// File names written into a sandbox's run dir (mounted read-only at `/run/nanoclaw`).
-pub const SANDBOX_CA_CERT: &str = "ca.pem";
-pub const SANDBOX_CA_BUNDLE: &str = "ca-bundle.pem";
+pub const SANDBOX_CA_CERT: &str = nanoclaw_protocol::contract::paths::CA_CERT_NAME;
+pub const SANDBOX_CA_BUNDLE: &str = nanoclaw_protocol::contract::paths::CA_BUNDLE_NAME;
 /// The variable telling the agent runner where the bundle is inside the sandbox.
-pub const CA_BUNDLE_ENV: &str = "NANOCLAW_CA_BUNDLE";
+pub const CA_BUNDLE_ENV: &str = nanoclaw_protocol::contract::env::CA_BUNDLE;
 
 /// A leaf is valid this long...
 const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);

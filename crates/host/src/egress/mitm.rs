@@ -37,7 +37,7 @@ use super::{Approval, ApprovalRequest};
 pub const MAX_SCANNED_BODY: usize = 32 * 1024 * 1024;
 /// What every placeholder starts with (the vault's `Vault::placeholder`; a test keeps the two
 /// in step).
-pub const PLACEHOLDER_PREFIX: &str = "nanoclaw-placeholder-";
+pub const PLACEHOLDER_PREFIX: &str = nanoclaw_protocol::contract::PLACEHOLDER_PREFIX;
 
 /// The interception state shared by every sandbox's socket.
 pub(crate) struct Mitm {

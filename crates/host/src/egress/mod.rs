@@ -55,9 +55,9 @@ pub use vault_audit::VaultAudit;
 pub use vault_secrets::VaultSecrets;
 
 /// Name of the proxy socket in a sandbox's run dir (next to `model.sock`).
-pub const PROXY_SOCKET_NAME: &str = "proxy.sock";
+pub const PROXY_SOCKET_NAME: &str = nanoclaw_protocol::contract::paths::EGRESS_SOCKET_NAME;
 /// The variable the agent runner reads to find the socket inside the sandbox.
-pub const EGRESS_SOCKET_ENV: &str = "NANOCLAW_EGRESS_SOCKET";
+pub const EGRESS_SOCKET_ENV: &str = nanoclaw_protocol::contract::env::EGRESS_SOCKET;
 
 /// Whether a request went out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
