@@ -2,9 +2,6 @@
 //! as in a VM sandbox: every connection to the relay starts with the token, then the turn
 //! runs exactly as over the Unix socket.
 
-// Test helpers may panic: a panic is a test failure with its message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};

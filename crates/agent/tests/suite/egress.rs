@@ -4,9 +4,6 @@
 //! and fetch a URL with curl. Run once as a plain process and once under bubblewrap with no
 //! network but loopback (as in the real sandbox), when bwrap works here.
 
-// Test helpers may panic: a panic is a test failure with its message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;

@@ -2,9 +2,6 @@
 //! formats), plus a few canned raw streams for server quirks the scripted model does not
 //! produce.
 
-// Helpers outside #[test] fns are test code too.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use nanoclaw_agent::provider::{

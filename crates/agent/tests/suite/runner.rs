@@ -1,9 +1,6 @@
 //! Runs the real `nanoclaw-agent` binary (outside any sandbox) against the scripted model,
 //! reached through a Unix socket the test serves, as the host relay would.
 
-// Test helpers may panic: a panic is a test failure with its message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
