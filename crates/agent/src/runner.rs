@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, FixedOffset, Local};
+use nanoclaw_protocol::contract;
 use nanoclaw_protocol::{
     AgentMessage, Hello, HostMessage, LineReader, LogLevel, PROTOCOL_MAJOR, PROTOCOL_MINOR,
     PrecheckOutcome, Ready, ToolActivity, ToolPhase, Turn, TurnFinished, is_compatible,
@@ -54,7 +55,8 @@ pub enum EnvError {
     #[error("{0}")]
     Invalid(String),
     #[error(
-        "cannot determine the workspace: NANOCLAW_WORKSPACE is not set and the current directory is unknown ({0})"
+        "cannot determine the workspace: {workspace} is not set and the current directory is unknown ({0})",
+        workspace = contract::env::WORKSPACE
     )]
     NoWorkspace(std::io::Error),
 }
@@ -71,14 +73,14 @@ impl AgentEnv {
     /// Builds the environment from `lookup` (for tests and embedding).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<PathBuf>) -> Result<Self, EnvError> {
         let relay = relay_route(&lookup)?;
-        let workspace = match lookup(nanoclaw_protocol::contract::env::WORKSPACE) {
+        let workspace = match lookup(contract::env::WORKSPACE) {
             Some(w) => w,
             None => std::env::current_dir().map_err(EnvError::NoWorkspace)?,
         };
         Ok(Self {
             relay,
             workspace,
-            global_dir: lookup(nanoclaw_protocol::contract::env::GLOBAL_DIR),
+            global_dir: lookup(contract::env::GLOBAL_DIR),
         })
     }
 }
@@ -95,34 +97,34 @@ fn relay_route(lookup: &impl Fn(&str) -> Option<PathBuf>) -> Result<RelayRoute, 
             })
             .transpose()
     };
-    let Some(addr) = text(nanoclaw_protocol::contract::env::MODEL_TCP)? else {
-        return lookup(nanoclaw_protocol::contract::env::MODEL_SOCKET)
+    let Some(addr) = text(contract::env::MODEL_TCP)? else {
+        return lookup(contract::env::MODEL_SOCKET)
             .map(RelayRoute::Unix)
-            .ok_or(EnvError::Missing(
-                nanoclaw_protocol::contract::env::MODEL_SOCKET,
-            ));
+            .ok_or(EnvError::Missing(contract::env::MODEL_SOCKET));
     };
-    if lookup(nanoclaw_protocol::contract::env::MODEL_SOCKET).is_some() {
-        return Err(EnvError::Invalid(
-            "both NANOCLAW_MODEL_SOCKET and NANOCLAW_MODEL_TCP are set; the host must pass one"
-                .into(),
-        ));
+    if lookup(contract::env::MODEL_SOCKET).is_some() {
+        return Err(EnvError::Invalid(format!(
+            "both {} and {} are set; the host must pass one",
+            contract::env::MODEL_SOCKET,
+            contract::env::MODEL_TCP
+        )));
     }
     let port_ok = addr
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
     if !port_ok {
         return Err(EnvError::Invalid(format!(
-            "NANOCLAW_MODEL_TCP={addr:?} is not host:port"
+            "{}={addr:?} is not host:port",
+            contract::env::MODEL_TCP
         )));
     }
-    let token = text(nanoclaw_protocol::contract::env::MODEL_TOKEN)?.ok_or(EnvError::Missing(
-        nanoclaw_protocol::contract::env::MODEL_TOKEN,
-    ))?;
+    let token =
+        text(contract::env::MODEL_TOKEN)?.ok_or(EnvError::Missing(contract::env::MODEL_TOKEN))?;
     if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(EnvError::Invalid(
-            "NANOCLAW_MODEL_TOKEN must be non-empty without whitespace".into(),
-        ));
+        return Err(EnvError::Invalid(format!(
+            "{} must be non-empty without whitespace",
+            contract::env::MODEL_TOKEN
+        )));
     }
     Ok(RelayRoute::Tcp { addr, token })
 }
@@ -879,11 +881,15 @@ mod tests {
         assert!(seen[1].system.contains("User likes tea."));
     }
 
-    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<PathBuf> {
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<PathBuf> + use<> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         move |name| {
             pairs
                 .iter()
-                .find(|(k, _)| *k == name)
+                .find(|(k, _)| k == name)
                 .map(|(_, v)| PathBuf::from(v))
         }
     }
@@ -891,9 +897,9 @@ mod tests {
     #[test]
     fn env_selects_the_tcp_relay_with_its_token() {
         let env = AgentEnv::from_lookup(lookup(&[
-            ("NANOCLAW_MODEL_TCP", "192.168.64.1:4100"),
-            ("NANOCLAW_MODEL_TOKEN", "abc123"),
-            ("NANOCLAW_WORKSPACE", "/w"),
+            (contract::env::MODEL_TCP, "192.168.64.1:4100"),
+            (contract::env::MODEL_TOKEN, "abc123"),
+            (contract::env::WORKSPACE, "/w"),
         ]))
         .unwrap();
         assert_eq!(
@@ -903,43 +909,45 @@ mod tests {
                 token: "abc123".into()
             }
         );
+        let model_socket = format!(
+            "{}/{}",
+            contract::paths::RUN,
+            contract::paths::MODEL_SOCKET_NAME
+        );
         let env = AgentEnv::from_lookup(lookup(&[
-            ("NANOCLAW_MODEL_SOCKET", "/run/nanoclaw/model.sock"),
-            ("NANOCLAW_WORKSPACE", "/w"),
+            (contract::env::MODEL_SOCKET, &model_socket),
+            (contract::env::WORKSPACE, "/w"),
         ]))
         .unwrap();
-        assert_eq!(
-            env.relay,
-            RelayRoute::Unix("/run/nanoclaw/model.sock".into())
-        );
+        assert_eq!(env.relay, RelayRoute::Unix(model_socket.into()));
     }
 
     #[test]
     fn env_rejects_incomplete_or_ambiguous_tcp_settings() {
         let cases: [(&'static [(&'static str, &'static str)], &str); 4] = [
             (
-                &[("NANOCLAW_MODEL_TCP", "10.0.0.1:9")],
-                "NANOCLAW_MODEL_TOKEN",
+                &[(contract::env::MODEL_TCP, "10.0.0.1:9")],
+                contract::env::MODEL_TOKEN,
             ),
             (
                 &[
-                    ("NANOCLAW_MODEL_TCP", "10.0.0.1"),
-                    ("NANOCLAW_MODEL_TOKEN", "t"),
+                    (contract::env::MODEL_TCP, "10.0.0.1"),
+                    (contract::env::MODEL_TOKEN, "t"),
                 ],
                 "host:port",
             ),
             (
                 &[
-                    ("NANOCLAW_MODEL_TCP", "10.0.0.1:9"),
-                    ("NANOCLAW_MODEL_TOKEN", "a b"),
+                    (contract::env::MODEL_TCP, "10.0.0.1:9"),
+                    (contract::env::MODEL_TOKEN, "a b"),
                 ],
                 "whitespace",
             ),
             (
                 &[
-                    ("NANOCLAW_MODEL_TCP", "10.0.0.1:9"),
-                    ("NANOCLAW_MODEL_TOKEN", "t"),
-                    ("NANOCLAW_MODEL_SOCKET", "/s"),
+                    (contract::env::MODEL_TCP, "10.0.0.1:9"),
+                    (contract::env::MODEL_TOKEN, "t"),
+                    (contract::env::MODEL_SOCKET, "/s"),
                 ],
                 "both",
             ),
@@ -958,15 +966,19 @@ mod tests {
     #[test]
     fn env_requires_the_model_socket() {
         let err = AgentEnv::from_lookup(|_| None).unwrap_err();
-        assert!(err.to_string().contains("NANOCLAW_MODEL_SOCKET"));
+        assert!(err.to_string().contains(contract::env::MODEL_SOCKET));
         let env = AgentEnv::from_lookup(|k| {
-            (!k.starts_with("NANOCLAW_MODEL_T")).then(|| PathBuf::from(format!("/x/{k}")))
+            (k != contract::env::MODEL_TCP && k != contract::env::MODEL_TOKEN)
+                .then(|| PathBuf::from(format!("/x/{k}")))
         })
         .unwrap();
-        assert_eq!(env.workspace, PathBuf::from("/x/NANOCLAW_WORKSPACE"));
+        assert_eq!(
+            env.workspace,
+            PathBuf::from(format!("/x/{}", contract::env::WORKSPACE))
+        );
         assert_eq!(
             env.relay,
-            RelayRoute::Unix(PathBuf::from("/x/NANOCLAW_MODEL_SOCKET"))
+            RelayRoute::Unix(PathBuf::from(format!("/x/{}", contract::env::MODEL_SOCKET)))
         );
     }
 }

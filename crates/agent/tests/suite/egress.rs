@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nanoclaw_protocol::contract;
 use nanoclaw_protocol::{
     AgentMessage, ChatMessage, ChatRef, GroupInfo, Hello, HostMessage, LineReader, LineWriter,
     ModelConfig, PROTOCOL_MAJOR, PROTOCOL_MINOR, Turn,
@@ -121,8 +122,8 @@ async fn run_turn(wrap: &[String], dir: &Path) -> String {
     )
     .await
     .unwrap();
-    let model_sock = dir.join("model.sock");
-    let egress_sock = dir.join("proxy.sock");
+    let model_sock = dir.join(contract::paths::MODEL_SOCKET_NAME);
+    let egress_sock = dir.join(contract::paths::EGRESS_SOCKET_NAME);
     model_relay(UnixListener::bind(&model_sock).unwrap(), model.addr());
     fake_proxy(UnixListener::bind(&egress_sock).unwrap());
     let ws = dir.join("ws");
@@ -139,12 +140,12 @@ async fn run_turn(wrap: &[String], dir: &Path) -> String {
     };
     let mut child = cmd
         .env_clear()
-        .env("NANOCLAW_MODEL_SOCKET", &model_sock)
-        .env("NANOCLAW_EGRESS_SOCKET", &egress_sock)
-        .env("NANOCLAW_WORKSPACE", &ws)
+        .env(contract::env::MODEL_SOCKET, &model_sock)
+        .env(contract::env::EGRESS_SOCKET, &egress_sock)
+        .env(contract::env::WORKSPACE, &ws)
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("HOME", &ws)
-        .env("NANOCLAW_LOG", "warn")
+        .env(contract::env::LOG, "warn")
         .current_dir(&ws)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

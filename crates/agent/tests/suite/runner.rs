@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use nanoclaw_protocol::contract;
 use nanoclaw_protocol::{
     AgentMessage, ChatMessage, ChatRef, GroupInfo, Hello, HostMessage, LineReader, LineWriter,
     LogLevel, ModelConfig, PROTOCOL_MAJOR, PROTOCOL_MINOR, PrecheckOutcome, Request, RequestAction,
@@ -29,7 +30,7 @@ struct Relay {
 async fn relay(scenario: Scenario) -> Relay {
     let model = ScriptedModel::start(scenario).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("model.sock");
+    let socket = dir.path().join(contract::paths::MODEL_SOCKET_NAME);
     let listener = UnixListener::bind(&socket).unwrap();
     let target = model.addr();
     tokio::spawn(async move {
@@ -57,11 +58,11 @@ impl Agent {
     fn spawn(workspace: &Path, socket: &Path) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nanoclaw-agent"))
             .env_clear()
-            .env("NANOCLAW_MODEL_SOCKET", socket)
-            .env("NANOCLAW_WORKSPACE", workspace)
+            .env(contract::env::MODEL_SOCKET, socket)
+            .env(contract::env::WORKSPACE, workspace)
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", workspace)
-            .env("NANOCLAW_LOG", "warn")
+            .env(contract::env::LOG, "warn")
             .current_dir(workspace)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

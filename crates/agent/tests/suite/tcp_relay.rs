@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nanoclaw_protocol::contract::{self, RELAY_PREAMBLE_PREFIX};
 use nanoclaw_protocol::{
     AgentMessage, ChatMessage, ChatRef, GroupInfo, Hello, HostMessage, LineReader, LineWriter,
     ModelConfig, PROTOCOL_MAJOR, PROTOCOL_MINOR, Turn,
@@ -40,7 +41,7 @@ async fn token_relay(model: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<String>>>)
                     line.push(byte);
                 }
                 let line = String::from_utf8(line).unwrap();
-                let ok = line == format!("NANOCLAW-RELAY {TOKEN}");
+                let ok = line == format!("{RELAY_PREAMBLE_PREFIX}{TOKEN}");
                 seen.lock().unwrap().push(line);
                 if ok {
                     let mut upstream = TcpStream::connect(model).await.unwrap();
@@ -102,12 +103,12 @@ async fn a_turn_runs_over_the_tcp_relay_with_the_token_first() {
     let ws = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_nanoclaw-agent"))
         .env_clear()
-        .env("NANOCLAW_MODEL_TCP", relay.to_string())
-        .env("NANOCLAW_MODEL_TOKEN", TOKEN)
-        .env("NANOCLAW_WORKSPACE", ws.path())
+        .env(contract::env::MODEL_TCP, relay.to_string())
+        .env(contract::env::MODEL_TOKEN, TOKEN)
+        .env(contract::env::WORKSPACE, ws.path())
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", ws.path())
-        .env("NANOCLAW_LOG", "warn")
+        .env(contract::env::LOG, "warn")
         .current_dir(ws.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -152,7 +153,7 @@ async fn a_turn_runs_over_the_tcp_relay_with_the_token_first() {
     assert!(
         preambles
             .iter()
-            .all(|line| *line == format!("NANOCLAW-RELAY {TOKEN}")),
+            .all(|line| *line == format!("{RELAY_PREAMBLE_PREFIX}{TOKEN}")),
         "{preambles:?}"
     );
     assert_eq!(model.requests().len(), 1);
@@ -164,8 +165,8 @@ async fn tcp_mode_without_a_token_is_a_clear_fatal_error() {
     let ws = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_nanoclaw-agent"))
         .env_clear()
-        .env("NANOCLAW_MODEL_TCP", "127.0.0.1:9")
-        .env("NANOCLAW_WORKSPACE", ws.path())
+        .env(contract::env::MODEL_TCP, "127.0.0.1:9")
+        .env(contract::env::WORKSPACE, ws.path())
         .stdin(Stdio::null())
         .output()
         .await
@@ -173,7 +174,7 @@ async fn tcp_mode_without_a_token_is_a_clear_fatal_error() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(2), "{stdout}");
     assert!(
-        stdout.contains("\"fatal\"") && stdout.contains("NANOCLAW_MODEL_TOKEN"),
+        stdout.contains("\"fatal\"") && stdout.contains(contract::env::MODEL_TOKEN),
         "{stdout}"
     );
 }
