@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::retry::{Failure, Retries, parse_retry_after, within_idle};
+use super::sse::SseEvents;
 use super::{
     ContentBlock, Message, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, Role,
     StopReason, Usage,
@@ -395,7 +394,7 @@ async fn read_stream(
     idle: std::time::Duration,
     on_text: &mut (dyn FnMut(&str) + Send + '_),
 ) -> Result<ModelResponse, ProviderError> {
-    let mut events = response.bytes_stream().eventsource();
+    let mut events = SseEvents::new(Box::pin(response.bytes_stream()));
     let mut blocks: BTreeMap<usize, Building> = BTreeMap::new();
     let mut usage = Usage::default();
     let mut stop: Option<String> = None;

@@ -13,6 +13,7 @@ pub use nanoclaw_protocol::Usage;
 mod anthropic;
 mod openai;
 mod retry;
+mod sse;
 
 pub use anthropic::AnthropicProvider;
 pub use openai::OpenAiProvider;

@@ -5,13 +5,12 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::anthropic::{http_client, snippet};
 use super::retry::{Failure, Retries, parse_retry_after, within_idle};
+use super::sse::SseEvents;
 use super::{
     ContentBlock, Message, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, Role,
     StopReason, Usage,
@@ -343,7 +342,7 @@ async fn read_stream(
     idle: std::time::Duration,
     on_text: &mut (dyn FnMut(&str) + Send + '_),
 ) -> Result<ModelResponse, ProviderError> {
-    let mut events = response.bytes_stream().eventsource();
+    let mut events = SseEvents::new(Box::pin(response.bytes_stream()));
     let mut text = String::new();
     let mut calls: BTreeMap<usize, CallBuilder> = BTreeMap::new();
     let mut usage = Usage::default();
