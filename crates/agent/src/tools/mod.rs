@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use nanoclaw_protocol::RequestAction;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -183,6 +184,30 @@ impl ToolRegistry {
 pub(crate) fn parse_input<T: DeserializeOwned>(tool: &str, input: Value) -> Result<T, ToolOutput> {
     serde_json::from_value(input)
         .map_err(|e| ToolOutput::error(format!("invalid input for {tool}: {e}")))
+}
+
+/// The input of a tool that asks the host, deserialized straight into the protocol's
+/// [`RequestAction`]: each such tool is named like its action, so the tool's name is the
+/// action tag and the input's fields are the action's. A malformed call gets serde's error
+/// naming the missing or mistyped field. `null` reads as no fields.
+pub(crate) fn parse_action(tool: &str, input: Value) -> Result<RequestAction, ToolOutput> {
+    let mut fields = match input {
+        Value::Object(fields) => fields,
+        Value::Null => serde_json::Map::new(),
+        _ => {
+            return Err(ToolOutput::error(format!(
+                "invalid input for {tool}: expected an object"
+            )));
+        }
+    };
+    fields.insert("action".into(), Value::String(tool.into()));
+    parse_input(tool, Value::Object(fields))
+}
+
+/// The error for a parsed action of another kind than the tool's own (cannot happen: the
+/// action tag is the tool's name).
+pub(crate) fn not_this_action(tool: &str) -> ToolOutput {
+    ToolOutput::error(format!("invalid input for {tool}: not a {tool} request"))
 }
 
 /// The string field `field` of `input`, for summaries.

@@ -4,30 +4,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nanoclaw_protocol::RequestAction;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Tool, ToolContext, ToolOutput, parse_input};
+use super::{Tool, ToolContext, ToolOutput, not_this_action, parse_action};
 use crate::provider::ToolSpec;
 
 pub struct RegisterChatTool;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Deserialize)]
-struct Input {
-    channel: String,
-    chat_id: String,
-    folder: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default = "default_true")]
-    requires_trigger: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
 
 #[async_trait]
 impl Tool for RegisterChatTool {
@@ -62,16 +46,11 @@ impl Tool for RegisterChatTool {
     }
 
     async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
-        let input: Input = match parse_input("register_chat", input) {
-            Ok(i) => i,
+        let tool = "register_chat";
+        let action = match parse_action(tool, input) {
+            Ok(action @ RequestAction::RegisterChat { .. }) => action,
+            Ok(_) => return not_this_action(tool),
             Err(e) => return e,
-        };
-        let action = RequestAction::RegisterChat {
-            channel: input.channel,
-            chat_id: input.chat_id,
-            folder: input.folder,
-            name: input.name,
-            requires_trigger: input.requires_trigger,
         };
         match ctx.host.request(&ctx.turn_id, action, TIMEOUT).await {
             Ok(result) if result.ok => ToolOutput::ok(result.data.to_string()),

@@ -4,21 +4,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nanoclaw_protocol::RequestAction;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{SUMMARY_CHARS, Tool, ToolContext, ToolOutput, parse_input, str_field};
+use super::{
+    SUMMARY_CHARS, Tool, ToolContext, ToolOutput, not_this_action, parse_action, str_field,
+};
 use crate::format::truncate_chars;
 use crate::provider::ToolSpec;
 
 pub struct SendMessageTool;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Deserialize)]
-struct Input {
-    text: String,
-}
 
 #[async_trait]
 impl Tool for SendMessageTool {
@@ -42,14 +38,17 @@ impl Tool for SendMessageTool {
     }
 
     async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
-        let input: Input = match parse_input("send_message", input) {
-            Ok(i) => i,
+        let tool = "send_message";
+        let action = match parse_action(tool, input) {
+            Ok(action) => action,
             Err(e) => return e,
         };
-        if input.text.trim().is_empty() {
+        let RequestAction::SendMessage { text } = &action else {
+            return not_this_action(tool);
+        };
+        if text.trim().is_empty() {
             return ToolOutput::error("invalid input for send_message: `text` is empty");
         }
-        let action = RequestAction::SendMessage { text: input.text };
         match ctx.host.request(&ctx.turn_id, action, TIMEOUT).await {
             Ok(result) if result.ok => ToolOutput::ok("message sent"),
             Ok(result) => ToolOutput::error(format!(
@@ -89,5 +88,16 @@ mod tests {
         answer.await.unwrap();
         assert!(out.is_error);
         assert!(out.content.contains("chat is read-only"), "{}", out.content);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_text_names_the_missing_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _rx) = ctx(dir.path());
+        let out = SendMessageTool.run(json!({"txt": "hi"}), &ctx).await;
+        assert_eq!(
+            out,
+            ToolOutput::error("invalid input for send_message: missing field `text`")
+        );
     }
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nanoclaw_protocol::RequestAction;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{SUMMARY_CHARS, Tool, ToolContext, ToolOutput, parse_input, str_field};
+use super::{
+    SUMMARY_CHARS, Tool, ToolContext, ToolOutput, not_this_action, parse_action, str_field,
+};
 use crate::format::truncate_chars;
 use crate::precheck;
 use crate::provider::ToolSpec;
@@ -91,16 +92,25 @@ fn given(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
-#[derive(Deserialize)]
-struct ScheduleInput {
-    prompt: String,
-    schedule: String,
-    #[serde(default)]
-    script: Option<String>,
-    #[serde(default)]
-    isolated: bool,
-    #[serde(default)]
-    group: Option<String>,
+/// `schedule_task`'s action with a non-empty prompt and schedule, the schedule trimmed and
+/// blank optional fields left out.
+fn checked_schedule(tool: &str, mut action: RequestAction) -> Result<RequestAction, ToolOutput> {
+    let RequestAction::ScheduleTask {
+        prompt,
+        schedule,
+        script,
+        group,
+        ..
+    } = &mut action
+    else {
+        return Err(not_this_action(tool));
+    };
+    non_empty(tool, "prompt", prompt)?;
+    non_empty(tool, "schedule", schedule)?;
+    *schedule = schedule.trim().to_owned();
+    *script = given(script.take());
+    *group = given(group.take());
+    Ok(action)
 }
 
 #[async_trait]
@@ -152,21 +162,9 @@ impl Tool for ScheduleTaskTool {
 
     async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
         let tool = "schedule_task";
-        let input: ScheduleInput = match parse_input(tool, input) {
-            Ok(i) => i,
+        let action = match parse_action(tool, input).and_then(|a| checked_schedule(tool, a)) {
+            Ok(action) => action,
             Err(e) => return e,
-        };
-        if let Err(e) = non_empty(tool, "prompt", &input.prompt)
-            .and_then(|()| non_empty(tool, "schedule", &input.schedule))
-        {
-            return e;
-        }
-        let action = RequestAction::ScheduleTask {
-            prompt: input.prompt,
-            schedule: input.schedule.trim().to_owned(),
-            script: given(input.script),
-            isolated: input.isolated,
-            group: given(input.group),
         };
         ask_host(ctx, action, "schedule the task", "task scheduled").await
     }
@@ -190,22 +188,47 @@ impl Tool for ListTasksTool {
     }
 
     async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
-        if !(input.is_object() || input.is_null()) {
-            return ToolOutput::error("invalid input for list_tasks: expected an object");
+        match parse_action("list_tasks", input) {
+            Ok(action) => ask_host(ctx, action, "list the tasks", "[]").await,
+            Err(e) => e,
         }
-        ask_host(ctx, RequestAction::ListTasks, "list the tasks", "[]").await
     }
 }
 
-#[derive(Deserialize)]
-struct UpdateInput {
-    task_id: String,
-    #[serde(default)]
-    prompt: Option<String>,
-    #[serde(default)]
-    schedule: Option<String>,
-    #[serde(default)]
-    script: Option<String>,
+/// `update_task`'s action with a non-empty task id and at least one change; a blank prompt
+/// or schedule is a mistake, a blank script means "remove it" (sent as `""`).
+fn checked_update(tool: &str, mut action: RequestAction) -> Result<RequestAction, ToolOutput> {
+    let RequestAction::UpdateTask {
+        task_id,
+        prompt,
+        schedule,
+        script,
+    } = &mut action
+    else {
+        return Err(not_this_action(tool));
+    };
+    non_empty(tool, "task_id", task_id)?;
+    for (field, value) in [("prompt", &*prompt), ("schedule", &*schedule)] {
+        if let Some(v) = value {
+            non_empty(tool, field, v)?;
+        }
+    }
+    if prompt.is_none() && schedule.is_none() && script.is_none() {
+        return Err(ToolOutput::error(
+            "invalid input for update_task: give at least one of `prompt`, `schedule`, \
+             `script`",
+        ));
+    }
+    *task_id = task_id.trim().to_owned();
+    if let Some(s) = schedule {
+        *s = s.trim().to_owned();
+    }
+    if let Some(s) = script
+        && s.trim().is_empty()
+    {
+        s.clear();
+    }
+    Ok(action)
 }
 
 #[async_trait]
@@ -239,46 +262,12 @@ impl Tool for UpdateTaskTool {
 
     async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
         let tool = "update_task";
-        let input: UpdateInput = match parse_input(tool, input) {
-            Ok(i) => i,
+        let action = match parse_action(tool, input).and_then(|a| checked_update(tool, a)) {
+            Ok(action) => action,
             Err(e) => return e,
-        };
-        if let Err(e) = non_empty(tool, "task_id", &input.task_id) {
-            return e;
-        }
-        // A blank prompt or schedule is a mistake; a blank script means "remove it".
-        for (field, value) in [("prompt", &input.prompt), ("schedule", &input.schedule)] {
-            if let Some(v) = value
-                && let Err(e) = non_empty(tool, field, v)
-            {
-                return e;
-            }
-        }
-        if input.prompt.is_none() && input.schedule.is_none() && input.script.is_none() {
-            return ToolOutput::error(
-                "invalid input for update_task: give at least one of `prompt`, `schedule`, \
-                 `script`",
-            );
-        }
-        let action = RequestAction::UpdateTask {
-            task_id: input.task_id.trim().to_owned(),
-            prompt: input.prompt,
-            schedule: input.schedule.map(|s| s.trim().to_owned()),
-            script: input.script.map(|s| {
-                if s.trim().is_empty() {
-                    String::new()
-                } else {
-                    s
-                }
-            }),
         };
         ask_host(ctx, action, "update the task", "task updated").await
     }
-}
-
-#[derive(Deserialize)]
-struct TaskIdInput {
-    task_id: String,
 }
 
 fn task_id_schema() -> Value {
@@ -289,11 +278,18 @@ fn task_id_schema() -> Value {
     })
 }
 
-/// The input of pause/resume/cancel: a non-empty task id.
-fn task_id(tool: &str, input: Value) -> Result<String, ToolOutput> {
-    let input: TaskIdInput = parse_input(tool, input)?;
-    non_empty(tool, "task_id", &input.task_id)?;
-    Ok(input.task_id.trim().to_owned())
+/// The action of pause/resume/cancel from its input: a non-empty task id, trimmed.
+fn task_id_action(tool: &str, input: Value) -> Result<RequestAction, ToolOutput> {
+    let mut action = parse_action(tool, input)?;
+    let (RequestAction::PauseTask { task_id }
+    | RequestAction::ResumeTask { task_id }
+    | RequestAction::CancelTask { task_id }) = &mut action
+    else {
+        return Err(not_this_action(tool));
+    };
+    non_empty(tool, "task_id", task_id)?;
+    *task_id = task_id.trim().to_owned();
+    Ok(action)
 }
 
 #[async_trait]
@@ -313,11 +309,8 @@ impl Tool for PauseTaskTool {
     }
 
     async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
-        match task_id("pause_task", input) {
-            Ok(task_id) => {
-                let action = RequestAction::PauseTask { task_id };
-                ask_host(ctx, action, "pause the task", "task paused").await
-            }
+        match task_id_action("pause_task", input) {
+            Ok(action) => ask_host(ctx, action, "pause the task", "task paused").await,
             Err(e) => e,
         }
     }
@@ -340,11 +333,8 @@ impl Tool for ResumeTaskTool {
     }
 
     async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
-        match task_id("resume_task", input) {
-            Ok(task_id) => {
-                let action = RequestAction::ResumeTask { task_id };
-                ask_host(ctx, action, "resume the task", "task resumed").await
-            }
+        match task_id_action("resume_task", input) {
+            Ok(action) => ask_host(ctx, action, "resume the task", "task resumed").await,
             Err(e) => e,
         }
     }
@@ -367,11 +357,8 @@ impl Tool for CancelTaskTool {
     }
 
     async fn run(&self, input: Value, ctx: &ToolContext) -> ToolOutput {
-        match task_id("cancel_task", input) {
-            Ok(task_id) => {
-                let action = RequestAction::CancelTask { task_id };
-                ask_host(ctx, action, "cancel the task", "task cancelled").await
-            }
+        match task_id_action("cancel_task", input) {
+            Ok(action) => ask_host(ctx, action, "cancel the task", "task cancelled").await,
             Err(e) => e,
         }
     }
@@ -522,6 +509,46 @@ mod tests {
         }
         ctx.host.outbox().flush().await;
         assert!(rx.try_recv().is_err(), "a refused input reached the host");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_call_gets_serdes_error_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, mut rx) = ctx(dir.path());
+        let cases: [(&dyn Tool, Value, &str); 5] = [
+            (
+                &ScheduleTaskTool,
+                json!({"prompt": "x"}),
+                "invalid input for schedule_task: missing field `schedule`",
+            ),
+            (
+                &ScheduleTaskTool,
+                json!({"prompt": "x", "schedule": "every 2h", "isolated": "yes"}),
+                "invalid input for schedule_task: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                &UpdateTaskTool,
+                json!({"prompt": "x"}),
+                "invalid input for update_task: missing field `task_id`",
+            ),
+            (
+                &CancelTaskTool,
+                json!("t-1"),
+                "invalid input for cancel_task: expected an object",
+            ),
+            (
+                &ListTasksTool,
+                json!([]),
+                "invalid input for list_tasks: expected an object",
+            ),
+        ];
+        for (tool, input, expected) in cases {
+            let out = tool.run(input, &ctx).await;
+            assert!(out.is_error, "{out:?}");
+            assert_eq!(out.content, expected);
+        }
+        ctx.host.outbox().flush().await;
+        assert!(rx.try_recv().is_err(), "a malformed call reached the host");
     }
 
     #[tokio::test]
