@@ -5,7 +5,6 @@
 pub mod bridge;
 pub mod compaction;
 pub mod conversation;
-pub mod egress_bridge;
 pub mod format;
 pub mod host_link;
 pub mod init;

@@ -41,7 +41,7 @@ fn main() {
     };
     // Egress: bound before the runtime exists, so the proxy variables can be set while the
     // process is still single-threaded; every tool subprocess inherits them.
-    let egress = match nanoclaw_agent::egress_bridge::PreparedEgress::from_env() {
+    let egress = match nanoclaw_agent::bridge::PreparedEgress::from_env() {
         Ok(e) => e,
         Err(e) => fatal_exit(&format!(
             "cannot open the loopback egress proxy bridge: {e}"

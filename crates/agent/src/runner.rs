@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::mpsc;
 
-use crate::bridge::{Bridge, RelayRoute};
+use crate::bridge::{Bridge, Upstream};
 use crate::compaction;
 use crate::conversation::{Conversation, ConversationStore};
 use crate::format::{context_line, format_precheck_data, format_task, format_turn};
@@ -41,7 +41,7 @@ pub struct AgentEnv {
     /// Where the host's model relay is: `NANOCLAW_MODEL_SOCKET` (its Unix socket, the
     /// default), or `NANOCLAW_MODEL_TCP` (`host:port`) with `NANOCLAW_MODEL_TOKEN` where no
     /// socket can cross into the sandbox.
-    pub relay: RelayRoute,
+    pub relay: Upstream,
     /// `NANOCLAW_WORKSPACE` (default: the current directory): the group folder.
     pub workspace: PathBuf,
     /// `NANOCLAW_GLOBAL_DIR`: the read-only global memory folder, if any.
@@ -87,7 +87,7 @@ impl AgentEnv {
 
 /// The relay route from the environment: TCP when `NANOCLAW_MODEL_TCP` is set (then the
 /// token is required and a socket must not also be given), else the Unix socket.
-fn relay_route(lookup: &impl Fn(&str) -> Option<PathBuf>) -> Result<RelayRoute, EnvError> {
+fn relay_route(lookup: &impl Fn(&str) -> Option<PathBuf>) -> Result<Upstream, EnvError> {
     let text = |name: &'static str| -> Result<Option<String>, EnvError> {
         lookup(name)
             .map(|v| {
@@ -99,7 +99,7 @@ fn relay_route(lookup: &impl Fn(&str) -> Option<PathBuf>) -> Result<RelayRoute, 
     };
     let Some(addr) = text(contract::env::MODEL_TCP)? else {
         return lookup(contract::env::MODEL_SOCKET)
-            .map(RelayRoute::Unix)
+            .map(Upstream::Unix)
             .ok_or(EnvError::Missing(contract::env::MODEL_SOCKET));
     };
     if lookup(contract::env::MODEL_SOCKET).is_some() {
@@ -126,7 +126,7 @@ fn relay_route(lookup: &impl Fn(&str) -> Option<PathBuf>) -> Result<RelayRoute, 
             contract::env::MODEL_TOKEN
         )));
     }
-    Ok(RelayRoute::Tcp { addr, token })
+    Ok(Upstream::Tcp { addr, token })
 }
 
 /// Runs one agent session over `input`/`output` (stdin/stdout) and returns the exit code.
@@ -200,7 +200,7 @@ where
             ),
         );
     }
-    let bridge = match Bridge::start_route(env.relay.clone()).await {
+    let bridge = match Bridge::model_relay(env.relay.clone()) {
         Ok(b) => b,
         Err(e) => {
             return fatal(
@@ -805,7 +805,7 @@ mod tests {
             seen: seen.clone(),
         };
         let env = AgentEnv {
-            relay: RelayRoute::Unix(ws.join("none.sock")),
+            relay: Upstream::Unix(ws.join("none.sock")),
             workspace: ws.to_path_buf(),
             global_dir: None,
         };
@@ -904,7 +904,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             env.relay,
-            RelayRoute::Tcp {
+            Upstream::Tcp {
                 addr: "192.168.64.1:4100".into(),
                 token: "abc123".into()
             }
@@ -919,7 +919,7 @@ mod tests {
             (contract::env::WORKSPACE, "/w"),
         ]))
         .unwrap();
-        assert_eq!(env.relay, RelayRoute::Unix(model_socket.into()));
+        assert_eq!(env.relay, Upstream::Unix(model_socket.into()));
     }
 
     #[test]
@@ -978,7 +978,7 @@ mod tests {
         );
         assert_eq!(
             env.relay,
-            RelayRoute::Unix(PathBuf::from(format!("/x/{}", contract::env::MODEL_SOCKET)))
+            Upstream::Unix(PathBuf::from(format!("/x/{}", contract::env::MODEL_SOCKET)))
         );
     }
 }
