@@ -415,7 +415,7 @@ impl AgentPool {
                 // TLS interception: the sandbox gets the local CA's certificate (never its
                 // key) in a bundle with the system roots, and the secrets' placeholders.
                 if let Some(ca) = self.egress.ca() {
-                    ca.write_bundle(&run_dir)
+                    ca.write_bundle(run_dir)
                         .map_err(|e| SpawnError::Prepare(format!("CA bundle: {e}")))?;
                     env.insert(
                         crate::egress::CA_BUNDLE_ENV.into(),
