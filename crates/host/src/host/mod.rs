@@ -5,16 +5,16 @@
 //! message delivered only once. After a crash, `processing` rows go back to `pending`
 //! and are answered again; replies already stored are not produced twice.
 //!
-//! By job: [`lock`] (one host per data directory), `loops` (routing, task and retry loops),
+//! By job: `lock` (one host per data directory), `loops` (routing, task and retry loops),
 //! `session` and `turn` (answering a session's messages), `failure` (turns that cannot be
 //! answered), `requests` (what an agent may ask for), `delivery` (replies out, secrets
-//! redacted) and [`owner`] (the owner's main chat).
+//! redacted) and `owner` (the owner's main chat).
 
 mod delivery;
 mod failure;
-pub mod lock;
+mod lock;
 mod loops;
-pub mod owner;
+mod owner;
 pub(crate) mod requests;
 mod session;
 mod turn;
@@ -42,8 +42,11 @@ use lock::HostLock;
 
 /// What a host is started with.
 pub struct HostOptions {
+    /// The data directory's layout (`$NANOCLAW_HOME`).
     pub paths: Paths,
+    /// The loaded configuration.
     pub config: Config,
+    /// The model providers the relay forwards to, with their credentials.
     pub upstreams: ModelUpstreams,
     /// Use this runtime instead of detecting one (tests, benchmarks).
     pub runtime: Option<Arc<dyn Runtime>>,
@@ -79,6 +82,7 @@ pub struct Host {
     sink: mpsc::Sender<ChannelEvent>,
 }
 
+/// What the host's loops, workers and turns share.
 struct Inner {
     store: Store,
     /// Scheduled tasks.

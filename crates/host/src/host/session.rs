@@ -16,7 +16,9 @@ pub(super) async fn kick(inner: &Arc<Inner>, session: String) {
     let mut workers = inner.workers.lock().await;
     if workers.insert(session.clone()) {
         // The group is recorded by the first turn, which reads it anyway.
+        // A root span: a session's work is nobody's child, whoever kicked it.
         let span = tracing::info_span!(
+            parent: None,
             "session",
             session = %session,
             group = tracing::field::Empty
