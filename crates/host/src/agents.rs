@@ -185,7 +185,9 @@ impl AgentPool {
 
     /// The session's live agent, spawning one if needed (possibly waiting for a slot).
     pub async fn acquire(&self, session: &Session, group: &Group) -> Result<LiveAgent, SpawnError> {
-        if let Some(mut idle) = self.idle.lock().await.remove(&session.id) {
+        // Taken out under the lock, which is dropped before a dead agent is killed.
+        let idle = self.idle.lock().await.remove(&session.id);
+        if let Some(mut idle) = idle {
             if idle.agent.is_alive() {
                 return Ok(idle.agent);
             }
@@ -312,6 +314,7 @@ impl AgentPool {
         }
     }
 
+    /// Starts the session's agent in a new sandbox and completes the handshake.
     async fn spawn(
         &self,
         runtime: &dyn Runtime,
@@ -335,6 +338,56 @@ impl AgentPool {
         prepare_dirs(&group_dir, &global_dir, &run_dir)
             .map_err(|e| SpawnError::Prepare(e.to_string()))?;
         let mut env = BTreeMap::new();
+        let (relay, egress) = self
+            .serve_sandbox(runtime, group, &sandbox_name, &run_dir, &mut env)
+            .await?;
+        let extra_mounts = self.extra_mounts(group).await?;
+        let timezone = crate::group_zone(group, crate::host_zone(&self.config))
+            .name()
+            .to_owned();
+        insert_base_env(&mut env, &timezone);
+        let spec = SandboxSpec {
+            name: sandbox_name.clone(),
+            agent_binary,
+            args: Vec::new(),
+            mounts: sandbox_mounts(group_dir, global_dir, run_dir.clone(), extra_mounts),
+            env,
+            workdir: SANDBOX_WORKSPACE.into(),
+            limits: self.config.agents.limits.to_limits(),
+        };
+        let started = Instant::now();
+        let process = runtime.spawn(&spec).await?;
+        let services = SandboxServices {
+            relay,
+            egress,
+            permit,
+            run_dir,
+        };
+        let (agent, stderr_tail) = start_agent(process, session, sandbox_name, services);
+        let hello = self.hello(session, group, timezone);
+        let (agent, agent_version) = handshake(agent, &hello, &stderr_tail).await?;
+        tracing::info!(
+            sandbox = %agent.sandbox_name,
+            session = %session.id,
+            runtime = runtime.name(),
+            agent_version = %agent_version,
+            spawn_ms = started.elapsed().as_millis() as u64,
+            "agent ready"
+        );
+        Ok(agent)
+    }
+
+    /// The sandbox's way out: the model relay (a socket in its run folder, or a TCP port with a
+    /// token) and, for socket runtimes, the egress proxy and its CA bundle. Sets the variables
+    /// that tell the agent where they are.
+    async fn serve_sandbox(
+        &self,
+        runtime: &dyn Runtime,
+        group: &Group,
+        sandbox_name: &str,
+        run_dir: &std::path::Path,
+        env: &mut BTreeMap<String, String>,
+    ) -> Result<(RelayHandle, Option<crate::egress::EgressHandle>), SpawnError> {
         let mut egress = None;
         let relay = match runtime.relay_transport() {
             RelayTransport::UnixSocket => {
@@ -362,7 +415,7 @@ impl AgentPool {
                 // TLS interception: the sandbox gets the local CA's certificate (never its
                 // key) in a bundle with the system roots, and the secrets' placeholders.
                 if let Some(ca) = self.egress.ca() {
-                    ca.write_bundle(&run_dir)
+                    ca.write_bundle(run_dir)
                         .map_err(|e| SpawnError::Prepare(format!("CA bundle: {e}")))?;
                     env.insert(
                         crate::egress::CA_BUNDLE_ENV.into(),
@@ -373,14 +426,14 @@ impl AgentPool {
                 self.relay
                     .serve(
                         &run_dir.join(nanoclaw_protocol::contract::paths::MODEL_SOCKET_NAME),
-                        &sandbox_name,
+                        sandbox_name,
                     )
                     .map_err(|e| SpawnError::Prepare(format!("model relay socket: {e}")))?
             }
             RelayTransport::Tcp { bind, host } => {
                 let (handle, addr, token) = self
                     .relay
-                    .serve_tcp(bind, &sandbox_name)
+                    .serve_tcp(bind, sandbox_name)
                     .map_err(|e| SpawnError::Prepare(format!("model relay port on {bind}: {e}")))?;
                 env.insert(
                     nanoclaw_protocol::contract::env::MODEL_TCP.into(),
@@ -390,102 +443,27 @@ impl AgentPool {
                 handle
             }
         };
+        Ok((relay, egress))
+    }
 
-        // Extra folders: only what the owner's allowlist permits today (checked at every
-        // spawn, symlinks resolved); refusals are logged with the rule that refused them.
+    /// Extra folders: only what the owner's allowlist permits today (checked at every spawn,
+    /// symlinks resolved); refusals are logged with the rule that refused them.
+    async fn extra_mounts(&self, group: &Group) -> Result<Vec<Mount>, SpawnError> {
         let requested = self
             .store
             .group_mounts(group.id.as_str())
             .await
             .map_err(|e| SpawnError::Prepare(format!("reading the group's mounts: {e}")))?;
-        let extra_mounts = if requested.is_empty() {
-            Vec::new()
-        } else {
-            let policy = crate::mounts::MountPolicy::load_or_deny();
-            crate::mounts::resolve_group_mounts(&policy, group, &requested, &self.paths.home).0
-        };
-
-        let timezone = crate::group_zone(group, crate::host_zone(&self.config))
-            .name()
-            .to_owned();
-        env.insert("HOME".into(), SANDBOX_WORKSPACE.into());
-        env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
-        env.insert("LANG".into(), "C.UTF-8".into());
-        env.insert("TZ".into(), timezone.clone());
-        env.insert(
-            nanoclaw_protocol::contract::env::WORKSPACE.into(),
-            SANDBOX_WORKSPACE.into(),
-        );
-        env.insert(
-            nanoclaw_protocol::contract::env::GLOBAL_DIR.into(),
-            SANDBOX_GLOBAL.into(),
-        );
-        if let Ok(level) = std::env::var("NANOCLAW_AGENT_LOG") {
-            env.insert(nanoclaw_protocol::contract::env::LOG.into(), level);
+        if requested.is_empty() {
+            return Ok(Vec::new());
         }
-        let spec = SandboxSpec {
-            name: sandbox_name.clone(),
-            agent_binary,
-            args: Vec::new(),
-            mounts: vec![
-                Mount {
-                    host_path: group_dir,
-                    sandbox_path: SANDBOX_WORKSPACE.into(),
-                    writable: true,
-                },
-                Mount {
-                    host_path: global_dir,
-                    sandbox_path: SANDBOX_GLOBAL.into(),
-                    writable: false,
-                },
-                // Read-only: connecting to the socket needs no write access to the folder,
-                // and the agent has no business creating files next to it.
-                Mount {
-                    host_path: run_dir.clone(),
-                    sandbox_path: SANDBOX_RUN.into(),
-                    writable: false,
-                },
-            ]
-            .into_iter()
-            .chain(extra_mounts)
-            .collect(),
-            env,
-            workdir: SANDBOX_WORKSPACE.into(),
-            limits: self.config.agents.limits.to_limits(),
-        };
-        let started = Instant::now();
-        let process = runtime.spawn(&spec).await?;
-        let nanoclaw_sandbox::SandboxProcess {
-            stdin,
-            stdout,
-            stderr,
-            control,
-        } = process;
+        let policy = crate::mounts::MountPolicy::load_or_deny();
+        Ok(crate::mounts::resolve_group_mounts(&policy, group, &requested, &self.paths.home).0)
+    }
 
-        let (tx, rx) = mpsc::channel(256);
-        let log = LogBudget::new(sandbox_name.clone());
-        spawn_stdout_reader(stdout, tx, sandbox_name.clone(), log.clone());
-        let stderr_tail = StderrTail::default();
-        spawn_stderr_logger(
-            stderr,
-            sandbox_name.clone(),
-            log.clone(),
-            stderr_tail.clone(),
-        );
-
-        let mut agent = LiveAgent {
-            session_id: session.id.clone(),
-            sandbox_name: sandbox_name.clone(),
-            writer: LineWriter::new(stdin),
-            events: rx,
-            control,
-            _relay: relay,
-            _egress: egress,
-            _permit: permit,
-            run_dir,
-            log,
-        };
-        let hello = HostMessage::Hello(Hello {
+    /// The handshake's `hello`: the session, its group and the model it uses.
+    fn hello(&self, session: &Session, group: &Group, timezone: String) -> HostMessage {
+        HostMessage::Hello(Hello {
             protocol_major: PROTOCOL_MAJOR,
             protocol_minor: PROTOCOL_MINOR,
             session_id: session.id.clone(),
@@ -510,61 +488,162 @@ impl AgentPool {
             },
             assistant_name: self.config.assistant_name.clone(),
             timezone: Some(timezone),
-        });
-        if let Err(e) = agent.send(&hello).await {
-            agent.kill().await;
-            return Err(SpawnError::Handshake(format!("sending hello: {e}")));
+        })
+    }
+}
+
+/// What a live agent keeps alive for its sandbox while it runs.
+struct SandboxServices {
+    relay: RelayHandle,
+    egress: Option<crate::egress::EgressHandle>,
+    permit: OwnedSemaphorePermit,
+    run_dir: PathBuf,
+}
+
+/// The environment every sandbox gets besides its relay and egress variables.
+fn insert_base_env(env: &mut BTreeMap<String, String>, timezone: &str) {
+    env.insert("HOME".into(), SANDBOX_WORKSPACE.into());
+    env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("LANG".into(), "C.UTF-8".into());
+    env.insert("TZ".into(), timezone.to_owned());
+    env.insert(
+        nanoclaw_protocol::contract::env::WORKSPACE.into(),
+        SANDBOX_WORKSPACE.into(),
+    );
+    env.insert(
+        nanoclaw_protocol::contract::env::GLOBAL_DIR.into(),
+        SANDBOX_GLOBAL.into(),
+    );
+    if let Ok(level) = std::env::var("NANOCLAW_AGENT_LOG") {
+        env.insert(nanoclaw_protocol::contract::env::LOG.into(), level);
+    }
+}
+
+/// The group's folder (writable), the global memory and the run folder (read-only), then the
+/// allowed extra folders.
+fn sandbox_mounts(
+    group_dir: PathBuf,
+    global_dir: PathBuf,
+    run_dir: PathBuf,
+    extra_mounts: Vec<Mount>,
+) -> Vec<Mount> {
+    vec![
+        Mount {
+            host_path: group_dir,
+            sandbox_path: SANDBOX_WORKSPACE.into(),
+            writable: true,
+        },
+        Mount {
+            host_path: global_dir,
+            sandbox_path: SANDBOX_GLOBAL.into(),
+            writable: false,
+        },
+        // Read-only: connecting to the socket needs no write access to the folder,
+        // and the agent has no business creating files next to it.
+        Mount {
+            host_path: run_dir,
+            sandbox_path: SANDBOX_RUN.into(),
+            writable: false,
+        },
+    ]
+    .into_iter()
+    .chain(extra_mounts)
+    .collect()
+}
+
+/// Wraps a started sandbox process as a live agent: its output read into events, its stderr
+/// logged (and its last lines kept for a failed handshake's error).
+fn start_agent(
+    process: nanoclaw_sandbox::SandboxProcess,
+    session: &Session,
+    sandbox_name: String,
+    services: SandboxServices,
+) -> (LiveAgent, StderrTail) {
+    let nanoclaw_sandbox::SandboxProcess {
+        stdin,
+        stdout,
+        stderr,
+        control,
+    } = process;
+
+    let (tx, rx) = mpsc::channel(256);
+    let log = LogBudget::new(sandbox_name.clone());
+    spawn_stdout_reader(stdout, tx, sandbox_name.clone(), log.clone());
+    let stderr_tail = StderrTail::default();
+    spawn_stderr_logger(
+        stderr,
+        sandbox_name.clone(),
+        log.clone(),
+        stderr_tail.clone(),
+    );
+
+    let agent = LiveAgent {
+        session_id: session.id.clone(),
+        sandbox_name,
+        writer: LineWriter::new(stdin),
+        events: rx,
+        control,
+        _relay: services.relay,
+        _egress: services.egress,
+        _permit: services.permit,
+        run_dir: services.run_dir,
+        log,
+    };
+    (agent, stderr_tail)
+}
+
+/// Sends `hello` and waits for `ready` in the same protocol major version; returns the agent
+/// and its version. An agent that fails the handshake is killed.
+async fn handshake(
+    mut agent: LiveAgent,
+    hello: &HostMessage,
+    stderr_tail: &StderrTail,
+) -> Result<(LiveAgent, String), SpawnError> {
+    if let Err(e) = agent.send(hello).await {
+        agent.kill().await;
+        return Err(SpawnError::Handshake(format!("sending hello: {e}")));
+    }
+    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, agent.next_event()).await;
+    match answer {
+        Ok(AgentEvent::Message(AgentMessage::Ready(ready))) => {
+            if ready.protocol_major != PROTOCOL_MAJOR {
+                agent.kill().await;
+                return Err(SpawnError::Handshake(format!(
+                    "agent speaks protocol {}.{}, host speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}; rebuild nanoclaw-agent from the same release",
+                    ready.protocol_major, ready.protocol_minor
+                )));
+            }
+            Ok((agent, ready.agent_version))
         }
-        let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, agent.next_event()).await;
-        match answer {
-            Ok(AgentEvent::Message(AgentMessage::Ready(ready))) => {
-                if ready.protocol_major != PROTOCOL_MAJOR {
-                    agent.kill().await;
-                    return Err(SpawnError::Handshake(format!(
-                        "agent speaks protocol {}.{}, host speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}; rebuild nanoclaw-agent from the same release",
-                        ready.protocol_major, ready.protocol_minor
-                    )));
-                }
-                tracing::info!(
-                    sandbox = %sandbox_name,
-                    session = %session.id,
-                    runtime = runtime.name(),
-                    agent_version = %ready.agent_version,
-                    spawn_ms = started.elapsed().as_millis() as u64,
-                    "agent ready"
-                );
-                Ok(agent)
-            }
-            Ok(AgentEvent::Message(AgentMessage::Fatal { error })) => {
-                agent.kill().await;
-                Err(SpawnError::Handshake(format!(
-                    "{}{}",
-                    clean(&error),
-                    stderr_tail.note().await
-                )))
-            }
-            Ok(AgentEvent::Message(other)) => {
-                agent.kill().await;
-                Err(SpawnError::Handshake(format!(
-                    "expected ready, got {}",
-                    clean(&format!("{other:?}"))
-                )))
-            }
-            Ok(AgentEvent::Exited(why)) => {
-                agent.kill().await;
-                Err(SpawnError::Handshake(format!(
-                    "agent exited: {why}{}",
-                    stderr_tail.note().await
-                )))
-            }
-            Err(_) => {
-                agent.kill().await;
-                Err(SpawnError::Handshake(format!(
-                    "no answer within {}s{}",
-                    HANDSHAKE_TIMEOUT.as_secs(),
-                    stderr_tail.note().await
-                )))
-            }
+        Ok(AgentEvent::Message(AgentMessage::Fatal { error })) => {
+            agent.kill().await;
+            Err(SpawnError::Handshake(format!(
+                "{}{}",
+                clean(&error),
+                stderr_tail.note().await
+            )))
+        }
+        Ok(AgentEvent::Message(other)) => {
+            agent.kill().await;
+            Err(SpawnError::Handshake(format!(
+                "expected ready, got {}",
+                clean(&format!("{other:?}"))
+            )))
+        }
+        Ok(AgentEvent::Exited(why)) => {
+            agent.kill().await;
+            Err(SpawnError::Handshake(format!(
+                "agent exited: {why}{}",
+                stderr_tail.note().await
+            )))
+        }
+        Err(_) => {
+            agent.kill().await;
+            Err(SpawnError::Handshake(format!(
+                "no answer within {}s{}",
+                HANDSHAKE_TIMEOUT.as_secs(),
+                stderr_tail.note().await
+            )))
         }
     }
 }

@@ -29,11 +29,7 @@ impl ChatApprovalNotifier {
 impl ApprovalNotifier for ChatApprovalNotifier {
     async fn approval_requested(&self, r: ApprovalRequest) {
         tracing::warn!(grant = r.grant_id, group = %r.group, secret = %r.secret, host = %r.host, "a grant waits for the owner's approval");
-        let chat = match self
-            .store
-            .chat_by_platform("terminal", crate::channel::terminal::TERMINAL_CHAT_ID)
-            .await
-        {
+        let chat = match crate::host::owner_chat(&self.store).await {
             Ok(Some(c)) => c,
             Ok(None) => {
                 tracing::error!(
@@ -135,7 +131,7 @@ pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<RouteOutco
 async fn from_main_chat(store: &Store, event: &InboundEvent) -> Result<Option<i64>, StoreError> {
     // Only the owner's own terminal decides: members of any other chat wired to main are
     // not the owner, whatever group the chat belongs to.
-    if event.channel != "terminal" || event.chat_id != crate::channel::terminal::TERMINAL_CHAT_ID {
+    if !crate::host::is_owner_chat(&event.channel, &event.chat_id) {
         return Ok(None);
     }
     let Some(chat) = store

@@ -181,6 +181,21 @@ impl Scheduler {
         Ok(())
     }
 
+    /// A new task's own checks: a prompt, and sizes within the limits. (Whether its group has
+    /// room for it is the agent request's check, in `host::requests`.)
+    pub fn check_new_task(prompt: &str, script: Option<&str>) -> Result<(), TaskError> {
+        Self::check_prompt(prompt)?;
+        if let Some(s) = script.filter(|s| !s.trim().is_empty()) {
+            Self::check_script(s)?;
+        }
+        Ok(())
+    }
+
+    /// How many live tasks one group may have.
+    pub fn max_tasks_per_group(&self) -> usize {
+        self.settings.max_tasks_per_group
+    }
+
     /// Parse `text` in `tz` and find its first fire time from now.
     fn plan(&self, text: &str, tz: Tz) -> Result<(Schedule, DateTime<Utc>), TaskError> {
         let now = self.clock.now();
@@ -195,7 +210,8 @@ impl Scheduler {
         Ok((schedule, next))
     }
 
-    /// Create a task for `group`, answering in `chat_id`.
+    /// Create a task for `group`, answering in `chat_id`. Agents' requests are authorized (and the
+    /// group's room checked) in `host::requests` first.
     #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
@@ -207,24 +223,8 @@ impl Scheduler {
         isolated: bool,
         created_by: String,
     ) -> Result<Task, TaskError> {
-        Self::check_prompt(&prompt)?;
+        Self::check_new_task(&prompt, script.as_deref())?;
         let script = script.filter(|s| !s.trim().is_empty());
-        if let Some(s) = &script {
-            Self::check_script(s)?;
-        }
-        let existing = self
-            .store
-            .list_tasks(Some(group.id.clone()))
-            .await?
-            .into_iter()
-            .filter(|t| !matches!(t.status, TaskStatus::Done | TaskStatus::Cancelled))
-            .count();
-        if existing >= self.settings.max_tasks_per_group {
-            return Err(TaskError::Invalid(format!(
-                "group {:?} already has {existing} scheduled tasks (the limit is {}); cancel some first",
-                group.folder, self.settings.max_tasks_per_group
-            )));
-        }
         let tz = self.zone_for(group);
         let (schedule, next) = self.plan(schedule_text, tz)?;
         let task = self
@@ -600,108 +600,6 @@ fn invalid_store(e: StoreError) -> TaskError {
     }
 }
 
-/// An agent's task request, checked: a group manages only its own tasks; the main group manages
-/// every group's and may create tasks for another group (answering in that group's chat).
-pub async fn handle_request(
-    store: &Store,
-    tasks: &Scheduler,
-    group: &Group,
-    chat: &nanoclaw_store::Chat,
-    action: nanoclaw_protocol::RequestAction,
-) -> Result<serde_json::Value, String> {
-    use nanoclaw_protocol::RequestAction as A;
-    let result = match action {
-        A::ScheduleTask {
-            prompt,
-            schedule,
-            script,
-            isolated,
-            group: target,
-        } => {
-            let (target, chat_id) = match target.filter(|f| f != &group.folder) {
-                None => (group.clone(), chat.id),
-                Some(folder) => {
-                    if !group.is_main {
-                        return Err(format!(
-                            "only the owner's main group may schedule tasks for another group; \
-                             this is group {:?}",
-                            group.folder
-                        ));
-                    }
-                    let target = store
-                        .group_by_folder(folder.as_str())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .ok_or_else(|| {
-                            format!("no group with folder {folder:?}; see list_groups")
-                        })?;
-                    let chat_id = store
-                        .chats_for_group(target.id.clone())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .first()
-                        .map(|c| c.id)
-                        .ok_or_else(|| {
-                            format!("group {folder:?} has no chat for the task's answers")
-                        })?;
-                    (target, chat_id)
-                }
-            };
-            tasks
-                .create(
-                    &target,
-                    chat_id,
-                    prompt,
-                    &schedule,
-                    script,
-                    isolated,
-                    format!("agent:{}", group.folder),
-                )
-                .await
-        }
-        A::ListTasks => {
-            let scope = (!group.is_main).then(|| group.id.clone());
-            let all = store.list_tasks(scope).await.map_err(|e| e.to_string())?;
-            let views = tasks.views(&all).await.map_err(|e| e.to_string())?;
-            return serde_json::to_value(views).map_err(|e| e.to_string());
-        }
-        A::UpdateTask {
-            task_id,
-            prompt,
-            schedule,
-            script,
-        } => {
-            let task = owned_task(store, group, &task_id).await?;
-            tasks
-                .update(&task, prompt, schedule.as_deref(), script)
-                .await
-        }
-        A::PauseTask { task_id } => {
-            let task = owned_task(store, group, &task_id).await?;
-            tasks.pause(&task).await
-        }
-        A::ResumeTask { task_id } => {
-            let task = owned_task(store, group, &task_id).await?;
-            tasks.resume(&task).await
-        }
-        A::CancelTask { task_id } => {
-            let task = owned_task(store, group, &task_id).await?;
-            tasks.cancel(&task).await
-        }
-        other => return Err(format!("not a task request: {other:?}")),
-    };
-    match result {
-        Ok(task) => serde_json::to_value(tasks.view(&task).await).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// The task, if `group` may manage it. Another group's task reads as missing, so a group cannot
-/// probe which ids exist.
-async fn owned_task(store: &Store, group: &Group, task_id: &str) -> Result<Task, String> {
-    match store.task(task_id.to_owned()).await {
-        Ok(Some(task)) if group.is_main || task.group_id == group.id => Ok(task),
-        Ok(_) => Err(TaskError::NotFound(task_id.to_owned()).to_string()),
-        Err(e) => Err(e.to_string()),
-    }
-}
+/// An agent's task request, checked (see `host::requests`, where every agent request is
+/// authorized); kept here under its old name for callers of the task API.
+pub use crate::host::requests::task_request as handle_request;

@@ -1,0 +1,164 @@
+//! The host's background loops: routing channel events, firing scheduled tasks, waking
+//! sessions whose retries are due, and keeping the configured agents warm.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nanoclaw_store::SessionMode;
+use tokio::sync::mpsc;
+
+use super::Inner;
+use super::owner::owner_chat;
+use super::session::kick;
+use crate::channel::{ChannelEvent, InboundEvent, RouteOutcome};
+use crate::now_ms;
+
+/// Hands channel events to the router (inbound messages) or to the loops they wake.
+pub(super) async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<ChannelEvent>) {
+    while let Some(event) = rx.recv().await {
+        match event {
+            ChannelEvent::Inbound(event) => route_inbound(&inner, event).await,
+            ChannelEvent::Wake => {
+                inner.tasks.wake();
+                inner.scheduler_wake.notify_one();
+                inner.delivery_wake.notify_one();
+            }
+            ChannelEvent::Reachable { channel, chat_id } => {
+                if let Ok(Some(chat)) = inner.store.chat_by_platform(channel, chat_id).await {
+                    inner.parked_chats.lock().await.remove(&chat.id);
+                }
+                inner.delivery_wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Stores an inbound message for the sessions it wakes (or takes it as an approval command)
+/// and acknowledges it to its channel.
+async fn route_inbound(inner: &Arc<Inner>, mut event: InboundEvent) {
+    let ack = event.ack.take();
+    // The owner's `/approve N` / `/deny N` in the main chat never reach an agent.
+    if let Some(outcome) = crate::approvals::intercept(&inner.store, &event).await {
+        inner.delivery_wake.notify_one();
+        tracing::debug!(channel = %event.channel, chat = %event.chat_id, ?outcome, "approval command");
+        if let Some(ack) = ack {
+            let _ = ack.send(outcome);
+        }
+        return;
+    }
+    let outcome = match crate::router::route(&inner.store, &event).await {
+        Ok(routed) => {
+            for session in routed.sessions {
+                kick(inner, session).await;
+            }
+            routed.outcome
+        }
+        Err(e) => {
+            tracing::error!(error = %e, channel = %event.channel, "storing an inbound message failed");
+            RouteOutcome::Failed(format!("could not store the message: {e}"))
+        }
+    };
+    tracing::debug!(channel = %event.channel, chat = %event.chat_id, ?outcome, "routed");
+    if let Some(ack) = ack {
+        let _ = ack.send(outcome);
+    }
+}
+
+/// Starts the agents of the groups in `agents.warm` (their known sessions; for the main
+/// group, the owner's main chat's session) so first replies skip the sandbox start.
+pub(super) async fn prewarm(inner: Arc<Inner>) {
+    for folder in inner.config.agents.warm.clone() {
+        let group = match inner.store.group_by_folder(folder.as_str()).await {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                tracing::warn!(%folder, "agents.warm names a group that does not exist");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%folder, error = %e, "reading a warm group failed");
+                continue;
+            }
+        };
+        let mut sessions = inner
+            .store
+            .sessions_for_group(group.id.as_str())
+            .await
+            .unwrap_or_default();
+        if sessions.is_empty()
+            && group.is_main
+            && let Ok(Some(chat)) = owner_chat(&inner.store).await
+            && let Ok(session) = inner
+                .store
+                .resolve_session(
+                    group.id.clone(),
+                    chat.id,
+                    None,
+                    SessionMode::Shared,
+                    now_ms(),
+                )
+                .await
+        {
+            sessions.push(session);
+        }
+        for session in sessions {
+            if let Err(e) = inner.pool.prewarm(&session, &group).await {
+                tracing::warn!(%folder, error = %e, "could not keep an agent warm");
+            }
+        }
+    }
+}
+
+/// Fires scheduled tasks when due; sleeps until the next fire time (or a change) in between.
+pub(super) async fn task_loop(inner: Arc<Inner>) {
+    loop {
+        let mut last_pass = inner.tasks.clock().now();
+        match inner.tasks.fire_due().await {
+            Ok(fired) => {
+                last_pass = fired.at;
+                if fired.handled > 0 {
+                    // Late and skipped runs queue a notice for their chat.
+                    inner.delivery_wake.notify_one();
+                }
+                for s in fired.sessions {
+                    kick(&inner, s).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "firing scheduled tasks failed"),
+        }
+        inner.tasks.wait(last_pass).await;
+    }
+}
+
+/// Sleeps until the next retry is due (no polling), then wakes those sessions.
+pub(super) async fn scheduler_loop(inner: Arc<Inner>) {
+    loop {
+        let now = now_ms();
+        match inner.store.sessions_with_due_work(now).await {
+            Ok(sessions) => {
+                for s in sessions {
+                    kick(&inner, s).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "finding due work failed"),
+        }
+        let next = inner.store.next_due_time().await.ok().flatten();
+        let notified = inner.scheduler_wake.notified();
+        match next {
+            Some(at) if at > now_ms() => {
+                let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = notified => {}
+                }
+            }
+            Some(_) => {
+                // Due now but claimed by a running worker: wait for news.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}

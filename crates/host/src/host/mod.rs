@@ -1,0 +1,455 @@
+//! The host: wires channels, router, store, agents and delivery together.
+//!
+//! Durability rules: an inbound message is stored before it is acknowledged; a turn's
+//! reply is stored in the same transaction that marks its messages done; delivery marks a
+//! message delivered only once. After a crash, `processing` rows go back to `pending`
+//! and are answered again; replies already stored are not produced twice.
+//!
+//! By job: `lock` (one host per data directory), `loops` (routing, task and retry loops),
+//! `session` and `turn` (answering a session's messages), `failure` (turns that cannot be
+//! answered), `requests` (what an agent may ask for), `delivery` (replies out, secrets
+//! redacted) and `owner` (the owner's main chat).
+
+mod delivery;
+mod failure;
+mod lock;
+mod loops;
+mod owner;
+pub(crate) mod requests;
+mod session;
+mod turn;
+
+pub use lock::AlreadyRunning;
+pub use owner::{is_owner_chat, owner_chat};
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nanoclaw_sandbox::Runtime;
+use nanoclaw_store::{NewGroup, SessionMode, Store};
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::agents::AgentPool;
+use crate::channel::{Channel, ChannelContext, ChannelEvent};
+use crate::config::{Config, Paths};
+use crate::now_ms;
+use crate::relay::{ModelUpstreams, Relay};
+use lock::HostLock;
+
+/// What a host is started with.
+pub struct HostOptions {
+    /// The data directory's layout (`$NANOCLAW_HOME`).
+    pub paths: Paths,
+    /// The loaded configuration.
+    pub config: Config,
+    /// The model providers the relay forwards to, with their credentials.
+    pub upstreams: ModelUpstreams,
+    /// Use this runtime instead of detecting one (tests, benchmarks).
+    pub runtime: Option<Arc<dyn Runtime>>,
+    /// The agent binary; found automatically when `None`.
+    pub agent_binary: Option<PathBuf>,
+    /// The vault's master key; `None` reads `NANOCLAW_MASTER_KEY`, the key file or the OS keyring.
+    pub master_key: Option<nanoclaw_vault::MasterKey>,
+    /// The scheduled tasks' clock; `None` is the system clock (tests pass a manual one).
+    pub clock: Option<Arc<dyn crate::clock::Clock>>,
+}
+
+impl HostOptions {
+    /// Options from `$NANOCLAW_HOME`, its config file and the environment.
+    pub fn from_env() -> anyhow::Result<HostOptions> {
+        let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
+        let config = Config::load(&paths.config_file())?;
+        Ok(HostOptions {
+            paths,
+            config,
+            upstreams: ModelUpstreams::from_env(),
+            runtime: None,
+            agent_binary: None,
+            master_key: None,
+            clock: None,
+        })
+    }
+}
+
+/// A running host. Dropping it does not stop it; call [`Host::shutdown`].
+pub struct Host {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+    sink: mpsc::Sender<ChannelEvent>,
+}
+
+/// What the host's loops, workers and turns share.
+struct Inner {
+    store: Store,
+    /// Scheduled tasks.
+    tasks: Arc<crate::tasks::Scheduler>,
+    config: Config,
+    pool: Arc<AgentPool>,
+    channels: HashMap<String, Arc<dyn Channel>>,
+    /// Sessions with a running worker.
+    workers: Mutex<HashSet<String>>,
+    delivery_wake: Arc<Notify>,
+    scheduler_wake: Notify,
+    /// Chats whose channel said nobody is listening; skipped until reachable again.
+    parked_chats: Mutex<HashSet<i64>>,
+    /// Outbound rows of this run that answer several messages (a batched turn): their
+    /// platform ids, so every sender's client gets the answer. Dropped once delivered; after a
+    /// restart the clients that asked are gone anyway, and `in_reply_to` remains.
+    answers: std::sync::Mutex<HashMap<i64, Vec<String>>>,
+    runtime_error: Option<String>,
+    /// Secrets; the leak guard scans outgoing chat messages for their values.
+    vault: Option<nanoclaw_vault::Vault>,
+    _lock: HostLock,
+}
+
+/// The agent pool and what was found out while building it.
+struct PoolParts {
+    pool: Arc<AgentPool>,
+    runtime_error: Option<String>,
+    vault: Option<nanoclaw_vault::Vault>,
+    delivery_wake: Arc<Notify>,
+}
+
+impl Host {
+    /// Starts a host on the data directory of `options`: the lock, the store (interrupted
+    /// messages resumed), the agent pool, the background loops and the enabled channels.
+    pub async fn start(options: HostOptions) -> anyhow::Result<Host> {
+        let HostOptions {
+            paths,
+            config,
+            upstreams,
+            runtime,
+            agent_binary,
+            master_key,
+            clock,
+        } = options;
+        let lock = take_data_dir(&paths)?;
+        let store = open_store(&paths, &config).await?;
+        let PoolParts {
+            pool,
+            runtime_error,
+            vault,
+            delivery_wake,
+        } = build_pool(
+            &store,
+            &paths,
+            &config,
+            upstreams,
+            runtime,
+            agent_binary,
+            master_key,
+        )
+        .await?;
+        let channel_list = crate::channel::build_enabled(&ChannelContext {
+            config: &config,
+            paths: &paths,
+            warning: runtime_error.clone(),
+        })?;
+        let channels: HashMap<String, Arc<dyn Channel>> = channel_list
+            .iter()
+            .map(|c| (c.name().to_owned(), Arc::clone(c)))
+            .collect();
+
+        let clock = clock.unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
+        let tasks = Arc::new(crate::tasks::Scheduler::new(store.clone(), clock, &config));
+        let inner = Arc::new(Inner {
+            store,
+            tasks,
+            config,
+            pool,
+            channels,
+            workers: Mutex::new(HashSet::new()),
+            delivery_wake,
+            scheduler_wake: Notify::new(),
+            parked_chats: Mutex::new(HashSet::new()),
+            answers: std::sync::Mutex::new(HashMap::new()),
+            runtime_error,
+            vault,
+            _lock: lock,
+        });
+
+        let (tx, rx) = mpsc::channel::<ChannelEvent>(1024);
+        let tasks = spawn_loops(&inner, rx);
+        start_channels(channel_list, &tx).await?;
+        if !inner.config.agents.warm.is_empty() {
+            tokio::spawn(loops::prewarm(Arc::clone(&inner)));
+        }
+        Ok(Host {
+            inner,
+            tasks,
+            sink: tx,
+        })
+    }
+
+    /// The host's database.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The scheduled tasks.
+    pub fn tasks(&self) -> &Arc<crate::tasks::Scheduler> {
+        &self.inner.tasks
+    }
+
+    /// Where in-process channels (and tests) hand messages to the router.
+    pub fn inbound_sink(&self) -> crate::channel::InboundSink {
+        self.sink.clone()
+    }
+
+    /// Agents running right now: busy with a turn or idle and warm.
+    pub fn live_agents(&self) -> usize {
+        self.inner.pool.live_count()
+    }
+
+    /// The runtime agents run in, or why there is none.
+    pub fn runtime(&self) -> Result<&'static str, String> {
+        match &self.inner.runtime_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.inner.pool.runtime_name().unwrap_or("unknown")),
+        }
+    }
+
+    /// For a host started on demand by `nanoclaw chat`: returns `true` once no client has
+    /// been connected for `linger` (the terminal channel then stops accepting); `false` at
+    /// once when no channel can tell (the terminal channel is off).
+    pub async fn until_unattended(&self, linger: Duration) -> bool {
+        let watching = self
+            .inner
+            .channels
+            .values()
+            .map(|c| c.until_unattended(linger));
+        futures_util::future::join_all(watching)
+            .await
+            .into_iter()
+            .any(|unattended| unattended)
+    }
+
+    /// Stops channels, background tasks and idle agents.
+    pub async fn shutdown(self) {
+        for channel in self.inner.channels.values() {
+            channel.stop().await;
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.inner.pool.stop_all().await;
+    }
+}
+
+/// Prepares the data directory and takes its lock; drops the sockets of a previous run's
+/// sandboxes.
+fn take_data_dir(paths: &Paths) -> anyhow::Result<HostLock> {
+    paths
+        .prepare()
+        .with_context(|| format!("preparing the data directory {}", paths.home.display()))?;
+    let lock = HostLock::acquire(&paths.run_dir().join("host.lock"))?;
+    // Sandboxes of a previous run died with it (die-with-parent); drop their sockets.
+    let stale = paths.run_dir().join("sandboxes");
+    let _ = std::fs::remove_dir_all(&stale);
+    crate::config::create_private_dir(&stale)?;
+    Ok(lock)
+}
+
+/// Opens the database, puts messages interrupted by the last shutdown back in the queue and
+/// makes sure the main group and the owner's main chat exist.
+async fn open_store(paths: &Paths, config: &Config) -> anyhow::Result<Store> {
+    let store = crate::open_store(&paths.database(), false)
+        .with_context(|| format!("opening {}", paths.database().display()))?;
+
+    let recovered = store.recover_interrupted(now_ms()).await?;
+    if recovered > 0 {
+        tracing::warn!(
+            messages = recovered,
+            "resuming messages interrupted by the last shutdown"
+        );
+    }
+    ensure_main_wiring(&store, config).await?;
+    Ok(store)
+}
+
+/// The agent pool: the sandbox runtime and agent binary (or why there is none, logged), the
+/// vault, the model relay and the egress proxy.
+async fn build_pool(
+    store: &Store,
+    paths: &Paths,
+    config: &Config,
+    upstreams: ModelUpstreams,
+    runtime: Option<Arc<dyn Runtime>>,
+    agent_binary: Option<PathBuf>,
+    master_key: Option<nanoclaw_vault::MasterKey>,
+) -> anyhow::Result<PoolParts> {
+    let runtime = match runtime {
+        Some(r) => Ok(r),
+        None => {
+            let host_id = paths
+                .host_id()
+                .with_context(|| format!("reading {}/host-id", paths.home.display()))?;
+            crate::runtime::select(config, &host_id).await
+        }
+    };
+    let runtime_error = runtime.as_ref().err().cloned();
+    if let Some(why) = &runtime_error {
+        tracing::error!("no sandbox runtime: agents will not run. {why}");
+    }
+    let agent_binary = match agent_binary {
+        Some(p) => Ok(p),
+        None => crate::find_agent_binary(),
+    };
+    if let Err(why) = &agent_binary {
+        tracing::error!("{why}");
+    }
+    if !upstreams.has(&config.model.provider) {
+        tracing::warn!(
+            provider = %config.model.provider,
+            "no credentials for the configured model provider; agents will report it when asked"
+        );
+    }
+    let vault = open_vault(store, master_key, &paths.home).await;
+    let relay = Relay::with_limits(upstreams, vault.clone(), config.relay.to_limits())
+        .context("building the model relay's HTTP client")?;
+    let delivery_wake = Arc::new(Notify::new());
+    let egress = build_egress(store, paths, vault.as_ref()).with_approval_notifier(Arc::new(
+        crate::approvals::ChatApprovalNotifier::new(store.clone(), Arc::clone(&delivery_wake)),
+    ));
+    let pool = AgentPool::new(
+        runtime,
+        store.clone(),
+        egress,
+        relay,
+        paths.clone(),
+        config.clone(),
+        agent_binary,
+    );
+    Ok(PoolParts {
+        pool,
+        runtime_error,
+        vault,
+        delivery_wake,
+    })
+}
+
+/// The background loops: router, delivery, retries and scheduled tasks.
+fn spawn_loops(inner: &Arc<Inner>, rx: mpsc::Receiver<ChannelEvent>) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(loops::router_loop(Arc::clone(inner), rx)),
+        tokio::spawn(delivery::delivery_loop(Arc::clone(inner))),
+        tokio::spawn(loops::scheduler_loop(Arc::clone(inner))),
+        tokio::spawn(loops::task_loop(Arc::clone(inner))),
+    ]
+}
+
+/// Starts the enabled channels, each handing its events to `tx`.
+async fn start_channels(
+    channel_list: Vec<Arc<dyn Channel>>,
+    tx: &mpsc::Sender<ChannelEvent>,
+) -> anyhow::Result<()> {
+    for channel in channel_list {
+        let name = channel.name();
+        Arc::clone(&channel)
+            .start(tx.clone())
+            .await
+            .with_context(|| format!("starting the {name} channel"))?;
+        tracing::info!(channel = name, "channel started");
+    }
+    Ok(())
+}
+
+/// The egress proxy. With a vault: its secrets are injected (TLS interception with the
+/// local CA under `$NANOCLAW_HOME/ca/`, made on first use) and the leak guard scans what
+/// the proxy can read. A CA that cannot be made leaves interception off (logged).
+fn build_egress(
+    store: &Store,
+    paths: &Paths,
+    vault: Option<&nanoclaw_vault::Vault>,
+) -> crate::egress::EgressProxy {
+    use crate::egress as eg;
+    let policies = Arc::new(eg::StorePolicySource::new(store.clone()));
+    let resolver = Arc::new(eg::SystemResolver);
+    let audit = Arc::new(eg::VaultAudit::new(nanoclaw_vault::Audit::new(
+        store.clone(),
+    )));
+    let Some(vault) = vault else {
+        return eg::EgressProxy::build(policies, resolver, audit, Arc::new(eg::NoSecrets));
+    };
+    let secrets = Arc::new(eg::VaultSecrets::new(vault.clone()));
+    let interception = eg::LocalCa::load_or_create(&paths.home.join(eg::ca::CA_DIR_NAME))
+        .map_err(|e| e.to_string())
+        .map(|ca| eg::Interception {
+            ca: Arc::new(ca),
+            extra_upstream_roots: Vec::new(),
+        });
+    let built = interception.and_then(|i| {
+        eg::EgressProxy::build_intercepting(
+            policies.clone(),
+            resolver.clone(),
+            audit.clone(),
+            secrets.clone(),
+            i,
+        )
+    });
+    match built {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            tracing::error!(error = %e, "egress TLS interception is off; secrets will not be injected");
+            eg::EgressProxy::build(policies, resolver, audit, secrets)
+        }
+    }
+}
+
+/// The vault, when there is one to open. A vault that cannot be opened (wrong or missing
+/// key) is reported and left closed: its secrets are unavailable, nothing is overwritten.
+async fn open_vault(
+    store: &Store,
+    key: Option<nanoclaw_vault::MasterKey>,
+    home: &std::path::Path,
+) -> Option<nanoclaw_vault::Vault> {
+    let opened = match key {
+        Some(key) => nanoclaw_vault::Vault::open(store.clone(), key)
+            .await
+            .map(Some),
+        None => match nanoclaw_vault::KeySources::for_home(home) {
+            Ok(sources) => {
+                nanoclaw_vault::Vault::open_default(store.clone(), &sources, false).await
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match opened {
+        Ok(vault) => vault,
+        Err(e) => {
+            tracing::error!("the vault cannot be opened; its secrets are unavailable: {e}");
+            None
+        }
+    }
+}
+
+/// The main group and the owner's main chat, wired together.
+async fn ensure_main_wiring(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let group = store
+        .ensure_group(NewGroup {
+            name: "Main".into(),
+            folder: "main".into(),
+            trigger: Some(config.trigger.clone()),
+            is_main: true,
+            provider: None,
+            model: None,
+        })
+        .await?;
+    let chat = store
+        .ensure_chat(
+            owner::OWNER_CHANNEL,
+            owner::OWNER_CHAT_ID,
+            "Terminal",
+            false,
+        )
+        .await?;
+    // The owner's own chat: every message is for the assistant, no trigger needed.
+    store
+        .wire(chat.id, group.id.clone(), false, SessionMode::Shared)
+        .await?;
+    Ok(())
+}
