@@ -401,8 +401,11 @@ impl AgentPool {
         let extra_mounts = if requested.is_empty() {
             Vec::new()
         } else {
-            let policy = crate::mounts::MountPolicy::load_or_deny();
-            crate::mounts::resolve_group_mounts(&policy, group, &requested, &self.paths.home).0
+            let data_dir = self.paths.home.clone();
+            crate::mounts::resolve_group_mounts_blocking(group.clone(), requested, data_dir)
+                .await
+                .map_err(|e| SpawnError::Prepare(format!("checking the group's mounts: {e}")))?
+                .0
         };
 
         let timezone = crate::group_zone(group, crate::host_zone(&self.config))
