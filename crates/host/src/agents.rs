@@ -457,8 +457,13 @@ impl AgentPool {
         if requested.is_empty() {
             return Ok(Vec::new());
         }
-        let policy = crate::mounts::MountPolicy::load_or_deny();
-        Ok(crate::mounts::resolve_group_mounts(&policy, group, &requested, &self.paths.home).0)
+        let data_dir = self.paths.home.clone();
+        Ok(
+            crate::mounts::resolve_group_mounts_blocking(group.clone(), requested, data_dir)
+                .await
+                .map_err(|e| SpawnError::Prepare(format!("checking the group's mounts: {e}")))?
+                .0,
+        )
     }
 
     /// The handshake's `hello`: the session, its group and the model it uses.

@@ -50,7 +50,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::bwrap::{RUN_SIZE_BYTES, TMP_SIZE_BYTES, ValidSpec};
-use crate::process::ProcessControl;
+use crate::process::{Cleanup, ProcessControl};
 use crate::{Runtime, SandboxError, SandboxProcess, SandboxSpec};
 
 const RUNTIME: &str = "apple";
@@ -197,27 +197,37 @@ impl AppleRuntime {
         Ok(env_file(&validate(spec)?))
     }
 
-    async fn cli_output(&self, args: &[&str]) -> Result<std::process::Output, String> {
+    async fn cli_output(&self, args: &[&str]) -> Result<std::process::Output, CliError> {
         let mut command = tokio::process::Command::new(&self.cli);
         command
             .args(args)
             .env_remove("SSH_AUTH_SOCK")
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        let command_line = || format!("{} {}", self.cli.display(), args.join(" "));
         match tokio::time::timeout(Duration::from_secs(30), command.output()).await {
             Ok(Ok(output)) => Ok(output),
-            Ok(Err(error)) => Err(format!(
-                "running `{} {}` failed: {error}",
-                self.cli.display(),
-                args.join(" ")
-            )),
-            Err(_) => Err(format!(
-                "`{} {}` did not answer within 30 s",
-                self.cli.display(),
-                args.join(" ")
-            )),
+            Ok(Err(source)) => Err(CliError::Run {
+                command: command_line(),
+                source,
+            }),
+            Err(_) => Err(CliError::Timeout {
+                command: command_line(),
+            }),
         }
     }
+}
+
+/// Why asking the `container` CLI something failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("running `{command}` failed: {source}")]
+    Run {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` did not answer within 30 s")]
+    Timeout { command: String },
 }
 
 #[async_trait]
@@ -245,7 +255,7 @@ impl Runtime for AppleRuntime {
         let output = self
             .cli_output(&["--version"])
             .await
-            .map_err(|reason| unavailable(reason, INSTALL_FIX.to_owned()))?;
+            .map_err(|reason| unavailable(reason.to_string(), INSTALL_FIX.to_owned()))?;
         let text = String::from_utf8_lossy(&output.stdout);
         let version = crate::bwrap::parse_version(&text).ok_or_else(|| {
             unavailable(
@@ -269,7 +279,7 @@ impl Runtime for AppleRuntime {
         let status = self
             .cli_output(&["system", "status"])
             .await
-            .map_err(|reason| unavailable(reason, INSTALL_FIX.to_owned()))?;
+            .map_err(|reason| unavailable(reason.to_string(), INSTALL_FIX.to_owned()))?;
         if !status.status.success() {
             let said = String::from_utf8_lossy(&status.stdout).trim().to_owned();
             return Err(unavailable(
@@ -335,7 +345,7 @@ impl Runtime for AppleRuntime {
 /// Removes the env file and the container. Killing the CLI leaves the VM running, so the
 /// container is force-deleted; after a normal exit `--rm` already removed it and this fails
 /// quietly. It runs on a thread so that dropping a control never blocks the async runtime.
-fn cleanup_for(cli: PathBuf, container: String, env_path: PathBuf) -> Box<dyn FnOnce() + Send> {
+fn cleanup_for(cli: PathBuf, container: String, env_path: PathBuf) -> Cleanup {
     Box::new(move || {
         let _ = std::fs::remove_file(&env_path);
         let spawned = std::thread::Builder::new()

@@ -37,7 +37,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::cgroup::SandboxCgroup;
-use crate::process::ProcessControl;
+use crate::process::{Cleanup, ProcessControl, run_blocking};
 use crate::user::SandboxUser;
 use crate::{AGENT_BINARY_PATH, Limits, Mount, Runtime, SandboxError, SandboxProcess, SandboxSpec};
 
@@ -365,10 +365,6 @@ impl Runtime for NativeRuntime {
     async fn spawn(&self, spec: &SandboxSpec) -> Result<SandboxProcess, SandboxError> {
         let valid = validate(spec)?;
         self.user.check()?;
-        let spawn_error = |source: std::io::Error| SandboxError::Spawn {
-            runtime: RUNTIME,
-            source,
-        };
         if self.user.dedicated {
             let mounts = valid.mounts.clone();
             let user = self.user;
@@ -376,57 +372,94 @@ impl Runtime for NativeRuntime {
                 .await
                 .map_err(|error| spawn_error(std::io::Error::other(error)))??;
         }
-        // A root host's data dir is not reachable for the unprivileged sandbox user (it is
-        // under /root, 0700): the mount sources and the agent binary are opened here, as
-        // root, and bound onto a private staging tmpfs that bwrap then mounts from.
-        let (staging, bwrap_spec) = if self.user.dedicated {
-            let staging = Staging::prepare(&valid).map_err(spawn_error)?;
-            let staged = staging.staged_spec(&valid);
-            (Some(staging), staged)
-        } else {
-            (None, valid.clone())
+        let (staging, bwrap_spec, plan) = self.stage(&valid)?;
+        let mut held = Held {
+            cgroup: None,
+            staging,
         };
-        let plan = match staging.as_ref().map(Staging::plan).transpose() {
-            Ok(plan) => plan,
+        // Generated /etc files go through pipes (`--ro-bind-data FD`): nothing to clean up.
+        let (readers, data_fds) = match generated_file_pipes(&valid) {
+            Ok(pipes) => pipes,
             Err(error) => {
-                if let Some(staging) = staging {
-                    staging.remove();
-                }
+                held.release().await;
                 return Err(spawn_error(error));
             }
         };
-
-        // Generated /etc files go through pipes (`--ro-bind-data FD`): nothing to clean up.
-        // They are a few hundred bytes, far below the pipe buffer, so writing cannot block.
-        let mut readers = Vec::new();
-        let mut data_fds = Vec::new();
-        for (dest, content) in generated_files(&valid) {
-            let (reader, mut writer) = std::io::pipe().map_err(spawn_error)?;
-            writer.write_all(content.as_bytes()).map_err(spawn_error)?;
-            drop(writer);
-            data_fds.push((reader.as_raw_fd(), dest));
-            readers.push(reader);
-        }
         let args = build_args(&bwrap_spec, &self.layout, self.features, &data_fds);
+        held.cgroup = SandboxCgroup::create(&valid.name, &valid.limits);
+        let hook = self.pre_exec_hook(&valid, &data_fds, held.cgroup.as_ref(), plan);
+        let mut command = self.command(&args, hook);
+        tracing::debug!(sandbox = %valid.name, bwrap = %self.bwrap.display(), ?args, "starting sandbox");
+        let spawned = command.spawn();
+        drop(readers);
+        let child = match spawned {
+            Ok(child) => child,
+            Err(error) => {
+                held.release().await;
+                return Err(spawn_error(error));
+            }
+        };
+        held.check_joined(&valid.name, &child);
+        sandbox_process(child, held).await
+    }
+}
 
-        let mut cgroup = SandboxCgroup::create(&valid.name, &valid.limits);
-        let hook = PreExec {
+fn spawn_error(source: std::io::Error) -> SandboxError {
+    SandboxError::Spawn {
+        runtime: RUNTIME,
+        source,
+    }
+}
+
+impl NativeRuntime {
+    /// A root host's data dir is not reachable for the unprivileged sandbox user (it is
+    /// under /root, 0700): the mount sources and the agent binary are opened here, as root,
+    /// and bound onto a private staging tmpfs that bwrap then mounts from. Returns the
+    /// staging, the spec as bwrap sees it and what the child binds before exec.
+    fn stage(
+        &self,
+        valid: &ValidSpec,
+    ) -> Result<(Option<Staging>, ValidSpec, Option<StagingPlan>), SandboxError> {
+        if !self.user.dedicated {
+            return Ok((None, valid.clone(), None));
+        }
+        let staging = Staging::prepare(valid).map_err(spawn_error)?;
+        let staged = staging.staged_spec(valid);
+        match staging.plan() {
+            Ok(plan) => Ok((Some(staging), staged, Some(plan))),
+            Err(error) => {
+                staging.remove();
+                Err(spawn_error(error))
+            }
+        }
+    }
+
+    /// What the child does between fork and exec: inherit the data pipes, join the cgroup,
+    /// set the rlimits, drop to the sandbox user, bind the staged sources.
+    fn pre_exec_hook(
+        &self,
+        valid: &ValidSpec,
+        data_fds: &[DataFd],
+        cgroup: Option<&SandboxCgroup>,
+        staging: Option<StagingPlan>,
+    ) -> PreExec {
+        PreExec {
             inherit_fds: data_fds.iter().map(|(fd, _)| *fd).collect(),
-            cgroup_procs: cgroup
-                .as_ref()
-                .map(SandboxCgroup::procs_fds)
-                .unwrap_or_default(),
+            cgroup_procs: cgroup.map(SandboxCgroup::procs_fds).unwrap_or_default(),
             rlimits: rlimits_for(&valid.limits, self.user.uid),
             drop_to: self
                 .user
                 .dedicated
                 .then_some((self.user.uid, self.user.gid)),
-            staging: plan,
-        };
+            staging,
+        }
+    }
 
+    /// The bwrap command: empty environment, piped stdio, killed when dropped.
+    fn command(&self, args: &[OsString], hook: PreExec) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.bwrap);
         command
-            .args(&args)
+            .args(args)
             .env_clear()
             .current_dir("/")
             .stdin(Stdio::piped())
@@ -438,64 +471,102 @@ impl Runtime for NativeRuntime {
         unsafe {
             command.pre_exec(move || hook.run());
         }
-        tracing::debug!(sandbox = %valid.name, bwrap = %self.bwrap.display(), ?args, "starting sandbox");
-        let spawned = command.spawn();
-        drop(readers);
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(error) => {
-                if let Some(cgroup) = cgroup {
-                    cgroup.remove();
-                }
-                if let Some(staging) = staging {
-                    staging.remove();
-                }
-                return Err(spawn_error(error));
-            }
-        };
-        if let Some(cg) = cgroup.as_mut() {
-            cg.close_procs();
+        command
+    }
+}
+
+/// The generated `/etc` files as pipes bwrap reads (`--ro-bind-data FD`): the read ends, to
+/// keep open until bwrap has started, and their fds with the destination. The files are a
+/// few hundred bytes, far below the pipe buffer, so writing cannot block.
+fn generated_file_pipes(
+    valid: &ValidSpec,
+) -> std::io::Result<(Vec<std::io::PipeReader>, Vec<DataFd>)> {
+    let mut readers = Vec::new();
+    let mut data_fds = Vec::new();
+    for (dest, content) in generated_files(valid) {
+        let (reader, mut writer) = std::io::pipe()?;
+        writer.write_all(content.as_bytes())?;
+        drop(writer);
+        data_fds.push((reader.as_raw_fd(), dest));
+        readers.push(reader);
+    }
+    Ok((readers, data_fds))
+}
+
+/// A generated file's pipe (read end) and where it appears inside the sandbox.
+type DataFd = (RawFd, &'static str);
+
+/// What one native sandbox holds on the host besides its process.
+struct Held {
+    cgroup: Option<SandboxCgroup>,
+    staging: Option<Staging>,
+}
+
+impl Held {
+    /// Closes the cgroup's `cgroup.procs` files now the child exists, and warns when the
+    /// child did not join the cgroup.
+    fn check_joined(&mut self, sandbox: &str, child: &tokio::process::Child) {
+        if let Some(cgroup) = self.cgroup.as_mut() {
+            cgroup.close_procs();
             if let Some(pid) = child.id()
-                && !cg.contains(pid)
+                && !cgroup.contains(pid)
             {
-                tracing::warn!(sandbox = %valid.name, pid, "sandbox did not join its cgroup; only rlimits apply");
+                tracing::warn!(
+                    sandbox,
+                    pid,
+                    "sandbox did not join its cgroup; only rlimits apply"
+                );
             }
         }
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            let _ = child.kill().await;
-            if let Some(cgroup) = cgroup {
-                cgroup.remove();
-            }
-            if let Some(staging) = staging {
-                staging.remove();
-            }
-            return Err(spawn_error(std::io::Error::other(
-                "bwrap child has no piped stdio",
-            )));
-        };
-        // The staging mountpoints must stay until bwrap has mounted them: removed with
-        // the cgroup when the sandbox ends.
-        let cleanup: Option<Box<dyn FnOnce() + Send>> = if cgroup.is_some() || staging.is_some() {
-            Some(Box::new(move || {
-                if let Some(cgroup) = cgroup {
-                    cgroup.remove();
-                }
-                if let Some(staging) = staging {
-                    staging.remove();
-                }
-            }))
-        } else {
-            None
-        };
-        Ok(SandboxProcess {
-            stdin: Box::pin(stdin),
-            stdout: Box::pin(stdout),
-            stderr: Box::pin(stderr),
-            control: Box::new(ProcessControl::new(child, cleanup)),
-        })
     }
+
+    /// The cleanup to run when the sandbox ends; `None` when nothing is held. The staging
+    /// mountpoints must stay until bwrap has mounted them, so they go with the cgroup.
+    fn into_cleanup(self) -> Option<Cleanup> {
+        if self.cgroup.is_none() && self.staging.is_none() {
+            return None;
+        }
+        Some(Box::new(move || self.release_blocking()))
+    }
+
+    /// Removes the cgroup (waiting for its tasks to go) and the staging folder.
+    fn release_blocking(self) {
+        if let Some(cgroup) = self.cgroup {
+            cgroup.remove();
+        }
+        if let Some(staging) = self.staging {
+            staging.remove();
+        }
+    }
+
+    /// [`Held::release_blocking`] off the async runtime's workers.
+    async fn release(self) {
+        if let Some(cleanup) = self.into_cleanup() {
+            run_blocking(cleanup).await;
+        }
+    }
+}
+
+/// The started sandbox: its stdio, and a control that releases what it holds when it ends.
+async fn sandbox_process(
+    mut child: tokio::process::Child,
+    held: Held,
+) -> Result<SandboxProcess, SandboxError> {
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill().await;
+        held.release().await;
+        return Err(spawn_error(std::io::Error::other(
+            "bwrap child has no piped stdio",
+        )));
+    };
+    Ok(SandboxProcess {
+        stdin: Box::pin(stdin),
+        stdout: Box::pin(stdout),
+        stderr: Box::pin(stderr),
+        control: Box::new(ProcessControl::new(child, held.into_cleanup())),
+    })
 }
 
 /// Runs in the forked child before `exec(bwrap)`.

@@ -22,6 +22,42 @@ use crate::Limits;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const PARENT_NAME: &str = "nanoclaw";
 
+/// Why a per-sandbox cgroup could not be set up (logged; the sandbox then relies on rlimits).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CgroupError {
+    #[error("writing {value:?} to {}: {source}", .path.display())]
+    Write {
+        value: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening {}: {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("creating {}: {source}", .path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no cgroup v2 entry in /proc/self/cgroup")]
+    NoV2Entry,
+    #[error("{} is not a cgroup v1 hierarchy", .0.display())]
+    NotV1Hierarchy(PathBuf),
+    /// Every candidate place failed, for these reasons in order.
+    #[error("{}", join_reasons(.0))]
+    Candidates(Vec<CgroupError>),
+}
+
+fn join_reasons(reasons: &[CgroupError]) -> String {
+    reasons
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Extra tasks in the cgroup beyond the sandboxed processes: bwrap's outer monitor and its
 /// pid-1 reaper inside the pid namespace.
 pub(crate) const BWRAP_OVERHEAD_TASKS: u64 = 2;
@@ -176,28 +212,39 @@ fn kill_members(leaf: &Path, v2: bool) {
     }
 }
 
-fn write_file(path: &Path, value: &str) -> Result<(), String> {
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
     OpenOptions::new()
         .write(true)
         .open(path)
         .and_then(|mut file| file.write_all(value.as_bytes()))
-        .map_err(|error| format!("writing {value:?} to {}: {error}", path.display()))
+        .map_err(|source| CgroupError::Write {
+            value: value.to_owned(),
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
-fn open_procs(leaf: &Path) -> Result<File, String> {
+fn open_procs(leaf: &Path) -> Result<File, CgroupError> {
     let path = leaf.join("cgroup.procs");
     OpenOptions::new()
         .write(true)
         .open(&path)
-        .map_err(|error| format!("opening {}: {error}", path.display()))
+        .map_err(|source| CgroupError::Open { path, source })
+}
+
+fn create_dir(path: &Path) -> Result<(), CgroupError> {
+    fs::create_dir(path).map_err(|source| CgroupError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Creates `leaf`, replacing a stale empty one left behind by a crashed host.
-fn make_leaf(leaf: &Path) -> Result<(), String> {
+fn make_leaf(leaf: &Path) -> Result<(), CgroupError> {
     if leaf.exists() {
         let _ = fs::remove_dir(leaf);
     }
-    fs::create_dir(leaf).map_err(|error| format!("creating {}: {error}", leaf.display()))
+    create_dir(leaf)
 }
 
 /// Path of the current cgroup in the hierarchy whose controller list contains `controller`
@@ -221,9 +268,9 @@ fn join_rel(base: &Path, rel: &str) -> PathBuf {
     base.join(rel.trim_start_matches('/'))
 }
 
-fn create_v2(own: &str, name: &str, limits: &Limits) -> Result<SandboxCgroup, String> {
+fn create_v2(own: &str, name: &str, limits: &Limits) -> Result<SandboxCgroup, CgroupError> {
     let root = Path::new(CGROUP_ROOT);
-    let current = current_path(own, "").ok_or("no cgroup v2 entry in /proc/self/cgroup")?;
+    let current = current_path(own, "").ok_or(CgroupError::NoV2Entry)?;
     let mut candidates = vec![join_rel(root, &current)];
     if current != "/" {
         candidates.push(root.to_path_buf());
@@ -235,10 +282,10 @@ fn create_v2(own: &str, name: &str, limits: &Limits) -> Result<SandboxCgroup, St
             Err(reason) => reasons.push(reason),
         }
     }
-    Err(reasons.join("; "))
+    Err(CgroupError::Candidates(reasons))
 }
 
-fn enable_controllers(dir: &Path) -> Result<(), String> {
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
     let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
     for controller in ["pids", "memory"] {
         if !enabled.split_whitespace().any(|c| c == controller) {
@@ -251,17 +298,16 @@ fn enable_controllers(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn create_v2_under(base: &Path, name: &str, limits: &Limits) -> Result<SandboxCgroup, String> {
+fn create_v2_under(base: &Path, name: &str, limits: &Limits) -> Result<SandboxCgroup, CgroupError> {
     enable_controllers(base)?;
     let parent = base.join(PARENT_NAME);
     if !parent.is_dir() {
-        fs::create_dir(&parent)
-            .map_err(|error| format!("creating {}: {error}", parent.display()))?;
+        create_dir(&parent)?;
     }
     enable_controllers(&parent)?;
     let leaf = parent.join(name);
     make_leaf(&leaf)?;
-    let setup = || -> Result<File, String> {
+    let setup = || -> Result<File, CgroupError> {
         write_file(
             &leaf.join("pids.max"),
             &(limits.max_processes + BWRAP_OVERHEAD_TASKS).to_string(),
@@ -285,7 +331,7 @@ fn create_v2_under(base: &Path, name: &str, limits: &Limits) -> Result<SandboxCg
     }
 }
 
-fn create_v1(own: &str, name: &str, limits: &Limits) -> Result<SandboxCgroup, String> {
+fn create_v1(own: &str, name: &str, limits: &Limits) -> Result<SandboxCgroup, CgroupError> {
     let root = Path::new(CGROUP_ROOT);
     let pids_limit = (limits.max_processes + BWRAP_OVERHEAD_TASKS).to_string();
     let memory_limit = limits.max_memory_bytes.to_string();
@@ -308,14 +354,13 @@ fn create_v1(own: &str, name: &str, limits: &Limits) -> Result<SandboxCgroup, St
                 base = nested;
             }
         }
-        let step = || -> Result<(PathBuf, File), String> {
+        let step = || -> Result<(PathBuf, File), CgroupError> {
             if !base.join("cgroup.procs").exists() {
-                return Err(format!("{} is not a cgroup v1 hierarchy", base.display()));
+                return Err(CgroupError::NotV1Hierarchy(base.clone()));
             }
             let parent = base.join(PARENT_NAME);
             if !parent.is_dir() {
-                fs::create_dir(&parent)
-                    .map_err(|error| format!("creating {}: {error}", parent.display()))?;
+                create_dir(&parent)?;
             }
             let leaf = parent.join(name);
             make_leaf(&leaf)?;
@@ -364,6 +409,27 @@ mod tests {
             Some("/user.slice/u.service")
         );
         assert_eq!(current_path("0::/a\n", "pids"), None);
+    }
+
+    #[test]
+    fn errors_read_as_the_reasons_logged_before() {
+        let reasons = CgroupError::Candidates(vec![
+            CgroupError::Create {
+                path: PathBuf::from("/a"),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+            CgroupError::NotV1Hierarchy(PathBuf::from("/b")),
+            CgroupError::Write {
+                value: "+pids".into(),
+                path: PathBuf::from("/c"),
+                source: std::io::Error::other("busy"),
+            },
+        ]);
+        assert_eq!(
+            reasons.to_string(),
+            "creating /a: permission denied; /b is not a cgroup v1 hierarchy; \
+             writing \"+pids\" to /c: busy"
+        );
     }
 
     #[test]

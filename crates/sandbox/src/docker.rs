@@ -141,14 +141,24 @@ pub(crate) struct PingInfo {
     podman: bool,
 }
 
+/// The engine's `/_ping` did not answer 200.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected answer to /_ping: {status:?}")]
+pub(crate) struct PingError {
+    /// The response's status line, trimmed.
+    status: String,
+}
+
 /// Parses a raw HTTP response to `GET /_ping`; `Err` with the status line when not 200.
-pub(crate) fn parse_ping(response: &str) -> Result<PingInfo, String> {
+pub(crate) fn parse_ping(response: &str) -> Result<PingInfo, PingError> {
     let mut lines = response.split("\r\n");
     let status = lines.next().unwrap_or_default();
     let mut parts = status.split_whitespace();
     let ok = parts.next().is_some_and(|p| p.starts_with("HTTP/1.")) && parts.next() == Some("200");
     if !ok {
-        return Err(format!("unexpected answer to /_ping: {:?}", status.trim()));
+        return Err(PingError {
+            status: status.trim().to_owned(),
+        });
     }
     let mut info = PingInfo {
         api_version: None,
@@ -906,7 +916,9 @@ mod tests {
                 podman: true
             })
         );
-        let error = parse_ping("HTTP/1.0 500 Internal Server Error\r\n\r\n").expect_err("500");
+        let error = parse_ping("HTTP/1.0 500 Internal Server Error\r\n\r\n")
+            .expect_err("500")
+            .to_string();
         assert!(error.contains("500"), "{error}");
         assert!(parse_ping("garbage").is_err());
         assert_eq!(parse_api_version("1.x"), None);

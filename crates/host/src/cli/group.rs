@@ -134,7 +134,18 @@ pub async fn mount_add(
         read_write: rw,
         created_at: 0,
     };
-    let approved = match policy.check(&group, &request, &paths.home) {
+    // The check scans the folder on disk: off the async runtime's workers.
+    let checked = {
+        let (group, home) = (group.clone(), paths.home.clone());
+        tokio::task::spawn_blocking(move || {
+            // Only its text is shown.
+            policy
+                .check(&group, &request, &home)
+                .map_err(|rejection| rejection.to_string())
+        })
+        .await?
+    };
+    let approved = match checked {
         Ok(a) => a,
         Err(rejection) => anyhow::bail!("not added: {rejection}"),
     };
@@ -202,9 +213,23 @@ pub async fn mount_list(folder: String, json: bool) -> anyhow::Result<ExitCode> 
         ),
     };
     let mounts = store.group_mounts(&group.id).await?;
+    // Each check scans a folder on disk: off the async runtime's workers.
+    let verdicts = {
+        let (group, home, mounts) = (group.clone(), paths.home.clone(), mounts.clone());
+        tokio::task::spawn_blocking(move || {
+            mounts
+                .iter()
+                .map(|m| {
+                    // Only the refusal's text is shown.
+                    policy.check(&group, m, &home).map_err(|r| r.to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?
+    };
     let mut rows = Vec::new();
-    for m in &mounts {
-        let row = match policy.check(&group, m, &paths.home) {
+    for (m, verdict) in mounts.iter().zip(verdicts) {
+        let row = match verdict {
             Ok(a) => serde_json::json!({
                 "name": m.name,
                 "host_path": m.host_path,
@@ -220,7 +245,7 @@ pub async fn mount_list(folder: String, json: bool) -> anyhow::Result<ExitCode> 
                 "host_path": m.host_path,
                 "wants_rw": m.read_write,
                 "verdict": "rejected",
-                "reason": r.to_string(),
+                "reason": r,
             }),
         };
         rows.push(row);
