@@ -43,6 +43,7 @@ enum Command {
     },
     /// See the whole path work offline: a sandboxed agent runs a command and answers,
     /// driven by a bundled scripted model (no API key needed).
+    #[cfg(feature = "demo")]
     Demo,
     /// Check that this machine can run nanoclaw, and say how to fix what is missing.
     Doctor {
@@ -360,6 +361,7 @@ fn main() -> ExitCode {
                 json,
                 timeout,
             } => cli::chat::chat(message, json, timeout).await,
+            #[cfg(feature = "demo")]
             Command::Demo => cli::demo::demo().await,
             Command::Doctor { json } => cli::doctor::doctor(json).await,
             Command::Tasks { command } => match command {
