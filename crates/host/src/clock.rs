@@ -3,12 +3,15 @@
 //! Only scheduled tasks read this clock; everything else in the host uses real time. That is enough
 //! to test schedules: a test sets the clock, and the scheduler fires exactly what is due by it.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
+
+#[cfg(any(test, feature = "test-support"))]
+mod manual;
+#[cfg(any(test, feature = "test-support"))]
+pub use manual::ManualClock;
 
 /// Wall-clock time for the scheduler.
 #[async_trait]
@@ -38,57 +41,5 @@ impl Clock for SystemClock {
             .unwrap_or(Duration::ZERO)
             .min(MAX_SYSTEM_SLEEP);
         tokio::time::sleep(wait).await;
-    }
-}
-
-/// A clock that only moves when told to (tests, benchmarks).
-pub struct ManualClock {
-    now: Mutex<DateTime<Utc>>,
-    moved: Notify,
-}
-
-impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> ManualClock {
-        ManualClock {
-            now: Mutex::new(start),
-            moved: Notify::new(),
-        }
-    }
-
-    /// Move the clock to `to` (never backwards) and wake sleepers.
-    pub fn set(&self, to: DateTime<Utc>) {
-        {
-            let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
-            if to > *now {
-                *now = to;
-            }
-        }
-        self.moved.notify_waiters();
-    }
-
-    /// Move the clock forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        let to = self.now() + chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-        self.set(to);
-    }
-}
-
-#[async_trait]
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn sleep_until(&self, until: DateTime<Utc>) {
-        loop {
-            // Registered before the check, so a move between the check and the await is not lost.
-            let moved = self.moved.notified();
-            tokio::pin!(moved);
-            moved.as_mut().enable();
-            if self.now() >= until {
-                return;
-            }
-            moved.await;
-        }
     }
 }

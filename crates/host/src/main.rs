@@ -43,6 +43,7 @@ enum Command {
     },
     /// See the whole path work offline: a sandboxed agent runs a command and answers,
     /// driven by a bundled scripted model (no API key needed).
+    #[cfg(feature = "demo")]
     Demo,
     /// Check that this machine can run nanoclaw, and say how to fix what is missing.
     Doctor {
@@ -360,6 +361,7 @@ fn main() -> ExitCode {
                 json,
                 timeout,
             } => cli::chat::chat(message, json, timeout).await,
+            #[cfg(feature = "demo")]
             Command::Demo => cli::demo::demo().await,
             Command::Doctor { json } => cli::doctor::doctor(json).await,
             Command::Tasks { command } => match command {
@@ -378,50 +380,7 @@ fn main() -> ExitCode {
                     cli::tasks::change(task_id, cli::tasks::Change::Cancel, json).await
                 }
             },
-            Command::Group { command } => match command {
-                GroupCommand::List { json } => cli::group::list(json).await,
-                GroupCommand::Set {
-                    folder,
-                    provider,
-                    model,
-                    trigger,
-                    timezone,
-                } => cli::group::set(folder, provider, model, trigger, timezone).await,
-                GroupCommand::Mount { command } => match command {
-                    MountCommand::Add {
-                        folder,
-                        host_path,
-                        name,
-                        rw,
-                    } => cli::group::mount_add(folder, host_path, name, rw).await,
-                    MountCommand::Rm { folder, name } => cli::group::mount_rm(folder, name).await,
-                    MountCommand::List { folder, json } => {
-                        cli::group::mount_list(folder, json).await
-                    }
-                },
-                GroupCommand::Egress { command } => match command {
-                    EgressCommand::Allow { folder, pattern } => {
-                        cli::group::egress_set(folder, pattern, nanoclaw_store::EgressAction::Allow)
-                            .await
-                    }
-                    EgressCommand::Deny { folder, pattern } => {
-                        cli::group::egress_set(folder, pattern, nanoclaw_store::EgressAction::Deny)
-                            .await
-                    }
-                    EgressCommand::Rm { folder, pattern } => {
-                        cli::group::egress_rm(folder, pattern).await
-                    }
-                    EgressCommand::List { folder, json } => {
-                        cli::group::egress_list(folder, json).await
-                    }
-                    EgressCommand::Methods { folder, methods } => {
-                        cli::group::egress_methods(folder, methods).await
-                    }
-                    EgressCommand::Ports { folder, ports } => {
-                        cli::group::egress_ports(folder, ports).await
-                    }
-                },
-            },
+            Command::Group { command } => group(command).await,
             Command::Image { command } => match command {
                 ImageCommand::Build {
                     tag,
@@ -447,45 +406,7 @@ fn main() -> ExitCode {
                     cli::image::status(tag.unwrap_or_else(cli::image::configured_tag), json).await
                 }
             },
-            Command::Vault { command } => match command {
-                VaultCommand::Set { name, value } => cli::vault::set(name, value).await,
-                VaultCommand::List { json } => cli::vault::list(json).await,
-                VaultCommand::Rm { name } => cli::vault::rm(name).await,
-                VaultCommand::Rotate { name, value } => cli::vault::rotate(name, value).await,
-                VaultCommand::Grant {
-                    name,
-                    group,
-                    host,
-                    path,
-                    inject,
-                    approval,
-                } => {
-                    cli::vault::grant(cli::vault::GrantArgs {
-                        name,
-                        group,
-                        host,
-                        path,
-                        inject,
-                        approval,
-                    })
-                    .await
-                }
-                VaultCommand::Revoke { name, group, host } => {
-                    cli::vault::revoke(name, group, host).await
-                }
-                VaultCommand::Audit {
-                    group,
-                    follow,
-                    json,
-                } => cli::vault::audit(group, follow, json).await,
-                VaultCommand::Verify => cli::vault::verify().await,
-                VaultCommand::Limit { name, per_minute } => {
-                    cli::vault::limit(name, per_minute).await
-                }
-                VaultCommand::Approvals { json } => cli::vault::approvals(json).await,
-                VaultCommand::Approve { grant } => cli::vault::decide(grant, true).await,
-                VaultCommand::Deny { grant } => cli::vault::decide(grant, false).await,
-            },
+            Command::Vault { command } => vault(command).await,
             Command::Config { command } => match command {
                 ConfigCommand::Path => cli::config::path(),
                 ConfigCommand::Init { force } => cli::config::init(force),
@@ -499,5 +420,82 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `nanoclaw group …`.
+async fn group(command: GroupCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        GroupCommand::List { json } => cli::group::list(json).await,
+        GroupCommand::Set {
+            folder,
+            provider,
+            model,
+            trigger,
+            timezone,
+        } => cli::group::set(folder, provider, model, trigger, timezone).await,
+        GroupCommand::Mount { command } => match command {
+            MountCommand::Add {
+                folder,
+                host_path,
+                name,
+                rw,
+            } => cli::group::mount_add(folder, host_path, name, rw).await,
+            MountCommand::Rm { folder, name } => cli::group::mount_rm(folder, name).await,
+            MountCommand::List { folder, json } => cli::group::mount_list(folder, json).await,
+        },
+        GroupCommand::Egress { command } => match command {
+            EgressCommand::Allow { folder, pattern } => {
+                cli::group::egress_set(folder, pattern, nanoclaw_store::EgressAction::Allow).await
+            }
+            EgressCommand::Deny { folder, pattern } => {
+                cli::group::egress_set(folder, pattern, nanoclaw_store::EgressAction::Deny).await
+            }
+            EgressCommand::Rm { folder, pattern } => cli::group::egress_rm(folder, pattern).await,
+            EgressCommand::List { folder, json } => cli::group::egress_list(folder, json).await,
+            EgressCommand::Methods { folder, methods } => {
+                cli::group::egress_methods(folder, methods).await
+            }
+            EgressCommand::Ports { folder, ports } => cli::group::egress_ports(folder, ports).await,
+        },
+    }
+}
+
+/// `nanoclaw vault …`.
+async fn vault(command: VaultCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        VaultCommand::Set { name, value } => cli::vault::set(name, value).await,
+        VaultCommand::List { json } => cli::vault::list(json).await,
+        VaultCommand::Rm { name } => cli::vault::rm(name).await,
+        VaultCommand::Rotate { name, value } => cli::vault::rotate(name, value).await,
+        VaultCommand::Grant {
+            name,
+            group,
+            host,
+            path,
+            inject,
+            approval,
+        } => {
+            cli::vault::grant(cli::vault::GrantArgs {
+                name,
+                group,
+                host,
+                path,
+                inject,
+                approval,
+            })
+            .await
+        }
+        VaultCommand::Revoke { name, group, host } => cli::vault::revoke(name, group, host).await,
+        VaultCommand::Audit {
+            group,
+            follow,
+            json,
+        } => cli::vault::audit(group, follow, json).await,
+        VaultCommand::Verify => cli::vault::verify().await,
+        VaultCommand::Limit { name, per_minute } => cli::vault::limit(name, per_minute).await,
+        VaultCommand::Approvals { json } => cli::vault::approvals(json).await,
+        VaultCommand::Approve { grant } => cli::vault::decide(grant, true).await,
+        VaultCommand::Deny { grant } => cli::vault::decide(grant, false).await,
     }
 }

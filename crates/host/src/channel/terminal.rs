@@ -587,7 +587,8 @@ impl TerminalClient {
         self.write.flush().await
     }
 
-    /// Sends raw bytes (tests of malformed input).
+    /// Sends raw bytes (tests of malformed input; feature `test-support`).
+    #[cfg(any(test, feature = "test-support"))]
     pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.write.write_all(bytes).await
     }

@@ -65,23 +65,7 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
         _ => String::new(),
     };
     // Before the runtime: a sandbox that would be host root is the first thing to fix.
-    let user = nanoclaw_sandbox::SandboxUser::for_this_host();
-    checks.push(Check {
-        name: "sandbox user",
-        ok: user.check().is_ok(),
-        detail: match user.check() {
-            Err(e) => e.to_string(),
-            Ok(()) if user.dedicated => format!(
-                "sandboxes run as host uid {} gid {} (the host runs as root; they never map to it)",
-                user.uid, user.gid
-            ),
-            Ok(()) => format!(
-                "sandboxes run as you (host uid {} gid {})",
-                user.uid, user.gid
-            ),
-        },
-        optional: false,
-    });
+    checks.push(sandbox_user_check());
     let runtime = nanoclaw_host::runtime::select(&config, &host_id).await;
     checks.push(Check {
         name: "sandbox runtime",
@@ -92,36 +76,7 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
         },
         optional: false,
     });
-    // Docker is optional (the native sandbox works without it), so it only fails the check
-    // when the config asks for it.
-    // DOCKER_HOST set says the user means to use Docker too.
-    let wants_docker = config.agents.runtime == "docker"
-        || std::env::var_os("DOCKER_HOST").is_some_and(|v| !v.is_empty());
-    let image = &config.agents.docker.image;
-    let (docker_ok, docker_detail) = match nanoclaw_sandbox::image::connect().await {
-        Err(e) => (
-            false,
-            format!(
-                "engine not reachable: {e}; start Docker (e.g. `systemctl start docker`), fix \
-                 DOCKER_HOST / agents.docker.socket, or set agents.runtime = \"native\""
-            ),
-        ),
-        Ok(docker) => match nanoclaw_sandbox::image::image_status(&docker, image).await {
-            nanoclaw_sandbox::image::ImageStatus::Current => (true, format!("{image} is current")),
-            status => (
-                false,
-                status
-                    .remedy(image)
-                    .unwrap_or_else(|| format!("{image}: not usable")),
-            ),
-        },
-    };
-    checks.push(Check {
-        name: "docker image",
-        ok: docker_ok,
-        detail: docker_detail,
-        optional: !wants_docker,
-    });
+    checks.push(docker_image_check(&config).await);
     let agent = nanoclaw_host::find_agent_binary();
     checks.push(Check {
         name: "agent runner",
@@ -167,11 +122,72 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
     if let Ok(p) = &paths {
         checks.push(master_key_check(&p.home, store.clone()).await);
     }
+    Ok(report(&checks, json))
+}
+
+/// Whom the sandboxes run as; one that would be host root fails.
+fn sandbox_user_check() -> Check {
+    let user = nanoclaw_sandbox::SandboxUser::for_this_host();
+    Check {
+        name: "sandbox user",
+        ok: user.check().is_ok(),
+        detail: match user.check() {
+            Err(e) => e.to_string(),
+            Ok(()) if user.dedicated => format!(
+                "sandboxes run as host uid {} gid {} (the host runs as root; they never map to it)",
+                user.uid, user.gid
+            ),
+            Ok(()) => format!(
+                "sandboxes run as you (host uid {} gid {})",
+                user.uid, user.gid
+            ),
+        },
+        optional: false,
+    }
+}
+
+/// Whether the Docker engine answers and has the current agent image. Optional unless the
+/// config (or DOCKER_HOST) asks for Docker.
+async fn docker_image_check(config: &Config) -> Check {
+    // Docker is optional (the native sandbox works without it), so it only fails the check
+    // when the config asks for it.
+    // DOCKER_HOST set says the user means to use Docker too.
+    let wants_docker = config.agents.runtime == "docker"
+        || std::env::var_os("DOCKER_HOST").is_some_and(|v| !v.is_empty());
+    let image = &config.agents.docker.image;
+    let (docker_ok, docker_detail) = match nanoclaw_sandbox::image::connect().await {
+        Err(e) => (
+            false,
+            format!(
+                "engine not reachable: {e}; start Docker (e.g. `systemctl start docker`), fix \
+                 DOCKER_HOST / agents.docker.socket, or set agents.runtime = \"native\""
+            ),
+        ),
+        Ok(docker) => match nanoclaw_sandbox::image::image_status(&docker, image).await {
+            nanoclaw_sandbox::image::ImageStatus::Current => (true, format!("{image} is current")),
+            status => (
+                false,
+                status
+                    .remedy(image)
+                    .unwrap_or_else(|| format!("{image}: not usable")),
+            ),
+        },
+    };
+    Check {
+        name: "docker image",
+        ok: docker_ok,
+        detail: docker_detail,
+        optional: !wants_docker,
+    }
+}
+
+/// Prints the checks (a table, or JSON) and says whether all that must pass did.
+fn report(checks: &[Check], json: bool) -> ExitCode {
     let all_ok = checks.iter().all(|c| c.ok || c.optional);
     if json {
         println!("{}", serde_json::json!({"ok": all_ok, "checks": checks}));
     } else {
-        for c in &checks {
+        for c in checks {
             let mark = match (c.ok, c.optional) {
                 (true, _) => "ok  ",
                 (false, true) => "--  ",
@@ -180,11 +196,11 @@ pub async fn doctor(json: bool) -> anyhow::Result<ExitCode> {
             println!("{mark} {:<18} {}", c.name, c.detail);
         }
     }
-    Ok(if all_ok {
+    if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 fn missing_key_fix(provider: &str) -> String {

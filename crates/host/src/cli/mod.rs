@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod doctor;
 pub mod group;
