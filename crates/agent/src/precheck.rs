@@ -21,6 +21,10 @@ const STDERR_QUOTE_CHARS: usize = 500;
 /// Characters of a bad verdict line quoted in a failure.
 const LINE_QUOTE_CHARS: usize = 200;
 
+/// The shape the last stdout line must have, quoted in errors. Kept on one line so
+/// brace-counting tools are not fooled by a string broken over lines.
+const VERDICT_SHAPE: &str = "{\"wakeAgent\": true|false, \"data\": …}";
+
 /// What the script decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
@@ -90,9 +94,9 @@ async fn run_within(
 /// The verdict in the last non-empty line of `stdout`.
 fn parse_verdict(stdout: &str) -> Result<Verdict, String> {
     let Some(last) = stdout.lines().map(str::trim).rfind(|l| !l.is_empty()) else {
-        return Err("it printed nothing on stdout; its last line must be \
-                    {\"wakeAgent\": true|false, \"data\": …}"
-            .into());
+        return Err(format!(
+            "it printed nothing on stdout; its last line must be {VERDICT_SHAPE}"
+        ));
     };
     match serde_json::from_str::<Line>(last) {
         Ok(line) => Ok(Verdict {
@@ -100,7 +104,7 @@ fn parse_verdict(stdout: &str) -> Result<Verdict, String> {
             data: line.data,
         }),
         Err(e) => Err(format!(
-            "its last stdout line is not {{\"wakeAgent\": true|false, \"data\": …}} ({e}): {:?}",
+            "its last stdout line is not {VERDICT_SHAPE} ({e}): {:?}",
             truncate_chars(last, LINE_QUOTE_CHARS)
         )),
     }

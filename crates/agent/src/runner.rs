@@ -160,79 +160,13 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let mut reader = LineReader::new(BufReader::new(input));
-    let hello = loop {
-        match reader.next::<HostMessage>().await {
-            Ok(Some(HostMessage::Hello(h))) => break h,
-            Ok(Some(other)) => {
-                return fatal(
-                    outbox,
-                    format!(
-                        "expected a hello message first, got `{}`",
-                        message_kind(&other)
-                    ),
-                );
-            }
-            Ok(None) => {
-                tracing::error!("the host closed stdin before the handshake");
-                return EXIT_IO;
-            }
-            Err(e) if e.is_recoverable() => {
-                outbox.log(
-                    LogLevel::Warn,
-                    format!("skipped a malformed line from the host: {e}"),
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reading the handshake failed");
-                return EXIT_IO;
-            }
-        }
+    let hello = match handshake(&mut reader, outbox).await {
+        Ok(hello) => hello,
+        Err(code) => return code,
     };
-
-    if !is_compatible(hello.protocol_major) {
-        return fatal(
-            outbox,
-            format!(
-                "protocol version mismatch: the host speaks {}.{}, this agent (version \
-                 {AGENT_VERSION}) speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}; use an agent built \
-                 with the same nanoclaw version as the host",
-                hello.protocol_major, hello.protocol_minor
-            ),
-        );
-    }
-    let bridge = match Bridge::model_relay(env.relay.clone()) {
-        Ok(b) => b,
-        Err(e) => {
-            return fatal(
-                outbox,
-                format!("cannot open the loopback bridge to the model relay: {e}"),
-            );
-        }
-    };
-    let idle = match hello.model.stream_idle_timeout_secs {
-        None => provider::DEFAULT_STREAM_IDLE_TIMEOUT,
-        Some(0) => {
-            return fatal(
-                outbox,
-                "model.stream_idle_timeout_secs is 0; it must be at least 1 second".into(),
-            );
-        }
-        Some(secs) => std::time::Duration::from_secs(secs),
-    };
-    let Some(provider) = provider::provider_for(
-        &hello.model.provider,
-        &bridge.base_url(),
-        RetryPolicy::default().with_stream_idle_timeout(idle),
-    ) else {
-        let known: Vec<&str> = provider::provider_names().collect();
-        return fatal(
-            outbox,
-            format!(
-                "unknown model provider `{}`; known providers: {}",
-                hello.model.provider,
-                known.join(", ")
-            ),
-        );
+    let (bridge, provider) = match connect_model(&hello, &env, outbox) {
+        Ok(connected) => connected,
+        Err(code) => return code,
     };
     outbox.send(AgentMessage::Ready(Ready {
         protocol_major: PROTOCOL_MAJOR,
@@ -248,10 +182,111 @@ where
     );
 
     let host = HostLink::new(outbox.clone());
-    let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
+    let (inbox_tx, inbox) = mpsc::unbounded_channel();
     tokio::spawn(read_loop(reader, inbox_tx, host.clone()));
 
-    let mut agent = Agent::new(provider, hello, env, host);
+    let agent = Agent::new(provider, hello, env, host);
+    serve(agent, inbox, outbox).await;
+    drop(bridge);
+    EXIT_OK
+}
+
+/// Reads the host's `hello` (skipping malformed lines) and checks its protocol version.
+/// `Err` holds the exit code when the session cannot go on.
+async fn handshake<R>(reader: &mut LineReader<BufReader<R>>, outbox: &Outbox) -> Result<Hello, i32>
+where
+    R: AsyncRead + Unpin,
+{
+    let hello = loop {
+        match reader.next::<HostMessage>().await {
+            Ok(Some(HostMessage::Hello(h))) => break h,
+            Ok(Some(other)) => {
+                return Err(fatal(
+                    outbox,
+                    format!(
+                        "expected a hello message first, got `{}`",
+                        message_kind(&other)
+                    ),
+                ));
+            }
+            Ok(None) => {
+                tracing::error!("the host closed stdin before the handshake");
+                return Err(EXIT_IO);
+            }
+            Err(e) if e.is_recoverable() => {
+                outbox.log(
+                    LogLevel::Warn,
+                    format!("skipped a malformed line from the host: {e}"),
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the handshake failed");
+                return Err(EXIT_IO);
+            }
+        }
+    };
+
+    if !is_compatible(hello.protocol_major) {
+        return Err(fatal(
+            outbox,
+            format!(
+                "protocol version mismatch: the host speaks {}.{}, this agent (version \
+                 {AGENT_VERSION}) speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}; use an agent built \
+                 with the same nanoclaw version as the host",
+                hello.protocol_major, hello.protocol_minor
+            ),
+        ));
+    }
+    Ok(hello)
+}
+
+/// Opens the loopback bridge to the model relay and the provider `hello` names, which
+/// talks through it. `Err` holds the exit code after a fatal message.
+fn connect_model(
+    hello: &Hello,
+    env: &AgentEnv,
+    outbox: &Outbox,
+) -> Result<(Bridge, Box<dyn Provider>), i32> {
+    let bridge = match Bridge::model_relay(env.relay.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(fatal(
+                outbox,
+                format!("cannot open the loopback bridge to the model relay: {e}"),
+            ));
+        }
+    };
+    let idle = match hello.model.stream_idle_timeout_secs {
+        None => provider::DEFAULT_STREAM_IDLE_TIMEOUT,
+        Some(0) => {
+            return Err(fatal(
+                outbox,
+                "model.stream_idle_timeout_secs is 0; it must be at least 1 second".into(),
+            ));
+        }
+        Some(secs) => std::time::Duration::from_secs(secs),
+    };
+    let Some(provider) = provider::provider_for(
+        &hello.model.provider,
+        &bridge.base_url(),
+        RetryPolicy::default().with_stream_idle_timeout(idle),
+    ) else {
+        let known: Vec<&str> = provider::provider_names().collect();
+        return Err(fatal(
+            outbox,
+            format!(
+                "unknown model provider `{}`; known providers: {}",
+                hello.model.provider,
+                known.join(", ")
+            ),
+        ));
+    };
+    Ok((bridge, provider))
+}
+
+/// Answers turns in arrival order until `shutdown` or the end of stdin, then warns about
+/// turns that came after the shutdown request.
+async fn serve(mut agent: Agent, mut inbox: mpsc::UnboundedReceiver<Inbound>, outbox: &Outbox) {
     // One ordered queue: turns the host sent before `shutdown` are still answered.
     loop {
         match inbox.recv().await {
@@ -278,9 +313,10 @@ where
             format!("shutting down with {dropped} turn(s) received after the shutdown request"),
         );
     }
-    drop(bridge);
-    EXIT_OK
 }
+
+/// A tool call the model asked for: (id, tool name, input).
+type ToolCall = (String, String, Value);
 
 /// What the reader hands to the turn loop, in arrival order.
 enum Inbound {
@@ -501,20 +537,7 @@ impl Agent {
         turn: &Turn,
         precheck_data: Option<&Value>,
     ) -> Result<(String, Usage), ProviderError> {
-        // The time goes with the turn, not into the system prompt, so the system prompt
-        // stays byte-identical between turns and keeps hitting the prompt cache.
-        let zone = self.hello.timezone.as_deref().unwrap_or("UTC");
-        let mut text = context_line(self.now(turn), zone);
-        if let Some(task) = &turn.task {
-            text.push('\n');
-            text.push_str(&format_task(task));
-        }
-        if let Some(data) = precheck_data {
-            text.push('\n');
-            text.push_str(&format_precheck_data(data));
-        }
-        text.push('\n');
-        text.push_str(&format_turn(&turn.messages));
+        let text = self.turn_text(turn, precheck_data);
         self.conversation.push_user_text(text);
         // Re-read every turn so memory edits apply at once.
         let system = self.system_prompt();
@@ -551,60 +574,12 @@ impl Agent {
             self.conversation.last_input_tokens =
                 Some(u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens);
 
-            let reply: String = response
-                .content
-                .iter()
-                .filter_map(|b| match b {
-                    ContentBlock::Text { text } => Some(text.as_str()),
-                    _ => None,
-                })
-                .collect();
-            let calls: Vec<(String, String, serde_json::Value)> = response
-                .content
-                .iter()
-                .filter_map(|b| match b {
-                    ContentBlock::ToolUse { id, name, input } => {
-                        Some((id.clone(), name.clone(), input.clone()))
-                    }
-                    _ => None,
-                })
-                .collect();
-            // APIs reject empty text blocks and empty assistant messages.
-            let mut content: Vec<ContentBlock> = response
-                .content
-                .into_iter()
-                .filter(|b| !matches!(b, ContentBlock::Text { text } if text.is_empty()))
-                .collect();
-            if content.is_empty() {
-                content.push(ContentBlock::Text {
-                    text: "(no reply)".into(),
-                });
-            }
-            self.conversation.messages.push(Message {
-                role: Role::Assistant,
-                content,
-            });
+            let (reply, calls) = self.record_reply(response.content);
             if calls.is_empty() {
                 return Ok((reply, usage));
             }
 
-            let mut results = Vec::with_capacity(calls.len());
-            for (id, name, input) in calls {
-                let summary = self.tools.summary(&name, &input);
-                self.activity(&turn.turn_id, &name, ToolPhase::Started, &summary);
-                let output = self.tools.run(&name, input, &ctx).await;
-                let phase = if output.is_error {
-                    ToolPhase::Failed
-                } else {
-                    ToolPhase::Finished
-                };
-                self.activity(&turn.turn_id, &name, phase, &summary);
-                results.push(ContentBlock::ToolResult {
-                    tool_use_id: id,
-                    content: output.content,
-                    is_error: output.is_error,
-                });
-            }
+            let results = self.run_tools(&turn.turn_id, calls, &ctx).await;
             self.conversation.messages.push(Message {
                 role: Role::User,
                 content: results,
@@ -623,6 +598,89 @@ impl Agent {
             .messages
             .push(Message::assistant_text(note.clone()));
         Ok((note, usage))
+    }
+
+    /// The user message that opens a turn: the context line (time goes with the turn, not
+    /// into the system prompt, so the system prompt stays byte-identical between turns and
+    /// keeps hitting the prompt cache), the task and precheck data if any, then the messages.
+    fn turn_text(&self, turn: &Turn, precheck_data: Option<&Value>) -> String {
+        let zone = self.hello.timezone.as_deref().unwrap_or("UTC");
+        let mut text = context_line(self.now(turn), zone);
+        if let Some(task) = &turn.task {
+            text.push('\n');
+            text.push_str(&format_task(task));
+        }
+        if let Some(data) = precheck_data {
+            text.push('\n');
+            text.push_str(&format_precheck_data(data));
+        }
+        text.push('\n');
+        text.push_str(&format_turn(&turn.messages));
+        text
+    }
+
+    /// Appends the model's answer to the conversation; returns its text and its tool calls
+    /// as (id, name, input).
+    fn record_reply(&mut self, blocks: Vec<ContentBlock>) -> (String, Vec<ToolCall>) {
+        let reply: String = blocks
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let calls: Vec<ToolCall> = blocks
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::ToolUse { id, name, input } => {
+                    Some((id.clone(), name.clone(), input.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        // APIs reject empty text blocks and empty assistant messages.
+        let mut content: Vec<ContentBlock> = blocks
+            .into_iter()
+            .filter(|b| !matches!(b, ContentBlock::Text { text } if text.is_empty()))
+            .collect();
+        if content.is_empty() {
+            content.push(ContentBlock::Text {
+                text: "(no reply)".into(),
+            });
+        }
+        self.conversation.messages.push(Message {
+            role: Role::Assistant,
+            content,
+        });
+        (reply, calls)
+    }
+
+    /// Runs the calls one after another, reporting each one's activity; returns their
+    /// results in call order.
+    async fn run_tools(
+        &self,
+        turn_id: &str,
+        calls: Vec<ToolCall>,
+        ctx: &ToolContext,
+    ) -> Vec<ContentBlock> {
+        let mut results = Vec::with_capacity(calls.len());
+        for (id, name, input) in calls {
+            let summary = self.tools.summary(&name, &input);
+            self.activity(turn_id, &name, ToolPhase::Started, &summary);
+            let output = self.tools.run(&name, input, ctx).await;
+            let phase = if output.is_error {
+                ToolPhase::Failed
+            } else {
+                ToolPhase::Finished
+            };
+            self.activity(turn_id, &name, phase, &summary);
+            results.push(ContentBlock::ToolResult {
+                tool_use_id: id,
+                content: output.content,
+                is_error: output.is_error,
+            });
+        }
+        results
     }
 
     fn activity(&self, turn_id: &str, tool: &str, phase: ToolPhase, summary: &str) {

@@ -343,10 +343,7 @@ async fn read_stream(
     on_text: &mut (dyn FnMut(&str) + Send + '_),
 ) -> Result<ModelResponse, ProviderError> {
     let mut events = SseEvents::new(Box::pin(response.bytes_stream()));
-    let mut text = String::new();
-    let mut calls: BTreeMap<usize, CallBuilder> = BTreeMap::new();
-    let mut usage = Usage::default();
-    let mut finish: Option<String> = None;
+    let mut answer = StreamedAnswer::default();
     let mut done = false;
 
     while let Some(event) =
@@ -370,6 +367,36 @@ async fn read_stream(
                 snippet(data)
             ))
         })?;
+        answer.apply(chunk, on_text)?;
+    }
+    // Some compatible servers close the stream without `[DONE]`; a finish reason is
+    // enough to know the answer is complete. Without either, it was cut off.
+    if !done && answer.finish.is_none() {
+        return Err(ProviderError::Transport {
+            provider: NAME,
+            message: "the stream ended before a finish_reason or [DONE]".into(),
+        });
+    }
+    answer.into_response()
+}
+
+/// The answer assembled so far from the stream's chunks.
+#[derive(Default)]
+struct StreamedAnswer {
+    text: String,
+    calls: BTreeMap<usize, CallBuilder>,
+    usage: Usage,
+    finish: Option<String>,
+}
+
+impl StreamedAnswer {
+    /// Folds one chunk in: an in-stream error, usage, text (passed on to `on_text`) and
+    /// tool-call pieces.
+    fn apply(
+        &mut self,
+        chunk: Chunk,
+        on_text: &mut (dyn FnMut(&str) + Send + '_),
+    ) -> Result<(), ProviderError> {
         if let Some(err) = &chunk.error {
             let (kind, message) = error_parts(&json!({"error": err}), "stream_error".into());
             return Err(ProviderError::Api {
@@ -386,92 +413,98 @@ async fn read_stream(
                 .as_ref()
                 .and_then(|d| d.cached_tokens)
                 .unwrap_or(0);
-            usage.input_tokens = u.prompt_tokens.saturating_sub(cached);
-            usage.cache_read_input_tokens = cached;
-            usage.output_tokens = u.completion_tokens;
+            self.usage.input_tokens = u.prompt_tokens.saturating_sub(cached);
+            self.usage.cache_read_input_tokens = cached;
+            self.usage.output_tokens = u.completion_tokens;
         }
         // Only one completion is requested (n = 1), so only the first choice matters.
         let Some(choice) = chunk.choices.into_iter().next() else {
-            continue;
+            return Ok(());
         };
         if let Some(reason) = choice.finish_reason {
-            finish = Some(reason);
+            self.finish = Some(reason);
         }
         let delta = choice.delta.unwrap_or_default();
         if let Some(piece) = delta.content.filter(|p| !p.is_empty()) {
             on_text(&piece);
-            text.push_str(&piece);
+            self.text.push_str(&piece);
         }
         for call in delta.tool_calls.unwrap_or_default() {
-            let slot = call_slot(&calls, &call);
-            let builder = calls.entry(slot).or_default();
-            if let Some(id) = call.id.filter(|i| !i.is_empty()) {
-                builder.id = id;
-            }
-            if let Some(f) = call.function {
-                if let Some(name) = f.name.filter(|n| !n.is_empty())
-                    && builder.name.is_empty()
-                {
-                    builder.name = name;
-                }
-                if let Some(args) = f.arguments {
-                    builder.arguments.push_str(&args);
-                }
-            }
+            self.apply_call(call);
         }
-    }
-    // Some compatible servers close the stream without `[DONE]`; a finish reason is
-    // enough to know the answer is complete. Without either, it was cut off.
-    if !done && finish.is_none() {
-        return Err(ProviderError::Transport {
-            provider: NAME,
-            message: "the stream ended before a finish_reason or [DONE]".into(),
-        });
+        Ok(())
     }
 
-    let mut content = Vec::new();
-    if !text.is_empty() {
-        content.push(ContentBlock::Text { text });
-    }
-    for (index, call) in calls {
-        if call.name.is_empty() {
-            return Err(protocol(format!("tool call {index} has no function name")));
+    /// Appends one tool-call piece to the call it belongs to.
+    fn apply_call(&mut self, call: ToolCallDelta) {
+        let slot = call_slot(&self.calls, &call);
+        let builder = self.calls.entry(slot).or_default();
+        if let Some(id) = call.id.filter(|i| !i.is_empty()) {
+            builder.id = id;
         }
-        let input = if call.arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(&call.arguments).map_err(|e| {
-                protocol(format!(
-                    "tool call {index} ({}) has invalid arguments JSON ({e}): {}",
-                    call.name,
-                    snippet(&call.arguments)
-                ))
-            })?
-        };
-        let id = if call.id.is_empty() {
-            format!("call_{index}")
-        } else {
-            call.id
-        };
-        content.push(ContentBlock::ToolUse {
-            id,
-            name: call.name,
-            input,
-        });
+        if let Some(f) = call.function {
+            if let Some(name) = f.name.filter(|n| !n.is_empty())
+                && builder.name.is_empty()
+            {
+                builder.name = name;
+            }
+            if let Some(args) = f.arguments {
+                builder.arguments.push_str(&args);
+            }
+        }
     }
-    let has_calls = content
-        .iter()
-        .any(|b| matches!(b, ContentBlock::ToolUse { .. }));
-    let stop_reason = match finish.as_deref() {
-        // Some servers say "stop" even when they made tool calls.
-        _ if has_calls => StopReason::ToolUse,
-        Some(f) => finish_reason(f),
-        None => StopReason::EndTurn,
+
+    /// The finished response: text first, then the tool calls in index order.
+    fn into_response(self) -> Result<ModelResponse, ProviderError> {
+        let mut content = Vec::new();
+        if !self.text.is_empty() {
+            content.push(ContentBlock::Text { text: self.text });
+        }
+        for (index, call) in self.calls {
+            content.push(tool_use_block(index, call)?);
+        }
+        let has_calls = content
+            .iter()
+            .any(|b| matches!(b, ContentBlock::ToolUse { .. }));
+        let stop_reason = match self.finish.as_deref() {
+            // Some servers say "stop" even when they made tool calls.
+            _ if has_calls => StopReason::ToolUse,
+            Some(f) => finish_reason(f),
+            None => StopReason::EndTurn,
+        };
+        Ok(ModelResponse {
+            content,
+            stop_reason,
+            usage: self.usage,
+        })
+    }
+}
+
+/// The tool-use block for the call at `index`, its arguments parsed as JSON.
+fn tool_use_block(index: usize, call: CallBuilder) -> Result<ContentBlock, ProviderError> {
+    if call.name.is_empty() {
+        return Err(protocol(format!("tool call {index} has no function name")));
+    }
+    let input = if call.arguments.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(&call.arguments).map_err(|e| {
+            protocol(format!(
+                "tool call {index} ({}) has invalid arguments JSON ({e}): {}",
+                call.name,
+                snippet(&call.arguments)
+            ))
+        })?
     };
-    Ok(ModelResponse {
-        content,
-        stop_reason,
-        usage,
+    let id = if call.id.is_empty() {
+        format!("call_{index}")
+    } else {
+        call.id
+    };
+    Ok(ContentBlock::ToolUse {
+        id,
+        name: call.name,
+        input,
     })
 }
 
