@@ -4,14 +4,12 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::common::*;
 use chrono::{DateTime, TimeZone, Utc};
-use common::*;
 use nanoclaw_host::Host;
 use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
 use nanoclaw_host::clock::ManualClock;
