@@ -20,7 +20,7 @@ use nanoclaw_test_support::scripted_model::ScriptedModel;
 #[path = "../../tests/common/mod.rs"]
 mod harness;
 
-pub use harness::{daemon_command, options_with_agent};
+pub use harness::{daemon_command, main_and_terminal, minimal_docker_runtime, options_with_agent};
 pub use nanoclaw_test_support::bench::{
     agent_binary as bench_agent_binary, duration_ns, epoch_ns, iterations, print_header,
     print_machine, print_row,

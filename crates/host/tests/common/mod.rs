@@ -15,6 +15,9 @@ use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
 use nanoclaw_host::config::{Config, Paths};
 use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
+use nanoclaw_sandbox::image::{self, ImageBuild, ImageError, ImageKind, ImageStatus};
+use nanoclaw_sandbox::{DockerRuntime, Runtime};
+use nanoclaw_store::{Chat, Group, Store};
 use nanoclaw_test_support::scripted_model::ScriptedModel;
 
 pub use nanoclaw_test_support::KillOnDrop;
@@ -211,4 +214,58 @@ pub async fn wait_until_no_host(home: &Path) {
         }
     })
     .await
+}
+
+/// The owner's main group and terminal chat, as the host made them.
+pub async fn main_and_terminal(store: &Store) -> (Group, Chat) {
+    let main = store.group_by_folder("main").await.unwrap().unwrap();
+    let chat = store
+        .chat_by_platform("terminal", "local")
+        .await
+        .unwrap()
+        .unwrap();
+    (main, chat)
+}
+
+/// Docker with the minimal (busybox) agent image `tag`, built here without any registry —
+/// every time when `rebuild`, else only when missing or outdated — probed, its containers
+/// labelled `host_id`. The error is the engine's when none answers; later failures panic.
+pub async fn minimal_docker_runtime(
+    tag: &str,
+    host_id: String,
+    rebuild: bool,
+) -> Result<DockerRuntime, ImageError> {
+    let engine = image::connect().await?;
+    let current = !rebuild
+        && image::try_image_status(&engine, tag)
+            .await
+            .expect("inspecting the image")
+            == ImageStatus::Current;
+    if !current {
+        // Only our own tag: an outdated image of ours is re-tagged, nothing else touched.
+        image::build(
+            &engine,
+            &ImageBuild {
+                tag: tag.into(),
+                base: image::DEFAULT_BASE.into(),
+                kind: ImageKind::Minimal,
+                containerfile: None,
+                mirror: None,
+                busybox: None,
+            },
+            &mut |_| {},
+        )
+        .await
+        .expect("building the minimal agent image");
+    }
+    let runtime = DockerRuntime::connect(nanoclaw_sandbox::docker::DockerConfig {
+        socket: None,
+        image: tag.into(),
+        cpus: None,
+        host_id,
+    })
+    .await
+    .expect("connecting to the engine");
+    runtime.probe().await.expect("the minimal image is usable");
+    Ok(runtime)
 }

@@ -44,17 +44,6 @@ async fn start(
     .await
 }
 
-/// The owner's main group and terminal chat, as the host made them.
-async fn main_and_terminal(store: &Store) -> (nanoclaw_store::Group, nanoclaw_store::Chat) {
-    let main = store.group_by_folder("main").await.unwrap().unwrap();
-    let chat = store
-        .chat_by_platform("terminal", "local")
-        .await
-        .unwrap()
-        .unwrap();
-    (main, chat)
-}
-
 /// The next delivered message whose text contains `needle`.
 async fn message_containing(client: &mut TerminalClient, needle: &str) -> String {
     let wait = async {
