@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nanoclaw_host::config::Paths;
-use nanoclaw_sandbox::image::{self, ImageBuild, ImageKind, ImageStatus};
 use nanoclaw_sandbox::{DockerRuntime, NativeRuntime, Runtime};
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
@@ -231,41 +230,12 @@ fn first_iterations(default: usize) -> usize {
 /// Docker with the minimal agent image (built when missing or outdated), probed; `None`, said
 /// loudly, when no engine answers.
 async fn docker_runtime() -> Option<Arc<DockerRuntime>> {
-    let engine = match image::connect().await {
-        Ok(engine) => engine,
+    let host_id = format!("bench-{}", std::process::id());
+    match minimal_docker_runtime(IMAGE_TAG, host_id, false).await {
+        Ok(runtime) => Some(Arc::new(runtime)),
         Err(e) => {
             println!("SKIPPED host_docker: no Docker engine answers here ({e})");
-            return None;
+            None
         }
-    };
-    let status = image::try_image_status(&engine, IMAGE_TAG)
-        .await
-        .expect("inspecting the bench image");
-    if status != ImageStatus::Current {
-        // Only our own tag: an outdated image of ours is re-tagged, nothing else touched.
-        image::build(
-            &engine,
-            &ImageBuild {
-                tag: IMAGE_TAG.into(),
-                base: image::DEFAULT_BASE.into(),
-                kind: ImageKind::Minimal,
-                containerfile: None,
-                mirror: None,
-                busybox: None,
-            },
-            &mut |_| {},
-        )
-        .await
-        .expect("building the minimal agent image");
     }
-    let runtime = DockerRuntime::connect(nanoclaw_sandbox::docker::DockerConfig {
-        socket: None,
-        image: IMAGE_TAG.into(),
-        cpus: None,
-        host_id: format!("bench-{}", std::process::id()),
-    })
-    .await
-    .expect("connecting to the engine");
-    runtime.probe().await.expect("the minimal image is usable");
-    Some(Arc::new(runtime))
 }

@@ -18,7 +18,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,24 +156,7 @@ async fn run() {
 
 /// `nanoclaw run` as a child process, environment as in the host's tests (`spawn_daemon`).
 fn spawn_daemon(home: &Path, model: &ScriptedModel, agent: &Path) -> Child {
-    Command::new(NANOCLAW)
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("NANOCLAW_HOME", home)
-        .env("ANTHROPIC_BASE_URL", model.base_url())
-        .env("ANTHROPIC_API_KEY", BENCH_KEY)
-        .env("NANOCLAW_AGENT_BIN", agent)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(home.join("daemon.log"))
-                .expect("daemon log"),
-        ))
+    daemon_command(home, model, BENCH_KEY, agent)
         .spawn()
         .expect("spawning nanoclaw run")
 }

@@ -75,12 +75,7 @@ async fn run() {
     let _ = ask(&mut client, "warmup", "warm up").await;
 
     let store = host.store().clone();
-    let main = store.group_by_folder("main").await.unwrap().unwrap();
-    let chat = store
-        .chat_by_platform("terminal", "local")
-        .await
-        .unwrap()
-        .unwrap();
+    let (main, chat) = main_and_terminal(&store).await;
     let measured = iterations(200);
     let now = Utc::now();
     let new_task = |schedule: Schedule, next: i64, prompt: String| NewTask {

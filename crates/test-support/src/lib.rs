@@ -1,11 +1,18 @@
 //! Shared test helpers: the static agent binary, temporary nanoclaw homes, and the
-//! scripted model server (re-exported from `nanoclaw-scripted-model`).
+//! scripted model server (re-exported from `nanoclaw-scripted-model`); for the benchmarks,
+//! latency tables ([`bench`]), a fake agent ([`fake_agent`]) and `/proc` figures ([`procfs`]).
+//! Nothing here knows the host's types: what needs them stays with the host's tests.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 pub use nanoclaw_scripted_model as scripted_model;
+
+pub mod bench;
+pub mod fake_agent;
+pub mod procfs;
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
@@ -123,12 +130,21 @@ impl Default for TestHome {
 
 /// Waits until `f` returns `Some`, polling every 20 ms, failing after `secs` seconds with
 /// `what` (a liveness bound, not a speed assertion).
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    eventually_every(secs, Duration::from_millis(20), what, f).await
+}
+
+/// [`eventually`], polling every `poll` (a benchmark that times readiness polls finely).
+pub async fn eventually_every<T, F, Fut>(secs: u64, poll: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f().await {
             return v;
@@ -137,6 +153,16 @@ where
             tokio::time::Instant::now() < deadline,
             "timed out after {secs}s waiting for {what}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// A child process killed when the test ends, passing or failing.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

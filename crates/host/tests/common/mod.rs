@@ -1,10 +1,13 @@
 //! Harness for the host's end-to-end tests: a real host (in-process or as a child
 //! process), the real bubblewrap sandbox, the static agent, and the scripted model.
-#![allow(dead_code)]
+//! The benchmarks include this file too (`benches/common`), so a helper lives here once;
+//! what does not need the host's types is in `nanoclaw-test-support`.
+// Every binary including this file uses a part of it.
+#![allow(dead_code, unused_imports)]
 // Test harness: a failed precondition should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,10 +15,17 @@ use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
 use nanoclaw_host::config::{Config, Paths};
 use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
+use nanoclaw_sandbox::image::{self, ImageBuild, ImageError, ImageKind, ImageStatus};
+use nanoclaw_sandbox::{DockerRuntime, Runtime};
+use nanoclaw_store::{Chat, Group, Store};
 use nanoclaw_test_support::scripted_model::ScriptedModel;
 
+pub use nanoclaw_test_support::KillOnDrop;
+
+/// The Anthropic key the scripted model expects; it must never reach a sandbox.
 pub const TEST_KEY: &str = "sk-ant-test-0123456789-SECRET";
 
+/// The default config with the native runtime, no retry backoff and a 60 s idle timeout.
 pub fn config_for_tests() -> Config {
     let mut config = Config::default();
     // Deterministic: "auto" would pick Docker whenever an agent image happens to exist.
@@ -25,6 +35,7 @@ pub fn config_for_tests() -> Config {
     config
 }
 
+/// Starts an in-process host on `home` with `model` as its upstream and the test agent.
 pub async fn start_host(home: &Path, model: &ScriptedModel, config: Config) -> Host {
     Host::start(host_options(home, model, config, None))
         .await
@@ -39,26 +50,61 @@ pub fn host_options(
     clock: Option<std::sync::Arc<dyn nanoclaw_host::clock::Clock>>,
 ) -> HostOptions {
     HostOptions {
-        paths: Paths::new(home),
-        config,
-        upstreams: ModelUpstreams {
-            anthropic: Some(Upstream {
-                base_url: model.base_url(),
-                auth: UpstreamAuth::XApiKey(TEST_KEY.into()),
-            }),
-            openai: None,
-        },
-        runtime: None,
-        agent_binary: Some(nanoclaw_test_support::agent_binary()),
-        master_key: None,
         clock,
+        ..options_with_agent(
+            home,
+            model,
+            TEST_KEY,
+            config,
+            nanoclaw_test_support::agent_binary(),
+        )
     }
 }
 
+/// A host on `home` with `config`, the scripted `model` as its Anthropic upstream (reached
+/// with `key`) and `agent` as the agent runner; the runtime chosen from `config`.
+pub fn options_with_agent(
+    home: &Path,
+    model: &ScriptedModel,
+    key: &str,
+    config: Config,
+    agent: PathBuf,
+) -> HostOptions {
+    HostOptions {
+        paths: Paths::new(home),
+        config,
+        upstreams: model_upstreams(model, key),
+        runtime: None,
+        agent_binary: Some(agent),
+        master_key: None,
+        clock: None,
+    }
+}
+
+/// The scripted `model` as the only (Anthropic) upstream, reached with `key`.
+pub fn model_upstreams(model: &ScriptedModel, key: &str) -> ModelUpstreams {
+    ModelUpstreams {
+        anthropic: Some(Upstream {
+            base_url: model.base_url(),
+            auth: UpstreamAuth::XApiKey(key.into()),
+        }),
+        openai: None,
+    }
+}
+
+/// A client of the host on `home`, once its terminal socket accepts.
 pub async fn connect_client(home: &Path) -> TerminalClient {
-    let socket = Paths::new(home).terminal_socket();
-    nanoclaw_test_support::eventually(30, "the terminal socket", || {
-        let socket = socket.clone();
+    connect_polling(
+        &Paths::new(home).terminal_socket(),
+        Duration::from_millis(20),
+    )
+    .await
+}
+
+/// A client on the terminal `socket`, trying every `poll` for up to 30 s.
+pub async fn connect_polling(socket: &Path, poll: Duration) -> TerminalClient {
+    nanoclaw_test_support::eventually_every(30, poll, "the terminal socket", || {
+        let socket = socket.to_path_buf();
         async move { TerminalClient::connect(&socket).await.ok() }
     })
     .await
@@ -91,14 +137,26 @@ pub fn spawn_daemon(home: &Path, model: &ScriptedModel) -> Child {
 
 /// [`spawn_daemon`] with another program in place of the agent runner.
 pub fn spawn_daemon_with_agent(home: &Path, model: &ScriptedModel, agent: &Path) -> Child {
+    daemon_command(home, model, TEST_KEY, agent)
+        // As `nanoclaw_test_support::hermetic`, but the model URL is the scripted model's.
+        .env("NANOCLAW_RUNTIME", "native")
+        .env("NANOCLAW_LOG", "debug")
+        .spawn()
+        .expect("spawning nanoclaw run")
+}
+
+/// `nanoclaw run` on `home` with nothing from this machine's environment but `PATH`, the
+/// scripted `model` reached with `key`, and `agent` as the agent runner. Its stderr (the
+/// log) goes to `daemon.log` in `home`.
+pub fn daemon_command(home: &Path, model: &ScriptedModel, key: &str, agent: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
-    nanoclaw_test_support::hermetic(cmd.arg("run").env_clear())
+    cmd.arg("run")
+        .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home)
         .env("NANOCLAW_HOME", home)
-        .env("NANOCLAW_LOG", "debug")
         .env("ANTHROPIC_BASE_URL", model.base_url())
-        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("ANTHROPIC_API_KEY", key)
         .env("NANOCLAW_AGENT_BIN", agent)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -108,9 +166,8 @@ pub fn spawn_daemon_with_agent(home: &Path, model: &ScriptedModel, agent: &Path)
                 .append(true)
                 .open(home.join("daemon.log"))
                 .expect("daemon log"),
-        ))
-        .spawn()
-        .expect("spawning nanoclaw run")
+        ));
+    cmd
 }
 
 /// The config that pins the sandbox runtime (native) for tests that run the `nanoclaw`
@@ -159,12 +216,56 @@ pub async fn wait_until_no_host(home: &Path) {
     .await
 }
 
-/// A child process killed when the test ends, passing or failing.
-pub struct KillOnDrop(pub Child);
+/// The owner's main group and terminal chat, as the host made them.
+pub async fn main_and_terminal(store: &Store) -> (Group, Chat) {
+    let main = store.group_by_folder("main").await.unwrap().unwrap();
+    let chat = store
+        .chat_by_platform("terminal", "local")
+        .await
+        .unwrap()
+        .unwrap();
+    (main, chat)
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Docker with the minimal (busybox) agent image `tag`, built here without any registry —
+/// every time when `rebuild`, else only when missing or outdated — probed, its containers
+/// labelled `host_id`. The error is the engine's when none answers; later failures panic.
+pub async fn minimal_docker_runtime(
+    tag: &str,
+    host_id: String,
+    rebuild: bool,
+) -> Result<DockerRuntime, ImageError> {
+    let engine = image::connect().await?;
+    let current = !rebuild
+        && image::try_image_status(&engine, tag)
+            .await
+            .expect("inspecting the image")
+            == ImageStatus::Current;
+    if !current {
+        // Only our own tag: an outdated image of ours is re-tagged, nothing else touched.
+        image::build(
+            &engine,
+            &ImageBuild {
+                tag: tag.into(),
+                base: image::DEFAULT_BASE.into(),
+                kind: ImageKind::Minimal,
+                containerfile: None,
+                mirror: None,
+                busybox: None,
+            },
+            &mut |_| {},
+        )
+        .await
+        .expect("building the minimal agent image");
     }
+    let runtime = DockerRuntime::connect(nanoclaw_sandbox::docker::DockerConfig {
+        socket: None,
+        image: tag.into(),
+        cpus: None,
+        host_id,
+    })
+    .await
+    .expect("connecting to the engine");
+    runtime.probe().await.expect("the minimal image is usable");
+    Ok(runtime)
 }

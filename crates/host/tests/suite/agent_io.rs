@@ -5,11 +5,9 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use super::common::*;
 use nanoclaw_protocol::MAX_LINE_BYTES;
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Fault, Matcher, Reply, Scenario, ScriptedModel};

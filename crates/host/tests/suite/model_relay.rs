@@ -5,10 +5,9 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::{Command, Output};
 
+use super::common;
 use nanoclaw_host::relay::{ModelUpstreams, Relay, RelayLimits, Upstream, UpstreamAuth};
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};

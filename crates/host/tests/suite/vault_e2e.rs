@@ -4,9 +4,7 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use super::common::*;
 use nanoclaw_host::channel::terminal::ServerLine;
 use nanoclaw_host::config::Paths;
 use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};

@@ -5,11 +5,9 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use super::common::*;
 use nanoclaw_host::config::Paths;
 use nanoclaw_host::relay::ModelUpstreams;
 use nanoclaw_host::{Host, HostOptions};

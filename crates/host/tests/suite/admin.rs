@@ -4,11 +4,9 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use super::common::*;
 use nanoclaw_host::Host;
 use nanoclaw_host::HostOptions;
 use nanoclaw_host::channel::{ChannelEvent, InboundEvent};

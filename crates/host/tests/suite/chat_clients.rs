@@ -4,11 +4,9 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::{Output, Stdio};
 
-use common::*;
+use super::common::*;
 use nanoclaw_host::channel::terminal::{Scope, ServerLine};
 use nanoclaw_host::config::Paths;
 use nanoclaw_test_support::TestHome;

@@ -4,14 +4,12 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::common::*;
 use chrono::{DateTime, TimeZone, Utc};
-use common::*;
 use nanoclaw_host::Host;
 use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
 use nanoclaw_host::clock::ManualClock;
@@ -44,17 +42,6 @@ async fn start(
         .ok()
     })
     .await
-}
-
-/// The owner's main group and terminal chat, as the host made them.
-async fn main_and_terminal(store: &Store) -> (nanoclaw_store::Group, nanoclaw_store::Chat) {
-    let main = store.group_by_folder("main").await.unwrap().unwrap();
-    let chat = store
-        .chat_by_platform("terminal", "local")
-        .await
-        .unwrap()
-        .unwrap();
-    (main, chat)
 }
 
 /// The next delivered message whose text contains `needle`.

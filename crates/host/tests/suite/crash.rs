@@ -3,9 +3,7 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use super::common::*;
 use nanoclaw_host::channel::terminal::ServerLine;
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};

@@ -6,13 +6,11 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
+use super::common::*;
 use nanoclaw_host::config::Paths;
 use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
@@ -331,37 +329,14 @@ async fn containment_docker() {
 /// Docker with the minimal (busybox) agent image, built here without any registry.
 /// Skips (loudly) only when no engine answers; CI has one.
 async fn docker_runtime() -> Option<nanoclaw_sandbox::DockerRuntime> {
-    use nanoclaw_sandbox::image::{self, ImageBuild, ImageKind};
-    let Ok(docker) = image::connect().await else {
-        eprintln!("SKIPPED containment_docker: no Docker engine answers here");
-        return None;
-    };
-    let tag = "nanoclaw-agent-containment:minimal";
-    image::build(
-        &docker,
-        &ImageBuild {
-            tag: tag.into(),
-            base: image::DEFAULT_BASE.into(),
-            kind: ImageKind::Minimal,
-            containerfile: None,
-            mirror: None,
-            busybox: None,
-        },
-        &mut |_| {},
-    )
-    .await
-    .expect("building the minimal agent image");
-    let runtime =
-        nanoclaw_sandbox::DockerRuntime::connect(nanoclaw_sandbox::docker::DockerConfig {
-            socket: None,
-            image: tag.into(),
-            cpus: None,
-            host_id: format!("containment-{}", std::process::id()),
-        })
-        .await
-        .expect("connecting to the engine");
-    runtime.probe().await.expect("the minimal image is usable");
-    Some(runtime)
+    let host_id = format!("containment-{}", std::process::id());
+    match minimal_docker_runtime("nanoclaw-agent-containment:minimal", host_id, true).await {
+        Ok(runtime) => Some(runtime),
+        Err(_) => {
+            eprintln!("SKIPPED containment_docker: no Docker engine answers here");
+            None
+        }
+    }
 }
 
 /// One host run on `home` with `runtime`: asks the agent to append `word` to a file in its

@@ -3,9 +3,7 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use super::common::*;
 use nanoclaw_host::channel::terminal::TERMINAL_CHAT_ID;
 use nanoclaw_host::channel::{ChannelEvent, InboundEvent, RouteOutcome};
 use nanoclaw_host::config::Paths;

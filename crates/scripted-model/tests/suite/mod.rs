@@ -1,0 +1,3 @@
+//! One module per former test file; `cargo test --test all <module>::` runs one of them.
+
+mod server;

@@ -1,0 +1,4 @@
+//! The integration tests of `nanoclaw-store`, as one test binary (one link, one process):
+//! each former test file is a module of `suite`.
+
+mod suite;
