@@ -31,7 +31,7 @@ pub fn now_ms() -> i64 {
 
 /// A random string of `len` characters from `[a-z0-9]`.
 pub fn random_suffix(len: usize) -> String {
-    use rand::Rng;
+    use rand::RngExt;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..len)

@@ -37,7 +37,7 @@ fn seal_raw(
     let nonce: [u8; NONCE_LEN] = rand::random();
     let ct = cipher(key)
         .encrypt(
-            XNonce::from_slice(&nonce),
+            &XNonce::from(nonce),
             Payload {
                 msg: plaintext,
                 aad: ad,
@@ -48,11 +48,10 @@ fn seal_raw(
 }
 
 fn open_raw(key: &MasterKey, nonce: &[u8], ct: &[u8], ad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if nonce.len() != NONCE_LEN {
-        return None;
-    }
+    // A nonce of any other length cannot convert, so it fails like a wrong key.
+    let nonce = XNonce::try_from(nonce).ok()?;
     cipher(key)
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: ad })
+        .decrypt(&nonce, Payload { msg: ct, aad: ad })
         .ok()
         .map(Zeroizing::new)
 }

@@ -512,3 +512,19 @@ fn master_keys_parse_from_hex_and_base64_only_at_32_bytes() {
         .contains("abab")
     );
 }
+
+/// The on-disk format outlives crate upgrades: a value sealed before the move to chacha20poly1305 0.11
+/// (by 0.10) still opens, and only under its own name and version.
+#[test]
+fn a_value_sealed_by_an_earlier_release_still_opens() {
+    let key = MasterKey::from_bytes([7u8; 32]);
+    let nonce = hex::decode("0e173ea7e48094e39c56b179b0bcccff09ed090c439d6716").unwrap();
+    let sealed = hex::decode(
+        "d3eb7aaf59178bfde3b70f0b03f1bd7b90484a4d46b5217c4f0de708c92aeba2f5428195d37129a2396c",
+    )
+    .unwrap();
+    let value = nanoclaw_vault::open_sealed(&key, "golden", 3, &nonce, &sealed).unwrap();
+    assert_eq!(value.expose_secret(), "sk-golden-value-0123456789");
+    assert!(nanoclaw_vault::open_sealed(&key, "golden", 2, &nonce, &sealed).is_err());
+    assert!(nanoclaw_vault::open_sealed(&key, "golden", 3, &nonce[..23], &sealed).is_err());
+}
