@@ -25,48 +25,13 @@ pub(crate) async fn messages(
     shared.record(uri.path(), &headers, &body);
     let scenario = shared.scenario();
 
-    if let Some(expected) = &scenario.api_key {
-        match headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-            None => {
-                return error(
-                    401,
-                    "authentication_error",
-                    "x-api-key header is required",
-                    None,
-                );
-            }
-            Some(key) if key != expected => {
-                return error(401, "authentication_error", "invalid x-api-key", None);
-            }
-            Some(_) => {}
-        }
+    if let Err(response) = check_headers(&headers, scenario.api_key.as_deref()) {
+        return *response;
     }
-    if !headers.contains_key("anthropic-version") {
-        return error(
-            400,
-            "invalid_request_error",
-            "anthropic-version: header is required",
-            None,
-        );
-    }
-
-    let fault = shared.pop_fault();
-    let mut stall = None;
-    let stream_fault = match fault {
-        Some(Fault::Status {
-            status,
-            kind,
-            message,
-            retry_after,
-        }) => return error(status, &kind, &message, retry_after),
-        Some(Fault::StreamError { kind, message }) => Some((kind, message)),
-        Some(Fault::StreamStall { after_frames }) => {
-            stall = Some(after_frames);
-            None
-        }
-        None => None,
+    let (stream_fault, stall) = match take_fault(&shared) {
+        Ok(fault) => fault,
+        Err(response) => return *response,
     };
-
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -125,20 +90,78 @@ pub(crate) async fn messages(
         };
         sse_response(frames, &[("request-id", request_id)])
     } else {
-        let mut usage = usage;
-        usage["output_tokens"] = json!(out.output_tokens);
-        let body = json!({
-            "id": msg_id,
-            "type": "message",
-            "role": "assistant",
-            "model": parsed.model,
-            "content": content_blocks(&out),
-            "stop_reason": stop_reason(&out),
-            "stop_sequence": null,
-            "usage": usage,
-        });
-        json_response(StatusCode::OK, body, None)
+        message_response(&msg_id, &parsed.model, usage, &out)
     }
+}
+
+/// Checks `x-api-key` against the scenario's key and that `anthropic-version` is
+/// present, answering with the API's error bodies otherwise.
+fn check_headers(headers: &HeaderMap, expected_key: Option<&str>) -> Result<(), Box<Response>> {
+    if let Some(expected) = expected_key {
+        match headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+            None => {
+                return Err(Box::new(error(
+                    401,
+                    "authentication_error",
+                    "x-api-key header is required",
+                    None,
+                )));
+            }
+            Some(key) if key != expected => {
+                return Err(Box::new(error(
+                    401,
+                    "authentication_error",
+                    "invalid x-api-key",
+                    None,
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if !headers.contains_key("anthropic-version") {
+        return Err(Box::new(error(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+            None,
+        )));
+    }
+    Ok(())
+}
+
+/// The error a stream should end with (kind, message).
+type StreamFault = Option<(String, String)>;
+
+/// Pops the next scripted fault: a status fault becomes the response itself; a stream
+/// error or a stall is returned for the answer to apply.
+fn take_fault(shared: &Shared) -> Result<(StreamFault, Option<usize>), Box<Response>> {
+    match shared.pop_fault() {
+        Some(Fault::Status {
+            status,
+            kind,
+            message,
+            retry_after,
+        }) => Err(Box::new(error(status, &kind, &message, retry_after))),
+        Some(Fault::StreamError { kind, message }) => Ok((Some((kind, message)), None)),
+        Some(Fault::StreamStall { after_frames }) => Ok((None, Some(after_frames))),
+        None => Ok((None, None)),
+    }
+}
+
+/// The non-streaming `message` body.
+fn message_response(msg_id: &str, model: &str, mut usage: Value, out: &Output) -> Response {
+    usage["output_tokens"] = json!(out.output_tokens);
+    let body = json!({
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content_blocks(out),
+        "stop_reason": stop_reason(out),
+        "stop_sequence": null,
+        "usage": usage,
+    });
+    json_response(StatusCode::OK, body, None)
 }
 
 fn error(status: u16, kind: &str, message: &str, retry_after: Option<u64>) -> Response {
@@ -310,33 +333,9 @@ pub(crate) fn parse_request(req: &Value) -> Result<Parsed, String> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err("stream: Input should be a valid boolean".into()),
     };
-    let system = match obj.get("system") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(blocks)) => {
-            let mut s = String::new();
-            for (i, b) in blocks.iter().enumerate() {
-                if b.get("type").and_then(Value::as_str) != Some("text") {
-                    return Err(format!("system.{i}.type: Input should be 'text'"));
-                }
-                s.push_str(b.get("text").and_then(Value::as_str).unwrap_or(""));
-            }
-            s
-        }
-        Some(_) => return Err("system: Input should be a valid string or list".into()),
-    };
+    let system = parse_system(obj.get("system"))?;
     if let Some(tools) = obj.get("tools") {
-        let tools = tools
-            .as_array()
-            .ok_or("tools: Input should be a valid list")?;
-        for (i, t) in tools.iter().enumerate() {
-            if t.get("name").and_then(Value::as_str).is_none() {
-                return Err(format!("tools.{i}.name: Field required"));
-            }
-            if !t.get("input_schema").is_some_and(Value::is_object) {
-                return Err(format!("tools.{i}.input_schema: Field required"));
-            }
-        }
+        check_tools(tools)?;
     }
     let messages = obj
         .get("messages")
@@ -345,7 +344,54 @@ pub(crate) fn parse_request(req: &Value) -> Result<Parsed, String> {
     if messages.is_empty() {
         return Err("messages: at least one message is required".into());
     }
+    let turns = parse_turns(messages)?;
+    Ok(Parsed {
+        model,
+        max_tokens,
+        stream,
+        conversation: Conversation { system, turns },
+    })
+}
 
+/// `system` as one string: absent, a string, or a list of text blocks.
+fn parse_system(system: Option<&Value>) -> Result<String, String> {
+    match system {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(blocks)) => {
+            let mut s = String::new();
+            for (i, b) in blocks.iter().enumerate() {
+                if b.get("type").and_then(Value::as_str) != Some("text") {
+                    return Err(format!("system.{i}.type: Input should be 'text'"));
+                }
+                s.push_str(b.get("text").and_then(Value::as_str).unwrap_or(""));
+            }
+            Ok(s)
+        }
+        Some(_) => Err("system: Input should be a valid string or list".into()),
+    }
+}
+
+/// Every tool needs a `name` and an object `input_schema`.
+fn check_tools(tools: &Value) -> Result<(), String> {
+    let tools = tools
+        .as_array()
+        .ok_or("tools: Input should be a valid list")?;
+    for (i, t) in tools.iter().enumerate() {
+        if t.get("name").and_then(Value::as_str).is_none() {
+            return Err(format!("tools.{i}.name: Field required"));
+        }
+        if !t.get("input_schema").is_some_and(Value::is_object) {
+            return Err(format!("tools.{i}.input_schema: Field required"));
+        }
+    }
+    Ok(())
+}
+
+/// Reduces the messages to turns, checking that roles alternate (starting with the
+/// user) and that each assistant `tool_use` is answered by a `tool_result` in the
+/// next user message, and only those.
+fn parse_turns(messages: &[Value]) -> Result<Vec<Turn>, String> {
     let mut turns = Vec::new();
     let mut prev_role: Option<&str> = None;
     let mut pending_tool_uses: Vec<String> = Vec::new();
@@ -371,50 +417,63 @@ pub(crate) fn parse_request(req: &Value) -> Result<Parsed, String> {
         let blocks = content_as_blocks(m.get("content"), i)?;
         if role == "assistant" {
             turns.push(Turn::Assistant);
-            pending_tool_uses.clear();
-            for b in &blocks {
-                if b.get("type").and_then(Value::as_str) == Some("tool_use") {
-                    let id = b
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .ok_or(format!("messages.{i}: tool_use.id: Field required"))?;
-                    pending_tool_uses.push(id.to_string());
-                }
-            }
+            pending_tool_uses = tool_use_ids(&blocks, i)?;
             continue;
         }
-        let mut answered = Vec::new();
-        for b in &blocks {
-            match b.get("type").and_then(Value::as_str) {
-                Some("text") => turns.push(Turn::UserText(
-                    b.get("text").and_then(Value::as_str).unwrap_or("").into(),
-                )),
-                Some("tool_result") => {
-                    let id = b.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
-                    if !pending_tool_uses.iter().any(|p| p == id) {
-                        return Err(format!(
-                            "messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
-                        ));
-                    }
-                    answered.push(id.to_string());
-                    turns.push(Turn::ToolResult(tool_result_text(b.get("content"))));
-                }
-                _ => {}
-            }
-        }
-        if let Some(missing) = pending_tool_uses.iter().find(|p| !answered.contains(p)) {
-            return Err(format!(
-                "messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: {missing}. Each `tool_use` block must have a corresponding `tool_result` block in the next message."
-            ));
-        }
+        user_turns(&blocks, i, &pending_tool_uses, &mut turns)?;
         pending_tool_uses.clear();
     }
-    Ok(Parsed {
-        model,
-        max_tokens,
-        stream,
-        conversation: Conversation { system, turns },
-    })
+    Ok(turns)
+}
+
+/// The ids of the `tool_use` blocks of assistant message `i`.
+fn tool_use_ids(blocks: &[Value], i: usize) -> Result<Vec<String>, String> {
+    let mut ids = Vec::new();
+    for b in blocks {
+        if b.get("type").and_then(Value::as_str) == Some("tool_use") {
+            let id = b
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or(format!("messages.{i}: tool_use.id: Field required"))?;
+            ids.push(id.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// Adds the turns of user message `i`, checking its `tool_result` blocks answer
+/// exactly the pending `tool_use` ids.
+fn user_turns(
+    blocks: &[Value],
+    i: usize,
+    pending_tool_uses: &[String],
+    turns: &mut Vec<Turn>,
+) -> Result<(), String> {
+    let mut answered = Vec::new();
+    for b in blocks {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => turns.push(Turn::UserText(
+                b.get("text").and_then(Value::as_str).unwrap_or("").into(),
+            )),
+            Some("tool_result") => {
+                let id = b.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+                if !pending_tool_uses.iter().any(|p| p == id) {
+                    return Err(format!(
+                        "messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                    ));
+                }
+                answered.push(id.to_string());
+                turns.push(Turn::ToolResult(tool_result_text(b.get("content"))));
+            }
+            _ => {}
+        }
+    }
+    if let Some(missing) = pending_tool_uses.iter().find(|p| !answered.contains(p)) {
+        return Err(format!(
+            "messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: {missing}. Each `tool_result` block must have a corresponding `tool_use` block in the next message."
+        ));
+    }
+    Ok(())
 }
 
 fn content_as_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, String> {

@@ -24,80 +24,16 @@ pub(crate) async fn chat_completions(
     shared.record(uri.path(), &headers, &body);
     let scenario = shared.scenario();
 
-    if let Some(expected) = &scenario.api_key {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            None => {
-                return error(
-                    401,
-                    "invalid_request_error",
-                    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-                    None,
-                    None,
-                    None,
-                );
-            }
-            Some(key) if key != expected => {
-                return error(
-                    401,
-                    "invalid_request_error",
-                    "Incorrect API key provided.",
-                    None,
-                    Some("invalid_api_key"),
-                    None,
-                );
-            }
-            Some(_) => {}
-        }
+    if let Err(response) = check_api_key(&headers, scenario.api_key.as_deref()) {
+        return *response;
     }
-
-    let mut stall = None;
-    let stream_fault = match shared.pop_fault() {
-        Some(Fault::Status {
-            status,
-            kind,
-            message,
-            retry_after,
-        }) => {
-            let code = (status == 429).then_some("rate_limit_exceeded");
-            return error(status, &kind, &message, None, code, retry_after);
-        }
-        Some(Fault::StreamError { kind, message }) => Some((kind, message)),
-        Some(Fault::StreamStall { after_frames }) => {
-            stall = Some(after_frames);
-            None
-        }
-        None => None,
+    let (stream_fault, stall) = match take_fault(&shared) {
+        Ok(fault) => fault,
+        Err(response) => return *response,
     };
-
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                400,
-                "invalid_request_error",
-                &format!("We could not parse the JSON body of your request: {e}"),
-                None,
-                None,
-                None,
-            );
-        }
-    };
-    let parsed = match parse_request(&request) {
+    let parsed = match parse_body(&body) {
         Ok(p) => p,
-        Err((param, message)) => {
-            return error(
-                400,
-                "invalid_request_error",
-                &message,
-                Some(param),
-                None,
-                None,
-            );
-        }
+        Err(response) => return *response,
     };
 
     if let Some((kind, message)) = &stream_fault
@@ -110,21 +46,126 @@ pub(crate) async fn chat_completions(
     let prompt_tokens = tokens(body.len());
     let planned = scenario.plan(&parsed.conversation);
     let out = shape_output(&shared, planned, parsed.max_tokens, "call_scripted_");
-    let id = format!("chatcmpl-scripted{:08}", shared.next_id());
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": out.output_tokens,
-        "total_tokens": prompt_tokens + out.output_tokens,
-    });
+    let completion = Completion {
+        id: format!("chatcmpl-scripted{:08}", shared.next_id()),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        model: &parsed.model,
+        include_usage: parsed.include_usage,
+        usage: json!({
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": out.output_tokens,
+            "total_tokens": prompt_tokens + out.output_tokens,
+        }),
+    };
 
     if stall.is_some() && !parsed.stream {
         return never_respond().await;
     }
     if !parsed.stream {
+        return completion.json_response(&out);
+    }
+    completion.sse_response(&out, stream_fault, stall)
+}
+
+/// Checks the `Authorization: Bearer` header against the scenario's key, answering
+/// with the API's 401 bodies when it is missing or wrong.
+fn check_api_key(headers: &HeaderMap, expected: Option<&str>) -> Result<(), Box<Response>> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(Box::new(error(
+            401,
+            "invalid_request_error",
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            None,
+            None,
+            None,
+        ))),
+        Some(key) if key != expected => Err(Box::new(error(
+            401,
+            "invalid_request_error",
+            "Incorrect API key provided.",
+            None,
+            Some("invalid_api_key"),
+            None,
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The error a stream should end with (kind, message).
+type StreamFault = Option<(String, String)>;
+
+/// Pops the next scripted fault: a status fault becomes the response itself; a stream
+/// error or a stall is returned for the answer to apply.
+fn take_fault(shared: &Shared) -> Result<(StreamFault, Option<usize>), Box<Response>> {
+    match shared.pop_fault() {
+        Some(Fault::Status {
+            status,
+            kind,
+            message,
+            retry_after,
+        }) => {
+            let code = (status == 429).then_some("rate_limit_exceeded");
+            Err(Box::new(error(
+                status,
+                &kind,
+                &message,
+                None,
+                code,
+                retry_after,
+            )))
+        }
+        Some(Fault::StreamError { kind, message }) => Ok((Some((kind, message)), None)),
+        Some(Fault::StreamStall { after_frames }) => Ok((None, Some(after_frames))),
+        None => Ok((None, None)),
+    }
+}
+
+/// Parses and validates the JSON body, answering 400 when it is not acceptable.
+fn parse_body(body: &[u8]) -> Result<Parsed, Box<Response>> {
+    let request: Value = serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            400,
+            "invalid_request_error",
+            &format!("We could not parse the JSON body of your request: {e}"),
+            None,
+            None,
+            None,
+        ))
+    })?;
+    parse_request(&request).map_err(|(param, message)| {
+        Box::new(error(
+            400,
+            "invalid_request_error",
+            &message,
+            Some(param),
+            None,
+            None,
+        ))
+    })
+}
+
+/// What every body or chunk of one completion shares.
+struct Completion<'a> {
+    id: String,
+    created: u64,
+    model: &'a str,
+    include_usage: bool,
+    usage: Value,
+}
+
+impl Completion<'_> {
+    /// The non-streaming `chat.completion` body.
+    fn json_response(&self, out: &Output) -> Response {
         let tool_calls: Vec<Value> = out
             .tool_calls
             .iter()
@@ -138,68 +179,79 @@ pub(crate) async fn chat_completions(
             message["tool_calls"] = Value::Array(tool_calls);
         }
         let body = json!({
-            "id": id, "object": "chat.completion", "created": created, "model": parsed.model,
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "message": message, "logprobs": null,
-                         "finish_reason": finish_reason(&out)}],
-            "usage": usage,
+                         "finish_reason": finish_reason(out)}],
+            "usage": self.usage,
         });
-        return json_response(StatusCode::OK, body, None);
+        json_response(StatusCode::OK, body, None)
     }
 
-    let chunk = |delta: Value, finish: Option<&str>| -> String {
+    /// One `chat.completion.chunk` server-sent event.
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
         let mut c = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created,
-            "model": parsed.model,
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
-        if parsed.include_usage {
+        if self.include_usage {
             c["usage"] = Value::Null;
         }
         format!("data: {c}\n\n")
-    };
+    }
 
-    let mut frames = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-    if let Some((kind, message)) = stream_fault {
-        let text = out.text.clone().unwrap_or_else(|| "Working on it".into());
-        let pieces = text_pieces(&text);
-        for piece in pieces.iter().take(pieces.len().div_ceil(2)) {
-            frames.push(chunk(json!({"content": piece}), None));
+    /// The streamed answer; with a stream fault, half the text then an error event;
+    /// with a stall, the frames stop after `after_frames`.
+    fn sse_response(
+        &self,
+        out: &Output,
+        stream_fault: StreamFault,
+        stall: Option<usize>,
+    ) -> Response {
+        let mut frames = vec![self.chunk(json!({"role": "assistant", "content": ""}), None)];
+        if let Some((kind, message)) = stream_fault {
+            let text = out.text.clone().unwrap_or_else(|| "Working on it".into());
+            let pieces = text_pieces(&text);
+            for piece in pieces.iter().take(pieces.len().div_ceil(2)) {
+                frames.push(self.chunk(json!({"content": piece}), None));
+            }
+            let err =
+                json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+            frames.push(format!("data: {err}\n\n"));
+            return sse_response(frames, &[]);
         }
-        let err = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
-        frames.push(format!("data: {err}\n\n"));
-        return sse_response(frames, &[]);
-    }
-    if let Some(text) = &out.text {
-        for piece in text_pieces(text) {
-            frames.push(chunk(json!({"content": piece}), None));
+        if let Some(text) = &out.text {
+            for piece in text_pieces(text) {
+                frames.push(self.chunk(json!({"content": piece}), None));
+            }
         }
-    }
-    for (index, (call_id, name, input)) in out.tool_calls.iter().enumerate() {
-        frames.push(chunk(
-            json!({"tool_calls": [{"index": index, "id": call_id, "type": "function",
-                                   "function": {"name": name, "arguments": ""}}]}),
-            None,
-        ));
-        for piece in json_pieces(&input.to_string()) {
-            frames.push(chunk(
-                json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+        for (index, (call_id, name, input)) in out.tool_calls.iter().enumerate() {
+            frames.push(self.chunk(
+                json!({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                       "function": {"name": name, "arguments": ""}}]}),
                 None,
             ));
+            for piece in json_pieces(&input.to_string()) {
+                frames.push(self.chunk(
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                    None,
+                ));
+            }
         }
+        frames.push(self.chunk(json!({}), Some(finish_reason(out))));
+        if self.include_usage {
+            let c = json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": self.usage,
+            });
+            frames.push(format!("data: {c}\n\n"));
+        }
+        frames.push("data: [DONE]\n\n".to_string());
+        if let Some(after_frames) = stall {
+            return stalled_sse_response(frames, after_frames);
+        }
+        sse_response(frames, &[])
     }
-    frames.push(chunk(json!({}), Some(finish_reason(&out))));
-    if parsed.include_usage {
-        let c = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created,
-            "model": parsed.model, "choices": [], "usage": usage,
-        });
-        frames.push(format!("data: {c}\n\n"));
-    }
-    frames.push("data: [DONE]\n\n".to_string());
-    if let Some(after_frames) = stall {
-        return stalled_sse_response(frames, after_frames);
-    }
-    sse_response(frames, &[])
 }
 
 fn finish_reason(out: &Output) -> &'static str {

@@ -199,10 +199,12 @@ impl TerminalChannel {
         Sent { connected, reached }
     }
 
+    /// Serves one client connection: welcomes it, reads its lines until it hangs up, and
+    /// forgets it.
     async fn serve_client(self: Arc<Self>, stream: tokio::net::UnixStream, sink: InboundSink) {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let (read, mut write) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         let _ = tx.send(Outgoing {
             line: ServerLine::Welcome {
                 assistant: self.assistant.clone(),
@@ -219,20 +221,23 @@ impl TerminalChannel {
                 asked: HashSet::new(),
             },
         );
-        let writer = tokio::spawn(async move {
-            while let Some(out) = rx.recv().await {
-                let Ok(mut bytes) = serde_json::to_vec(&out.line) else {
-                    continue;
-                };
-                bytes.push(b'\n');
-                if write.write_all(&bytes).await.is_err() {
-                    break;
-                }
-                if let Some(written) = out.written {
-                    let _ = written.send(());
-                }
-            }
-        });
+        let writer = tokio::spawn(write_lines(write, rx));
+        self.read_lines(id, read, &tx, &sink).await;
+        self.clients.lock().await.remove(&id);
+        drop(tx);
+        let _ = writer.await;
+        self.connected.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Reads client `id`'s lines until it hangs up, sends an over-long line, or the host
+    /// shuts down.
+    async fn read_lines(
+        &self,
+        id: u64,
+        read: tokio::net::unix::OwnedReadHalf,
+        tx: &ClientTx,
+        sink: &InboundSink,
+    ) {
         let mut reader = BufReader::new(read);
         let mut buf = Vec::new();
         // Shown nothing it did not ask for until it says what it shows: queued messages must
@@ -253,7 +258,7 @@ impl TerminalChannel {
                     () = &mut grace => {
                         // Bytes read so far stay in `buf`; the line goes on next time.
                         declared = true;
-                        self.settle(id, Scope::All, &sink).await;
+                        self.settle(id, Scope::All, sink).await;
                         continue;
                     }
                 }
@@ -267,7 +272,7 @@ impl TerminalChannel {
             }
             if buf.len() > MAX_CLIENT_LINE {
                 say(
-                    &tx,
+                    tx,
                     ServerLine::Error {
                         error: format!("line longer than {MAX_CLIENT_LINE} bytes; disconnecting"),
                     },
@@ -283,7 +288,7 @@ impl TerminalChannel {
                 Ok(m) => m,
                 Err(e) => {
                     say(
-                        &tx,
+                        tx,
                         ServerLine::Error {
                             error: format!(
                                 "unreadable line ({e}); expected {{\"type\":\"message\",\"id\":…,\"text\":…}}"
@@ -299,7 +304,7 @@ impl TerminalChannel {
                     ClientLine::Show { scope } => *scope,
                     _ => Scope::All,
                 };
-                self.settle(id, scope, &sink).await;
+                self.settle(id, scope, sink).await;
             }
             let (msg_id, text) = match msg {
                 ClientLine::Message { id, text } => (id, text),
@@ -310,57 +315,69 @@ impl TerminalChannel {
                     continue;
                 }
                 ClientLine::Show { scope } => {
-                    self.settle(id, scope, &sink).await;
+                    self.settle(id, scope, sink).await;
                     continue;
                 }
             };
-            // Recorded before the host sees the message, so its reply cannot come first.
-            if let Some(client) = self.clients.lock().await.get_mut(&id) {
-                client.asked.insert(msg_id.clone());
-            }
-            let (ack_tx, ack_rx) = oneshot::channel();
-            let event = InboundEvent {
-                channel: "terminal".into(),
-                chat_id: TERMINAL_CHAT_ID.into(),
-                chat_name: "Terminal".into(),
-                is_group: false,
-                thread: None,
-                platform_msg_id: msg_id.clone(),
-                sender: "terminal:owner".into(),
-                sender_name: std::env::var("USER").ok(),
-                text,
-                received_at: crate::now_ms(),
-                ack: Some(ack_tx),
-            };
-            if sink.send(ChannelEvent::Inbound(event)).await.is_err() {
-                say(
-                    &tx,
-                    ServerLine::Error {
-                        error: "the host is shutting down".into(),
-                    },
-                );
+            if !self.forward_message(id, msg_id, text, tx, sink).await {
                 break;
             }
-            let (status, detail) = match ack_rx.await {
-                Ok(RouteOutcome::Accepted) => ("accepted", None),
-                Ok(RouteOutcome::Duplicate) => ("duplicate", None),
-                Ok(RouteOutcome::Ignored(why)) => ("ignored", Some(why)),
-                Ok(RouteOutcome::Failed(why)) => ("failed", Some(why)),
-                Err(_) => ("failed", Some("the host dropped the message".to_owned())),
-            };
+        }
+    }
+
+    /// Hands client `id`'s message to the host and acks it with the host's outcome;
+    /// false when the host is shutting down.
+    async fn forward_message(
+        &self,
+        id: u64,
+        msg_id: String,
+        text: String,
+        tx: &ClientTx,
+        sink: &InboundSink,
+    ) -> bool {
+        // Recorded before the host sees the message, so its reply cannot come first.
+        if let Some(client) = self.clients.lock().await.get_mut(&id) {
+            client.asked.insert(msg_id.clone());
+        }
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let event = InboundEvent {
+            channel: "terminal".into(),
+            chat_id: TERMINAL_CHAT_ID.into(),
+            chat_name: "Terminal".into(),
+            is_group: false,
+            thread: None,
+            platform_msg_id: msg_id.clone(),
+            sender: "terminal:owner".into(),
+            sender_name: std::env::var("USER").ok(),
+            text,
+            received_at: crate::now_ms(),
+            ack: Some(ack_tx),
+        };
+        if sink.send(ChannelEvent::Inbound(event)).await.is_err() {
             say(
-                &tx,
-                ServerLine::Ack {
-                    id: msg_id,
-                    status: status.into(),
-                    detail,
+                tx,
+                ServerLine::Error {
+                    error: "the host is shutting down".into(),
                 },
             );
+            return false;
         }
-        self.clients.lock().await.remove(&id);
-        drop(tx);
-        let _ = writer.await;
-        self.connected.send_modify(|n| *n = n.saturating_sub(1));
+        let (status, detail) = match ack_rx.await {
+            Ok(RouteOutcome::Accepted) => ("accepted", None),
+            Ok(RouteOutcome::Duplicate) => ("duplicate", None),
+            Ok(RouteOutcome::Ignored(why)) => ("ignored", Some(why)),
+            Ok(RouteOutcome::Failed(why)) => ("failed", Some(why)),
+            Err(_) => ("failed", Some("the host dropped the message".to_owned())),
+        };
+        say(
+            tx,
+            ServerLine::Ack {
+                id: msg_id,
+                status: status.into(),
+                detail,
+            },
+        );
+        true
     }
 }
 
@@ -409,6 +426,27 @@ fn message_answers(message: &OutgoingMessage) -> Vec<String> {
 }
 
 /// Queues a line for one client (no confirmation).
+/// Writes the client's outgoing lines to its socket, one JSON object a line, confirming
+/// each written line to whoever waits for it; stops when the socket fails or all senders
+/// are gone.
+async fn write_lines(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    while let Some(out) = rx.recv().await {
+        let Ok(mut bytes) = serde_json::to_vec(&out.line) else {
+            continue;
+        };
+        bytes.push(b'\n');
+        if write.write_all(&bytes).await.is_err() {
+            break;
+        }
+        if let Some(written) = out.written {
+            let _ = written.send(());
+        }
+    }
+}
+
 fn say(tx: &ClientTx, line: ServerLine) {
     let _ = tx.send(Outgoing {
         line,
