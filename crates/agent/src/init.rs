@@ -44,7 +44,7 @@ const FORWARDED: [libc::c_int; 6] = [
 
 /// When this process is pid 1: forks, and returns in the child, which goes on as the agent.
 /// The parent stays pid 1 for the sandbox's lifetime: it reaps every orphan, forwards
-/// [`FORWARDED`] signals to the agent and exits with the agent's status. Call it first thing
+/// `FORWARDED` signals to the agent and exits with the agent's status. Call it first thing
 /// in `main`, while the process has one thread, after [`protect`] (the child inherits it).
 pub fn become_init() -> io::Result<()> {
     // SAFETY: plain libc calls on a zeroed sigset_t that lives on this stack frame; the

@@ -1,6 +1,6 @@
 //! Shared test helpers: the static agent binary, temporary nanoclaw homes, and the
 //! scripted model server (re-exported from `nanoclaw-scripted-model`); for the benchmarks,
-//! latency tables ([`bench`]), a fake agent ([`fake_agent`]) and `/proc` figures ([`procfs`]).
+//! latency tables ([`bench`](mod@bench)), a fake agent ([`fake_agent`]) and `/proc` figures ([`procfs`]).
 //! Nothing here knows the host's types: what needs them stays with the host's tests.
 
 use std::path::{Path, PathBuf};
