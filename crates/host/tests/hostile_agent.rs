@@ -10,8 +10,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::*;
+use nanoclaw_egress::relay::ModelUpstreams;
 use nanoclaw_host::config::Paths;
-use nanoclaw_host::relay::ModelUpstreams;
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_test_support::TestHome;
 

@@ -9,7 +9,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use nanoclaw_host::relay::{ModelUpstreams, Relay, RelayLimits, Upstream, UpstreamAuth};
+use nanoclaw_egress::relay::{ModelUpstreams, Relay, RelayLimits, Upstream, UpstreamAuth};
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
 

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
 use nanoclaw_host::config::{Config, Paths};
-use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_sandbox::Runtime;
 use nanoclaw_test_support::scripted_model::ScriptedModel;
