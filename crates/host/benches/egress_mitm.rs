@@ -40,10 +40,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use nanoclaw_host::egress::{
+use nanoclaw_egress::{
     AddressGuard, Approval, EgressAudit, EgressHandle, EgressPolicy, EgressProxy, EgressSecrets,
-    Interception, LocalCa, MemoryAudit, StaticPolicies, StaticResolver, VaultAudit, VaultSecrets,
+    Interception, LocalCa, MemoryAudit, StaticPolicies, StaticResolver,
 };
+use nanoclaw_host::egress_vault::{VaultAudit, VaultSecrets};
 use nanoclaw_store::Store;
 use nanoclaw_vault::{
     AuditEntry, Decision, GrantRequest, Injection, LeakGuard, LiveSecret, MasterKey, SecretString,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use nanoclaw_host::egress::{
+use nanoclaw_egress::{
     AddressGuard, EgressPolicy, EgressProxy, NoSecrets, StaticPolicies, StaticResolver,
     TracingAudit,
 };

@@ -22,7 +22,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::{Config, Paths, create_private_dir};
 use crate::log_limit::{LogBudget, clean};
-use crate::relay::{Relay, RelayHandle};
+use nanoclaw_egress::relay::{Relay, RelayHandle};
 
 /// Where things appear inside every sandbox.
 pub const SANDBOX_WORKSPACE: &str = nanoclaw_protocol::contract::paths::WORKSPACE;
@@ -81,7 +81,7 @@ pub struct LiveAgent {
     control: Box<dyn SandboxControl>,
     _relay: RelayHandle,
     /// The sandbox's egress proxy socket (none for runtimes without one).
-    _egress: Option<crate::egress::EgressHandle>,
+    _egress: Option<nanoclaw_egress::EgressHandle>,
     _permit: OwnedSemaphorePermit,
     run_dir: PathBuf,
     /// What this sandbox may still make the host log (shared with its output readers).
@@ -139,7 +139,7 @@ struct IdleAgent {
 pub struct AgentPool {
     runtime: Result<Arc<dyn Runtime>, String>,
     store: nanoclaw_store::Store,
-    egress: crate::egress::EgressProxy,
+    egress: nanoclaw_egress::EgressProxy,
     relay: Arc<Relay>,
     paths: Paths,
     config: Config,
@@ -156,7 +156,7 @@ impl AgentPool {
     pub fn new(
         runtime: Result<Arc<dyn Runtime>, String>,
         store: nanoclaw_store::Store,
-        egress: crate::egress::EgressProxy,
+        egress: nanoclaw_egress::EgressProxy,
         relay: Arc<Relay>,
         paths: Paths,
         config: Config,
@@ -387,7 +387,7 @@ impl AgentPool {
         sandbox_name: &str,
         run_dir: &std::path::Path,
         env: &mut BTreeMap<String, String>,
-    ) -> Result<(RelayHandle, Option<crate::egress::EgressHandle>), SpawnError> {
+    ) -> Result<(RelayHandle, Option<nanoclaw_egress::EgressHandle>), SpawnError> {
         let mut egress = None;
         let relay = match runtime.relay_transport() {
             RelayTransport::UnixSocket => {
@@ -403,14 +403,14 @@ impl AgentPool {
                 egress = Some(
                     self.egress
                         .serve(
-                            &run_dir.join(crate::egress::PROXY_SOCKET_NAME),
+                            &run_dir.join(nanoclaw_egress::PROXY_SOCKET_NAME),
                             &group.folder,
                         )
                         .map_err(|e| SpawnError::Prepare(format!("egress proxy socket: {e}")))?,
                 );
                 env.insert(
-                    crate::egress::EGRESS_SOCKET_ENV.into(),
-                    format!("{SANDBOX_RUN}/{}", crate::egress::PROXY_SOCKET_NAME),
+                    nanoclaw_egress::EGRESS_SOCKET_ENV.into(),
+                    format!("{SANDBOX_RUN}/{}", nanoclaw_egress::PROXY_SOCKET_NAME),
                 );
                 // TLS interception: the sandbox gets the local CA's certificate (never its
                 // key) in a bundle with the system roots, and the secrets' placeholders.
@@ -418,8 +418,8 @@ impl AgentPool {
                     ca.write_bundle(run_dir)
                         .map_err(|e| SpawnError::Prepare(format!("CA bundle: {e}")))?;
                     env.insert(
-                        crate::egress::CA_BUNDLE_ENV.into(),
-                        format!("{SANDBOX_RUN}/{}", crate::egress::SANDBOX_CA_BUNDLE),
+                        nanoclaw_egress::CA_BUNDLE_ENV.into(),
+                        format!("{SANDBOX_RUN}/{}", nanoclaw_egress::SANDBOX_CA_BUNDLE),
                     );
                 }
                 env.extend(self.egress.placeholder_env(&group.folder).await);
@@ -500,7 +500,7 @@ impl AgentPool {
 /// What a live agent keeps alive for its sandbox while it runs.
 struct SandboxServices {
     relay: RelayHandle,
-    egress: Option<crate::egress::EgressHandle>,
+    egress: Option<nanoclaw_egress::EgressHandle>,
     permit: OwnedSemaphorePermit,
     run_dir: PathBuf,
 }

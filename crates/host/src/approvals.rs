@@ -8,7 +8,7 @@ use nanoclaw_store::{ApprovalState, NewOutbound, OutboundKind, Store, StoreError
 use tokio::sync::Notify;
 
 use crate::channel::{InboundEvent, RouteOutcome};
-use crate::egress::{ApprovalNotifier, ApprovalRequest};
+use nanoclaw_egress::{ApprovalNotifier, ApprovalRequest};
 
 /// Posts "group G wants to use secret S on H" to the owner's terminal chat, once per request.
 pub struct ChatApprovalNotifier {

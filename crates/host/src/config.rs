@@ -288,7 +288,7 @@ pub struct RelaySection {
 
 impl Default for RelaySection {
     fn default() -> Self {
-        let limits = crate::relay::RelayLimits::default();
+        let limits = nanoclaw_egress::relay::RelayLimits::default();
         Self {
             max_connections_per_sandbox: limits.max_connections_per_sandbox,
             max_connections_total: limits.max_connections_total,
@@ -301,8 +301,8 @@ impl Default for RelaySection {
 }
 
 impl RelaySection {
-    pub fn to_limits(&self) -> crate::relay::RelayLimits {
-        crate::relay::RelayLimits {
+    pub fn to_limits(&self) -> nanoclaw_egress::relay::RelayLimits {
+        nanoclaw_egress::relay::RelayLimits {
             max_connections_per_sandbox: self.max_connections_per_sandbox,
             max_connections_total: self.max_connections_total,
             max_requests_in_flight: self.max_requests_in_flight,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::Method;
-use nanoclaw_host::egress::{
+use nanoclaw_egress::{
     AddressGuard, EgressDecision, EgressPolicy, EgressProxy, MemoryAudit, NoSecrets,
     StaticPolicies, StaticResolver,
 };
@@ -83,7 +83,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     audit: Arc<MemoryAudit>,
-    _handle: nanoclaw_host::egress::EgressHandle,
+    _handle: nanoclaw_egress::EgressHandle,
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -503,7 +503,7 @@ fn cli(home: &Path, args: &[&str]) -> (bool, String) {
 /// the proxy applies them to a running socket without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_rules_reach_the_store_policy_and_apply_to_a_running_proxy() {
-    use nanoclaw_host::egress::{PolicySource, StorePolicySource};
+    use nanoclaw_egress::{PolicySource, StorePolicySource};
     use nanoclaw_store::{NewGroup, Store};
 
     let home = nanoclaw_test_support::TestHome::new();
@@ -572,7 +572,7 @@ async fn cli_rules_reach_the_store_policy_and_apply_to_a_running_proxy() {
     let p = source.policy("main").await.unwrap();
     // The cache may still hold the empty policy for up to a second.
     let p = if p.allow.is_empty() {
-        tokio::time::sleep(nanoclaw_host::egress::source::STORE_POLICY_TTL).await;
+        tokio::time::sleep(nanoclaw_egress::source::STORE_POLICY_TTL).await;
         source.policy("main").await.unwrap()
     } else {
         p

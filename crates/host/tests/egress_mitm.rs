@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use nanoclaw_host::egress::{
+use nanoclaw_egress::{
     AddressGuard, EgressDecision, EgressPolicy, EgressProxy, Interception, LocalCa, MemoryAudit,
-    MemoryNotifier, StaticPolicies, StaticResolver, VaultSecrets,
+    MemoryNotifier, StaticPolicies, StaticResolver,
 };
+use nanoclaw_host::egress_vault::VaultSecrets;
 use nanoclaw_store::Store;
 use nanoclaw_vault::{GrantRequest, MasterKey, SecretString, Vault};
 use rustls_pki_types::CertificateDer;
@@ -135,7 +136,7 @@ struct Fixture {
     proxy: EgressProxy,
     proxy_url: String,
     up: Upstream,
-    _handle: nanoclaw_host::egress::EgressHandle,
+    _handle: nanoclaw_egress::EgressHandle,
 }
 
 async fn grant(vault: &Vault, name: &str, host: &str, inject: &str) {
@@ -394,7 +395,7 @@ async fn a_placeholder_is_swapped_on_its_bound_host_only() {
         .unwrap();
     assert!(!placeholder.contains(OPENAI));
     assert!(
-        placeholder.starts_with(nanoclaw_host::egress::PLACEHOLDER_PREFIX),
+        placeholder.starts_with(nanoclaw_egress::PLACEHOLDER_PREFIX),
         "{placeholder}"
     );
     let c = fx.client();
@@ -589,7 +590,7 @@ fn the_proxy_knows_the_vaults_placeholder_form() {
         assert!(
             vault
                 .placeholder("x", 1)
-                .starts_with(nanoclaw_host::egress::PLACEHOLDER_PREFIX)
+                .starts_with(nanoclaw_egress::PLACEHOLDER_PREFIX)
         );
     });
 }

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use nanoclaw_host::relay::{ModelUpstreams, Relay, Upstream, UpstreamAuth};
+use nanoclaw_egress::relay::{ModelUpstreams, Relay, Upstream, UpstreamAuth};
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -10,8 +10,8 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::config::Paths;
-use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_sandbox::{
     RelayTransport, Runtime, SandboxControl, SandboxError, SandboxProcess, SandboxSpec,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nanoclaw_host::channel::terminal::TerminalClient;
 use nanoclaw_host::config::Config;
-use nanoclaw_host::relay::ModelUpstreams;
+use nanoclaw_egress::relay::ModelUpstreams;
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_sandbox::Runtime;
 use nanoclaw_test_support::scripted_model::ScriptedModel;

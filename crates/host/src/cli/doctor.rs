@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use nanoclaw_egress::relay::ModelUpstreams;
 use nanoclaw_host::config::{Config, Paths};
-use nanoclaw_host::relay::ModelUpstreams;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -325,7 +325,7 @@ fn database_check(db: &std::path::Path) -> (Check, Option<nanoclaw_store::Store>
 /// One cheap authenticated request (the model list) with the configured key: a rejected key
 /// fails; a network failure is only a warning (the API may be unreachable just now).
 async fn verify_key(upstreams: &ModelUpstreams, provider: &str, in_vault: bool) -> Check {
-    use nanoclaw_host::relay::UpstreamAuth;
+    use nanoclaw_egress::relay::UpstreamAuth;
     let check = |ok: bool, optional: bool, detail: String| Check {
         name: "model credentials",
         ok,

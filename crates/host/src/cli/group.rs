@@ -324,7 +324,7 @@ pub async fn egress_set(
     pattern: String,
     action: nanoclaw_store::EgressAction,
 ) -> anyhow::Result<ExitCode> {
-    use nanoclaw_host::egress::DomainPattern;
+    use nanoclaw_egress::DomainPattern;
     let pattern = DomainPattern::parse(&pattern)?.to_string();
     let (store, _) = open()?;
     let group = group_or_bail(&store, &folder).await?;
@@ -342,7 +342,7 @@ pub async fn egress_set(
 
 /// `nanoclaw group egress rm FOLDER PATTERN`.
 pub async fn egress_rm(folder: String, pattern: String) -> anyhow::Result<ExitCode> {
-    use nanoclaw_host::egress::DomainPattern;
+    use nanoclaw_egress::DomainPattern;
     // Accept the pattern as typed or as stored.
     let normalized = DomainPattern::parse(&pattern)
         .map(|p| p.to_string())
@@ -376,7 +376,7 @@ pub async fn egress_list(folder: String, json: bool) -> anyhow::Result<ExitCode>
                 "group": group.folder,
                 "rules": rules,
                 "methods": settings.methods,
-                "ports": settings.ports.clone().unwrap_or_else(|| nanoclaw_host::egress::DEFAULT_PORTS.to_vec()),
+                "ports": settings.ports.clone().unwrap_or_else(|| nanoclaw_egress::DEFAULT_PORTS.to_vec()),
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -396,7 +396,7 @@ pub async fn egress_list(folder: String, json: bool) -> anyhow::Result<ExitCode>
         .unwrap_or_else(|| "all".into());
     let ports = settings
         .ports
-        .unwrap_or_else(|| nanoclaw_host::egress::DEFAULT_PORTS.to_vec())
+        .unwrap_or_else(|| nanoclaw_egress::DEFAULT_PORTS.to_vec())
         .iter()
         .map(u16::to_string)
         .collect::<Vec<_>>()
@@ -472,7 +472,7 @@ pub async fn egress_ports(folder: String, list: String) -> anyhow::Result<ExitCo
         .await?;
     let shown = settings
         .ports
-        .unwrap_or_else(|| nanoclaw_host::egress::DEFAULT_PORTS.to_vec())
+        .unwrap_or_else(|| nanoclaw_egress::DEFAULT_PORTS.to_vec())
         .iter()
         .map(u16::to_string)
         .collect::<Vec<_>>()

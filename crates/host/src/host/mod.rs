@@ -37,7 +37,7 @@ use crate::agents::AgentPool;
 use crate::channel::{Channel, ChannelContext, ChannelEvent};
 use crate::config::{Config, Paths};
 use crate::now_ms;
-use crate::relay::{ModelUpstreams, Relay};
+use nanoclaw_egress::relay::{ModelUpstreams, Relay};
 use lock::HostLock;
 
 /// What a host is started with.
@@ -365,17 +365,17 @@ fn build_egress(
     store: &Store,
     paths: &Paths,
     vault: Option<&nanoclaw_vault::Vault>,
-) -> crate::egress::EgressProxy {
-    use crate::egress as eg;
+) -> nanoclaw_egress::EgressProxy {
+    use nanoclaw_egress as eg;
     let policies = Arc::new(eg::StorePolicySource::new(store.clone()));
     let resolver = Arc::new(eg::SystemResolver);
-    let audit = Arc::new(eg::VaultAudit::new(nanoclaw_vault::Audit::new(
+    let audit = Arc::new(crate::egress_vault::VaultAudit::new(nanoclaw_vault::Audit::new(
         store.clone(),
     )));
     let Some(vault) = vault else {
         return eg::EgressProxy::build(policies, resolver, audit, Arc::new(eg::NoSecrets));
     };
-    let secrets = Arc::new(eg::VaultSecrets::new(vault.clone()));
+    let secrets = Arc::new(crate::egress_vault::VaultSecrets::new(vault.clone()));
     let interception = eg::LocalCa::load_or_create(&paths.home.join(eg::ca::CA_DIR_NAME))
         .map_err(|e| e.to_string())
         .map(|ca| eg::Interception {

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
 use nanoclaw_host::config::{Config, Paths};
-use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_sandbox::image::{self, ImageBuild, ImageError, ImageKind, ImageStatus};
 use nanoclaw_sandbox::{DockerRuntime, Runtime};

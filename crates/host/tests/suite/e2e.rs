@@ -241,8 +241,8 @@ async fn bad_terminal_input_gets_an_error_and_the_connection_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_compatible_group_gets_its_answer_through_the_relay() {
+    use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
     use nanoclaw_host::config::Paths;
-    use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
     use nanoclaw_host::{Host, HostOptions};
 
     let home = TestHome::new();

@@ -8,7 +8,7 @@
 use std::process::{Command, Output};
 
 use super::common;
-use nanoclaw_host::relay::{ModelUpstreams, Relay, RelayLimits, Upstream, UpstreamAuth};
+use nanoclaw_egress::relay::{ModelUpstreams, Relay, RelayLimits, Upstream, UpstreamAuth};
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
 

@@ -265,9 +265,9 @@ impl nanoclaw_sandbox::Runtime for FlakyRuntime {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_wait_for_an_unreachable_engine_and_are_answered_when_it_returns() {
+    use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
     use nanoclaw_host::HostOptions;
     use nanoclaw_host::config::Paths;
-    use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 
     let home = TestHome::new();
     let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))

@@ -7,7 +7,7 @@
 use super::common::*;
 use nanoclaw_host::channel::terminal::ServerLine;
 use nanoclaw_host::config::Paths;
-use nanoclaw_host::relay::{ModelUpstreams, Upstream, UpstreamAuth};
+use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_store::Store;
 use nanoclaw_test_support::TestHome;

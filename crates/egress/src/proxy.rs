@@ -24,13 +24,13 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::ca::LocalCa;
-use super::mitm::{Mitm, Scanned, scan_request};
-use super::policy::{EgressPolicy, Refusal, RefusalRule, TargetHost};
-use super::rate::RateLimiter;
-use super::resolve::{Resolve, SystemResolver};
-use super::source::PolicySource;
-use super::{
+use crate::ca::LocalCa;
+use crate::mitm::{Mitm, Scanned, scan_request};
+use crate::policy::{EgressPolicy, Refusal, RefusalRule, TargetHost};
+use crate::rate::RateLimiter;
+use crate::resolve::{Resolve, SystemResolver};
+use crate::source::PolicySource;
+use crate::{
     ApprovalNotifier, EgressAudit, EgressDecision, EgressRecord, EgressSecrets, LogNotifier,
     NoSecrets, TracingAudit,
 };
@@ -565,7 +565,7 @@ async fn handle(
         {
             Ok(true) => {
                 let slot = slot.lock().ok().and_then(|mut s| s.take());
-                return super::mitm::intercept(
+                return crate::mitm::intercept(
                     inner, mitm, group, req, pending, target, addrs, reason, shutdown, slot,
                 );
             }
@@ -784,7 +784,7 @@ async fn tunnel(
                 let mut client = TokioIo::new(upgraded);
                 if let Some((host, is_ip)) = tls {
                     let checked = tokio::select! {
-                        r = super::sni::check_client_hello(&mut client, &host, is_ip) => r,
+                        r = crate::sni::check_client_hello(&mut client, &host, is_ip) => r,
                         _ = shutdown.changed() => return,
                     };
                     let hello = match checked {

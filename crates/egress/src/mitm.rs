@@ -26,12 +26,12 @@ use rustls_pki_types::ServerName;
 use tokio::sync::{Mutex, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::ca::LocalCa;
-use super::proxy::{
+use crate::ca::LocalCa;
+use crate::proxy::{
     CONNECT_TIMEOUT, ConnSlot, Counted, Finisher, Inner, Interception, Pending, ProxyBody, Target,
     connect_any, refuse_with, strip_hop_by_hop,
 };
-use super::{Approval, ApprovalRequest};
+use crate::{Approval, ApprovalRequest};
 
 /// Request bodies the leak guard buffers to scan; a larger one is refused (413).
 pub const MAX_SCANNED_BODY: usize = 32 * 1024 * 1024;
@@ -141,7 +141,7 @@ pub(super) fn intercept(
         target.authority.clone()
     };
     let authority = match &target.host {
-        super::TargetHost::Ip(std::net::IpAddr::V6(_)) => target.authority.clone(),
+        crate::TargetHost::Ip(std::net::IpAddr::V6(_)) => target.authority.clone(),
         _ => authority,
     };
     pending.disarm();

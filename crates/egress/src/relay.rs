@@ -752,7 +752,7 @@ where
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    crate::egress::proxy::answer_and_close(stream, answer.as_bytes()).await;
+    crate::proxy::answer_and_close(stream, answer.as_bytes()).await;
 }
 
 /// An error in the shape the calling provider understands, so the agent reports it

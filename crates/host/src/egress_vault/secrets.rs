@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use nanoclaw_vault::{Injection, LeakGuard, SecretString, Vault, host_matches, normalize_host};
 
-use super::{Approval, EgressSecrets};
+use nanoclaw_egress::{Approval, EgressSecrets};
 use nanoclaw_store::ApprovalState;
 
 pub struct VaultSecrets {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use http::Method;
 use nanoclaw_store::{EgressAction, Store};
 
-use super::policy::{AddressGuard, DEFAULT_PORTS, DomainPattern, EgressPolicy};
+use crate::policy::{AddressGuard, DEFAULT_PORTS, DomainPattern, EgressPolicy};
 
 /// How long a policy read from the store is reused: changes made with the CLI (another
 /// process) apply within this time, without a restart.

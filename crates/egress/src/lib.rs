@@ -28,31 +28,37 @@
 //! injection in a sliding minute ([`rate`]); over it, `429` with `retry-after`.
 //!
 //! Not yet: scanning responses, a TCP transport for VM runtimes.
+//!
+//! The model relay ([`relay`]) lives here too: it is the sandbox's other way out, to the model
+//! provider, with the API key added on the host side. The vault-backed implementations of
+//! [`EgressSecrets`] and [`EgressAudit`] are the host's (`nanoclaw_host::egress_vault`).
 
 pub mod ca;
 mod mitm;
 pub mod policy;
 pub mod proxy;
 pub mod rate;
+pub mod relay;
 pub mod resolve;
 mod sni;
 pub mod source;
 
 use std::sync::{Arc, Mutex};
 
+pub use ca::{CA_BUNDLE_ENV, CaError, LocalCa, SANDBOX_CA_BUNDLE, SANDBOX_CA_CERT};
+pub use mitm::{MAX_SCANNED_BODY, PLACEHOLDER_PREFIX};
 pub use policy::{
     AddressGuard, BlockedRange, DEFAULT_PORTS, DomainPattern, EgressPolicy, PatternError, Refusal,
     RefusalRule, TargetHost, blocked_range,
 };
-mod vault_audit;
-mod vault_secrets;
-pub use ca::{CA_BUNDLE_ENV, CaError, LocalCa, SANDBOX_CA_BUNDLE, SANDBOX_CA_CERT};
-pub use mitm::{MAX_SCANNED_BODY, PLACEHOLDER_PREFIX};
 pub use proxy::{EgressHandle, EgressProxy, Interception};
 pub use resolve::{Resolve, StaticResolver, SystemResolver};
 pub use source::{PolicySource, StaticPolicies, StorePolicySource};
-pub use vault_audit::VaultAudit;
-pub use vault_secrets::VaultSecrets;
+
+/// Milliseconds since the Unix epoch (audit record times).
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
 
 /// Name of the proxy socket in a sandbox's run dir (next to `model.sock`).
 pub const PROXY_SOCKET_NAME: &str = nanoclaw_protocol::contract::paths::EGRESS_SOCKET_NAME;
@@ -145,8 +151,8 @@ impl EgressAudit for MemoryAudit {
     }
 }
 
-/// What the proxy needs from the vault ([`VaultSecrets`] is the real one). Errors are
-/// messages; the proxy refuses the request (fails closed) when one comes back.
+/// What the proxy needs from the vault (the host's `VaultSecrets` is the real one). The proxy
+/// refuses the request (fails closed) when an error comes back.
 #[async_trait::async_trait]
 pub trait EgressSecrets: Send + Sync {
     /// Whether `group` has any credential grant on `host` (then CONNECT to it is intercepted).

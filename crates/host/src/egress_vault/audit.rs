@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use nanoclaw_vault::{Audit, AuditEntry, Decision};
 use tokio::sync::mpsc;
 
-use super::{EgressAudit, EgressDecision, EgressRecord};
+use nanoclaw_egress::{EgressAudit, EgressDecision, EgressRecord};
 
 /// Records waiting for the writer; more are dropped (and the drop itself recorded).
 pub const AUDIT_BACKLOG: usize = 4096;
