@@ -14,7 +14,7 @@
 //! (no second lookup, so DNS rebinding cannot swap it). Refusals are `403` with a body naming
 //! the rule. Every decision goes to an [`EgressAudit`].
 //!
-//! TLS interception ([`mitm`]): CONNECT to a host where the group has a credential grant is
+//! TLS interception (`mitm.rs`): CONNECT to a host where the group has a credential grant is
 //! answered by the proxy itself with a leaf certificate from the local CA ([`ca`]); each
 //! request inside gets the credential set (header or query parameter), placeholders bound to
 //! that host swapped for their real values, and goes on over real TLS (system roots, SNI =

@@ -290,6 +290,30 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     };
     pending.secret = injection.as_ref().map(|i| i.secret_name.clone());
     drop(injection);
+    dispatch(
+        &c,
+        pending,
+        parts.method,
+        headers,
+        &path_and_query,
+        body,
+        up_count,
+    )
+    .await
+}
+
+/// Sends the checked, injected request upstream and streams the answer back, counting bytes
+/// both ways for the audit entry written when the answer ends.
+async fn dispatch(
+    c: &Conn,
+    mut pending: Pending,
+    method: http::Method,
+    mut headers: http::HeaderMap,
+    path_and_query: &str,
+    body: ProxyBody,
+    up_count: Arc<AtomicU64>,
+) -> Response<ProxyBody> {
+    let inner = &c.inner;
     match HeaderValue::from_str(&c.authority) {
         Ok(v) => {
             headers.insert(header::HOST, v);
@@ -317,7 +341,7 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
         }
     };
     let mut upstream_req = Request::new(body);
-    *upstream_req.method_mut() = parts.method;
+    *upstream_req.method_mut() = method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;
     pending.dispatched = true;

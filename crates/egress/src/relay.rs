@@ -769,38 +769,10 @@ fn relay_error(provider: &str, status: StatusCode, kind: &str, message: String) 
 async fn relay_request(State(state): State<RelayState>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
-    let (provider, rest) = match path.strip_prefix("/anthropic/") {
-        Some(rest) => ("anthropic", rest),
-        None => match path.strip_prefix("/openai/") {
-            Some(rest) => ("openai", rest),
-            None => {
-                tracing::warn!(sandbox = %state.sandbox, %path, "relay refused a non-model path");
-                return relay_error(
-                    "anthropic",
-                    StatusCode::NOT_FOUND,
-                    "not_found_error",
-                    format!(
-                        "nanoclaw relay: {path} is not a model API path (use /anthropic/… or /openai/…)"
-                    ),
-                );
-            }
-        },
+    let (provider, rest) = match allowed_call(&state, request.method(), &path, query.as_deref()) {
+        Ok(call) => call,
+        Err(refusal) => return *refusal,
     };
-    let allowed = ALLOWED_CALLS
-        .iter()
-        .any(|(p, m, r)| *p == provider && *m == request.method().as_str() && *r == rest);
-    if !allowed || query.is_some() {
-        tracing::warn!(sandbox = %state.sandbox, provider, method = %request.method(), %path, "relay refused a call outside the model API");
-        return relay_error(
-            provider,
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            format!(
-                "nanoclaw relay: {} {path} is not a model call the relay makes (only messages, token counting and the model list)",
-                request.method()
-            ),
-        );
-    }
     let limits = &state.relay.limits;
     // Held until the answer has been streamed to the end (or the client went away).
     let Ok(in_flight) = Arc::clone(&state.in_flight).try_acquire_owned() else {
@@ -817,20 +789,90 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
     };
     let method = request.method().clone();
     let headers = forwarded_headers(request.headers(), FORWARDED_REQUEST_HEADERS);
-    let body = axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES);
+    let body = match read_body(&state, provider, request.into_body()).await {
+        Ok(body) => body,
+        Err(refusal) => return *refusal,
+    };
+    let upstream = match upstream_for(&state, provider).await {
+        Ok(upstream) => upstream,
+        Err(refusal) => return *refusal,
+    };
+    let call = Call {
+        provider,
+        rest: &rest,
+        query,
+        method,
+        headers,
+        body,
+    };
+    forward(&state, call, &upstream, in_flight).await
+}
+
+/// The provider and the path below it, when the request is one of the model calls the relay
+/// makes ([`ALLOWED_CALLS`]); the refusal to send otherwise.
+fn allowed_call(
+    state: &RelayState,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+) -> Result<(&'static str, String), Box<Response>> {
+    let refuse = |response: Response| Err(Box::new(response));
+    let (provider, rest) = match path.strip_prefix("/anthropic/") {
+        Some(rest) => ("anthropic", rest),
+        None => match path.strip_prefix("/openai/") {
+            Some(rest) => ("openai", rest),
+            None => {
+                tracing::warn!(sandbox = %state.sandbox, %path, "relay refused a non-model path");
+                return refuse(relay_error(
+                    "anthropic",
+                    StatusCode::NOT_FOUND,
+                    "not_found_error",
+                    format!(
+                        "nanoclaw relay: {path} is not a model API path (use /anthropic/… or /openai/…)"
+                    ),
+                ));
+            }
+        },
+    };
+    let allowed = ALLOWED_CALLS
+        .iter()
+        .any(|(p, m, r)| *p == provider && *m == method.as_str() && *r == rest);
+    if !allowed || query.is_some() {
+        tracing::warn!(sandbox = %state.sandbox, provider, method = %method, %path, "relay refused a call outside the model API");
+        return refuse(relay_error(
+            provider,
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!(
+                "nanoclaw relay: {method} {path} is not a model call the relay makes (only messages, token counting and the model list)"
+            ),
+        ));
+    }
+    Ok((provider, rest.to_owned()))
+}
+
+/// The request body, within the size and time limits, refused when it asks the provider to
+/// reach the network by itself.
+async fn read_body(
+    state: &RelayState,
+    provider: &'static str,
+    body: Body,
+) -> Result<bytes::Bytes, Box<Response>> {
+    let limits = &state.relay.limits;
+    let body = axum::body::to_bytes(body, MAX_REQUEST_BYTES);
     let body = match tokio::time::timeout(limits.body_timeout, body).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
-            return relay_error(
+            return Err(Box::new(relay_error(
                 provider,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
                 format!("nanoclaw relay: request body refused: {e}"),
-            );
+            )));
         }
         Err(_) => {
             tracing::warn!(sandbox = %state.sandbox, provider, "relay refused a request: body too slow");
-            return relay_error(
+            return Err(Box::new(relay_error(
                 provider,
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
@@ -838,31 +880,40 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
                     "nanoclaw relay: the request body did not arrive within {} s",
                     limits.body_timeout.as_secs()
                 ),
-            );
+            )));
         }
     };
     if let Some(why) = requests_provider_side_network(provider, &body) {
         tracing::warn!(sandbox = %state.sandbox, provider, %why, "relay refused provider-side network use");
-        return relay_error(
+        return Err(Box::new(relay_error(
             provider,
             StatusCode::FORBIDDEN,
             "permission_error",
             format!(
                 "nanoclaw relay: {why}; the sandbox has no network, and the provider is not its proxy"
             ),
-        );
+        )));
     }
 
+    Ok(body)
+}
+
+/// Where the provider's calls go and with which credential; the refusal when the key cannot be
+/// read or none is configured.
+async fn upstream_for(
+    state: &RelayState,
+    provider: &'static str,
+) -> Result<Upstream, Box<Response>> {
     let upstream = match state.relay.upstream_for(provider).await {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::error!(sandbox = %state.sandbox, provider, error = %e, "reading the model key from the vault failed");
-            return relay_error(
+            return Err(Box::new(relay_error(
                 provider,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "api_error",
                 format!("nanoclaw could not read the {provider} key from its vault: {e}"),
-            );
+            )));
         }
     };
     let Some(upstream) = upstream else {
@@ -871,14 +922,43 @@ async fn relay_request(State(state): State<RelayState>, request: Request) -> Res
         } else {
             "set OPENAI_API_KEY and/or OPENAI_BASE_URL where nanoclaw runs and restart it, or store the key with `nanoclaw vault set openai`"
         };
-        return relay_error(
+        return Err(Box::new(relay_error(
             provider,
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             format!("nanoclaw has no {provider} credentials configured: {fix}"),
-        );
+        )));
     };
 
+    Ok(upstream)
+}
+
+/// One allowed model call, read and checked, ready to go upstream.
+struct Call<'a> {
+    provider: &'static str,
+    rest: &'a str,
+    query: Option<String>,
+    method: http::Method,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+/// Sends the call upstream with the credential and streams the answer back; `in_flight` is
+/// held until the answer has been streamed to its end.
+async fn forward(
+    state: &RelayState,
+    call: Call<'_>,
+    upstream: &Upstream,
+    in_flight: OwnedSemaphorePermit,
+) -> Response {
+    let Call {
+        provider,
+        rest,
+        query,
+        method,
+        headers,
+        body,
+    } = call;
     let mut url = format!("{}/{}", upstream.base_url.trim_end_matches('/'), rest);
     if let Some(q) = query {
         url.push('?');

@@ -142,7 +142,7 @@ enum GroupCommand {
         #[arg(long)]
         timezone: Option<String>,
     },
-    /// Extra host folders a group's agents see at /workspace/extra/<name>, allowed only by the
+    /// Extra host folders a group's agents see at `/workspace/extra/<name>`, allowed only by the
     /// mount allowlist (~/.config/nanoclaw/mount-allowlist.toml; see docs/SECURITY.md).
     Mount {
         #[command(subcommand)]

@@ -1,4 +1,4 @@
 //! The host's integration tests, as one test binary (one link, one process): each former
-//! test file is a module of `suite`. The egress and relay tests are separate binaries for now.
+//! test file is a module of `suite`.
 
 mod suite;

@@ -6,7 +6,7 @@
 //!   `nanoclaw` system user and group when they exist, else [`FALLBACK_ID`]. The native
 //!   runtime starts bwrap with it (so the sandbox's uid 1000 maps to it, never to host
 //!   root), Docker runs the container as it, and the writable mounts are handed to it
-//!   ([`hand_over`]) without ever following a link.
+//!   (`hand_over`) without ever following a link.
 //!
 //! A configuration that would map a sandbox to uid or gid 0 (a `nanoclaw` user with id 0, a
 //! non-root host user whose group is 0) is refused: [`SandboxUser::check`].

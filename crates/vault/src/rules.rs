@@ -123,7 +123,7 @@ pub fn path_matches(prefix: &str, path: &str) -> bool {
 /// Where an inject template puts the secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Template {
-    /// Header `name`; its value is `value` with [`SECRET_MARKER`] replaced by the secret.
+    /// Header `name`; its value is `value` with `SECRET_MARKER` replaced by the secret.
     Header { name: String, value: String },
     /// Query parameter `param` set to the secret.
     Query { param: String },

@@ -1,5 +1,5 @@
 //! Shared pieces of the host benchmarks: an in-process host with the scripted model (through
-//! the tests' harness, `tests/common`, so no helper is written twice), plus the latency
+//! the tests' harness, `tests/suite/common.rs`, so no helper is written twice), plus the latency
 //! tables, fake agent and `/proc` figures of `nanoclaw-test-support`.
 //!
 //! Benches are test code: a failed precondition should stop the run loudly. Each bench uses
@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nanoclaw_egress::relay::ModelUpstreams;
 use nanoclaw_host::channel::terminal::TerminalClient;
 use nanoclaw_host::config::Config;
-use nanoclaw_egress::relay::ModelUpstreams;
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_sandbox::Runtime;
 use nanoclaw_test_support::scripted_model::ScriptedModel;
 
-#[path = "../../tests/common/mod.rs"]
+#[path = "../../tests/suite/common.rs"]
 mod harness;
 
 pub use harness::{daemon_command, main_and_terminal, minimal_docker_runtime, options_with_agent};

@@ -37,8 +37,8 @@ use crate::agents::AgentPool;
 use crate::channel::{Channel, ChannelContext, ChannelEvent};
 use crate::config::{Config, Paths};
 use crate::now_ms;
-use nanoclaw_egress::relay::{ModelUpstreams, Relay};
 use lock::HostLock;
+use nanoclaw_egress::relay::{ModelUpstreams, Relay};
 
 /// What a host is started with.
 pub struct HostOptions {
@@ -369,9 +369,9 @@ fn build_egress(
     use nanoclaw_egress as eg;
     let policies = Arc::new(eg::StorePolicySource::new(store.clone()));
     let resolver = Arc::new(eg::SystemResolver);
-    let audit = Arc::new(crate::egress_vault::VaultAudit::new(nanoclaw_vault::Audit::new(
-        store.clone(),
-    )));
+    let audit = Arc::new(crate::egress_vault::VaultAudit::new(
+        nanoclaw_vault::Audit::new(store.clone()),
+    ));
     let Some(vault) = vault else {
         return eg::EgressProxy::build(policies, resolver, audit, Arc::new(eg::NoSecrets));
     };

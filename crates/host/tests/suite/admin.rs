@@ -7,11 +7,11 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::common::*;
+use nanoclaw_egress::relay::ModelUpstreams;
 use nanoclaw_host::Host;
 use nanoclaw_host::HostOptions;
 use nanoclaw_host::channel::{ChannelEvent, InboundEvent};
 use nanoclaw_host::config::Paths;
-use nanoclaw_egress::relay::ModelUpstreams;
 use nanoclaw_store::{NewGroup, SessionMode};
 use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use nanoclaw_test_support::{TestHome, eventually};

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::common::*;
-use nanoclaw_host::config::Paths;
 use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
+use nanoclaw_host::config::Paths;
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_sandbox::Runtime;
 use nanoclaw_test_support::TestHome;

@@ -8,8 +8,8 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::common::*;
-use nanoclaw_host::config::Paths;
 use nanoclaw_egress::relay::ModelUpstreams;
+use nanoclaw_host::config::Paths;
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_test_support::TestHome;
 

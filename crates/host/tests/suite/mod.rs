@@ -1,7 +1,5 @@
 //! One module per former test file; `cargo test -p nanoclaw --test all <module>::` runs one of them.
 
-// The harness stays at `tests/common/mod.rs`: the test binaries outside `all` use it too.
-#[path = "../common/mod.rs"]
 mod common;
 
 mod admin;
@@ -11,9 +9,13 @@ mod cli;
 mod containment;
 mod crash;
 mod e2e;
+mod egress;
+mod egress_mitm;
 mod hostile_agent;
 mod model_relay;
 mod mounts;
+mod relay_tcp;
+mod relay_transport;
 mod routing;
 mod task_properties;
 mod tasks;

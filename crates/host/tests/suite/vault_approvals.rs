@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::common::*;
+use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::channel::terminal::TERMINAL_CHAT_ID;
 use nanoclaw_host::channel::{ChannelEvent, InboundEvent, RouteOutcome};
 use nanoclaw_host::config::Paths;
-use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_store::{ApprovalState, NewGroup, SessionMode, Store};
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};

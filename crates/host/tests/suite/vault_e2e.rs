@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::common::*;
+use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::channel::terminal::ServerLine;
 use nanoclaw_host::config::Paths;
-use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_store::Store;
 use nanoclaw_test_support::TestHome;

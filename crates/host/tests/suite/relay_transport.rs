@@ -5,11 +5,9 @@
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use super::common::*;
 use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::config::Paths;
 use nanoclaw_host::{Host, HostOptions};
