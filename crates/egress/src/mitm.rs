@@ -345,7 +345,7 @@ async fn dispatch(
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;
     pending.dispatched = true;
-    match send(&c, upstream_req).await {
+    match send(c, upstream_req).await {
         Ok(resp) => {
             let (mut rparts, rbody) = resp.into_parts();
             strip_hop_by_hop(&mut rparts.headers);
