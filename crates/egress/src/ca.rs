@@ -62,9 +62,39 @@ pub enum CaError {
     #[error(
         "local CA: the files in {dir} do not form a usable CA ({why}); move the directory away to make a new CA"
     )]
-    Corrupt { dir: PathBuf, why: String },
+    Corrupt { dir: PathBuf, why: CaMaterialError },
     #[error("local CA: cannot issue a certificate for {host}: {why}")]
-    Issue { host: String, why: String },
+    Issue { host: String, why: LeafError },
+}
+
+/// What is wrong with the CA's key or certificate (read from disk or just made).
+#[derive(Debug, thiserror::Error)]
+pub enum CaMaterialError {
+    #[error("the key: {0}")]
+    Key(rcgen::Error),
+    #[error("the certificate: {0}")]
+    CertificatePem(rustls_pki_types::pem::Error),
+    #[error("the certificate: {0}")]
+    Certificate(rcgen::Error),
+    #[error("generating the key: {0}")]
+    GenerateKey(rcgen::Error),
+    #[error("self-signing: {0}")]
+    SelfSign(rcgen::Error),
+}
+
+/// Why a leaf certificate for one host could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum LeafError {
+    #[error("not a DNS name: {0}")]
+    NotDnsName(rcgen::Error),
+    #[error("key: {0}")]
+    Key(rcgen::Error),
+    #[error("signing: {0}")]
+    Signing(rcgen::Error),
+    #[error("loading the key: {0}")]
+    LoadKey(rustls::Error),
+    #[error("TLS versions: {0}")]
+    TlsVersions(rustls::Error),
 }
 
 struct Leaf {
@@ -134,12 +164,12 @@ impl LocalCa {
         Self::from_pem(&cert_pem, &key_pem).map_err(corrupt)
     }
 
-    fn from_pem(cert_pem: &str, key_pem: &str) -> Result<LocalCa, String> {
-        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the key: {e}"))?;
+    fn from_pem(cert_pem: &str, key_pem: &str) -> Result<LocalCa, CaMaterialError> {
+        let key = KeyPair::from_pem(key_pem).map_err(CaMaterialError::Key)?;
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| format!("the certificate: {e}"))?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
-            .map_err(|e| format!("the certificate: {e}"))?;
+            .map_err(CaMaterialError::CertificatePem)?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der, key).map_err(CaMaterialError::Certificate)?;
         Ok(LocalCa {
             issuer,
             cert_pem: cert_pem.to_owned(),
@@ -225,7 +255,7 @@ impl LocalCa {
     }
 
     fn issue(&self, host: &str) -> Result<ServerConfig, CaError> {
-        let fail = |why: String| CaError::Issue {
+        let fail = |why: LeafError| CaError::Issue {
             host: host.to_owned(),
             why,
         };
@@ -235,7 +265,7 @@ impl LocalCa {
             Err(_) => SanType::DnsName(
                 host.to_owned()
                     .try_into()
-                    .map_err(|e| fail(format!("not a DNS name: {e}")))?,
+                    .map_err(|e| fail(LeafError::NotDnsName(e)))?,
             ),
         }];
         let mut dn = DistinguishedName::new();
@@ -248,23 +278,23 @@ impl LocalCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().map_err(|e| fail(format!("key: {e}")))?;
+        let key = KeyPair::generate().map_err(|e| fail(LeafError::Key(e)))?;
         let cert = params
             .signed_by(&key, &self.issuer)
-            .map_err(|e| fail(format!("signing: {e}")))?;
+            .map_err(|e| fail(LeafError::Signing(e)))?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let signing = self
             .provider
             .key_provider
             .load_private_key(key_der)
-            .map_err(|e| fail(format!("loading the key: {e}")))?;
+            .map_err(|e| fail(LeafError::LoadKey(e)))?;
         let certified = Arc::new(CertifiedKey::new(
             vec![cert.der().clone(), self.cert_der.clone()],
             signing,
         ));
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| fail(format!("TLS versions: {e}")))?
+            .map_err(|e| fail(LeafError::TlsVersions(e)))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Fixed(certified)));
         // The proxy speaks HTTP/1.1 to the client; ALPN keeps h2-capable clients on it.
@@ -286,8 +316,8 @@ impl ResolvesServerCert for Fixed {
 }
 
 /// A new CA: ECDSA P-256, valid ten years, usable only to sign certificates.
-fn generate_ca() -> Result<(String, String), String> {
-    let key = KeyPair::generate().map_err(|e| format!("generating the key: {e}"))?;
+fn generate_ca() -> Result<(String, String), CaMaterialError> {
+    let key = KeyPair::generate().map_err(CaMaterialError::GenerateKey)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     // A random suffix tells two installations' CAs apart.
@@ -303,7 +333,7 @@ fn generate_ca() -> Result<(String, String), String> {
     params.serial_number = Some(rand::random::<[u8; 16]>().to_vec().into());
     let cert = params
         .self_signed(&key)
-        .map_err(|e| format!("self-signing: {e}"))?;
+        .map_err(CaMaterialError::SelfSign)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 

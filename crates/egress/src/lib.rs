@@ -34,6 +34,7 @@
 //! [`EgressSecrets`] and [`EgressAudit`] are the host's (`nanoclaw_host::egress_vault`).
 
 pub mod ca;
+mod error;
 mod mitm;
 pub mod policy;
 pub mod proxy;
@@ -45,7 +46,10 @@ pub mod source;
 
 use std::sync::{Arc, Mutex};
 
-pub use ca::{CA_BUNDLE_ENV, CaError, LocalCa, SANDBOX_CA_BUNDLE, SANDBOX_CA_CERT};
+pub use ca::{
+    CA_BUNDLE_ENV, CaError, CaMaterialError, LeafError, LocalCa, SANDBOX_CA_BUNDLE, SANDBOX_CA_CERT,
+};
+pub use error::{EgressError, PolicyError, SecretsError};
 pub use mitm::{MAX_SCANNED_BODY, PLACEHOLDER_PREFIX};
 pub use policy::{
     AddressGuard, BlockedRange, DEFAULT_PORTS, DomainPattern, EgressPolicy, PatternError, Refusal,
@@ -156,14 +160,14 @@ impl EgressAudit for MemoryAudit {
 #[async_trait::async_trait]
 pub trait EgressSecrets: Send + Sync {
     /// Whether `group` has any credential grant on `host` (then CONNECT to it is intercepted).
-    async fn injects_for(&self, group: &str, host: &str) -> Result<bool, String>;
+    async fn injects_for(&self, group: &str, host: &str) -> Result<bool, SecretsError>;
     /// The credential to set on a request from `group` to `host` + `path`, if any.
     async fn injection(
         &self,
         group: &str,
         host: &str,
         path: &str,
-    ) -> Result<Option<nanoclaw_vault::Injection>, String>;
+    ) -> Result<Option<nanoclaw_vault::Injection>, SecretsError>;
     /// The real value behind `placeholder`, only when it is bound to `host` and `path` (the
     /// grant's path prefix) for `group`.
     async fn resolve_placeholder(
@@ -172,18 +176,23 @@ pub trait EgressSecrets: Send + Sync {
         placeholder: &str,
         host: &str,
         path: &str,
-    ) -> Result<Option<nanoclaw_vault::SecretString>, String>;
+    ) -> Result<Option<nanoclaw_vault::SecretString>, SecretsError>;
     /// Whether secret `name` is granted to `group` on `host` (then it may be sent there).
-    async fn bound_to(&self, group: &str, name: &str, host: &str) -> Result<bool, String>;
+    async fn bound_to(&self, group: &str, name: &str, host: &str) -> Result<bool, SecretsError>;
     /// The leak guard over every live secret version; `None` when there is nothing to find.
-    async fn leak_guard(&self) -> Result<Option<Arc<nanoclaw_vault::LeakGuard>>, String>;
+    async fn leak_guard(&self) -> Result<Option<Arc<nanoclaw_vault::LeakGuard>>, SecretsError>;
     /// `NANOCLAW_SECRET_<NAME>` placeholders for the group's sandbox environment.
-    async fn placeholder_env(&self, group: &str) -> Result<Vec<(String, String)>, String>;
+    async fn placeholder_env(&self, group: &str) -> Result<Vec<(String, String)>, SecretsError>;
     /// The owner's approval of grant `grant_id`; when there is none yet, records a pending one
     /// for `group` asking on `host`.
-    async fn approval(&self, grant_id: i64, group: &str, host: &str) -> Result<Approval, String>;
+    async fn approval(
+        &self,
+        grant_id: i64,
+        group: &str,
+        host: &str,
+    ) -> Result<Approval, SecretsError>;
     /// Injections of secret `name` allowed per minute; 0 = no limit.
-    async fn rate_limit(&self, name: &str) -> Result<u32, String>;
+    async fn rate_limit(&self, name: &str) -> Result<u32, SecretsError>;
 }
 
 /// Where the owner's approval of a grant stands, as the proxy needs it.
@@ -260,7 +269,7 @@ pub struct NoSecrets;
 
 #[async_trait::async_trait]
 impl EgressSecrets for NoSecrets {
-    async fn injects_for(&self, _group: &str, _host: &str) -> Result<bool, String> {
+    async fn injects_for(&self, _group: &str, _host: &str) -> Result<bool, SecretsError> {
         Ok(false)
     }
     async fn injection(
@@ -268,7 +277,7 @@ impl EgressSecrets for NoSecrets {
         _group: &str,
         _host: &str,
         _path: &str,
-    ) -> Result<Option<nanoclaw_vault::Injection>, String> {
+    ) -> Result<Option<nanoclaw_vault::Injection>, SecretsError> {
         Ok(None)
     }
     async fn resolve_placeholder(
@@ -277,16 +286,16 @@ impl EgressSecrets for NoSecrets {
         _placeholder: &str,
         _host: &str,
         _path: &str,
-    ) -> Result<Option<nanoclaw_vault::SecretString>, String> {
+    ) -> Result<Option<nanoclaw_vault::SecretString>, SecretsError> {
         Ok(None)
     }
-    async fn bound_to(&self, _group: &str, _name: &str, _host: &str) -> Result<bool, String> {
+    async fn bound_to(&self, _group: &str, _name: &str, _host: &str) -> Result<bool, SecretsError> {
         Ok(false)
     }
-    async fn leak_guard(&self) -> Result<Option<Arc<nanoclaw_vault::LeakGuard>>, String> {
+    async fn leak_guard(&self) -> Result<Option<Arc<nanoclaw_vault::LeakGuard>>, SecretsError> {
         Ok(None)
     }
-    async fn placeholder_env(&self, _group: &str) -> Result<Vec<(String, String)>, String> {
+    async fn placeholder_env(&self, _group: &str) -> Result<Vec<(String, String)>, SecretsError> {
         Ok(Vec::new())
     }
     async fn approval(
@@ -294,11 +303,11 @@ impl EgressSecrets for NoSecrets {
         _grant_id: i64,
         _group: &str,
         _host: &str,
-    ) -> Result<Approval, String> {
+    ) -> Result<Approval, SecretsError> {
         // There are no grants to approve.
         Ok(Approval::Denied)
     }
-    async fn rate_limit(&self, _name: &str) -> Result<u32, String> {
+    async fn rate_limit(&self, _name: &str) -> Result<u32, SecretsError> {
         Ok(0)
     }
 }

@@ -31,7 +31,7 @@ use crate::proxy::{
     CONNECT_TIMEOUT, ConnSlot, Counted, Finisher, Inner, Interception, Pending, ProxyBody, Target,
     connect_any, refuse_with, strip_hop_by_hop,
 };
-use crate::{Approval, ApprovalRequest};
+use crate::{Approval, ApprovalRequest, EgressError, SecretsError};
 
 /// Request bodies the leak guard buffers to scan; a larger one is refused (413).
 pub const MAX_SCANNED_BODY: usize = 32 * 1024 * 1024;
@@ -46,7 +46,7 @@ pub(crate) struct Mitm {
 }
 
 impl Mitm {
-    pub(super) fn new(i: Interception) -> Result<Mitm, String> {
+    pub(super) fn new(i: Interception) -> Result<Mitm, EgressError> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for e in &native.errors {
@@ -60,9 +60,7 @@ impl Mitm {
             );
         }
         for cert in i.extra_upstream_roots {
-            roots
-                .add(cert)
-                .map_err(|e| format!("an extra upstream root certificate is not usable: {e}"))?;
+            roots.add(cert).map_err(EgressError::UpstreamRoot)?;
         }
         if roots.is_empty() {
             tracing::warn!("egress: no root certificates; intercepted HTTPS cannot reach anything");
@@ -71,7 +69,7 @@ impl Mitm {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("upstream TLS versions: {e}"))?
+            .map_err(EgressError::UpstreamTlsVersions)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -526,7 +524,7 @@ async fn swap_placeholders(
     c: &Conn,
     headers: &mut HeaderMap,
     path: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, SecretsError> {
     let mut used = Vec::new();
     if !headers
         .values()
@@ -674,9 +672,27 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Why an intercepted request could not reach its upstream (the client gets a 502 naming it).
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    #[error("{0}")]
+    Connect(std::io::Error),
+    #[error("no upstream connection")]
+    NoConnection,
+    #[error("{0}")]
+    Http(hyper::Error),
+    #[error("the TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("TLS with {host}: {source}")]
+    Tls {
+        host: String,
+        source: std::io::Error,
+    },
+}
+
 /// Sends on the connection's upstream (made on first use, remade when closed). A request
 /// without a body is retried once on a fresh connection if a kept one failed.
-async fn send(c: &Conn, req: Request<ProxyBody>) -> Result<Response<Incoming>, String> {
+async fn send(c: &Conn, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
     let mut slot = c.upstream.lock().await;
     let reused = match slot.as_mut() {
         Some(s) => s.ready().await.is_ok(),
@@ -686,7 +702,7 @@ async fn send(c: &Conn, req: Request<ProxyBody>) -> Result<Response<Incoming>, S
         *slot = Some(connect(c).await?);
     }
     let Some(sender) = slot.as_mut() else {
-        return Err("no upstream connection".into());
+        return Err(UpstreamError::NoConnection);
     };
     let retry = if reused && req.body().is_end_stream() {
         let (parts, _) = req.into_parts();
@@ -700,13 +716,16 @@ async fn send(c: &Conn, req: Request<ProxyBody>) -> Result<Response<Incoming>, S
             }
         }
     } else {
-        return sender.send_request(req).await.map_err(|e| e.to_string());
+        return sender.send_request(req).await.map_err(UpstreamError::Http);
     };
     *slot = Some(connect(c).await?);
     let Some(sender) = slot.as_mut() else {
-        return Err("no upstream connection".into());
+        return Err(UpstreamError::NoConnection);
     };
-    sender.send_request(retry).await.map_err(|e| e.to_string())
+    sender
+        .send_request(retry)
+        .await
+        .map_err(UpstreamError::Http)
 }
 
 fn empty() -> ProxyBody {
@@ -721,19 +740,24 @@ fn clone_head(parts: &http::request::Parts) -> Request<ProxyBody> {
     r
 }
 
-async fn connect(c: &Conn) -> Result<SendRequest<ProxyBody>, String> {
-    let tcp = connect_any(&c.addrs).await.map_err(|e| e.to_string())?;
+async fn connect(c: &Conn) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    let tcp = connect_any(&c.addrs)
+        .await
+        .map_err(UpstreamError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(
         CONNECT_TIMEOUT,
         c.mitm.connector.connect(c.server_name.clone(), tcp),
     )
     .await
-    .map_err(|_| "the TLS handshake timed out".to_owned())?
-    .map_err(|e| format!("TLS with {}: {e}", c.host))?;
+    .map_err(|_| UpstreamError::HandshakeTimeout)?
+    .map_err(|source| UpstreamError::Tls {
+        host: c.host.clone(),
+        source,
+    })?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(UpstreamError::Http)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -773,7 +797,7 @@ pub(super) async fn scan_request(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Scanned, Blocked> {
-    let vault_err = |e: String| Blocked {
+    let vault_err = |e: SecretsError| Blocked {
         status: StatusCode::BAD_GATEWAY,
         tag: "vault",
         message: format!("nanoclaw egress: {e}"),

@@ -31,8 +31,8 @@ use crate::rate::RateLimiter;
 use crate::resolve::{Resolve, SystemResolver};
 use crate::source::PolicySource;
 use crate::{
-    ApprovalNotifier, EgressAudit, EgressDecision, EgressRecord, EgressSecrets, LogNotifier,
-    NoSecrets, TracingAudit,
+    ApprovalNotifier, EgressAudit, EgressDecision, EgressError, EgressRecord, EgressSecrets,
+    LogNotifier, NoSecrets, TracingAudit,
 };
 use rustls_pki_types::CertificateDer;
 
@@ -163,7 +163,7 @@ impl EgressProxy {
         audit: Arc<dyn EgressAudit>,
         secrets: Arc<dyn EgressSecrets>,
         interception: Interception,
-    ) -> Result<EgressProxy, String> {
+    ) -> Result<EgressProxy, EgressError> {
         let mitm = Mitm::new(interception)?;
         Ok(Self::build_inner(
             policies,
@@ -571,7 +571,7 @@ async fn handle(
             }
             Ok(false) => {}
             Err(e) => {
-                let refusal = Refusal::new(RefusalRule::Unreachable, e);
+                let refusal = Refusal::new(RefusalRule::Unreachable, e.to_string());
                 return refuse(&inner, pending, &refusal);
             }
         }

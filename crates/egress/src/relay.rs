@@ -662,6 +662,19 @@ struct RelayState {
     in_flight: Arc<Semaphore>,
 }
 
+/// Why a new connection to the relay was refused (the sandbox gets it in a 503).
+#[derive(Debug, thiserror::Error)]
+enum ConnectionRefused {
+    #[error(
+        "this sandbox has {0} connections open to the model relay, its limit; close some and retry"
+    )]
+    SandboxLimit(usize),
+    #[error(
+        "the model relay has {0} connections open across all sandboxes, its limit; retry later"
+    )]
+    TotalLimit(usize),
+}
+
 /// One open connection's share of the limits: the sandbox's and the host's.
 struct ConnectionSlot {
     _sandbox: OwnedSemaphorePermit,
@@ -671,21 +684,17 @@ struct ConnectionSlot {
 impl RelayState {
     /// A slot for a new connection, or why there is none (both limits are checked at
     /// accept time, so a refused connection costs nothing but its answer).
-    fn connection_slot(&self) -> Result<ConnectionSlot, String> {
+    fn connection_slot(&self) -> Result<ConnectionSlot, ConnectionRefused> {
         let limits = &self.relay.limits;
         let Ok(sandbox) = Arc::clone(&self.connections).try_acquire_owned() else {
             tracing::warn!(sandbox = %self.sandbox, limit = limits.max_connections_per_sandbox, "model relay refused a connection: the sandbox's connection limit");
-            return Err(format!(
-                "this sandbox has {} connections open to the model relay, its limit; close some and retry",
-                limits.max_connections_per_sandbox
+            return Err(ConnectionRefused::SandboxLimit(
+                limits.max_connections_per_sandbox,
             ));
         };
         let Ok(total) = Arc::clone(&self.relay.total_slots).try_acquire_owned() else {
             tracing::warn!(sandbox = %self.sandbox, limit = limits.max_connections_total, "model relay refused a connection: the host's connection limit");
-            return Err(format!(
-                "the model relay has {} connections open across all sandboxes, its limit; retry later",
-                limits.max_connections_total
-            ));
+            return Err(ConnectionRefused::TotalLimit(limits.max_connections_total));
         };
         Ok(ConnectionSlot {
             _sandbox: sandbox,
@@ -695,7 +704,7 @@ impl RelayState {
 
     /// Answers a refused connection with why, or closes it at once when many refusals are
     /// already being answered.
-    fn refuse<S>(&self, stream: S, why: String)
+    fn refuse<S>(&self, stream: S, why: ConnectionRefused)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -743,7 +752,7 @@ async fn serve_connection<S>(
 
 /// Answers a connection over the limits with a `503` in the Anthropic error shape (the
 /// provider is not known before the request is read) and closes it.
-async fn refuse_connection<S>(stream: S, why: String)
+async fn refuse_connection<S>(stream: S, why: ConnectionRefused)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

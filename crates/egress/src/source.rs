@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use http::Method;
 use nanoclaw_store::{EgressAction, Store};
 
+use crate::PolicyError;
 use crate::policy::{AddressGuard, DEFAULT_PORTS, DomainPattern, EgressPolicy};
 
 /// How long a policy read from the store is reused: changes made with the CLI (another
@@ -19,7 +20,7 @@ pub const STORE_POLICY_TTL: Duration = Duration::from_secs(1);
 /// request: the proxy fails closed.
 #[async_trait]
 pub trait PolicySource: Send + Sync {
-    async fn policy(&self, group_folder: &str) -> Result<Arc<EgressPolicy>, String>;
+    async fn policy(&self, group_folder: &str) -> Result<Arc<EgressPolicy>, PolicyError>;
 }
 
 /// A fixed table (tests, benchmarks, embedding); an unknown group may reach nothing.
@@ -42,7 +43,7 @@ impl StaticPolicies {
 
 #[async_trait]
 impl PolicySource for StaticPolicies {
-    async fn policy(&self, group_folder: &str) -> Result<Arc<EgressPolicy>, String> {
+    async fn policy(&self, group_folder: &str) -> Result<Arc<EgressPolicy>, PolicyError> {
         Ok(self
             .policies
             .get(group_folder)
@@ -65,12 +66,15 @@ impl StorePolicySource {
         }
     }
 
-    async fn load(&self, folder: &str) -> Result<EgressPolicy, String> {
-        let Some(group) = self
-            .store
-            .group_by_folder(folder)
-            .await
-            .map_err(|e| format!("reading group {folder}: {e}"))?
+    async fn load(&self, folder: &str) -> Result<EgressPolicy, PolicyError> {
+        let Some(group) =
+            self.store
+                .group_by_folder(folder)
+                .await
+                .map_err(|source| PolicyError::Group {
+                    folder: folder.to_owned(),
+                    source,
+                })?
         else {
             return Ok(EgressPolicy::deny_all(folder));
         };
@@ -78,12 +82,18 @@ impl StorePolicySource {
             .store
             .egress_rules(group.id.as_str())
             .await
-            .map_err(|e| format!("reading group {folder}'s egress rules: {e}"))?;
+            .map_err(|source| PolicyError::Rules {
+                folder: folder.to_owned(),
+                source,
+            })?;
         let settings = self
             .store
             .egress_settings(group.id.as_str())
             .await
-            .map_err(|e| format!("reading group {folder}'s egress settings: {e}"))?;
+            .map_err(|source| PolicyError::Settings {
+                folder: folder.to_owned(),
+                source,
+            })?;
         Ok(policy_from_rows(folder, &rules, &settings))
     }
 }
@@ -125,7 +135,7 @@ pub fn policy_from_rows(
 
 #[async_trait]
 impl PolicySource for StorePolicySource {
-    async fn policy(&self, group_folder: &str) -> Result<Arc<EgressPolicy>, String> {
+    async fn policy(&self, group_folder: &str) -> Result<Arc<EgressPolicy>, PolicyError> {
         if let Ok(cache) = self.cache.lock()
             && let Some((at, p)) = cache.get(group_folder)
             && at.elapsed() < STORE_POLICY_TTL

@@ -42,7 +42,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use nanoclaw_egress::{
     AddressGuard, Approval, EgressAudit, EgressHandle, EgressPolicy, EgressProxy, EgressSecrets,
-    Interception, LocalCa, MemoryAudit, StaticPolicies, StaticResolver,
+    Interception, LocalCa, MemoryAudit, SecretsError, StaticPolicies, StaticResolver,
 };
 use nanoclaw_host::egress_vault::{VaultAudit, VaultSecrets};
 use nanoclaw_store::Store;
@@ -184,7 +184,7 @@ impl MemorySecrets {
 
 #[async_trait::async_trait]
 impl EgressSecrets for MemorySecrets {
-    async fn injects_for(&self, _group: &str, host: &str) -> Result<bool, String> {
+    async fn injects_for(&self, _group: &str, host: &str) -> Result<bool, SecretsError> {
         Ok(host == HOST)
     }
     async fn injection(
@@ -192,7 +192,7 @@ impl EgressSecrets for MemorySecrets {
         _group: &str,
         host: &str,
         _path: &str,
-    ) -> Result<Option<Injection>, String> {
+    ) -> Result<Option<Injection>, SecretsError> {
         Ok((host == HOST).then(|| Injection {
             secret_name: SECRET_NAME.into(),
             version: 1,
@@ -208,22 +208,27 @@ impl EgressSecrets for MemorySecrets {
         _placeholder: &str,
         _host: &str,
         _path: &str,
-    ) -> Result<Option<SecretString>, String> {
+    ) -> Result<Option<SecretString>, SecretsError> {
         Ok(None)
     }
-    async fn bound_to(&self, _group: &str, name: &str, host: &str) -> Result<bool, String> {
+    async fn bound_to(&self, _group: &str, name: &str, host: &str) -> Result<bool, SecretsError> {
         Ok(name == SECRET_NAME && host == HOST)
     }
-    async fn leak_guard(&self) -> Result<Option<Arc<LeakGuard>>, String> {
+    async fn leak_guard(&self) -> Result<Option<Arc<LeakGuard>>, SecretsError> {
         Ok(Some(Arc::clone(&self.guard)))
     }
-    async fn placeholder_env(&self, _group: &str) -> Result<Vec<(String, String)>, String> {
+    async fn placeholder_env(&self, _group: &str) -> Result<Vec<(String, String)>, SecretsError> {
         Ok(Vec::new())
     }
-    async fn approval(&self, _id: i64, _group: &str, _host: &str) -> Result<Approval, String> {
+    async fn approval(
+        &self,
+        _id: i64,
+        _group: &str,
+        _host: &str,
+    ) -> Result<Approval, SecretsError> {
         Ok(Approval::Approved)
     }
-    async fn rate_limit(&self, _name: &str) -> Result<u32, String> {
+    async fn rate_limit(&self, _name: &str) -> Result<u32, SecretsError> {
         Ok(0)
     }
 }

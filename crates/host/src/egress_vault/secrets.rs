@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use nanoclaw_vault::{Injection, LeakGuard, SecretString, Vault, host_matches, normalize_host};
 
-use nanoclaw_egress::{Approval, EgressSecrets};
+use nanoclaw_egress::{Approval, EgressSecrets, SecretsError};
 use nanoclaw_store::ApprovalState;
 
 pub struct VaultSecrets {
@@ -19,20 +19,11 @@ impl VaultSecrets {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    format!("the vault could not be read ({e})")
-}
-
 #[async_trait]
 impl EgressSecrets for VaultSecrets {
-    async fn injects_for(&self, group: &str, host: &str) -> Result<bool, String> {
+    async fn injects_for(&self, group: &str, host: &str) -> Result<bool, SecretsError> {
         let host = normalize_host(host);
-        let grants = self
-            .vault
-            .store()
-            .vault_group_grants(group)
-            .await
-            .map_err(err)?;
+        let grants = self.vault.store().vault_group_grants(group).await?;
         Ok(grants.iter().any(|(g, _)| host_matches(&g.host, &host)))
     }
 
@@ -41,11 +32,11 @@ impl EgressSecrets for VaultSecrets {
         group: &str,
         host: &str,
         path: &str,
-    ) -> Result<Option<Injection>, String> {
+    ) -> Result<Option<Injection>, SecretsError> {
         self.vault
             .injection_for(group, host, path)
             .await
-            .map_err(err)
+            .map_err(SecretsError::Vault)
     }
 
     async fn resolve_placeholder(
@@ -54,39 +45,42 @@ impl EgressSecrets for VaultSecrets {
         placeholder: &str,
         host: &str,
         path: &str,
-    ) -> Result<Option<SecretString>, String> {
+    ) -> Result<Option<SecretString>, SecretsError> {
         self.vault
             .resolve_placeholder(group, placeholder, host, path)
             .await
-            .map_err(err)
+            .map_err(SecretsError::Vault)
     }
 
-    async fn bound_to(&self, group: &str, name: &str, host: &str) -> Result<bool, String> {
+    async fn bound_to(&self, group: &str, name: &str, host: &str) -> Result<bool, SecretsError> {
         let host = normalize_host(host);
-        let grants = self
-            .vault
-            .store()
-            .vault_group_grants(group)
-            .await
-            .map_err(err)?;
+        let grants = self.vault.store().vault_group_grants(group).await?;
         Ok(grants
             .iter()
             .any(|(g, _)| g.secret_name == name && host_matches(&g.host, &host)))
     }
 
-    async fn leak_guard(&self) -> Result<Option<Arc<LeakGuard>>, String> {
+    async fn leak_guard(&self) -> Result<Option<Arc<LeakGuard>>, SecretsError> {
         // The vault caches the guard per set of secret versions.
-        let guard = self.vault.leak_guard().await.map_err(err)?;
+        let guard = self.vault.leak_guard().await?;
         Ok((!guard.is_empty()).then_some(guard))
     }
 
-    async fn placeholder_env(&self, group: &str) -> Result<Vec<(String, String)>, String> {
-        self.vault.placeholder_env(group).await.map_err(err)
+    async fn placeholder_env(&self, group: &str) -> Result<Vec<(String, String)>, SecretsError> {
+        self.vault
+            .placeholder_env(group)
+            .await
+            .map_err(SecretsError::Vault)
     }
 
-    async fn approval(&self, grant_id: i64, group: &str, host: &str) -> Result<Approval, String> {
+    async fn approval(
+        &self,
+        grant_id: i64,
+        group: &str,
+        host: &str,
+    ) -> Result<Approval, SecretsError> {
         let store = self.vault.store();
-        if let Some(a) = store.vault_approval(grant_id).await.map_err(err)? {
+        if let Some(a) = store.vault_approval(grant_id).await? {
             return Ok(match a.state {
                 ApprovalState::Approved => Approval::Approved,
                 ApprovalState::Denied => Approval::Denied,
@@ -97,8 +91,7 @@ impl EgressSecrets for VaultSecrets {
         }
         let (a, created) = store
             .vault_request_approval(grant_id, group, normalize_host(host), crate::now_ms())
-            .await
-            .map_err(err)?;
+            .await?;
         Ok(match a.state {
             ApprovalState::Approved => Approval::Approved,
             ApprovalState::Denied => Approval::Denied,
@@ -108,8 +101,8 @@ impl EgressSecrets for VaultSecrets {
         })
     }
 
-    async fn rate_limit(&self, name: &str) -> Result<u32, String> {
-        let rec = self.vault.store().vault_secret(name).await.map_err(err)?;
+    async fn rate_limit(&self, name: &str) -> Result<u32, SecretsError> {
+        let rec = self.vault.store().vault_secret(name).await?;
         Ok(rec
             .map(|r| u32::try_from(r.per_minute.max(0)).unwrap_or(u32::MAX))
             .unwrap_or(0))

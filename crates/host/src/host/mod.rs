@@ -377,7 +377,7 @@ fn build_egress(
     };
     let secrets = Arc::new(crate::egress_vault::VaultSecrets::new(vault.clone()));
     let interception = eg::LocalCa::load_or_create(&paths.home.join(eg::ca::CA_DIR_NAME))
-        .map_err(|e| e.to_string())
+        .map_err(eg::EgressError::from)
         .map(|ca| eg::Interception {
             ca: Arc::new(ca),
             extra_upstream_roots: Vec::new(),
