@@ -11,8 +11,7 @@ use nanoclaw_sandbox::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod common;
-use common::*;
+use super::common::*;
 
 fn runtime() -> NativeRuntime {
     NativeRuntime::detect().expect("bwrap is installed on this machine")
@@ -423,7 +422,7 @@ async fn dies_with_its_parent() {
     let mut helper = tokio::process::Command::new(exe)
         .args([
             "--exact",
-            "die_with_parent_helper",
+            "suite::native::die_with_parent_helper",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
@@ -555,7 +554,7 @@ async fn unprivileged_host_is_contained_too() {
         .arg(exe)
         .args([
             "--exact",
-            "unprivileged_attacks_helper",
+            "suite::native::unprivileged_attacks_helper",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

@@ -19,8 +19,7 @@ use nanoclaw_sandbox::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod common;
-use common::*;
+use super::common::*;
 
 const IMAGE: &str = "nanoclaw-test-busybox:latest";
 static IMPORT: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
