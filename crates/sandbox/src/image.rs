@@ -531,7 +531,7 @@ async fn build_minimal(
         futures_util::stream::once(async move { Ok(rootfs) }),
         &[
             "USER agent".into(),
-            "WORKDIR /workspace/group".into(),
+            format!("WORKDIR {}", nanoclaw_protocol::contract::paths::WORKSPACE),
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             format!("LABEL {LABEL_VERSION}={IMAGE_VERSION}"),
             format!("LABEL {LABEL_KIND}={}", ImageKind::Minimal.label()),
