@@ -80,7 +80,7 @@ async fn deliver_one(
     guard: Option<&nanoclaw_vault::LeakGuard>,
     row: Outbound,
 ) -> bool {
-    if inner.parked_chats.lock().await.contains(&row.chat_id) {
+    if inner.parked_chats.lock().await.chats.contains(&row.chat_id) {
         return false;
     }
     let chat = match chats.get(&row.chat_id) {
@@ -95,7 +95,7 @@ async fn deliver_one(
     };
     let Some(channel) = inner.channels.get(&chat.channel) else {
         // The channel is not running (disabled in config): keep the message.
-        inner.parked_chats.lock().await.insert(chat.id);
+        inner.parked_chats.lock().await.chats.insert(chat.id);
         return false;
     };
     let reply_to = match row.in_reply_to {
@@ -128,8 +128,9 @@ async fn deliver_one(
         reply_to,
         answers,
     };
+    let reachable_seen = inner.parked_chats.lock().await.reachable_events;
     let delivered = channel.deliver(&message).await;
-    record_delivery(inner, &row, &chat, delivered).await
+    record_delivery(inner, &row, &chat, delivered, reachable_seen).await
 }
 
 /// Records what became of a delivery attempt. `true` when it should be tried again soon.
@@ -138,6 +139,7 @@ async fn record_delivery(
     row: &Outbound,
     chat: &Chat,
     delivered: Result<Option<String>, ChannelError>,
+    reachable_seen: u64,
 ) -> bool {
     match delivered {
         Ok(platform_id) => {
@@ -155,7 +157,12 @@ async fn record_delivery(
         }
         Err(ChannelError::NotConnected(why)) => {
             tracing::debug!(chat = %chat.platform_id, %why, "chat unreachable; message kept");
-            inner.parked_chats.lock().await.insert(chat.id);
+            let mut parked = inner.parked_chats.lock().await;
+            // A client that came back while this delivery was failing has already woken the
+            // loop: parking now would strand the chat until the next client.
+            if parked.reachable_events == reachable_seen {
+                parked.chats.insert(chat.id);
+            }
             false
         }
         Err(ChannelError::Unclaimed(why)) => {

@@ -24,9 +24,13 @@ pub(super) async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Channe
                 inner.delivery_wake.notify_one();
             }
             ChannelEvent::Reachable { channel, chat_id } => {
-                if let Ok(Some(chat)) = inner.store.chat_by_platform(channel, chat_id).await {
-                    inner.parked_chats.lock().await.remove(&chat.id);
+                let chat = inner.store.chat_by_platform(channel, chat_id).await;
+                let mut parked = inner.parked_chats.lock().await;
+                parked.reachable_events += 1;
+                if let Ok(Some(chat)) = chat {
+                    parked.chats.remove(&chat.id);
                 }
+                drop(parked);
                 inner.delivery_wake.notify_one();
             }
         }

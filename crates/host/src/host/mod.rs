@@ -95,7 +95,7 @@ struct Inner {
     delivery_wake: Arc<Notify>,
     scheduler_wake: Notify,
     /// Chats whose channel said nobody is listening; skipped until reachable again.
-    parked_chats: Mutex<HashSet<i64>>,
+    parked_chats: Mutex<ParkedChats>,
     /// Outbound rows of this run that answer several messages (a batched turn): their
     /// platform ids, so every sender's client gets the answer. Dropped once delivered; after a
     /// restart the clients that asked are gone anyway, and `in_reply_to` remains.
@@ -165,7 +165,7 @@ impl Host {
             workers: Mutex::new(HashSet::new()),
             delivery_wake,
             scheduler_wake: Notify::new(),
-            parked_chats: Mutex::new(HashSet::new()),
+            parked_chats: Mutex::new(ParkedChats::default()),
             answers: std::sync::Mutex::new(HashMap::new()),
             runtime_error,
             vault,
@@ -452,4 +452,13 @@ async fn ensure_main_wiring(store: &Store, config: &Config) -> anyhow::Result<()
         .wire(chat.id, group.id.clone(), false, SessionMode::Shared)
         .await?;
     Ok(())
+}
+
+/// Chats whose messages wait for a client to come back, and how many "a client is back"
+/// events the host has seen: a delivery that found nobody parks its chat only when no such
+/// event arrived while it was trying, so a client that connected meanwhile is never missed.
+#[derive(Default)]
+pub(super) struct ParkedChats {
+    pub(super) chats: HashSet<i64>,
+    pub(super) reachable_events: u64,
 }
