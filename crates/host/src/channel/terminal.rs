@@ -382,12 +382,15 @@ impl TerminalChannel {
 }
 
 impl TerminalChannel {
-    /// Records what client `id` shows; one that shows the whole chat gets what is queued.
+    /// Records what client `id` shows. Any client makes the chat reachable again: one that
+    /// shows the whole chat gets what is queued, and one that shows only its own messages
+    /// must still get its replies even if an earlier delivery found nobody and parked the
+    /// chat (rows that are not its own stay queued, unclaimed).
     async fn settle(&self, id: u64, scope: Scope, sink: &InboundSink) {
         if let Some(client) = self.clients.lock().await.get_mut(&id) {
             client.scope = scope;
         }
-        if scope == Scope::All {
+        {
             let _ = sink
                 .send(ChannelEvent::Reachable {
                     channel: "terminal".into(),
