@@ -390,14 +390,12 @@ impl TerminalChannel {
         if let Some(client) = self.clients.lock().await.get_mut(&id) {
             client.scope = scope;
         }
-        {
-            let _ = sink
-                .send(ChannelEvent::Reachable {
-                    channel: "terminal".into(),
-                    chat_id: TERMINAL_CHAT_ID.into(),
-                })
-                .await;
-        }
+        let _ = sink
+            .send(ChannelEvent::Reachable {
+                channel: "terminal".into(),
+                chat_id: TERMINAL_CHAT_ID.into(),
+            })
+            .await;
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use super::common::*;
 use nanoclaw_host::channel::terminal::{Scope, ServerLine};
@@ -327,4 +328,64 @@ async fn piped_input_is_sent_line_by_line_and_each_line_is_answered_before_exit(
         "the failure is named: {all}"
     );
     wait_until_no_host(home.path()).await;
+}
+
+/// A reply left undelivered (its host died first) makes the restarted host find nobody to
+/// deliver to and park the chat; a one-shot client (`chat -m`, showing only its own replies)
+/// that connects afterwards must still get the answer to its question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_client_gets_its_reply_even_when_an_old_reply_parked_the_chat() {
+    let home = TestHome::new();
+    home.write_config(NATIVE_CONFIG_TOML);
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    // A first host creates the chat, then dies.
+    let mut first = spawn_daemon(home.path(), &model);
+    let mut client = connect_client(home.path()).await;
+    let (kind, _) = ask(&mut client, "hello").await;
+    assert_eq!(kind, "reply");
+    drop(client);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // A reply it stored but never delivered.
+    let store = nanoclaw_store::Store::open(&Paths::new(home.path()).database()).unwrap();
+    let chat = store
+        .chat_by_platform("terminal", "local")
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .insert_outbound(nanoclaw_store::NewOutbound {
+            session_id: None,
+            chat_id: chat.id,
+            in_reply_to: None,
+            idempotency_key: "left-behind".into(),
+            text: "an answer nobody took".into(),
+            kind: nanoclaw_store::OutboundKind::Reply,
+        })
+        .await
+        .unwrap();
+    drop(store);
+
+    // The restarted host tries it with no client connected (and parks the chat) before the
+    // one-shot client arrives.
+    let _second = KillOnDrop(spawn_daemon(home.path(), &model));
+    let probe = connect_polling(
+        &Paths::new(home.path()).terminal_socket(),
+        Duration::from_millis(20),
+    )
+    .await;
+    drop(probe);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut one_shot = connect_client(home.path()).await;
+    one_shot.show(Scope::Own).await.unwrap();
+    let (kind, reply) = tokio::time::timeout(
+        Duration::from_secs(30),
+        ask(&mut one_shot, "my own question"),
+    )
+    .await
+    .expect("the one-shot client got no reply: its chat stayed parked");
+    assert_eq!(kind, "reply");
+    assert!(reply.contains("my own question"), "{reply}");
 }
