@@ -104,6 +104,12 @@ body_timeout_secs = 60
 # An answer from the model API that sends nothing for this many seconds is cut off.
 upstream_idle_timeout_secs = 600
 
+# Chat channels. Each platform has its own table, added by `nanoclaw channel add <name>`
+# (tokens go to the vault, never here). The owner is told in the main chat once a channel
+# has been down longer than alert_after_secs.
+[channels]
+alert_after_secs = 300
+
 [channels.terminal]
 enabled = true
 "#;
@@ -336,10 +342,59 @@ impl RelaySection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChannelsSection {
     pub terminal: TerminalSection,
+    /// Tell the owner in the main chat once a platform channel has been down this long.
+    pub alert_after_secs: u64,
+    /// Every other `[channels.<name>]` table: a platform channel's own settings, read by its
+    /// crate (`enabled`, `api_base`, …). Names are checked against the channels this build has.
+    #[serde(flatten)]
+    pub platforms: std::collections::BTreeMap<String, toml::Table>,
+}
+
+impl Default for ChannelsSection {
+    fn default() -> Self {
+        Self {
+            terminal: TerminalSection::default(),
+            alert_after_secs: 300,
+            platforms: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl ChannelsSection {
+    /// The platform channels turned on (`enabled = true`), with their settings.
+    pub fn enabled_platforms(&self) -> impl Iterator<Item = (&String, &toml::Table)> {
+        self.platforms.iter().filter(|(_, table)| {
+            table
+                .get("enabled")
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(false)
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.alert_after_secs == 0 {
+            return Err("channels.alert_after_secs must be at least 1".into());
+        }
+        let known = crate::channel::known_names();
+        for (name, table) in &self.platforms {
+            if !known.contains(&name.as_str()) {
+                return Err(format!(
+                    "[channels.{name}]: this build has no channel called {name:?}; known: {}",
+                    known.join(", ")
+                ));
+            }
+            if let Some(value) = table.get("enabled")
+                && !value.is_bool()
+            {
+                return Err(format!("channels.{name}.enabled must be true or false"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -414,6 +469,7 @@ impl Config {
         if self.assistant_name.trim().is_empty() {
             return Err("assistant_name must not be empty".into());
         }
+        self.channels.validate()?;
         if self.trigger.trim().is_empty() {
             return Err("trigger must not be empty".into());
         }
@@ -594,6 +650,10 @@ impl Paths {
     }
     pub fn sandbox_run_dir(&self, sandbox: &str) -> PathBuf {
         self.run_dir().join("sandboxes").join(sandbox)
+    }
+    /// A platform channel's private files (downloads in progress, session data).
+    pub fn channel_dir(&self, channel: &str) -> PathBuf {
+        self.home.join("channels").join(channel)
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.home.join("logs")

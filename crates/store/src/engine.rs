@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_egress_policy.sql"),
     include_str!("../migrations/0005_grant_approvals.sql"),
     include_str!("../migrations/0006_tasks.sql"),
+    include_str!("../migrations/0007_channels.sql"),
 ];
 
 /// The schema version this build knows.

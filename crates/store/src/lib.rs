@@ -5,6 +5,7 @@
 //! so a second process on the same file waits instead of failing. Times are unix milliseconds (UTC); calls
 //! whose behaviour depends on time take `now_ms` so tests control the clock.
 
+mod channels;
 mod chats;
 mod egress;
 mod engine;
@@ -19,6 +20,7 @@ mod tasks;
 mod usage;
 mod vault;
 
+pub use channels::LedgerPart;
 pub use egress::{EgressAction, EgressRule, EgressSettings};
 pub use engine::{
     DEFAULT_BUSY_TIMEOUT, LockWait, LockWaitFn, SCHEMA_VERSION, Store, StoreOptions, now_ms,

@@ -30,6 +30,8 @@ use super::{
 
 /// The only chat the terminal has: the owner at the keyboard.
 pub const TERMINAL_CHAT_ID: &str = "local";
+/// The terminal channel's name.
+pub const NAME: &str = "terminal";
 const MAX_CLIENT_LINE: usize = 256 * 1024;
 /// How long a delivery waits for a client's socket to take a message; a client that stopped
 /// reading does not hold up delivery to everyone else.
@@ -61,6 +63,19 @@ pub enum ClientLine {
     Show {
         scope: Scope,
     },
+    /// `nanoclaw channel status`: every channel's health.
+    ChannelStatus,
+    /// `nanoclaw channel restart NAME`.
+    RestartChannel {
+        name: String,
+    },
+}
+
+/// One channel's health, for `nanoclaw channel status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChannelReport {
+    pub name: String,
+    pub health: nanoclaw_channel::Health,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,18 +111,26 @@ pub enum ServerLine {
     },
     /// The client sent something the host could not use.
     Error { error: String },
+    /// Every channel's health (answers [`ClientLine::ChannelStatus`]).
+    Channels { channels: Vec<ChannelReport> },
+    /// A channel was restarted (answers [`ClientLine::RestartChannel`]).
+    Restarted {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
-pub fn factory(ctx: &ChannelContext<'_>) -> Result<Option<Arc<dyn Channel>>, ChannelError> {
+pub fn factory(ctx: &ChannelContext<'_>) -> Option<Arc<dyn Channel>> {
     if !ctx.config.channels.terminal.enabled {
-        return Ok(None);
+        return None;
     }
     let mut channel = TerminalChannel::new(
         ctx.paths.terminal_socket(),
         ctx.config.assistant_name.clone(),
     );
     channel.warning = ctx.warning.clone();
-    Ok(Some(Arc::new(channel)))
+    Some(Arc::new(channel))
 }
 
 /// A line for one client; `written` hears when it reached the client's socket.
@@ -318,6 +341,41 @@ impl TerminalChannel {
                     self.settle(id, scope, sink).await;
                     continue;
                 }
+                ClientLine::ChannelStatus => {
+                    let (reply, heard) = oneshot::channel();
+                    if sink
+                        .send(ChannelEvent::ChannelStatus { reply })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    let channels = heard
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(name, health)| ChannelReport { name, health })
+                        .collect();
+                    say(tx, ServerLine::Channels { channels });
+                    continue;
+                }
+                ClientLine::RestartChannel { name } => {
+                    let (done, heard) = oneshot::channel();
+                    let event = ChannelEvent::RestartChannel {
+                        name: name.clone(),
+                        done: Some(done),
+                    };
+                    if sink.send(event).await.is_err() {
+                        break;
+                    }
+                    let error = match heard.await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e),
+                        Err(_) => Some("the host dropped the request".into()),
+                    };
+                    say(tx, ServerLine::Restarted { name, error });
+                    continue;
+                }
             };
             if !self.forward_message(id, msg_id, text, tx, sink).await {
                 break;
@@ -341,7 +399,7 @@ impl TerminalChannel {
         }
         let (ack_tx, ack_rx) = oneshot::channel();
         let event = InboundEvent {
-            channel: "terminal".into(),
+            channel: NAME.into(),
             chat_id: TERMINAL_CHAT_ID.into(),
             chat_name: "Terminal".into(),
             is_group: false,
@@ -351,7 +409,9 @@ impl TerminalChannel {
             sender_name: std::env::var("USER").ok(),
             text,
             received_at: crate::now_ms(),
+            mentions_me: true,
             ack: Some(ack_tx),
+            ..InboundEvent::default()
         };
         if sink.send(ChannelEvent::Inbound(event)).await.is_err() {
             say(
@@ -366,6 +426,7 @@ impl TerminalChannel {
             Ok(RouteOutcome::Accepted) => ("accepted", None),
             Ok(RouteOutcome::Duplicate) => ("duplicate", None),
             Ok(RouteOutcome::Ignored(why)) => ("ignored", Some(why)),
+            Ok(RouteOutcome::Held(why)) => ("held", Some(why)),
             Ok(RouteOutcome::Failed(why)) => ("failed", Some(why)),
             Err(_) => ("failed", Some("the host dropped the message".to_owned())),
         };
@@ -392,7 +453,7 @@ impl TerminalChannel {
         }
         let _ = sink
             .send(ChannelEvent::Reachable {
-                channel: "terminal".into(),
+                channel: NAME.into(),
                 chat_id: TERMINAL_CHAT_ID.into(),
             })
             .await;
@@ -458,7 +519,7 @@ fn say(tx: &ClientTx, line: ServerLine) {
 #[async_trait]
 impl Channel for TerminalChannel {
     fn name(&self) -> &'static str {
-        "terminal"
+        NAME
     }
 
     async fn start(self: Arc<Self>, sink: InboundSink) -> Result<(), ChannelError> {
@@ -553,6 +614,8 @@ impl Channel for TerminalChannel {
         let line = match progress {
             Progress::TextDelta(text) => ServerLine::Delta { text },
             Progress::Tool { tool, summary } => ServerLine::Tool { tool, summary },
+            // The terminal shows the reply streaming in; nothing to show before that.
+            Progress::Working => return,
         };
         self.send_to(answers, line, false).await;
     }

@@ -356,7 +356,8 @@ async fn interactive(client: &mut TerminalClient) -> anyhow::Result<ExitCode> {
                         prompt();
                     }
                     ServerLine::Error { error } => eprintln!("host: {}", for_terminal(&error)),
-                    ServerLine::Ack { .. } => {}
+                    // Answers to admin requests this client never makes.
+                    ServerLine::Ack { .. } | ServerLine::Channels { .. } | ServerLine::Restarted { .. } => {}
                 }
             }
         }

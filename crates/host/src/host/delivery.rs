@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use nanoclaw_store::{Chat, NewOutbound, Outbound, OutboundKind};
+use tokio::sync::Mutex;
 
 use super::Inner;
 use super::owner::owner_chat;
@@ -17,9 +19,25 @@ const MAX_DELIVERY_TRIES: u32 = 5;
 /// Outbound rows read per pass.
 const DELIVERY_BATCH: usize = 200;
 
+/// Chats delivered to at once: each chat's messages go out in order, different chats in
+/// parallel, so one slow or rate-limited platform does not hold up every other chat.
+const PARALLEL_CHATS: usize = 32;
+
+/// What to do after one delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Go on with the chat's next message.
+    Continue,
+    /// Stop this chat for this pass; `retry_soon` when it should be tried again shortly.
+    StopChat { retry_soon: bool },
+    /// The platform asked to wait: leave the chat alone until then.
+    Cooldown(tokio::time::Instant),
+}
+
 /// Delivers stored outbound messages through their channels.
 pub(super) async fn delivery_loop(inner: Arc<Inner>) {
-    let mut chats: HashMap<i64, Chat> = HashMap::new();
+    let chats: Mutex<HashMap<i64, Chat>> = Mutex::new(HashMap::new());
+    let mut cooldowns: HashMap<i64, tokio::time::Instant> = HashMap::new();
     loop {
         let notified = inner.delivery_wake.notified();
         // Checked per pass against the live secret versions (the vault rebuilds it only when
@@ -39,64 +57,128 @@ pub(super) async fn delivery_loop(inner: Arc<Inner>) {
             },
             None => None,
         };
-        let retry_soon = deliver_pending(&inner, &mut chats, guard.as_deref()).await;
-        if retry_soon {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = notified => {}
-            }
+        let now = tokio::time::Instant::now();
+        cooldowns.retain(|_, until| *until > now);
+        let pass = deliver_pending(&inner, &chats, guard.as_deref(), &cooldowns).await;
+        cooldowns.extend(pass.cooldowns);
+        let mut wait = if pass.retry_soon {
+            Some(Duration::from_secs(2))
         } else {
-            notified.await;
+            None
+        };
+        if let Some(until) = cooldowns.values().min() {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            wait = Some(wait.map_or(left, |w| w.min(left)));
+        }
+        match wait {
+            Some(wait) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
         }
     }
 }
 
-/// One pass over the outbound queue. `true` when something should be tried again soon.
+/// What one pass over the queue found.
+#[derive(Default)]
+struct Pass {
+    retry_soon: bool,
+    cooldowns: Vec<(i64, tokio::time::Instant)>,
+}
+
+/// One pass over the outbound queue: each chat's rows in order, chats in parallel.
 async fn deliver_pending(
     inner: &Arc<Inner>,
-    chats: &mut HashMap<i64, Chat>,
+    chats: &Mutex<HashMap<i64, Chat>>,
     guard: Option<&nanoclaw_vault::LeakGuard>,
-) -> bool {
-    match inner.store.pending_outbound(DELIVERY_BATCH).await {
-        Ok(rows) => {
-            let mut retry_soon = false;
-            for row in rows {
-                retry_soon |= deliver_one(inner, chats, guard, row).await;
-            }
-            retry_soon
-        }
+    cooldowns: &HashMap<i64, tokio::time::Instant>,
+) -> Pass {
+    let rows = match inner.store.pending_outbound(DELIVERY_BATCH).await {
+        Ok(rows) => rows,
         Err(e) => {
             tracing::error!(error = %e, "reading the outbound queue failed");
-            true
+            return Pass {
+                retry_soon: true,
+                ..Pass::default()
+            };
+        }
+    };
+    // Rows come oldest first; grouping keeps that order within each chat.
+    let mut by_chat: Vec<(i64, Vec<Outbound>)> = Vec::new();
+    for row in rows {
+        if cooldowns.contains_key(&row.chat_id) {
+            continue;
+        }
+        match by_chat.iter_mut().find(|(chat, _)| *chat == row.chat_id) {
+            Some((_, list)) => list.push(row),
+            None => by_chat.push((row.chat_id, vec![row])),
         }
     }
+    let results: Vec<(i64, Next)> = futures_util::stream::iter(by_chat)
+        .map(|(chat_id, rows)| async move {
+            let mut last = Next::Continue;
+            for row in rows {
+                last = deliver_one(inner, chats, guard, row).await;
+                if last != Next::Continue {
+                    break;
+                }
+            }
+            (chat_id, last)
+        })
+        .buffer_unordered(PARALLEL_CHATS)
+        .collect()
+        .await;
+    let mut pass = Pass::default();
+    for (chat_id, next) in results {
+        match next {
+            Next::Continue => {}
+            Next::StopChat { retry_soon } => pass.retry_soon |= retry_soon,
+            Next::Cooldown(until) => pass.cooldowns.push((chat_id, until)),
+        }
+    }
+    pass
 }
 
 /// Delivers one outbound row, unless its chat is parked or its channel is not running.
 /// `true` when it failed and should be tried again soon.
 async fn deliver_one(
     inner: &Arc<Inner>,
-    chats: &mut HashMap<i64, Chat>,
+    chats: &Mutex<HashMap<i64, Chat>>,
     guard: Option<&nanoclaw_vault::LeakGuard>,
     row: Outbound,
-) -> bool {
+) -> Next {
+    const STOP: Next = Next::StopChat { retry_soon: false };
     if inner.parked_chats.lock().await.chats.contains(&row.chat_id) {
-        return false;
+        return STOP;
     }
-    let chat = match chats.get(&row.chat_id) {
-        Some(c) => c.clone(),
+    let cached = chats.lock().await.get(&row.chat_id).cloned();
+    let chat = match cached {
+        Some(c) => c,
         None => match inner.store.chat(row.chat_id).await {
             Ok(Some(c)) => {
-                chats.insert(c.id, c.clone());
+                chats.lock().await.insert(c.id, c.clone());
                 c
             }
-            _ => return false,
+            _ => return STOP,
         },
     };
     let Some(channel) = inner.channels.get(&chat.channel) else {
         // The channel is not running (disabled in config): keep the message.
         inner.parked_chats.lock().await.chats.insert(chat.id);
-        return false;
+        return STOP;
+    };
+    let thread = match &row.session_id {
+        Some(id) => inner
+            .store
+            .session(id.clone())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.thread),
+        None => None,
     };
     let reply_to = match row.in_reply_to {
         Some(id) => inner
@@ -122,25 +204,26 @@ async fn deliver_one(
         outbound_id: row.id,
         idempotency_key: row.idempotency_key.clone(),
         chat_id: chat.platform_id.clone(),
-        thread: None,
+        thread,
         text,
         kind: row.kind.as_str().to_owned(),
         reply_to,
         answers,
+        files: Vec::new(),
     };
     let reachable_seen = inner.parked_chats.lock().await.reachable_events;
     let delivered = channel.deliver(&message).await;
     record_delivery(inner, &row, &chat, delivered, reachable_seen).await
 }
 
-/// Records what became of a delivery attempt. `true` when it should be tried again soon.
+/// Records what became of a delivery attempt and says what to do next.
 async fn record_delivery(
     inner: &Arc<Inner>,
     row: &Outbound,
     chat: &Chat,
     delivered: Result<Option<String>, ChannelError>,
     reachable_seen: u64,
-) -> bool {
+) -> Next {
     match delivered {
         Ok(platform_id) => {
             if let Ok(mut map) = inner.answers.lock() {
@@ -153,7 +236,7 @@ async fn record_delivery(
             {
                 tracing::error!(outbound = row.id, error = %e, "recording a delivery failed");
             }
-            false
+            Next::Continue
         }
         Err(ChannelError::NotConnected(why)) => {
             tracing::debug!(chat = %chat.platform_id, %why, "chat unreachable; message kept");
@@ -163,25 +246,40 @@ async fn record_delivery(
             if parked.reachable_events == reachable_seen {
                 parked.chats.insert(chat.id);
             }
-            false
+            Next::StopChat { retry_soon: false }
         }
         Err(ChannelError::Unclaimed(why)) => {
-            // Tried again on the next pass (a client arriving wakes one).
+            // Tried again on the next pass (a client arriving wakes one); the chat's other
+            // messages go on.
             tracing::debug!(outbound = row.id, %why, "message kept");
-            false
+            Next::Continue
+        }
+        Err(ChannelError::RateLimited {
+            platform,
+            retry_after,
+        }) => {
+            // Not a failure: the platform said when to come back. No try is used up.
+            tracing::info!(outbound = row.id, %platform, ?retry_after, "rate limited; waiting");
+            Next::Cooldown(tokio::time::Instant::now() + retry_after)
         }
         Err(e) => {
             tracing::warn!(outbound = row.id, error = %e, "delivery failed");
+            let tries = if e.is_retryable() {
+                MAX_DELIVERY_TRIES
+            } else {
+                1
+            };
             let state = inner
                 .store
-                .mark_delivery_failed(row.id, e.to_string(), MAX_DELIVERY_TRIES)
+                .mark_delivery_failed(row.id, e.to_string(), tries)
                 .await;
             if matches!(state, Ok(nanoclaw_store::OutboundState::Failed))
                 && let Ok(mut map) = inner.answers.lock()
             {
                 map.remove(&row.id);
             }
-            true
+            // Later messages of the chat wait, so they are not shown before this one.
+            Next::StopChat { retry_soon: true }
         }
     }
 }

@@ -23,6 +23,19 @@ pub(super) async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Channe
                 inner.scheduler_wake.notify_one();
                 inner.delivery_wake.notify_one();
             }
+            ChannelEvent::ChannelStatus { reply } => {
+                let _ = reply.send(inner.channel_health());
+            }
+            ChannelEvent::RestartChannel { name, done } => {
+                // Off the router loop: a restart may take a while (a slow platform).
+                let inner = Arc::clone(&inner);
+                tokio::spawn(async move {
+                    let result = inner.restart_channel(&name).await;
+                    if let Some(done) = done {
+                        let _ = done.send(result);
+                    }
+                });
+            }
             ChannelEvent::Reachable { channel, chat_id } => {
                 let chat = inner.store.chat_by_platform(channel, chat_id).await;
                 let mut parked = inner.parked_chats.lock().await;
@@ -165,4 +178,38 @@ pub(super) async fn scheduler_loop(inner: Arc<Inner>) {
             None => notified.await,
         }
     }
+}
+
+/// Hands channel supervisors' alerts to [`alert_loop`].
+pub(super) struct OwnerAlerts(pub mpsc::UnboundedSender<String>);
+
+impl nanoclaw_channel::Alerts for OwnerAlerts {
+    fn down_too_long(&self, channel: &str, health: &nanoclaw_channel::Health) {
+        let minutes = (now_ms() - health.since).max(0) / 60_000;
+        let why = health.last_error.as_deref().unwrap_or("no error recorded");
+        let _ = self.0.send(format!(
+            "The {channel} channel has been {} for {minutes} min: {why}. It keeps retrying on its own; \
+             `nanoclaw channel status` shows more, `nanoclaw channel restart {channel}` retries now.",
+            health.state.as_str()
+        ));
+    }
+
+    fn recovered(&self, channel: &str, _health: &nanoclaw_channel::Health) {
+        let _ = self
+            .0
+            .send(format!("The {channel} channel is connected again."));
+    }
+}
+
+/// Tells the owner's main chat what the channel supervisors report.
+pub(super) async fn alert_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(text) = rx.recv().await {
+        let key = format!("channel-alert-{}-{}", now_ms(), rand_suffix());
+        super::owner::tell_owner(&inner, key, text).await;
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use rand::RngExt;
+    rand::rng().random()
 }

@@ -103,7 +103,38 @@ struct Inner {
     runtime_error: Option<String>,
     /// Secrets; the leak guard scans outgoing chat messages for their values.
     vault: Option<nanoclaw_vault::Vault>,
+    /// The platform channels' supervisors, by channel name (set once they are started).
+    supervisors: std::sync::OnceLock<HashMap<String, Arc<nanoclaw_channel::Supervisor>>>,
     _lock: HostLock,
+}
+
+impl Inner {
+    fn channel_health(&self) -> Vec<(String, nanoclaw_channel::Health)> {
+        let mut out = Vec::new();
+        if let Some(terminal) = self.channels.get(crate::channel::terminal::NAME) {
+            out.push((terminal.name().to_owned(), terminal.health()));
+        }
+        if let Some(supervisors) = self.supervisors.get() {
+            let mut named: Vec<_> = supervisors.iter().collect();
+            named.sort_by(|a, b| a.0.cmp(b.0));
+            out.extend(
+                named
+                    .into_iter()
+                    .map(|(name, s)| (name.clone(), s.health())),
+            );
+        }
+        out
+    }
+
+    /// Restarts platform channel `name` now.
+    async fn restart_channel(&self, name: &str) -> Result<(), String> {
+        let supervisor = self
+            .supervisors
+            .get()
+            .and_then(|s| s.get(name))
+            .ok_or_else(|| format!("no {name} channel is enabled in this host"))?;
+        supervisor.restart().await
+    }
 }
 
 /// The agent pool and what was found out while building it.
@@ -144,13 +175,15 @@ impl Host {
             master_key,
         )
         .await?;
-        let channel_list = crate::channel::build_enabled(&ChannelContext {
+        let terminal = crate::channel::build_terminal(&ChannelContext {
             config: &config,
             paths: &paths,
             warning: runtime_error.clone(),
-        })?;
-        let channels: HashMap<String, Arc<dyn Channel>> = channel_list
+        });
+        let platforms = platform_channels(&config, &store, vault.clone(), &paths);
+        let channels: HashMap<String, Arc<dyn Channel>> = terminal
             .iter()
+            .chain(platforms.iter())
             .map(|c| (c.name().to_owned(), Arc::clone(c)))
             .collect();
 
@@ -169,12 +202,19 @@ impl Host {
             answers: std::sync::Mutex::new(HashMap::new()),
             runtime_error,
             vault,
+            supervisors: std::sync::OnceLock::new(),
             _lock: lock,
         });
 
         let (tx, rx) = mpsc::channel::<ChannelEvent>(1024);
-        let tasks = spawn_loops(&inner, rx);
-        start_channels(channel_list, &tx).await?;
+        let mut tasks = spawn_loops(&inner, rx);
+        if let Some(terminal) = terminal {
+            Arc::clone(&terminal)
+                .start(tx.clone())
+                .await
+                .context("starting the terminal channel")?;
+        }
+        tasks.extend(supervise_platforms(&inner, platforms, &tx));
         if !inner.config.agents.warm.is_empty() {
             tokio::spawn(loops::prewarm(Arc::clone(&inner)));
         }
@@ -198,6 +238,11 @@ impl Host {
     /// Where in-process channels (and tests) hand messages to the router.
     pub fn inbound_sink(&self) -> crate::channel::InboundSink {
         self.sink.clone()
+    }
+
+    /// Every channel's health, by name (the terminal first, then platforms by name).
+    pub fn channel_health(&self) -> Vec<(String, nanoclaw_channel::Health)> {
+        self.inner.channel_health()
     }
 
     /// Agents running right now: busy with a turn or idle and warm.
@@ -230,11 +275,11 @@ impl Host {
 
     /// Stops channels, background tasks and idle agents.
     pub async fn shutdown(self) {
-        for channel in self.inner.channels.values() {
-            channel.stop().await;
-        }
         for task in &self.tasks {
             task.abort();
+        }
+        for channel in self.inner.channels.values() {
+            channel.stop().await;
         }
         self.inner.pool.stop_all().await;
     }
@@ -252,6 +297,68 @@ fn take_data_dir(paths: &Paths) -> anyhow::Result<HostLock> {
     let _ = std::fs::remove_dir_all(&stale);
     crate::config::create_private_dir(&stale)?;
     Ok(lock)
+}
+
+/// The enabled platform channels, each built on its first start (see [`LazyChannel`]).
+///
+/// [`LazyChannel`]: crate::channel::platforms::LazyChannel
+fn platform_channels(
+    config: &Config,
+    store: &Store,
+    vault: Option<nanoclaw_vault::Vault>,
+    paths: &Paths,
+) -> Vec<Arc<dyn Channel>> {
+    use crate::channel::platforms::{Backing, LazyChannel};
+    let backing = Backing {
+        store: store.clone(),
+        vault,
+        paths: paths.clone(),
+        assistant_name: config.assistant_name.clone(),
+    };
+    config
+        .channels
+        .enabled_platforms()
+        .filter_map(|(name, settings)| {
+            let registration = crate::channel::registration(name)?;
+            let channel: Arc<dyn Channel> = Arc::new(LazyChannel::new(
+                registration,
+                settings.clone(),
+                backing.clone(),
+            ));
+            Some(channel)
+        })
+        .collect()
+}
+
+/// Starts each platform channel under a supervisor that restarts it alone when it goes down
+/// and tells the owner when it stays down; returns the supervisors' tasks.
+fn supervise_platforms(
+    inner: &Arc<Inner>,
+    platforms: Vec<Arc<dyn Channel>>,
+    tx: &mpsc::Sender<ChannelEvent>,
+) -> Vec<JoinHandle<()>> {
+    use nanoclaw_channel::{Supervisor, SupervisorConfig};
+    let (alert_tx, alert_rx) = mpsc::unbounded_channel();
+    let alerts = Arc::new(loops::OwnerAlerts(alert_tx));
+    let config = SupervisorConfig {
+        alert_after: Duration::from_secs(inner.config.channels.alert_after_secs),
+        ..SupervisorConfig::default()
+    };
+    let supervisors: HashMap<String, Arc<Supervisor>> = platforms
+        .into_iter()
+        .map(|channel| {
+            let name = channel.name().to_owned();
+            let supervisor = Supervisor::new(channel, tx.clone(), config.clone(), alerts.clone());
+            (name, supervisor)
+        })
+        .collect();
+    let mut tasks: Vec<JoinHandle<()>> = supervisors
+        .values()
+        .map(|s| tokio::spawn(Arc::clone(s).run()))
+        .collect();
+    tasks.push(tokio::spawn(loops::alert_loop(Arc::clone(inner), alert_rx)));
+    let _ = inner.supervisors.set(supervisors);
+    tasks
 }
 
 /// Opens the database, puts messages interrupted by the last shutdown back in the queue and
@@ -340,22 +447,6 @@ fn spawn_loops(inner: &Arc<Inner>, rx: mpsc::Receiver<ChannelEvent>) -> Vec<Join
         tokio::spawn(loops::scheduler_loop(Arc::clone(inner))),
         tokio::spawn(loops::task_loop(Arc::clone(inner))),
     ]
-}
-
-/// Starts the enabled channels, each handing its events to `tx`.
-async fn start_channels(
-    channel_list: Vec<Arc<dyn Channel>>,
-    tx: &mpsc::Sender<ChannelEvent>,
-) -> anyhow::Result<()> {
-    for channel in channel_list {
-        let name = channel.name();
-        Arc::clone(&channel)
-            .start(tx.clone())
-            .await
-            .with_context(|| format!("starting the {name} channel"))?;
-        tracing::info!(channel = name, "channel started");
-    }
-    Ok(())
 }
 
 /// The egress proxy. With a vault: its secrets are injected (TLS interception with the

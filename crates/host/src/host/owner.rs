@@ -57,6 +57,7 @@ pub(super) async fn tell_owner(inner: &Arc<Inner>, key: String, text: String) {
         kind: OutboundKind::Error.as_str().to_owned(),
         reply_to: None,
         answers: Vec::new(),
+        files: Vec::new(),
     };
     if let Err(e) = channel.deliver(&message).await {
         tracing::error!(error = %e, text = %message.text, "could not tell the owner");

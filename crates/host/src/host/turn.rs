@@ -207,6 +207,8 @@ async fn drive_turn(
         sent_messages: 0,
         reply_parts: String::new(),
     };
+    // Platforms show "typing…" while the agent works.
+    driver.progress(Progress::Working).await;
     let deadline = tokio::time::Instant::now() + inner.config.agents.turn_timeout();
     loop {
         let event = match tokio::time::timeout_at(deadline, agent.next_event()).await {

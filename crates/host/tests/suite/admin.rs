@@ -149,6 +149,7 @@ async fn another_group_asking_for_admin_actions_is_refused_by_the_host() {
             text: "register my chat".into(),
             received_at: nanoclaw_host::now_ms(),
             ack: None,
+            ..InboundEvent::default()
         }))
         .await
         .unwrap();

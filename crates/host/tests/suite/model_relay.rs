@@ -278,6 +278,7 @@ async fn wake_second_group(host: &nanoclaw_host::Host, folder: &str, chat: &str)
             text: "hello".into(),
             received_at: nanoclaw_host::now_ms(),
             ack: Some(tx),
+            ..InboundEvent::default()
         }))
         .await
         .unwrap();

@@ -27,6 +27,7 @@ async fn inject(host: &Host, channel: &str, chat: &str, id: &str, text: &str) ->
             text: text.into(),
             received_at: nanoclaw_host::now_ms(),
             ack: Some(tx),
+            ..InboundEvent::default()
         }))
         .await
         .unwrap();

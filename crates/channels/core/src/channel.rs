@@ -1,0 +1,86 @@
+//! The `Channel` trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::event::{ChannelEvent, OutgoingMessage, Progress};
+use crate::health::Health;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// Nobody is there to receive it right now; the message stays queued.
+    #[error("{0} is not connected")]
+    NotConnected(String),
+    /// Someone is connected, but nobody who asked for this message or shows the whole chat:
+    /// the message stays queued without holding up the chat's other messages.
+    #[error("not delivered yet: {0}")]
+    Unclaimed(String),
+    /// The platform asked to slow down; try again after `retry_after`.
+    #[error("rate limited by {platform}; retry after {retry_after:?}")]
+    RateLimited {
+        platform: String,
+        retry_after: Duration,
+    },
+    /// The platform refused the message for good (e.g. the chat no longer exists); retrying
+    /// cannot help.
+    #[error("rejected by {platform}: {detail}")]
+    Rejected { platform: String, detail: String },
+    #[error("delivery failed: {0}")]
+    Failed(String),
+    #[error("channel setup failed: {0}")]
+    Setup(String),
+    /// The platform refused our credentials: the owner must fix the token.
+    #[error("{platform} refused the credentials: {detail}")]
+    Unauthorized { platform: String, detail: String },
+}
+
+impl ChannelError {
+    /// Whether the send may be tried again later with the same message.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ChannelError::Rejected { .. })
+    }
+}
+
+/// Where channels send what they receive.
+pub type InboundSink = mpsc::Sender<ChannelEvent>;
+
+#[async_trait]
+pub trait Channel: Send + Sync {
+    /// Channel type, e.g. `telegram`.
+    fn name(&self) -> &'static str;
+
+    /// Starts receiving; events go to `sink`. Returns once the channel is set up (for
+    /// network channels: once the first connection was tried; reconnects run inside).
+    async fn start(self: Arc<Self>, sink: InboundSink) -> Result<(), ChannelError>;
+
+    /// Delivers one message. Returns the platform's message id when it has one.
+    async fn deliver(&self, message: &OutgoingMessage) -> Result<Option<String>, ChannelError>;
+
+    /// Shows progress of a turn in a chat (best effort; default: nothing). `answers`: the
+    /// platform ids of the messages the turn answers.
+    async fn progress(&self, _chat_id: &str, _answers: &[String], _progress: Progress) {}
+
+    /// Checks the credentials and the connection with one real call; returns who the
+    /// channel is on the platform (e.g. the bot's username). Used by `nanoclaw channel add`.
+    async fn verify(&self) -> Result<String, ChannelError> {
+        Ok(self.name().to_string())
+    }
+
+    /// The channel's real state for `nanoclaw channel status`.
+    fn health(&self) -> Health {
+        Health::always_up()
+    }
+
+    /// For a host started on demand by clients: returns `true` once nobody has been
+    /// connected for `linger` and the channel has stopped accepting; `false` at once when the
+    /// channel cannot tell (the default).
+    async fn until_unattended(&self, _linger: Duration) -> bool {
+        false
+    }
+
+    /// Stops receiving. A stopped channel can be started again (`channel restart`).
+    async fn stop(&self) {}
+}

@@ -1,0 +1,77 @@
+//! In-memory ledger, state and secrets, for adapters' unit tests and tools that need no
+//! durability.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::channel::ChannelError;
+use crate::ledger::{PartState, SendLedger};
+use crate::setup::{SecretSource, StateStore};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryLedger(Mutex<HashMap<(String, u32), PartState>>);
+
+#[async_trait]
+impl SendLedger for MemoryLedger {
+    async fn part(&self, key: &str, part: u32) -> Result<PartState, ChannelError> {
+        Ok(lock(&self.0)
+            .get(&(key.to_string(), part))
+            .cloned()
+            .unwrap_or(PartState::Unsent))
+    }
+    async fn begin(&self, key: &str, part: u32) -> Result<(), ChannelError> {
+        lock(&self.0).insert((key.to_string(), part), PartState::InDoubt);
+        Ok(())
+    }
+    async fn sent(&self, key: &str, part: u32, id: Option<&str>) -> Result<(), ChannelError> {
+        lock(&self.0).insert(
+            (key.to_string(), part),
+            PartState::Sent(id.map(str::to_string)),
+        );
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryState(Mutex<HashMap<String, String>>);
+
+#[async_trait]
+impl StateStore for MemoryState {
+    async fn get(&self, key: &str) -> Result<Option<String>, ChannelError> {
+        Ok(lock(&self.0).get(key).cloned())
+    }
+    async fn put(&self, key: &str, value: &str) -> Result<(), ChannelError> {
+        lock(&self.0).insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+pub struct MemorySecrets(Mutex<HashMap<String, String>>);
+
+impl MemorySecrets {
+    pub fn with(pairs: &[(&str, &str)]) -> MemorySecrets {
+        MemorySecrets(Mutex::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ))
+    }
+}
+
+#[async_trait]
+impl SecretSource for MemorySecrets {
+    async fn secret(&self, name: &str) -> Result<Option<SecretString>, ChannelError> {
+        Ok(lock(&self.0)
+            .get(name)
+            .map(|v| SecretString::from(v.clone())))
+    }
+}

@@ -1,0 +1,100 @@
+//! How a channel is built: its registration, its settings and what the host lends it.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::channel::{Channel, ChannelError};
+use crate::ledger::SendLedger;
+
+/// Reads channel credentials from the vault (host side only).
+#[async_trait]
+pub trait SecretSource: Send + Sync {
+    /// The secret's value, `None` when it is not set.
+    async fn secret(&self, name: &str) -> Result<Option<SecretString>, ChannelError>;
+}
+
+/// A channel's small durable state (cursors, offsets, resume tokens), scoped to the channel.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<String>, ChannelError>;
+    async fn put(&self, key: &str, value: &str) -> Result<(), ChannelError>;
+}
+
+/// Everything a factory gets.
+pub struct ChannelSetup {
+    /// The channel's `[channels.<name>]` table from config.toml (`enabled` included).
+    pub settings: toml::Table,
+    pub secrets: Arc<dyn SecretSource>,
+    pub state: Arc<dyn StateStore>,
+    pub ledger: Arc<dyn SendLedger>,
+    /// The assistant's name (e.g. `Andy`), for platforms that prefix or mention it.
+    pub assistant_name: String,
+    /// A private directory for the channel's files (0700).
+    pub data_dir: PathBuf,
+}
+
+impl ChannelSetup {
+    /// Deserializes the settings table into the channel's own config type, naming the
+    /// channel in the error.
+    pub fn settings_as<T: serde::de::DeserializeOwned>(
+        &self,
+        channel: &str,
+    ) -> Result<T, ChannelError> {
+        toml::Value::Table(self.settings.clone())
+            .try_into()
+            .map_err(|e| ChannelError::Setup(format!("[channels.{channel}] in config.toml: {e}")))
+    }
+
+    /// The secret `name`, or an error telling the owner how to set it.
+    pub async fn require_secret(
+        &self,
+        channel: &str,
+        name: &str,
+    ) -> Result<SecretString, ChannelError> {
+        self.secrets.secret(name).await?.ok_or_else(|| {
+            ChannelError::Setup(format!(
+                "the {channel} channel needs the secret {name:?} in the vault; run `nanoclaw channel add {channel}`"
+            ))
+        })
+    }
+}
+
+/// A boxed future, for factories in a `const` registry.
+pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Builds a channel from its setup (does not start it).
+pub type ChannelFactory =
+    fn(ChannelSetup) -> BoxFuture<'static, Result<Arc<dyn Channel>, ChannelError>>;
+
+/// A secret a channel needs, for `nanoclaw channel add`.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretSpec {
+    /// Vault name, e.g. `telegram.bot_token`.
+    pub name: &'static str,
+    /// What to ask the owner, e.g. "Bot token from @BotFather".
+    pub prompt: &'static str,
+}
+
+/// What a channel crate exports so the host can list, configure and build it.
+#[derive(Clone, Copy)]
+pub struct ChannelRegistration {
+    pub name: &'static str,
+    /// One line for `nanoclaw channel list`.
+    pub summary: &'static str,
+    pub secrets: &'static [SecretSpec],
+    /// Settings keys `channel add` asks for (besides secrets), with their defaults.
+    pub settings: &'static [(&'static str, &'static str)],
+    pub factory: ChannelFactory,
+}
+
+impl std::fmt::Debug for ChannelRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelRegistration")
+            .field("name", &self.name)
+            .finish()
+    }
+}

@@ -1,0 +1,248 @@
+//! Building the platform channels the configuration enables, lending each what it needs
+//! from the host: its settings, its secrets (from the vault), a durable state store and the
+//! send ledger (both in the host's database).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use nanoclaw_channel::{ChannelSetup, PartState, SecretSource, SendLedger, StateStore};
+use nanoclaw_store::{LedgerPart, Store};
+use secrecy::SecretString;
+
+use super::{Channel, ChannelError, ChannelRegistration};
+use crate::config::{Config, Paths};
+
+fn storage(e: nanoclaw_store::StoreError) -> ChannelError {
+    ChannelError::Failed(format!("the host's database: {e}"))
+}
+
+/// A channel's state, in the `channel_state` table.
+pub struct StoreState {
+    store: Store,
+    channel: String,
+}
+
+#[async_trait]
+impl StateStore for StoreState {
+    async fn get(&self, key: &str) -> Result<Option<String>, ChannelError> {
+        self.store
+            .channel_state(self.channel.clone(), key)
+            .await
+            .map_err(storage)
+    }
+    async fn put(&self, key: &str, value: &str) -> Result<(), ChannelError> {
+        self.store
+            .set_channel_state(self.channel.clone(), key, value)
+            .await
+            .map_err(storage)
+    }
+}
+
+/// The send ledger, in the `channel_sends` table.
+pub struct StoreLedger(pub Store);
+
+#[async_trait]
+impl SendLedger for StoreLedger {
+    async fn part(&self, key: &str, part: u32) -> Result<PartState, ChannelError> {
+        Ok(
+            match self.0.ledger_part(key, part).await.map_err(storage)? {
+                LedgerPart::Unsent => PartState::Unsent,
+                LedgerPart::Sending => PartState::InDoubt,
+                LedgerPart::Sent(id) => PartState::Sent(id),
+            },
+        )
+    }
+    async fn begin(&self, key: &str, part: u32) -> Result<(), ChannelError> {
+        self.0.ledger_begin(key, part).await.map_err(storage)
+    }
+    async fn sent(&self, key: &str, part: u32, id: Option<&str>) -> Result<(), ChannelError> {
+        self.0
+            .ledger_sent(key, part, id.map(str::to_string))
+            .await
+            .map_err(storage)
+    }
+}
+
+/// Channel credentials from the vault; without a vault there are none.
+pub struct VaultSource(pub Option<nanoclaw_vault::Vault>);
+
+#[async_trait]
+impl SecretSource for VaultSource {
+    async fn secret(&self, name: &str) -> Result<Option<SecretString>, ChannelError> {
+        let Some(vault) = &self.0 else {
+            return Err(ChannelError::Setup(format!(
+                "the vault is not open, so the secret {name:?} cannot be read; run `nanoclaw doctor`"
+            )));
+        };
+        match vault.reveal(name).await {
+            Ok(value) => Ok(Some(value)),
+            Err(nanoclaw_vault::VaultError::NoSuchSecret(_)) => Ok(None),
+            Err(e) => Err(ChannelError::Setup(format!(
+                "reading {name:?} from the vault: {e}"
+            ))),
+        }
+    }
+}
+
+/// What the host lends the channels it builds.
+#[derive(Clone)]
+pub struct Backing {
+    pub store: Store,
+    pub vault: Option<nanoclaw_vault::Vault>,
+    pub paths: Paths,
+    pub assistant_name: String,
+}
+
+impl Backing {
+    /// Builds (does not start) channel `registration` with `settings`.
+    pub async fn build(
+        &self,
+        registration: &ChannelRegistration,
+        settings: toml::Table,
+    ) -> Result<Arc<dyn Channel>, ChannelError> {
+        let data_dir = self.paths.channel_dir(registration.name);
+        crate::config::create_private_dir(&data_dir)
+            .map_err(|e| ChannelError::Setup(format!("creating {}: {e}", data_dir.display())))?;
+        (registration.factory)(ChannelSetup {
+            settings,
+            secrets: Arc::new(VaultSource(self.vault.clone())),
+            state: Arc::new(StoreState {
+                store: self.store.clone(),
+                channel: registration.name.to_string(),
+            }),
+            ledger: Arc::new(StoreLedger(self.store.clone())),
+            assistant_name: self.assistant_name.clone(),
+            data_dir,
+        })
+        .await
+    }
+}
+
+/// The platform channels the configuration enables, built; one that cannot be built is
+/// returned as its error (the host logs it and carries on with the others).
+pub async fn build_enabled(
+    config: &Config,
+    backing: &Backing,
+) -> Vec<(String, Result<Arc<dyn Channel>, ChannelError>)> {
+    let mut out = Vec::new();
+    for (name, settings) in config.channels.enabled_platforms() {
+        let built = match super::registration(name) {
+            Some(registration) => backing.build(&registration, settings.clone()).await,
+            None => Err(ChannelError::Setup(format!(
+                "this build has no {name} channel (built without its feature)"
+            ))),
+        };
+        out.push((name.clone(), built));
+    }
+    out
+}
+
+/// A platform channel built on its first start, and built again on a start after a failed
+/// build: a token added to the vault later (`nanoclaw channel add`, then `channel restart`)
+/// is picked up without restarting the host.
+pub struct LazyChannel {
+    registration: ChannelRegistration,
+    settings: toml::Table,
+    backing: Backing,
+    built: tokio::sync::Mutex<Option<Arc<dyn Channel>>>,
+    /// The built channel, readable without waiting (health, delivery).
+    current: std::sync::RwLock<Option<Arc<dyn Channel>>>,
+}
+
+impl LazyChannel {
+    pub fn new(
+        registration: ChannelRegistration,
+        settings: toml::Table,
+        backing: Backing,
+    ) -> LazyChannel {
+        LazyChannel {
+            registration,
+            settings,
+            backing,
+            built: tokio::sync::Mutex::new(None),
+            current: std::sync::RwLock::new(None),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<dyn Channel>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Channel for LazyChannel {
+    fn name(&self) -> &'static str {
+        self.registration.name
+    }
+
+    async fn start(self: Arc<Self>, sink: super::InboundSink) -> Result<(), ChannelError> {
+        let mut built = self.built.lock().await;
+        let channel = match built.as_ref() {
+            Some(channel) => Arc::clone(channel),
+            None => {
+                let channel = self
+                    .backing
+                    .build(&self.registration, self.settings.clone())
+                    .await?;
+                *built = Some(Arc::clone(&channel));
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Arc::clone(&channel));
+                channel
+            }
+        };
+        drop(built);
+        channel.start(sink).await
+    }
+
+    async fn deliver(
+        &self,
+        message: &super::OutgoingMessage,
+    ) -> Result<Option<String>, ChannelError> {
+        match self.current() {
+            Some(channel) => channel.deliver(message).await,
+            None => Err(ChannelError::NotConnected(format!(
+                "the {} channel is not set up",
+                self.registration.name
+            ))),
+        }
+    }
+
+    async fn progress(&self, chat_id: &str, answers: &[String], progress: super::Progress) {
+        if let Some(channel) = self.current() {
+            channel.progress(chat_id, answers, progress).await;
+        }
+    }
+
+    async fn verify(&self) -> Result<String, ChannelError> {
+        match self.current() {
+            Some(channel) => channel.verify().await,
+            None => {
+                self.backing
+                    .build(&self.registration, self.settings.clone())
+                    .await?
+                    .verify()
+                    .await
+            }
+        }
+    }
+
+    fn health(&self) -> super::Health {
+        match self.current() {
+            Some(channel) => channel.health(),
+            None => {
+                let mut health = super::Health::always_up();
+                health.state = super::LinkState::Starting;
+                health
+            }
+        }
+    }
+
+    async fn stop(&self) {
+        if let Some(channel) = self.current() {
+            channel.stop().await;
+        }
+    }
+}
