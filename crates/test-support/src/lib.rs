@@ -12,6 +12,7 @@ pub use nanoclaw_scripted_model as scripted_model;
 
 pub mod bench;
 pub mod fake_agent;
+pub mod platforms;
 pub mod procfs;
 
 /// The workspace root (two levels above this crate).
