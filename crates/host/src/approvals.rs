@@ -67,15 +67,34 @@ impl ApprovalNotifier for ChatApprovalNotifier {
     }
 }
 
-/// `/approve N` → `Some((true, Ok(N)))`, `/deny N` → `Some((false, …))`; a malformed number is
-/// `Err` with what was given; anything else is not a command (`None`).
-pub fn parse_command(text: &str) -> Option<(bool, Result<i64, String>)> {
-    let mut words = text.split_whitespace();
+/// What an `/approve` or `/deny` is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// `/approve N`: vault grant N.
+    Grant,
+    /// `/approve chat N`: the unknown chat of held message N.
+    Chat,
+    /// `/approve sender N`: the unknown sender of held message N.
+    Sender,
+}
+
+/// `/approve N` → `Some((true, Grant, Ok(N)))`, `/deny chat N` → `Some((false, Chat, …))`; a
+/// malformed number is `Err` with what was given; anything else is not a command (`None`).
+pub fn parse_command(text: &str) -> Option<(bool, Subject, Result<i64, String>)> {
+    let mut words = text.split_whitespace().peekable();
     let approve = match words.next()? {
         "/approve" => true,
         "/deny" => false,
         _ => return None,
     };
+    let subject = match words.peek().copied() {
+        Some("chat") => Subject::Chat,
+        Some("sender") => Subject::Sender,
+        _ => Subject::Grant,
+    };
+    if subject != Subject::Grant {
+        words.next();
+    }
     let rest: Vec<&str> = words.collect();
     let n = match rest.as_slice() {
         [n] => n
@@ -84,47 +103,62 @@ pub fn parse_command(text: &str) -> Option<(bool, Result<i64, String>)> {
             .map_err(|_| (*n).to_owned()),
         _ => Err(rest.join(" ")),
     };
-    Some((approve, n))
+    Some((approve, subject, n))
 }
 
-/// Handles `/approve N` and `/deny N` when `event` comes from a chat wired to the main group:
-/// decides, queues a confirmation in that chat and returns the outcome. `None` for anything
-/// else — including such a command from any other chat, which stays an ordinary message.
-pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<RouteOutcome> {
-    let (approve, n) = parse_command(&event.text)?;
-    match from_main_chat(store, event).await {
-        Ok(Some(chat_id)) => {
-            let reply = match decide(store, approve, n).await {
-                Ok(text) => text,
-                Err(e) => {
-                    tracing::error!(error = %e, "recording an approval failed");
-                    format!("Could not record that: {e}")
-                }
-            };
-            let row = NewOutbound {
-                session_id: None,
-                chat_id,
-                in_reply_to: None,
-                idempotency_key: format!(
-                    "approval-reply:{}:{}:{}",
-                    event.channel, event.chat_id, event.platform_msg_id
-                ),
-                text: reply,
-                kind: OutboundKind::Message,
-            };
-            match store.insert_outbound(row).await {
-                Ok(Some(_)) => Some(RouteOutcome::Accepted),
-                Ok(None) => Some(RouteOutcome::Duplicate),
-                Err(e) => Some(RouteOutcome::Failed(format!(
-                    "could not queue the confirmation: {e}"
-                ))),
-            }
+/// What an intercepted command did: its outcome, and held messages to route again (approved).
+pub struct Intercepted {
+    pub outcome: RouteOutcome,
+    pub replay: Vec<InboundEvent>,
+}
+
+/// Handles `/approve …` and `/deny …` when `event` comes from the owner's main chat: decides,
+/// queues a confirmation in that chat and returns the outcome. `None` for anything else —
+/// including such a command from any other chat, which stays an ordinary message.
+pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<Intercepted> {
+    let (approve, subject, n) = parse_command(&event.text)?;
+    let chat_id = match from_main_chat(store, event).await {
+        Ok(Some(chat_id)) => chat_id,
+        Ok(None) => return None,
+        Err(e) => {
+            return Some(Intercepted {
+                outcome: RouteOutcome::Failed(format!("could not check who may approve: {e}")),
+                replay: Vec::new(),
+            });
         }
-        Ok(None) => None,
-        Err(e) => Some(RouteOutcome::Failed(format!(
-            "could not check who may approve: {e}"
-        ))),
-    }
+    };
+    let decided = match subject {
+        Subject::Grant => decide(store, approve, n)
+            .await
+            .map(|text| (text, Vec::new())),
+        Subject::Chat | Subject::Sender => {
+            crate::unknown::decide(store, approve, subject == Subject::Chat, n).await
+        }
+    };
+    let (reply, replay) = match decided {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "recording an approval failed");
+            (format!("Could not record that: {e}"), Vec::new())
+        }
+    };
+    let row = NewOutbound {
+        session_id: None,
+        chat_id,
+        in_reply_to: None,
+        idempotency_key: format!(
+            "approval-reply:{}:{}:{}",
+            event.channel, event.chat_id, event.platform_msg_id
+        ),
+        text: reply,
+        kind: OutboundKind::Message,
+    };
+    let outcome = match store.insert_outbound(row).await {
+        Ok(Some(_)) => RouteOutcome::Accepted,
+        Ok(None) => RouteOutcome::Duplicate,
+        Err(e) => RouteOutcome::Failed(format!("could not queue the confirmation: {e}")),
+    };
+    Some(Intercepted { outcome, replay })
 }
 
 /// The chat's id when it is wired to the main group.
@@ -189,12 +223,25 @@ mod tests {
 
     #[test]
     fn commands_are_recognised_strictly() {
-        assert_eq!(parse_command("/approve 3"), Some((true, Ok(3))));
-        assert_eq!(parse_command("  /deny #12 "), Some((false, Ok(12))));
-        assert_eq!(parse_command("/approve"), Some((true, Err(String::new()))));
+        use Subject::*;
+        assert_eq!(parse_command("/approve 3"), Some((true, Grant, Ok(3))));
+        assert_eq!(parse_command("  /deny #12 "), Some((false, Grant, Ok(12))));
+        assert_eq!(
+            parse_command("/approve"),
+            Some((true, Grant, Err(String::new())))
+        );
         assert_eq!(
             parse_command("/approve x"),
-            Some((true, Err("x".to_owned())))
+            Some((true, Grant, Err("x".to_owned())))
+        );
+        assert_eq!(parse_command("/approve chat 7"), Some((true, Chat, Ok(7))));
+        assert_eq!(
+            parse_command("/deny sender #2"),
+            Some((false, Sender, Ok(2)))
+        );
+        assert_eq!(
+            parse_command("/approve chat"),
+            Some((true, Chat, Err(String::new())))
         );
         assert_eq!(parse_command("please /approve 3"), None);
         assert_eq!(parse_command("/approved 3"), None);

@@ -375,6 +375,20 @@ impl ChannelsSection {
         })
     }
 
+    /// Settings the host reads from a platform's table itself; the channel never sees them.
+    pub const HOST_KEYS: &'static [&'static str] = &["unknown_chats"];
+
+    /// What channel `name` does with messages from chats nobody wired (`unknown_chats`,
+    /// default `ask`).
+    pub fn unknown_chats(&self, name: &str) -> crate::router::UnknownChats {
+        self.platforms
+            .get(name)
+            .and_then(|t| t.get("unknown_chats"))
+            .and_then(toml::Value::as_str)
+            .and_then(crate::router::UnknownChats::parse)
+            .unwrap_or_default()
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.alert_after_secs == 0 {
             return Err("channels.alert_after_secs must be at least 1".into());
@@ -391,6 +405,16 @@ impl ChannelsSection {
                 && !value.is_bool()
             {
                 return Err(format!("channels.{name}.enabled must be true or false"));
+            }
+            if let Some(value) = table.get("unknown_chats")
+                && value
+                    .as_str()
+                    .and_then(crate::router::UnknownChats::parse)
+                    .is_none()
+            {
+                return Err(format!(
+                    "channels.{name}.unknown_chats must be \"ignore\", \"ask\" or \"pair\""
+                ));
             }
         }
         Ok(())

@@ -18,6 +18,7 @@ pub mod mounts;
 pub mod router;
 pub mod runtime;
 pub mod tasks;
+pub mod unknown;
 
 pub use host::{Host, HostOptions};
 

@@ -60,6 +60,17 @@ enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// Chat platforms (Telegram, Discord, Slack, WhatsApp …): add one, see their live health,
+    /// restart or remove one.
+    Channel {
+        #[command(subcommand)]
+        command: ChannelCommand,
+    },
+    /// Which chats reach which agent group, and under what rules; pairing codes for new chats.
+    Chats {
+        #[command(subcommand)]
+        command: ChatsCommand,
+    },
     /// The agent container image (used by the Docker runtime): build it, check it.
     Image {
         #[command(subcommand)]
@@ -117,6 +128,86 @@ enum TasksCommand {
         task_id: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelCommand {
+    /// The channels this build has, whether each is enabled and has its secrets.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set up a channel: its tokens go into the vault (hidden prompt, or one per line on
+    /// stdin), it is enabled in config.toml, a test call checks them, and a pairing code wires
+    /// your first chat.
+    Add {
+        /// telegram, discord, slack, whatsapp, … (see `nanoclaw channel list`).
+        name: String,
+        /// A setting for [channels.NAME], e.g. `--set api_base=https://tg.internal`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// Skip the test call (and the pairing code).
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Each channel's real state in the running host: connected or not, since when, the last
+    /// event and the last error. Exit 2 when one is down, 3 when the host is not running.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart one channel in the running host (the others keep running).
+    Restart { name: String },
+    /// Disable a channel and delete its tokens and saved state (chats and history stay).
+    Remove {
+        name: String,
+        /// Keep its tokens in the vault.
+        #[arg(long)]
+        keep_secrets: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChatsCommand {
+    /// Every chat the host has seen, what it is wired to, and messages waiting for your approval.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wire a chat to an agent group, or change the wiring's rules.
+    Wire {
+        /// The chat's number from `chats list`, or channel:platform-id.
+        chat: String,
+        /// The group's folder, e.g. `main`.
+        group: String,
+        /// Which messages wake the group: word (the group's trigger word), mention (the
+        /// platform says the bot was addressed), always, regex.
+        #[arg(long, default_value = "mention")]
+        trigger: String,
+        /// The regular expression for --trigger regex.
+        #[arg(long)]
+        pattern: Option<String>,
+        /// Only these platform sender ids may wake the group (repeat; default: anyone).
+        #[arg(long = "allow", value_name = "SENDER")]
+        allow: Vec<String>,
+        /// Senders not on the allowlist: ignore, or ask you in the main chat.
+        #[arg(long, default_value = "ignore")]
+        unknown_senders: String,
+        /// shared (one conversation per chat) or per-thread.
+        #[arg(long, default_value = "shared")]
+        session: String,
+    },
+    /// Stop routing a chat to a group.
+    Unwire { chat: String, group: String },
+    /// A one-time code: the chat that sends it to the bot is wired to the group.
+    Pair {
+        /// The channel, e.g. telegram.
+        channel: String,
+        #[arg(long, default_value = "main")]
+        group: String,
+        #[arg(long, default_value_t = 15)]
+        minutes: u32,
     },
 }
 
@@ -381,6 +472,48 @@ fn main() -> ExitCode {
                 }
             },
             Command::Group { command } => group(command).await,
+            Command::Channel { command } => match command {
+                ChannelCommand::List { json } => cli::channel::list(json).await,
+                ChannelCommand::Add {
+                    name,
+                    settings,
+                    no_verify,
+                } => cli::channel::add(name, settings, !no_verify).await,
+                ChannelCommand::Status { json } => cli::channel::status(json).await,
+                ChannelCommand::Restart { name } => cli::channel::restart(name).await,
+                ChannelCommand::Remove { name, keep_secrets } => {
+                    cli::channel::remove(name, keep_secrets).await
+                }
+            },
+            Command::Chats { command } => match command {
+                ChatsCommand::List { json } => cli::chats::list(json).await,
+                ChatsCommand::Wire {
+                    chat,
+                    group,
+                    trigger,
+                    pattern,
+                    allow,
+                    unknown_senders,
+                    session,
+                } => {
+                    cli::chats::wire(cli::chats::WireArgs {
+                        chat,
+                        group,
+                        trigger,
+                        pattern,
+                        allow,
+                        unknown_senders,
+                        session,
+                    })
+                    .await
+                }
+                ChatsCommand::Unwire { chat, group } => cli::chats::unwire(chat, group).await,
+                ChatsCommand::Pair {
+                    channel,
+                    group,
+                    minutes,
+                } => cli::chats::pair(channel, group, minutes).await,
+            },
             Command::Image { command } => match command {
                 ImageCommand::Build {
                     tag,

@@ -5,11 +5,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::engine::{Store, now_ms};
 use crate::error::{Ctx, StoreError};
 use crate::groups::{GROUP_COLS, group_at};
-use crate::model::{Chat, Group, SessionMode, Wiring};
+use crate::model::{Chat, Group, TriggerRule, Wiring, WiringOptions};
 
 const CHAT_COLS: &str = "id, channel, platform_id, name, is_group, created_at";
-const WIRING_COLS: &str =
-    "w.id, w.chat_id, w.group_id, w.requires_trigger, w.session_mode, w.created_at";
+const WIRING_COLS: &str = "w.id, w.chat_id, w.group_id, w.trigger_rule, w.trigger_pattern, \
+     w.allowed_senders, w.unknown_senders, w.session_mode, w.created_at";
+/// Columns of [`WIRING_COLS`]: where a joined row's next table starts.
+const WIRING_COL_COUNT: usize = 9;
 
 fn chat_row(row: &Row<'_>) -> rusqlite::Result<Chat> {
     Ok(Chat {
@@ -23,13 +25,23 @@ fn chat_row(row: &Row<'_>) -> rusqlite::Result<Chat> {
 }
 
 fn wiring_row(row: &Row<'_>) -> rusqlite::Result<Wiring> {
+    let allowed: Option<String> = row.get(5)?;
+    let allowed_senders = match allowed {
+        Some(json) => Some(serde_json::from_str::<Vec<String>>(&json).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
+        })?),
+        None => None,
+    };
     Ok(Wiring {
         id: row.get(0)?,
         chat_id: row.get(1)?,
         group_id: row.get(2)?,
-        requires_trigger: row.get(3)?,
-        session_mode: row.get(4)?,
-        created_at: row.get(5)?,
+        trigger_rule: row.get(3)?,
+        trigger_pattern: row.get(4)?,
+        allowed_senders,
+        unknown_senders: row.get(6)?,
+        session_mode: row.get(7)?,
+        created_at: row.get(8)?,
     })
 }
 
@@ -158,10 +170,21 @@ impl Store {
         &self,
         chat_id: i64,
         group_id: impl Into<String>,
-        requires_trigger: bool,
-        mode: SessionMode,
+        options: WiringOptions,
     ) -> Result<Wiring, StoreError> {
         let group_id = group_id.into();
+        if options.trigger_rule == TriggerRule::Regex && options.trigger_pattern.is_none() {
+            return Err(StoreError::Invalid(
+                "the regex trigger rule needs a pattern".into(),
+            ));
+        }
+        let allowed = match &options.allowed_senders {
+            Some(list) => Some(
+                serde_json::to_string(list)
+                    .map_err(|e| StoreError::Invalid(format!("sender allowlist: {e}")))?,
+            ),
+            None => None,
+        };
         self.write("wire chat to group", move |tx| {
             // Check first so the user gets "chat 7 not found", not a bare foreign-key error.
             let chat_exists: bool = tx
@@ -185,14 +208,30 @@ impl Store {
                 return Err(missing("group", &group_id));
             }
             tx.execute(
-                "INSERT INTO wirings (chat_id, group_id, requires_trigger, session_mode, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO wirings (chat_id, group_id, trigger_rule, trigger_pattern,
+                                      allowed_senders, unknown_senders, session_mode, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (chat_id, group_id) DO UPDATE SET
-                     requires_trigger = excluded.requires_trigger,
+                     trigger_rule = excluded.trigger_rule,
+                     trigger_pattern = excluded.trigger_pattern,
+                     allowed_senders = excluded.allowed_senders,
+                     unknown_senders = excluded.unknown_senders,
                      session_mode = excluded.session_mode",
-                params![chat_id, group_id, requires_trigger, mode, now_ms()],
+                params![
+                    chat_id,
+                    group_id,
+                    options.trigger_rule,
+                    options.trigger_pattern,
+                    allowed,
+                    options.unknown_senders,
+                    options.session_mode,
+                    now_ms()
+                ],
             )
             .ctx("upsert wiring")?;
+            // A chat the owner wires is no longer turned away.
+            tx.execute("DELETE FROM blocked_chats WHERE chat_id = ?1", [chat_id])
+                .ctx("unblock wired chat")?;
             tx.query_row(
                 &format!(
                     "SELECT {WIRING_COLS} FROM wirings w WHERE w.chat_id = ?1 AND w.group_id = ?2"
@@ -201,6 +240,44 @@ impl Store {
                 wiring_row,
             )
             .ctx("read wiring")
+        })
+        .await
+    }
+
+    /// Adds `sender` to the allowlist of the chat's wiring to the group (a wiring without an
+    /// allowlist lets everyone through already and is left alone).
+    pub async fn allow_sender(
+        &self,
+        chat_id: i64,
+        group_id: impl Into<String>,
+        sender: impl Into<String>,
+    ) -> Result<(), StoreError> {
+        let (group_id, sender) = (group_id.into(), sender.into());
+        self.write("allow sender", move |tx| {
+            let current: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT allowed_senders FROM wirings WHERE chat_id = ?1 AND group_id = ?2",
+                    params![chat_id, group_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .ctx("read allowlist")?;
+            let Some(Some(json)) = current else {
+                return Ok(());
+            };
+            let mut list: Vec<String> = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Invalid(format!("stored allowlist: {e}")))?;
+            if !list.contains(&sender) {
+                list.push(sender.clone());
+            }
+            let json = serde_json::to_string(&list)
+                .map_err(|e| StoreError::Invalid(format!("allowlist: {e}")))?;
+            tx.execute(
+                "UPDATE wirings SET allowed_senders = ?3 WHERE chat_id = ?1 AND group_id = ?2",
+                params![chat_id, group_id, json],
+            )
+            .ctx("update allowlist")?;
+            Ok(())
         })
         .await
     }
@@ -236,7 +313,9 @@ impl Store {
             );
             let mut stmt = conn.prepare_cached(&sql).ctx("list wirings for chat")?;
             let rows = stmt
-                .query_map([chat_id], |r| Ok((wiring_row(r)?, group_at(r, 6)?)))
+                .query_map([chat_id], |r| {
+                    Ok((wiring_row(r)?, group_at(r, WIRING_COL_COUNT)?))
+                })
                 .ctx("list wirings for chat")?;
             rows.collect::<Result<Vec<_>, _>>()
                 .ctx("list wirings for chat")

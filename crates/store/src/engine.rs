@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_grant_approvals.sql"),
     include_str!("../migrations/0006_tasks.sql"),
     include_str!("../migrations/0007_channels.sql"),
+    include_str!("../migrations/0008_chat_wiring.sql"),
 ];
 
 /// The schema version this build knows.

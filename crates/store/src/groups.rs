@@ -161,6 +161,11 @@ impl Store {
     }
 
     /// All groups, main group first, then by creation.
+    /// The main group (the owner's), once it exists.
+    pub async fn main_group(&self) -> Result<Option<Group>, StoreError> {
+        Ok(self.list_groups().await?.into_iter().find(|g| g.is_main))
+    }
+
     pub async fn list_groups(&self) -> Result<Vec<Group>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn

@@ -11,6 +11,7 @@ mod egress;
 mod engine;
 mod error;
 mod groups;
+mod held;
 mod inbound;
 mod model;
 mod mounts;
@@ -27,11 +28,12 @@ pub use engine::{
 };
 pub use error::StoreError;
 pub use groups::{DEFAULT_TRIGGER, validate_folder};
+pub use held::{Held, NewHeld, Pairing};
 pub use inbound::backoff_ms;
 pub use model::{
-    Chat, Group, Inbound, InboundStatus, InsertedInbound, NewGroup, NewInbound, NewOutbound,
-    Outbound, OutboundKind, OutboundState, RetryOutcome, Session, SessionMode, SessionStatus,
-    Usage, UsageTotals, Wiring,
+    Chat, Group, HeldMessage, Inbound, InboundStatus, InsertedInbound, NewGroup, NewInbound,
+    NewOutbound, Outbound, OutboundKind, OutboundState, RetryOutcome, Session, SessionMode,
+    SessionStatus, TriggerRule, UnknownSenders, Usage, UsageTotals, Wiring, WiringOptions,
 };
 pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.

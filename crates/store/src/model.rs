@@ -153,15 +153,105 @@ pub struct Chat {
     pub created_at: i64,
 }
 
+text_enum!(
+    /// Which messages of a wired chat wake its group.
+    TriggerRule {
+        /// Messages containing the group's trigger word (`@Andy`).
+        Word => "word",
+        /// Messages the platform says address the bot (an @mention, a reply to the bot, a
+        /// direct message), or containing the trigger word.
+        Mention => "mention",
+        /// Every message.
+        Always => "always",
+        /// Messages the wiring's regular expression matches.
+        Regex => "regex",
+    }
+);
+
+text_enum!(
+    /// What happens to a message from a sender not on a wiring's allowlist.
+    UnknownSenders {
+        /// Dropped (logged).
+        Ignore => "ignore",
+        /// Held; the owner is asked in the main chat and the message is replayed on approval.
+        Ask => "ask",
+    }
+);
+
+/// How a chat is wired to a group: which messages wake it and from whom.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WiringOptions {
+    pub trigger_rule: TriggerRule,
+    /// The regular expression of [`TriggerRule::Regex`].
+    pub trigger_pattern: Option<String>,
+    /// Platform sender ids allowed to wake the group; `None`: anyone in the chat.
+    pub allowed_senders: Option<Vec<String>>,
+    pub unknown_senders: UnknownSenders,
+    pub session_mode: SessionMode,
+}
+
+impl WiringOptions {
+    /// The trigger word when `requires_trigger`, else every message; anyone; `mode`.
+    pub fn new(requires_trigger: bool, mode: SessionMode) -> WiringOptions {
+        WiringOptions {
+            trigger_rule: if requires_trigger {
+                TriggerRule::Word
+            } else {
+                TriggerRule::Always
+            },
+            trigger_pattern: None,
+            allowed_senders: None,
+            unknown_senders: UnknownSenders::Ignore,
+            session_mode: mode,
+        }
+    }
+}
+
 /// A chat routed to an agent group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Wiring {
     pub id: i64,
     pub chat_id: i64,
     pub group_id: String,
-    pub requires_trigger: bool,
+    pub trigger_rule: TriggerRule,
+    pub trigger_pattern: Option<String>,
+    pub allowed_senders: Option<Vec<String>>,
+    pub unknown_senders: UnknownSenders,
     pub session_mode: SessionMode,
     pub created_at: i64,
+}
+
+impl Wiring {
+    /// Whether messages need something (a trigger word, a mention, a match) to wake the group.
+    pub fn requires_trigger(&self) -> bool {
+        self.trigger_rule != TriggerRule::Always
+    }
+
+    /// Whether `sender` may wake the group.
+    pub fn allows_sender(&self, sender: &str) -> bool {
+        self.allowed_senders
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|s| s == sender))
+    }
+}
+
+/// A message from an unknown chat or sender, waiting for the owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldMessage {
+    pub id: i64,
+    pub chat_id: i64,
+    pub group_id: Option<String>,
+    /// `unknown_chat` or `unknown_sender`.
+    pub reason: String,
+    pub platform_msg_id: String,
+    pub sender: String,
+    pub sender_name: Option<String>,
+    pub text: String,
+    pub thread: Option<String>,
+    pub mentions_me: bool,
+    pub received_at: i64,
+    /// `waiting`, `approved` or `denied`.
+    pub state: String,
 }
 
 /// A conversation between one group and one chat (and thread, in per-thread mode).

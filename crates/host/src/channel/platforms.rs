@@ -103,6 +103,10 @@ impl Backing {
         let data_dir = self.paths.channel_dir(registration.name);
         crate::config::create_private_dir(&data_dir)
             .map_err(|e| ChannelError::Setup(format!("creating {}: {e}", data_dir.display())))?;
+        let mut settings = settings;
+        for key in crate::config::ChannelsSection::HOST_KEYS {
+            settings.remove(*key);
+        }
         (registration.factory)(ChannelSetup {
             settings,
             secrets: Arc::new(VaultSource(self.vault.clone())),

@@ -681,6 +681,26 @@ impl TerminalClient {
         self.write.write_all(&line).await
     }
 
+    /// Sends an admin request (`channel_status`, `restart_channel`) as a client that shows no
+    /// chat messages, and returns the host's answer to it.
+    pub async fn admin(&mut self, request: &ClientLine) -> std::io::Result<Option<ServerLine>> {
+        self.show(Scope::Own).await?;
+        let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.write.write_all(&line).await?;
+        self.write.flush().await?;
+        loop {
+            match self.next().await? {
+                Some(answer @ (ServerLine::Channels { .. } | ServerLine::Restarted { .. })) => {
+                    return Ok(Some(answer));
+                }
+                Some(ServerLine::Error { error }) => return Err(std::io::Error::other(error)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
     /// Tells the host that the database changed under it (scheduled tasks, queued runs).
     pub async fn wake(&mut self) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&ClientLine::Wake).map_err(std::io::Error::other)?;

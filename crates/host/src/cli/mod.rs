@@ -1,6 +1,8 @@
 //! Command implementations.
 
+pub mod channel;
 pub mod chat;
+pub mod chats;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -17,7 +17,7 @@ fn open_store() -> anyhow::Result<Store> {
 
 /// The vault with the master key. `create`: make a key (in the OS keyring when there is one, else a
 /// key file) when there is no key at all and the vault was never sealed (first `vault set`).
-async fn open_vault(create: bool) -> anyhow::Result<Option<Vault>> {
+pub(crate) async fn open_vault(create: bool) -> anyhow::Result<Option<Vault>> {
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
     let store = nanoclaw_host::open_store(&paths.database(), true)?;
     let sources = KeySources::for_home(&paths.home)?;
@@ -34,6 +34,11 @@ async fn open_vault(create: bool) -> anyhow::Result<Option<Vault>> {
         );
     }
     Ok(vault)
+}
+
+/// The vault when it can be opened without creating a key; `None` otherwise.
+pub(crate) async fn open_vault_quietly() -> Option<Vault> {
+    open_vault(false).await.ok().flatten()
 }
 
 async fn require_vault() -> anyhow::Result<Vault> {

@@ -54,30 +54,53 @@ pub(super) async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Channe
 /// and acknowledges it to its channel.
 async fn route_inbound(inner: &Arc<Inner>, mut event: InboundEvent) {
     let ack = event.ack.take();
-    // The owner's `/approve N` / `/deny N` in the main chat never reach an agent.
-    if let Some(outcome) = crate::approvals::intercept(&inner.store, &event).await {
+    // The owner's `/approve …` / `/deny …` in the main chat never reach an agent.
+    if let Some(done) = crate::approvals::intercept(&inner.store, &event).await {
         inner.delivery_wake.notify_one();
-        tracing::debug!(channel = %event.channel, chat = %event.chat_id, ?outcome, "approval command");
+        tracing::debug!(channel = %event.channel, chat = %event.chat_id, outcome = ?done.outcome, "approval command");
+        // Approved held messages go through as if they had just arrived.
+        for held in done.replay {
+            let outcome = route_event(inner, &held).await;
+            tracing::info!(channel = %held.channel, chat = %held.chat_id, ?outcome, "replayed a held message");
+        }
         if let Some(ack) = ack {
-            let _ = ack.send(outcome);
+            let _ = ack.send(done.outcome);
         }
         return;
     }
-    let outcome = match crate::router::route(&inner.store, &event).await {
+    let outcome = route_event(inner, &event).await;
+    tracing::debug!(channel = %event.channel, chat = %event.chat_id, ?outcome, "routed");
+    if let Some(ack) = ack {
+        let _ = ack.send(outcome);
+    }
+}
+
+/// Routes one message (stored, held or ignored), starts the sessions it wakes and tells the
+/// owner what the owner must decide.
+pub(super) async fn route_event(inner: &Arc<Inner>, event: &InboundEvent) -> RouteOutcome {
+    let groups_dir = inner.paths.groups_dir();
+    let ctx = crate::router::RouteContext {
+        store: &inner.store,
+        groups_dir: &groups_dir,
+        unknown_chats: inner.config.channels.unknown_chats(&event.channel),
+    };
+    match crate::router::route(&ctx, event).await {
         Ok(routed) => {
-            for session in routed.sessions {
-                kick(inner, session).await;
+            for session in &routed.sessions {
+                kick(inner, session.clone()).await;
             }
-            routed.outcome
+            for (key, text) in &routed.owner_notices {
+                super::owner::tell_owner(inner, key.clone(), text.clone()).await;
+            }
+            if routed.queued_outbound {
+                inner.delivery_wake.notify_one();
+            }
+            routed.route_outcome()
         }
         Err(e) => {
             tracing::error!(error = %e, channel = %event.channel, "storing an inbound message failed");
             RouteOutcome::Failed(format!("could not store the message: {e}"))
         }
-    };
-    tracing::debug!(channel = %event.channel, chat = %event.chat_id, ?outcome, "routed");
-    if let Some(ack) = ack {
-        let _ = ack.send(outcome);
     }
 }
 

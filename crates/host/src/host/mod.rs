@@ -103,6 +103,7 @@ struct Inner {
     runtime_error: Option<String>,
     /// Secrets; the leak guard scans outgoing chat messages for their values.
     vault: Option<nanoclaw_vault::Vault>,
+    paths: Paths,
     /// The platform channels' supervisors, by channel name (set once they are started).
     supervisors: std::sync::OnceLock<HashMap<String, Arc<nanoclaw_channel::Supervisor>>>,
     _lock: HostLock,
@@ -203,6 +204,7 @@ impl Host {
             runtime_error,
             vault,
             supervisors: std::sync::OnceLock::new(),
+            paths: paths.clone(),
             _lock: lock,
         });
 
@@ -540,7 +542,11 @@ async fn ensure_main_wiring(store: &Store, config: &Config) -> anyhow::Result<()
         .await?;
     // The owner's own chat: every message is for the assistant, no trigger needed.
     store
-        .wire(chat.id, group.id.clone(), false, SessionMode::Shared)
+        .wire(
+            chat.id,
+            group.id.clone(),
+            nanoclaw_store::WiringOptions::new(false, SessionMode::Shared),
+        )
         .await?;
     Ok(())
 }

@@ -136,7 +136,8 @@ async fn list_groups(store: &Store) -> Result<serde_json::Value, nanoclaw_store:
                     "channel": chat.channel,
                     "chat_id": chat.platform_id,
                     "name": chat.name,
-                    "requires_trigger": wiring.requires_trigger,
+                    "requires_trigger": wiring.requires_trigger(),
+                    "trigger_rule": wiring.trigger_rule.as_str(),
                 }));
         }
     }
@@ -215,8 +216,7 @@ async fn register_chat(
         .wire(
             chat.id,
             group.id.clone(),
-            requires_trigger,
-            SessionMode::Shared,
+            nanoclaw_store::WiringOptions::new(requires_trigger, SessionMode::Shared),
         )
         .await
         .map_err(|e| e.to_string())?;

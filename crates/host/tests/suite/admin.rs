@@ -58,7 +58,7 @@ async fn the_main_group_lists_groups_and_registers_a_chat() {
     let wirings = store.wirings_for_chat(chat.id).await.unwrap();
     assert_eq!(wirings.len(), 1);
     assert_eq!(wirings[0].1.folder, "family");
-    assert!(wirings[0].0.requires_trigger);
+    assert!(wirings[0].0.requires_trigger());
 
     // Not even the main agent may wire a chat to the main group.
     let (_, refused) = ask(&mut client, "now wire it to main").await;
@@ -133,7 +133,11 @@ async fn another_group_asking_for_admin_actions_is_refused_by_the_host() {
         .await
         .unwrap();
     store
-        .wire(room.id, team.id, false, SessionMode::Shared)
+        .wire(
+            room.id,
+            team.id,
+            nanoclaw_store::WiringOptions::new(false, SessionMode::Shared),
+        )
         .await
         .unwrap();
     host.inbound_sink()

@@ -5,6 +5,7 @@ mod common;
 mod admin;
 mod agent_io;
 mod chat_clients;
+mod chat_wiring;
 mod cli;
 mod containment;
 mod crash;

@@ -261,7 +261,11 @@ async fn wake_second_group(host: &nanoclaw_host::Host, folder: &str, chat: &str)
         .unwrap();
     let chat_row = store.ensure_chat("test", chat, chat, true).await.unwrap();
     store
-        .wire(chat_row.id, group.id, false, SessionMode::Shared)
+        .wire(
+            chat_row.id,
+            group.id,
+            nanoclaw_store::WiringOptions::new(false, SessionMode::Shared),
+        )
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();

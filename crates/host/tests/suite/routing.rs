@@ -48,7 +48,11 @@ async fn wire_group(host: &Host, folder: &str, chat: &str, requires_trigger: boo
         .unwrap();
     let chat = store.ensure_chat("test", chat, chat, true).await.unwrap();
     store
-        .wire(chat.id, group.id, requires_trigger, SessionMode::Shared)
+        .wire(
+            chat.id,
+            group.id,
+            nanoclaw_store::WiringOptions::new(requires_trigger, SessionMode::Shared),
+        )
         .await
         .unwrap();
     chat.id
@@ -78,9 +82,10 @@ async fn group_chats_need_the_trigger_and_unwired_chats_are_ignored() {
         matches!(outcome, RouteOutcome::Ignored(ref why) if why.contains("trigger")),
         "{outcome:?}"
     );
+    // An unwired chat reaches no agent: it waits for the owner (unknown_chats = "ask").
     let outcome = inject(&host, "test", "room-2", "m2", "@Andy hello?").await;
     assert!(
-        matches!(outcome, RouteOutcome::Ignored(ref why) if why.contains("not wired")),
+        matches!(outcome, RouteOutcome::Held(ref why) if why.contains("owner")),
         "{outcome:?}"
     );
 

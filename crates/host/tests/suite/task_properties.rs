@@ -52,7 +52,11 @@ fn world(zone: &str, start: DateTime<Utc>, late_after_secs: u64) -> World {
             .await
             .unwrap();
         store
-            .wire(chat.id, &group.id, false, SessionMode::Shared)
+            .wire(
+                chat.id,
+                &group.id,
+                nanoclaw_store::WiringOptions::new(false, SessionMode::Shared),
+            )
             .await
             .unwrap();
         (group, chat.id)

@@ -409,8 +409,7 @@ async fn agents_manage_only_their_own_groups_tasks() {
         .wire(
             family_chat.id,
             family.id.clone(),
-            true,
-            nanoclaw_store::SessionMode::Shared,
+            nanoclaw_store::WiringOptions::new(true, nanoclaw_store::SessionMode::Shared),
         )
         .await
         .unwrap();
@@ -633,8 +632,7 @@ async fn a_failed_run_in_another_chat_also_alerts_the_owners_main_chat() {
         .wire(
             family_chat.id,
             family.id.clone(),
-            true,
-            nanoclaw_store::SessionMode::Shared,
+            nanoclaw_store::WiringOptions::new(true, nanoclaw_store::SessionMode::Shared),
         )
         .await
         .unwrap();

@@ -99,7 +99,11 @@ async fn approve_works_from_the_main_chat_only() {
         .await
         .unwrap();
     store
-        .wire(room.id, team.id, false, SessionMode::Shared)
+        .wire(
+            room.id,
+            team.id,
+            nanoclaw_store::WiringOptions::new(false, SessionMode::Shared),
+        )
         .await
         .unwrap();
 

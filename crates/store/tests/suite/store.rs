@@ -37,7 +37,11 @@ async fn fixture(store: Store) -> Fixture {
         .await
         .unwrap();
     store
-        .wire(chat.id, &group.id, true, SessionMode::Shared)
+        .wire(
+            chat.id,
+            &group.id,
+            nanoclaw_store::WiringOptions::new(true, SessionMode::Shared),
+        )
         .await
         .unwrap();
     let session = store
@@ -280,10 +284,14 @@ async fn chats_and_wirings() {
 
     // Upsert: re-wiring changes options, not the row count.
     let w = s
-        .wire(f.chat_id, &f.group_id, false, SessionMode::PerThread)
+        .wire(
+            f.chat_id,
+            &f.group_id,
+            nanoclaw_store::WiringOptions::new(false, SessionMode::PerThread),
+        )
         .await
         .unwrap();
-    assert!(!w.requires_trigger);
+    assert!(!w.requires_trigger());
     assert_eq!(w.session_mode, SessionMode::PerThread);
     let wired = s.wirings_for_chat(f.chat_id).await.unwrap();
     assert_eq!(wired.len(), 1);
@@ -291,12 +299,21 @@ async fn chats_and_wirings() {
     assert_eq!(wired[0].1.id, f.group_id);
 
     assert!(matches!(
-        s.wire(9999, &f.group_id, true, SessionMode::Shared).await,
+        s.wire(
+            9999,
+            &f.group_id,
+            nanoclaw_store::WiringOptions::new(true, SessionMode::Shared)
+        )
+        .await,
         Err(StoreError::NotFound { what: "chat", .. })
     ));
     assert!(matches!(
-        s.wire(f.chat_id, "grp-missing", true, SessionMode::Shared)
-            .await,
+        s.wire(
+            f.chat_id,
+            "grp-missing",
+            nanoclaw_store::WiringOptions::new(true, SessionMode::Shared)
+        )
+        .await,
         Err(StoreError::NotFound { what: "group", .. })
     ));
     assert!(s.unwire(f.chat_id, &f.group_id).await.unwrap());

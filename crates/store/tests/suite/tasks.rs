@@ -35,7 +35,11 @@ async fn fixture_at(dir: tempfile::TempDir, path: &std::path::Path) -> Fixture {
         .await
         .unwrap();
     store
-        .wire(chat.id, &group.id, false, SessionMode::Shared)
+        .wire(
+            chat.id,
+            &group.id,
+            nanoclaw_store::WiringOptions::new(false, SessionMode::Shared),
+        )
         .await
         .unwrap();
     Fixture {
