@@ -1,6 +1,8 @@
 //! One module per former test file; `cargo test -p nanoclaw --test all <module>::` runs one of them.
 
 mod common;
+#[macro_use]
+mod conformance;
 
 mod admin;
 mod agent_io;

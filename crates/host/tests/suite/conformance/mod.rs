@@ -1,0 +1,416 @@
+//! The channel conformance suite: every platform channel passes the same checks, end to end
+//! through a real host (router, store, sandboxed agent, delivery) against the platform's
+//! local fake server (`nanoclaw_test_support::platforms`).
+//!
+//! Each check is a function over a [`FakePlatform`]; [`conformance_suite!`] turns them into one
+//! test per check for a platform. The chat is wired the way an owner does it: a pairing code
+//! sent from the chat, confirmed in the chat through the channel.
+
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nanoclaw_host::Host;
+use nanoclaw_host::config::Config;
+use nanoclaw_test_support::platforms::{FakeChat, FakePlatform, Posted};
+use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
+use nanoclaw_test_support::{KillOnDrop, TestHome, eventually};
+use nanoclaw_vault::{MasterKey, SecretString, Vault};
+
+use super::common::*;
+
+const PAIRING_CODE: &str = "424242";
+/// Words the scripted model answers "long please" with; the reply spans several parts.
+const LONG_WORDS: usize = 2500;
+
+fn master_key() -> MasterKey {
+    MasterKey::from_bytes([7u8; 32])
+}
+
+const MASTER_KEY_HEX: &str = "0707070707070707070707070707070707070707070707070707070707070707";
+
+/// The long reply: numbered words in paragraphs, nothing a platform's markup would change.
+pub fn long_reply() -> String {
+    (0..LONG_WORDS)
+        .map(|i| {
+            if i % 50 == 49 {
+                format!("w{i:04}\n\n")
+            } else {
+                format!("w{i:04} ")
+            }
+        })
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
+fn scenario() -> Scenario {
+    Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(
+            Matcher::last_user_text_contains("long please"),
+            Reply::text(long_reply()),
+        )
+        .rule(Matcher::Always, Reply::text("echo: {{last_user_text}}"))
+}
+
+/// A host on `home` with the platform enabled, its secrets in the vault and a live pairing code.
+pub struct Harness {
+    pub home: TestHome,
+    pub model: ScriptedModel,
+    pub fake: Arc<dyn FakePlatform>,
+    pub host: Option<Host>,
+    pub daemon: Option<KillOnDrop>,
+}
+
+fn config_for(fake: &dyn FakePlatform) -> Config {
+    let mut config = config_for_tests();
+    let table: toml::Table = toml::from_str(&fake.settings_toml()).expect("the fake's settings");
+    config.channels.platforms.insert(fake.channel().to_owned(), table);
+    config
+}
+
+/// The config file for a daemon: the test config plus the platform's table.
+fn config_toml(fake: &dyn FakePlatform) -> String {
+    format!(
+        "{NATIVE_CONFIG_TOML}\n[channels.{}]\n{}\n",
+        fake.channel(),
+        fake.settings_toml()
+    )
+}
+
+async fn seed(home: &TestHome, fake: &dyn FakePlatform) {
+    let paths = nanoclaw_host::config::Paths::new(home.path());
+    paths.prepare().unwrap();
+    let store = nanoclaw_host::open_store(&paths.database(), false).unwrap();
+    let vault = Vault::open(store.clone(), master_key()).await.unwrap();
+    for (name, value) in fake.secrets() {
+        vault.set(&name, SecretString::from(value)).await.unwrap();
+    }
+}
+
+impl Harness {
+    pub async fn new(fake: Arc<dyn FakePlatform>) -> Harness {
+        let home = TestHome::new();
+        let model = ScriptedModel::start(scenario()).await.unwrap();
+        seed(&home, fake.as_ref()).await;
+        let mut harness = Harness {
+            home,
+            model,
+            fake,
+            host: None,
+            daemon: None,
+        };
+        harness.start_in_process().await;
+        harness
+    }
+
+    pub async fn start_in_process(&mut self) {
+        let mut options = host_options(self.home.path(), &self.model, config_for(self.fake.as_ref()), None);
+        options.master_key = Some(master_key());
+        self.host = Some(Host::start(options).await.expect("host starts"));
+    }
+
+    pub async fn stop_in_process(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+    }
+
+    /// The host as a child process (so it can be killed like a crash).
+    pub async fn start_daemon(&mut self) {
+        self.stop_in_process().await;
+        std::fs::write(
+            self.home.path().join("config.toml"),
+            config_toml(self.fake.as_ref()),
+        )
+        .unwrap();
+        let child: Child = daemon_command(
+            self.home.path(),
+            &self.model,
+            TEST_KEY,
+            &nanoclaw_test_support::agent_binary(),
+        )
+        .env("NANOCLAW_MASTER_KEY", MASTER_KEY_HEX)
+        .spawn()
+        .unwrap();
+        self.daemon = Some(KillOnDrop(child));
+    }
+
+    /// kill -9 the daemon.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.0.kill().unwrap();
+            daemon.0.wait().unwrap();
+        }
+    }
+
+    pub fn host(&self) -> &Host {
+        self.host.as_ref().expect("an in-process host")
+    }
+
+    /// Creates the pairing code in the host's store.
+    pub async fn pairing_code(&self) {
+        let paths = nanoclaw_host::config::Paths::new(self.home.path());
+        let store = nanoclaw_host::open_store(&paths.database(), false).unwrap();
+        let main = store.main_group().await.unwrap().unwrap();
+        store
+            .create_pairing_code(PAIRING_CODE, self.fake.channel(), main.id, nanoclaw_host::now_ms() + 600_000)
+            .await
+            .unwrap();
+    }
+
+    /// Pairs `chat` with the main group through the channel.
+    pub async fn pair(&self, chat: &FakeChat) {
+        self.pairing_code().await;
+        self.fake.user_says(chat, PAIRING_CODE, true).await;
+        self.wait_sent(chat, "Paired").await;
+    }
+
+    /// Waits until the bot sent `needle` to `chat`; returns every text sent there.
+    pub async fn wait_sent(&self, chat: &FakeChat, needle: &str) -> Vec<String> {
+        let fake = Arc::clone(&self.fake);
+        eventually(120, &format!("{needle:?} sent by the bot"), || {
+            let fake = Arc::clone(&fake);
+            let chat = chat.clone();
+            async move {
+                let texts: Vec<String> = fake.sent(&chat).await.into_iter().map(|m| m.text).collect();
+                texts.iter().any(|t| t.contains(needle)).then_some(texts)
+            }
+        })
+        .await
+    }
+
+    /// Sends `text` as the chat's user and waits for the echo.
+    pub async fn ask(&self, chat: &FakeChat, text: &str) -> Posted {
+        let posted = self.fake.user_says(chat, text, true).await;
+        self.wait_sent(chat, text).await;
+        posted
+    }
+
+    /// How many sent messages contain `needle`.
+    pub async fn count_sent(&self, chat: &FakeChat, needle: &str) -> usize {
+        self.fake
+            .sent(chat)
+            .await
+            .iter()
+            .filter(|m| m.text.contains(needle))
+            .count()
+    }
+}
+
+/// A DM and a group mention are answered; an un-addressed group message is not.
+pub async fn answers_direct_and_mentioned_messages(fake: Arc<dyn FakePlatform>) {
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let dm = fake.chat(1, false);
+    h.pair(&dm).await;
+    h.ask(&dm, "hello from a DM").await;
+    let group = fake.chat(2, true);
+    h.pair(&group).await;
+    fake.user_says(&group, "chatter not for the bot", false).await;
+    h.ask(&group, "question for the bot").await;
+    assert_eq!(h.count_sent(&group, "chatter not for the bot").await, 0);
+    let health = h.host().channel_health();
+    let (_, ours) = health.iter().find(|(n, _)| n == fake.channel()).expect("the channel reports health");
+    assert_eq!(ours.state, nanoclaw_host::channel::LinkState::Connected, "{ours:?}");
+    assert!(ours.last_event.is_some());
+}
+
+/// A message the platform delivers again after a restart is answered once.
+pub async fn inbound_is_deduplicated_across_restarts(fake: Arc<dyn FakePlatform>) {
+    let mut h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, false);
+    h.pair(&chat).await;
+    let first = h.ask(&chat, "only once please").await;
+    h.stop_in_process().await;
+    h.start_in_process().await;
+    fake.redeliver(&chat, &first).await;
+    h.ask(&chat, "after the restart").await;
+    assert_eq!(h.count_sent(&chat, "only once please").await, 1);
+}
+
+/// The host is killed (-9) after the platform took a reply but before the host recorded it;
+/// after a restart the reply is not shown twice (and it was shown).
+pub async fn outbound_is_exactly_once_across_a_kill(fake: Arc<dyn FakePlatform>) {
+    let mut h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, false);
+    h.pair(&chat).await;
+    h.start_daemon().await;
+    fake.hold_sends();
+    fake.user_says(&chat, "survive the crash", true).await;
+    let f = Arc::clone(&fake);
+    eventually(120, "the reply sent and held", || {
+        let f = Arc::clone(&f);
+        async move { (f.held_sends() >= 1).then_some(()) }
+    })
+    .await;
+    h.kill_daemon();
+    fake.release_sends();
+    h.start_daemon().await;
+    h.ask(&chat, "after the crash").await;
+    assert_eq!(h.count_sent(&chat, "survive the crash").await, 1);
+}
+
+/// A reply longer than the platform takes arrives in parts, in order, none too long.
+pub async fn long_replies_are_split_in_order(fake: Arc<dyn FakePlatform>) {
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, false);
+    h.pair(&chat).await;
+    fake.user_says(&chat, "long please", true).await;
+    let last = format!("w{:04}", LONG_WORDS - 1);
+    h.wait_sent(&chat, &last).await;
+    let sent = fake.sent(&chat).await;
+    let parts: Vec<&str> = sent
+        .iter()
+        .map(|m| m.text.as_str())
+        .filter(|t| t.contains("w0") || t.contains("w1") || t.contains("w2"))
+        .collect();
+    assert!(parts.len() > 1, "one part only: {}", parts.len());
+    for p in &parts {
+        assert!(p.chars().count() <= fake.max_message_len(), "a part of {} chars", p.chars().count());
+    }
+    let words: Vec<String> = parts
+        .iter()
+        .flat_map(|p| p.split_whitespace())
+        .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned())
+        .filter(|w| w.starts_with('w'))
+        .collect();
+    let expected: Vec<String> = (0..LONG_WORDS).map(|i| format!("w{i:04}")).collect();
+    assert_eq!(words, expected, "every word once, in order");
+}
+
+/// A file sent to the bot lands in the group's inbox, and the agent is told where.
+pub async fn inbound_files_reach_the_groups_inbox(fake: Arc<dyn FakePlatform>) {
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, false);
+    h.pair(&chat).await;
+    let data = b"quarterly numbers: 1, 2, 3\n".to_vec();
+    fake.user_sends_file(&chat, "numbers.txt", &data, "read this file").await;
+    h.wait_sent(&chat, "numbers.txt").await;
+    let inbox = nanoclaw_host::config::Paths::new(h.home.path())
+        .group_dir("main")
+        .join("inbox");
+    let saved: Vec<_> = std::fs::read_dir(&inbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("numbers.txt"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!(std::fs::read(&saved[0]).unwrap(), data);
+}
+
+/// After the platform drops the connection the channel reconnects, nothing lost, and its
+/// health shows it happened.
+pub async fn reconnects_after_the_server_drops_it(fake: Arc<dyn FakePlatform>) {
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, false);
+    h.pair(&chat).await;
+    let before = fake.connections();
+    fake.drop_connections().await;
+    fake.user_says(&chat, "sent while it was down", true).await;
+    h.wait_sent(&chat, "sent while it was down").await;
+    assert!(fake.connections() > before, "no new connection");
+    let health = h.host().channel_health();
+    let (_, ours) = health.iter().find(|(n, _)| n == fake.channel()).unwrap();
+    assert!(ours.reconnects >= 1 || ours.last_error.is_some(), "{ours:?}");
+}
+
+/// A 429 with retry-after is waited out, and the reply still arrives once.
+pub async fn rate_limits_are_honoured(fake: Arc<dyn FakePlatform>) {
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, false);
+    h.pair(&chat).await;
+    let wait = Duration::from_secs(2);
+    fake.rate_limit_sends(1, wait);
+    h.ask(&chat, "slow down please").await;
+    assert_eq!(h.count_sent(&chat, "slow down please").await, 1);
+    let log = fake.rate_limit_log();
+    assert!(!log.is_empty(), "the platform refused a send");
+    let (refused, next) = log[log.len() - 1];
+    assert!(
+        next.duration_since(refused) >= wait.mul_f64(0.9),
+        "retried after {:?}, asked to wait {wait:?}",
+        next.duration_since(refused)
+    );
+}
+
+/// A payload the channel cannot parse is skipped; the next message is answered.
+pub async fn malformed_payloads_are_skipped(fake: Arc<dyn FakePlatform>) {
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, false);
+    h.pair(&chat).await;
+    fake.push_malformed(&chat).await;
+    h.ask(&chat, "still here after garbage").await;
+}
+
+/// Another bot addressing ours gets no answer, and our own messages never come back as
+/// questions (the loop a bot talking to itself would make).
+pub async fn bots_never_loop(fake: Arc<dyn FakePlatform>) {
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, true);
+    h.pair(&chat).await;
+    fake.other_bot_says(&chat, "bot says hi to the bot").await;
+    h.ask(&chat, "first sync").await;
+    h.ask(&chat, "second sync").await;
+    assert_eq!(h.count_sent(&chat, "bot says hi").await, 0);
+    // Each question answered once: an echo of our own reply read back as a question would
+    // be answered again.
+    let started = Instant::now();
+    assert_eq!(h.count_sent(&chat, "first sync").await, 1, "after {:?}", started.elapsed());
+    assert_eq!(h.count_sent(&chat, "second sync").await, 1);
+}
+
+/// One test per check for a platform: `conformance_suite!(telegram, || Arc::new(FakeTelegram::start()…))`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($platform:ident, $make:expr) => {
+        mod $platform {
+            use super::*;
+            async fn fake() -> std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> {
+                $make().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn answers_direct_and_mentioned_messages() {
+                super::super::answers_direct_and_mentioned_messages(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn inbound_is_deduplicated_across_restarts() {
+                super::super::inbound_is_deduplicated_across_restarts(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn outbound_is_exactly_once_across_a_kill() {
+                super::super::outbound_is_exactly_once_across_a_kill(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn long_replies_are_split_in_order() {
+                super::super::long_replies_are_split_in_order(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn inbound_files_reach_the_groups_inbox() {
+                super::super::inbound_files_reach_the_groups_inbox(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn reconnects_after_the_server_drops_it() {
+                super::super::reconnects_after_the_server_drops_it(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rate_limits_are_honoured() {
+                super::super::rate_limits_are_honoured(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn malformed_payloads_are_skipped() {
+                super::super::malformed_payloads_are_skipped(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bots_never_loop() {
+                super::super::bots_never_loop(fake().await).await
+            }
+        }
+    };
+}
+
+/// The platforms this build has, each through the whole suite.
+mod platforms {}
