@@ -236,10 +236,7 @@ impl Api {
         Self::finish(method, resp).await
     }
 
-    fn field<T: serde::de::DeserializeOwned>(
-        method: &str,
-        body: Value,
-    ) -> Result<T, ApiError> {
+    fn field<T: serde::de::DeserializeOwned>(method: &str, body: Value) -> Result<T, ApiError> {
         serde_json::from_value(body).map_err(|e| ApiError::Malformed {
             method: method.to_string(),
             detail: e.to_string(),

@@ -46,7 +46,12 @@ pub struct SlackFile {
 
 /// Message subtypes that carry something a person (or another bot) said; the others
 /// (`message_changed`, `message_deleted`, `channel_join`, …) are housekeeping.
-const SPOKEN_SUBTYPES: &[&str] = &["file_share", "thread_broadcast", "bot_message", "me_message"];
+const SPOKEN_SUBTYPES: &[&str] = &[
+    "file_share",
+    "thread_broadcast",
+    "bot_message",
+    "me_message",
+];
 
 /// What to do with an event.
 #[derive(Debug, PartialEq, Eq)]
@@ -131,23 +136,39 @@ mod tests {
 
     #[test]
     fn a_channel_message_mentions_the_bot_only_when_it_names_it() {
-        let plain = event(serde_json::json!({"type":"message","channel":"C1","channel_type":"channel","user":"U1","text":"hi all","ts":"1.1"}));
-        let named = event(serde_json::json!({"type":"message","channel":"C1","channel_type":"channel","user":"U1","text":"<@UBOT> hi","ts":"1.2","thread_ts":"1.0"}));
-        let Verdict::Deliver(p) = plain.classify(&me()) else { panic!() };
+        let plain = event(
+            serde_json::json!({"type":"message","channel":"C1","channel_type":"channel","user":"U1","text":"hi all","ts":"1.1"}),
+        );
+        let named = event(
+            serde_json::json!({"type":"message","channel":"C1","channel_type":"channel","user":"U1","text":"<@UBOT> hi","ts":"1.2","thread_ts":"1.0"}),
+        );
+        let Verdict::Deliver(p) = plain.classify(&me()) else {
+            panic!()
+        };
         assert!(!p.mentions_me && !p.is_dm && p.thread.is_none());
-        let Verdict::Deliver(n) = named.classify(&me()) else { panic!() };
+        let Verdict::Deliver(n) = named.classify(&me()) else {
+            panic!()
+        };
         assert!(n.mentions_me);
         assert_eq!(n.thread.as_deref(), Some("1.0"));
     }
 
     #[test]
     fn own_messages_and_edits_are_skipped_other_bots_are_marked() {
-        let own = event(serde_json::json!({"type":"message","channel":"C1","bot_id":"BME","user":"UBOT","text":"x","ts":"1.1"}));
+        let own = event(
+            serde_json::json!({"type":"message","channel":"C1","bot_id":"BME","user":"UBOT","text":"x","ts":"1.1"}),
+        );
         assert!(matches!(own.classify(&me()), Verdict::Skip(_)));
-        let edit = event(serde_json::json!({"type":"message","subtype":"message_changed","channel":"C1","ts":"1.1"}));
+        let edit = event(
+            serde_json::json!({"type":"message","subtype":"message_changed","channel":"C1","ts":"1.1"}),
+        );
         assert!(matches!(edit.classify(&me()), Verdict::Skip(_)));
-        let other = event(serde_json::json!({"type":"message","subtype":"bot_message","channel":"C1","bot_id":"BOTHER","text":"<@UBOT> hey","ts":"1.3"}));
-        let Verdict::Deliver(o) = other.classify(&me()) else { panic!() };
+        let other = event(
+            serde_json::json!({"type":"message","subtype":"bot_message","channel":"C1","bot_id":"BOTHER","text":"<@UBOT> hey","ts":"1.3"}),
+        );
+        let Verdict::Deliver(o) = other.classify(&me()) else {
+            panic!()
+        };
         assert!(o.from_bot && o.mentions_me);
         assert_eq!(o.sender, "BOTHER");
     }

@@ -95,14 +95,24 @@ fn inline(text: &str) -> String {
 
 /// The Markdown emphasis marker starting at `i` and its mrkdwn replacement.
 fn emphasis_at(chars: &[char], i: usize) -> Option<(&'static str, &'static str)> {
-    let starts = |m: &str| m.chars().enumerate().all(|(k, c)| chars.get(i + k) == Some(&c));
+    let starts = |m: &str| {
+        m.chars()
+            .enumerate()
+            .all(|(k, c)| chars.get(i + k) == Some(&c))
+    };
     // An opening marker must be followed by text, not a space ("2 * 3 * 4" is arithmetic).
     let opens = |m: &str| chars.get(i + m.len()).is_some_and(|c| !c.is_whitespace());
     // Underscores inside words (snake_case) are not emphasis.
     let word_before = i > 0 && chars[i - 1].is_alphanumeric();
-    [("**", "*"), ("__", "*"), ("~~", "~"), ("*", "_"), ("_", "_")]
-        .into_iter()
-        .find(|(m, _)| starts(m) && opens(m) && !(m.starts_with('_') && word_before))
+    [
+        ("**", "*"),
+        ("__", "*"),
+        ("~~", "~"),
+        ("*", "_"),
+        ("_", "_"),
+    ]
+    .into_iter()
+    .find(|(m, _)| starts(m) && opens(m) && !(m.starts_with('_') && word_before))
 }
 
 /// The index where `marker` next starts at or after `from`.
@@ -129,7 +139,10 @@ mod tests {
 
     #[test]
     fn markdown_becomes_mrkdwn() {
-        assert_eq!(to_mrkdwn("**bold** and *it* and _it_"), "*bold* and _it_ and _it_");
+        assert_eq!(
+            to_mrkdwn("**bold** and *it* and _it_"),
+            "*bold* and _it_ and _it_"
+        );
         assert_eq!(
             to_mrkdwn("see [the docs](https://x.io/a?b=1&c=2)"),
             "see <https://x.io/a?b=1&amp;c=2|the docs>"
@@ -147,6 +160,9 @@ mod tests {
             "```\nif a &lt; b { **x** }\n```"
         );
         // Not emphasis: arithmetic and snake_case stay as written.
-        assert_eq!(to_mrkdwn("2 * 3 * 4 and snake_case_name"), "2 * 3 * 4 and snake_case_name");
+        assert_eq!(
+            to_mrkdwn("2 * 3 * 4 and snake_case_name"),
+            "2 * 3 * 4 and snake_case_name"
+        );
     }
 }

@@ -125,7 +125,12 @@ impl SlackChannel {
         if attempt == SendAttempt::AfterCrash
             && let Some(ts) = api.find_part(chat, thread, key, index).await?
         {
-            tracing::info!(key, part = index, ts, "an in-doubt part was posted before the crash");
+            tracing::info!(
+                key,
+                part = index,
+                ts,
+                "an in-doubt part was posted before the crash"
+            );
             return Ok(Some(events::message_id(chat, &ts)));
         }
         let ts = api.post_message(chat, text, thread, key, index).await?;
@@ -137,12 +142,19 @@ impl SlackChannel {
         message: &OutgoingMessage,
         file: &nanoclaw_channel::OutgoingFile,
     ) -> Result<Option<String>, ChannelError> {
-        let data = tokio::fs::read(&file.path).await.map_err(|e| ChannelError::Rejected {
-            platform: PLATFORM.into(),
-            detail: format!("reading {}: {e}", file.path.display()),
-        })?;
+        let data = tokio::fs::read(&file.path)
+            .await
+            .map_err(|e| ChannelError::Rejected {
+                platform: PLATFORM.into(),
+                detail: format!("reading {}: {e}", file.path.display()),
+            })?;
         let id = api
-            .upload_file(&message.chat_id, message.thread.as_deref(), &file.file_name, data)
+            .upload_file(
+                &message.chat_id,
+                message.thread.as_deref(),
+                &file.file_name,
+                data,
+            )
             .await?;
         Ok(Some(id))
     }
@@ -204,15 +216,20 @@ impl Channel for SlackChannel {
         let count = parts.len() + message.files.len();
         let api = &*self.api;
         let parts = &parts;
-        send_parts(&*self.ledger, &message.idempotency_key, count, |i, attempt| async move {
-            match parts.get(i) {
-                Some(text) => Self::send_text(api, message, text, i, attempt).await,
-                None => match message.files.get(i - parts.len()) {
-                    Some(file) => Self::send_file(api, message, file).await,
-                    None => Ok(None),
-                },
-            }
-        })
+        send_parts(
+            &*self.ledger,
+            &message.idempotency_key,
+            count,
+            |i, attempt| async move {
+                match parts.get(i) {
+                    Some(text) => Self::send_text(api, message, text, i, attempt).await,
+                    None => match message.files.get(i - parts.len()) {
+                        Some(file) => Self::send_file(api, message, file).await,
+                        None => Ok(None),
+                    },
+                }
+            },
+        )
         .await
     }
 

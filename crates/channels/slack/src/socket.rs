@@ -128,7 +128,7 @@ struct Envelope {
 /// How a connection ended.
 enum End {
     /// Slack asked us to move; the new connection is already open.
-    Moved(Ws),
+    Moved(Box<Ws>),
     /// The connection broke (or moving failed): reconnect after a backoff.
     Broken(String),
     /// The credentials were refused: give up until restarted.
@@ -173,7 +173,7 @@ impl Receiver {
             self.health.connected();
             backoff.reset();
             match self.session(ws, &ack_tx, &mut ack_rx).await {
-                End::Moved(ws) => next = Some(ws),
+                End::Moved(ws) => next = Some(*ws),
                 End::Broken(e) => {
                     tracing::warn!(error = %e, "slack socket mode connection lost");
                     self.health.reconnecting(e);
@@ -228,7 +228,7 @@ impl Receiver {
         // Best effort: the old link is going away whatever it answers.
         let _ = tokio::time::timeout(Duration::from_secs(2), old.close(None)).await;
         match next {
-            Ok(ws) => End::Moved(ws),
+            Ok(ws) => End::Moved(Box::new(ws)),
             Err(e) if e.is_unauthorized() => End::Refused(e.to_string()),
             Err(e) => End::Broken(format!("reconnecting after disconnect ({reason}): {e}")),
         }
@@ -240,7 +240,8 @@ impl Receiver {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "skipping a socket mode message that is not an envelope");
-                self.health.error(format!("malformed socket mode message: {e}"));
+                self.health
+                    .error(format!("malformed socket mode message: {e}"));
                 return None;
             }
         };
@@ -285,7 +286,12 @@ impl Receiver {
         };
         let facts = match event.classify(&self.me) {
             Verdict::Skip(why) => {
-                tracing::debug!(channel = event.channel, ts = event.ts, why, "skipping event");
+                tracing::debug!(
+                    channel = event.channel,
+                    ts = event.ts,
+                    why,
+                    "skipping event"
+                );
                 let _ = ack_tx.send(envelope_id);
                 return;
             }
@@ -316,8 +322,16 @@ impl Receiver {
     ) {
         let (tx, rx) = oneshot::channel();
         inbound.ack = Some(tx);
-        if self.sink.send(ChannelEvent::Inbound(inbound)).await.is_err() {
-            tracing::warn!(id, "the host is not listening; leaving the envelope for redelivery");
+        if self
+            .sink
+            .send(ChannelEvent::Inbound(inbound))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                id,
+                "the host is not listening; leaving the envelope for redelivery"
+            );
             self.seen.settle(&id, false);
             return;
         }
@@ -329,7 +343,10 @@ impl Receiver {
             if ok {
                 let _ = ack_tx.send(envelope_id);
             } else {
-                tracing::warn!(id, "the host did not store the message; slack will redeliver it");
+                tracing::warn!(
+                    id,
+                    "the host did not store the message; slack will redeliver it"
+                );
             }
         });
     }
@@ -374,7 +391,10 @@ impl Receiver {
         }
     }
 
-    async fn fetch(&self, file: &crate::events::SlackFile) -> Result<Option<bytes::Bytes>, ApiError> {
+    async fn fetch(
+        &self,
+        file: &crate::events::SlackFile,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
         if file.size.is_some_and(|s| s > self.max_attachment_bytes) {
             return Ok(None);
         }
@@ -392,4 +412,21 @@ impl Receiver {
 fn ts_to_ms(ts: &str) -> Option<i64> {
     let secs: f64 = ts.parse().ok()?;
     Some((secs * 1000.0) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wss_connector_builds_with_an_explicit_provider() {
+        // Real Slack URLs are wss://; the fake is plain ws://, so this is the TLS path's check.
+        assert!(matches!(tls_connector(), Ok(Connector::Rustls(_))));
+    }
+
+    #[test]
+    fn slack_timestamps_become_milliseconds() {
+        assert_eq!(ts_to_ms("1700000000.000100"), Some(1_700_000_000_000));
+        assert_eq!(ts_to_ms("not a ts"), None);
+    }
 }

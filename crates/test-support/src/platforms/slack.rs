@@ -236,7 +236,11 @@ fn args(headers: &HeaderMap, body: &[u8]) -> Value {
         return serde_json::from_slice(body).unwrap_or(Value::Null);
     }
     let form = parse_form(&String::from_utf8_lossy(body));
-    Value::Object(form.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+    Value::Object(
+        form.into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    )
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -249,14 +253,18 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 fn arg<'a>(args: &'a Value, name: &str) -> Option<&'a str> {
-    args.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+    args.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// A channel id the fake knows: public/private channels (C, G) and DMs (D).
 fn channel_exists(id: &str) -> bool {
     id.len() > 1
         && id.starts_with(['C', 'G', 'D'])
-        && id.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 fn channel_type(id: &str) -> &'static str {
@@ -271,7 +279,11 @@ async fn web_api(
 ) -> Response {
     let args = args(&headers, &body);
     let token = bearer(&headers);
-    let wanted = if method == "apps.connections.open" { APP_TOKEN } else { BOT_TOKEN };
+    let wanted = if method == "apps.connections.open" {
+        APP_TOKEN
+    } else {
+        BOT_TOKEN
+    };
     match token.as_deref() {
         None => return slack_error("not_authed"),
         Some(t) if inner.lock().revoked => {
@@ -279,10 +291,15 @@ async fn web_api(
             return slack_error("invalid_auth");
         }
         Some(t) if t == wanted => {}
-        Some(t) if t == APP_TOKEN || t == BOT_TOKEN => return slack_error("not_allowed_token_type"),
+        Some(t) if t == APP_TOKEN || t == BOT_TOKEN => {
+            return slack_error("not_allowed_token_type");
+        }
         Some(_) => return slack_error("invalid_auth"),
     }
-    let is_send = matches!(method.as_str(), "chat.postMessage" | "files.completeUploadExternal");
+    let is_send = matches!(
+        method.as_str(),
+        "chat.postMessage" | "files.completeUploadExternal"
+    );
     if is_send && let Some(resp) = rate_limit(&inner) {
         return resp;
     }
@@ -298,7 +315,9 @@ async fn web_api(
         })),
         "apps.connections.open" => {
             let ticket = inner.next();
-            ok(json!({ "url": format!("ws://{}/link/?ticket={ticket}&app_id={APP_ID}", inner.addr) }))
+            ok(
+                json!({ "url": format!("ws://{}/link/?ticket={ticket}&app_id={APP_ID}", inner.addr) }),
+            )
         }
         "chat.postMessage" => post_message(&inner, &args).await,
         "conversations.history" => history(&inner, &args),
@@ -364,7 +383,10 @@ async fn post_message(inner: &Arc<Inner>, args: &Value) -> Response {
     {
         let mut s = inner.lock();
         s.post_calls += 1;
-        s.messages.entry(channel.clone()).or_default().push(message.clone());
+        s.messages
+            .entry(channel.clone())
+            .or_default()
+            .push(message.clone());
         s.sent.push(SentMessage {
             chat: channel.clone(),
             text: text.clone(),
@@ -461,7 +483,10 @@ fn upload_url(inner: &Inner, args: &Value) -> Response {
         return slack_error("invalid_arguments");
     };
     let id = format!("F{:08}", inner.next());
-    inner.lock().uploads.insert(id.clone(), (name.to_string(), None));
+    inner
+        .lock()
+        .uploads
+        .insert(id.clone(), (name.to_string(), None));
     ok(json!({ "upload_url": format!("{}/upload/v1/{id}", inner.base()), "file_id": id }))
 }
 
@@ -507,12 +532,18 @@ fn complete_upload(inner: &Inner, args: &Value) -> Response {
         s.sent.push(SentMessage {
             chat: channel,
             text: arg(args, "initial_comment").unwrap_or("").to_string(),
-            files: done.iter().map(|(_, n, d)| (n.clone(), d.clone())).collect(),
+            files: done
+                .iter()
+                .map(|(_, n, d)| (n.clone(), d.clone()))
+                .collect(),
             thread: arg(args, "thread_ts").map(str::to_string),
             reply_to: None,
         });
     }
-    let files: Vec<Value> = done.iter().map(|(id, n, _)| json!({"id": id, "title": n})).collect();
+    let files: Vec<Value> = done
+        .iter()
+        .map(|(id, n, _)| json!({"id": id, "title": n}))
+        .collect();
     ok(json!({ "files": files }))
 }
 
@@ -609,7 +640,11 @@ impl FakeSlack {
                 pump.pump();
             }
         });
-        FakeSlack { inner, server, ticker }
+        FakeSlack {
+            inner,
+            server,
+            ticker,
+        }
     }
 
     /// The Web API base the adapter is pointed at.
@@ -619,7 +654,8 @@ impl FakeSlack {
 
     /// Sends a Socket Mode `disconnect` (`refresh_requested`, `warning`, `link_disabled`).
     pub fn disconnect(&self, reason: &str) {
-        let msg = json!({"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-slack"}});
+        let msg =
+            json!({"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-slack"}});
         self.inner.to_sockets(&msg.to_string());
     }
 
@@ -648,7 +684,9 @@ impl FakeSlack {
     pub fn malformed_acked(&self) -> bool {
         let s = self.inner.lock();
         let id = s.last_malformed.clone();
-        s.envelopes.iter().any(|e| Some(&e.id) == id.as_ref() && e.acked)
+        s.envelopes
+            .iter()
+            .any(|e| Some(&e.id) == id.as_ref() && e.acked)
     }
 
     /// Whether every envelope sent so far was acknowledged.
@@ -663,7 +701,12 @@ impl FakeSlack {
 
     /// Messages in `chat` as conversations.history keeps them (oldest first, metadata too).
     pub fn messages(&self, chat: &FakeChat) -> Vec<Value> {
-        self.inner.lock().messages.get(&chat.platform_id).cloned().unwrap_or_default()
+        self.inner
+            .lock()
+            .messages
+            .get(&chat.platform_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// A user posts in `chat`; in a group a mention also sends `app_mention`, as Slack does
@@ -716,14 +759,20 @@ impl FakeSlack {
             inner.push_event(mention_event, Some(id.clone()));
         }
         inner.push_event(event, Some(id.clone()));
-        Posted { chat_id: channel, message_id: id }
+        Posted {
+            chat_id: channel,
+            message_id: id,
+        }
     }
 
     /// Hosts a file as Slack would for a user's upload; returns its `files[]` entry.
     pub fn host_file(&self, name: &str, data: &[u8], mimetype: &str) -> Value {
         let id = format!("F{:08}", self.inner.next());
         self.inner.lock().hosted.insert(id.clone(), data.to_vec());
-        let url = format!("{}/files-pri/{TEAM_ID}-{id}/download/{name}", self.inner.base());
+        let url = format!(
+            "{}/files-pri/{TEAM_ID}-{id}/download/{name}",
+            self.inner.base()
+        );
         json!({
             "id": id, "name": name, "title": name, "mimetype": mimetype, "size": data.len(),
             "mode": "hosted", "url_private": url, "url_private_download": url,
@@ -788,18 +837,23 @@ impl FakePlatform for FakeSlack {
         let id = format!("{channel}:{ts}");
         self.inner.lock().events.insert(id.clone(), event.clone());
         self.inner.push_event(event, Some(id.clone()));
-        Posted { chat_id: channel, message_id: id }
+        Posted {
+            chat_id: channel,
+            message_id: id,
+        }
     }
 
     async fn redeliver(&self, _chat: &FakeChat, message: &Posted) {
         let event = self.inner.lock().events.get(&message.message_id).cloned();
         if let Some(event) = event {
-            self.inner.push_event(event, Some(message.message_id.clone()));
+            self.inner
+                .push_event(event, Some(message.message_id.clone()));
         }
     }
 
     async fn push_malformed(&self, chat: &FakeChat) {
-        self.inner.to_sockets("{\"type\": \"events_api\", \"envelope_id\": ");
+        self.inner
+            .to_sockets("{\"type\": \"events_api\", \"envelope_id\": ");
         let event = json!({
             "type": "message", "channel": 42, "user": ["U1"], "text": {"no": "text"},
             "ts": null, "note": format!("meant for {}", chat.platform_id),
@@ -810,7 +864,11 @@ impl FakePlatform for FakeSlack {
 
     async fn sent(&self, chat: &FakeChat) -> Vec<SentMessage> {
         let s = self.inner.lock();
-        s.sent.iter().filter(|m| m.chat == chat.platform_id).cloned().collect()
+        s.sent
+            .iter()
+            .filter(|m| m.chat == chat.platform_id)
+            .cloned()
+            .collect()
     }
 
     async fn drop_connections(&self) {

@@ -1,4 +1,5 @@
 //! The Slack channel against the local Slack (`FakeSlack`): what a user would notice.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,11 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-async fn build(fake: &FakeSlack, extra: &str, bot_token: &str) -> (Arc<dyn Channel>, Arc<MemoryLedger>, tempfile::TempDir) {
+async fn build(
+    fake: &FakeSlack,
+    extra: &str,
+    bot_token: &str,
+) -> (Arc<dyn Channel>, Arc<MemoryLedger>, tempfile::TempDir) {
     let settings: toml::Table = format!("{}{extra}", fake.settings_toml()).parse().unwrap();
     let ledger = Arc::new(MemoryLedger::default());
     let dir = tempfile::tempdir().unwrap();
@@ -47,7 +52,13 @@ async fn started_with(extra: &str) -> Harness {
     let (channel, ledger, dir) = build(&fake, extra, slack::BOT_TOKEN).await;
     let (tx, rx) = mpsc::channel(64);
     channel.clone().start(tx).await.unwrap();
-    Harness { fake, channel, rx, ledger, _dir: dir }
+    Harness {
+        fake,
+        channel,
+        rx,
+        ledger,
+        _dir: dir,
+    }
 }
 
 async fn started() -> Harness {
@@ -89,7 +100,10 @@ impl Harness {
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -102,13 +116,27 @@ async fn a_dm_reaches_the_host_and_is_acked_only_after_it_is_settled() {
     let mut ev = h.next().await;
     assert_eq!(ev.chat_id, chat.platform_id);
     assert_eq!(ev.platform_msg_id, posted.message_id);
-    assert_eq!((ev.text.as_str(), ev.sender.as_str()), ("hello there", chat.user_id.as_str()));
+    assert_eq!(
+        (ev.text.as_str(), ev.sender.as_str()),
+        ("hello there", chat.user_id.as_str())
+    );
     assert!(ev.mentions_me && !ev.is_group && !ev.from_bot);
     assert!(ev.received_at > 0);
     // The host has not answered: the envelope is still unacknowledged.
-    assert!(h.fake.deliveries(&posted.message_id).iter().all(|(_, acked)| !acked));
+    assert!(
+        h.fake
+            .deliveries(&posted.message_id)
+            .iter()
+            .all(|(_, acked)| !acked)
+    );
     ev.ack.take().unwrap().send(RouteOutcome::Accepted).unwrap();
-    until("the ack", || h.fake.deliveries(&posted.message_id).iter().all(|(_, a)| *a)).await;
+    until("the ack", || {
+        h.fake
+            .deliveries(&posted.message_id)
+            .iter()
+            .all(|(_, a)| *a)
+    })
+    .await;
     assert_eq!(h.channel.health().state, LinkState::Connected);
     assert!(h.channel.health().last_event.is_some());
 }
@@ -142,7 +170,8 @@ async fn a_thread_message_keeps_its_thread_and_the_reply_goes_there() {
     let parent = h.fake.user_says(&chat, "start", true).await;
     h.accept_next().await;
     let parent_ts = parent.message_id.split(':').nth(1).unwrap().to_string();
-    h.fake.user_posts(&chat, "in thread", true, Some(&parent_ts), Vec::new());
+    h.fake
+        .user_posts(&chat, "in thread", true, Some(&parent_ts), Vec::new());
     let ev = h.accept_next().await;
     assert_eq!(ev.thread.as_deref(), Some(parent_ts.as_str()));
     let mut reply = h.message(&chat.platform_id, "k-thread", "**sure**");
@@ -171,7 +200,10 @@ async fn an_envelope_the_host_did_not_store_is_redelivered_with_the_same_message
     assert_eq!(second.platform_msg_id, posted.message_id);
     assert_eq!(second.text, "keep me");
     until("the retry's ack", || {
-        h.fake.deliveries(&posted.message_id).iter().any(|(n, acked)| *n >= 2 && *acked)
+        h.fake
+            .deliveries(&posted.message_id)
+            .iter()
+            .any(|(n, acked)| *n >= 2 && *acked)
     })
     .await;
 }
@@ -210,11 +242,25 @@ async fn a_long_reply_is_split_into_ordered_parts_with_part_metadata() {
     let h = started().await;
     let chat = h.fake.chat(7, true);
     let text: String = (0..2500).map(|i| format!("w{i} ")).collect();
-    h.channel.deliver(&h.message(&chat.platform_id, "k-long", &text)).await.unwrap();
+    h.channel
+        .deliver(&h.message(&chat.platform_id, "k-long", &text))
+        .await
+        .unwrap();
     let sent = h.fake.sent(&chat).await;
     assert!(sent.len() >= 3, "{} parts", sent.len());
-    assert!(sent.iter().all(|m| m.text.chars().count() <= h.fake.max_message_len()));
-    let words: Vec<String> = sent.iter().flat_map(|m| m.text.split_whitespace().map(str::to_string).collect::<Vec<_>>()).collect();
+    assert!(
+        sent.iter()
+            .all(|m| m.text.chars().count() <= h.fake.max_message_len())
+    );
+    let words: Vec<String> = sent
+        .iter()
+        .flat_map(|m| {
+            m.text
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let expected: Vec<String> = (0..2500).map(|i| format!("w{i}")).collect();
     assert_eq!(words, expected);
     let parts: Vec<u64> = h
@@ -243,12 +289,18 @@ async fn a_part_in_doubt_after_a_crash_is_found_by_its_metadata_and_not_sent_twi
     let id = h.channel.deliver(&msg).await.unwrap();
     assert_eq!(h.fake.sent(&chat).await.len(), 1);
     assert_eq!(h.fake.post_calls(), 1);
-    let ts = h.fake.messages(&chat)[0]["ts"].as_str().unwrap().to_string();
+    let ts = h.fake.messages(&chat)[0]["ts"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(id, Some(format!("{}:{ts}", chat.platform_id)));
 
     // In doubt but never reached Slack: sent now.
     h.ledger.begin("k-lost", 0).await.unwrap();
-    h.channel.deliver(&h.message(&chat.platform_id, "k-lost", "lost one")).await.unwrap();
+    h.channel
+        .deliver(&h.message(&chat.platform_id, "k-lost", "lost one"))
+        .await
+        .unwrap();
     let sent = h.fake.sent(&chat).await;
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[1].text, "lost one");
@@ -261,7 +313,10 @@ async fn a_429_is_reported_with_slacks_retry_after() {
     h.fake.rate_limit_sends(1, Duration::from_secs(3));
     let msg = h.message(&chat.platform_id, "k-429", "hi");
     match h.channel.deliver(&msg).await {
-        Err(ChannelError::RateLimited { retry_after, platform }) => {
+        Err(ChannelError::RateLimited {
+            retry_after,
+            platform,
+        }) => {
             assert_eq!(retry_after, Duration::from_secs(3));
             assert_eq!(platform, "slack");
         }
@@ -275,7 +330,11 @@ async fn a_429_is_reported_with_slacks_retry_after() {
 #[tokio::test]
 async fn slack_refusals_map_to_rejected() {
     let h = started().await;
-    let err = h.channel.deliver(&h.message("nope", "k-x", "hi")).await.unwrap_err();
+    let err = h
+        .channel
+        .deliver(&h.message("nope", "k-x", "hi"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ChannelError::Rejected { .. }), "{err:?}");
     assert!(!err.is_retryable());
 }
@@ -297,7 +356,10 @@ async fn a_malformed_envelope_is_skipped_acknowledged_and_the_loop_goes_on() {
 async fn our_own_echo_is_dropped_and_another_bot_is_flagged() {
     let mut h = started().await;
     let chat = h.fake.chat(11, true);
-    h.channel.deliver(&h.message(&chat.platform_id, "k-echo", "from me")).await.unwrap();
+    h.channel
+        .deliver(&h.message(&chat.platform_id, "k-echo", "from me"))
+        .await
+        .unwrap();
     let other = h.fake.other_bot_says(&chat, "hi bot").await;
     // Slack echoed our post before the other bot spoke; the first event is the other bot.
     let ev = h.accept_next().await;
@@ -311,7 +373,9 @@ async fn our_own_echo_is_dropped_and_another_bot_is_flagged() {
 async fn files_come_in_with_the_bot_token_and_go_out_by_external_upload() {
     let mut h = started().await;
     let chat = h.fake.chat(12, true);
-    h.fake.user_sends_file(&chat, "notes.txt", b"file body", "read this").await;
+    h.fake
+        .user_sends_file(&chat, "notes.txt", b"file body", "read this")
+        .await;
     let ev = h.accept_next().await;
     assert_eq!(ev.attachments.len(), 1);
     assert_eq!(ev.attachments[0].file_name, "notes.txt");
@@ -322,22 +386,35 @@ async fn files_come_in_with_the_bot_token_and_go_out_by_external_upload() {
     let path = dir.path().join("report.csv");
     std::fs::write(&path, b"a,b\n1,2\n").unwrap();
     let mut msg = h.message(&chat.platform_id, "k-file", "here it is");
-    msg.files = vec![OutgoingFile { file_name: "report.csv".into(), path, mime_type: None }];
+    msg.files = vec![OutgoingFile {
+        file_name: "report.csv".into(),
+        path,
+        mime_type: None,
+    }];
     h.channel.deliver(&msg).await.unwrap();
     let sent = h.fake.sent(&chat).await;
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[0].text, "here it is");
-    assert_eq!(sent[1].files, vec![("report.csv".to_string(), b"a,b\n1,2\n".to_vec())]);
+    assert_eq!(
+        sent[1].files,
+        vec![("report.csv".to_string(), b"a,b\n1,2\n".to_vec())]
+    );
 }
 
 #[tokio::test]
 async fn an_oversized_file_is_skipped_with_a_note() {
     let mut h = started_with("max_attachment_bytes = 4\n").await;
     let chat = h.fake.chat(13, true);
-    h.fake.user_sends_file(&chat, "big.bin", b"more than four", "big one").await;
+    h.fake
+        .user_sends_file(&chat, "big.bin", b"more than four", "big one")
+        .await;
     let ev = h.accept_next().await;
     assert!(ev.attachments.is_empty());
-    assert!(ev.text.contains("big.bin") && ev.text.contains("skipped"), "{}", ev.text);
+    assert!(
+        ev.text.contains("big.bin") && ev.text.contains("skipped"),
+        "{}",
+        ev.text
+    );
 }
 
 #[tokio::test]
@@ -357,13 +434,25 @@ async fn a_token_revoked_while_connected_takes_the_loop_down() {
     h.fake.revoke_tokens();
     h.fake.drop_connections().await;
     until("down", || h.channel.health().state == LinkState::Down).await;
-    assert!(h.channel.health().last_error.unwrap().contains("invalid_auth"));
+    assert!(
+        h.channel
+            .health()
+            .last_error
+            .unwrap()
+            .contains("invalid_auth")
+    );
 }
 
 #[tokio::test]
 async fn verify_names_the_bot_and_a_stopped_channel_starts_again() {
     let mut h = started().await;
-    assert!(h.channel.verify().await.unwrap().starts_with(slack::BOT_NAME));
+    assert!(
+        h.channel
+            .verify()
+            .await
+            .unwrap()
+            .starts_with(slack::BOT_NAME)
+    );
     h.channel.stop().await;
     assert_eq!(h.channel.health().state, LinkState::Stopped);
     let (tx, rx) = mpsc::channel(64);
