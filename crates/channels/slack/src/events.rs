@@ -28,6 +28,9 @@ pub struct MessageEvent {
     pub ts: String,
     #[serde(default)]
     pub thread_ts: Option<String>,
+    /// Who started the thread a reply is in: a reply in the bot's thread addresses it.
+    #[serde(default)]
+    pub parent_user_id: Option<String>,
     #[serde(default)]
     pub files: Vec<SlackFile>,
 }
@@ -100,6 +103,7 @@ impl MessageEvent {
         let mention = format!("<@{}>", me.user_id);
         let mentions_me = self.kind == "app_mention"
             || is_dm
+            || self.parent_user_id.as_deref() == Some(me.user_id.as_str())
             || self.text.as_deref().is_some_and(|t| t.contains(&mention));
         let sender = self
             .user
@@ -151,6 +155,16 @@ mod tests {
         };
         assert!(n.mentions_me);
         assert_eq!(n.thread.as_deref(), Some("1.0"));
+        let in_our_thread = event(
+            serde_json::json!({"type":"message","channel":"C1","channel_type":"channel","user":"U1","text":"thanks","ts":"1.4","thread_ts":"1.3","parent_user_id":"UBOT"}),
+        );
+        let Verdict::Deliver(t) = in_our_thread.classify(&me()) else {
+            panic!()
+        };
+        assert!(
+            t.mentions_me,
+            "a reply in the bot's thread addresses the bot"
+        );
     }
 
     #[test]

@@ -733,6 +733,14 @@ impl FakeSlack {
         });
         if let Some(t) = thread_ts {
             event["thread_ts"] = json!(t);
+            let parent = inner.lock().messages.get(&channel).and_then(|all| {
+                all.iter()
+                    .find(|m| m["ts"].as_str() == Some(t))
+                    .and_then(|m| m["user"].as_str().map(str::to_string))
+            });
+            if let Some(parent) = parent {
+                event["parent_user_id"] = json!(parent);
+            }
         }
         if !files.is_empty() {
             event["subtype"] = json!("file_share");

@@ -181,6 +181,17 @@ async fn a_thread_message_keeps_its_thread_and_the_reply_goes_there() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].thread.as_deref(), Some(parent_ts.as_str()));
     assert_eq!(sent[0].text, "*sure*");
+
+    // A reply (without a mention) in a thread the bot started addresses the bot.
+    let ours = h.message(&chat.platform_id, "k-top", "shall I go on?");
+    let id = h.channel.deliver(&ours).await.unwrap().unwrap();
+    let our_ts = id.split(':').nth(1).unwrap().to_string();
+    h.fake
+        .user_posts(&chat, "yes please", false, Some(&our_ts), Vec::new());
+    let ev = h.accept_next().await;
+    assert_eq!(ev.text, "yes please");
+    assert!(ev.mentions_me);
+    assert_eq!(ev.thread.as_deref(), Some(our_ts.as_str()));
 }
 
 #[tokio::test]
