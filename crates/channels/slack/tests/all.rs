@@ -1,0 +1,3 @@
+//! The Slack channel's integration tests, as one test binary: each file is a module of `suite`.
+
+mod suite;
