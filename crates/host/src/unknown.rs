@@ -272,7 +272,7 @@ async fn addressed_to_main(store: &Store, event: &InboundEvent) -> Result<bool, 
 fn pairing_code_in(text: &str) -> Option<String> {
     let words: Vec<&str> = text
         .split_whitespace()
-        .filter(|w| !w.starts_with('@'))
+        .filter(|w| !w.starts_with('@') && !w.starts_with("<@"))
         .collect();
     match words.as_slice() {
         [code] if code.len() == 6 && code.chars().all(|c| c.is_ascii_digit()) => {
@@ -339,6 +339,10 @@ mod tests {
         assert_eq!(pairing_code_in("123456").as_deref(), Some("123456"));
         assert_eq!(
             pairing_code_in("@andy_bot 654321").as_deref(),
+            Some("654321")
+        );
+        assert_eq!(
+            pairing_code_in("<@U0BOT> 654321").as_deref(),
             Some("654321")
         );
         assert_eq!(pairing_code_in("my code is 123456"), None);

@@ -132,4 +132,22 @@ impl Store {
         })
         .await
     }
+
+    /// Forgets a part recorded as being sent that never reached the platform.
+    pub async fn ledger_abandon(
+        &self,
+        key: impl Into<String>,
+        part: u32,
+    ) -> Result<(), StoreError> {
+        let key = key.into();
+        self.write("abandon send intent", move |tx| {
+            tx.execute(
+                "DELETE FROM channel_sends WHERE idempotency_key = ?1 AND part = ?2 AND state = 'sending'",
+                params![key, part],
+            )
+            .ctx("abandon send intent")?;
+            Ok(())
+        })
+        .await
+    }
 }

@@ -215,8 +215,8 @@ impl Store {
         let (code, channel, group_id) = (code.into(), channel.into(), group_id.into());
         self.write("create pairing code", move |tx| {
             tx.execute(
-                "DELETE FROM pairing_codes WHERE channel = ?1 AND used_at IS NULL",
-                [&channel],
+                "DELETE FROM pairing_codes WHERE code = ?2 OR (channel = ?1 AND used_at IS NULL)",
+                params![channel, code],
             )
             .ctx("retire pairing codes")?;
             tx.execute(

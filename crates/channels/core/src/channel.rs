@@ -38,6 +38,21 @@ pub enum ChannelError {
 }
 
 impl ChannelError {
+    /// Whether the platform certainly did not take the message: it refused it (429, a 4xx,
+    /// bad credentials) or no connection was made. A timeout or a 5xx is not: the message
+    /// may have been shown.
+    pub fn never_reached_platform(&self) -> bool {
+        matches!(
+            self,
+            ChannelError::NotConnected(_)
+                | ChannelError::Unclaimed(_)
+                | ChannelError::RateLimited { .. }
+                | ChannelError::Rejected { .. }
+                | ChannelError::Unauthorized { .. }
+                | ChannelError::Setup(_)
+        )
+    }
+
     /// Whether the send may be tried again later with the same message.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, ChannelError::Rejected { .. })

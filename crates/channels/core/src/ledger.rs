@@ -88,7 +88,15 @@ where
                 "a part was being sent when the host stopped; asking the channel"
             );
         }
-        let id = send(index, attempt).await?;
+        let id = match send(index, attempt).await {
+            Ok(id) => id,
+            Err(e) => {
+                if e.never_reached_platform() {
+                    ledger.abandon(key, part).await?;
+                }
+                return Err(e);
+            }
+        };
         ledger.sent(key, part, id.as_deref()).await?;
         if index == 0 {
             first = id;
@@ -119,7 +127,8 @@ mod tests {
         })
         .await;
         assert!(result.is_err());
-        // Part 2 was begun: after a "crash" it is in doubt; the adapter resends it.
+        // Part 2 failed in a way that may have reached the platform (a timeout, a 5xx): it
+        // is in doubt, and the adapter is asked what to do.
         let mut attempts = Vec::new();
         let first = send_parts(&ledger, "k", 3, |i, a| {
             attempts.push((i, a));

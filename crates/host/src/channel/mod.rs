@@ -31,6 +31,8 @@ pub struct ChannelContext<'a> {
 pub fn registrations() -> Vec<ChannelRegistration> {
     #[allow(unused_mut)]
     let mut all: Vec<ChannelRegistration> = Vec::new();
+    #[cfg(feature = "slack")]
+    all.push(nanoclaw_channel_slack::REGISTRATION);
     all
 }
 

@@ -61,6 +61,9 @@ impl SendLedger for StoreLedger {
             .await
             .map_err(storage)
     }
+    async fn abandon(&self, key: &str, part: u32) -> Result<(), ChannelError> {
+        self.0.ledger_abandon(key, part).await.map_err(storage)
+    }
 }
 
 /// Channel credentials from the vault; without a vault there are none.

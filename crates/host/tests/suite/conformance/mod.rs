@@ -69,7 +69,10 @@ pub struct Harness {
 fn config_for(fake: &dyn FakePlatform) -> Config {
     let mut config = config_for_tests();
     let table: toml::Table = toml::from_str(&fake.settings_toml()).expect("the fake's settings");
-    config.channels.platforms.insert(fake.channel().to_owned(), table);
+    config
+        .channels
+        .platforms
+        .insert(fake.channel().to_owned(), table);
     config
 }
 
@@ -92,6 +95,21 @@ async fn seed(home: &TestHome, fake: &dyn FakePlatform) {
     }
 }
 
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // A failed check shows what the daemon logged.
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.home.path().join("daemon.log"))
+        {
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- daemon.log (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 impl Harness {
     pub async fn new(fake: Arc<dyn FakePlatform>) -> Harness {
         let home = TestHome::new();
@@ -109,7 +127,12 @@ impl Harness {
     }
 
     pub async fn start_in_process(&mut self) {
-        let mut options = host_options(self.home.path(), &self.model, config_for(self.fake.as_ref()), None);
+        let mut options = host_options(
+            self.home.path(),
+            &self.model,
+            config_for(self.fake.as_ref()),
+            None,
+        );
         options.master_key = Some(master_key());
         self.host = Some(Host::start(options).await.expect("host starts"));
     }
@@ -158,7 +181,12 @@ impl Harness {
         let store = nanoclaw_host::open_store(&paths.database(), false).unwrap();
         let main = store.main_group().await.unwrap().unwrap();
         store
-            .create_pairing_code(PAIRING_CODE, self.fake.channel(), main.id, nanoclaw_host::now_ms() + 600_000)
+            .create_pairing_code(
+                PAIRING_CODE,
+                self.fake.channel(),
+                main.id,
+                nanoclaw_host::now_ms() + 600_000,
+            )
             .await
             .unwrap();
     }
@@ -177,7 +205,8 @@ impl Harness {
             let fake = Arc::clone(&fake);
             let chat = chat.clone();
             async move {
-                let texts: Vec<String> = fake.sent(&chat).await.into_iter().map(|m| m.text).collect();
+                let texts: Vec<String> =
+                    fake.sent(&chat).await.into_iter().map(|m| m.text).collect();
                 texts.iter().any(|t| t.contains(needle)).then_some(texts)
             }
         })
@@ -210,12 +239,20 @@ pub async fn answers_direct_and_mentioned_messages(fake: Arc<dyn FakePlatform>) 
     h.ask(&dm, "hello from a DM").await;
     let group = fake.chat(2, true);
     h.pair(&group).await;
-    fake.user_says(&group, "chatter not for the bot", false).await;
+    fake.user_says(&group, "chatter not for the bot", false)
+        .await;
     h.ask(&group, "question for the bot").await;
     assert_eq!(h.count_sent(&group, "chatter not for the bot").await, 0);
     let health = h.host().channel_health();
-    let (_, ours) = health.iter().find(|(n, _)| n == fake.channel()).expect("the channel reports health");
-    assert_eq!(ours.state, nanoclaw_host::channel::LinkState::Connected, "{ours:?}");
+    let (_, ours) = health
+        .iter()
+        .find(|(n, _)| n == fake.channel())
+        .expect("the channel reports health");
+    assert_eq!(
+        ours.state,
+        nanoclaw_host::channel::LinkState::Connected,
+        "{ours:?}"
+    );
     assert!(ours.last_event.is_some());
 }
 
@@ -270,12 +307,19 @@ pub async fn long_replies_are_split_in_order(fake: Arc<dyn FakePlatform>) {
         .collect();
     assert!(parts.len() > 1, "one part only: {}", parts.len());
     for p in &parts {
-        assert!(p.chars().count() <= fake.max_message_len(), "a part of {} chars", p.chars().count());
+        assert!(
+            p.chars().count() <= fake.max_message_len(),
+            "a part of {} chars",
+            p.chars().count()
+        );
     }
     let words: Vec<String> = parts
         .iter()
         .flat_map(|p| p.split_whitespace())
-        .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned())
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_owned()
+        })
         .filter(|w| w.starts_with('w'))
         .collect();
     let expected: Vec<String> = (0..LONG_WORDS).map(|i| format!("w{i:04}")).collect();
@@ -288,7 +332,8 @@ pub async fn inbound_files_reach_the_groups_inbox(fake: Arc<dyn FakePlatform>) {
     let chat = fake.chat(1, false);
     h.pair(&chat).await;
     let data = b"quarterly numbers: 1, 2, 3\n".to_vec();
-    fake.user_sends_file(&chat, "numbers.txt", &data, "read this file").await;
+    fake.user_sends_file(&chat, "numbers.txt", &data, "read this file")
+        .await;
     h.wait_sent(&chat, "numbers.txt").await;
     let inbox = nanoclaw_host::config::Paths::new(h.home.path())
         .group_dir("main")
@@ -315,7 +360,10 @@ pub async fn reconnects_after_the_server_drops_it(fake: Arc<dyn FakePlatform>) {
     assert!(fake.connections() > before, "no new connection");
     let health = h.host().channel_health();
     let (_, ours) = health.iter().find(|(n, _)| n == fake.channel()).unwrap();
-    assert!(ours.reconnects >= 1 || ours.last_error.is_some(), "{ours:?}");
+    assert!(
+        ours.reconnects >= 1 || ours.last_error.is_some(),
+        "{ours:?}"
+    );
 }
 
 /// A 429 with retry-after is waited out, and the reply still arrives once.
@@ -359,7 +407,12 @@ pub async fn bots_never_loop(fake: Arc<dyn FakePlatform>) {
     // Each question answered once: an echo of our own reply read back as a question would
     // be answered again.
     let started = Instant::now();
-    assert_eq!(h.count_sent(&chat, "first sync").await, 1, "after {:?}", started.elapsed());
+    assert_eq!(
+        h.count_sent(&chat, "first sync").await,
+        1,
+        "after {:?}",
+        started.elapsed()
+    );
     assert_eq!(h.count_sent(&chat, "second sync").await, 1);
 }
 
@@ -368,7 +421,6 @@ pub async fn bots_never_loop(fake: Arc<dyn FakePlatform>) {
 macro_rules! conformance_suite {
     ($platform:ident, $make:expr) => {
         mod $platform {
-            use super::*;
             async fn fake() -> std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> {
                 $make().await
             }
@@ -413,4 +465,11 @@ macro_rules! conformance_suite {
 }
 
 /// The platforms this build has, each through the whole suite.
-mod platforms {}
+mod platforms {
+    #[cfg(feature = "slack")]
+    conformance_suite!(slack, || async {
+        let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
+            std::sync::Arc::new(nanoclaw_test_support::platforms::slack::FakeSlack::start().await);
+        fake
+    });
+}
