@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod discord;
+
 /// A chat on a fake platform, as the test sets it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeChat {
