@@ -49,6 +49,8 @@ const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
 const DEFAULT_MAX_ATTACHMENT_BYTES: u64 = 20 * 1024 * 1024;
 /// How long `start` waits for the first connection before returning (it goes on inside).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(15);
+/// How long `stop` lets the dispatch handler finish what it was doing.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 const TOKEN_SECRET: &str = "discord.bot_token";
 
 pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
@@ -105,7 +107,7 @@ async fn build(setup: ChannelSetup) -> Result<Arc<dyn Channel>, ChannelError> {
         ledger: setup.ledger,
         api,
         health,
-        tasks: Mutex::new(Vec::new()),
+        tasks: Mutex::new(None),
     }))
 }
 
@@ -116,8 +118,8 @@ pub struct DiscordChannel {
     health: Arc<HealthCell>,
     ledger: Arc<dyn SendLedger>,
     gateway_url: Option<String>,
-    /// The gateway and the dispatch handler, while started.
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The gateway reader and the dispatch handler, while started.
+    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
 }
 
 /// One message Discord gets: a chunk of the text and the files that go with it.
@@ -158,7 +160,7 @@ impl Channel for DiscordChannel {
             Arc::clone(&self.sessions),
         ));
         let reader = tokio::spawn(gateway.run(first_tx));
-        self.tasks.lock().await.extend([reader, handler]);
+        *self.tasks.lock().await = Some((reader, handler));
         match tokio::time::timeout(FIRST_CONNECT_WAIT, first_rx).await {
             Ok(Ok(Err(e))) => Err(e),
             _ => Ok(()),
@@ -211,12 +213,17 @@ impl Channel for DiscordChannel {
     }
 
     async fn stop(&self) {
-        let tasks: Vec<_> = self.tasks.lock().await.drain(..).collect();
-        if tasks.is_empty() {
+        let Some((reader, handler)) = self.tasks.lock().await.take() else {
             return;
-        }
-        for task in tasks {
-            task.abort();
+        };
+        // The reader goes first; the handler then finishes what was read (recording the
+        // sequence of a message the host just acknowledged, so a restart does not replay
+        // it) and ends, or is cut short.
+        reader.abort();
+        let _ = reader.await;
+        let mut handler = handler;
+        if tokio::time::timeout(STOP_GRACE, &mut handler).await.is_err() {
+            handler.abort();
         }
         self.health.stopped();
     }
