@@ -11,9 +11,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::PLATFORM;
 use crate::model::{ApiErrorBody, Channel, Created, GatewayBot, RateLimitBody, User};
 use crate::ratelimit::{RateLimits, secs};
-use crate::PLATFORM;
 
 /// A bucket that refills within this long is waited for; a longer wait goes back to the
 /// host as `RateLimited` so the chat's other work is not held up.
@@ -68,7 +68,13 @@ impl Api {
     /// `GET /gateway/bot`: where to open the websocket.
     pub async fn gateway_url(&self) -> Result<String, ChannelError> {
         let info: GatewayBot = self
-            .json(Method::GET, "GET /gateway/bot", "", "/gateway/bot", Body::None)
+            .json(
+                Method::GET,
+                "GET /gateway/bot",
+                "",
+                "/gateway/bot",
+                Body::None,
+            )
             .await?;
         Ok(info.url)
     }
@@ -94,7 +100,13 @@ impl Api {
             Body::Multipart(payload, files)
         };
         let created: Created = self
-            .json(Method::POST, "POST /channels/{id}/messages", channel, &path, body)
+            .json(
+                Method::POST,
+                "POST /channels/{id}/messages",
+                channel,
+                &path,
+                body,
+            )
             .await?;
         Ok(created.id)
     }
@@ -102,9 +114,15 @@ impl Api {
     /// `POST /channels/{id}/typing` (answers 204).
     pub async fn typing(&self, channel: &str) -> Result<(), ChannelError> {
         let path = format!("/channels/{channel}/typing");
-        self.call(Method::POST, "POST /channels/{id}/typing", channel, &path, Body::None)
-            .await
-            .map(drop)
+        self.call(
+            Method::POST,
+            "POST /channels/{id}/typing",
+            channel,
+            &path,
+            Body::None,
+        )
+        .await
+        .map(drop)
     }
 
     /// Downloads an attachment from its CDN `url` (signed; no token is sent there). `None`
@@ -116,7 +134,9 @@ impl Api {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| ChannelError::Failed(format!("discord: downloading an attachment: {e}")))?;
+            .map_err(|e| {
+                ChannelError::Failed(format!("discord: downloading an attachment: {e}"))
+            })?;
         let mut data = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -140,10 +160,9 @@ impl Api {
         body: Body,
     ) -> Result<T, ChannelError> {
         let response = self.call(method, route, major, path, body).await?;
-        response
-            .json::<T>()
-            .await
-            .map_err(|e| ChannelError::Failed(format!("discord: unexpected answer to {route}: {e}")))
+        response.json::<T>().await.map_err(|e| {
+            ChannelError::Failed(format!("discord: unexpected answer to {route}: {e}"))
+        })
     }
 
     /// Sends one request: waits out an exhausted bucket (briefly), records the answer's
@@ -163,7 +182,11 @@ impl Api {
                     retry_after: wait,
                 });
             }
-            tracing::debug!(route, ?wait, "discord: bucket exhausted; waiting for it to refill");
+            tracing::debug!(
+                route,
+                ?wait,
+                "discord: bucket exhausted; waiting for it to refill"
+            );
             tokio::time::sleep(wait).await;
         }
         let auth = format!("Bot {}", self.token.expose_secret());
@@ -188,7 +211,12 @@ impl Api {
         Err(self.error(route, status, response).await)
     }
 
-    async fn error(&self, route: &str, status: StatusCode, response: reqwest::Response) -> ChannelError {
+    async fn error(
+        &self,
+        route: &str,
+        status: StatusCode,
+        response: reqwest::Response,
+    ) -> ChannelError {
         let retry_header = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -213,7 +241,10 @@ impl Api {
             };
         }
         let body: ApiErrorBody = serde_json::from_str(&text).unwrap_or_default();
-        let detail = format!("{route}: HTTP {status}: {} (code {})", body.message, body.code);
+        let detail = format!(
+            "{route}: HTTP {status}: {} (code {})",
+            body.message, body.code
+        );
         match status {
             StatusCode::UNAUTHORIZED => ChannelError::Unauthorized {
                 platform: PLATFORM.into(),

@@ -62,14 +62,13 @@ fn images_to_links(line: &str) -> String {
     let mut rest = line;
     while let Some(pos) = rest.find("![") {
         out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
+        let after = &rest[pos + 2..];
         if after.contains("](") {
-            out.push_str("[");
-            rest = &after[1..];
+            out.push('[');
         } else {
             out.push_str("![");
-            rest = &after[1..];
         }
+        rest = after;
     }
     out.push_str(rest);
     out
@@ -89,12 +88,16 @@ mod tests {
     fn deep_headings_rules_and_images_are_rewritten() {
         assert_eq!(to_discord("#### Notes"), "**Notes**");
         assert_eq!(to_discord("a\n---\nb"), "a\n──────────\nb");
-        assert_eq!(to_discord("see ![chart](https://x/c.png)"), "see [chart](https://x/c.png)");
+        assert_eq!(
+            to_discord("see ![chart](https://x/c.png)"),
+            "see [chart](https://x/c.png)"
+        );
     }
 
     #[test]
     fn tables_go_into_a_code_block_and_code_is_untouched() {
-        let text = "Scores:\n| a | b |\n|---|---|\n| 1 | 2 |\nend\n```\n#### not a heading\n---\n```";
+        let text =
+            "Scores:\n| a | b |\n|---|---|\n| 1 | 2 |\nend\n```\n#### not a heading\n---\n```";
         assert_eq!(
             to_discord(text),
             "Scores:\n```\n| a | b |\n|---|---|\n| 1 | 2 |\n```\nend\n```\n#### not a heading\n---\n```"

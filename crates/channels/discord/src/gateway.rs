@@ -21,11 +21,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::PLATFORM;
 use crate::api::Api;
 use crate::inbound::Dispatch;
 use crate::model::{Hello, INTENTS, Payload, Ready, op};
 use crate::session::{Session, SessionStore};
-use crate::PLATFORM;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,9 +34,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 enum Ended {
     /// Reconnect and resume the session (`delay`: `None` waits the backoff).
-    Resume { reason: String, delay: Option<Duration> },
+    Resume {
+        reason: String,
+        delay: Option<Duration>,
+    },
     /// Reconnect with a fresh Identify.
-    Fresh { reason: String, delay: Option<Duration> },
+    Fresh {
+        reason: String,
+        delay: Option<Duration>,
+    },
     /// Stop: the owner must fix something.
     Fatal(ChannelError),
 }
@@ -109,7 +115,12 @@ impl Gateway {
                 Err(e) => return resume(format!("asking for the gateway URL: {e}")),
             },
         };
-        let mut socket = match timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(with_query(&url))).await {
+        let mut socket = match timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::connect_async(with_query(&url)),
+        )
+        .await
+        {
             Ok(Ok((socket, _))) => socket,
             Ok(Err(e)) => return resume(format!("connecting to {url}: {e}")),
             Err(_) => return resume(format!("connecting to {url}: timed out")),
@@ -123,8 +134,18 @@ impl Gateway {
             Some(s) => self.resume_payload(s),
             None => self.identify_payload(),
         };
-        if let Err(e) = socket.send(WsMessage::Text(opening.to_string().into())).await {
-            return resume(format!("sending {}: {e}", if session.is_some() { "Resume" } else { "Identify" }));
+        if let Err(e) = socket
+            .send(WsMessage::Text(opening.to_string().into()))
+            .await
+        {
+            return resume(format!(
+                "sending {}: {e}",
+                if session.is_some() {
+                    "Resume"
+                } else {
+                    "Identify"
+                }
+            ));
         }
         let mut link = Link {
             gateway: self,
@@ -135,7 +156,8 @@ impl Gateway {
             backoff,
             first,
         };
-        link.pump(Duration::from_millis(hello.heartbeat_interval.max(1))).await
+        link.pump(Duration::from_millis(hello.heartbeat_interval.max(1)))
+            .await
     }
 
     async fn base_url(&self, cached: &mut Option<String>) -> Result<String, ChannelError> {
@@ -171,7 +193,10 @@ impl Gateway {
 }
 
 fn resume(reason: String) -> Ended {
-    Ended::Resume { reason, delay: None }
+    Ended::Resume {
+        reason,
+        delay: None,
+    }
 }
 
 /// `?v=10&encoding=json` on the URL Discord gave (which has no path).
@@ -291,7 +316,9 @@ impl Link<'_> {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "discord: skipping an unreadable gateway frame");
-                self.gateway.health.error(format!("unreadable gateway frame skipped: {e}"));
+                self.gateway
+                    .health
+                    .error(format!("unreadable gateway frame skipped: {e}"));
                 return None;
             }
         };
@@ -382,15 +409,31 @@ mod tests {
 
     #[test]
     fn the_version_and_encoding_go_on_the_gateway_url() {
-        assert_eq!(with_query("wss://gateway.discord.gg"), "wss://gateway.discord.gg/?v=10&encoding=json");
-        assert_eq!(with_query("wss://g.example/"), "wss://g.example/?v=10&encoding=json");
+        assert_eq!(
+            with_query("wss://gateway.discord.gg"),
+            "wss://gateway.discord.gg/?v=10&encoding=json"
+        );
+        assert_eq!(
+            with_query("wss://g.example/"),
+            "wss://g.example/?v=10&encoding=json"
+        );
     }
 
     #[test]
     fn close_codes_decide_between_resume_identify_and_giving_up() {
-        let frame = |code: u16| Some(CloseFrame { code: CloseCode::from(code), reason: "".into() });
-        assert!(matches!(closed(frame(4004)), Ended::Fatal(ChannelError::Unauthorized { .. })));
-        assert!(matches!(closed(frame(4014)), Ended::Fatal(ChannelError::Setup(m)) if m.contains("Message Content")));
+        let frame = |code: u16| {
+            Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            })
+        };
+        assert!(matches!(
+            closed(frame(4004)),
+            Ended::Fatal(ChannelError::Unauthorized { .. })
+        ));
+        assert!(
+            matches!(closed(frame(4014)), Ended::Fatal(ChannelError::Setup(m)) if m.contains("Message Content"))
+        );
         assert!(matches!(closed(frame(4009)), Ended::Fresh { .. }));
         assert!(matches!(closed(frame(4000)), Ended::Resume { .. }));
         assert!(matches!(closed(None), Ended::Resume { .. }));

@@ -15,10 +15,10 @@ use nanoclaw_channel::{
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::PLATFORM;
 use crate::api::Api;
 use crate::model::{Channel, GuildCreate, Message, Ready, User, snowflake_ms};
 use crate::session::SessionStore;
-use crate::PLATFORM;
 
 /// How many settled message ids are remembered, so a replay after a resume is not
 /// reported twice.
@@ -79,7 +79,9 @@ impl Inbound {
             if !settled {
                 frozen_conn = Some(dispatch.conn);
             }
-            if let (None, Some(session), Some(seq)) = (frozen_conn, &dispatch.session_id, dispatch.seq) {
+            if let (None, Some(session), Some(seq)) =
+                (frozen_conn, &dispatch.session_id, dispatch.seq)
+            {
                 sessions.settled(session, seq).await;
             }
         }
@@ -147,7 +149,11 @@ impl Inbound {
             .await
             .unwrap_or_else(|_| RouteOutcome::Failed("the host dropped the message".into()));
         if !outcome.is_settled() {
-            tracing::warn!(id, ?outcome, "discord: the host did not store a message; it will be replayed on the next resume");
+            tracing::warn!(
+                id,
+                ?outcome,
+                "discord: the host did not store a message; it will be replayed on the next resume"
+            );
             return false;
         }
         let mut settled = self.settled.lock().await;
@@ -171,7 +177,11 @@ impl Inbound {
         }
         let is_dm = message.guild_id.is_none();
         let (chat_id, thread, chat_name) = if is_dm {
-            (message.channel_id.clone(), None, message.author.display_name().to_string())
+            (
+                message.channel_id.clone(),
+                None,
+                message.author.display_name().to_string(),
+            )
         } else {
             self.place(&message.channel_id).await
         };
@@ -269,7 +279,10 @@ impl Inbound {
                 )),
                 Err(e) => {
                     tracing::warn!(file = %a.filename, error = %e, "discord: attachment not downloaded");
-                    notes.push(format!("[attachment {} could not be downloaded]", a.filename));
+                    notes.push(format!(
+                        "[attachment {} could not be downloaded]",
+                        a.filename
+                    ));
                 }
             }
         }

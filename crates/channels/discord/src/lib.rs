@@ -222,7 +222,10 @@ impl Channel for DiscordChannel {
         reader.abort();
         let _ = reader.await;
         let mut handler = handler;
-        if tokio::time::timeout(STOP_GRACE, &mut handler).await.is_err() {
+        if tokio::time::timeout(STOP_GRACE, &mut handler)
+            .await
+            .is_err()
+        {
             handler.abort();
         }
         self.health.stopped();

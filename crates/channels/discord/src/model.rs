@@ -167,7 +167,9 @@ pub struct Created {
 pub fn snowflake_ms(id: &str) -> Option<i64> {
     const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
     let raw: u64 = id.parse().ok()?;
-    i64::try_from(raw >> 22).ok().map(|ms| ms + DISCORD_EPOCH_MS)
+    i64::try_from(raw >> 22)
+        .ok()
+        .map(|ms| ms + DISCORD_EPOCH_MS)
 }
 
 #[cfg(test)]

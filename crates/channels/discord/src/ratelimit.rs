@@ -69,9 +69,13 @@ impl RateLimits {
             .insert(route.to_string(), hash.to_string());
         if let (Some(remaining), Some(reset_after)) = (remaining, reset_after) {
             let reset_at = Instant::now() + secs(reset_after);
-            inner
-                .buckets
-                .insert((hash.to_string(), major.to_string()), BucketState { remaining, reset_at });
+            inner.buckets.insert(
+                (hash.to_string(), major.to_string()),
+                BucketState {
+                    remaining,
+                    reset_at,
+                },
+            );
         }
     }
 
@@ -98,8 +102,14 @@ mod tests {
     fn headers(bucket: &str, remaining: &str, reset_after: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-bucket", HeaderValue::from_str(bucket).unwrap());
-        h.insert("x-ratelimit-remaining", HeaderValue::from_str(remaining).unwrap());
-        h.insert("x-ratelimit-reset-after", HeaderValue::from_str(reset_after).unwrap());
+        h.insert(
+            "x-ratelimit-remaining",
+            HeaderValue::from_str(remaining).unwrap(),
+        );
+        h.insert(
+            "x-ratelimit-reset-after",
+            HeaderValue::from_str(reset_after).unwrap(),
+        );
         h
     }
 

@@ -18,12 +18,18 @@ async fn dms_guild_mentions_replies_and_threads_arrive_as_the_host_needs_them() 
 
     let posted = h.fake.user_says(&dm, "hello in private", false).await;
     let e = h.next().await;
-    assert_eq!((e.chat_id.as_str(), e.platform_msg_id.as_str()), (dm.platform_id.as_str(), posted.message_id.as_str()));
+    assert_eq!(
+        (e.chat_id.as_str(), e.platform_msg_id.as_str()),
+        (dm.platform_id.as_str(), posted.message_id.as_str())
+    );
     assert!(!e.is_group && e.mentions_me, "a DM addresses the bot");
     assert_eq!(e.chat_name, dm.user_name);
     assert_eq!(e.sender, dm.user_id);
     assert_eq!(e.text, "hello in private");
-    assert!(e.received_at > 1_600_000_000_000, "the time comes from the snowflake");
+    assert!(
+        e.received_at > 1_600_000_000_000,
+        "the time comes from the snowflake"
+    );
 
     h.fake.user_says(&group, "are you there?", true).await;
     let e = h.next().await;
@@ -36,7 +42,12 @@ async fn dms_guild_mentions_replies_and_threads_arrive_as_the_host_needs_them() 
     assert!(!h.next().await.mentions_me);
 
     // A reply to the bot's message addresses it without an @mention.
-    let reply = OutgoingMessage { idempotency_key: "r1".into(), chat_id: group.platform_id.clone(), text: "I am here".into(), ..Default::default() };
+    let reply = OutgoingMessage {
+        idempotency_key: "r1".into(),
+        chat_id: group.platform_id.clone(),
+        text: "I am here".into(),
+        ..Default::default()
+    };
     let bot_msg = h.channel.deliver(&reply).await.unwrap().unwrap();
     h.fake.user_replies(&group, "thanks", &bot_msg).await;
     let e = h.next().await;
@@ -49,7 +60,10 @@ async fn dms_guild_mentions_replies_and_threads_arrive_as_the_host_needs_them() 
         let posted = h.fake.user_says(&thread, "in the thread", true).await;
         let e = h.next().await;
         assert_eq!(posted.chat_id, group.platform_id);
-        assert_eq!(e.chat_id, group.platform_id, "a thread reports its parent channel");
+        assert_eq!(
+            e.chat_id, group.platform_id,
+            "a thread reports its parent channel"
+        );
         assert_eq!(e.thread.as_deref(), Some(thread.platform_id.as_str()));
         assert_eq!(e.chat_name, "general-2");
     }
@@ -87,7 +101,10 @@ async fn a_restarted_host_resumes_the_stored_session() {
     h.next().await;
     h.channel.stop().await;
     h.fake.drop_connections().await;
-    let missed = h.fake.user_says(&chat, "while the host was down", false).await;
+    let missed = h
+        .fake
+        .user_says(&chat, "while the host was down", false)
+        .await;
 
     // A new channel over the same state store: what a restarted host builds.
     let mut again = Harness::with_state(h.fake, h.state.clone(), "").await;
@@ -111,7 +128,10 @@ async fn op7_reconnect_resumes_and_op9_decides_between_resume_and_identify() {
     assert_eq!(h.fake.identifies(), 1);
 
     h.fake.invalidate_session(false);
-    wait_for("a fresh identify after op 9 d=false", || h.fake.identifies() == 2).await;
+    wait_for("a fresh identify after op 9 d=false", || {
+        h.fake.identifies() == 2
+    })
+    .await;
     assert_eq!(h.fake.resumes(), 2);
 
     let posted = h.fake.user_says(&chat, "still there?", false).await;
@@ -123,16 +143,26 @@ async fn close_4004_takes_the_channel_down_without_a_reconnect_loop() {
     let h = Harness::start(FakeDiscord::start().await).await;
     h.fake.revoke_token();
     h.fake.close_connections(4000);
-    wait_for("health down", || h.channel.health().state == LinkState::Down).await;
+    wait_for("health down", || {
+        h.channel.health().state == LinkState::Down
+    })
+    .await;
     let error = h.channel.health().last_error.unwrap_or_default();
     assert!(error.contains("4004"), "{error}");
     let connections = h.fake.connections();
     // Long enough for several backoff rounds (500 ms, 1 s) had it kept trying.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(h.fake.connections(), connections, "no reconnects after 4004");
+    assert_eq!(
+        h.fake.connections(),
+        connections,
+        "no reconnects after 4004"
+    );
 
     // A start with the refused token fails with Unauthorized at once.
-    let err = std::sync::Arc::clone(&h.channel).start(h.sink.clone()).await.unwrap_err();
+    let err = std::sync::Arc::clone(&h.channel)
+        .start(h.sink.clone())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ChannelError::Unauthorized { .. }), "{err}");
 }
 
@@ -141,7 +171,10 @@ async fn a_disallowed_intent_is_a_clear_setup_error() {
     let fake = FakeDiscord::start().await;
     fake.refuse_message_content_intent();
     let h = Harness::build(fake, std::sync::Arc::default(), "").await;
-    let err = std::sync::Arc::clone(&h.channel).start(h.sink.clone()).await.unwrap_err();
+    let err = std::sync::Arc::clone(&h.channel)
+        .start(h.sink.clone())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("Message Content"), "{err}");
     assert_eq!(h.channel.health().state, LinkState::Down);
 }
@@ -154,7 +187,10 @@ async fn a_missing_heartbeat_ack_reconnects_and_resumes() {
     let chat = h.fake.chat(1, false);
     wait_for("heartbeats", || h.fake.heartbeats() >= 2).await;
     h.fake.stop_heartbeat_acks();
-    wait_for("a resume after the zombie connection", || h.fake.resumes() >= 1).await;
+    wait_for("a resume after the zombie connection", || {
+        h.fake.resumes() >= 1
+    })
+    .await;
     h.fake.resume_heartbeat_acks();
     let error = h.channel.health().last_error.unwrap_or_default();
     assert!(error.contains("zombie"), "{error}");
@@ -171,7 +207,12 @@ async fn malformed_dispatches_are_skipped_and_the_loop_goes_on() {
     assert_eq!(h.next().await.platform_msg_id, posted.message_id);
     let health = h.channel.health();
     assert_eq!(health.state, LinkState::Connected);
-    assert!(health.last_error.unwrap_or_default().contains("malformed MESSAGE_CREATE"));
+    assert!(
+        health
+            .last_error
+            .unwrap_or_default()
+            .contains("malformed MESSAGE_CREATE")
+    );
     assert_eq!(h.fake.connections(), 1);
 }
 
@@ -180,12 +221,20 @@ async fn the_bots_own_messages_are_dropped_and_other_bots_are_flagged() {
     let mut h = Harness::start(FakeDiscord::start().await).await;
     let chat = h.fake.chat(1, true);
     // Discord echoes this back as a MESSAGE_CREATE by the bot.
-    let out = OutgoingMessage { idempotency_key: "own".into(), chat_id: chat.platform_id.clone(), text: "my own words".into(), ..Default::default() };
+    let out = OutgoingMessage {
+        idempotency_key: "own".into(),
+        chat_id: chat.platform_id.clone(),
+        text: "my own words".into(),
+        ..Default::default()
+    };
     h.channel.deliver(&out).await.unwrap();
     let bot = h.fake.other_bot_says(&chat, "hi fellow bot").await;
     let user = h.fake.user_says(&chat, "a person", true).await;
     let e = h.next().await;
-    assert_eq!(e.platform_msg_id, bot.message_id, "the own echo never arrives");
+    assert_eq!(
+        e.platform_msg_id, bot.message_id,
+        "the own echo never arrives"
+    );
     assert!(e.from_bot && e.mentions_me);
     assert_eq!(h.next().await.platform_msg_id, user.message_id);
 }
@@ -196,7 +245,10 @@ async fn a_stopped_channel_starts_again() {
     let chat = h.fake.chat(1, false);
     h.channel.stop().await;
     assert_eq!(h.channel.health().state, LinkState::Stopped);
-    std::sync::Arc::clone(&h.channel).start(h.sink.clone()).await.unwrap();
+    std::sync::Arc::clone(&h.channel)
+        .start(h.sink.clone())
+        .await
+        .unwrap();
     let posted = h.fake.user_says(&chat, "back again", false).await;
     assert_eq!(h.next().await.platform_msg_id, posted.message_id);
     assert_eq!(h.channel.verify().await.unwrap(), BOT_NAME);
@@ -207,11 +259,16 @@ async fn a_message_the_host_failed_to_store_is_replayed_on_the_next_resume() {
     let mut h = Harness::start(FakeDiscord::start().await).await;
     let chat = h.fake.chat(1, false);
     let lost = h.fake.user_says(&chat, "store me", false).await;
-    let e = h.next_with(nanoclaw_channel::RouteOutcome::Failed("disk full".into())).await;
+    let e = h
+        .next_with(nanoclaw_channel::RouteOutcome::Failed("disk full".into()))
+        .await;
     assert_eq!(e.platform_msg_id, lost.message_id);
     h.fake.drop_connections().await;
     let e = h.next().await;
-    assert_eq!(e.platform_msg_id, lost.message_id, "the cursor stayed before the failed message");
+    assert_eq!(
+        e.platform_msg_id, lost.message_id,
+        "the cursor stayed before the failed message"
+    );
     let after = h.fake.user_says(&chat, "next", false).await;
     assert_eq!(h.next().await.platform_msg_id, after.message_id);
 }

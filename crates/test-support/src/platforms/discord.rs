@@ -199,7 +199,11 @@ impl State {
             "embeds": [],
             "pinned": false,
         });
-        if self.channels.get(channel).is_some_and(FakeChannel::in_guild) {
+        if self
+            .channels
+            .get(channel)
+            .is_some_and(FakeChannel::in_guild)
+        {
             m["guild_id"] = json!(GUILD_ID);
             m["member"] = json!({ "nick": null, "roles": [] });
         }
@@ -468,7 +472,11 @@ impl FakePlatform for FakeDiscord {
             let channel = FakeChannel {
                 id: chat.platform_id.clone(),
                 kind: if is_group { 0 } else { 1 },
-                name: if is_group { format!("general-{n}") } else { String::new() },
+                name: if is_group {
+                    format!("general-{n}")
+                } else {
+                    String::new()
+                },
                 parent_id: None,
                 recipient: (!is_group).then(|| user_json(&chat)),
             };
@@ -490,7 +498,13 @@ impl FakePlatform for FakeDiscord {
         post(&mut state, m)
     }
 
-    async fn user_sends_file(&self, chat: &FakeChat, file_name: &str, data: &[u8], caption: &str) -> Posted {
+    async fn user_sends_file(
+        &self,
+        chat: &FakeChat,
+        file_name: &str,
+        data: &[u8],
+        caption: &str,
+    ) -> Posted {
         let mut state = self.lock();
         let attachment_id = state.snowflake();
         let path = format!("{}/{attachment_id}/{file_name}", chat.platform_id);

@@ -1,6 +1,7 @@
 //! Builds the Discord channel against a `FakeDiscord` with in-memory ledger, state and
 //! secrets, and reads what it reports.
-#![allow(dead_code)]
+#![allow(dead_code)] // each test binary uses a part
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,14 +32,21 @@ impl Harness {
     /// Built over `state` with `extra` settings lines, and started.
     pub async fn with_state(fake: FakeDiscord, state: Arc<MemoryState>, extra: &str) -> Harness {
         let h = Harness::build(fake, state, extra).await;
-        Arc::clone(&h.channel).start(h.sink.clone()).await.expect("starting the Discord channel");
+        Arc::clone(&h.channel)
+            .start(h.sink.clone())
+            .await
+            .expect("starting the Discord channel");
         h
     }
 
     pub async fn build(fake: FakeDiscord, state: Arc<MemoryState>, extra: &str) -> Harness {
-        let settings: toml::Table = toml::from_str(&format!("{}{extra}", fake.settings_toml())).expect("settings");
+        let settings: toml::Table =
+            toml::from_str(&format!("{}{extra}", fake.settings_toml())).expect("settings");
         let secrets: Vec<(String, String)> = fake.secrets();
-        let pairs: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = secrets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let ledger = Arc::new(MemoryLedger::default());
         let dir = tempfile::tempdir().expect("temp dir");
         let setup = ChannelSetup {
@@ -49,9 +57,19 @@ impl Harness {
             assistant_name: "Andy".into(),
             data_dir: dir.path().to_path_buf(),
         };
-        let channel = (REGISTRATION.factory)(setup).await.expect("building the Discord channel");
+        let channel = (REGISTRATION.factory)(setup)
+            .await
+            .expect("building the Discord channel");
         let (sink, events) = mpsc::channel(64);
-        Harness { fake, channel, events, sink, ledger, state, _dir: dir }
+        Harness {
+            fake,
+            channel,
+            events,
+            sink,
+            ledger,
+            state,
+            _dir: dir,
+        }
     }
 
     /// The next inbound message, acknowledged as stored.

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::Router;
 use axum::extract::State as AxumState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -31,7 +31,13 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let interval = {
         let mut state = shared.lock();
-        state.live.insert(id, Live { session: None, tx: tx.clone() });
+        state.live.insert(
+            id,
+            Live {
+                session: None,
+                tx: tx.clone(),
+            },
+        );
         state.heartbeat_ms
     };
     let hello = json!({ "op": 10, "d": { "heartbeat_interval": interval }, "s": null, "t": null });
@@ -121,9 +127,15 @@ fn identify(state: &mut State, conn: u64) {
     state.identifies += 1;
     let session = format!("fake-session-{}", state.identifies);
     // Sessions nobody is attached to are abandoned once the bot identifies afresh.
-    let attached: Vec<String> = state.live.values().filter_map(|l| l.session.clone()).collect();
+    let attached: Vec<String> = state
+        .live
+        .values()
+        .filter_map(|l| l.session.clone())
+        .collect();
     state.sessions.retain(|id, _| attached.contains(id));
-    state.sessions.insert(session.clone(), SessionLog::default());
+    state
+        .sessions
+        .insert(session.clone(), SessionLog::default());
     if let Some(live) = state.live.get_mut(&conn) {
         live.session = Some(session.clone());
     }
@@ -137,8 +149,18 @@ fn identify(state: &mut State, conn: u64) {
         "application": { "id": "900000000000000002", "flags": 0 },
     });
     state.dispatch_to(&session, "READY", &ready);
-    let channels: Vec<Value> = state.channels.values().filter(|c| c.in_guild() && c.parent_id.is_none()).map(super::FakeChannel::json).collect();
-    let threads: Vec<Value> = state.channels.values().filter(|c| c.parent_id.is_some()).map(super::FakeChannel::json).collect();
+    let channels: Vec<Value> = state
+        .channels
+        .values()
+        .filter(|c| c.in_guild() && c.parent_id.is_none())
+        .map(super::FakeChannel::json)
+        .collect();
+    let threads: Vec<Value> = state
+        .channels
+        .values()
+        .filter(|c| c.parent_id.is_some())
+        .map(super::FakeChannel::json)
+        .collect();
     let guild = json!({ "id": GUILD_ID, "name": "Fake Guild", "unavailable": false, "channels": channels, "threads": threads, "members": [] });
     state.dispatch_to(&session, "GUILD_CREATE", &guild);
 }

@@ -2,6 +2,10 @@
 //! <https://discord.com/developers/docs/resources/message#create-message>,
 //! <https://discord.com/developers/docs/topics/rate-limits>).
 
+// Helpers return the finished error response as their `Err`: its size does not matter in
+// a test server.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +49,10 @@ fn unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
 
 /// The rate-limit headers Discord sends with every answer.
 fn with_limits(mut response: Response, bucket: &str, limit: u64, state: Bucket) -> Response {
-    let after = state.reset_at.saturating_duration_since(Instant::now()).as_secs_f64();
+    let after = state
+        .reset_at
+        .saturating_duration_since(Instant::now())
+        .as_secs_f64();
     let reset = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -101,7 +108,11 @@ async fn channel(AxumState(shared): S, Path(id): Path<String>, headers: HeaderMa
     if let Some(r) = unauthorized(&shared, &headers) {
         return r;
     }
-    let found = shared.lock().channels.get(&id).map(super::FakeChannel::json);
+    let found = shared
+        .lock()
+        .channels
+        .get(&id)
+        .map(super::FakeChannel::json);
     match found {
         Some(c) => relaxed(Json(c).into_response(), "fake-channels"),
         None => error(StatusCode::NOT_FOUND, 10003, "Unknown Channel"),
@@ -120,7 +131,10 @@ async fn typing(AxumState(shared): S, Path(id): Path<String>, headers: HeaderMap
     relaxed(StatusCode::NO_CONTENT.into_response(), "fake-typing")
 }
 
-async fn attachment(AxumState(shared): S, Path((channel, id, name)): Path<(String, String, String)>) -> Response {
+async fn attachment(
+    AxumState(shared): S,
+    Path((channel, id, name)): Path<(String, String, String)>,
+) -> Response {
     match shared.lock().files.get(&format!("{channel}/{id}/{name}")) {
         Some(data) => data.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -134,18 +148,31 @@ struct Incoming {
 }
 
 async fn read_body(request: Request) -> Result<Incoming, Response> {
-    let bad = |what: String| error(StatusCode::BAD_REQUEST, 50109, &format!("The request body contains invalid JSON. ({what})"));
+    let bad = |what: String| {
+        error(
+            StatusCode::BAD_REQUEST,
+            50109,
+            &format!("The request body contains invalid JSON. ({what})"),
+        )
+    };
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     if !multipart {
-        let body = Bytes::from_request(request, &()).await.map_err(|e| bad(e.to_string()))?;
+        let body = Bytes::from_request(request, &())
+            .await
+            .map_err(|e| bad(e.to_string()))?;
         let payload = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
-        return Ok(Incoming { payload, files: Vec::new() });
+        return Ok(Incoming {
+            payload,
+            files: Vec::new(),
+        });
     }
-    let mut form = Multipart::from_request(request, &()).await.map_err(|e| bad(e.to_string()))?;
+    let mut form = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
     let mut payload = json!({});
     let mut files = Vec::new();
     while let Some(field) = form.next_field().await.map_err(|e| bad(e.to_string()))? {
@@ -187,14 +214,23 @@ fn admit(state: &mut State, channel: &str) -> Result<Bucket, Response> {
     }
     let limit = state.bucket_limit;
     let window = state.bucket_window;
-    let bucket = state.buckets.entry(channel.to_string()).or_insert(Bucket { remaining: limit, reset_at: now + window });
+    let bucket = state.buckets.entry(channel.to_string()).or_insert(Bucket {
+        remaining: limit,
+        reset_at: now + window,
+    });
     if now >= bucket.reset_at {
-        *bucket = Bucket { remaining: limit, reset_at: now + window };
+        *bucket = Bucket {
+            remaining: limit,
+            reset_at: now + window,
+        };
     }
     if bucket.remaining == 0 {
         let snapshot = *bucket;
         state.responses_429 += 1;
-        let after = snapshot.reset_at.saturating_duration_since(now).as_secs_f64();
+        let after = snapshot
+            .reset_at
+            .saturating_duration_since(now)
+            .as_secs_f64();
         let r = (
             StatusCode::TOO_MANY_REQUESTS,
             Json(json!({ "message": "You are being rate limited.", "retry_after": after, "global": false })),
@@ -206,7 +242,11 @@ fn admit(state: &mut State, channel: &str) -> Result<Bucket, Response> {
     Ok(*bucket)
 }
 
-async fn create_message(AxumState(shared): S, Path(channel): Path<String>, request: Request) -> Response {
+async fn create_message(
+    AxumState(shared): S,
+    Path(channel): Path<String>,
+    request: Request,
+) -> Response {
     if let Some(r) = unauthorized(&shared, request.headers()) {
         return r;
     }
@@ -231,7 +271,12 @@ async fn create_message(AxumState(shared): S, Path(channel): Path<String>, reque
         }
     };
     hold(&shared).await;
-    with_limits(Json(message).into_response(), "fake-messages", limit, bucket)
+    with_limits(
+        Json(message).into_response(),
+        "fake-messages",
+        limit,
+        bucket,
+    )
 }
 
 /// While the test holds sends, the answer waits (the message already exists).
@@ -265,7 +310,11 @@ fn create(state: &mut State, channel: &str, incoming: Incoming) -> Result<Value,
             .into_response());
     }
     if content.is_empty() && incoming.files.is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, 50006, "Cannot send an empty message"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            50006,
+            "Cannot send an empty message",
+        ));
     }
     let nonce = match &p["nonce"] {
         Value::String(s) => Some(s.clone()),
@@ -286,7 +335,9 @@ fn create(state: &mut State, channel: &str, incoming: Incoming) -> Result<Value,
     }
     let mut m = state.message(channel, State::bot_user(), &content);
     let id = m["id"].as_str().unwrap_or_default().to_string();
-    let reply_to = p["message_reference"]["message_id"].as_str().map(str::to_string);
+    let reply_to = p["message_reference"]["message_id"]
+        .as_str()
+        .map(str::to_string);
     if let Some(r) = &reply_to {
         m["type"] = json!(19);
         m["message_reference"] = json!({ "message_id": r, "channel_id": channel });
@@ -305,7 +356,13 @@ fn create(state: &mut State, channel: &str, incoming: Incoming) -> Result<Value,
     }
     state.messages.insert(id, m.clone());
     let (chat, thread) = state.place(channel);
-    state.sent.push(SentMessage { chat, text: content, files: incoming.files, thread, reply_to });
+    state.sent.push(SentMessage {
+        chat,
+        text: content,
+        files: incoming.files,
+        thread,
+        reply_to,
+    });
     // Discord echoes the bot's own message on the gateway.
     state.dispatch("MESSAGE_CREATE", &m);
     Ok(m)
