@@ -272,3 +272,15 @@ async fn a_message_the_host_failed_to_store_is_replayed_on_the_next_resume() {
     let after = h.fake.user_says(&chat, "next", false).await;
     assert_eq!(h.next().await.platform_msg_id, after.message_id);
 }
+
+#[tokio::test]
+async fn a_heartbeat_request_is_answered_at_once() {
+    // A ten-minute interval: the scheduled beats are (almost surely) far off.
+    let fake = FakeDiscord::start().await;
+    fake.set_heartbeat_interval(Duration::from_secs(600));
+    let h = Harness::start(fake).await;
+    let before = h.fake.heartbeats();
+    h.fake.request_heartbeat();
+    wait_for("a heartbeat after op 1", || h.fake.heartbeats() > before).await;
+    assert_eq!(h.channel.health().state, LinkState::Connected);
+}

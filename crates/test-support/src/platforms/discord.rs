@@ -329,6 +329,12 @@ impl FakeDiscord {
         self.lock().send_all(|| Cmd::Text(frame.clone()));
     }
 
+    /// Sends op 1: Discord asking for a heartbeat now.
+    pub fn request_heartbeat(&self) {
+        let frame = json!({ "op": 1, "d": null }).to_string();
+        self.lock().send_all(|| Cmd::Text(frame.clone()));
+    }
+
     /// Sends op 9 Invalid Session; not resumable also forgets the sessions.
     pub fn invalidate_session(&self, resumable: bool) {
         let mut state = self.lock();
