@@ -33,19 +33,48 @@ pub enum ApiError {
         retry_after: Option<Duration>,
         migrate_to: Option<i64>,
     },
-    /// No usable answer: the connection failed, timed out, or the body was not the API's.
+    /// No usable answer after the request may have reached Telegram: a timeout, a reset,
+    /// a body that was not the API's.
     #[error("{method}: {detail}")]
     Transport {
         method: &'static str,
         detail: String,
     },
+    /// The request never left: no connection, or it could not be built.
+    #[error("{method}: {detail}")]
+    Unsent {
+        method: &'static str,
+        detail: String,
+    },
+}
+
+/// The error of a request that failed before any answer, split by whether it may have
+/// reached Telegram.
+fn send_error(method: &'static str, error: reqwest::Error) -> ApiError {
+    let unsent = error.is_connect() || error.is_builder();
+    let detail = describe(error);
+    if unsent {
+        ApiError::Unsent { method, detail }
+    } else {
+        ApiError::Transport { method, detail }
+    }
 }
 
 impl ApiError {
     pub fn code(&self) -> Option<u16> {
         match self {
             ApiError::Refused { code, .. } => Some(*code),
-            ApiError::Transport { .. } => None,
+            ApiError::Transport { .. } | ApiError::Unsent { .. } => None,
+        }
+    }
+
+    /// Whether Telegram certainly did not take the request: it refused it (4xx) or the
+    /// request never left. A 5xx from a proxy or a timeout may hide a delivered message.
+    pub fn certainly_not_sent(&self) -> bool {
+        match self {
+            ApiError::Refused { code, .. } => *code < 500,
+            ApiError::Unsent { .. } => true,
+            ApiError::Transport { .. } => false,
         }
     }
 
@@ -58,7 +87,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::Refused { retry_after, .. } => *retry_after,
-            ApiError::Transport { .. } => None,
+            ApiError::Transport { .. } | ApiError::Unsent { .. } => None,
         }
     }
 
@@ -156,10 +185,7 @@ impl Api {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| ApiError::Transport {
-                method,
-                detail: describe(e),
-            })?;
+            .map_err(|e| send_error(method, e))?;
         Self::answer(method, response).await
     }
 
@@ -176,10 +202,7 @@ impl Api {
             .timeout(CALL_TIMEOUT)
             .send()
             .await
-            .map_err(|e| ApiError::Transport {
-                method,
-                detail: describe(e),
-            })?;
+            .map_err(|e| send_error(method, e))?;
         Self::answer(method, response).await
     }
 
@@ -281,10 +304,7 @@ impl Api {
             self.base,
             self.token.expose_secret()
         );
-        let transport = |e: reqwest::Error| ApiError::Transport {
-            method: METHOD,
-            detail: describe(e),
-        };
+        let transport = |e: reqwest::Error| send_error(METHOD, e);
         let mut response = self
             .http
             .get(url)

@@ -18,7 +18,8 @@
 //!   `message_thread_id`. Typing is `sendChatAction`.
 //! - **After a crash**: a part that may or may not have been sent is *not* sent again
 //!   (Telegram has no idempotency key and no way to list a bot's messages): at most once
-//!   for that part, logged at warn.
+//!   for that part, logged at warn. A part whose attempt failed earlier in the same process
+//!   in a way that certainly sent nothing (429, 400, no connection) is sent again.
 //! - **Errors**: 429 → [`ChannelError::RateLimited`] with `parameters.retry_after`; 401 →
 //!   `Unauthorized` (and the receive loop goes down: the supervisor restarts it with
 //!   backoff); 400/403 (chat not found, bot blocked) → `Rejected`; 409 (another
@@ -110,6 +111,7 @@ pub struct TelegramChannel {
     ledger: Arc<dyn SendLedger>,
     health: Arc<HealthCell>,
     receiver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    unsent: outbound::UnsentParts,
 }
 
 impl TelegramChannel {
@@ -124,6 +126,7 @@ impl TelegramChannel {
             ledger: setup.ledger,
             health: Arc::new(HealthCell::default()),
             receiver: tokio::sync::Mutex::new(None),
+            unsent: outbound::UnsentParts::default(),
         })
     }
 }
@@ -175,7 +178,7 @@ impl Channel for TelegramChannel {
     }
 
     async fn deliver(&self, message: &OutgoingMessage) -> Result<Option<String>, ChannelError> {
-        let result = outbound::deliver(&self.api, &*self.ledger, message).await;
+        let result = outbound::deliver(&self.api, &*self.ledger, &self.unsent, message).await;
         if let Err(e) = &result {
             self.health.error(e.to_string());
         }

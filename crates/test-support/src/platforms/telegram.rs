@@ -76,6 +76,8 @@ struct Inner {
     last_refused: Option<Instant>,
     rate_log: Vec<(Instant, Instant)>,
     held: usize,
+    /// MarkdownV2 sends to refuse with "can't parse entities" regardless of content.
+    refuse_markdown: u32,
     drop_pending: bool,
     poll_generation: u64,
 }
@@ -346,6 +348,12 @@ impl FakeTelegram {
             .collect()
     }
 
+    /// The next `count` MarkdownV2 sends fail with 400 "can't parse entities" (Telegram's
+    /// parser has rules no client escaper can promise to match; the adapter must cope).
+    pub fn refuse_markdown(&self, count: u32) {
+        self.shared.lock().refuse_markdown = count;
+    }
+
     /// The highest `offset` a `getUpdates` call has confirmed.
     pub fn confirmed_offset(&self) -> i64 {
         self.shared.lock().confirmed
@@ -578,6 +586,15 @@ async fn send(shared: &Shared, method: &str, params: &Params) -> Response {
         return bad_request("chat_id is empty");
     };
     let parse_mode = params.str("parse_mode");
+    if parse_mode.as_deref() == Some("MarkdownV2") {
+        let mut inner = shared.lock();
+        if inner.refuse_markdown > 0 {
+            inner.refuse_markdown -= 1;
+            return bad_request(
+                "can't parse entities: Can't find end of the entity starting at byte offset 0",
+            );
+        }
+    }
     let thread = params.int("message_thread_id");
     let reply = params.object("reply_parameters");
     let reply_to = reply.as_ref().and_then(|r| r["message_id"].as_i64());
