@@ -1,0 +1,7 @@
+//! The Telegram channel against the local Bot API server (`FakeTelegram`), with the
+//! in-memory ledger and state store.
+
+mod common;
+mod inbound;
+mod link;
+mod outbound;
