@@ -555,25 +555,18 @@ fn rate_limited(shared: &Shared) -> Option<Response> {
     None
 }
 
-/// The visible text of `text` under `parse_mode`, or the API's 400.
-fn visible(
-    text: &str,
-    parse_mode: Option<&str>,
-    max: usize,
-    what: &str,
-) -> Result<String, Response> {
+/// The visible text of `text` under `parse_mode`, or the API's 400 description (after
+/// "Bad Request: ").
+fn visible(text: &str, parse_mode: Option<&str>, max: usize, what: &str) -> Result<String, String> {
     let shown = match parse_mode {
-        Some("MarkdownV2") => parse_markdown_v2(text)
-            .map_err(|e| bad_request(&format!("can't parse entities: {e}")))?,
-        Some(other) => {
-            return Err(bad_request(&format!(
-                "unsupported parse_mode {other:?} in this fake"
-            )));
+        Some("MarkdownV2") => {
+            parse_markdown_v2(text).map_err(|e| format!("can't parse entities: {e}"))?
         }
+        Some(other) => return Err(format!("unsupported parse_mode {other:?} in this fake")),
         None => text.to_string(),
     };
     if shown.encode_utf16().count() > max {
-        return Err(bad_request(&format!("{what} is too long")));
+        return Err(format!("{what} is too long"));
     }
     Ok(shown)
 }
@@ -603,7 +596,7 @@ async fn send(shared: &Shared, method: &str, params: &Params) -> Response {
         match visible(&text, parse_mode.as_deref(), MAX_TEXT, "message") {
             Ok(shown) if shown.trim().is_empty() => return bad_request("message text is empty"),
             Ok(shown) => (shown, Vec::new(), None),
-            Err(response) => return response,
+            Err(e) => return bad_request(&e),
         }
     } else {
         let Some((name, mime, data)) = params.files.get("document").cloned() else {
@@ -621,7 +614,7 @@ async fn send(shared: &Shared, method: &str, params: &Params) -> Response {
                 vec![(name.clone(), data.clone())],
                 Some((name, mime, data.len())),
             ),
-            Err(response) => return response,
+            Err(e) => return bad_request(&e),
         }
     };
     let message = {
