@@ -10,6 +10,14 @@
 //! `sendChatAction`, `getFile`. MarkdownV2 is validated as strictly as the docs say (see
 //! [`parse_markdown_v2`]) and what the bot sent is recorded as the text a user would see.
 //! As on Telegram, the bot's own messages are not echoed back through `getUpdates`.
+//!
+//! For the conformance suite: [`SentMessage::text`] is the text a user sees (MarkdownV2
+//! markup removed); a group message that addresses the bot starts with
+//! `@nanoclaw_test_bot ` and carries a `mention` entity, as a Telegram client sends it;
+//! message ids are `"<chat id>:<message id>"` (the adapter's `platform_msg_id`), since
+//! Telegram numbers messages per chat; `retry_after` is whole seconds (rounded up);
+//! [`FakePlatform::drop_connections`] ends the pending long poll (or the next one) with a
+//! proxy's 502 page.
 
 mod markdown;
 
@@ -504,6 +512,13 @@ async fn get_updates(shared: &Shared, params: &Params) -> Response {
         notified.as_mut().enable();
         {
             let mut inner = shared.lock();
+            // A superseded poll (its client may be gone) leaves the drop to the live one.
+            if inner.poll_generation != generation {
+                return fail(
+                    409,
+                    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                );
+            }
             if inner.drop_pending {
                 inner.drop_pending = false;
                 return (
@@ -511,12 +526,6 @@ async fn get_updates(shared: &Shared, params: &Params) -> Response {
                     Html("<html><body><h1>502 Bad Gateway</h1></body></html>"),
                 )
                     .into_response();
-            }
-            if inner.poll_generation != generation {
-                return fail(
-                    409,
-                    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
-                );
             }
             if offset > 0 {
                 inner
@@ -571,6 +580,30 @@ fn visible(text: &str, parse_mode: Option<&str>, max: usize, what: &str) -> Resu
     Ok(shown)
 }
 
+/// A document's name, MIME type and size, as the sent message describes it.
+type DocumentInfo = (String, Option<String>, usize);
+/// A sent message's visible text, its files and its document.
+type Content = (String, Vec<(String, Vec<u8>)>, Option<DocumentInfo>);
+
+/// What a `sendMessage` or `sendDocument` carries, or the 400 description.
+fn content(method: &str, params: &Params, parse_mode: Option<&str>) -> Result<Content, String> {
+    if method == "sendMessage" {
+        let text = params.str("text").unwrap_or_default();
+        let shown = visible(&text, parse_mode, MAX_TEXT, "message")?;
+        if shown.trim().is_empty() {
+            return Err("message text is empty".to_string());
+        }
+        return Ok((shown, Vec::new(), None));
+    }
+    let Some((name, mime, data)) = params.files.get("document").cloned() else {
+        return Err("there is no document in the request".to_string());
+    };
+    let caption = params.str("caption").unwrap_or_default();
+    let shown = visible(&caption, parse_mode, MAX_CAPTION, "message caption")?;
+    let info = (name.clone(), mime, data.len());
+    Ok((shown, vec![(name, data)], Some(info)))
+}
+
 async fn send(shared: &Shared, method: &str, params: &Params) -> Response {
     if let Some(refusal) = rate_limited(shared) {
         return refusal;
@@ -591,31 +624,9 @@ async fn send(shared: &Shared, method: &str, params: &Params) -> Response {
     let thread = params.int("message_thread_id");
     let reply = params.object("reply_parameters");
     let reply_to = reply.as_ref().and_then(|r| r["message_id"].as_i64());
-    let (text, files, document) = if method == "sendMessage" {
-        let text = params.str("text").unwrap_or_default();
-        match visible(&text, parse_mode.as_deref(), MAX_TEXT, "message") {
-            Ok(shown) if shown.trim().is_empty() => return bad_request("message text is empty"),
-            Ok(shown) => (shown, Vec::new(), None),
-            Err(e) => return bad_request(&e),
-        }
-    } else {
-        let Some((name, mime, data)) = params.files.get("document").cloned() else {
-            return bad_request("there is no document in the request");
-        };
-        let caption = params.str("caption").unwrap_or_default();
-        match visible(
-            &caption,
-            parse_mode.as_deref(),
-            MAX_CAPTION,
-            "message caption",
-        ) {
-            Ok(shown) => (
-                shown,
-                vec![(name.clone(), data.clone())],
-                Some((name, mime, data.len())),
-            ),
-            Err(e) => return bad_request(&e),
-        }
+    let (text, files, document) = match content(method, params, parse_mode.as_deref()) {
+        Ok(content) => content,
+        Err(e) => return bad_request(&e),
     };
     let message = {
         let mut inner = shared.lock();

@@ -40,8 +40,17 @@ impl Harness {
     /// Builds the channel through its registration, as the host does.
     pub async fn build_with(&self, token: &str, extra_settings: &str) -> Arc<dyn Channel> {
         let toml_text = format!("{}{extra_settings}", self.fake.settings_toml());
+        self.build_setup(token, &toml_text).await
+    }
+
+    /// Builds the channel from a settings table of its own.
+    pub async fn build_from_toml(&self, toml_text: &str) -> Arc<dyn Channel> {
+        self.build_setup(BOT_TOKEN, toml_text).await
+    }
+
+    async fn build_setup(&self, token: &str, toml_text: &str) -> Arc<dyn Channel> {
         let setup = ChannelSetup {
-            settings: toml::from_str(&toml_text).unwrap(),
+            settings: toml::from_str(toml_text).unwrap(),
             secrets: Arc::new(MemorySecrets::with(&[("telegram.bot_token", token)])),
             state: self.state.clone(),
             ledger: self.ledger.clone(),

@@ -70,3 +70,18 @@ async fn a_second_poller_with_the_same_token_shows_the_conflict() {
     second.channel.stop().await;
     assert_eq!(second.channel.health().state, LinkState::Stopped);
 }
+
+#[tokio::test]
+async fn an_unreachable_server_does_not_block_the_start_and_shows_reconnecting() {
+    let h = Harness::new().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let setup_toml = format!("enabled = true\napi_base = \"http://127.0.0.1:{port}\"\n");
+    let channel = h.build_from_toml(&setup_toml).await;
+    let run = start(channel).await;
+    let health = run.channel.health();
+    assert_eq!(health.state, LinkState::Reconnecting, "{health:?}");
+    assert!(health.last_error.is_some());
+    run.channel.stop().await;
+}
