@@ -4,4 +4,5 @@
 mod common;
 mod inbound;
 mod link;
+mod markdown;
 mod outbound;
