@@ -4,6 +4,8 @@
 //! host's channel conformance suite (`crates/host/tests/suite/channel_conformance.rs`) run
 //! against them through [`FakePlatform`].
 
+pub mod telegram;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
