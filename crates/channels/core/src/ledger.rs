@@ -37,6 +37,9 @@ pub trait SendLedger: Send + Sync {
         part: u32,
         platform_id: Option<&str>,
     ) -> Result<(), ChannelError>;
+    /// Forgets a begun `part` that certainly never reached the platform (it refused it, or
+    /// no connection was made), so the next try is a fresh send, not an in-doubt one.
+    async fn abandon(&self, key: &str, part: u32) -> Result<(), ChannelError>;
 }
 
 /// How a part is being sent.
@@ -143,5 +146,27 @@ mod tests {
             ledger.part("k", 2).await.unwrap(),
             PartState::Sent(Some("m2".into()))
         );
+    }
+
+    #[tokio::test]
+    async fn a_part_the_platform_refused_is_sent_fresh_next_time() {
+        let ledger = MemoryLedger::default();
+        let refused = send_parts(&ledger, "k", 1, |_, _| async {
+            Err(ChannelError::RateLimited {
+                platform: "p".into(),
+                retry_after: std::time::Duration::from_secs(1),
+            })
+        })
+        .await;
+        assert!(refused.is_err());
+        assert_eq!(ledger.part("k", 0).await.unwrap(), PartState::Unsent);
+        let mut attempts = Vec::new();
+        send_parts(&ledger, "k", 1, |i, a| {
+            attempts.push((i, a));
+            async { Ok(Some("m0".to_string())) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(attempts, vec![(0, SendAttempt::Fresh)]);
     }
 }

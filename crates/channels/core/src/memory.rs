@@ -37,6 +37,13 @@ impl SendLedger for MemoryLedger {
         );
         Ok(())
     }
+    async fn abandon(&self, key: &str, part: u32) -> Result<(), ChannelError> {
+        let mut map = lock(&self.0);
+        if map.get(&(key.to_string(), part)) == Some(&PartState::InDoubt) {
+            map.remove(&(key.to_string(), part));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]

@@ -31,6 +31,10 @@ pub struct ChannelContext<'a> {
 pub fn registrations() -> Vec<ChannelRegistration> {
     #[allow(unused_mut)]
     let mut all: Vec<ChannelRegistration> = Vec::new();
+    #[cfg(feature = "telegram")]
+    all.push(nanoclaw_channel_telegram::REGISTRATION);
+    #[cfg(feature = "discord")]
+    all.push(nanoclaw_channel_discord::REGISTRATION);
     #[cfg(feature = "slack")]
     all.push(nanoclaw_channel_slack::REGISTRATION);
     all

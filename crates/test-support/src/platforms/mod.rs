@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub mod slack;
 pub mod discord;
+pub mod slack;
 
 /// A chat on a fake platform, as the test sets it up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -466,6 +466,22 @@ macro_rules! conformance_suite {
 
 /// The platforms this build has, each through the whole suite.
 mod platforms {
+    #[cfg(feature = "telegram")]
+    conformance_suite!(telegram, || async {
+        let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
+            std::sync::Arc::new(
+                nanoclaw_test_support::platforms::telegram::FakeTelegram::start().await,
+            );
+        fake
+    });
+    #[cfg(feature = "discord")]
+    conformance_suite!(discord, || async {
+        let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
+            std::sync::Arc::new(
+                nanoclaw_test_support::platforms::discord::FakeDiscord::start().await,
+            );
+        fake
+    });
     #[cfg(feature = "slack")]
     conformance_suite!(slack, || async {
         let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
