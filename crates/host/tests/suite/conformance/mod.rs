@@ -112,6 +112,13 @@ impl Drop for Harness {
 
 impl Harness {
     pub async fn new(fake: Arc<dyn FakePlatform>) -> Harness {
+        // `NANOCLAW_TEST_LOG=debug` shows the in-process host's log when a check fails.
+        if let Ok(filter) = std::env::var("NANOCLAW_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let home = TestHome::new();
         let model = ScriptedModel::start(scenario()).await.unwrap();
         seed(&home, fake.as_ref()).await;
@@ -161,6 +168,13 @@ impl Harness {
         .spawn()
         .unwrap();
         self.daemon = Some(KillOnDrop(child));
+        let home = self.home.path().to_path_buf();
+        eventually(60, "the daemon's channel connected", || {
+            let home = home.clone();
+            let channel = self.fake.channel();
+            async move { daemon_channel_connected(&home, channel).await.then_some(()) }
+        })
+        .await;
     }
 
     /// kill -9 the daemon.
@@ -228,6 +242,21 @@ impl Harness {
             .iter()
             .filter(|m| m.text.contains(needle))
             .count()
+    }
+}
+
+/// Whether the daemon on `home` reports `channel` connected (`nanoclaw channel status`).
+async fn daemon_channel_connected(home: &std::path::Path, channel: &str) -> bool {
+    use nanoclaw_host::channel::terminal::{ClientLine, ServerLine, TerminalClient};
+    let socket = nanoclaw_host::config::Paths::new(home).terminal_socket();
+    let Ok(mut client) = TerminalClient::connect(&socket).await else {
+        return false;
+    };
+    match client.admin(&ClientLine::ChannelStatus).await {
+        Ok(Some(ServerLine::Channels { channels })) => channels.iter().any(|r| {
+            r.name == channel && r.health.state == nanoclaw_host::channel::LinkState::Connected
+        }),
+        _ => false,
     }
 }
 
