@@ -15,7 +15,7 @@
 //!   (`group_id`) does when a message replies to the business or @mentions its number
 //!   ([`inbound`]). The business's own messages are dropped; WhatsApp has no bot accounts,
 //!   so `from_bot` is never set.
-//! - **Out**: Markdown to WhatsApp markup ([`format`]), 4,096-character parts, files as
+//! - **Out**: Markdown to WhatsApp markup ([`format`](mod@format)), 4,096-character parts, files as
 //!   documents, through the send ledger; a part in doubt after a crash is not sent again
 //!   ([`outbound`]). Typing: the read receipt with `typing_indicator` on the last message
 //!   the turn answers.
@@ -25,10 +25,17 @@
 //!   other 4xx (100, 131026 undeliverable, 131047 outside the 24-hour window) →
 //!   `Rejected`; no connection → `NotConnected`; 5xx and timeouts → `Failed`.
 //!
-//! ## `mode = "linked"`: a personal number as a linked device
+//! ## `mode = "linked"`: a personal number as a linked device — not in this build
 //!
-//! Not in this build: see the README of this crate's report; the factory refuses it with a
-//! setup error that says so.
+//! The factory refuses it with a setup error that says so. What was checked: `whatsapp-rust`
+//! 0.7 with `default-features = false, features = ["tokio-transport", "tokio-runtime",
+//! "ureq-client", "tokio-native"]` resolves without diesel/libsqlite3-sys and without
+//! OpenSSL or native-tls (rustls throughout), so it can coexist with rusqlite. What is left:
+//! its store traits (`wacore::store::traits::Backend` = `SignalStore + AppSyncStore +
+//! ProtocolStore + DeviceStore + MsgSecretStore`, about 80 async methods) implemented over
+//! the channel's state store, sealed with chacha20poly1305 under a vault secret
+//! `whatsapp.session_key`; QR / pairing-code login; event mapping; the live connection
+//! cannot be tested offline.
 
 use std::pin::Pin;
 use std::sync::Arc;

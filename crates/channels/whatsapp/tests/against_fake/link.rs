@@ -99,3 +99,21 @@ async fn a_taken_port_does_not_block_the_start_and_shows_reconnecting() {
     .await;
     run.channel.stop().await;
 }
+
+#[tokio::test]
+async fn linked_mode_is_refused_with_a_setup_error_that_says_so() {
+    let h = Harness::new().await;
+    let setup = nanoclaw_channel::ChannelSetup {
+        settings: "enabled = true\nmode = \"linked\"\n".parse().unwrap(),
+        secrets: std::sync::Arc::new(nanoclaw_channel::memory::MemorySecrets::default()),
+        state: h.state.clone(),
+        ledger: h.ledger.clone(),
+        assistant_name: "Andy".into(),
+        data_dir: std::env::temp_dir(),
+    };
+    match (nanoclaw_channel_whatsapp::REGISTRATION.factory)(setup).await {
+        Err(ChannelError::Setup(detail)) => assert!(detail.contains("linked"), "{detail}"),
+        Err(other) => panic!("expected a setup error, got {other:?}"),
+        Ok(_) => panic!("linked mode built a channel"),
+    }
+}
