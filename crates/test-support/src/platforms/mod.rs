@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 pub mod discord;
 pub mod slack;
+pub mod whatsapp;
 
 /// A chat on a fake platform, as the test sets it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
