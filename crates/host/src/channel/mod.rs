@@ -37,6 +37,8 @@ pub fn registrations() -> Vec<ChannelRegistration> {
     all.push(nanoclaw_channel_discord::REGISTRATION);
     #[cfg(feature = "slack")]
     all.push(nanoclaw_channel_slack::REGISTRATION);
+    #[cfg(feature = "whatsapp")]
+    all.push(nanoclaw_channel_whatsapp::REGISTRATION);
     all
 }
 

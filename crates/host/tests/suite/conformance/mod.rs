@@ -97,7 +97,36 @@ async fn seed(home: &TestHome, fake: &dyn FakePlatform) {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        // A failed check shows what the daemon logged.
+        // A failed check shows what the store holds and what the daemon logged.
+        if std::thread::panicking() {
+            let db = nanoclaw_host::config::Paths::new(self.home.path()).database();
+            if let Ok(conn) = nanoclaw_store::rusqlite::Connection::open(&db) {
+                for sql in [
+                    "SELECT 'chat', id, channel, platform_id, name FROM chats",
+                    "SELECT 'inbound', id, chat_id, status, substr(text, 1, 60) FROM inbound",
+                    "SELECT 'outbound', id, chat_id, state, coalesce(last_error, '') || ' | ' || substr(text, 1, 60) FROM outbound",
+                    "SELECT 'held', id, chat_id, state, substr(text, 1, 60) FROM held_messages",
+                ] {
+                    if let Ok(mut stmt) = conn.prepare(sql) {
+                        let rows = stmt.query_map([], |r| {
+                            Ok((0..5)
+                                .map(|i| {
+                                    r.get::<_, nanoclaw_store::rusqlite::types::Value>(i)
+                                        .map(|v| format!("{v:?}"))
+                                        .unwrap_or_default()
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" "))
+                        });
+                        if let Ok(rows) = rows {
+                            for row in rows.flatten() {
+                                eprintln!("{row}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if std::thread::panicking()
             && let Ok(log) = std::fs::read_to_string(self.home.path().join("daemon.log"))
         {
@@ -114,9 +143,12 @@ impl Harness {
     pub async fn new(fake: Arc<dyn FakePlatform>) -> Harness {
         // `NANOCLAW_TEST_LOG=debug` shows the in-process host's log when a check fails.
         if let Ok(filter) = std::env::var("NANOCLAW_TEST_LOG") {
+            let file = std::fs::File::create(std::env::temp_dir().join("nanoclaw-conformance.log"))
+                .expect("log file");
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_test_writer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
                 .try_init();
         }
         let home = TestHome::new();
@@ -142,6 +174,19 @@ impl Harness {
         );
         options.master_key = Some(master_key());
         self.host = Some(Host::start(options).await.expect("host starts"));
+        // A platform delivers nothing to a bot that is not connected (Discord's gateway drops
+        // events for a session that does not exist yet): wait as a user would.
+        let channel = self.fake.channel();
+        let host = self.host.as_ref().expect("just started");
+        eventually(60, "the channel connected", || async {
+            host.channel_health()
+                .iter()
+                .any(|(n, h)| {
+                    n == channel && h.state == nanoclaw_host::channel::LinkState::Connected
+                })
+                .then_some(())
+        })
+        .await;
     }
 
     pub async fn stop_in_process(&mut self) {
@@ -495,6 +540,12 @@ macro_rules! conformance_suite {
 
 /// The platforms this build has, each through the whole suite.
 mod platforms {
+    #[cfg(feature = "whatsapp")]
+    conformance_suite!(whatsapp, || async {
+        let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
+            std::sync::Arc::new(nanoclaw_test_support::platforms::whatsapp::FakeWhatsApp::start().await);
+        fake
+    });
     #[cfg(feature = "telegram")]
     conformance_suite!(telegram, || async {
         let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
