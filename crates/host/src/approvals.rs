@@ -163,9 +163,9 @@ pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<Intercepte
 
 /// The chat's id when it is wired to the main group.
 async fn from_main_chat(store: &Store, event: &InboundEvent) -> Result<Option<i64>, StoreError> {
-    // Only the owner's own terminal decides: members of any other chat wired to main are
-    // not the owner, whatever group the chat belongs to.
-    if !crate::host::is_owner_chat(&event.channel, &event.chat_id) {
+    // Only the owner's own main chats decide (the terminal, and direct chats the owner made
+    // main chats): members of any other chat wired to main are not the owner.
+    if !crate::host::is_owner(store, &event.channel, &event.chat_id).await? {
         return Ok(None);
     }
     let Some(chat) = store

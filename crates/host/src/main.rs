@@ -200,6 +200,15 @@ enum ChatsCommand {
     },
     /// Stop routing a chat to a group.
     Unwire { chat: String, group: String },
+    /// Make a direct chat with you on a platform your main chat (besides the terminal): it
+    /// talks to the main group, takes `/approve`, and gets the host's notices.
+    Main {
+        /// The chat's number from `chats list`, or channel:platform-id.
+        chat: String,
+        /// Stop it being a main chat.
+        #[arg(long)]
+        off: bool,
+    },
     /// A one-time code: the chat that sends it to the bot is wired to the group.
     Pair {
         /// The channel, e.g. telegram.
@@ -508,6 +517,7 @@ fn main() -> ExitCode {
                     .await
                 }
                 ChatsCommand::Unwire { chat, group } => cli::chats::unwire(chat, group).await,
+                ChatsCommand::Main { chat, off } => cli::chats::main_chat(chat, off).await,
                 ChatsCommand::Pair {
                     channel,
                     group,

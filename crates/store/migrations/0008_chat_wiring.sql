@@ -65,3 +65,10 @@ CREATE TABLE pairing_codes (
     used_at     INTEGER NULL,
     created_at  INTEGER NOT NULL
 );
+
+-- Chats that are the owner's main chat besides the terminal (a direct chat with the owner on
+-- a platform): approvals are taken from them and the host's notices go to the newest.
+CREATE TABLE owner_chats (
+    chat_id     INTEGER PRIMARY KEY REFERENCES chats(id) ON DELETE CASCADE,
+    created_at  INTEGER NOT NULL
+);

@@ -291,4 +291,44 @@ impl Store {
         })
         .await
     }
+
+    /// Makes `chat_id` an owner's main chat (the newest one gets the host's notices).
+    pub async fn set_owner_chat(&self, chat_id: i64) -> Result<(), StoreError> {
+        self.write("set owner chat", move |tx| {
+            tx.execute(
+                "INSERT INTO owner_chats (chat_id, created_at) VALUES (?1, ?2)
+                 ON CONFLICT (chat_id) DO UPDATE SET created_at = excluded.created_at",
+                params![chat_id, now_ms()],
+            )
+            .ctx("set owner chat")?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops `chat_id` being an owner's main chat; returns whether it was one.
+    pub async fn unset_owner_chat(&self, chat_id: i64) -> Result<bool, StoreError> {
+        self.write("unset owner chat", move |tx| {
+            let n = tx
+                .execute("DELETE FROM owner_chats WHERE chat_id = ?1", [chat_id])
+                .ctx("unset owner chat")?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// The platform chats that are owner's main chats, newest first.
+    pub async fn owner_chat_ids(&self) -> Result<Vec<i64>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT chat_id FROM owner_chats ORDER BY created_at DESC, chat_id DESC",
+                )
+                .ctx("list owner chats")?;
+            let rows = stmt.query_map([], |r| r.get(0)).ctx("list owner chats")?;
+            rows.collect::<Result<Vec<i64>, _>>()
+                .ctx("list owner chats")
+        })
+        .await
+    }
 }

@@ -239,3 +239,42 @@ pub async fn pair(channel: String, group: String, minutes: u32) -> anyhow::Resul
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `nanoclaw chats main CHAT [--off]`: a direct chat with the owner on a platform becomes (or
+/// stops being) an owner's main chat: wired to the main group (every message), approvals taken
+/// from it, the host's notices sent to it.
+pub async fn main_chat(chat: String, off: bool) -> anyhow::Result<ExitCode> {
+    let (_, _, store) = super::open_existing()?;
+    let chat = find_chat(&store, &chat).await?;
+    if off {
+        if store.unset_owner_chat(chat.id).await? {
+            println!("{} {:?} is no longer a main chat", chat.channel, chat.name);
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("{:?} was not a main chat", chat.name);
+        return Ok(ExitCode::FAILURE);
+    }
+    if chat.is_group {
+        anyhow::bail!(
+            "{:?} is a group chat: everyone in it could approve what only you should; use a direct chat with the bot",
+            chat.name
+        );
+    }
+    let main = store
+        .main_group()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no main group yet; start nanoclaw once"))?;
+    store
+        .wire(
+            chat.id,
+            main.id,
+            WiringOptions::new(false, SessionMode::Shared),
+        )
+        .await?;
+    store.set_owner_chat(chat.id).await?;
+    println!(
+        "{} {:?} is now your main chat: it talks to the main group, takes /approve and gets the host's notices",
+        chat.channel, chat.name
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -16,6 +16,8 @@ use crate::now_ms;
 
 /// Delivery attempts before a message is marked failed.
 const MAX_DELIVERY_TRIES: u32 = 5;
+/// How soon a message for a platform channel that is not connected yet is tried again.
+const PLATFORM_RETRY: Duration = Duration::from_secs(2);
 /// Outbound rows read per pass.
 const DELIVERY_BATCH: usize = 200;
 
@@ -237,6 +239,12 @@ async fn record_delivery(
                 tracing::error!(outbound = row.id, error = %e, "recording a delivery failed");
             }
             Next::Continue
+        }
+        Err(ChannelError::NotConnected(why)) if chat.channel != crate::channel::terminal::NAME => {
+            // A platform channel that is starting or reconnecting: try again shortly. (Parking
+            // is for the terminal, whose clients say when they are back.)
+            tracing::debug!(chat = %chat.platform_id, %why, "channel not connected; retrying soon");
+            Next::Cooldown(tokio::time::Instant::now() + PLATFORM_RETRY)
         }
         Err(ChannelError::NotConnected(why)) => {
             tracing::debug!(chat = %chat.platform_id, %why, "chat unreachable; message kept");

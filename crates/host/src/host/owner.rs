@@ -1,6 +1,8 @@
-//! The owner's main chat: the terminal channel's one chat, wired to the main group. Everything
-//! the host tells the owner (failed task runs, redacted secrets, storage trouble, approvals)
-//! goes there, and only the owner's own chat there may decide approvals.
+//! The owner's main chat: the terminal channel's one chat, wired to the main group, and any
+//! direct chat on a platform the owner made a main chat (`nanoclaw chats main`). Everything
+//! the host tells the owner (failed task runs, redacted secrets, storage trouble, approvals,
+//! channels down) goes to the newest such platform chat, else the terminal; only the owner's
+//! main chats may decide approvals.
 
 use std::sync::Arc;
 
@@ -14,14 +16,32 @@ pub(crate) const OWNER_CHANNEL: &str = "terminal";
 /// The owner's main chat's id on [`OWNER_CHANNEL`].
 pub(crate) const OWNER_CHAT_ID: &str = crate::channel::terminal::TERMINAL_CHAT_ID;
 
-/// The owner's main chat, once the host has created it (at its first start).
+/// The owner's main chat for the host's notices: the newest platform chat the owner made a
+/// main chat, else the terminal's (once the host has created it, at its first start).
 pub async fn owner_chat(store: &Store) -> Result<Option<Chat>, StoreError> {
+    for id in store.owner_chat_ids().await? {
+        if let Some(chat) = store.chat(id).await? {
+            return Ok(Some(chat));
+        }
+    }
     store.chat_by_platform(OWNER_CHANNEL, OWNER_CHAT_ID).await
 }
 
-/// Whether a message came from the owner's main chat.
+/// Whether a message came from the owner's terminal.
 pub fn is_owner_chat(channel: &str, chat_id: &str) -> bool {
     channel == OWNER_CHANNEL && chat_id == OWNER_CHAT_ID
+}
+
+/// Whether a message came from one of the owner's main chats (the terminal, or a platform chat
+/// made a main chat).
+pub async fn is_owner(store: &Store, channel: &str, chat_id: &str) -> Result<bool, StoreError> {
+    if is_owner_chat(channel, chat_id) {
+        return Ok(true);
+    }
+    let Some(chat) = store.chat_by_platform(channel, chat_id).await? else {
+        return Ok(false);
+    };
+    Ok(store.owner_chat_ids().await?.contains(&chat.id))
 }
 
 /// A message for the owner's main chat that must get out even when the database does not take
@@ -44,14 +64,18 @@ pub(super) async fn tell_owner(inner: &Arc<Inner>, key: String, text: String) {
             return;
         }
     }
-    let Some(channel) = inner.channels.get(OWNER_CHANNEL) else {
+    let (channel_name, chat_id) = match owner_chat(&inner.store).await {
+        Ok(Some(chat)) => (chat.channel, chat.platform_id),
+        _ => (OWNER_CHANNEL.to_owned(), OWNER_CHAT_ID.to_owned()),
+    };
+    let Some(channel) = inner.channels.get(&channel_name) else {
         tracing::error!(%text, "no channel to tell the owner");
         return;
     };
     let message = OutgoingMessage {
         outbound_id: 0,
         idempotency_key: key,
-        chat_id: OWNER_CHAT_ID.to_owned(),
+        chat_id,
         thread: None,
         text,
         kind: OutboundKind::Error.as_str().to_owned(),

@@ -392,3 +392,65 @@ async fn inbound_files_land_in_the_groups_inbox_under_a_safe_name() {
     .await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_dm_can_be_the_owners_main_chat() {
+    let home = TestHome::new();
+    let (host, _model) = start(&home).await;
+    let store = host.store();
+    let owner_dm = store
+        .ensure_chat("test", "owner-dm", "Me", false)
+        .await
+        .unwrap();
+    let main = store.main_group().await.unwrap().unwrap();
+    store
+        .wire(
+            owner_dm.id,
+            main.id,
+            WiringOptions::new(false, SessionMode::Shared),
+        )
+        .await
+        .unwrap();
+    // Before it is made a main chat, its /approve is an ordinary message.
+    assert!(matches!(
+        send(&host, dm("stranger", "1", "x", "hello?")).await,
+        RouteOutcome::Held(_)
+    ));
+    let held = store.waiting_messages().await.unwrap();
+    let approve = format!("/approve chat {}", held[0].id);
+    assert_eq!(
+        send(&host, dm("owner-dm", "a1", "me", &approve)).await,
+        RouteOutcome::Accepted
+    );
+    assert_eq!(
+        store.waiting_messages().await.unwrap().len(),
+        1,
+        "not decided by a non-owner chat"
+    );
+
+    store.set_owner_chat(owner_dm.id).await.unwrap();
+    // Notices now go to the platform chat, and its /approve decides.
+    assert!(matches!(
+        send(&host, dm("stranger2", "1", "y", "hi there")).await,
+        RouteOutcome::Held(_)
+    ));
+    eventually(30, "the notice in the platform main chat", || async {
+        texts(&host, owner_dm.id)
+            .await
+            .iter()
+            .any(|t| t.contains("hi there"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        send(&host, dm("owner-dm", "a2", "me", &approve)).await,
+        RouteOutcome::Accepted
+    );
+    let stranger = store
+        .chat_by_platform("test", "stranger")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.wirings_for_chat(stranger.id).await.unwrap().len(), 1);
+    host.shutdown().await;
+}

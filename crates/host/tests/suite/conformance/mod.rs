@@ -106,6 +106,7 @@ impl Drop for Harness {
                     "SELECT 'inbound', id, chat_id, status, substr(text, 1, 60) FROM inbound",
                     "SELECT 'outbound', id, chat_id, state, coalesce(last_error, '') || ' | ' || substr(text, 1, 60) FROM outbound",
                     "SELECT 'held', id, chat_id, state, substr(text, 1, 60) FROM held_messages",
+                    "SELECT 'ledger', idempotency_key, part, state, platform_msg_id FROM channel_sends",
                 ] {
                     if let Ok(mut stmt) = conn.prepare(sql) {
                         let rows = stmt.query_map([], |r| {
@@ -130,7 +131,7 @@ impl Drop for Harness {
         if std::thread::panicking()
             && let Ok(log) = std::fs::read_to_string(self.home.path().join("daemon.log"))
         {
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = log.lines().rev().take(150).collect();
             eprintln!("--- daemon.log (last lines) ---");
             for line in tail.iter().rev() {
                 eprintln!("{line}");
@@ -543,7 +544,9 @@ mod platforms {
     #[cfg(feature = "whatsapp")]
     conformance_suite!(whatsapp, || async {
         let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
-            std::sync::Arc::new(nanoclaw_test_support::platforms::whatsapp::FakeWhatsApp::start().await);
+            std::sync::Arc::new(
+                nanoclaw_test_support::platforms::whatsapp::FakeWhatsApp::start().await,
+            );
         fake
     });
     #[cfg(feature = "telegram")]
