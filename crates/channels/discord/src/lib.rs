@@ -1,5 +1,5 @@
 //! nanoclaw's Discord channel: messages arrive over the Gateway (a websocket, see
-//! [`gateway`]), replies go out over REST (see [`api`]).
+//! `gateway`), replies go out over REST (see `api`).
 //!
 //! Settings (`[channels.discord]`): `enabled`, `api_base` (default
 //! `https://discord.com/api/v10`), `gateway_url` (default: asked from `GET /gateway/bot`),

@@ -2,7 +2,7 @@
 //!
 //! Slack answers most failures with HTTP 200 and `{"ok":false,"error":"…"}`; rate limits are
 //! HTTP 429 with a `Retry-After` header in seconds
-//! (<https://api.slack.com/apis/rate-limits>). Every call goes through [`Api::finish`], which
+//! (<https://api.slack.com/apis/rate-limits>). Every call goes through `Api::finish`, which
 //! turns both into an [`ApiError`].
 
 use std::time::Duration;

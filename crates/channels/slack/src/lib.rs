@@ -2,7 +2,7 @@
 //! replies and files.
 //!
 //! Receiving ([`socket`]): app mentions, DMs and channel messages, threads, shared files.
-//! Sending: Markdown converted to mrkdwn ([`format`]), split at 4,000 characters (Slack's
+//! Sending: Markdown converted to mrkdwn ([`format`](mod@format)), split at 4,000 characters (Slack's
 //! recommended limit; it truncates at 40,000), each part posted with `chat.postMessage` and
 //! tagged with message metadata (`nanoclaw_part`: idempotency key and part number). A part
 //! in doubt after a crash ([`SendAttempt::AfterCrash`]) is looked up among the channel's (or

@@ -11,7 +11,7 @@
 //!   and video are downloaded through `getFile` up to `max_attachment_bytes` (a larger one
 //!   becomes a note in the text). Only `message` updates are asked for: an edit would either
 //!   be dropped as a duplicate or answered a second time.
-//! - **Out**: Markdown converted to MarkdownV2 ([`format`]), split at 4,096 UTF-16 units,
+//! - **Out**: Markdown converted to MarkdownV2 ([`format`](mod@format)), split at 4,096 UTF-16 units,
 //!   each part through the send ledger; a part Telegram cannot parse goes again as plain
 //!   text. Files go as documents (the text as the caption when there is one file and the
 //!   text fits 1,024 units). The first part replies to `reply_to`; `thread` goes to

@@ -27,19 +27,22 @@ pub struct ChannelContext<'a> {
     pub warning: Option<String>,
 }
 
+/// Every platform channel this build contains: one line per platform crate, each behind its
+/// cargo feature.
+const REGISTRATIONS: &[ChannelRegistration] = &[
+    #[cfg(feature = "telegram")]
+    nanoclaw_channel_telegram::REGISTRATION,
+    #[cfg(feature = "discord")]
+    nanoclaw_channel_discord::REGISTRATION,
+    #[cfg(feature = "slack")]
+    nanoclaw_channel_slack::REGISTRATION,
+    #[cfg(feature = "whatsapp")]
+    nanoclaw_channel_whatsapp::REGISTRATION,
+];
+
 /// Every platform channel this build contains, by name.
 pub fn registrations() -> Vec<ChannelRegistration> {
-    #[allow(unused_mut)]
-    let mut all: Vec<ChannelRegistration> = Vec::new();
-    #[cfg(feature = "telegram")]
-    all.push(nanoclaw_channel_telegram::REGISTRATION);
-    #[cfg(feature = "discord")]
-    all.push(nanoclaw_channel_discord::REGISTRATION);
-    #[cfg(feature = "slack")]
-    all.push(nanoclaw_channel_slack::REGISTRATION);
-    #[cfg(feature = "whatsapp")]
-    all.push(nanoclaw_channel_whatsapp::REGISTRATION);
-    all
+    REGISTRATIONS.to_vec()
 }
 
 /// The registration named `name`, if this build has it.

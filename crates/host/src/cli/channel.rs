@@ -353,17 +353,16 @@ pub async fn remove(name: String, keep_secrets: bool) -> anyhow::Result<ExitCode
     let registration = registration(&name)?;
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
     let file = paths.config_file();
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        if text
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && text
             .lines()
             .any(|l| l.trim() == format!("[channels.{name}]"))
-        {
-            write_private_file(
-                &file,
-                enable_in_config(&text, &name, false, &[])?.as_bytes(),
-            )?;
-            eprintln!("disabled [channels.{name}] in {}", file.display());
-        }
+    {
+        write_private_file(
+            &file,
+            enable_in_config(&text, &name, false, &[])?.as_bytes(),
+        )?;
+        eprintln!("disabled [channels.{name}] in {}", file.display());
     }
     if !keep_secrets && let Some(vault) = super::vault::open_vault_quietly().await {
         for spec in registration.secrets {

@@ -7,7 +7,7 @@
 //! missed dispatches then RESUMED, op 7, op 9, close codes). Every message the bot sends is
 //! echoed back as a MESSAGE_CREATE, as Discord does.
 //!
-//! The REST side lives in [`rest`](self::rest), the gateway in [`gateway`](self::gateway);
+//! The REST side lives in `rest`, the gateway in `gateway`;
 //! this file keeps the shared state and the test's controls.
 
 mod gateway;
