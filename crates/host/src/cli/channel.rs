@@ -116,8 +116,15 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
                 spec.prompt, spec.name
             ))?),
         };
-        vault.set(spec.name, value).await?;
-        eprintln!("stored {} in the vault", spec.name);
+        // Re-running `channel add` (a wrong token, a new one) replaces the value.
+        let exists = vault.list().await?.iter().any(|s| s.name == spec.name);
+        if exists {
+            vault.rotate(spec.name, value).await?;
+            eprintln!("replaced {} in the vault", spec.name);
+        } else {
+            vault.set(spec.name, value).await?;
+            eprintln!("stored {} in the vault", spec.name);
+        }
     }
     let file = paths.config_file();
     let text = std::fs::read_to_string(&file)
@@ -154,10 +161,11 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
             ),
         }
         let code = pairing_code();
+        nanoclaw_host::host::ensure_main_wiring(&store, &config).await?;
         let main = store
             .main_group()
             .await?
-            .ok_or_else(|| anyhow::anyhow!("no main group yet; start nanoclaw once"))?;
+            .ok_or_else(|| anyhow::anyhow!("no main group; run `nanoclaw doctor`"))?;
         let expires = nanoclaw_host::now_ms() + PAIRING_MINUTES * 60_000;
         store
             .create_pairing_code(code.clone(), name.clone(), main.id, expires)

@@ -520,8 +520,9 @@ async fn open_vault(
     }
 }
 
-/// The main group and the owner's main chat, wired together.
-async fn ensure_main_wiring(store: &Store, config: &Config) -> anyhow::Result<()> {
+/// The main group and the owner's main chat, wired together (idempotent; the CLI uses it too,
+/// e.g. `channel add` before the host ever ran).
+pub async fn ensure_main_wiring(store: &Store, config: &Config) -> anyhow::Result<()> {
     let group = store
         .ensure_group(NewGroup {
             name: "Main".into(),

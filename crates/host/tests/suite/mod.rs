@@ -6,6 +6,7 @@ mod conformance;
 
 mod admin;
 mod agent_io;
+mod channel_cli;
 mod chat_clients;
 mod chat_wiring;
 mod cli;

@@ -1,0 +1,252 @@
+//! `nanoclaw channel …` and `nanoclaw chats …` as a user runs them: the real binary, a
+//! temporary home, the token on stdin, and the fake Telegram Bot API for the test call.
+
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use nanoclaw_test_support::TestHome;
+use nanoclaw_test_support::platforms::FakePlatform;
+use nanoclaw_test_support::platforms::telegram::FakeTelegram;
+
+const KEY_HEX: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+fn nanoclaw(home: &TestHome, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nanoclaw"));
+    nanoclaw_test_support::hermetic(cmd.args(args).env_clear())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("NANOCLAW_HOME", home.path())
+        .env("NANOCLAW_MASTER_KEY", KEY_HEX)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_add_stores_the_token_enables_the_channel_and_gives_a_pairing_code() {
+    let home = TestHome::new();
+    let fake = FakeTelegram::start().await;
+    let token = fake.secrets()[0].1.clone();
+    let base = fake
+        .settings_toml()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("api_base = ")
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .unwrap();
+    // The database exists once the host ran; `config init` + a first open make it here.
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[agents]\nruntime = \"native\"\n",
+    )
+    .unwrap();
+    let list = nanoclaw(&home, &["channel", "list", "--json"], None);
+    assert!(list.status.success(), "{}", text(&list));
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["telegram", "discord", "slack", "whatsapp"]);
+
+    // A wrong token: the test call fails, saying so.
+    let wrong = nanoclaw(
+        &home,
+        &[
+            "channel",
+            "add",
+            "telegram",
+            "--set",
+            &format!("api_base={base}"),
+        ],
+        Some("123:wrong\n"),
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains("test call failed"),
+        "{}",
+        text(&wrong)
+    );
+
+    let add = nanoclaw(
+        &home,
+        &[
+            "channel",
+            "add",
+            "telegram",
+            "--set",
+            &format!("api_base={base}"),
+        ],
+        Some(&format!("{token}\n")),
+    );
+    let out = text(&add);
+    assert!(add.status.success(), "{out}");
+    assert!(out.contains("connected as"), "{out}");
+    assert!(!out.contains(&token), "the token is never printed");
+    let code: String = out
+        .split_whitespace()
+        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
+        .expect("a pairing code")
+        .to_owned();
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    assert!(
+        config.contains("[channels.telegram]\nenabled = true"),
+        "{config}"
+    );
+    assert!(
+        config.contains("runtime = \"native\""),
+        "other settings kept: {config}"
+    );
+    assert!(
+        !config.contains(&token),
+        "the token stays out of config.toml"
+    );
+    // The token is in the vault.
+    let vault = nanoclaw(&home, &["vault", "list"], None);
+    assert!(
+        text(&vault).contains("telegram.bot_token"),
+        "{}",
+        text(&vault)
+    );
+
+    // No host running: status says so (exit 3).
+    let status = nanoclaw(&home, &["channel", "status"], None);
+    assert_eq!(status.status.code(), Some(3), "{}", text(&status));
+    assert!(text(&status).contains("not running"));
+
+    // The pairing code is live in the database for telegram.
+    let chats = nanoclaw(
+        &home,
+        &["chats", "pair", "telegram", "--minutes", "5"],
+        None,
+    );
+    assert!(chats.status.success(), "{}", text(&chats));
+    let new_code = String::from_utf8_lossy(&chats.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(new_code.len(), 6);
+    assert_ne!(new_code, code, "a new code replaces the old one");
+
+    let remove = nanoclaw(&home, &["channel", "remove", "telegram"], None);
+    assert!(remove.status.success(), "{}", text(&remove));
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    assert!(
+        config.contains("[channels.telegram]\nenabled = false"),
+        "{config}"
+    );
+    let vault = nanoclaw(&home, &["vault", "list"], None);
+    assert!(
+        !text(&vault).contains("telegram.bot_token"),
+        "{}",
+        text(&vault)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_wire_checks_what_it_is_given() {
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[agents]\nruntime = \"native\"\n",
+    )
+    .unwrap();
+    let paths = nanoclaw_host::config::Paths::new(home.path());
+    paths.prepare().unwrap();
+    let store = nanoclaw_host::open_store(&paths.database(), false).unwrap();
+    store
+        .ensure_group(nanoclaw_store::NewGroup {
+            name: "Main".into(),
+            folder: "main".into(),
+            is_main: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let chat = store
+        .ensure_chat("telegram", "-100777", "Family", true)
+        .await
+        .unwrap();
+    drop(store);
+
+    let bad = nanoclaw(
+        &home,
+        &[
+            "chats",
+            "wire",
+            "telegram:-100777",
+            "main",
+            "--trigger",
+            "regex",
+            "--pattern",
+            "(unclosed",
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("not a usable regular expression"),
+        "{}",
+        text(&bad)
+    );
+    let bad = nanoclaw(&home, &["chats", "wire", "42", "main"], None);
+    assert!(text(&bad).contains("no chat \"42\""), "{}", text(&bad));
+    let bad = nanoclaw(&home, &["chats", "main", "telegram:-100777"], None);
+    assert!(text(&bad).contains("group chat"), "{}", text(&bad));
+
+    let ok = nanoclaw(
+        &home,
+        &[
+            "chats",
+            "wire",
+            &chat.id.to_string(),
+            "main",
+            "--trigger",
+            "regex",
+            "--pattern",
+            "(?i)^andy",
+            "--allow",
+            "111",
+            "--session",
+            "per-thread",
+        ],
+        None,
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+    let list = nanoclaw(&home, &["chats", "list", "--json"], None);
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let family = listed["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["chat"]["platform_id"] == "-100777")
+        .unwrap();
+    let wiring = &family["wirings"][0];
+    assert_eq!(wiring["trigger_rule"], "regex");
+    assert_eq!(wiring["trigger_pattern"], "(?i)^andy");
+    assert_eq!(wiring["allowed_senders"], serde_json::json!(["111"]));
+    assert_eq!(wiring["session_mode"], "per-thread");
+}
