@@ -1,12 +1,10 @@
 //! The Discord channel against `FakeDiscord`: sending (chunking, nonces after a crash,
 //! rate limits, errors, files, typing) and receiving attachments.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, wait_for};
+use super::common::{Harness, wait_for};
 use nanoclaw_channel::{
     Channel, ChannelError, OutgoingFile, OutgoingMessage, PartState, Progress, SendLedger,
 };

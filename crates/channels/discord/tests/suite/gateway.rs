@@ -1,11 +1,9 @@
 //! The Discord channel against `FakeDiscord`: receiving over the gateway (DMs, mentions,
 //! threads, resumes, opcodes, close codes, heartbeats, malformed dispatches, bots).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Harness, wait_for};
+use super::common::{Harness, wait_for};
 use nanoclaw_channel::{ChannelError, LinkState, OutgoingMessage};
 use nanoclaw_test_support::platforms::FakePlatform;
 use nanoclaw_test_support::platforms::discord::{BOT_NAME, FakeDiscord};
