@@ -481,49 +481,8 @@ fn main() -> ExitCode {
                 }
             },
             Command::Group { command } => group(command).await,
-            Command::Channel { command } => match command {
-                ChannelCommand::List { json } => cli::channel::list(json).await,
-                ChannelCommand::Add {
-                    name,
-                    settings,
-                    no_verify,
-                } => cli::channel::add(name, settings, !no_verify).await,
-                ChannelCommand::Status { json } => cli::channel::status(json).await,
-                ChannelCommand::Restart { name } => cli::channel::restart(name).await,
-                ChannelCommand::Remove { name, keep_secrets } => {
-                    cli::channel::remove(name, keep_secrets).await
-                }
-            },
-            Command::Chats { command } => match command {
-                ChatsCommand::List { json } => cli::chats::list(json).await,
-                ChatsCommand::Wire {
-                    chat,
-                    group,
-                    trigger,
-                    pattern,
-                    allow,
-                    unknown_senders,
-                    session,
-                } => {
-                    cli::chats::wire(cli::chats::WireArgs {
-                        chat,
-                        group,
-                        trigger,
-                        pattern,
-                        allow,
-                        unknown_senders,
-                        session,
-                    })
-                    .await
-                }
-                ChatsCommand::Unwire { chat, group } => cli::chats::unwire(chat, group).await,
-                ChatsCommand::Main { chat, off } => cli::chats::main_chat(chat, off).await,
-                ChatsCommand::Pair {
-                    channel,
-                    group,
-                    minutes,
-                } => cli::chats::pair(channel, group, minutes).await,
-            },
+            Command::Channel { command } => channel(command).await,
+            Command::Chats { command } => chats(command).await,
             Command::Image { command } => match command {
                 ImageCommand::Build {
                     tag,
@@ -563,6 +522,57 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `nanoclaw channel …`.
+async fn channel(command: ChannelCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ChannelCommand::List { json } => cli::channel::list(json).await,
+        ChannelCommand::Add {
+            name,
+            settings,
+            no_verify,
+        } => cli::channel::add(name, settings, !no_verify).await,
+        ChannelCommand::Status { json } => cli::channel::status(json).await,
+        ChannelCommand::Restart { name } => cli::channel::restart(name).await,
+        ChannelCommand::Remove { name, keep_secrets } => {
+            cli::channel::remove(name, keep_secrets).await
+        }
+    }
+}
+
+/// `nanoclaw chats …`.
+async fn chats(command: ChatsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ChatsCommand::List { json } => cli::chats::list(json).await,
+        ChatsCommand::Wire {
+            chat,
+            group,
+            trigger,
+            pattern,
+            allow,
+            unknown_senders,
+            session,
+        } => {
+            cli::chats::wire(cli::chats::WireArgs {
+                chat,
+                group,
+                trigger,
+                pattern,
+                allow,
+                unknown_senders,
+                session,
+            })
+            .await
+        }
+        ChatsCommand::Unwire { chat, group } => cli::chats::unwire(chat, group).await,
+        ChatsCommand::Main { chat, off } => cli::chats::main_chat(chat, off).await,
+        ChatsCommand::Pair {
+            channel,
+            group,
+            minutes,
+        } => cli::chats::pair(channel, group, minutes).await,
     }
 }
 

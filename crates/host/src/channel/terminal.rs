@@ -341,39 +341,10 @@ impl TerminalChannel {
                     self.settle(id, scope, sink).await;
                     continue;
                 }
-                ClientLine::ChannelStatus => {
-                    let (reply, heard) = oneshot::channel();
-                    if sink
-                        .send(ChannelEvent::ChannelStatus { reply })
-                        .await
-                        .is_err()
-                    {
+                admin @ (ClientLine::ChannelStatus | ClientLine::RestartChannel { .. }) => {
+                    if !answer_admin(admin, tx, sink).await {
                         break;
                     }
-                    let channels = heard
-                        .await
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(name, health)| ChannelReport { name, health })
-                        .collect();
-                    say(tx, ServerLine::Channels { channels });
-                    continue;
-                }
-                ClientLine::RestartChannel { name } => {
-                    let (done, heard) = oneshot::channel();
-                    let event = ChannelEvent::RestartChannel {
-                        name: name.clone(),
-                        done: Some(done),
-                    };
-                    if sink.send(event).await.is_err() {
-                        break;
-                    }
-                    let error = match heard.await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(e),
-                        Err(_) => Some("the host dropped the request".into()),
-                    };
-                    say(tx, ServerLine::Restarted { name, error });
                     continue;
                 }
             };
@@ -458,6 +429,48 @@ impl TerminalChannel {
             })
             .await;
     }
+}
+
+/// Answers an admin request (`channel status`, `channel restart`) through the host; false
+/// when the host is shutting down.
+async fn answer_admin(msg: ClientLine, tx: &ClientTx, sink: &InboundSink) -> bool {
+    match msg {
+        ClientLine::ChannelStatus => {
+            let (reply, heard) = oneshot::channel();
+            if sink
+                .send(ChannelEvent::ChannelStatus { reply })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let channels = heard
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, health)| ChannelReport { name, health })
+                .collect();
+            say(tx, ServerLine::Channels { channels });
+        }
+        ClientLine::RestartChannel { name } => {
+            let (done, heard) = oneshot::channel();
+            let event = ChannelEvent::RestartChannel {
+                name: name.clone(),
+                done: Some(done),
+            };
+            if sink.send(event).await.is_err() {
+                return false;
+            }
+            let error = match heard.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some("the host dropped the request".into()),
+            };
+            say(tx, ServerLine::Restarted { name, error });
+        }
+        _ => {}
+    }
+    true
 }
 
 /// What a delivery reached.
