@@ -330,6 +330,20 @@ async fn measure_platform(
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let achieved_rate = total as f64 / started.elapsed().as_secs_f64();
+    // Collecting every answer reads all the fake's sent messages under its lock, which
+    // would slow the messages still in flight: first wait, cheaply, for the last one.
+    let last_chat = &chats[(total - 1) % chats.len()];
+    let last = format!("bm{}", total - 1);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline
+        && !fake
+            .sent(last_chat)
+            .await
+            .iter()
+            .any(|m| m.text.split_whitespace().any(|w| w == last))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let want: HashSet<String> = (0..total).map(|i| format!("bm{i}")).collect();
     let (got, turns, max_batch) = wait_answers(fake.as_ref(), &chats, &want, 120).await;
     let mut latencies = Vec::with_capacity(total);
@@ -444,7 +458,7 @@ async fn measure_rss(model: &ScriptedModel, agent: &Path) {
         .collect();
     let agents = sandboxes
         .iter()
-        .filter(|(p, _)| comm(*p).starts_with("python"))
+        .filter(|(p, _)| comm(*p).starts_with("marker-agent"))
         .count();
     let sandbox_kb: u64 = sandboxes.iter().map(|(_, kb)| kb).sum();
     stop(&mut daemon.0);
