@@ -87,7 +87,9 @@ while True:
 
 fn main() {
     if !Path::new("/usr/bin/python3").is_file() {
-        println!("channel_inbound skipped: /usr/bin/python3 (the fake agent's interpreter) is missing");
+        println!(
+            "channel_inbound skipped: /usr/bin/python3 (the fake agent's interpreter) is missing"
+        );
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -223,7 +225,10 @@ struct PlatformResult {
 
 /// What the agents answered in `chats` so far: marker → the turn's read stamp, plus the
 /// number of turns and the largest batch.
-async fn answers(fake: &dyn FakePlatform, chats: &[FakeChat]) -> (HashMap<String, i128>, usize, usize) {
+async fn answers(
+    fake: &dyn FakePlatform,
+    chats: &[FakeChat],
+) -> (HashMap<String, i128>, usize, usize) {
     let mut out = HashMap::new();
     let (mut turns, mut max_batch) = (0, 0);
     for chat in chats {
@@ -235,7 +240,11 @@ async fn answers(fake: &dyn FakePlatform, chats: &[FakeChat]) -> (HashMap<String
             else {
                 continue;
             };
-            let markers: Vec<&str> = words[2..].iter().copied().filter(|w| w.starts_with("bm")).collect();
+            let markers: Vec<&str> = words[2..]
+                .iter()
+                .copied()
+                .filter(|w| w.starts_with("bm"))
+                .collect();
             turns += 1;
             max_batch = max_batch.max(markers.len());
             for m in markers {
@@ -297,7 +306,8 @@ async fn measure_platform(
     let mut want = HashSet::new();
     for (n, chat) in chats.iter().enumerate() {
         let marker = format!("bmw{n}");
-        fake.user_says(chat, &format!("{marker} warm up"), false).await;
+        fake.user_says(chat, &format!("{marker} warm up"), false)
+            .await;
         want.insert(marker);
     }
     let (got, _, _) = wait_answers(fake.as_ref(), &chats, &want, 120).await;
@@ -354,7 +364,10 @@ async fn measure_platform(
     }
     let answered = latencies.len();
     if answered < total {
-        println!("{name}: {} of {total} messages were not answered within 120 s", total - answered);
+        println!(
+            "{name}: {} of {total} messages were not answered within 120 s",
+            total - answered
+        );
     }
     host.shutdown().await;
     PlatformResult {
@@ -374,7 +387,11 @@ fn daemon_config(fakes: &[Arc<dyn FakePlatform>]) -> String {
         "[agents]\nruntime = \"native\"\nretry_backoff_secs = 0\nmax_concurrent = 128\nidle_timeout_secs = 600\n",
     );
     for fake in fakes {
-        toml.push_str(&format!("\n[channels.{}]\n{}\n", fake.channel(), fake.settings_toml()));
+        toml.push_str(&format!(
+            "\n[channels.{}]\n{}\n",
+            fake.channel(),
+            fake.settings_toml()
+        ));
     }
     toml
 }
@@ -439,7 +456,8 @@ async fn measure_rss(model: &ScriptedModel, agent: &Path) {
         for (f, fake) in fakes.iter().enumerate() {
             for (n, chat) in per_fake[f].iter().enumerate() {
                 let marker = format!("bmr{round}c{n}");
-                fake.user_says(chat, &format!("{marker} burst"), false).await;
+                fake.user_says(chat, &format!("{marker} burst"), false)
+                    .await;
                 wants[f].insert(marker);
             }
         }
@@ -458,7 +476,7 @@ async fn measure_rss(model: &ScriptedModel, agent: &Path) {
         .collect();
     let agents = sandboxes
         .iter()
-        .filter(|(p, _)| comm(*p).starts_with("marker-agent"))
+        .filter(|(p, _)| comm(*p) != "bwrap")
         .count();
     let sandbox_kb: u64 = sandboxes.iter().map(|(_, kb)| kb).sum();
     stop(&mut daemon.0);
@@ -466,7 +484,11 @@ async fn measure_rss(model: &ScriptedModel, agent: &Path) {
     println!();
     println!("## `nanoclaw run` with telegram, discord, slack and whatsapp connected (VmRSS)");
     println!("{:<60} {:>10}", "measurement", "MB");
-    println!("{:<60} {:>10}", "host, all four connected, 1 s idle", mb(idle));
+    println!(
+        "{:<60} {:>10}",
+        "host, all four connected, 1 s idle",
+        mb(idle)
+    );
     println!(
         "{:<60} {:>10}",
         "host, after a burst (400 messages, 100 chats), 1 s idle",
@@ -476,7 +498,7 @@ async fn measure_rss(model: &ScriptedModel, agent: &Path) {
     println!(
         "{:<60} {:>10}",
         format!(
-            "agent sandboxes: {} processes, {agents} fake agents",
+            "agent sandboxes: {} processes, {agents} of them not bwrap",
             sandboxes.len()
         ),
         mb(Some(sandbox_kb))
