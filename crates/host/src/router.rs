@@ -151,26 +151,21 @@ pub async fn route(ctx: &RouteContext<'_>, event: &InboundEvent) -> Result<Route
             continue;
         }
         let text = with_attachments(ctx.groups_dir, &group, event);
-        let session = store
-            .resolve_session(
+        let (session, inserted) = store
+            .insert_inbound_for_group(
                 group.id.clone(),
-                chat.id,
-                event.thread.clone(),
                 wiring.session_mode,
-                event.received_at,
+                NewInbound {
+                    session_id: String::new(),
+                    chat_id: chat.id,
+                    platform_msg_id: event.platform_msg_id.clone(),
+                    sender: event.sender.clone(),
+                    sender_name: event.sender_name.clone(),
+                    text,
+                    thread: event.thread.clone(),
+                    received_at: event.received_at,
+                },
             )
-            .await?;
-        let inserted = store
-            .insert_inbound(NewInbound {
-                session_id: session.id.clone(),
-                chat_id: chat.id,
-                platform_msg_id: event.platform_msg_id.clone(),
-                sender: event.sender.clone(),
-                sender_name: event.sender_name.clone(),
-                text,
-                thread: event.thread.clone(),
-                received_at: event.received_at,
-            })
             .await?;
         if inserted.duplicate {
             any_duplicate = true;

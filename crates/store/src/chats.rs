@@ -76,6 +76,16 @@ impl Store {
         is_group: bool,
     ) -> Result<Chat, StoreError> {
         let (channel, platform_id, name) = (channel.into(), platform_id.into(), name.into());
+        // The usual case (a known chat, same name) needs no write transaction: every inbound
+        // message comes through here.
+        let (c, p) = (channel.clone(), platform_id.clone());
+        if let Some(chat) = self
+            .read(move |conn| chat_by_platform_sync(conn, &c, &p))
+            .await?
+            && (name.is_empty() || chat.name == name)
+        {
+            return Ok(chat);
+        }
         self.write("ensure chat", move |tx| {
             if let Some(mut chat) = chat_by_platform_sync(tx, &channel, &platform_id)? {
                 if !name.is_empty() && chat.name != name {

@@ -136,40 +136,38 @@ impl Store {
     /// platform (same session and platform id) is not stored again: `duplicate` is set and `id` is the
     /// existing row.
     pub async fn insert_inbound(&self, m: NewInbound) -> Result<InsertedInbound, StoreError> {
-        self.write("insert inbound", move |tx| {
-            let n = tx
-                .execute(
-                    "INSERT INTO inbound (session_id, chat_id, platform_msg_id, sender, sender_name, text,
-                                          thread, received_at, status, tries, process_after, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?8, ?8)
-                     ON CONFLICT (session_id, platform_msg_id) DO NOTHING",
-                    params![
-                        m.session_id,
-                        m.chat_id,
-                        m.platform_msg_id,
-                        m.sender,
-                        m.sender_name,
-                        m.text,
-                        m.thread,
-                        m.received_at
-                    ],
-                )
-                .ctx("insert inbound")?;
-            if n == 1 {
-                return Ok(InsertedInbound {
-                    id: tx.last_insert_rowid(),
-                    duplicate: false,
-                });
-            }
-            let id: i64 = tx
-                .query_row(
-                    "SELECT id FROM inbound WHERE session_id = ?1 AND platform_msg_id = ?2",
-                    params![m.session_id, m.platform_msg_id],
-                    |r| r.get(0),
-                )
-                .ctx("find duplicate inbound")?;
-            tracing::debug!(inbound = id, platform_msg_id = %m.platform_msg_id, "store: duplicate inbound ignored");
-            Ok(InsertedInbound { id, duplicate: true })
+        self.write("insert inbound", move |tx| insert_inbound_tx(tx, &m))
+            .await
+    }
+
+    /// Finds (or starts) the message's session and stores the message in it, in ONE write
+    /// transaction: the router's hot path (a message is one commit, not two). `m.session_id`
+    /// is ignored; the session is resolved as [`Store::resolve_session`] does.
+    pub async fn insert_inbound_for_group(
+        &self,
+        group_id: impl Into<String>,
+        mode: crate::model::SessionMode,
+        m: NewInbound,
+    ) -> Result<(crate::model::Session, InsertedInbound), StoreError> {
+        let group_id = group_id.into();
+        let thread = match mode {
+            crate::model::SessionMode::Shared => None,
+            crate::model::SessionMode::PerThread => m.thread.clone(),
+        };
+        self.write("store inbound in its session", move |tx| {
+            let session = crate::sessions::resolve_session_tx(
+                tx,
+                &group_id,
+                m.chat_id,
+                thread.clone(),
+                m.received_at,
+            )?;
+            let m = NewInbound {
+                session_id: session.id.clone(),
+                ..m.clone()
+            };
+            let inserted = insert_inbound_tx(tx, &m)?;
+            Ok((session, inserted))
         })
         .await
     }
@@ -427,4 +425,47 @@ impl Store {
         })
         .await
     }
+}
+
+/// Inserts `m` unless its (session, platform message id) is stored already.
+fn insert_inbound_tx(
+    tx: &rusqlite::Connection,
+    m: &NewInbound,
+) -> Result<InsertedInbound, StoreError> {
+    let n = tx
+        .execute(
+            "INSERT INTO inbound (session_id, chat_id, platform_msg_id, sender, sender_name, text,
+                                  thread, received_at, status, tries, process_after, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?8, ?8)
+             ON CONFLICT (session_id, platform_msg_id) DO NOTHING",
+            params![
+                m.session_id,
+                m.chat_id,
+                m.platform_msg_id,
+                m.sender,
+                m.sender_name,
+                m.text,
+                m.thread,
+                m.received_at
+            ],
+        )
+        .ctx("insert inbound")?;
+    if n == 1 {
+        return Ok(InsertedInbound {
+            id: tx.last_insert_rowid(),
+            duplicate: false,
+        });
+    }
+    let id: i64 = tx
+        .query_row(
+            "SELECT id FROM inbound WHERE session_id = ?1 AND platform_msg_id = ?2",
+            params![m.session_id, m.platform_msg_id],
+            |r| r.get(0),
+        )
+        .ctx("find duplicate inbound")?;
+    tracing::debug!(inbound = id, platform_msg_id = %m.platform_msg_id, "store: duplicate inbound ignored");
+    Ok(InsertedInbound {
+        id,
+        duplicate: true,
+    })
 }

@@ -1093,3 +1093,43 @@ async fn the_wal_is_checkpointed_in_the_background_and_stays_small() {
         3_000
     );
 }
+
+#[tokio::test]
+async fn a_message_is_stored_in_its_session_in_one_step_and_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(Store::open(&db_path(&dir)).unwrap()).await;
+    let in_thread = |id: &str, thread: Option<&str>| NewInbound {
+        thread: thread.map(str::to_owned),
+        ..msg(&f, id, 2_000)
+    };
+    // Shared: the chat's one session, whatever the thread.
+    let (s1, first) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, SessionMode::Shared, in_thread("a", Some("t1")))
+        .await
+        .unwrap();
+    assert_eq!(s1.id, f.session_id);
+    assert!(!first.duplicate);
+    let (_, again) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, SessionMode::Shared, in_thread("a", Some("t1")))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.id, first.id);
+    // Per thread: a session per thread, made on first use.
+    let (t1, _) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, SessionMode::PerThread, in_thread("b", Some("t1")))
+        .await
+        .unwrap();
+    let (t2, _) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, SessionMode::PerThread, in_thread("c", Some("t2")))
+        .await
+        .unwrap();
+    assert_ne!(t1.id, t2.id);
+    assert_ne!(t1.id, f.session_id);
+    assert_eq!(t1.thread.as_deref(), Some("t1"));
+    assert_eq!(f.store.inbound_for_session(t2.id.clone()).await.unwrap().len(), 1);
+}
