@@ -1120,16 +1120,31 @@ async fn a_message_is_stored_in_its_session_in_one_step_and_once() {
     // Per thread: a session per thread, made on first use.
     let (t1, _) = f
         .store
-        .insert_inbound_for_group(&f.group_id, SessionMode::PerThread, in_thread("b", Some("t1")))
+        .insert_inbound_for_group(
+            &f.group_id,
+            SessionMode::PerThread,
+            in_thread("b", Some("t1")),
+        )
         .await
         .unwrap();
     let (t2, _) = f
         .store
-        .insert_inbound_for_group(&f.group_id, SessionMode::PerThread, in_thread("c", Some("t2")))
+        .insert_inbound_for_group(
+            &f.group_id,
+            SessionMode::PerThread,
+            in_thread("c", Some("t2")),
+        )
         .await
         .unwrap();
     assert_ne!(t1.id, t2.id);
     assert_ne!(t1.id, f.session_id);
     assert_eq!(t1.thread.as_deref(), Some("t1"));
-    assert_eq!(f.store.inbound_for_session(t2.id.clone()).await.unwrap().len(), 1);
+    assert_eq!(
+        f.store
+            .inbound_for_session(t2.id.clone())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
