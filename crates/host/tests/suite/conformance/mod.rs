@@ -193,6 +193,9 @@ impl Harness {
     pub async fn stop_in_process(&mut self) {
         if let Some(host) = self.host.take() {
             host.shutdown().await;
+            // Its last tasks let go of the data directory's lock a moment later; the next
+            // host (in process or a daemon) must not find it taken.
+            wait_until_no_host(self.home.path()).await;
         }
     }
 
