@@ -68,16 +68,6 @@ impl ApiError {
         }
     }
 
-    /// Whether Telegram certainly did not take the request: it refused it (4xx) or the
-    /// request never left. A 5xx from a proxy or a timeout may hide a delivered message.
-    pub fn certainly_not_sent(&self) -> bool {
-        match self {
-            ApiError::Refused { code, .. } => *code < 500,
-            ApiError::Unsent { .. } => true,
-            ApiError::Transport { .. } => false,
-        }
-    }
-
     /// MarkdownV2 the API could not parse: the part can go again as plain text.
     pub fn is_entity_parse_error(&self) -> bool {
         matches!(self, ApiError::Refused { code: 400, description, .. }
@@ -113,6 +103,13 @@ impl ApiError {
                     None => self.to_string(),
                 },
             },
+            // Any other 4xx: Telegram refused this request as it is; sending it again will not help.
+            ApiError::Refused { code, .. } if *code < 500 => ChannelError::Rejected {
+                platform: PLATFORM.to_string(),
+                detail: self.to_string(),
+            },
+            // No connection was made: the send ledger forgets the part, and it goes again fresh.
+            ApiError::Unsent { .. } => ChannelError::NotConnected(self.to_string()),
             _ => ChannelError::Failed(self.to_string()),
         }
     }

@@ -111,7 +111,6 @@ pub struct TelegramChannel {
     ledger: Arc<dyn SendLedger>,
     health: Arc<HealthCell>,
     receiver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
-    unsent: outbound::UnsentParts,
 }
 
 impl TelegramChannel {
@@ -126,7 +125,6 @@ impl TelegramChannel {
             ledger: setup.ledger,
             health: Arc::new(HealthCell::default()),
             receiver: tokio::sync::Mutex::new(None),
-            unsent: outbound::UnsentParts::default(),
         })
     }
 }
@@ -178,7 +176,7 @@ impl Channel for TelegramChannel {
     }
 
     async fn deliver(&self, message: &OutgoingMessage) -> Result<Option<String>, ChannelError> {
-        let result = outbound::deliver(&self.api, &*self.ledger, &self.unsent, message).await;
+        let result = outbound::deliver(&self.api, &*self.ledger, message).await;
         if let Err(e) = &result {
             self.health.error(e.to_string());
         }

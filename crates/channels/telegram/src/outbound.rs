@@ -4,13 +4,9 @@
 //!
 //! A part found in doubt after a crash ([`SendAttempt::AfterCrash`]) is *not* sent again:
 //! Telegram has no idempotency key and no way to list what a bot sent, so a resend could
-//! show it twice. That part is at most once (logged at warn). The ledger also reports a
-//! part as in doubt when its last attempt failed in this very process (a 429, say); those
-//! attempts that certainly did not reach Telegram are remembered in [`UnsentParts`] and are
-//! sent again.
-
-use std::collections::HashSet;
-use std::sync::Mutex;
+//! show it twice. That part is at most once (logged at warn). A part Telegram refused (a
+//! 429, any 4xx) or that never got a connection is not in doubt: the send ledger forgets it
+//! (`ChannelError::never_reached_platform`) and it goes again fresh.
 
 use nanoclaw_channel::chunk::{self, Measure};
 use nanoclaw_channel::{ChannelError, OutgoingFile, OutgoingMessage, SendAttempt, SendLedger};
@@ -25,31 +21,9 @@ pub const MAX_TEXT: usize = 4096;
 /// The longest caption.
 pub const MAX_CAPTION: usize = 1024;
 
-/// Parts whose last attempt, in this process, certainly did not reach Telegram (refused
-/// with a 4xx such as 429, or no connection): safe to send again although the ledger has
-/// them in doubt. Lost on a restart, which is exactly when a part is really in doubt.
-#[derive(Debug, Default)]
-pub struct UnsentParts(Mutex<HashSet<(String, usize)>>);
-
-impl UnsentParts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, usize)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn mark(&self, key: &str, part: usize) {
-        self.lock().insert((key.to_string(), part));
-    }
-
-    /// Whether `part` was marked (and forgets it).
-    fn take(&self, key: &str, part: usize) -> bool {
-        self.lock().remove(&(key.to_string(), part))
-    }
-}
-
 /// One message's parts and where they go.
 struct Plan<'a> {
     api: &'a Api,
-    unsent: &'a UnsentParts,
     chat: &'a str,
     thread: Option<i64>,
     reply_to: Option<i64>,
@@ -62,7 +36,6 @@ struct Plan<'a> {
 pub async fn deliver(
     api: &Api,
     ledger: &dyn SendLedger,
-    unsent: &UnsentParts,
     message: &OutgoingMessage,
 ) -> Result<Option<String>, ChannelError> {
     let text = message.text.trim_end();
@@ -71,7 +44,6 @@ pub async fn deliver(
         has_text && message.files.len() == 1 && Measure::Utf16.len(text) <= MAX_CAPTION;
     let plan = Plan {
         api,
-        unsent,
         chat: &message.chat_id,
         thread: message.thread.as_deref().and_then(|t| t.parse().ok()),
         reply_to: message.reply_to.as_deref().and_then(message_id_of),
@@ -101,7 +73,7 @@ async fn send_part(
     index: usize,
     attempt: SendAttempt,
 ) -> Result<Option<String>, ChannelError> {
-    if attempt == SendAttempt::AfterCrash && !plan.unsent.take(key, index) {
+    if attempt == SendAttempt::AfterCrash {
         tracing::warn!(
             key,
             part = index,
@@ -119,17 +91,7 @@ async fn send_part(
             send_file(plan, reply_to, file).await
         }
     };
-    let id = match sent {
-        Ok(id) => id,
-        Err(e) => {
-            let certainly_not_sent = e.certainly_not_sent();
-            let error = e.into_channel_error();
-            if certainly_not_sent && error.is_retryable() {
-                plan.unsent.mark(key, index);
-            }
-            return Err(error);
-        }
-    };
+    let id = sent.map_err(ApiError::into_channel_error)?;
     Ok(Some(match plan.chat.parse::<i64>() {
         Ok(chat) => platform_msg_id(chat, id),
         Err(_) => format!("{}:{id}", plan.chat),
