@@ -150,7 +150,7 @@ pub async fn route(ctx: &RouteContext<'_>, event: &InboundEvent) -> Result<Route
         if !triggered(&wiring, &group, event) {
             continue;
         }
-        let text = with_attachments(ctx.groups_dir, &group, event);
+        let text = with_attachments(ctx.groups_dir, &group, event).await;
         let (session, inserted) = store
             .insert_inbound_for_group(
                 group.id.clone(),
@@ -233,14 +233,15 @@ pub fn compile_trigger_regex(pattern: &str) -> Result<regex::Regex, regex::Error
 }
 
 /// The message's text with its files saved to the group's inbox folder and listed, so the
-/// agent finds them (`/workspace/group/inbox/…` in its sandbox).
-fn with_attachments(groups_dir: &Path, group: &Group, event: &InboundEvent) -> String {
+/// agent finds them (`/workspace/group/inbox/…` in its sandbox). The writes go through
+/// tokio's blocking pool: the router loop must not stall on a large file.
+async fn with_attachments(groups_dir: &Path, group: &Group, event: &InboundEvent) -> String {
     if event.attachments.is_empty() {
         return event.text.clone();
     }
     let inbox = groups_dir.join(&group.folder).join("inbox");
     let mut text = event.text.clone();
-    if let Err(e) = std::fs::create_dir_all(&inbox) {
+    if let Err(e) = tokio::fs::create_dir_all(&inbox).await {
         tracing::error!(dir = %inbox.display(), error = %e, "cannot create the group's inbox");
         text.push_str("\n[files came with this message but could not be saved]");
         return text;
@@ -265,7 +266,7 @@ fn with_attachments(groups_dir: &Path, group: &Group, event: &InboundEvent) -> S
             "{}/inbox/{name}",
             nanoclaw_protocol::contract::paths::WORKSPACE
         );
-        match std::fs::write(&path, &file.data) {
+        match tokio::fs::write(&path, &file.data).await {
             Ok(()) => text.push_str(&format!(
                 "\n[file: {shown} ({}, {} bytes)]",
                 file.mime_type.as_deref().unwrap_or("unknown type"),
