@@ -181,3 +181,107 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::channel::ChannelError;
+    use crate::event::OutgoingMessage;
+
+    /// A channel whose first `failures` starts fail (a refused token, say).
+    struct Flaky {
+        failures: u32,
+        starts: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Channel for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        async fn start(self: Arc<Self>, _sink: InboundSink) -> Result<(), ChannelError> {
+            let n = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
+            if n <= self.failures {
+                Err(ChannelError::Setup(format!("refused #{n}")))
+            } else {
+                Ok(())
+            }
+        }
+        async fn deliver(&self, _m: &OutgoingMessage) -> Result<Option<String>, ChannelError> {
+            Ok(None)
+        }
+    }
+
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<String>>);
+
+    impl Alerts for Heard {
+        fn down_too_long(&self, channel: &str, health: &Health) {
+            let error = health.last_error.clone().unwrap_or_default();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("down {channel}: {error}"));
+        }
+        fn recovered(&self, channel: &str, _health: &Health) {
+            self.0.lock().unwrap().push(format!("up {channel}"));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_that_cannot_start_is_retried_with_growing_waits_and_the_owner_told_once() {
+        let channel = Arc::new(Flaky {
+            failures: 6,
+            starts: AtomicU32::new(0),
+        });
+        let heard = Arc::new(Heard::default());
+        let (sink, _rx) = tokio::sync::mpsc::channel(8);
+        let config = SupervisorConfig {
+            check_every: Duration::from_secs(1),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            alert_after: Duration::from_secs(10),
+        };
+        let supervisor = Supervisor::new(channel.clone(), sink, config, heard.clone());
+        let task = tokio::spawn(Arc::clone(&supervisor).run());
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(channel.starts.load(Ordering::SeqCst), 1);
+        let health = supervisor.health();
+        assert_eq!(
+            health.state,
+            LinkState::Down,
+            "a failed start shows as down"
+        );
+        assert_eq!(
+            health.last_error.as_deref(),
+            Some("channel setup failed: refused #1")
+        );
+
+        // Backoff doubles (1, 2, 4, 8 s … with jitter): in 12 s far fewer than 12 restarts.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let starts = channel.starts.load(Ordering::SeqCst);
+        assert!((3..=6).contains(&starts), "{starts} starts in 12 s");
+        let said = heard.0.lock().unwrap().clone();
+        assert_eq!(said.len(), 1, "told once, not at every retry: {said:?}");
+        assert!(
+            said[0].starts_with("down flaky: channel setup failed: refused #"),
+            "{said:?}"
+        );
+
+        // It keeps trying on its own; once a start works, the owner hears it is back.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(channel.starts.load(Ordering::SeqCst), 7);
+        assert_eq!(supervisor.health().state, LinkState::Connected);
+        let said = heard.0.lock().unwrap().clone();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert_eq!(said[1], "up flaky");
+        task.abort();
+    }
+}
