@@ -194,7 +194,8 @@ enum ChatsCommand {
         /// Senders not on the allowlist: ignore, or ask you in the main chat.
         #[arg(long, default_value = "ignore")]
         unknown_senders: String,
-        /// shared (one conversation per chat) or per-thread.
+        /// shared (one conversation per chat), per-thread, or agent-shared (one conversation
+        /// for the whole group, across every chat wired agent-shared).
         #[arg(long, default_value = "shared")]
         session: String,
     },

@@ -131,6 +131,36 @@ fn finish_failed_tx(
     Ok(())
 }
 
+/// A due row, as [`Store::claim_pending`] picks its batch.
+struct DueRow {
+    id: i64,
+    task_run_id: Option<i64>,
+    chat_id: i64,
+    thread: Option<String>,
+    scope: crate::model::SessionScope,
+}
+
+/// The leading due rows that make one turn. A scheduled task's run is a turn of its own, never
+/// batched with chat messages. In a group-wide session a turn answers one chat and thread (its
+/// reply goes there), so the batch stops where another place's messages begin.
+fn batch_ids(due: &[DueRow]) -> Vec<i64> {
+    let Some(first) = due.first() else {
+        return Vec::new();
+    };
+    if first.task_run_id.is_some() {
+        return vec![first.id];
+    }
+    let same_place = |row: &&DueRow| {
+        first.scope == crate::model::SessionScope::Chat
+            || (row.chat_id == first.chat_id && row.thread == first.thread)
+    };
+    due.iter()
+        .take_while(|row| row.task_run_id.is_none())
+        .take_while(same_place)
+        .map(|row| row.id)
+        .collect()
+}
+
 impl Store {
     /// Store an inbound message as `pending`, due from `received_at`. A message re-delivered by the
     /// platform (same session and platform id) is not stored again: `duplicate` is set and `id` is the
@@ -150,18 +180,10 @@ impl Store {
         m: NewInbound,
     ) -> Result<(crate::model::Session, InsertedInbound), StoreError> {
         let group_id = group_id.into();
-        let thread = match mode {
-            crate::model::SessionMode::Shared => None,
-            crate::model::SessionMode::PerThread => m.thread.clone(),
-        };
+        let key = crate::sessions::SessionKey::new(mode, m.chat_id, m.thread.clone());
         self.write("store inbound in its session", move |tx| {
-            let session = crate::sessions::resolve_session_tx(
-                tx,
-                &group_id,
-                m.chat_id,
-                thread.clone(),
-                m.received_at,
-            )?;
+            let session =
+                crate::sessions::resolve_session_tx(tx, &group_id, key.clone(), m.received_at)?;
             let m = NewInbound {
                 session_id: session.id.clone(),
                 ..m.clone()
@@ -183,28 +205,29 @@ impl Store {
         let session_id = session_id.into();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.write("claim pending inbound", move |tx| {
-            let due: Vec<(i64, Option<i64>)> = {
+            let due: Vec<DueRow> = {
                 let mut stmt = tx
                     .prepare_cached(
-                        "SELECT id, task_run_id FROM inbound
-                         WHERE session_id = ?1 AND status = 'pending' AND process_after <= ?2
-                         ORDER BY received_at, id LIMIT ?3",
+                        "SELECT i.id, i.task_run_id, i.chat_id, i.thread, s.scope
+                         FROM inbound i JOIN sessions s ON s.id = i.session_id
+                         WHERE i.session_id = ?1 AND i.status = 'pending' AND i.process_after <= ?2
+                         ORDER BY i.received_at, i.id LIMIT ?3",
                     )
                     .ctx("select due inbound")?;
                 let rows = stmt
-                    .query_map(params![session_id, now_ms, max], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_map(params![session_id, now_ms, max], |r| {
+                        Ok(DueRow {
+                            id: r.get(0)?,
+                            task_run_id: r.get(1)?,
+                            chat_id: r.get(2)?,
+                            thread: r.get(3)?,
+                            scope: r.get(4)?,
+                        })
+                    })
                     .ctx("select due inbound")?;
                 rows.collect::<Result<_, _>>().ctx("select due inbound")?
             };
-            // A scheduled task's run is a turn of its own: never batched with chat messages.
-            let ids: Vec<i64> = match due.first() {
-                Some((id, Some(_))) => vec![*id],
-                _ => due
-                    .iter()
-                    .take_while(|(_, run)| run.is_none())
-                    .map(|(id, _)| *id)
-                    .collect(),
-            };
+            let ids = batch_ids(&due);
             let mut claimed = Vec::with_capacity(ids.len());
             for id in ids {
                 tx.execute(
@@ -437,7 +460,7 @@ fn insert_inbound_tx(
             "INSERT INTO inbound (session_id, chat_id, platform_msg_id, sender, sender_name, text,
                                   thread, received_at, status, tries, process_after, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?8, ?8)
-             ON CONFLICT (session_id, platform_msg_id) DO NOTHING",
+             ON CONFLICT (session_id, chat_id, platform_msg_id) DO NOTHING",
             params![
                 m.session_id,
                 m.chat_id,
@@ -458,8 +481,8 @@ fn insert_inbound_tx(
     }
     let id: i64 = tx
         .query_row(
-            "SELECT id FROM inbound WHERE session_id = ?1 AND platform_msg_id = ?2",
-            params![m.session_id, m.platform_msg_id],
+            "SELECT id FROM inbound WHERE session_id = ?1 AND chat_id = ?2 AND platform_msg_id = ?3",
+            params![m.session_id, m.chat_id, m.platform_msg_id],
             |r| r.get(0),
         )
         .ctx("find duplicate inbound")?;

@@ -33,7 +33,8 @@ pub use inbound::backoff_ms;
 pub use model::{
     Chat, Group, HeldMessage, Inbound, InboundStatus, InsertedInbound, NewGroup, NewInbound,
     NewOutbound, Outbound, OutboundKind, OutboundState, RetryOutcome, Session, SessionMode,
-    SessionStatus, TriggerRule, UnknownSenders, Usage, UsageTotals, Wiring, WiringOptions,
+    SessionScope, SessionStatus, TriggerRule, UnknownSenders, Usage, UsageTotals, Wiring,
+    WiringOptions,
 };
 pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.

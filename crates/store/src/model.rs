@@ -103,6 +103,20 @@ text_enum!(
         Shared => "shared",
         /// One session per platform thread.
         PerThread => "per-thread",
+        /// One session for the whole agent group: every chat wired this way talks into the
+        /// same conversation (NanoClaw's "agent-shared"); each reply goes to the chat and
+        /// thread of the messages it answers.
+        AgentShared => "agent-shared",
+    }
+);
+
+text_enum!(
+    /// What a session is the conversation of.
+    SessionScope {
+        /// One chat (or one thread of it, in per-thread mode).
+        Chat => "chat",
+        /// The whole agent group, across the chats wired to it with [`SessionMode::AgentShared`].
+        Group => "group",
     }
 );
 
@@ -254,14 +268,17 @@ pub struct HeldMessage {
     pub state: String,
 }
 
-/// A conversation between one group and one chat (and thread, in per-thread mode).
+/// A conversation between one group and one chat (and thread, in per-thread mode), or with
+/// every chat wired to the group in agent-shared mode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub id: String,
     pub group_id: String,
+    /// The chat; for a group-wide session, the chat that started it.
     pub chat_id: i64,
     pub thread: Option<String>,
     pub status: SessionStatus,
+    pub scope: SessionScope,
     pub created_at: i64,
     pub last_active: i64,
 }
@@ -338,6 +355,9 @@ pub struct Outbound {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub delivered_at: Option<i64>,
+    /// The platform thread it goes to: a per-thread session's thread, or in a group-wide
+    /// session the thread of the message it answers.
+    pub thread: Option<String>,
 }
 
 /// Result of [`Store::retry_or_fail`](crate::Store::retry_or_fail).

@@ -7,7 +7,7 @@ use crate::error::{Ctx, StoreError};
 use crate::model::{NewOutbound, Outbound, OutboundState};
 
 const OUTBOUND_COLS: &str = "id, session_id, chat_id, in_reply_to, idempotency_key, text, kind, state, tries, \
-     platform_message_id, last_error, created_at, delivered_at";
+     platform_message_id, last_error, created_at, delivered_at, thread";
 
 fn outbound_row(row: &Row<'_>) -> rusqlite::Result<Outbound> {
     Ok(Outbound {
@@ -24,6 +24,7 @@ fn outbound_row(row: &Row<'_>) -> rusqlite::Result<Outbound> {
         last_error: row.get(10)?,
         created_at: row.get(11)?,
         delivered_at: row.get(12)?,
+        thread: row.get(13)?,
     })
 }
 
@@ -56,9 +57,15 @@ pub(crate) fn insert_outbound_tx(
 ) -> Result<Option<Outbound>, StoreError> {
     let inserted = conn
         .execute(
+            // The thread: a chat session's own (per-thread mode), or in a group-wide session
+            // (which spans chats and threads) the thread of the message answered.
             "INSERT INTO outbound (session_id, chat_id, in_reply_to, idempotency_key, text, kind, state,
-                                   tries, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7)
+                                   tries, created_at, thread)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7,
+                     (SELECT CASE WHEN s.scope = 'group'
+                                  THEN (SELECT i.thread FROM inbound i WHERE i.id = ?3)
+                                  ELSE s.thread END
+                        FROM sessions s WHERE s.id = ?1))
              ON CONFLICT (idempotency_key) DO NOTHING",
             params![m.session_id, m.chat_id, m.in_reply_to, m.idempotency_key, m.text, m.kind, now_ms],
         )

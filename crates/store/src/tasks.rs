@@ -8,7 +8,7 @@ use crate::engine::{Store, new_id};
 use crate::error::{Ctx, StoreError};
 use crate::model::NewOutbound;
 use crate::outbound::insert_outbound_tx;
-use crate::sessions::resolve_session_tx;
+use crate::sessions::{SessionKey, resolve_session_tx, wiring_mode_tx};
 
 /// Failed runs in a row after which a task is marked `failing`.
 pub const TASK_FAILING_AFTER: u32 = 3;
@@ -484,7 +484,11 @@ impl Store {
             }
             let run_id = tx.last_insert_rowid();
             // Runs use the chat's shared session (its ongoing conversation, unless isolated).
-            let session = resolve_session_tx(tx, &task.group_id, task.chat_id, None, f.due_ms)?;
+            // The run joins the conversation the task's chat is in (the group's, when the
+            // chat is wired agent-shared).
+            let mode = wiring_mode_tx(tx, &task.group_id, task.chat_id)?;
+            let key = SessionKey::new(mode, task.chat_id, None);
+            let session = resolve_session_tx(tx, &task.group_id, key, f.due_ms)?;
             tx.execute(
                 "INSERT INTO inbound (session_id, chat_id, platform_msg_id, sender, sender_name, text,
                                       thread, received_at, status, tries, process_after, updated_at,

@@ -165,10 +165,12 @@ pub async fn wire(args: WireArgs) -> anyhow::Result<ExitCode> {
             args.unknown_senders
         )
     })?;
-    let session_mode: SessionMode = args
-        .session
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--session {:?}: use shared or per-thread", args.session))?;
+    let session_mode: SessionMode = args.session.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--session {:?}: use shared, per-thread or agent-shared",
+            args.session
+        )
+    })?;
     let options = WiringOptions {
         trigger_rule,
         trigger_pattern: args.pattern,

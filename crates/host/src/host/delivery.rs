@@ -172,16 +172,6 @@ async fn deliver_one(
         inner.parked_chats.lock().await.chats.insert(chat.id);
         return STOP;
     };
-    let thread = match &row.session_id {
-        Some(id) => inner
-            .store
-            .session(id.clone())
-            .await
-            .ok()
-            .flatten()
-            .and_then(|s| s.thread),
-        None => None,
-    };
     let reply_to = match row.in_reply_to {
         Some(id) => inner
             .store
@@ -206,7 +196,7 @@ async fn deliver_one(
         outbound_id: row.id,
         idempotency_key: row.idempotency_key.clone(),
         chat_id: chat.platform_id.clone(),
-        thread,
+        thread: row.thread.clone(),
         text,
         kind: row.kind.as_str().to_owned(),
         reply_to,

@@ -135,11 +135,10 @@ async fn prepare_turn(
         .group(session.group_id.clone())
         .await?
         .context("agent group vanished")?;
-    let chat = inner
-        .store
-        .chat(session.chat_id)
-        .await?
-        .context("chat vanished")?;
+    // The batch's chat, not the session's: a group-wide (agent-shared) session spans chats,
+    // and each of its turns answers one of them (see claim_pending).
+    let chat_id = batch.first().map_or(session.chat_id, |m| m.chat_id);
+    let chat = inner.store.chat(chat_id).await?.context("chat vanished")?;
     // A scheduled task's run travels alone in its batch (see claim_pending).
     let task_run = match batch.first().and_then(|m| m.task_run_id) {
         Some(run_id) => task_for_run(inner, run_id).await,

@@ -454,3 +454,87 @@ async fn a_platform_dm_can_be_the_owners_main_chat() {
     assert_eq!(store.wirings_for_chat(stranger.id).await.unwrap().len(), 1);
     host.shutdown().await;
 }
+
+/// Whether any request the model received mentions `needle` (in any message of its history).
+fn model_saw(model: &ScriptedModel, last_user_text: &str, needle: &str) -> bool {
+    model.requests().iter().any(|r| {
+        let body = r.body.to_string();
+        body.contains(last_user_text) && body.contains(needle)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_shared_chats_talk_into_one_conversation_and_each_reply_goes_home() {
+    let home = TestHome::new();
+    let (host, model) = start(&home).await;
+    let a = wire(
+        &host,
+        "a",
+        WiringOptions::new(false, SessionMode::AgentShared),
+    )
+    .await;
+    let b = wire(
+        &host,
+        "b",
+        WiringOptions::new(false, SessionMode::AgentShared),
+    )
+    .await;
+    let c = wire(&host, "c", WiringOptions::new(false, SessionMode::Shared)).await;
+
+    assert_eq!(
+        send(&host, event("a", "1", "u", "the code word is pelican")).await,
+        RouteOutcome::Accepted
+    );
+    eventually(60, "chat a's reply", || async {
+        (!texts(&host, a).await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        send(&host, event("b", "1", "v", "which bird was it")).await,
+        RouteOutcome::Accepted
+    );
+    assert_eq!(
+        send(&host, event("c", "1", "w", "which animal was it")).await,
+        RouteOutcome::Accepted
+    );
+    eventually(60, "replies in chats b and c", || async {
+        (!texts(&host, b).await.is_empty() && !texts(&host, c).await.is_empty()).then_some(())
+    })
+    .await;
+
+    // One conversation for a and b: chat b's turn carried what was said in chat a.
+    assert!(
+        model_saw(&model, "which bird was it", "pelican"),
+        "chat b's turn did not see chat a's message"
+    );
+    // A chat wired `shared` keeps its own conversation.
+    assert!(
+        !model_saw(&model, "which animal was it", "pelican"),
+        "chat c saw another chat's conversation"
+    );
+    // Each reply went to the chat whose message it answers, once.
+    let (in_a, in_b) = (texts(&host, a).await, texts(&host, b).await);
+    assert!(in_a.len() == 1 && in_a[0].contains("pelican"), "{in_a:?}");
+    assert!(
+        in_b.len() == 1 && in_b[0].contains("which bird"),
+        "{in_b:?}"
+    );
+    let sessions = host
+        .store()
+        .sessions_for_group(
+            host.store()
+                .group_by_folder("team")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions.len(),
+        2,
+        "a+b share one session, c has its own: {sessions:?}"
+    );
+    host.shutdown().await;
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use nanoclaw_store::{
     InboundStatus, NewGroup, NewInbound, NewOutbound, OutboundKind, OutboundState, SCHEMA_VERSION,
-    SessionMode, SessionStatus, Store, StoreError, Usage,
+    SessionMode, SessionScope, SessionStatus, Store, StoreError, Usage,
 };
 
 fn db_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -1147,4 +1147,170 @@ async fn a_message_is_stored_in_its_session_in_one_step_and_once() {
             .len(),
         1
     );
+}
+
+#[tokio::test]
+async fn agent_shared_chats_share_one_session_and_each_turn_answers_one_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(Store::open(&db_path(&dir)).unwrap()).await;
+    let other = f
+        .store
+        .ensure_chat("slack", "C1", "Work", true)
+        .await
+        .unwrap();
+    let at = |chat_id: i64, id: &str, thread: Option<&str>, t: i64| NewInbound {
+        chat_id,
+        thread: thread.map(str::to_owned),
+        ..msg(&f, id, t)
+    };
+    let shared = SessionMode::AgentShared;
+    let (s1, _) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, shared, at(f.chat_id, "a1", None, 2_000))
+        .await
+        .unwrap();
+    let (s2, _) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, shared, at(other.id, "b1", Some("ts9"), 2_001))
+        .await
+        .unwrap();
+    let (s3, _) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, shared, at(other.id, "b2", Some("ts9"), 2_002))
+        .await
+        .unwrap();
+    let (s4, _) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, shared, at(f.chat_id, "a2", None, 2_003))
+        .await
+        .unwrap();
+    // One conversation for the group, apart from the chat's own `shared` session.
+    assert_eq!(s1.id, s2.id);
+    assert_eq!(
+        (s3.id.as_str(), s4.id.as_str()),
+        (s1.id.as_str(), s1.id.as_str())
+    );
+    assert_ne!(s1.id, f.session_id);
+    assert_eq!(s1.scope, SessionScope::Group);
+
+    // Turns come in order, one place at a time: a1 | b1+b2 (Slack thread ts9) | a2.
+    let claim = || f.store.claim_pending(s1.id.clone(), 10_000, 10);
+    let texts = |batch: &[nanoclaw_store::Inbound]| -> Vec<String> {
+        batch.iter().map(|m| m.platform_msg_id.clone()).collect()
+    };
+    let first = claim().await.unwrap();
+    assert_eq!(texts(&first), ["a1"]);
+    let second = claim().await.unwrap();
+    assert_eq!(texts(&second), ["b1", "b2"]);
+    let third = claim().await.unwrap();
+    assert_eq!(texts(&third), ["a2"]);
+
+    // A reply goes to the thread of the message it answers.
+    let answer = f
+        .store
+        .complete_turn(
+            second.iter().map(|m| m.id).collect(),
+            vec![NewOutbound {
+                session_id: Some(s1.id.clone()),
+                chat_id: other.id,
+                in_reply_to: second.last().map(|m| m.id),
+                idempotency_key: "reply:b".into(),
+                text: "both answered".into(),
+                kind: OutboundKind::Reply,
+            }],
+            10_001,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer[0].thread.as_deref(), Some("ts9"));
+    // A reply in a chat session of shared mode goes to the chat, not a thread.
+    let plain = f
+        .store
+        .insert_outbound(reply(&f, "plain", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(plain.thread, None);
+    // Platforms number messages per chat: the same id in another chat is another message.
+    let (_, same_id_elsewhere) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, shared, at(other.id, "a1", None, 2_004))
+        .await
+        .unwrap();
+    assert!(!same_id_elsewhere.duplicate);
+    let (_, again) = f
+        .store
+        .insert_inbound_for_group(&f.group_id, shared, at(other.id, "a1", None, 2_005))
+        .await
+        .unwrap();
+    assert!(again.duplicate, "a re-delivery is still stored once");
+}
+
+#[tokio::test]
+async fn a_version_8_database_upgrades_with_its_messages_wirings_and_reply_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        // The schema as nanoclaw 0.1 stop 19 left it, with a little of everything in it.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in [
+            include_str!("../../migrations/0001_initial.sql"),
+            include_str!("../../migrations/0002_group_mounts.sql"),
+            include_str!("../../migrations/0003_vault.sql"),
+            include_str!("../../migrations/0004_egress_policy.sql"),
+            include_str!("../../migrations/0005_grant_approvals.sql"),
+            include_str!("../../migrations/0006_tasks.sql"),
+            include_str!("../../migrations/0007_channels.sql"),
+            include_str!("../../migrations/0008_chat_wiring.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 8;
+             INSERT INTO agent_groups (id, name, folder, created_at) VALUES ('g', 'G', 'g', 1);
+             INSERT INTO chats (id, channel, platform_id, name, created_at) VALUES (7, 'slack', 'C', 'C', 1);
+             INSERT INTO wirings (chat_id, group_id, trigger_rule, session_mode, created_at)
+                 VALUES (7, 'g', 'mention', 'per-thread', 1);
+             INSERT INTO sessions (id, group_id, chat_id, thread, created_at, last_active)
+                 VALUES ('s', 'g', 7, 'ts1', 1, 1);
+             INSERT INTO inbound (id, session_id, chat_id, platform_msg_id, sender, text, thread,
+                                  received_at, process_after, updated_at)
+                 VALUES (3, 's', 7, 'm1', 'u', 'hi', 'ts1', 1, 1, 1);
+             INSERT INTO outbound (session_id, chat_id, in_reply_to, idempotency_key, text, kind, created_at)
+                 VALUES ('s', 7, 3, 'k', 'hello', 'reply', 2);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let (wiring, _) = &store.wirings_for_chat(7).await.unwrap()[0];
+    assert_eq!(wiring.session_mode, SessionMode::PerThread);
+    assert_eq!(wiring.trigger_rule, nanoclaw_store::TriggerRule::Mention);
+    // A queued reply learned its thread from its session.
+    let queued = store.outbound_for_chat(7).await.unwrap();
+    assert_eq!(queued[0].thread.as_deref(), Some("ts1"));
+    // The stored message is kept, and still deduplicates a re-delivery.
+    let (session, again) = store
+        .insert_inbound_for_group(
+            "g",
+            SessionMode::PerThread,
+            NewInbound {
+                session_id: String::new(),
+                chat_id: 7,
+                platform_msg_id: "m1".into(),
+                sender: "u".into(),
+                sender_name: None,
+                text: "hi".into(),
+                thread: Some("ts1".into()),
+                received_at: 5,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (session.id.as_str(), again.id, again.duplicate),
+        ("s", 3, true)
+    );
+    assert_eq!(session.scope, SessionScope::Chat);
 }

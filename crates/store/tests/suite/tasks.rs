@@ -362,3 +362,52 @@ async fn tasks_survive_reopening_the_database() {
     assert_eq!(t.next_run_at, Some(60_000));
     assert_eq!(t.status, TaskStatus::Active);
 }
+
+#[tokio::test]
+async fn a_task_of_an_agent_shared_chat_runs_in_the_groups_conversation() {
+    let f = fixture().await;
+    f.store
+        .wire(
+            f.chat_id,
+            &f.group_id,
+            nanoclaw_store::WiringOptions::new(false, SessionMode::AgentShared),
+        )
+        .await
+        .unwrap();
+    let elsewhere = f
+        .store
+        .ensure_chat("slack", "C9", "Work", true)
+        .await
+        .unwrap();
+    let (group_session, _) = f
+        .store
+        .insert_inbound_for_group(
+            &f.group_id,
+            SessionMode::AgentShared,
+            NewInbound {
+                session_id: String::new(),
+                chat_id: elsewhere.id,
+                platform_msg_id: "x".into(),
+                sender: "u".into(),
+                sender_name: None,
+                text: "hi".into(),
+                thread: None,
+                received_at: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let t = task(&f, 60_000).await;
+    let fired = f
+        .store
+        .fire_task(fire(&t.id, 60_000, Some(120_000)))
+        .await
+        .unwrap()
+        .unwrap();
+    let run = f.store.inbound(fired.inbound_id).await.unwrap().unwrap();
+    assert_eq!(run.session_id, group_session.id);
+    assert_eq!(
+        run.chat_id, f.chat_id,
+        "the run still answers in the task's chat"
+    );
+}
