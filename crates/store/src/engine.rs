@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::error::{Ctx, StoreError};
+use crate::group_commit::{MAX_GROUP, PendingWrite, TypedWrite, commit_group, commit_one};
 
 /// Schema migrations, in order. Entry `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -36,7 +37,12 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 /// recovery), before the wait counts as another process holding the lock.
 const BUSY_RETRIES: u32 = 5;
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Work for the owner thread: a call with the connection to itself (reads, the escape
+/// hatch), or a write, which may share a transaction with other writes queued with it.
+enum Job {
+    Call(Box<dyn FnOnce(&mut Connection) + Send>),
+    Write(Box<dyn PendingWrite>),
+}
 
 /// Told, about once per busy timeout, while another process keeps the database's write lock.
 pub type LockWaitFn = Arc<dyn Fn(&LockWait) + Send + Sync>;
@@ -89,7 +95,7 @@ impl std::fmt::Debug for StoreOptions {
 
 /// What the owner thread needs to know to wait for another process's lock.
 #[derive(Debug)]
-struct LockPolicy {
+pub(crate) struct LockPolicy {
     path: Option<PathBuf>,
     options: StoreOptions,
 }
@@ -178,9 +184,10 @@ impl Store {
         };
 
         let (tx, rx) = mpsc::channel::<Job>();
+        let thread_policy = Arc::clone(&policy);
         std::thread::Builder::new()
             .name("nanoclaw-store".into())
-            .spawn(move || owner_loop(conn, rx, checkpointer))
+            .spawn(move || owner_loop(conn, rx, checkpointer, thread_policy))
             .map_err(|source| StoreError::Io {
                 op: "start the database thread for",
                 path,
@@ -196,22 +203,31 @@ impl Store {
         f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let (done_tx, done_rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job = Job::Call(Box::new(move |conn| {
             // The caller may have gone away (cancelled future); the work is done regardless.
             let _ = done_tx.send(f(conn));
-        });
+        }));
         self.tx.send(job).map_err(|_| StoreError::Closed)?;
         done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Run `f` in a `BEGIN IMMEDIATE` transaction (retried on BUSY), committing on `Ok`.
+    /// Run `f` in a `BEGIN IMMEDIATE` transaction (retried on BUSY), committing on `Ok`; an
+    /// `Err` rolls back what `f` did. Writes queued together may share one commit
+    /// ([`group_commit`](crate::group_commit)); each still returns only once it is committed.
     pub(crate) async fn write<R: Send + 'static>(
         &self,
         op: &'static str,
-        f: impl FnMut(&Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
+        f: impl FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let policy = Arc::clone(&self.policy);
-        self.call(move |conn| write_tx(conn, &policy, op, f)).await
+        let (done, done_rx) = oneshot::channel();
+        let job = Job::Write(Box::new(TypedWrite {
+            op,
+            f,
+            result: None,
+            done,
+        }));
+        self.tx.send(job).map_err(|_| StoreError::Closed)?;
+        done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Run a read-only `f` (retried on BUSY).
@@ -235,7 +251,7 @@ impl Store {
 
 /// Database calls between two checkpoint nudges. A turn makes about five small commits, so
 /// the WAL stays around a few hundred pages.
-const CALLS_PER_CHECKPOINT: u32 = 64;
+const CALLS_PER_CHECKPOINT: usize = 64;
 
 /// WAL file size above which the writer checkpoints inline after all. Under a sustained
 /// burst of writes the background checkpoint never catches up with the end of the WAL, so
@@ -315,21 +331,64 @@ impl Checkpointer {
     }
 }
 
-fn owner_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, checkpointer: Option<Checkpointer>) {
-    let mut calls = 0u32;
-    while let Ok(job) = rx.recv() {
-        calls = calls.saturating_add(1);
+fn owner_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    checkpointer: Option<Checkpointer>,
+    policy: Arc<LockPolicy>,
+) {
+    let mut calls = 0usize;
+    // A job taken off the queue while gathering a group of writes, run next.
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
         if let Some(c) = &checkpointer
             && (calls >= CALLS_PER_CHECKPOINT || c.over_limit.get())
         {
             calls = 0;
             c.nudge(&conn);
         }
-        if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
-            tracing::error!("store: a database call panicked; its caller gets an error");
-            // Never leave a half-done transaction open for the next caller.
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+        match job {
+            Job::Call(call) => {
+                calls += 1;
+                if catch_unwind(AssertUnwindSafe(|| call(&mut conn))).is_err() {
+                    tracing::error!("store: a database call panicked; its caller gets an error");
+                    // Never leave a half-done transaction open for the next caller.
+                    if !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                }
+            }
+            Job::Write(first) => {
+                // Every write already waiting joins this one's commit, in queue order; a call
+                // ends the group and runs right after it.
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(Job::Write(write)) => group.push(write),
+                        Ok(call) => {
+                            next = Some(call);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                calls += group.len();
+                if group.len() > 1 {
+                    match commit_group(&conn, group) {
+                        Ok(()) => continue,
+                        Err(back) => group = back,
+                    }
+                }
+                for write in group {
+                    commit_one(&conn, &policy, write);
+                }
             }
         }
     }
@@ -462,23 +521,7 @@ fn migrate(conn: &mut Connection, policy: &LockPolicy) -> Result<(), StoreError>
     Ok(())
 }
 
-fn write_tx<R>(
-    conn: &mut Connection,
-    policy: &LockPolicy,
-    op: &'static str,
-    mut f: impl FnMut(&Transaction<'_>) -> Result<R, StoreError>,
-) -> Result<R, StoreError> {
-    retry_busy(policy, || {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .ctx(op)?;
-        let out = f(&tx)?;
-        tx.commit().ctx(op)?;
-        Ok(out)
-    })
-}
-
-fn is_busy(err: &StoreError) -> bool {
+pub(crate) fn is_busy(err: &StoreError) -> bool {
     let source = match err {
         StoreError::Sqlite { source, .. }
         | StoreError::Migration { source, .. }
@@ -495,7 +538,7 @@ fn is_busy(err: &StoreError) -> bool {
 /// (WAL recovery, a concurrent first open); after those another process is holding the write
 /// lock for longer than the busy timeout, and the store keeps waiting — saying who holds it —
 /// rather than failing the operation: "database is locked" is never the user's problem.
-fn retry_busy<R>(
+pub(crate) fn retry_busy<R>(
     policy: &LockPolicy,
     mut f: impl FnMut() -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {

@@ -77,7 +77,7 @@ pub(crate) fn complete_turn_tx(
 
 /// A row's status and tries, `None` when it does not exist.
 fn status_and_tries(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     id: i64,
 ) -> Result<Option<(InboundStatus, u32)>, StoreError> {
     tx.query_row(
@@ -91,7 +91,7 @@ fn status_and_tries(
 
 /// Marks a row `failed` with its last error.
 fn mark_failed(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     id: i64,
     error: &str,
     now_ms: i64,

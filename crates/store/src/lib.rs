@@ -10,6 +10,7 @@ mod chats;
 mod egress;
 mod engine;
 mod error;
+mod group_commit;
 mod groups;
 mod held;
 mod inbound;

@@ -223,7 +223,7 @@ fn approval_at(row: &Row<'_>) -> rusqlite::Result<GrantApproval> {
 }
 
 /// Approvals whose grant is gone (foreign keys may be off on another connection; ids are reused).
-fn drop_orphan_approvals(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+fn drop_orphan_approvals(tx: &rusqlite::Connection) -> Result<(), StoreError> {
     tx.execute(
         "DELETE FROM vault_grant_approvals WHERE grant_id NOT IN (SELECT id FROM vault_grants)",
         [],
