@@ -15,9 +15,10 @@ use crate::now_ms;
 
 /// Hands channel events to the router (inbound messages) or to the loops they wake.
 pub(super) async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<ChannelEvent>) {
+    let lanes = Arc::new(super::lanes::Lanes::default());
     while let Some(event) = rx.recv().await {
         match event {
-            ChannelEvent::Inbound(event) => route_inbound(&inner, event).await,
+            ChannelEvent::Inbound(event) => lanes.dispatch(&inner, event),
             ChannelEvent::Wake => {
                 inner.tasks.wake();
                 inner.scheduler_wake.notify_one();
@@ -52,7 +53,7 @@ pub(super) async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Channe
 
 /// Stores an inbound message for the sessions it wakes (or takes it as an approval command)
 /// and acknowledges it to its channel.
-async fn route_inbound(inner: &Arc<Inner>, mut event: InboundEvent) {
+pub(super) async fn route_inbound(inner: &Arc<Inner>, mut event: InboundEvent) {
     let ack = event.ack.take();
     // The owner's `/approve …` / `/deny …` in the main chat never reach an agent.
     if let Some(done) = crate::approvals::intercept(&inner.store, &event).await {

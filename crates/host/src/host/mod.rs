@@ -12,6 +12,7 @@
 
 mod delivery;
 mod failure;
+mod lanes;
 mod lock;
 mod loops;
 mod owner;

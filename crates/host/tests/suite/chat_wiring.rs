@@ -538,3 +538,52 @@ async fn agent_shared_chats_talk_into_one_conversation_and_each_reply_goes_home(
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_chats_is_stored_in_each_chats_order() {
+    let home = TestHome::new();
+    let (host, _model) = start(&home).await;
+    let chats = ["x", "y", "z"];
+    for chat in chats {
+        wire(&host, chat, WiringOptions::new(false, SessionMode::Shared)).await;
+    }
+    // Everything handed over at once, as a channel with a backlog does; acks awaited after.
+    let mut acks = Vec::new();
+    for n in 0..40 {
+        for chat in chats {
+            let mut e = event(chat, &format!("{n:03}"), "u", &format!("message {n}"));
+            // One timestamp for all: the stored order is then the order of storing alone.
+            e.received_at = 1_700_000_000_000;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            e.ack = Some(tx);
+            host.inbound_sink()
+                .send(ChannelEvent::Inbound(e))
+                .await
+                .unwrap();
+            acks.push(rx);
+        }
+    }
+    for ack in acks {
+        assert_eq!(ack.await.unwrap(), RouteOutcome::Accepted);
+    }
+    let store = host.store();
+    let group = store.group_by_folder("team").await.unwrap().unwrap();
+    let sessions = store.sessions_for_group(group.id).await.unwrap();
+    assert_eq!(sessions.len(), 3);
+    for session in sessions {
+        let stored: Vec<String> = store
+            .inbound_for_session(session.id.clone())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.platform_msg_id)
+            .collect();
+        let expected: Vec<String> = (0..40).map(|n| format!("{n:03}")).collect();
+        assert_eq!(
+            stored, expected,
+            "stored out of order in {}",
+            session.chat_id
+        );
+    }
+    host.shutdown().await;
+}
