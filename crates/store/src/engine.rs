@@ -104,8 +104,15 @@ pub(crate) struct LockPolicy {
 #[derive(Clone, Debug)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    /// Reads go to connections of their own (WAL lets them run beside the writer), so they
+    /// neither wait behind writes nor split groups of writes. `None` (in memory): the owner
+    /// thread reads too.
+    reads: Option<mpsc::Sender<Job>>,
     policy: Arc<LockPolicy>,
 }
+
+/// Threads (each with its own connection) answering reads.
+const READER_THREADS: usize = 2;
 
 impl Store {
     /// Open (creating if needed) the database at `path`: parent dirs 0700, file 0600, WAL, migrations.
@@ -183,6 +190,11 @@ impl Store {
             None
         };
 
+        let reads = if wal {
+            Some(start_readers(&path, &policy)?)
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel::<Job>();
         let thread_policy = Arc::clone(&policy);
         std::thread::Builder::new()
@@ -193,7 +205,7 @@ impl Store {
                 path,
                 source,
             })?;
-        Ok(Store { tx, policy })
+        Ok(Store { tx, reads, policy })
     }
 
     /// Run `f` on the owner thread with exclusive use of the connection. The escape hatch for queries
@@ -230,13 +242,22 @@ impl Store {
         done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Run a read-only `f` (retried on BUSY).
+    /// Run a read-only `f` (retried on BUSY) on a reader connection. It sees every write
+    /// that returned before it was called.
     pub(crate) async fn read<R: Send + 'static>(
         &self,
         mut f: impl FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let policy = Arc::clone(&self.policy);
-        self.call(move |conn| retry_busy(&policy, || f(conn))).await
+        let Some(reads) = &self.reads else {
+            return self.call(move |conn| retry_busy(&policy, || f(conn))).await;
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        let job = Job::Call(Box::new(move |conn| {
+            let _ = done_tx.send(retry_busy(&policy, || f(conn)));
+        }));
+        reads.send(job).map_err(|_| StoreError::Closed)?;
+        done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// The schema version of the open database.
@@ -266,6 +287,10 @@ struct Checkpointer {
     /// The WAL was over the limit and could not be cut yet (a checkpoint was busy): check
     /// again after every call, not only every [`CALLS_PER_CHECKPOINT`].
     over_limit: std::cell::Cell<bool>,
+    /// Held by the background thread while it checkpoints. Over the limit, the writer waits
+    /// for it rather than being refused: a starved background checkpoint would otherwise
+    /// make every inline attempt busy, and the WAL would grow for as long as it is starved.
+    running: Arc<std::sync::Mutex<()>>,
 }
 
 impl Checkpointer {
@@ -281,10 +306,13 @@ impl Checkpointer {
             })?;
         // One pending nudge is enough: a checkpoint covers everything committed before it.
         let (nudge, rx) = mpsc::sync_channel::<()>(1);
+        let running = Arc::new(std::sync::Mutex::new(()));
+        let held = Arc::clone(&running);
         std::thread::Builder::new()
             .name("nanoclaw-store-checkpoint".into())
             .spawn(move || {
                 while rx.recv().is_ok() {
+                    let Ok(_running) = held.lock() else { break };
                     // PASSIVE never blocks the writer; what it cannot copy now waits for
                     // the next nudge.
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
@@ -304,6 +332,7 @@ impl Checkpointer {
             nudge,
             wal_path: PathBuf::from(wal_path),
             over_limit: std::cell::Cell::new(false),
+            running,
         })
     }
 
@@ -313,8 +342,10 @@ impl Checkpointer {
         let wal_bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
         if wal_bytes > MAX_WAL_BYTES {
             // TRUNCATE copies everything back and cuts the file to zero, so the next
-            // writes start a small WAL again. It reports busy (first column) when the
-            // background checkpoint held the lock; then try again after the next call.
+            // writes start a small WAL again. A background checkpoint under way is waited
+            // for; a reader may still make it busy (first column): then try again after the
+            // next call.
+            let _background_done = self.running.lock();
             match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 r.get::<_, i64>(0)
             }) {
@@ -329,6 +360,53 @@ impl Checkpointer {
         self.over_limit.set(false);
         let _ = self.nudge.try_send(());
     }
+}
+
+/// Starts the reader threads; they end when the last handle is dropped.
+fn start_readers(path: &Path, policy: &LockPolicy) -> Result<mpsc::Sender<Job>, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for n in 0..READER_THREADS {
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(policy.options.busy_timeout)
+            .map_err(open_err)?;
+        // A reader never writes, whatever a read closure tries.
+        conn.execute_batch("PRAGMA query_only=ON")
+            .map_err(open_err)?;
+        let rx = Arc::clone(&rx);
+        std::thread::Builder::new()
+            .name(format!("nanoclaw-store-read-{n}"))
+            .spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => match rx.recv() {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        },
+                        Err(_) => break,
+                    };
+                    let Job::Call(call) = job else { continue };
+                    if catch_unwind(AssertUnwindSafe(|| call(&mut conn))).is_err() {
+                        tracing::error!(
+                            "store: a database read panicked; its caller gets an error"
+                        );
+                        if !conn.is_autocommit() {
+                            let _ = conn.execute_batch("ROLLBACK");
+                        }
+                    }
+                }
+            })
+            .map_err(|source| StoreError::Io {
+                op: "start a database reader thread for",
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(tx)
 }
 
 fn owner_loop(
