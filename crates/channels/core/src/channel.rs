@@ -78,6 +78,13 @@ pub trait Channel: Send + Sync {
     /// platform ids of the messages the turn answers.
     async fn progress(&self, _chat_id: &str, _answers: &[String], _progress: Progress) {}
 
+    /// How long the platform shows a typing indicator after [`Progress::Working`]; the host
+    /// sends it again before then while a turn is still working. `None` (the default): it
+    /// lasts until the reply, or the channel shows no indicator.
+    fn typing_lasts(&self) -> Option<Duration> {
+        None
+    }
+
     /// Checks the credentials and the connection with one real call; returns who the
     /// channel is on the platform (e.g. the bot's username). Used by `nanoclaw channel add`.
     async fn verify(&self) -> Result<String, ChannelError> {

@@ -204,6 +204,11 @@ impl Channel for DiscordChannel {
         }
     }
 
+    /// Trigger Typing Indicator: it "expires after 10 seconds" (or when the bot posts).
+    fn typing_lasts(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(10))
+    }
+
     async fn verify(&self) -> Result<String, ChannelError> {
         Ok(self.api.me().await?.username)
     }

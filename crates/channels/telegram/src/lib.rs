@@ -191,6 +191,12 @@ impl Channel for TelegramChannel {
         }
     }
 
+    /// sendChatAction: "The status is set for 5 seconds or less (when a message arrives from
+    /// your bot, Telegram clients clear its typing status)".
+    fn typing_lasts(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(5))
+    }
+
     async fn verify(&self) -> Result<String, ChannelError> {
         let me = self
             .api

@@ -298,6 +298,11 @@ impl Channel for CloudChannel {
         }
     }
 
+    /// the typing indicator "will be dismissed once you respond, or after 25 seconds, whichever comes first".
+    fn typing_lasts(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(25))
+    }
+
     async fn verify(&self) -> Result<String, ChannelError> {
         let number = self
             .api

@@ -223,6 +223,10 @@ impl Channel for LazyChannel {
         }
     }
 
+    fn typing_lasts(&self) -> Option<std::time::Duration> {
+        self.current().and_then(|channel| channel.typing_lasts())
+    }
+
     async fn verify(&self) -> Result<String, ChannelError> {
         match self.current() {
             Some(channel) => channel.verify().await,

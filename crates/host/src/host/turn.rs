@@ -206,11 +206,39 @@ async fn drive_turn(
         sent_messages: 0,
         reply_parts: String::new(),
     };
-    // Platforms show "typing…" while the agent works.
+    // Platforms show "typing…" while the agent works; where it fades by itself it is sent
+    // again a second before it would, for as long as the turn runs.
     driver.progress(Progress::Working).await;
+    let renew_every = driver
+        .channel
+        .as_ref()
+        .and_then(|channel| channel.typing_lasts())
+        .map(|lasts| {
+            lasts
+                .saturating_sub(Duration::from_secs(1))
+                .max(Duration::from_secs(1))
+        });
+    let mut typing = renew_every
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     let deadline = tokio::time::Instant::now() + inner.config.agents.turn_timeout();
     loop {
-        let event = match tokio::time::timeout_at(deadline, agent.next_event()).await {
+        let next = tokio::time::timeout_at(deadline, agent.next_event());
+        let event = tokio::select! {
+            event = next => event,
+            // `next_event` is a channel receive: dropping it here loses nothing.
+            _ = async {
+                match typing.as_mut() {
+                    Some(interval) => {
+                        interval.tick().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                driver.progress(Progress::Working).await;
+                continue;
+            }
+        };
+        let event = match event {
             Ok(event) => event,
             Err(_) => {
                 return TurnEnd::Failed {

@@ -54,6 +54,18 @@ fn scenario() -> Scenario {
             Matcher::last_user_text_contains("long please"),
             Reply::text(long_reply()),
         )
+        // A turn that works for a while: a tool that takes 9 s.
+        .rule(
+            Matcher::All(vec![
+                Matcher::last_user_text_contains("take your time"),
+                Matcher::LastIsToolResult,
+            ]),
+            Reply::text("done waiting"),
+        )
+        .rule(
+            Matcher::last_user_text_contains("take your time"),
+            Reply::text("").with_tool_call("bash", serde_json::json!({"command": "sleep 9"})),
+        )
         .rule(Matcher::Always, Reply::text("echo: {{last_user_text}}"))
 }
 
@@ -574,4 +586,26 @@ mod platforms {
             std::sync::Arc::new(nanoclaw_test_support::platforms::slack::FakeSlack::start().await);
         fake
     });
+}
+
+/// Telegram's typing status fades after 5 s: a turn that works longer keeps showing it.
+#[cfg(feature = "telegram")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_typing_is_kept_up_while_a_long_turn_works() {
+    use nanoclaw_test_support::platforms::telegram::FakeTelegram;
+    let telegram = Arc::new(FakeTelegram::start().await);
+    let fake: Arc<dyn FakePlatform> = telegram.clone();
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let dm = fake.chat(1, false);
+    h.pair(&dm).await;
+    let before = telegram.chat_actions(&dm).len();
+    fake.user_says(&dm, "take your time", true).await;
+    h.wait_sent(&dm, "done waiting").await;
+    let actions: Vec<String> = telegram.chat_actions(&dm)[before..].to_vec();
+    // Shown at once and again every 4 s over a 9 s tool run: 3 times (2 would do).
+    assert!(
+        actions.len() >= 2 && actions.iter().all(|a| a == "typing"),
+        "typing shown {} times during a 9 s turn: {actions:?}",
+        actions.len()
+    );
 }
