@@ -24,6 +24,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_tasks.sql"),
     include_str!("../migrations/0007_channels.sql"),
     include_str!("../migrations/0008_chat_wiring.sql"),
+    // 0009 (agent-shared sessions) lands separately and goes before this one.
+    include_str!("../migrations/0010_outbound_files.sql"),
 ];
 
 /// The schema version this build knows.

@@ -529,6 +529,7 @@ impl Store {
                         idempotency_key: format!("task-notice:{run_id}"),
                         text: text.clone(),
                         kind: crate::model::OutboundKind::Message,
+                        files: Vec::new(),
                     },
                     f.due_ms,
                 )?;
@@ -593,6 +594,7 @@ impl Store {
                     idempotency_key: format!("task-notice:{run_id}"),
                     text: notice.clone(),
                     kind: crate::model::OutboundKind::Message,
+                    files: Vec::new(),
                 },
                 now_ms,
             )?;

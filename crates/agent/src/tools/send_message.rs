@@ -203,7 +203,10 @@ mod tests {
         let out = SendMessageTool
             .run(json!({"text": "x", "files": many}), &ctx)
             .await;
-        assert!(out.is_error && out.content.contains("at most 10"), "{out:?}");
+        assert!(
+            out.is_error && out.content.contains("at most 10"),
+            "{out:?}"
+        );
         assert!(rx.try_recv().is_err(), "nothing reached the host");
     }
 }

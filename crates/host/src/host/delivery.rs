@@ -333,6 +333,7 @@ async fn guard_text(
                 names.join(", ")
             ),
             kind: OutboundKind::Error,
+            files: Vec::new(),
         };
         if let Err(e) = inner.store.insert_outbound(alert).await {
             tracing::error!(error = %e, "could not queue the leak alert");

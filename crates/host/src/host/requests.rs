@@ -89,6 +89,7 @@ async fn send_message(
             idempotency_key: key,
             text,
             kind: OutboundKind::Message,
+            files: Vec::new(),
         })
         .await
         .map_err(|e| format!("could not queue the message: {e}"))?;
