@@ -109,6 +109,8 @@ upstream_idle_timeout_secs = 600
 # has been down longer than alert_after_secs.
 [channels]
 alert_after_secs = 300
+# The largest file an agent may send with a message (bytes; at most 10 files a message).
+max_outgoing_file_bytes = 26214400
 
 [channels.terminal]
 enabled = true
@@ -348,6 +350,8 @@ pub struct ChannelsSection {
     pub terminal: TerminalSection,
     /// Tell the owner in the main chat once a platform channel has been down this long.
     pub alert_after_secs: u64,
+    /// The largest file an agent may send with a message, in bytes.
+    pub max_outgoing_file_bytes: u64,
     /// Every other `[channels.<name>]` table: a platform channel's own settings, read by its
     /// crate (`enabled`, `api_base`, …). Names are checked against the channels this build has.
     #[serde(flatten)]
@@ -359,6 +363,7 @@ impl Default for ChannelsSection {
         Self {
             terminal: TerminalSection::default(),
             alert_after_secs: 300,
+            max_outgoing_file_bytes: crate::outbox::DEFAULT_MAX_FILE_BYTES,
             platforms: std::collections::BTreeMap::new(),
         }
     }
@@ -392,6 +397,9 @@ impl ChannelsSection {
     fn validate(&self) -> Result<(), String> {
         if self.alert_after_secs == 0 {
             return Err("channels.alert_after_secs must be at least 1".into());
+        }
+        if self.max_outgoing_file_bytes == 0 {
+            return Err("channels.max_outgoing_file_bytes must be at least 1".into());
         }
         let known = crate::channel::known_names();
         for (name, table) in &self.platforms {
@@ -682,6 +690,11 @@ impl Paths {
     pub fn logs_dir(&self) -> PathBuf {
         self.home.join("logs")
     }
+    /// The host's copies of files agents send, kept until their message is delivered. Never
+    /// mounted into a sandbox.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.home.join("outbox")
+    }
 
     /// A random id for this data directory, made on first use. Containers carry it, so a
     /// host removes only its own leftovers.
@@ -711,6 +724,7 @@ impl Paths {
             self.run_dir(),
             self.run_dir().join("sandboxes"),
             self.logs_dir(),
+            self.outbox_dir(),
         ] {
             create_private_dir(&dir)?;
         }
