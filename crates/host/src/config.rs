@@ -398,9 +398,6 @@ impl ChannelsSection {
         if self.alert_after_secs == 0 {
             return Err("channels.alert_after_secs must be at least 1".into());
         }
-        if self.max_outgoing_file_bytes == 0 {
-            return Err("channels.max_outgoing_file_bytes must be at least 1".into());
-        }
         let known = crate::channel::known_names();
         for (name, table) in &self.platforms {
             if !known.contains(&name.as_str()) {
@@ -626,6 +623,12 @@ impl Config {
                 s.max_tasks_per_group as u64,
                 (1, 10_000),
             ),
+            // Channels read a file whole before they upload it: at most 1 GiB.
+            (
+                "channels.max_outgoing_file_bytes",
+                self.channels.max_outgoing_file_bytes,
+                (1, 1 << 30),
+            ),
         ]
     }
 }
@@ -840,6 +843,12 @@ mod tests {
         std::fs::write(&path, "[relay]\nheader_timeout_secs = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("relay.header_timeout_secs"), "{err}");
+
+        // A channels setting beside the platform tables is a setting, not a platform.
+        std::fs::write(&path, "[channels]\nmax_outgoing_file_bytes = 1024\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.channels.max_outgoing_file_bytes, 1024);
+        assert!(config.channels.platforms.is_empty());
     }
 
     #[test]

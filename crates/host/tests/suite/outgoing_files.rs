@@ -195,3 +195,63 @@ async fn a_file_waiting_for_delivery_survives_a_crash() {
     );
     assert!(outbox_entries(h.home.path()).is_empty());
 }
+
+/// The terminal has no upload: the owner is told the file's name and size and where the host
+/// keeps it for them (the outbox copy itself goes once delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_shows_where_a_sent_file_is_kept() {
+    use nanoclaw_host::channel::terminal::ServerLine;
+    let home = nanoclaw_test_support::TestHome::new();
+    let scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(Matcher::LastIsToolResult, Reply::text("done"))
+        .rule(
+            Matcher::Always,
+            Reply::tool_call(
+                "bash",
+                json!({"command": super::conformance::REPORT_COMMAND}),
+            )
+            .with_tool_call(
+                "send_message",
+                json!({"text": "the report", "files": ["out/report.bin"]}),
+            ),
+        );
+    let model = nanoclaw_test_support::scripted_model::ScriptedModel::start(scenario)
+        .await
+        .unwrap();
+    let host =
+        super::common::start_host(home.path(), &model, super::common::config_for_tests()).await;
+    let mut client = super::common::connect_client(home.path()).await;
+    let id = client.send("send me the report").await.unwrap();
+    let shown = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match client.next().await.unwrap() {
+                Some(ServerLine::Message { kind, text, .. }) if kind == "message" => break text,
+                Some(_) => {}
+                None => panic!("the host closed the connection"),
+            }
+        }
+    })
+    .await
+    .expect("the message within 120 s");
+    let expected = format!(
+        "the report\n[file: report.bin ({} bytes): ",
+        REPORT_BYTES.len()
+    );
+    assert!(shown.starts_with(&expected), "{shown:?}");
+    let kept = shown[expected.len()..].trim_end_matches(']');
+    assert!(
+        kept.starts_with(
+            &Paths::new(home.path())
+                .channel_dir("terminal")
+                .display()
+                .to_string()
+        ),
+        "{kept}"
+    );
+    assert_eq!(std::fs::read(kept).unwrap(), REPORT_BYTES);
+    let (_, reply) = super::common::wait_reply(&mut client, &id).await;
+    assert_eq!(reply, "done");
+    assert!(outbox_entries(home.path()).is_empty());
+    host.shutdown().await;
+}
