@@ -109,7 +109,8 @@ upstream_idle_timeout_secs = 600
 # has been down longer than alert_after_secs.
 [channels]
 alert_after_secs = 300
-# The largest file an agent may send with a message (bytes; at most 10 files a message).
+# The largest file an agent may send with a message (bytes; at most 10 files a message, and
+# at most 40 times this waiting for delivery in all).
 max_outgoing_file_bytes = 26214400
 
 [channels.terminal]

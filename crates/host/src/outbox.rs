@@ -24,6 +24,10 @@ use nanoclaw_store::OutboundFile;
 pub const MAX_FILES_PER_MESSAGE: usize = 10;
 /// The default of `[channels] max_outgoing_file_bytes`.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 25 * 1024 * 1024;
+/// Files waiting for delivery may take this many times `max_outgoing_file_bytes` in all (with
+/// the default limit, 1000 MiB): an agent sending in a loop to a chat that is not delivered
+/// to cannot fill the host's disk.
+pub const OUTBOX_CAP_FILES: u64 = 40;
 /// Longest path the agent may name, in bytes.
 const MAX_PATH_BYTES: usize = 4096;
 /// Longest file name shown in the chat, in characters.
@@ -52,6 +56,10 @@ pub enum Refusal {
     NotRegular(&'static str),
     #[error("it is {size} bytes; the limit is {limit} bytes per file")]
     TooLarge { size: u64, limit: u64 },
+    #[error(
+        "files waiting for delivery already take the host's room for them; only {room} more bytes fit until they are sent"
+    )]
+    NoRoom { room: u64 },
     #[error("it cannot be read: {0}")]
     Unreadable(String),
 }
@@ -80,13 +88,14 @@ pub struct Taken {
 }
 
 /// Checks every path the agent named and copies the files into a new folder under
-/// `outbox_root`. All or nothing: on any refusal the copies made so far are removed.
-/// Blocking; run it on the blocking pool.
+/// `outbox_root`, `room` bytes at most in all. All or nothing: on any refusal the copies made
+/// so far are removed. Blocking; run it on the blocking pool.
 pub fn take_files(
     group_dir: &Path,
     outbox_root: &Path,
     requested: &[String],
     max_bytes: u64,
+    mut room: u64,
 ) -> Result<Taken, OutboxError> {
     if requested.len() > MAX_FILES_PER_MESSAGE {
         return Err(OutboxError::TooMany {
@@ -102,6 +111,9 @@ pub fn take_files(
         };
         let parts = sandbox_relative(path).map_err(refused)?;
         let file = open_inside(group_dir, &parts, max_bytes).map_err(refused)?;
+        room = room
+            .checked_sub(file.1)
+            .ok_or_else(|| refused(Refusal::NoRoom { room }))?;
         opened.push((path, parts, file));
     }
     let dir = new_outbox_dir(outbox_root).map_err(|source| OutboxError::Host {
@@ -109,9 +121,10 @@ pub fn take_files(
         source,
     })?;
     let mut files = Vec::with_capacity(opened.len());
-    for (position, (path, parts, (file, _))) in opened.into_iter().enumerate() {
+    for (position, (path, parts, (file, size))) in opened.into_iter().enumerate() {
         let last = parts.last().map(|p| p.as_os_str()).unwrap_or_default();
-        let copied = copy_into(&dir, position, last, file, max_bytes);
+        // Read no further than the size checked (plus a byte to see that it grew).
+        let copied = copy_into(&dir, position, last, file, size);
         match copied {
             Ok(copy) => files.push(copy),
             Err(e) => {
@@ -313,7 +326,7 @@ enum CopyError {
 }
 
 /// Copies the open `file` into `dir` (0600) as `<position>-<safe name>`, reading at most
-/// `max_bytes` (a file that grew past the limit since it was checked is refused).
+/// `max_bytes`, its checked size (a file that grew since it was checked is refused).
 fn copy_into(
     dir: &Path,
     position: usize,
@@ -340,10 +353,9 @@ fn copy_into(
         _ => CopyError::Refused(Refusal::Unreadable(e.to_string())),
     })?;
     if size > max_bytes {
-        return Err(CopyError::Refused(Refusal::TooLarge {
-            size,
-            limit: max_bytes,
-        }));
+        return Err(CopyError::Refused(Refusal::Unreadable(
+            "it grew while it was being copied".into(),
+        )));
     }
     copy.flush()
         .and_then(|()| copy.sync_all())
@@ -482,7 +494,7 @@ mod tests {
 
     fn take(s: &Setup, paths: &[&str], max: u64) -> Result<Taken, OutboxError> {
         let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
-        take_files(&s.group, &s.outbox, &paths, max)
+        take_files(&s.group, &s.outbox, &paths, max, u64::MAX)
     }
 
     fn refusal(result: Result<Taken, OutboxError>) -> Refusal {
@@ -605,6 +617,17 @@ mod tests {
         );
         assert!(outbox_is_empty(&s));
         assert_eq!(take(&s, &["edge.bin"], 100).unwrap().files[0].size, 100);
+    }
+
+    #[test]
+    fn files_beyond_the_outbox_room_are_refused() {
+        let s = setup();
+        std::fs::write(s.group.join("a.txt"), b"12345").unwrap();
+        let paths = vec!["a.txt".to_owned(), "a.txt".to_owned()];
+        let refused = take_files(&s.group, &s.outbox, &paths, 100, 9);
+        assert_eq!(refusal(refused), Refusal::NoRoom { room: 4 });
+        assert!(outbox_is_empty(&s));
+        assert!(take_files(&s.group, &s.outbox, &paths, 100, 10).is_ok());
     }
 
     #[test]

@@ -145,6 +145,22 @@ impl Store {
         .await
     }
 
+    /// Bytes of the files of every message still waiting for delivery (the outbox's size).
+    pub async fn pending_outbound_file_bytes(&self) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            let total: i64 = conn
+                .query_row(
+                    "SELECT COALESCE(SUM(f.size), 0) FROM outbound_files f
+                     JOIN outbound o ON o.id = f.outbound_id WHERE o.state = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )
+                .ctx("sum pending outbound files")?;
+            Ok(u64::try_from(total).unwrap_or(0))
+        })
+        .await
+    }
+
     /// The outbound message with this id.
     pub async fn outbound(&self, id: i64) -> Result<Option<Outbound>, StoreError> {
         self.read(move |conn| outbound_by_id(conn, id)).await

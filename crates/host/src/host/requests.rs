@@ -133,9 +133,17 @@ async fn take_files(
     let group_dir = inner.paths.group_dir(&group.folder);
     let outbox = inner.paths.outbox_dir();
     let max_bytes = inner.config.channels.max_outgoing_file_bytes;
+    let waiting = inner
+        .store
+        .pending_outbound_file_bytes()
+        .await
+        .map_err(|e| format!("could not check the host's room for files: {e}"))?;
+    let room = max_bytes
+        .saturating_mul(crate::outbox::OUTBOX_CAP_FILES)
+        .saturating_sub(waiting);
     // A refusal is logged with the other refused requests (within the agent's log budget).
     tokio::task::spawn_blocking(move || {
-        crate::outbox::take_files(&group_dir, &outbox, &files, max_bytes)
+        crate::outbox::take_files(&group_dir, &outbox, &files, max_bytes, room)
     })
     .await
     .map_err(|e| format!("checking the files stopped unexpectedly: {e}"))?

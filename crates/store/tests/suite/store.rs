@@ -598,7 +598,9 @@ async fn outbound_files_are_kept_in_order_with_their_message_and_only_once() {
     let mut pending = f.store.pending_outbound_file_paths().await.unwrap();
     pending.sort();
     assert_eq!(pending, vec!["/outbox/x/a.txt", "/outbox/x/b.txt"]);
+    assert_eq!(f.store.pending_outbound_file_bytes().await.unwrap(), 3);
     f.store.mark_delivered(row.id, None, 30).await.unwrap();
+    assert_eq!(f.store.pending_outbound_file_bytes().await.unwrap(), 0);
     assert!(
         f.store
             .pending_outbound_file_paths()
