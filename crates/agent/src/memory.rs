@@ -102,7 +102,8 @@ pub fn system_prompt(ctx: &PromptContext<'_>) -> String {
          \n\
          # Replies\n\
          Your final text answer is delivered to the chat. Use the send_message tool only for \
-         updates while you are still working; do not repeat your final answer with it. Keep \
+         updates while you are still working, or to send files (write them in your workspace, \
+         then list them in its `files`); do not repeat your final answer with it. Keep \
          replies suited to a chat: short and direct unless asked for detail.\n\
          \n\
          # Memory\n\

@@ -59,6 +59,7 @@ impl ApprovalNotifier for ChatApprovalNotifier {
             idempotency_key: format!("approval:{}:{requested_at}", r.grant_id),
             text,
             kind: OutboundKind::Message,
+            files: Vec::new(),
         };
         match self.store.insert_outbound(row).await {
             Ok(_) => self.delivery_wake.notify_one(),
@@ -152,6 +153,7 @@ pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<Intercepte
         ),
         text: reply,
         kind: OutboundKind::Message,
+        files: Vec::new(),
     };
     let outcome = match store.insert_outbound(row).await {
         Ok(Some(_)) => RouteOutcome::Accepted,

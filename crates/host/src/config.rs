@@ -109,6 +109,9 @@ upstream_idle_timeout_secs = 600
 # has been down longer than alert_after_secs.
 [channels]
 alert_after_secs = 300
+# The largest file an agent may send with a message (bytes; at most 10 files a message, and
+# at most 40 times this waiting for delivery in all).
+max_outgoing_file_bytes = 26214400
 
 [channels.terminal]
 enabled = true
@@ -348,6 +351,8 @@ pub struct ChannelsSection {
     pub terminal: TerminalSection,
     /// Tell the owner in the main chat once a platform channel has been down this long.
     pub alert_after_secs: u64,
+    /// The largest file an agent may send with a message, in bytes.
+    pub max_outgoing_file_bytes: u64,
     /// Every other `[channels.<name>]` table: a platform channel's own settings, read by its
     /// crate (`enabled`, `api_base`, …). Names are checked against the channels this build has.
     #[serde(flatten)]
@@ -359,6 +364,7 @@ impl Default for ChannelsSection {
         Self {
             terminal: TerminalSection::default(),
             alert_after_secs: 300,
+            max_outgoing_file_bytes: crate::outbox::DEFAULT_MAX_FILE_BYTES,
             platforms: std::collections::BTreeMap::new(),
         }
     }
@@ -618,6 +624,12 @@ impl Config {
                 s.max_tasks_per_group as u64,
                 (1, 10_000),
             ),
+            // Channels read a file whole before they upload it: at most 1 GiB.
+            (
+                "channels.max_outgoing_file_bytes",
+                self.channels.max_outgoing_file_bytes,
+                (1, 1 << 30),
+            ),
         ]
     }
 }
@@ -682,6 +694,11 @@ impl Paths {
     pub fn logs_dir(&self) -> PathBuf {
         self.home.join("logs")
     }
+    /// The host's copies of files agents send, kept until their message is delivered. Never
+    /// mounted into a sandbox.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.home.join("outbox")
+    }
 
     /// A random id for this data directory, made on first use. Containers carry it, so a
     /// host removes only its own leftovers.
@@ -711,6 +728,7 @@ impl Paths {
             self.run_dir(),
             self.run_dir().join("sandboxes"),
             self.logs_dir(),
+            self.outbox_dir(),
         ] {
             create_private_dir(&dir)?;
         }
@@ -826,6 +844,12 @@ mod tests {
         std::fs::write(&path, "[relay]\nheader_timeout_secs = 0\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("relay.header_timeout_secs"), "{err}");
+
+        // A channels setting beside the platform tables is a setting, not a platform.
+        std::fs::write(&path, "[channels]\nmax_outgoing_file_bytes = 1024\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.channels.max_outgoing_file_bytes, 1024);
+        assert!(config.channels.platforms.is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod egress_vault;
 pub mod host;
 pub mod log_limit;
 pub mod mounts;
+pub mod outbox;
 pub mod router;
 pub mod runtime;
 pub mod tasks;

@@ -243,6 +243,7 @@ async fn paired(
             idempotency_key: format!("paired:{}:{}", chat.id, event.platform_msg_id),
             text: format!("Paired: this chat now talks to the {folder} group."),
             kind: OutboundKind::Message,
+            files: Vec::new(),
         })
         .await?;
     let mut routed = Routed::outcome_accepted();

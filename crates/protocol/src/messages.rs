@@ -205,7 +205,13 @@ pub struct Request {
 pub enum RequestAction {
     /// Send a message to the chat the turn came from.
     SendMessage {
+        /// May be empty when `files` is not.
         text: String,
+        /// Files to attach (since 1.4), as the agent sees them: absolute under
+        /// [`crate::contract::paths::WORKSPACE`] or relative to it. The host checks each one
+        /// (inside the group folder, a regular file, within the size limit) and sends a copy.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<String>,
     },
     /// Main group only: every agent group with its chats.
     ListGroups,
@@ -313,4 +319,41 @@ pub enum LogLevel {
     Info,
     Warn,
     Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_message_files_round_trip_and_old_agents_still_parse() {
+        let with_files = RequestAction::SendMessage {
+            text: "the report".into(),
+            files: vec!["/workspace/group/out/report.pdf".into(), "chart.png".into()],
+        };
+        let json = serde_json::to_value(&with_files).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"action": "send_message", "text": "the report",
+                "files": ["/workspace/group/out/report.pdf", "chart.png"]})
+        );
+        assert_eq!(
+            serde_json::from_value::<RequestAction>(json).unwrap(),
+            with_files
+        );
+        // A 1.3 agent sends no `files`; a 1.4 agent without files sends none either.
+        let old: RequestAction =
+            serde_json::from_str(r#"{"action":"send_message","text":"hi"}"#).unwrap();
+        assert_eq!(
+            old,
+            RequestAction::SendMessage {
+                text: "hi".into(),
+                files: Vec::new()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"action":"send_message","text":"hi"}"#
+        );
+    }
 }

@@ -33,9 +33,9 @@ pub use held::{Held, NewHeld, Pairing};
 pub use inbound::backoff_ms;
 pub use model::{
     Chat, Group, HeldMessage, Inbound, InboundStatus, InsertedInbound, NewGroup, NewInbound,
-    NewOutbound, Outbound, OutboundKind, OutboundState, RetryOutcome, Session, SessionMode,
-    SessionScope, SessionStatus, TriggerRule, UnknownSenders, Usage, UsageTotals, Wiring,
-    WiringOptions,
+    NewOutbound, Outbound, OutboundFile, OutboundKind, OutboundState, RetryOutcome, Session,
+    SessionMode, SessionScope, SessionStatus, TriggerRule, UnknownSenders, Usage, UsageTotals,
+    Wiring, WiringOptions,
 };
 pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.

@@ -337,6 +337,20 @@ pub struct NewOutbound {
     pub idempotency_key: String,
     pub text: String,
     pub kind: OutboundKind,
+    /// Files sent with the message, in order (usually none).
+    pub files: Vec<OutboundFile>,
+}
+
+/// A file sent with an outbound message: the host's own copy, ready for the channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundFile {
+    /// The name the chat shows.
+    pub file_name: String,
+    /// Where the host keeps the copy until the message is delivered or given up.
+    pub path: String,
+    pub mime_type: Option<String>,
+    /// The copy's length in bytes.
+    pub size: u64,
 }
 
 /// A stored outbound message.

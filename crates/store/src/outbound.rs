@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::engine::{Store, now_ms};
 use crate::error::{Ctx, StoreError};
-use crate::model::{NewOutbound, Outbound, OutboundState};
+use crate::model::{NewOutbound, Outbound, OutboundFile, OutboundState};
 
 const OUTBOUND_COLS: &str = "id, session_id, chat_id, in_reply_to, idempotency_key, text, kind, state, tries, \
      platform_message_id, last_error, created_at, delivered_at, thread";
@@ -74,7 +74,40 @@ pub(crate) fn insert_outbound_tx(
         tracing::debug!(key = %m.idempotency_key, "store: outbound already recorded, skipped");
         return Ok(None);
     }
-    outbound_by_id(conn, conn.last_insert_rowid())
+    let id = conn.last_insert_rowid();
+    insert_files_tx(conn, id, &m.files)?;
+    outbound_by_id(conn, id)
+}
+
+fn insert_files_tx(conn: &Connection, id: i64, files: &[OutboundFile]) -> Result<(), StoreError> {
+    for (position, file) in files.iter().enumerate() {
+        // Sizes and positions are small (the host caps both); SQLite integers are signed.
+        let position = i64::try_from(position).unwrap_or(i64::MAX);
+        let size = i64::try_from(file.size).unwrap_or(i64::MAX);
+        conn.execute(
+            "INSERT INTO outbound_files (outbound_id, position, file_name, path, mime_type, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                id,
+                position,
+                file.file_name,
+                file.path,
+                file.mime_type,
+                size
+            ],
+        )
+        .ctx("insert outbound file")?;
+    }
+    Ok(())
+}
+
+fn outbound_file_row(row: &Row<'_>) -> rusqlite::Result<OutboundFile> {
+    Ok(OutboundFile {
+        file_name: row.get(0)?,
+        path: row.get(1)?,
+        mime_type: row.get(2)?,
+        size: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+    })
 }
 
 impl Store {
@@ -82,6 +115,55 @@ impl Store {
     pub async fn insert_outbound(&self, m: NewOutbound) -> Result<Option<Outbound>, StoreError> {
         self.write("insert outbound", move |tx| {
             insert_outbound_tx(tx, &m, now_ms())
+        })
+        .await
+    }
+
+    /// The files of outbound message `id`, in order.
+    pub async fn outbound_files(&self, id: i64) -> Result<Vec<OutboundFile>, StoreError> {
+        self.read(move |conn| {
+            let op = "list outbound files";
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT file_name, path, mime_type, size FROM outbound_files
+                     WHERE outbound_id = ?1 ORDER BY position",
+                )
+                .ctx(op)?;
+            let rows = stmt.query_map([id], outbound_file_row).ctx(op)?;
+            rows.collect::<Result<Vec<_>, _>>().ctx(op)
+        })
+        .await
+    }
+
+    /// The file paths of every message still waiting for delivery: the outbox copies that
+    /// must be kept.
+    pub async fn pending_outbound_file_paths(&self) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| {
+            let op = "list pending outbound files";
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT f.path FROM outbound_files f JOIN outbound o ON o.id = f.outbound_id
+                     WHERE o.state = 'pending'",
+                )
+                .ctx(op)?;
+            let rows = stmt.query_map([], |r| r.get(0)).ctx(op)?;
+            rows.collect::<Result<Vec<_>, _>>().ctx(op)
+        })
+        .await
+    }
+
+    /// Bytes of the files of every message still waiting for delivery (the outbox's size).
+    pub async fn pending_outbound_file_bytes(&self) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            let total: i64 = conn
+                .query_row(
+                    "SELECT COALESCE(SUM(f.size), 0) FROM outbound_files f
+                     JOIN outbound o ON o.id = f.outbound_id WHERE o.state = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )
+                .ctx("sum pending outbound files")?;
+            Ok(u64::try_from(total).unwrap_or(0))
         })
         .await
     }

@@ -533,6 +533,7 @@ impl Store {
                         idempotency_key: format!("task-notice:{run_id}"),
                         text: text.clone(),
                         kind: crate::model::OutboundKind::Message,
+                        files: Vec::new(),
                     },
                     f.due_ms,
                 )?;
@@ -597,6 +598,7 @@ impl Store {
                     idempotency_key: format!("task-notice:{run_id}"),
                     text: notice.clone(),
                     kind: crate::model::OutboundKind::Message,
+                    files: Vec::new(),
                 },
                 now_ms,
             )?;

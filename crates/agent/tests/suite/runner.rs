@@ -284,7 +284,8 @@ async fn send_message_round_trips_through_the_host() {
     assert_eq!(
         request.action,
         RequestAction::SendMessage {
-            text: "working on it".into()
+            text: "working on it".into(),
+            files: Vec::new()
         }
     );
     agent

@@ -130,6 +130,7 @@ pub fn factory(ctx: &ChannelContext<'_>) -> Option<Arc<dyn Channel>> {
         ctx.config.assistant_name.clone(),
     );
     channel.warning = ctx.warning.clone();
+    channel.files_dir = Some(ctx.paths.channel_dir(NAME).join("files"));
     Some(Arc::new(channel))
 }
 
@@ -169,6 +170,9 @@ pub struct TerminalChannel {
     linger: watch::Sender<Option<Duration>>,
     /// Becomes `true` when the channel stopped accepting because nobody was connected.
     unattended: watch::Sender<bool>,
+    /// Where files the agent sends are kept for the owner (the outbox copy goes once the
+    /// message is delivered). `None`: only their names and sizes are shown.
+    files_dir: Option<PathBuf>,
 }
 
 impl TerminalChannel {
@@ -183,6 +187,7 @@ impl TerminalChannel {
             connected: watch::Sender::new(0),
             linger: watch::Sender::new(None),
             unattended: watch::Sender::new(false),
+            files_dir: None,
         }
     }
 
@@ -492,6 +497,54 @@ pub fn answers_id(line: &ServerLine, id: &str) -> bool {
 }
 
 /// Everything `message` answers: the turn's messages, else the one it replies to.
+/// The message's text with a line per file: its name, size and where the owner finds it
+/// (kept in `files_dir/<message>/`, since the outbox copy is removed once delivered).
+async fn with_file_lines(
+    message: &OutgoingMessage,
+    files_dir: Option<PathBuf>,
+) -> Result<String, ChannelError> {
+    let files = message.files.clone();
+    let folder = crate::router::safe_file_name(&message.idempotency_key.replace(':', "-"), 120);
+    let lines = tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .enumerate()
+            .map(|(i, file)| {
+                let size = std::fs::metadata(&file.path)
+                    .map_err(|e| format!("reading {}: {e}", file.path.display()))?
+                    .len();
+                let Some(files_dir) = &files_dir else {
+                    return Ok(format!("[file: {} ({size} bytes)]", file.file_name));
+                };
+                let dir = files_dir.join(&folder);
+                let kept = dir.join(format!(
+                    "{i}-{}",
+                    crate::router::safe_file_name(&file.file_name, 100)
+                ));
+                crate::config::create_private_dir(&dir)
+                    .and_then(|()| std::fs::copy(&file.path, &kept))
+                    .map_err(|e| format!("keeping {}: {e}", kept.display()))?;
+                Ok(format!(
+                    "[file: {} ({size} bytes): {}]",
+                    file.file_name,
+                    kept.display()
+                ))
+            })
+            .collect::<Result<Vec<String>, String>>()
+    })
+    .await
+    .map_err(|e| ChannelError::Failed(e.to_string()))?
+    .map_err(ChannelError::Failed)?;
+    let mut text = message.text.clone();
+    for line in lines {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&line);
+    }
+    Ok(text)
+}
+
 fn message_answers(message: &OutgoingMessage) -> Vec<String> {
     if message.answers.is_empty() {
         message.reply_to.iter().cloned().collect()
@@ -598,13 +651,18 @@ impl Channel for TerminalChannel {
 
     async fn deliver(&self, message: &OutgoingMessage) -> Result<Option<String>, ChannelError> {
         let answers = message_answers(message);
+        let text = if message.files.is_empty() {
+            message.text.clone()
+        } else {
+            with_file_lines(message, self.files_dir.clone()).await?
+        };
         let sent = self
             .send_to(
                 &answers,
                 ServerLine::Message {
                     key: message.idempotency_key.clone(),
                     kind: message.kind.clone(),
-                    text: message.text.clone(),
+                    text,
                     reply_to: message.reply_to.clone(),
                     answers: answers.clone(),
                 },

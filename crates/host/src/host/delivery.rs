@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 
 use super::Inner;
 use super::owner::owner_chat;
-use crate::channel::{ChannelError, OutgoingMessage};
+use crate::channel::{ChannelError, OutgoingFile, OutgoingMessage};
 use crate::now_ms;
 
 /// Delivery attempts before a message is marked failed.
@@ -192,6 +192,13 @@ async fn deliver_one(
         .ok()
         .and_then(|map| map.get(&row.id).cloned())
         .unwrap_or_default();
+    let files = match inner.store.outbound_files(row.id).await {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::error!(outbound = row.id, error = %e, "reading a message's files failed");
+            return Next::StopChat { retry_soon: true };
+        }
+    };
     let message = OutgoingMessage {
         outbound_id: row.id,
         idempotency_key: row.idempotency_key.clone(),
@@ -201,11 +208,40 @@ async fn deliver_one(
         kind: row.kind.as_str().to_owned(),
         reply_to,
         answers,
-        files: Vec::new(),
+        files: files
+            .iter()
+            .map(|f| OutgoingFile {
+                file_name: f.file_name.clone(),
+                path: f.path.clone().into(),
+                mime_type: f.mime_type.clone(),
+            })
+            .collect(),
     };
     let reachable_seen = inner.parked_chats.lock().await.reachable_events;
     let delivered = channel.deliver(&message).await;
-    record_delivery(inner, &row, &chat, delivered, reachable_seen).await
+    let next = record_delivery(inner, &row, &chat, delivered, reachable_seen).await;
+    if !files.is_empty() {
+        forget_sent_files(inner, row.id, &files).await;
+    }
+    next
+}
+
+/// Removes the outbox copies of a message once it no longer waits for delivery (delivered or
+/// given up); kept while it is pending, also across restarts.
+async fn forget_sent_files(inner: &Arc<Inner>, id: i64, files: &[nanoclaw_store::OutboundFile]) {
+    let pending = matches!(
+        inner.store.outbound(id).await,
+        Ok(Some(row)) if row.state == nanoclaw_store::OutboundState::Pending
+    );
+    if pending {
+        return;
+    }
+    let Some(first) = files.first().map(|f| f.path.clone()) else {
+        return;
+    };
+    let outbox = inner.paths.outbox_dir();
+    let _ =
+        tokio::task::spawn_blocking(move || crate::outbox::remove_copies(&outbox, &first)).await;
 }
 
 /// Records what became of a delivery attempt and says what to do next.
@@ -323,6 +359,7 @@ async fn guard_text(
                 names.join(", ")
             ),
             kind: OutboundKind::Error,
+            files: Vec::new(),
         };
         if let Err(e) = inner.store.insert_outbound(alert).await {
             tracing::error!(error = %e, "could not queue the leak alert");

@@ -37,6 +37,7 @@ pub(super) async fn give_up_exhausted(
             None => format!("Sorry, I could not answer that: {error}"),
         },
         kind: OutboundKind::Error,
+        files: Vec::new(),
     };
     let outcome = inner
         .store
@@ -87,6 +88,7 @@ pub(super) async fn defer_turn(
                 "I can't start my sandbox right now ({error}). Your message is kept and I'll answer as soon as it is back."
             ),
             kind: OutboundKind::Message,
+            files: Vec::new(),
         })
         .await?;
     if let Some(notice) = notice {
@@ -124,6 +126,7 @@ pub(super) async fn fail_turn(
             None => format!("Sorry, I could not answer that: {error}"),
         },
         kind: OutboundKind::Error,
+        files: Vec::new(),
     };
     let outcome = inner
         .store
@@ -196,6 +199,7 @@ async fn alert_task_failure(
         idempotency_key: format!("task-alert:{}", failed.run_id),
         text,
         kind: OutboundKind::Error,
+        files: Vec::new(),
     };
     if let Err(e) = inner.store.insert_outbound(alert).await {
         tracing::error!(task = %failed.task_id, error = %e, "could not queue a task failure alert");

@@ -162,6 +162,8 @@ impl Host {
         } = options;
         let lock = take_data_dir(&paths)?;
         let store = open_store(&paths, &config).await?;
+        // Before any agent runs: nothing is being copied into the outbox right now.
+        crate::outbox::sweep_unsent(&store, paths.outbox_dir()).await;
         let PoolParts {
             pool,
             runtime_error,

@@ -57,6 +57,7 @@ pub(super) async fn tell_owner(inner: &Arc<Inner>, key: String, text: String) {
                 idempotency_key: key.clone(),
                 text: text.clone(),
                 kind: OutboundKind::Error,
+                files: Vec::new(),
             })
             .await;
         if stored.is_ok() {

@@ -27,8 +27,9 @@ pub(super) async fn handle_request(
     action: RequestAction,
 ) -> Result<serde_json::Value, String> {
     match action {
-        RequestAction::SendMessage { text } => {
-            send_message(inner, session_id, chat, turn, sent_messages, text).await
+        RequestAction::SendMessage { text, files } => {
+            let message = SendRequest { text, files };
+            send_message(inner, session_id, group, chat, turn, sent_messages, message).await
         }
         RequestAction::ListGroups => {
             require_main(group, "list_groups")?;
@@ -57,18 +58,28 @@ pub(super) async fn handle_request(
     }
 }
 
-/// `send_message`: a message to the turn's own chat, within the size limit.
+/// What the agent asked `send_message` to send.
+struct SendRequest {
+    text: String,
+    /// Paths as the agent sees them; checked and copied by [`crate::outbox::take_files`].
+    files: Vec<String>,
+}
+
+/// `send_message`: a message to the turn's own chat, within the size limit, with the files
+/// the agent named copied into the host's outbox (all or nothing).
 async fn send_message(
     inner: &Arc<Inner>,
     session_id: &str,
+    group: &Group,
     chat: &Chat,
     turn: TurnMessages<'_>,
     sent_messages: &mut u32,
-    text: String,
+    message: SendRequest,
 ) -> Result<serde_json::Value, String> {
     let TurnMessages { first_id, answers } = turn;
-    if text.trim().is_empty() {
-        return Err("send_message needs non-empty text".into());
+    let SendRequest { text, files } = message;
+    if text.trim().is_empty() && files.is_empty() {
+        return Err("send_message needs non-empty text or files".into());
     }
     if text.len() > MAX_AGENT_MESSAGE_BYTES {
         return Err(format!(
@@ -76,6 +87,7 @@ async fn send_message(
             text.len()
         ));
     }
+    let taken = take_files(inner, group, files).await?;
     *sent_messages += 1;
     // Keyed by the turn's first message and its position in the turn, so a turn
     // retried after a crash does not send the same message twice.
@@ -89,14 +101,61 @@ async fn send_message(
             idempotency_key: key,
             text,
             kind: OutboundKind::Message,
+            files: taken.as_ref().map(|t| t.files.clone()).unwrap_or_default(),
         })
-        .await
-        .map_err(|e| format!("could not queue the message: {e}"))?;
-    if let Some(row) = &row {
-        remember_answers(inner, row.id, answers);
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        Err(e) => {
+            forget_copies(taken).await;
+            return Err(format!("could not queue the message: {e}"));
+        }
+    };
+    match &row {
+        Some(row) => remember_answers(inner, row.id, answers),
+        // Already queued by an earlier try of this turn, with its own copies.
+        None => forget_copies(taken).await,
     }
     inner.delivery_wake.notify_one();
     Ok(serde_json::json!({ "queued": row.is_some() }))
+}
+
+/// The agent's files checked and copied into the outbox, on the blocking pool; `None` when
+/// there are none.
+async fn take_files(
+    inner: &Arc<Inner>,
+    group: &Group,
+    files: Vec<String>,
+) -> Result<Option<crate::outbox::Taken>, String> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let group_dir = inner.paths.group_dir(&group.folder);
+    let outbox = inner.paths.outbox_dir();
+    let max_bytes = inner.config.channels.max_outgoing_file_bytes;
+    let waiting = inner
+        .store
+        .pending_outbound_file_bytes()
+        .await
+        .map_err(|e| format!("could not check the host's room for files: {e}"))?;
+    let room = max_bytes
+        .saturating_mul(crate::outbox::OUTBOX_CAP_FILES)
+        .saturating_sub(waiting);
+    // A refusal is logged with the other refused requests (within the agent's log budget).
+    tokio::task::spawn_blocking(move || {
+        crate::outbox::take_files(&group_dir, &outbox, &files, max_bytes, room)
+    })
+    .await
+    .map_err(|e| format!("checking the files stopped unexpectedly: {e}"))?
+    .map(Some)
+    .map_err(|e| e.to_string())
+}
+
+/// Removes copies whose message was not queued.
+async fn forget_copies(taken: Option<crate::outbox::Taken>) {
+    if let Some(taken) = taken {
+        let _ = tokio::task::spawn_blocking(move || crate::outbox::remove_dir(&taken.dir)).await;
+    }
 }
 
 /// The task and run an inbound row carries out.

@@ -474,6 +474,7 @@ async fn save_answer(inner: &Arc<Inner>, ctx: &TurnContext, done: TurnFinished) 
             idempotency_key: format!("reply:{session_id}:{}", ctx.first_id()),
             text: done.reply,
             kind: OutboundKind::Reply,
+            files: Vec::new(),
         });
     }
     let task_status = ctx.task_run.is_some().then(|| {

@@ -363,6 +363,7 @@ async fn a_one_shot_client_gets_its_reply_even_when_an_old_reply_parked_the_chat
             idempotency_key: "left-behind".into(),
             text: "an answer nobody took".into(),
             kind: nanoclaw_store::OutboundKind::Reply,
+            files: Vec::new(),
         })
         .await
         .unwrap();

@@ -18,6 +18,7 @@ mod egress_mitm;
 mod hostile_agent;
 mod model_relay;
 mod mounts;
+mod outgoing_files;
 mod relay_tcp;
 mod relay_transport;
 mod routing;

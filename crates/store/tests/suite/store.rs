@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nanoclaw_store::{
-    InboundStatus, NewGroup, NewInbound, NewOutbound, OutboundKind, OutboundState, SCHEMA_VERSION,
-    SessionMode, SessionScope, SessionStatus, Store, StoreError, Usage,
+    InboundStatus, NewGroup, NewInbound, NewOutbound, OutboundFile, OutboundKind, OutboundState,
+    SCHEMA_VERSION, SessionMode, SessionScope, SessionStatus, Store, StoreError, Usage,
 };
 
 fn db_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -77,6 +77,7 @@ fn reply(f: &Fixture, key: &str, in_reply_to: Option<i64>) -> NewOutbound {
         idempotency_key: key.into(),
         text: format!("reply {key}"),
         kind: OutboundKind::Reply,
+        files: Vec::new(),
     }
 }
 
@@ -549,6 +550,68 @@ async fn complete_turn_queues_replies_and_finishes_inbound_atomically() {
     );
 }
 
+fn file(name: &str, size: u64) -> OutboundFile {
+    OutboundFile {
+        file_name: name.into(),
+        path: format!("/outbox/x/{name}"),
+        mime_type: Some("text/plain".into()),
+        size,
+    }
+}
+
+#[tokio::test]
+async fn outbound_files_are_kept_in_order_with_their_message_and_only_once() {
+    let f = fixture(Store::open_in_memory().unwrap()).await;
+    let a = f.store.insert_inbound(msg(&f, "a", 1)).await.unwrap().id;
+    f.store.claim_pending(&f.session_id, 10, 10).await.unwrap();
+    let mut with_files = reply(&f, "msg-1", Some(a));
+    with_files.files = vec![file("b.txt", 2), file("a.txt", 1)];
+    let row = f
+        .store
+        .insert_outbound(with_files.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let plain = f
+        .store
+        .complete_turn(vec![a], vec![reply(&f, "turn-a", Some(a))], 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.outbound_files(row.id).await.unwrap(),
+        vec![file("b.txt", 2), file("a.txt", 1)]
+    );
+    assert!(
+        f.store
+            .outbound_files(plain[0].id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The same key again (a retried turn) stores neither a row nor its files.
+    with_files.files = vec![file("other.txt", 3)];
+    assert!(f.store.insert_outbound(with_files).await.unwrap().is_none());
+    assert_eq!(f.store.outbound_files(row.id).await.unwrap().len(), 2);
+
+    // Only files of undelivered messages must be kept.
+    let mut pending = f.store.pending_outbound_file_paths().await.unwrap();
+    pending.sort();
+    assert_eq!(pending, vec!["/outbox/x/a.txt", "/outbox/x/b.txt"]);
+    assert_eq!(f.store.pending_outbound_file_bytes().await.unwrap(), 3);
+    f.store.mark_delivered(row.id, None, 30).await.unwrap();
+    assert_eq!(f.store.pending_outbound_file_bytes().await.unwrap(), 0);
+    assert!(
+        f.store
+            .pending_outbound_file_paths()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The record of what was sent stays.
+    assert_eq!(f.store.outbound_files(row.id).await.unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn retry_backs_off_then_fails_with_exactly_one_notice() {
     let f = fixture(Store::open_in_memory().unwrap()).await;
@@ -557,6 +620,7 @@ async fn retry_backs_off_then_fails_with_exactly_one_notice() {
     let b = s.insert_inbound(msg(&f, "b", 0)).await.unwrap().id;
     let notice = NewOutbound {
         kind: OutboundKind::Error,
+        files: Vec::new(),
         ..reply(&f, "failed-notice-session", None)
     };
     let (max_tries, base) = (3, 1_000);
@@ -993,6 +1057,7 @@ async fn concurrent_writers_from_handles_and_a_second_process_connection() {
                             idempotency_key: format!("r-{t}-{i}"),
                             text: "ok".into(),
                             kind: OutboundKind::Reply,
+                            files: Vec::new(),
                         }],
                         i as i64,
                     )
@@ -1217,6 +1282,7 @@ async fn agent_shared_chats_share_one_session_and_each_turn_answers_one_place() 
                 idempotency_key: "reply:b".into(),
                 text: "both answered".into(),
                 kind: OutboundKind::Reply,
+                files: Vec::new(),
             }],
             10_001,
         )

@@ -47,9 +47,30 @@ pub fn long_reply() -> String {
         .to_owned()
 }
 
+/// What the agent writes (with bytes no text would keep) and sends on "send me the report".
+pub const REPORT_BYTES: &[u8] = b"report line\n\x00\x01\xff end\n";
+/// The shell command that writes [`REPORT_BYTES`] to `out/report.bin` in the group folder.
+pub const REPORT_COMMAND: &str =
+    r"mkdir -p out && printf 'report line\n\000\001\377 end\n' > out/report.bin";
+
 fn scenario() -> Scenario {
     Scenario::new()
         .with_api_key(TEST_KEY)
+        .rule(
+            Matcher::All(vec![
+                Matcher::last_user_text_contains("send me the report"),
+                Matcher::LastIsToolResult,
+            ]),
+            Reply::text("report: {{last_tool_result}}"),
+        )
+        .rule(
+            Matcher::last_user_text_contains("send me the report"),
+            Reply::tool_call("bash", serde_json::json!({"command": REPORT_COMMAND}))
+                .with_tool_call(
+                    "send_message",
+                    serde_json::json!({"text": "the report", "files": ["out/report.bin"]}),
+                ),
+        )
         .rule(
             Matcher::last_user_text_contains("long please"),
             Reply::text(long_reply()),
@@ -76,6 +97,8 @@ pub struct Harness {
     pub fake: Arc<dyn FakePlatform>,
     pub host: Option<Host>,
     pub daemon: Option<KillOnDrop>,
+    /// Applied to the in-process host's config.
+    pub config_tweak: fn(&mut Config),
 }
 
 fn config_for(fake: &dyn FakePlatform) -> Config {
@@ -154,6 +177,11 @@ impl Drop for Harness {
 
 impl Harness {
     pub async fn new(fake: Arc<dyn FakePlatform>) -> Harness {
+        Harness::with_config(fake, |_| {}).await
+    }
+
+    /// [`Harness::new`] with `tweak` applied to the in-process host's config.
+    pub async fn with_config(fake: Arc<dyn FakePlatform>, tweak: fn(&mut Config)) -> Harness {
         // `NANOCLAW_TEST_LOG=debug` shows the in-process host's log when a check fails.
         if let Ok(filter) = std::env::var("NANOCLAW_TEST_LOG") {
             let file = std::fs::File::create(std::env::temp_dir().join("nanoclaw-conformance.log"))
@@ -173,18 +201,16 @@ impl Harness {
             fake,
             host: None,
             daemon: None,
+            config_tweak: tweak,
         };
         harness.start_in_process().await;
         harness
     }
 
     pub async fn start_in_process(&mut self) {
-        let mut options = host_options(
-            self.home.path(),
-            &self.model,
-            config_for(self.fake.as_ref()),
-            None,
-        );
+        let mut config = config_for(self.fake.as_ref());
+        (self.config_tweak)(&mut config);
+        let mut options = host_options(self.home.path(), &self.model, config, None);
         options.master_key = Some(master_key());
         self.host = Some(Host::start(options).await.expect("host starts"));
         // A platform delivers nothing to a bot that is not connected (Discord's gateway drops
@@ -437,6 +463,43 @@ pub async fn inbound_files_reach_the_groups_inbox(fake: Arc<dyn FakePlatform>) {
     assert_eq!(std::fs::read(&saved[0]).unwrap(), data);
 }
 
+/// Every file sent with `send_message`, in the order the platform took them: (name, bytes).
+pub async fn files_sent(fake: &dyn FakePlatform, chat: &FakeChat) -> Vec<(String, Vec<u8>)> {
+    fake.sent(chat)
+        .await
+        .into_iter()
+        .flat_map(|m| m.files)
+        .collect()
+}
+
+/// The folders in the host's outbox (copies of files waiting for delivery).
+pub fn outbox_entries(home: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(nanoclaw_host::config::Paths::new(home).outbox_dir()) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A file the agent writes and sends with `send_message` reaches the chat byte for byte (with
+/// [`inbound_files_reach_the_groups_inbox`]: attachments both ways), and the host's copy is
+/// gone once it is delivered.
+pub async fn outbound_files_reach_the_chat(fake: Arc<dyn FakePlatform>) {
+    let h = Harness::new(Arc::clone(&fake)).await;
+    let chat = fake.chat(1, false);
+    h.pair(&chat).await;
+    fake.user_says(&chat, "send me the report", true).await;
+    h.wait_sent(&chat, "message sent with 1 file").await;
+    assert_eq!(
+        files_sent(fake.as_ref(), &chat).await,
+        vec![("report.bin".to_owned(), REPORT_BYTES.to_vec())]
+    );
+    // The copy goes when its message is delivered, before the chat's next message.
+    assert_eq!(
+        outbox_entries(h.home.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
 /// After the platform drops the connection the channel reconnects, nothing lost, and its
 /// health shows it happened.
 pub async fn reconnects_after_the_server_drops_it(fake: Arc<dyn FakePlatform>) {
@@ -533,6 +596,10 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn inbound_files_reach_the_groups_inbox() {
                 super::super::inbound_files_reach_the_groups_inbox(fake().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn outbound_files_reach_the_chat() {
+                super::super::outbound_files_reach_the_chat(fake().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn reconnects_after_the_server_drops_it() {
