@@ -134,7 +134,7 @@ async fn linked_channel(
             .map(inbound::digits)
             .filter(|d| !d.is_empty()),
         max_attachment_bytes: config.max_attachment_bytes,
-        link_timeout: std::time::Duration::from_secs(config.link_timeout_secs.max(30)),
+        link_timeout: std::time::Duration::from_secs(config.link_timeout_secs.max(10)),
         ws_url: config
             .ws_url
             .clone()

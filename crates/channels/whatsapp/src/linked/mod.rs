@@ -158,14 +158,13 @@ impl LinkedChannel {
 
     /// Takes the session's lock: one process at a time uses a session.
     fn lock(&self) -> Result<std::fs::File, ChannelError> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(|e| {
-                ChannelError::Setup(format!("opening {}: {e}", self.lock_path.display()))
-            })?;
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&self.lock_path).map_err(|e| {
+            ChannelError::Setup(format!("opening {}: {e}", self.lock_path.display()))
+        })?;
         match file.try_lock() {
             Ok(()) => Ok(file),
             Err(std::fs::TryLockError::WouldBlock) => Err(ChannelError::Setup(
@@ -182,7 +181,12 @@ impl LinkedChannel {
     /// Opens the linked session, or says why there is none to use.
     fn open_linked(&self) -> Result<Arc<SealedStore>, ChannelError> {
         if !self.file.exists() {
-            return Err(ChannelError::Setup(NOT_LINKED.to_string()));
+            let why = if self.file.logged_out_path().exists() {
+                LOGGED_OUT
+            } else {
+                NOT_LINKED
+            };
+            return Err(ChannelError::Setup(why.to_string()));
         }
         Ok(Arc::new(SealedStore::open(self.file.clone())?))
     }
@@ -204,9 +208,8 @@ impl Channel for LinkedChannel {
             let _ = old.await;
         }
         self.shared.health.starting();
-        let opened = self
-            .open_linked()
-            .and_then(|store| Ok((store, self.lock()?)));
+        // The lock first: `channel add` may be linking this very file right now.
+        let opened = self.lock().and_then(|lock| Ok((self.open_linked()?, lock)));
         let (store, lock) = match opened {
             Ok(opened) => opened,
             Err(e) => {
@@ -222,7 +225,12 @@ impl Channel for LinkedChannel {
             self.shared.health.down(NOT_LINKED);
             return Err(ChannelError::Setup(NOT_LINKED.to_string()));
         }
-        let handle = tokio::spawn(run::connection_loop(Arc::clone(&self.shared), store, sink));
+        let handle = tokio::spawn(run::connection_loop(
+            Arc::clone(&self.shared),
+            store,
+            self.file.clone(),
+            sink,
+        ));
         *task = Some((handle, lock));
         Ok(())
     }

@@ -115,6 +115,7 @@ fn on_event(shared: &Shared, watch: &Watch, event: &Event, client: &Client) {
 pub(crate) async fn connection_loop(
     shared: Arc<Shared>,
     store: Arc<SealedStore>,
+    file: SealedFile,
     sink: InboundSink,
 ) {
     let mut backoff = super::backoff();
@@ -150,6 +151,10 @@ pub(crate) async fn connection_loop(
         shared.set_client(None);
         let outcome = std::mem::take(&mut *watch.lock().unwrap_or_else(|p| p.into_inner()));
         if outcome.logged_out || !store.is_linked().await {
+            // The device is gone on WhatsApp's side; its keys are of no further use.
+            if let Err(e) = file.retire() {
+                tracing::warn!(error = %e, "whatsapp: the logged-out session could not be set aside");
+            }
             shared.health.down(LOGGED_OUT);
             return;
         }
@@ -228,6 +233,7 @@ pub(crate) async fn link(
 ) -> Result<Option<String>, ChannelError> {
     // Whatever is there cannot be used (no session, an unfinished link, another key).
     file.remove()?;
+    let _ = std::fs::remove_file(file.logged_out_path());
     let store = Arc::new(SealedStore::open(file.clone())?);
     let watch: Watch = Arc::default();
     let (prompts, mut shown) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -266,6 +272,7 @@ pub(crate) async fn link(
         &mut shown,
         show,
         shared.config.link_timeout,
+        &shared.config.ws_url,
     )
     .await;
     handle.shutdown().await;
@@ -290,8 +297,10 @@ async fn wait_linked(
     shown: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
     show: &ShowToOwner<'_>,
     timeout: Duration,
+    ws_url: &str,
 ) -> Result<(), ChannelError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut prompted = false;
     let client = handle.client();
     loop {
         let (connected, logged_out, error) = {
@@ -305,8 +314,17 @@ async fn wait_linked(
             return Err(ChannelError::Setup("the phone refused the link".into()));
         }
         tokio::select! {
-            prompt = shown.recv() => if let Some(prompt) = prompt { show(&prompt) },
+            prompt = shown.recv() => if let Some(prompt) = prompt {
+                prompted = true;
+                show(&prompt);
+            },
             () = tokio::time::sleep_until(deadline) => {
+                // No code ever came: say whether WhatsApp could be reached at all.
+                let error = match error {
+                    Some(error) => Some(error),
+                    None if !prompted => Some(unreachable_reason(ws_url).await),
+                    None => None,
+                };
                 return Err(ChannelError::Setup(format!(
                     "not linked within {} s{}",
                     timeout.as_secs(),

@@ -195,7 +195,19 @@ impl SealedFile {
         })
     }
 
-    /// Deletes the file (a logged-out device cannot be used again).
+    /// Where a logged-out session is set aside (so health can say why there is none).
+    pub fn logged_out_path(&self) -> PathBuf {
+        let mut path = self.path.clone().into_os_string();
+        path.push(".logged-out");
+        PathBuf::from(path)
+    }
+
+    /// Sets a logged-out session aside: it is never opened again.
+    pub fn retire(&self) -> Result<(), SessionError> {
+        std::fs::rename(&self.path, self.logged_out_path()).map_err(|error| self.io(error))
+    }
+
+    /// Deletes the file.
     pub fn remove(&self) -> Result<(), SessionError> {
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),

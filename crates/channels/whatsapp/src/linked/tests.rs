@@ -100,6 +100,29 @@ async fn a_session_file_that_does_not_open_is_a_clear_error() {
 }
 
 #[tokio::test]
+async fn a_logged_out_session_says_so_until_linked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = Arc::new(MemorySecrets::default());
+    linked_session(dir.path(), &secrets).await;
+    let key = SessionKey::load_or_create(&*secrets).await.unwrap();
+    SealedFile::new(dir.path().join(SESSION_FILE), key)
+        .retire()
+        .unwrap();
+    let channel = build(setup(dir.path(), secrets, "")).await;
+    let (sink, _rx) = tokio::sync::mpsc::channel(4);
+    let e = Arc::clone(&channel)
+        .start(sink)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("logged out"), "{e}");
+    assert_eq!(
+        channel.health().last_error.as_deref(),
+        Some(super::LOGGED_OUT)
+    );
+}
+
+#[tokio::test]
 async fn a_linked_session_reports_its_number_without_connecting() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = Arc::new(MemorySecrets::default());
