@@ -74,7 +74,7 @@ const DEFAULT_MAX_ATTACHMENT: u64 = 20 * 1024 * 1024;
 /// What the host lists and builds.
 pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
     name: NAME,
-    summary: "WhatsApp Cloud API business number (signed webhooks in, Graph API out): chats, Groups API groups, files",
+    summary: "WhatsApp: a Cloud API business number (signed webhooks in, Graph API out), or your own number as a linked device (mode=linked, QR code): chats, groups, files",
     secrets: &[
         SecretSpec {
             name: TOKEN_SECRET,

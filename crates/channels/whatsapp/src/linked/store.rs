@@ -1,4 +1,4 @@
-//! whatsapp-rust's storage [`Backend`] over the sealed session file.
+//! whatsapp-rust's storage [`Backend`](whatsapp_rust::store::traits::Backend) over the sealed session file.
 //!
 //! The whole session (Signal identities, sessions, pre-keys, sender keys, app-state keys,
 //! LID↔phone mappings, device lists, the device itself …) is held in memory and written,
