@@ -88,6 +88,38 @@ impl SentIds {
     }
 }
 
+/// Who wrote the messages received lately, by message id: a reply quotes its author.
+#[derive(Debug, Default)]
+pub struct Authors(Mutex<VecDeque<(String, String)>>);
+
+impl Authors {
+    pub fn remember(&self, id: &str, author: &str) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= SENT_IDS_KEPT {
+            known.pop_front();
+        }
+        known.push_back((id.to_string(), author.to_string()));
+    }
+
+    pub fn author(&self, id: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find(|(known, _)| known == id)
+            .map(|(_, author)| author.clone())
+    }
+}
+
+/// The author to name in a quote of message `id` in `chat`: the one remembered, else in a
+/// 1:1 chat (or the self-chat) the chat itself; in a group an unknown author means no quote.
+pub fn quoted_author(authors: &Authors, chat: &Jid, id: &str) -> Option<String> {
+    authors
+        .author(id)
+        .or_else(|| (!chat.is_group()).then(|| chat.to_non_ad_string()))
+}
+
 /// A file that came with a message, still to be downloaded.
 #[derive(Debug, Clone)]
 pub enum Media {
@@ -573,6 +605,20 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(document.file_name("X"), "report.pdf");
+    }
+
+    #[test]
+    fn a_quote_names_the_author_and_a_group_quote_of_an_unknown_author_is_left_out() {
+        let authors = Authors::default();
+        authors.remember("G1", FRIEND);
+        let group: Jid = GROUP.parse().unwrap();
+        let dm: Jid = FRIEND.parse().unwrap();
+        assert_eq!(
+            quoted_author(&authors, &group, "G1").as_deref(),
+            Some(FRIEND)
+        );
+        assert_eq!(quoted_author(&authors, &group, "G9"), None);
+        assert_eq!(quoted_author(&authors, &dm, "D1").as_deref(), Some(FRIEND));
     }
 
     #[test]

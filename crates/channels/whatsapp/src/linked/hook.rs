@@ -49,6 +49,9 @@ impl whatsapp_rust::InboundDurabilityHook for InboundHook {
             else {
                 continue;
             };
+            self.shared
+                .authors
+                .remember(&info.id, &info.source.sender.to_non_ad_string());
             let mut event = mapped.event;
             if let Some(media) = mapped.media {
                 self.attach(&client, &media, &mut event).await;

@@ -37,7 +37,7 @@ mod run;
 pub mod seal;
 pub mod store;
 
-use events::{Me, SentIds};
+use events::{Authors, Me, SentIds};
 use seal::{SealedFile, SessionKey};
 use store::SealedStore;
 
@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub assistant_name: String,
     pub health: HealthCell,
     pub sent: SentIds,
+    /// Authors of recent inbound messages, for quotes.
+    pub authors: Authors,
     /// The live client while a connection runs.
     pub client: RwLock<Option<Arc<Client>>>,
 }
@@ -147,6 +149,7 @@ impl LinkedChannel {
                 assistant_name: setup.assistant_name,
                 health: HealthCell::default(),
                 sent: SentIds::default(),
+                authors: Authors::default(),
                 client: RwLock::new(None),
             }),
             file: SealedFile::new(setup.data_dir.join(SESSION_FILE), key),
@@ -242,7 +245,7 @@ impl Channel for LinkedChannel {
             ));
         };
         let me = self.shared.me(Some(&client));
-        let sender = run::ClientSender(client);
+        let sender = run::ClientSender(client, Arc::clone(&self.shared));
         let shared = &self.shared;
         let result = outbound::deliver(&sender, &me, &*self.ledger, message, &|id| {
             shared.sent.remember(id)

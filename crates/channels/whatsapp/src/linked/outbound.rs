@@ -1,7 +1,8 @@
 //! Delivery as the linked account: Markdown to WhatsApp markup ([`crate::format`]), each
 //! part of at most 4,096 characters prefixed `Name: ` (the assistant posts as the owner's
 //! own number, so NanoClaw marks what it says), then one document per file, each part
-//! through the send ledger. The first part quotes `reply_to`.
+//! through the send ledger. The first part quotes `reply_to` (in a group only when its
+//! author is known: a quote names the author).
 //!
 //! **After a crash** a part in doubt is not sent again, as in Cloud mode: WhatsApp shows a
 //! resent message twice, and nothing lists what the account sent. At most once for that

@@ -337,7 +337,7 @@ async fn wait_linked(
 }
 
 /// Sends through the live client.
-pub(crate) struct ClientSender(pub Arc<Client>);
+pub(crate) struct ClientSender(pub Arc<Client>, pub Arc<Shared>);
 
 fn send_error(e: SendError) -> ChannelError {
     match e {
@@ -369,14 +369,14 @@ impl Sender for ClientSender {
         quote: Option<&str>,
     ) -> Result<String, ChannelError> {
         let to = chat_jid(chat)?;
-        let message = match quote {
-            // A quote needs the quoted message's author; in a 1:1 chat or the self-chat
-            // without it WhatsApp still shows the reply, so the chat stands in.
-            Some(id) => wa::Message::text_with_context(
+        let author = quote
+            .and_then(|id| Some((id, super::events::quoted_author(&self.1.authors, &to, id)?)));
+        let message = match author {
+            Some((id, author)) => wa::Message::text_with_context(
                 text,
                 wa::ContextInfo {
                     stanza_id: Some(id.to_string()),
-                    participant: Some(to.to_non_ad_string()),
+                    participant: Some(author),
                     ..Default::default()
                 },
             ),
