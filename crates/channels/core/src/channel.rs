@@ -59,6 +59,9 @@ impl ChannelError {
     }
 }
 
+/// Prints what the owner must see while a channel links (a QR code, a pairing code).
+pub type ShowToOwner<'a> = dyn Fn(&str) + Send + Sync + 'a;
+
 /// Where channels send what they receive.
 pub type InboundSink = mpsc::Sender<ChannelEvent>;
 
@@ -89,6 +92,15 @@ pub trait Channel: Send + Sync {
     /// channel is on the platform (e.g. the bot's username). Used by `nanoclaw channel add`.
     async fn verify(&self) -> Result<String, ChannelError> {
         Ok(self.name().to_string())
+    }
+
+    /// Links the channel as a device of the owner's account, interactively, for channels
+    /// that log in that way (a QR code or a pairing code shown in the owner's terminal):
+    /// `show` prints what the owner must see. Returns who was linked, or `None` when the
+    /// channel has nothing to link (the default) or is linked already. Used by
+    /// `nanoclaw channel add` before [`Channel::verify`]; the channel bounds its own wait.
+    async fn link(&self, _show: &ShowToOwner<'_>) -> Result<Option<String>, ChannelError> {
+        Ok(None)
     }
 
     /// The channel's real state for `nanoclaw channel status`.

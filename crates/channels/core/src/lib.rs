@@ -21,14 +21,15 @@ mod setup;
 mod supervisor;
 
 pub use backoff::Backoff;
-pub use channel::{Channel, ChannelError, InboundSink};
+pub use channel::{Channel, ChannelError, InboundSink, ShowToOwner};
 pub use event::{
     Attachment, ChannelEvent, InboundEvent, OutgoingFile, OutgoingMessage, Progress, RouteOutcome,
 };
 pub use health::{Health, HealthCell, LinkState};
 pub use ledger::{PartState, SendAttempt, SendLedger, send_parts};
 pub use setup::{
-    ChannelFactory, ChannelRegistration, ChannelSetup, SecretSource, SecretSpec, StateStore,
+    ChannelFactory, ChannelRegistration, ChannelSetup, ModeSecrets, SecretSource, SecretSpec,
+    StateStore,
 };
 pub use supervisor::{Alerts, Supervisor, SupervisorConfig};
 

@@ -81,4 +81,9 @@ impl SecretSource for MemorySecrets {
             .get(name)
             .map(|v| SecretString::from(v.clone())))
     }
+    async fn put_secret(&self, name: &str, value: SecretString) -> Result<(), ChannelError> {
+        use secrecy::ExposeSecret;
+        lock(&self.0).insert(name.to_string(), value.expose_secret().to_string());
+        Ok(())
+    }
 }

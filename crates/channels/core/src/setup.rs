@@ -15,6 +15,14 @@ use crate::ledger::SendLedger;
 pub trait SecretSource: Send + Sync {
     /// The secret's value, `None` when it is not set.
     async fn secret(&self, name: &str) -> Result<Option<SecretString>, ChannelError>;
+
+    /// Stores a secret the channel made itself (a key it generated), replacing any value.
+    /// The default refuses: only a source backed by the vault can keep one.
+    async fn put_secret(&self, name: &str, _value: SecretString) -> Result<(), ChannelError> {
+        Err(ChannelError::Setup(format!(
+            "the secret {name:?} cannot be stored here (no vault)"
+        )))
+    }
 }
 
 /// A channel's small durable state (cursors, offsets, resume tokens), scoped to the channel.
@@ -79,16 +87,57 @@ pub struct SecretSpec {
     pub prompt: &'static str,
 }
 
+/// The secrets of one value of a channel's `mode` setting, when they differ from the
+/// channel's default [`ChannelRegistration::secrets`].
+#[derive(Debug, Clone, Copy)]
+pub struct ModeSecrets {
+    /// The `mode` setting's value, e.g. `linked`.
+    pub mode: &'static str,
+    /// What `channel add` asks for in this mode.
+    pub secrets: &'static [SecretSpec],
+    /// Secrets the channel makes itself in this mode (never asked for; removed with the
+    /// channel).
+    pub generated: &'static [&'static str],
+}
+
 /// What a channel crate exports so the host can list, configure and build it.
 #[derive(Clone, Copy)]
 pub struct ChannelRegistration {
     pub name: &'static str,
     /// One line for `nanoclaw channel list`.
     pub summary: &'static str,
+    /// What `channel add` asks for (unless a [`ModeSecrets`] for the configured mode says
+    /// otherwise).
     pub secrets: &'static [SecretSpec],
+    /// Modes whose secrets differ from `secrets`.
+    pub modes: &'static [ModeSecrets],
     /// Settings keys `channel add` asks for (besides secrets), with their defaults.
     pub settings: &'static [(&'static str, &'static str)],
     pub factory: ChannelFactory,
+}
+
+impl ChannelRegistration {
+    /// The secrets to ask for with these settings (its `mode` picks among [`Self::modes`]).
+    pub fn secrets_for(&self, settings: &toml::Table) -> &'static [SecretSpec] {
+        self.mode_for(settings).map_or(self.secrets, |m| m.secrets)
+    }
+
+    fn mode_for(&self, settings: &toml::Table) -> Option<&'static ModeSecrets> {
+        let mode = settings.get("mode").and_then(toml::Value::as_str)?;
+        self.modes.iter().find(|m| m.mode == mode)
+    }
+
+    /// Every secret name the channel may hold in the vault, in any mode.
+    pub fn all_secret_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.secrets.iter().map(|s| s.name).collect();
+        for mode in self.modes {
+            names.extend(mode.secrets.iter().map(|s| s.name));
+            names.extend(mode.generated.iter().copied());
+        }
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
 }
 
 impl std::fmt::Debug for ChannelRegistration {

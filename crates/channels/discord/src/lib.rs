@@ -60,6 +60,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         name: TOKEN_SECRET,
         prompt: "Bot token from the Developer Portal",
     }],
+    modes: &[],
     settings: &[
         ("api_base", DEFAULT_API_BASE),
         ("gateway_url", ""),

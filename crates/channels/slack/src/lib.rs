@@ -51,6 +51,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
             prompt: "Bot token xoxb-…",
         },
     ],
+    modes: &[],
     settings: &[
         ("api_base", DEFAULT_API_BASE),
         ("max_attachment_bytes", "20971520"),

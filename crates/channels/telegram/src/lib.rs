@@ -58,6 +58,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         name: TOKEN_SECRET,
         prompt: "Bot token from @BotFather",
     }],
+    modes: &[],
     settings: &[
         ("api_base", DEFAULT_API_BASE),
         ("poll_timeout_secs", "30"),

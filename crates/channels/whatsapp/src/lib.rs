@@ -25,17 +25,17 @@
 //!   other 4xx (100, 131026 undeliverable, 131047 outside the 24-hour window) →
 //!   `Rejected`; no connection → `NotConnected`; 5xx and timeouts → `Failed`.
 //!
-//! ## `mode = "linked"`: a personal number as a linked device — not in this build
+//! ## `mode = "linked"`: a personal number as a linked device ([`linked`], feature `linked`)
 //!
-//! The factory refuses it with a setup error that says so. What was checked: `whatsapp-rust`
-//! 0.7 with `default-features = false, features = ["tokio-transport", "tokio-runtime",
-//! "ureq-client", "tokio-native"]` resolves without diesel/libsqlite3-sys and without
-//! OpenSSL or native-tls (rustls throughout), so it can coexist with rusqlite. What is left:
-//! its store traits (`wacore::store::traits::Backend` = `SignalStore + AppSyncStore +
-//! ProtocolStore + DeviceStore + MsgSecretStore`, about 80 async methods) implemented over
-//! the channel's state store, sealed with chacha20poly1305 under a vault secret
-//! `whatsapp.session_key`; QR / pairing-code login; event mapping; the live connection
-//! cannot be tested offline.
+//! nanoclaw becomes one of the owner's linked devices (WhatsApp Web multi-device, through
+//! the `whatsapp-rust` crate), as NanoClaw's Baileys channel does. `nanoclaw channel add
+//! whatsapp --set mode=linked` shows a QR code in the terminal (and a pairing code when
+//! `phone_number` is set) and waits until the phone links it. The session is one file in
+//! the channel's directory, sealed with XChaCha20-Poly1305 under the vault secret
+//! `whatsapp.session_key`. The assistant posts as the owner, so its messages start with
+//! `<assistant name>: `, the owner's own messages are ignored except in "Message yourself",
+//! and a group message addresses it when it mentions the owner's number or replies to it.
+//! What is tested offline and what is not: see docs/CHANNELS.md.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,6 +52,8 @@ use tokio::task::JoinHandle;
 pub mod api;
 pub mod format;
 pub mod inbound;
+#[cfg(feature = "linked")]
+pub mod linked;
 pub mod outbound;
 pub mod webhook;
 
@@ -72,7 +74,7 @@ const DEFAULT_MAX_ATTACHMENT: u64 = 20 * 1024 * 1024;
 /// What the host lists and builds.
 pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
     name: NAME,
-    summary: "WhatsApp Cloud API business number (signed webhooks in, Graph API out): chats, Groups API groups, files",
+    summary: "WhatsApp: a Cloud API business number (signed webhooks in, Graph API out), or your own number as a linked device (mode=linked, QR code): chats, groups, files",
     secrets: &[
         SecretSpec {
             name: TOKEN_SECRET,
@@ -96,6 +98,11 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         ("webhook_path", DEFAULT_WEBHOOK_PATH),
         ("max_attachment_bytes", "20971520"),
     ],
+    modes: &[nanoclaw_channel::ModeSecrets {
+        mode: "linked",
+        secrets: &[],
+        generated: &["whatsapp.session_key"],
+    }],
     factory,
 };
 
@@ -110,12 +117,48 @@ fn factory(setup: ChannelSetup) -> BuiltChannel {
                 let channel = CloudChannel::from_setup(config, setup).await?;
                 Ok(Arc::new(channel) as Arc<dyn Channel>)
             }
-            Mode::Linked => Err(ChannelError::Setup(
-                "[channels.whatsapp] mode = \"linked\" is not available in this build; use mode = \"cloud\""
-                    .to_string(),
-            )),
+            Mode::Linked => linked_channel(config, setup).await,
         }
     })
+}
+
+#[cfg(feature = "linked")]
+async fn linked_channel(
+    config: WhatsAppConfig,
+    setup: ChannelSetup,
+) -> Result<Arc<dyn Channel>, ChannelError> {
+    let linked = linked::LinkedConfig {
+        phone_number: config
+            .phone_number
+            .as_deref()
+            .map(inbound::digits)
+            .filter(|d| !d.is_empty()),
+        max_attachment_bytes: config.max_attachment_bytes,
+        link_timeout: std::time::Duration::from_secs(config.link_timeout_secs.max(10)),
+        ws_url: config
+            .ws_url
+            .clone()
+            .unwrap_or_else(|| linked::DEFAULT_WS_URL.to_string()),
+        web_version: config
+            .web_version
+            .as_deref()
+            .map(linked::parse_version)
+            .transpose()?,
+        assistant_has_own_number: config.assistant_has_own_number,
+    };
+    let channel = linked::LinkedChannel::from_setup(linked, setup).await?;
+    Ok(Arc::new(channel) as Arc<dyn Channel>)
+}
+
+#[cfg(not(feature = "linked"))]
+async fn linked_channel(
+    _config: WhatsAppConfig,
+    _setup: ChannelSetup,
+) -> Result<Arc<dyn Channel>, ChannelError> {
+    Err(ChannelError::Setup(
+        "[channels.whatsapp] mode = \"linked\" is not in this build (built without the `linked` feature); use mode = \"cloud\""
+            .to_string(),
+    ))
 }
 
 /// How the channel reaches WhatsApp.
@@ -153,6 +196,28 @@ pub struct WhatsAppConfig {
     /// Larger inbound files are skipped with a note.
     #[serde(default = "default_max_attachment")]
     pub max_attachment_bytes: u64,
+    /// Linked mode: the account's number (international, digits): `channel add` shows a
+    /// pairing code besides the QR code.
+    #[serde(default)]
+    pub phone_number: Option<String>,
+    /// Linked mode: how long `channel add` waits for the phone.
+    #[serde(default = "default_link_timeout")]
+    pub link_timeout_secs: u64,
+    /// Linked mode: the WhatsApp Web socket (default `wss://web.whatsapp.com/ws/chat`).
+    #[serde(default)]
+    pub ws_url: Option<String>,
+    /// Linked mode: the WhatsApp Web version to announce, e.g. `"2.3000.1017531287"`,
+    /// instead of the one fetched from web.whatsapp.com.
+    #[serde(default)]
+    pub web_version: Option<String>,
+    /// Linked mode: the assistant has a number of its own, so what it sends is not
+    /// prefixed with its name.
+    #[serde(default)]
+    pub assistant_has_own_number: bool,
+}
+
+fn default_link_timeout() -> u64 {
+    180
 }
 
 fn default_api_base() -> String {

@@ -85,6 +85,28 @@ impl SecretSource for VaultSource {
             ))),
         }
     }
+
+    async fn put_secret(&self, name: &str, value: SecretString) -> Result<(), ChannelError> {
+        let Some(vault) = &self.0 else {
+            return Err(ChannelError::Setup(format!(
+                "the vault is not open, so the secret {name:?} cannot be stored; run `nanoclaw doctor`"
+            )));
+        };
+        let exists = vault
+            .list()
+            .await
+            .map_err(|e| ChannelError::Setup(format!("listing the vault: {e}")))?
+            .iter()
+            .any(|s| s.name == name);
+        let stored = if exists {
+            vault.rotate(name, value).await
+        } else {
+            vault.set(name, value).await
+        };
+        stored
+            .map(|_| ())
+            .map_err(|e| ChannelError::Setup(format!("storing {name:?} in the vault: {e}")))
+    }
 }
 
 /// What the host lends the channels it builds.
@@ -235,6 +257,22 @@ impl Channel for LazyChannel {
                     .build(&self.registration, self.settings.clone())
                     .await?
                     .verify()
+                    .await
+            }
+        }
+    }
+
+    async fn link(
+        &self,
+        show: &nanoclaw_channel::ShowToOwner<'_>,
+    ) -> Result<Option<String>, ChannelError> {
+        match self.current() {
+            Some(channel) => channel.link(show).await,
+            None => {
+                self.backing
+                    .build(&self.registration, self.settings.clone())
+                    .await?
+                    .link(show)
                     .await
             }
         }

@@ -29,8 +29,14 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
                 .channels
                 .enabled_platforms()
                 .any(|(n, _)| n == r.name);
+            let settings = config
+                .channels
+                .platforms
+                .get(r.name)
+                .cloned()
+                .unwrap_or_default();
             let missing: Vec<&str> = r
-                .secrets
+                .secrets_for(&settings)
                 .iter()
                 .map(|s| s.name)
                 .filter(|n| !secrets.iter().any(|have| have == n))
@@ -95,7 +101,8 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
         .ok_or_else(|| anyhow::anyhow!("the vault could not be opened"))?;
     let mut stdin_lines =
         (!std::io::stdin().is_terminal()).then(|| std::io::stdin().lock().lines());
-    for spec in registration.secrets {
+    let secrets = registration.secrets_for(&planned_settings(&paths, &name, &pairs));
+    for spec in secrets {
         let value = match stdin_lines.as_mut() {
             Some(lines) => match lines.next() {
                 Some(line) => SecretString::from(line?.trim_end_matches('\r').to_owned()),
@@ -103,8 +110,7 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
                     "stdin ended before {} ({}); give one secret per line, in this order: {}",
                     spec.name,
                     spec.prompt,
-                    registration
-                        .secrets
+                    secrets
                         .iter()
                         .map(|s| s.name)
                         .collect::<Vec<_>>()
@@ -151,6 +157,16 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
             .cloned()
             .unwrap_or_default();
         let built = backing.build(&registration, table).await?;
+        // Channels that log in as a device of the owner's account (WhatsApp linked mode)
+        // show a QR or pairing code here and wait, within their own time limit.
+        let show = |text: &str| eprintln!("{text}");
+        match built.link(&show).await {
+            Ok(Some(who)) => eprintln!("{name}: linked as {who}"),
+            Ok(None) => {}
+            Err(e) => anyhow::bail!(
+                "{name}: linking failed: {e}. Run `nanoclaw channel add {name}` again to retry."
+            ),
+        }
         match tokio::time::timeout(Duration::from_secs(30), built.verify()).await {
             Ok(Ok(who)) => eprintln!("{name}: connected as {who}"),
             Ok(Err(e)) => anyhow::bail!(
@@ -184,6 +200,18 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
         None => eprintln!("start nanoclaw (`nanoclaw run` or `nanoclaw chat`) to connect"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `[channels.NAME]` settings as they will be once `pairs` are set.
+fn planned_settings(paths: &Paths, name: &str, pairs: &[(String, toml::Value)]) -> toml::Table {
+    let mut table = Config::load(&paths.config_file())
+        .ok()
+        .and_then(|c| c.channels.platforms.get(name).cloned())
+        .unwrap_or_default();
+    for (key, value) in pairs {
+        table.insert(key.clone(), value.clone());
+    }
+    table
 }
 
 /// Six random digits.
@@ -373,11 +401,17 @@ pub async fn remove(name: String, keep_secrets: bool) -> anyhow::Result<ExitCode
         eprintln!("disabled [channels.{name}] in {}", file.display());
     }
     if !keep_secrets && let Some(vault) = super::vault::open_vault_quietly().await {
-        for spec in registration.secrets {
-            if vault.remove(spec.name).await? {
-                eprintln!("removed {} from the vault", spec.name);
+        for secret in registration.all_secret_names() {
+            if vault.remove(secret).await? {
+                eprintln!("removed {secret} from the vault");
             }
         }
+    }
+    // The channel's private files (a linked WhatsApp session) go with its secrets.
+    let files = paths.channel_dir(&name);
+    if !keep_secrets && files.exists() {
+        std::fs::remove_dir_all(&files)?;
+        eprintln!("removed {}", files.display());
     }
     if paths.database().exists() {
         let store = nanoclaw_host::open_store(&paths.database(), true)?;

@@ -166,6 +166,72 @@ async fn channel_add_stores_the_token_enables_the_channel_and_gives_a_pairing_co
     );
 }
 
+/// Linked WhatsApp offline: `channel add` asks for no Cloud token, makes the session key in
+/// the vault, tries to link against a WhatsApp that cannot be reached, and says why; `channel
+/// remove` takes the key and the channel's files away. (A real link needs WhatsApp's servers
+/// and a phone: not tested here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_whatsapp_add_needs_no_token_and_says_why_it_cannot_link_offline() {
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[agents]\nruntime = \"native\"\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ws_url = format!("ws_url=ws://127.0.0.1:{port}/ws/chat");
+    let add = nanoclaw(
+        &home,
+        &[
+            "channel",
+            "add",
+            "whatsapp",
+            "--set",
+            "mode=linked",
+            "--set",
+            &ws_url,
+            "--set",
+            "web_version=2.3000.1",
+            "--set",
+            "link_timeout_secs=10",
+        ],
+        None,
+    );
+    let out = text(&add);
+    assert!(!add.status.success(), "{out}");
+    assert!(!out.contains("stdin ended"), "no Cloud secret asked: {out}");
+    assert!(out.contains("linking failed"), "{out}");
+    assert!(
+        out.contains(&format!("cannot reach WhatsApp at 127.0.0.1:{port}")),
+        "{out}"
+    );
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    assert!(config.contains("mode = \"linked\""), "{config}");
+    let vault = text(&nanoclaw(&home, &["vault", "list"], None));
+    assert!(vault.contains("whatsapp.session_key"), "{vault}");
+    assert!(!vault.contains("whatsapp.access_token"), "{vault}");
+
+    let list = nanoclaw(&home, &["channel", "list", "--json"], None);
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let whatsapp = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "whatsapp")
+        .unwrap();
+    assert_eq!(whatsapp["missing_secrets"], serde_json::json!([]));
+
+    let remove = nanoclaw(&home, &["channel", "remove", "whatsapp"], None);
+    assert!(remove.status.success(), "{}", text(&remove));
+    let vault = text(&nanoclaw(&home, &["vault", "list"], None));
+    assert!(!vault.contains("whatsapp.session_key"), "{vault}");
+    assert!(!home.path().join("channels").join("whatsapp").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chats_wire_checks_what_it_is_given() {
     let home = TestHome::new();

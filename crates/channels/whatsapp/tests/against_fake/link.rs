@@ -101,19 +101,27 @@ async fn a_taken_port_does_not_block_the_start_and_shows_reconnecting() {
 }
 
 #[tokio::test]
-async fn linked_mode_is_refused_with_a_setup_error_that_says_so() {
+async fn linked_mode_needs_no_cloud_secret_and_stays_down_until_linked() {
     let h = Harness::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // No Cloud API token, app secret or verify token in the vault.
     let setup = nanoclaw_channel::ChannelSetup {
         settings: "enabled = true\nmode = \"linked\"\n".parse().unwrap(),
         secrets: std::sync::Arc::new(nanoclaw_channel::memory::MemorySecrets::default()),
         state: h.state.clone(),
         ledger: h.ledger.clone(),
         assistant_name: "Andy".into(),
-        data_dir: std::env::temp_dir(),
+        data_dir: dir.path().to_path_buf(),
     };
-    match (nanoclaw_channel_whatsapp::REGISTRATION.factory)(setup).await {
-        Err(ChannelError::Setup(detail)) => assert!(detail.contains("linked"), "{detail}"),
-        Err(other) => panic!("expected a setup error, got {other:?}"),
-        Ok(_) => panic!("linked mode built a channel"),
+    let channel = (nanoclaw_channel_whatsapp::REGISTRATION.factory)(setup)
+        .await
+        .expect("linked mode builds without Cloud secrets");
+    let (sink, _rx) = tokio::sync::mpsc::channel(4);
+    match std::sync::Arc::clone(&channel).start(sink).await {
+        Err(ChannelError::Setup(detail)) => {
+            assert!(detail.contains("not linked"), "{detail}")
+        }
+        other => panic!("expected a setup error, got {other:?}"),
     }
+    assert_eq!(channel.health().state, LinkState::Down);
 }
