@@ -186,7 +186,12 @@ mod tests {
         let (sink, mut events) = mpsc::channel(16);
         let mut pipeline = Pipeline::new(8);
         for n in 0..3u64 {
-            assert!(pipeline.send(&sink, event(&n.to_string()), n).await.is_empty());
+            assert!(
+                pipeline
+                    .send(&sink, event(&n.to_string()), n)
+                    .await
+                    .is_empty()
+            );
         }
         // All three reached the host although none was answered.
         let mut acks = acks(&mut events, 3).await;
