@@ -7,8 +7,9 @@
 //! their tokens come from the vault through [`SecretSource`].
 //!
 //! What every adapter needs and should not write again lives here: [`chunk`] (splitting long
-//! replies in order), [`Backoff`] (reconnects), [`HealthCell`] (truthful status) and
-//! [`send_parts`] (exactly-once delivery against the host's [`SendLedger`]).
+//! replies in order), [`Backoff`] (reconnects), [`HealthCell`] (truthful status),
+//! [`send_parts`] (exactly-once delivery against the host's [`SendLedger`]) and
+//! [`Pipeline`] (many inbound messages in flight, outcomes reported in arrival order).
 
 mod backoff;
 mod channel;
@@ -17,6 +18,7 @@ mod event;
 mod health;
 mod ledger;
 pub mod memory;
+mod pipeline;
 mod setup;
 mod supervisor;
 
@@ -27,6 +29,7 @@ pub use event::{
 };
 pub use health::{Health, HealthCell, LinkState};
 pub use ledger::{PartState, SendAttempt, SendLedger, send_parts};
+pub use pipeline::{DEFAULT_IN_FLIGHT, Pipeline, Settlement};
 pub use setup::{
     ChannelFactory, ChannelRegistration, ChannelSetup, ModeSecrets, SecretSource, SecretSpec,
     StateStore,

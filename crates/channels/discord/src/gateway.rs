@@ -69,6 +69,8 @@ impl Gateway {
             let ended = self
                 .connection(&mut base_url, conn, &mut backoff, &mut first)
                 .await;
+            // What settled so far is saved when a connection ends, not only every second.
+            self.sessions.flush().await;
             let delay = match ended {
                 Ended::Fatal(error) => {
                     tracing::error!(error = %error, "discord: gateway gave up");

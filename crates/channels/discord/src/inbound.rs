@@ -1,5 +1,6 @@
 //! Turns gateway dispatches into [`InboundEvent`]s, in order, and tells the session store
-//! which sequence numbers the host is done with.
+//! which sequence numbers the host is done with. Messages are pipelined: many go to the
+//! host before its first answer comes back (see [`Inbound::run`]).
 //!
 //! A MESSAGE_CREATE becomes an event unless the bot wrote it. Threads are channels with a
 //! `parent_id`: their messages are reported in the parent channel with the thread set.
@@ -10,19 +11,39 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use nanoclaw_channel::{
-    Attachment, ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome, now_ms,
+    Attachment, DEFAULT_IN_FLIGHT, HealthCell, InboundEvent, InboundSink, Pipeline, RouteOutcome,
+    Settlement, now_ms,
 };
 use serde_json::Value;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
+use tokio::time::MissedTickBehavior;
 
 use crate::PLATFORM;
 use crate::api::Api;
 use crate::model::{Channel, GuildCreate, Message, Ready, User, snowflake_ms};
-use crate::session::SessionStore;
+use crate::session::{SAVE_EVERY, SessionStore};
 
 /// How many settled message ids are remembered, so a replay after a resume is not
 /// reported twice.
 const SETTLED_MEMORY: usize = 1024;
+
+/// What is remembered of a dispatch until the host has settled it.
+#[derive(Debug)]
+struct Tag {
+    conn: u64,
+    session_id: Option<String>,
+    seq: Option<u64>,
+    /// The message it carried to the host, if any.
+    message_id: Option<String>,
+}
+
+/// Where the resume cursor stands.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// A connection on which a dispatch was not settled: the cursor stays before it for
+    /// the rest of that connection.
+    frozen_conn: Option<u64>,
+}
 
 /// One dispatch, as the gateway read it.
 #[derive(Debug)]
@@ -60,36 +81,98 @@ impl Inbound {
         *self.bot.lock().await = Some(user);
     }
 
-    /// Handles dispatches in order until the gateway side goes away. The session's
-    /// sequence advances only past dispatches the host settled; after one it did not
-    /// (a failed store), it stays put for the rest of that connection, so the next resume
-    /// (a reconnect or a restart) replays from there.
+    /// Handles dispatches in order until the gateway side goes away.
+    ///
+    /// Messages go to the host without waiting for its answer (up to
+    /// [`DEFAULT_IN_FLIGHT`] unanswered); the answers are taken in the order the
+    /// dispatches arrived. The session's sequence advances only over that settled prefix:
+    /// after a dispatch the host did not settle (a failed store, a dropped ack) it stays put
+    /// for the rest of that connection, so the next resume (a reconnect or a restart)
+    /// replays from there. Messages after the failed one that the host did store are
+    /// replayed too; the settled-ids memory skips them (and the host would store them once
+    /// anyway, by message id).
     pub async fn run(
         self: Arc<Self>,
         mut dispatches: mpsc::UnboundedReceiver<Dispatch>,
         sink: InboundSink,
         sessions: Arc<SessionStore>,
     ) {
-        let mut frozen_conn: Option<u64> = None;
-        while let Some(dispatch) = dispatches.recv().await {
-            if frozen_conn.is_some_and(|c| c != dispatch.conn) {
-                frozen_conn = None;
+        let mut pipeline = Pipeline::new(DEFAULT_IN_FLIGHT);
+        let mut cursor = Cursor::default();
+        let mut save = tokio::time::interval(SAVE_EVERY);
+        save.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                dispatch = dispatches.recv() => {
+                    let Some(dispatch) = dispatch else { break };
+                    let mut settled = self.handle(dispatch, &sink, &mut pipeline).await;
+                    settled.extend(pipeline.ready());
+                    for one in settled {
+                        self.record(one, &mut cursor, &sessions).await;
+                    }
+                }
+                Some(one) = pipeline.next(), if !pipeline.is_empty() => {
+                    self.record(one, &mut cursor, &sessions).await;
+                }
+                _ = save.tick() => sessions.save_if_stale().await,
             }
-            let settled = self.handle(&dispatch, &sink).await;
-            if !settled {
-                frozen_conn = Some(dispatch.conn);
-            }
-            if let (None, Some(session), Some(seq)) =
-                (frozen_conn, &dispatch.session_id, dispatch.seq)
+        }
+        // The gateway reader is gone (a stop): what the host settles within the stop's
+        // grace is recorded, and the sequence saved.
+        while let Some(one) = pipeline.next().await {
+            self.record(one, &mut cursor, &sessions).await;
+        }
+        sessions.flush().await;
+    }
+
+    /// Takes the host's answer for one dispatch (in arrival order) and moves the cursor.
+    async fn record(&self, settled: Settlement<Tag>, cursor: &mut Cursor, sessions: &SessionStore) {
+        let Settlement { tag, outcome } = settled;
+        if cursor.frozen_conn.is_some_and(|c| c != tag.conn) {
+            cursor.frozen_conn = None;
+        }
+        if !outcome.is_settled() {
+            tracing::warn!(
+                id = tag.message_id.as_deref().unwrap_or_default(),
+                ?outcome,
+                "discord: the host did not store a message; it will be replayed on the next resume"
+            );
+            cursor.frozen_conn = Some(tag.conn);
+        } else if let Some(id) = tag.message_id {
+            self.remember_settled(id).await;
+        }
+        if let (None, Some(session), Some(seq)) = (cursor.frozen_conn, &tag.session_id, tag.seq) {
+            sessions.settled(session, seq).await;
+        }
+    }
+
+    async fn remember_settled(&self, id: String) {
+        let mut settled = self.settled.lock().await;
+        if settled.1.insert(id.clone()) {
+            settled.0.push_back(id);
+            if settled.0.len() > SETTLED_MEMORY
+                && let Some(old) = settled.0.pop_front()
             {
-                sessions.settled(session, seq).await;
+                settled.1.remove(&old);
             }
         }
     }
 
-    /// Whether the host is done with the dispatch.
-    async fn handle(&self, dispatch: &Dispatch, sink: &InboundSink) -> bool {
-        let data = dispatch.data.clone();
+    /// Handles one dispatch: a message goes to the host, anything else is settled at once.
+    /// Returns what settled meanwhile (when the pipeline was full), oldest first.
+    async fn handle(
+        &self,
+        dispatch: Dispatch,
+        sink: &InboundSink,
+        pipeline: &mut Pipeline<Tag>,
+    ) -> Vec<Settlement<Tag>> {
+        let mut tag = Tag {
+            conn: dispatch.conn,
+            session_id: dispatch.session_id,
+            seq: dispatch.seq,
+            message_id: None,
+        };
+        let data = dispatch.data;
         match dispatch.kind.as_str() {
             "READY" => match serde_json::from_value::<Ready>(data) {
                 Ok(ready) => self.set_bot(ready.user).await,
@@ -113,59 +196,25 @@ impl Inbound {
                 }
             }
             "MESSAGE_CREATE" => match serde_json::from_value::<Message>(data) {
-                Ok(message) => return self.message(message, sink).await,
+                Ok(message) => {
+                    if self.settled.lock().await.1.contains(&message.id) {
+                        tracing::debug!(id = %message.id, "discord: message replayed after a resume; already settled");
+                    } else if let Some(event) = self.event(message).await {
+                        tag.message_id = Some(event.platform_msg_id.clone());
+                        return pipeline.send(sink, event, tag).await;
+                    }
+                }
                 Err(e) => self.malformed("MESSAGE_CREATE", &e),
             },
             _ => {}
         }
-        true
+        pipeline.push_known(tag, RouteOutcome::Accepted).await
     }
 
     fn malformed(&self, kind: &str, error: &serde_json::Error) {
         tracing::warn!(dispatch = kind, error = %error, "discord: skipping a malformed dispatch");
         self.health
             .error(format!("malformed {kind} dispatch skipped: {error}"));
-    }
-
-    async fn message(&self, message: Message, sink: &InboundSink) -> bool {
-        if self.settled.lock().await.1.contains(&message.id) {
-            tracing::debug!(id = %message.id, "discord: message replayed after a resume; already settled");
-            return true;
-        }
-        let Some(event) = self.event(message).await else {
-            return true;
-        };
-        let id = event.platform_msg_id.clone();
-        let (ack, outcome) = oneshot::channel();
-        let event = InboundEvent {
-            ack: Some(ack),
-            ..event
-        };
-        if sink.send(ChannelEvent::Inbound(event)).await.is_err() {
-            tracing::warn!("discord: the host stopped taking messages");
-            return false;
-        }
-        let outcome = outcome
-            .await
-            .unwrap_or_else(|_| RouteOutcome::Failed("the host dropped the message".into()));
-        if !outcome.is_settled() {
-            tracing::warn!(
-                id,
-                ?outcome,
-                "discord: the host did not store a message; it will be replayed on the next resume"
-            );
-            return false;
-        }
-        let mut settled = self.settled.lock().await;
-        if settled.1.insert(id.clone()) {
-            settled.0.push_back(id);
-            if settled.0.len() > SETTLED_MEMORY
-                && let Some(old) = settled.0.pop_front()
-            {
-                settled.1.remove(&old);
-            }
-        }
-        true
     }
 
     /// The event for a message, `None` for the bot's own.

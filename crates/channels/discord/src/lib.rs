@@ -222,9 +222,8 @@ impl Channel for DiscordChannel {
         let Some((reader, handler)) = self.tasks.lock().await.take() else {
             return;
         };
-        // The reader goes first; the handler then finishes what was read (recording the
-        // sequence of a message the host just acknowledged, so a restart does not replay
-        // it) and ends, or is cut short.
+        // The reader goes first; the handler then records what the host settles within
+        // the grace (so a restart does not replay it) and ends, or is cut short.
         reader.abort();
         let _ = reader.await;
         let mut handler = handler;
@@ -234,6 +233,8 @@ impl Channel for DiscordChannel {
         {
             handler.abort();
         }
+        // The handler saves the sequence when it ends; cut short, it saves here.
+        self.sessions.flush().await;
         self.health.stopped();
     }
 }

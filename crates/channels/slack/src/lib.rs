@@ -195,14 +195,14 @@ impl Channel for SlackChannel {
         if first.is_some() {
             self.health.connected();
         }
-        let receiver = socket::Receiver {
-            api: self.api.clone(),
+        let receiver = socket::Receiver::new(
+            self.api.clone(),
             me,
             sink,
-            health: self.health.clone(),
-            seen: self.seen.clone(),
-            max_attachment_bytes: self.config.max_attachment_bytes,
-        };
+            self.health.clone(),
+            self.seen.clone(),
+            self.config.max_attachment_bytes,
+        );
         *self.task.lock().await = Some(tokio::spawn(receiver.run(first)));
         Ok(())
     }

@@ -3,7 +3,11 @@
 //! `apps.connections.open` gives a single-use `wss://` URL; Slack greets with `hello`, then
 //! sends envelopes (`events_api`, `slash_commands`, `interactive`) that must be acknowledged
 //! with `{"envelope_id":…}`. An envelope is acknowledged only once the host has settled the
-//! message it carried, so a crash before that makes Slack redeliver it (`retry_attempt`). A
+//! message it carried, so a crash before that makes Slack redeliver it (`retry_attempt`).
+//! The read loop does not wait for that: each message's answer is awaited in a task of its
+//! own, which queues the envelope's ack for the loop to send (up to 256 messages in flight;
+//! then the loop waits for the host). Acks therefore go out in the order the host answers,
+//! which Slack does not mind: each names its envelope. A
 //! `disconnect` message (`refresh_requested`, `warning`, `link_disabled`) gets a new
 //! connection opened before the old one is closed; a dropped socket reconnects with backoff.
 
@@ -12,12 +16,13 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use nanoclaw_channel::{
-    Attachment, Backoff, ChannelError, ChannelEvent, HealthCell, InboundEvent, InboundSink,
+    Attachment, Backoff, ChannelError, ChannelEvent, DEFAULT_IN_FLIGHT, HealthCell, InboundEvent,
+    InboundSink,
 };
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
@@ -143,9 +148,32 @@ pub struct Receiver {
     pub health: Arc<HealthCell>,
     pub seen: Arc<Seen>,
     pub max_attachment_bytes: u64,
+    /// Messages handed to the host and not answered yet (see [`Receiver::new`]).
+    in_flight: Arc<Semaphore>,
 }
 
 impl Receiver {
+    /// A receive loop that keeps at most [`DEFAULT_IN_FLIGHT`] messages unanswered by the
+    /// host; past that it stops reading until one is answered.
+    pub fn new(
+        api: Arc<Api>,
+        me: Identity,
+        sink: InboundSink,
+        health: Arc<HealthCell>,
+        seen: Arc<Seen>,
+        max_attachment_bytes: u64,
+    ) -> Receiver {
+        Receiver {
+            api,
+            me,
+            sink,
+            health,
+            seen,
+            max_attachment_bytes,
+            in_flight: Arc::new(Semaphore::new(DEFAULT_IN_FLIGHT)),
+        }
+    }
+
     /// Runs until stopped (the task is aborted) or the credentials are refused.
     pub async fn run(self, first: Option<Ws>) {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(60));
@@ -320,6 +348,13 @@ impl Receiver {
         envelope_id: String,
         ack_tx: &mpsc::UnboundedSender<String>,
     ) {
+        // Backpressure: at most `DEFAULT_IN_FLIGHT` messages wait for the host at a time;
+        // a permit is released when the host has answered.
+        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+            // The semaphore is never closed; if it were, Slack would redeliver.
+            self.seen.settle(&id, false);
+            return;
+        };
         let (tx, rx) = oneshot::channel();
         inbound.ack = Some(tx);
         if self
@@ -337,8 +372,11 @@ impl Receiver {
         }
         let seen = self.seen.clone();
         let ack_tx = ack_tx.clone();
+        // The host's answer is awaited here, off the read loop, which goes on reading (and
+        // sending the acks of messages settled meanwhile).
         tokio::spawn(async move {
             let ok = rx.await.is_ok_and(|outcome| outcome.is_settled());
+            drop(permit);
             seen.settle(&id, ok);
             if ok {
                 let _ = ack_tx.send(envelope_id);

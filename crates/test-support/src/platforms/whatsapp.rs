@@ -15,9 +15,10 @@
 //! can be checked).
 //!
 //! **Webhook side**: user messages are posted to the channel's `listen` address as signed
-//! deliveries (`X-Hub-Signature-256: sha256=HMAC-SHA256(app secret, body)`), one at a time,
-//! and a delivery answered anything but 200 is posted again after a growing pause, as Meta
-//! does. Each accepted send is followed by a `statuses` delivery (`sent`), as on Meta.
+//! deliveries (`X-Hub-Signature-256: sha256=HMAC-SHA256(app secret, body)`) over keep-alive
+//! connections, up to [`DELIVERY_CONCURRENCY`] at a time, and a delivery answered anything
+//! but 200 is posted again after a growing pause, as Meta does. Each accepted send is
+//! followed by a `statuses` delivery (`sent`), as on Meta.
 //!
 //! For the conformance suite: DM chat ids are E.164 digits; a group is a Groups API group
 //! (id in `group_id`), where a message addressing the bot starts with `@<business number>`.
@@ -79,13 +80,15 @@ struct Inner {
     chats: HashMap<String, bool>,
     closed: HashSet<String>,
     /// Deliveries posted for user messages, by wamid (for redelivery).
-    deliveries: HashMap<String, Vec<u8>>,
+    deliveries: HashMap<String, Delivery>,
     known_ids: HashSet<String>,
     next_id: u64,
     sent: Vec<SentRecord>,
     reads: Vec<(String, bool)>,
     media: HashMap<String, StoredMedia>,
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<Delivery>,
+    /// Order keys with a delivery being posted (or waiting to be posted again).
+    busy: HashSet<String>,
     cut_next: bool,
     /// Every delivery attempt's answer (`None`: no HTTP answer).
     attempts: Vec<Option<u16>>,
@@ -123,11 +126,50 @@ impl Shared {
         id
     }
 
-    fn enqueue(&self, body: Vec<u8>) {
-        self.lock().queue.push_back(body);
-        self.queued.notify_one();
+    fn enqueue(&self, delivery: Delivery) {
+        self.lock().queue.push_back(delivery);
+        self.queued.notify_waiters();
+    }
+
+    /// The oldest queued delivery whose order key has none in flight, marked in flight.
+    fn take_next(&self) -> Option<Delivery> {
+        let mut inner = self.lock();
+        let at = inner
+            .queue
+            .iter()
+            .position(|d| !inner.busy.contains(&d.order_key))?;
+        let delivery = inner.queue.remove(at)?;
+        inner.busy.insert(delivery.order_key.clone());
+        Some(delivery)
+    }
+
+    fn done(&self, delivery: &Delivery) {
+        self.lock().busy.remove(&delivery.order_key);
+        self.queued.notify_waiters();
     }
 }
+
+/// A webhook delivery waiting to be posted.
+#[derive(Debug, Clone)]
+struct Delivery {
+    /// Deliveries with the same key are posted one after the other, in order: one chat's
+    /// messages (so a test can read them in order), or its status receipts.
+    order_key: String,
+    body: Vec<u8>,
+}
+
+impl Delivery {
+    fn new(order_key: impl Into<String>, body: Vec<u8>) -> Delivery {
+        Delivery {
+            order_key: order_key.into(),
+            body,
+        }
+    }
+}
+
+/// How many deliveries the fake posts at the same time (different chats; one chat's go in
+/// order).
+pub const DELIVERY_CONCURRENCY: usize = 8;
 
 /// The fake Cloud API; stops (server and webhook sender) when dropped.
 pub struct FakeWhatsApp {
@@ -235,11 +277,19 @@ impl FakeWhatsApp {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let sender = tokio::spawn(send_deliveries(Arc::clone(&shared)));
-        FakeWhatsApp {
-            shared,
-            tasks: vec![server, sender],
+        let mut tasks = vec![server];
+        let client = reqwest::Client::builder()
+            .user_agent("facebookexternalua")
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client for the webhook");
+        for _ in 0..DELIVERY_CONCURRENCY {
+            tasks.push(tokio::spawn(send_deliveries(
+                Arc::clone(&shared),
+                client.clone(),
+            )));
         }
+        FakeWhatsApp { shared, tasks }
     }
 
     pub fn api_base(&self) -> &str {
@@ -276,12 +326,12 @@ impl FakeWhatsApp {
             "contacts": [{"profile": {"name": chat.user_name}, "wa_id": from}],
             "messages": [message],
         }));
-        let bytes = body.to_string().into_bytes();
+        let delivery = Delivery::new(&chat.platform_id, body.to_string().into_bytes());
         self.shared
             .lock()
             .deliveries
-            .insert(wamid.clone(), bytes.clone());
-        self.shared.enqueue(bytes);
+            .insert(wamid.clone(), delivery.clone());
+        self.shared.enqueue(delivery);
         Posted {
             chat_id: chat.platform_id.clone(),
             message_id: wamid,
@@ -354,32 +404,66 @@ impl FakeWhatsApp {
     }
 }
 
-/// Posts queued deliveries one at a time; one not answered 200 is posted again after a
-/// growing pause (Meta retries for days; the fake's pauses are short).
-async fn send_deliveries(shared: Arc<Shared>) {
-    let mut pause = Duration::from_millis(50);
+/// One of the fake's [`DELIVERY_CONCURRENCY`] senders: posts queued deliveries over a
+/// shared keep-alive client; one not answered 200 is posted again after a growing pause
+/// (Meta retries for days; the fake's pauses are short), holding back later deliveries of
+/// its order key meanwhile.
+///
+/// Meta posts each notification as a request of its own and does not wait for one answer
+/// before sending the next: its webhook docs
+/// (<https://developers.facebook.com/docs/whatsapp/cloud-api/guides/set-up-webhooks>) ask
+/// for an endpoint that handles concurrent requests, in the words its partners repeat
+/// (<https://docs.360dialog.com/partner/messaging/receiving-messages-via-webhook>):
+/// "Configure and load test your webhook server to handle concurrent requests", and it
+/// promises at-least-once delivery, not order. The fake keeps one chat's deliveries in
+/// order (tests read a chat's messages in sequence) and posts different chats' at once.
+async fn send_deliveries(shared: Arc<Shared>, client: reqwest::Client) {
+    let url = format!("http://127.0.0.1:{}{WEBHOOK_PATH}", shared.listen_port);
     loop {
-        let (body, cut) = {
-            let mut inner = shared.lock();
-            let body = inner.queue.front().cloned();
-            let cut = body.is_some() && std::mem::take(&mut inner.cut_next);
-            (body, cut)
-        };
-        let Some(body) = body else {
-            shared.queued.notified().await;
+        // Registered before looking, so a delivery queued in between is not missed.
+        let queued = shared.queued.notified();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
+        let Some(delivery) = shared.take_next() else {
+            queued.await;
             continue;
         };
-        let status = post_delivery(shared.listen_port, &body, Some(&sign(&body)), cut).await;
-        shared.lock().attempts.push(status);
-        if status == Some(200) {
-            shared.lock().queue.pop_front();
-            shared.accepted.fetch_add(1, Ordering::SeqCst);
-            pause = Duration::from_millis(50);
-        } else {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let cut = std::mem::take(&mut shared.lock().cut_next);
+            let status = if cut {
+                // On a connection of its own, closed halfway through the body.
+                let signature = sign(&delivery.body);
+                post_delivery(shared.listen_port, &delivery.body, Some(&signature), true).await
+            } else {
+                post_kept_alive(&client, &url, &delivery.body).await
+            };
+            shared.lock().attempts.push(status);
+            if status == Some(200) {
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
         }
+        shared.done(&delivery);
     }
+}
+
+/// One signed POST over the client's pooled connections; the status, `None` without one.
+async fn post_kept_alive(client: &reqwest::Client, url: &str, body: &[u8]) -> Option<u16> {
+    let response = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("X-Hub-Signature-256", sign(body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    // Read to the end so the connection goes back to the pool.
+    let _ = response.bytes().await;
+    Some(status)
 }
 
 /// One HTTP/1.1 POST to the channel's webhook; `cut` closes the connection halfway
@@ -647,7 +731,10 @@ async fn send(shared: &Shared, body: &Value) -> Response {
     // As on Meta: a `sent` status webhook follows.
     let status = delivery(json!({"statuses": [{"id": wamid, "status": "sent",
         "timestamp": now_secs().to_string(), "recipient_id": to}]}));
-    shared.enqueue(status.to_string().into_bytes());
+    shared.enqueue(Delivery::new(
+        format!("status:{to}"),
+        status.to_string().into_bytes(),
+    ));
     // Held: recorded, but the answer waits (the test kills the host in between).
     let mut hold = shared.hold.subscribe();
     let _ = hold.wait_for(|held| !*held).await;
@@ -744,6 +831,7 @@ impl FakePlatform for FakeWhatsApp {
     }
 
     async fn redeliver(&self, _chat: &FakeChat, message: &Posted) {
+        // The stored delivery carries its chat's order key.
         let body = self
             .shared
             .lock()
@@ -757,16 +845,21 @@ impl FakePlatform for FakeWhatsApp {
     /// Three validly signed deliveries: not JSON, `entry` of the wrong type, and a message
     /// without `from` and `id`.
     async fn push_malformed(&self, chat: &FakeChat) {
-        self.shared
-            .enqueue(b"{\"object\": \"whatsapp_business_account\", \"entry\": [".to_vec());
-        self.shared.enqueue(
+        let key = &chat.platform_id;
+        self.shared.enqueue(Delivery::new(
+            key,
+            b"{\"object\": \"whatsapp_business_account\", \"entry\": [".to_vec(),
+        ));
+        self.shared.enqueue(Delivery::new(
+            key,
             json!({"object": "whatsapp_business_account", "entry": "oops"})
                 .to_string()
                 .into_bytes(),
-        );
+        ));
         let broken =
             delivery(json!({"messages": [{"type": "text", "text": {"body": chat.user_id}}]}));
-        self.shared.enqueue(broken.to_string().into_bytes());
+        self.shared
+            .enqueue(Delivery::new(key, broken.to_string().into_bytes()));
     }
 
     async fn sent(&self, chat: &FakeChat) -> Vec<SentMessage> {

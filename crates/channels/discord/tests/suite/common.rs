@@ -77,6 +77,19 @@ impl Harness {
         self.next_with(RouteOutcome::Accepted).await
     }
 
+    /// The next inbound message with its ack still in it: the host has not answered yet.
+    pub async fn next_unanswered(&mut self) -> InboundEvent {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(15), self.events.recv())
+                .await
+                .expect("timed out waiting for an inbound message")
+                .expect("the channel closed its sink");
+            if let ChannelEvent::Inbound(e) = event {
+                return e;
+            }
+        }
+    }
+
     pub async fn next_with(&mut self, outcome: RouteOutcome) -> InboundEvent {
         loop {
             let event = tokio::time::timeout(Duration::from_secs(15), self.events.recv())

@@ -1,3 +1,4 @@
 mod common;
 mod deliver;
 mod gateway;
+mod pipeline;

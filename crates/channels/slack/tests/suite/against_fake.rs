@@ -474,3 +474,91 @@ async fn verify_names_the_bot_and_a_stopped_channel_starts_again() {
     assert_eq!(h.accept_next().await.platform_msg_id, posted.message_id);
     assert_eq!(h.fake.connections(), 2);
 }
+
+#[tokio::test]
+async fn fifty_messages_reach_the_host_before_it_answers_and_each_is_acked_once_settled() {
+    let mut h = started().await;
+    let chat = h.fake.chat(7, false);
+    let mut posted = Vec::new();
+    for i in 0..50 {
+        posted.push(h.fake.user_says(&chat, &format!("m{i}"), false).await);
+    }
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held.push(h.next().await);
+    }
+    let ids: Vec<&str> = held.iter().map(|e| e.platform_msg_id.as_str()).collect();
+    let expected: Vec<&str> = posted.iter().map(|p| p.message_id.as_str()).collect();
+    assert_eq!(
+        ids, expected,
+        "all fifty reached the host before any answer"
+    );
+    assert!(
+        posted
+            .iter()
+            .all(|p| h.fake.deliveries(&p.message_id).iter().all(|(_, a)| !a)),
+        "nothing is acknowledged before the host settles it"
+    );
+    // The host answers out of order, and cannot store m20.
+    for (i, e) in held.iter_mut().enumerate().rev() {
+        let outcome = if i == 20 {
+            RouteOutcome::Failed("disk full".into())
+        } else {
+            RouteOutcome::Accepted
+        };
+        e.ack.take().unwrap().send(outcome).unwrap();
+    }
+    until("every settled envelope acknowledged", || {
+        posted
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 20)
+            .all(|(_, p)| h.fake.deliveries(&p.message_id).iter().any(|(_, a)| *a))
+    })
+    .await;
+    // m20 was not acknowledged: Slack redelivers it and it reaches the host again, once.
+    let again = h.accept_next().await;
+    assert_eq!(again.platform_msg_id, posted[20].message_id);
+    until("m20's retry acknowledged", || {
+        h.fake
+            .deliveries(&posted[20].message_id)
+            .iter()
+            .any(|(_, a)| *a)
+    })
+    .await;
+    let after = h.fake.user_says(&chat, "after", false).await;
+    assert_eq!(h.accept_next().await.platform_msg_id, after.message_id);
+}
+
+#[tokio::test]
+async fn mentions_sent_twice_reach_the_host_once_each_while_many_are_in_flight() {
+    let mut h = started().await;
+    let chat = h.fake.chat(8, true);
+    let mut posted = Vec::new();
+    for i in 0..20 {
+        // Each arrives as an app_mention and a message envelope.
+        posted.push(h.fake.user_says(&chat, &format!("hey {i}"), true).await);
+    }
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(h.next().await);
+    }
+    let mut ids: Vec<String> = held.iter().map(|e| e.platform_msg_id.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = posted.iter().map(|p| p.message_id.clone()).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "each message once");
+    for e in &mut held {
+        e.ack.take().unwrap().send(RouteOutcome::Accepted).unwrap();
+    }
+    until("both envelopes of every message acknowledged", || {
+        posted.iter().all(|p| {
+            let d = h.fake.deliveries(&p.message_id);
+            d.len() >= 2 && d.iter().all(|(_, a)| *a)
+        })
+    })
+    .await;
+    // Nothing else reached the host: the next event is the next message.
+    let after = h.fake.user_says(&chat, "after", true).await;
+    assert_eq!(h.accept_next().await.platform_msg_id, after.message_id);
+}

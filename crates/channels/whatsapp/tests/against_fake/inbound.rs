@@ -1,6 +1,6 @@
 use nanoclaw_channel::RouteOutcome;
 use nanoclaw_test_support::platforms::FakePlatform;
-use nanoclaw_test_support::platforms::whatsapp::{BUSINESS_NUMBER, sign};
+use nanoclaw_test_support::platforms::whatsapp::{BUSINESS_NUMBER, DELIVERY_CONCURRENCY, sign};
 
 use crate::common::{Harness, ack, eventually};
 
@@ -187,4 +187,38 @@ async fn a_file_over_the_cap_is_skipped_with_a_note() {
         "{}",
         e.text
     );
+}
+
+#[tokio::test]
+async fn deliveries_for_different_chats_are_posted_at_once_and_each_chat_stays_in_order() {
+    let h = Harness::new().await;
+    let mut run = h.start().await;
+    let chats: Vec<_> = (1..=DELIVERY_CONCURRENCY as u32)
+        .map(|n| h.fake.chat(n, false))
+        .collect();
+    let mut first = Vec::new();
+    for chat in &chats {
+        first.push(h.fake.user_says(chat, "first", false).await);
+    }
+    let second = h.fake.user_says(&chats[0], "second", false).await;
+    // Each delivery waits for the host's answer; every chat's first message still arrives
+    // while none is answered, because Meta (and the fake) post them concurrently.
+    let mut held = Vec::new();
+    for _ in &chats {
+        held.push(run.next().await);
+    }
+    let mut ids: Vec<&str> = held.iter().map(|e| e.platform_msg_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected: Vec<&str> = first.iter().map(|p| p.message_id.as_str()).collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    for e in &mut held {
+        ack(e, RouteOutcome::Accepted);
+    }
+    // The first chat's second message waited for its first.
+    assert_eq!(run.next_accepted().await.platform_msg_id, second.message_id);
+    eventually("every delivery answered 200", || {
+        h.fake.connections() == chats.len() as u64 + 1
+    })
+    .await;
 }
