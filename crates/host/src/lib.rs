@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod egress_vault;
 pub mod host;
+pub mod inbox;
 pub mod log_limit;
 pub mod mounts;
 pub mod outbox;

@@ -229,7 +229,7 @@ fn open_inside(
     Ok((file, size))
 }
 
-const DIR_FLAGS: libc::c_int =
+pub(crate) const DIR_FLAGS: libc::c_int =
     libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
 
 fn c_path(name: &OsStr) -> Result<CString, Refusal> {
@@ -237,7 +237,11 @@ fn c_path(name: &OsStr) -> Result<CString, Refusal> {
         .map_err(|_| Refusal::Unreadable("the path contains a NUL byte".into()))
 }
 
-fn open_at(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_at(
+    dir: libc::c_int,
+    name: &CStr,
+    flags: libc::c_int,
+) -> std::io::Result<OwnedFd> {
     // SAFETY: `name` is a valid C string; `dir` is an open directory fd or AT_FDCWD; the
     // returned fd is owned below.
     let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };

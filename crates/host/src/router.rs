@@ -239,13 +239,8 @@ async fn with_attachments(groups_dir: &Path, group: &Group, event: &InboundEvent
     if event.attachments.is_empty() {
         return event.text.clone();
     }
-    let inbox = groups_dir.join(&group.folder).join("inbox");
+    let group_dir = groups_dir.join(&group.folder);
     let mut text = event.text.clone();
-    if let Err(e) = tokio::fs::create_dir_all(&inbox).await {
-        tracing::error!(dir = %inbox.display(), error = %e, "cannot create the group's inbox");
-        text.push_str("\n[files came with this message but could not be saved]");
-        return text;
-    }
     for (i, file) in event.attachments.iter().enumerate() {
         // The message id only keeps names apart; the file's own name loses any path.
         let id: String = event
@@ -261,19 +256,24 @@ async fn with_attachments(groups_dir: &Path, group: &Group, event: &InboundEvent
             })
             .collect();
         let name = format!("{id}-{i}-{}", safe_file_name(&file.file_name, 100));
-        let path = inbox.join(&name);
         let shown = format!(
             "{}/inbox/{name}",
             nanoclaw_protocol::contract::paths::WORKSPACE
         );
-        match tokio::fs::write(&path, &file.data).await {
+        // Never through a link the agent planted (see `inbox`).
+        let (dir, file_name, data) = (group_dir.clone(), name.clone(), file.data.clone());
+        let saved =
+            tokio::task::spawn_blocking(move || crate::inbox::save(&dir, &file_name, &data))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match saved {
             Ok(()) => text.push_str(&format!(
                 "\n[file: {shown} ({}, {} bytes)]",
                 file.mime_type.as_deref().unwrap_or("unknown type"),
                 file.data.len()
             )),
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "cannot save an inbound file");
+                tracing::error!(group = %group.folder, file = %name, error = %e, "cannot save an inbound file");
                 text.push_str(&format!("\n[file {name} could not be saved]"));
             }
         }
