@@ -45,6 +45,13 @@ enum Command {
     /// driven by a bundled scripted model (no API key needed).
     #[cfg(feature = "demo")]
     Demo,
+    /// Is the host running, each channel's real state, and what is waiting (replies not yet
+    /// delivered, messages held for your decision). Exit 2 when a channel is down, 3 when the
+    /// host is not running.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that this machine can run nanoclaw, and say how to fix what is missing.
     Doctor {
         #[arg(long)]
@@ -482,6 +489,7 @@ fn main() -> ExitCode {
                 }
             },
             Command::Group { command } => group(command).await,
+            Command::Status { json } => cli::status::status(json).await,
             Command::Channel { command } => channel(command).await,
             Command::Chats { command } => chats(command).await,
             Command::Image { command } => match command {

@@ -305,16 +305,22 @@ async fn restart_running(paths: &Paths, name: &str) -> Option<Result<(), String>
 }
 
 /// `nanoclaw channel status`.
+/// The running host's channel reports; `None` when no host answers.
+pub async fn running_reports(paths: &Paths) -> anyhow::Result<Option<Vec<ChannelReport>>> {
+    Ok(
+        match TerminalClient::connect(&paths.terminal_socket()).await {
+            Ok(mut client) => match client.admin(&ClientLine::ChannelStatus).await? {
+                Some(ServerLine::Channels { channels }) => Some(channels),
+                _ => None,
+            },
+            Err(_) => None,
+        },
+    )
+}
+
 pub async fn status(json: bool) -> anyhow::Result<ExitCode> {
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
-    let reports = match TerminalClient::connect(&paths.terminal_socket()).await {
-        Ok(mut client) => match client.admin(&ClientLine::ChannelStatus).await? {
-            Some(ServerLine::Channels { channels }) => Some(channels),
-            _ => None,
-        },
-        Err(_) => None,
-    };
-    let Some(reports) = reports else {
+    let Some(reports) = running_reports(&paths).await? else {
         if json {
             println!(
                 "{}",
@@ -345,7 +351,7 @@ pub async fn status(json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_reports(reports: &[ChannelReport]) {
+pub fn print_reports(reports: &[ChannelReport]) {
     let now = nanoclaw_host::now_ms();
     let ago = |t: i64| format!("{}s ago", ((now - t).max(0)) / 1000);
     println!(

@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod group;
 pub mod image;
 pub mod run;
+pub mod status;
 pub mod tasks;
 pub mod vault;
 

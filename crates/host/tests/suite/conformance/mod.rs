@@ -405,6 +405,21 @@ pub async fn outbound_is_exactly_once_across_a_kill(fake: Arc<dyn FakePlatform>)
     h.start_daemon().await;
     h.ask(&chat, "after the crash").await;
     assert_eq!(h.count_sent(&chat, "survive the crash").await, 1);
+    // `nanoclaw status` tells the owner the same as the platform shows.
+    let out = nanoclaw_command(h.home.path(), &h.model, None, &["status", "--json"])
+        .env("NANOCLAW_MASTER_KEY", MASTER_KEY_HEX)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{status}");
+    assert_eq!(status["host_running"], true);
+    let ours = status["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == fake.channel())
+        .expect("the channel is listed");
+    assert_eq!(ours["health"]["state"], "connected", "{status}");
 }
 
 /// A reply longer than the platform takes arrives in parts, in order, none too long.
