@@ -603,10 +603,10 @@ macro_rules! conformance_suite {
     };
 }
 
-/// The checks named, one test each, for a platform where some checks cannot apply (a real
-/// server with no rate-limit reply, a protocol with no attachments). The platform's entry
-/// below says which checks it leaves out and why; every other platform uses
-/// [`conformance_suite!`].
+/// The checks named, one test each. [`conformance_suite!`] names them all; a platform where
+/// some cannot apply (a real server with no rate-limit reply, a protocol with no attachments)
+/// names only the others, and its entry below must say why each left-out check cannot apply
+/// and which test covers that behaviour instead.
 #[macro_export]
 macro_rules! conformance_checks {
     ($platform:ident, $make:expr; $($check:ident),+ $(,)?) => {
