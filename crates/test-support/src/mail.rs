@@ -89,6 +89,121 @@ pub struct MailServers {
     dovecot: Option<KillOnDrop>,
     postfix: Option<KillOnDrop>,
     oauth: Option<OAuthIntrospection>,
+    /// Postfix asks it at the end of every submitted message (before answering the DATA).
+    pub policy: Policy,
+}
+
+/// A Postfix policy service (the documented `name=value` lines protocol) that Postfix asks
+/// at the end of each submitted message: it can hold the answer (the client waits for its
+/// `250` after DATA) or refuse with a temporary `450`, as a busy or rate-limiting server does.
+#[derive(Clone, Default)]
+pub struct Policy(std::sync::Arc<(std::sync::Mutex<PolicyState>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct PolicyState {
+    holding: bool,
+    held: usize,
+    defer: u32,
+    /// (when a message was refused, when the next one came)
+    deferred_at: Option<Instant>,
+    defer_log: Vec<(Instant, Instant)>,
+    port: u16,
+}
+
+impl Policy {
+    fn start() -> Policy {
+        let policy = Policy::default();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        policy.0.0.lock().unwrap().port = listener.local_addr().unwrap().port();
+        let served = policy.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let served = served.clone();
+                std::thread::spawn(move || served.serve(stream));
+            }
+        });
+        policy
+    }
+
+    fn port(&self) -> u16 {
+        self.0.0.lock().unwrap().port
+    }
+
+    fn serve(&self, stream: TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            // One request: attribute lines up to an empty line.
+            let mut any = false;
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if line.trim().is_empty() {
+                    break;
+                }
+                any = true;
+            }
+            if !any {
+                continue;
+            }
+            let action = self.decide();
+            if writer
+                .write_all(format!("action={action}\n\n").as_bytes())
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn decide(&self) -> &'static str {
+        let (lock, wake) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        let now = Instant::now();
+        if let Some(refused) = state.deferred_at.take() {
+            state.defer_log.push((refused, now));
+        }
+        if state.defer > 0 {
+            state.defer -= 1;
+            state.deferred_at = Some(now);
+            return "DEFER_IF_PERMIT 4.7.0 Too many messages, try again later";
+        }
+        if state.holding {
+            state.held += 1;
+            while state.holding {
+                state = wake.wait(state).unwrap();
+            }
+        }
+        "DUNNO"
+    }
+
+    /// From now on, answers are withheld until [`Policy::release`].
+    pub fn hold(&self) {
+        self.0.0.lock().unwrap().holding = true;
+    }
+
+    pub fn release(&self) {
+        self.0.0.lock().unwrap().holding = false;
+        self.0.1.notify_all();
+    }
+
+    /// Messages whose answer was withheld.
+    pub fn held(&self) -> usize {
+        self.0.0.lock().unwrap().held
+    }
+
+    /// The next `count` messages are refused with a temporary error.
+    pub fn defer_next(&self, count: u32) {
+        self.0.0.lock().unwrap().defer = count;
+    }
+
+    /// (refused, next attempt) for each refusal that was followed by another message.
+    pub fn defer_log(&self) -> Vec<(Instant, Instant)> {
+        self.0.0.lock().unwrap().defer_log.clone()
+    }
 }
 
 impl MailServers {
@@ -125,6 +240,7 @@ impl MailServers {
             dovecot: None,
             postfix: None,
             oauth,
+            policy: Policy::start(),
         };
         let ca = TestCa::localhost();
         std::fs::write(servers.path("ca.pem"), &ca.ca_pem).unwrap();
@@ -250,11 +366,13 @@ smtpd_sasl_path = {d}/run/auth-postfix
 smtpd_tls_cert_file = {d}/cert.pem
 smtpd_tls_key_file = {d}/key.pem
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_end_of_data_restrictions = check_policy_service inet:127.0.0.1:{policy}
 maillog_file_prefixes = {d}
 maillog_file = {d}/postfix.log
 biff = no
 ",
-            lmtp = self.lmtp_port
+            lmtp = self.lmtp_port,
+            policy = self.policy.port(),
         );
         std::fs::write(self.path("postfix/main.cf"), main).unwrap();
         let master = format!(
@@ -295,7 +413,11 @@ postlog   unix-dgram n  -       n       -       1       postlogd
     }
 
     fn start_dovecot(&mut self) {
+        use std::os::unix::process::CommandExt;
         let child = Command::new("/usr/sbin/dovecot")
+            // Its own process group: stopping it ends every IMAP session too (a killed
+            // master leaves logged-in sessions running).
+            .process_group(0)
             .arg("-F")
             .arg("-c")
             .arg(self.path("dovecot.conf"))
@@ -338,8 +460,11 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
     fn stop_dovecot(&mut self) {
         if let Some(mut child) = self.dovecot.take() {
-            // SIGTERM lets the master remove its pid file; a plain kill would leave it.
-            let _ = Command::new("kill").arg(child.0.id().to_string()).status();
+            // SIGTERM to the whole group: the master removes its pid file, the sessions end.
+            let _ = Command::new("kill")
+                .arg("--")
+                .arg(format!("-{}", child.0.id()))
+                .status();
             let _ = child.0.wait();
         }
         let started = Instant::now();
@@ -439,6 +564,14 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// IMAP logins Dovecot has accepted so far (rises after a reconnect).
+    pub fn imap_logins(&self) -> u64 {
+        self.dovecot_log()
+            .lines()
+            .filter(|l| l.contains("imap-login: Info: Login:"))
+            .count() as u64
     }
 
     /// Dovecot's log so far (for failure messages).

@@ -183,6 +183,10 @@ pub struct EmailConfig {
     /// `[Gmail]/All Mail` only).
     #[serde(default)]
     pub sent_check_mailbox: Option<String>,
+    /// How long to wait before sending again after the server refused a message for now
+    /// (a 4xx: rate limits, greylisting, a full queue).
+    #[serde(default = "default_smtp_retry")]
+    pub smtp_retry_secs: u64,
     /// Subject of mail that answers nothing (a scheduled task's message).
     #[serde(default)]
     pub subject: Option<String>,
@@ -207,6 +211,9 @@ fn default_idle_secs() -> u64 {
 }
 fn default_max_message() -> u64 {
     25 * 1024 * 1024
+}
+fn default_smtp_retry() -> u64 {
+    60
 }
 fn default_link_timeout() -> u64 {
     300
@@ -381,6 +388,7 @@ impl EmailChannel {
                 security: resolved.smtp_security,
                 ca_file: config.ca_file.clone(),
                 login,
+                retry_after: Duration::from_secs(config.smtp_retry_secs),
             },
             default_subject: config
                 .subject

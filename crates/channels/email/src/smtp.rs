@@ -35,6 +35,8 @@ pub struct SmtpServer {
     pub security: Security,
     pub ca_file: Option<PathBuf>,
     pub login: Login,
+    /// How long to wait after a temporary refusal (4xx): SMTP says "later", not when.
+    pub retry_after: Duration,
 }
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,7 +104,7 @@ impl SmtpServer {
         let raw = message.formatted();
         match transport.send_raw(&envelope, &raw).await {
             Ok(_) => Ok(()),
-            Err(e) => Err(classify(&e, &self.login)),
+            Err(e) => Err(classify(&e, &self.login, self.retry_after)),
         }
     }
 
@@ -118,7 +120,7 @@ impl SmtpServer {
                 "SMTP {}:{} did not answer",
                 self.host, self.port
             ))),
-            Err(e) => Err(classify(&e, &self.login)),
+            Err(e) => Err(classify(&e, &self.login, self.retry_after)),
         }
     }
 }
@@ -126,7 +128,11 @@ impl SmtpServer {
 /// What an SMTP failure means for delivery: a server that answered 4xx or 5xx did not
 /// take the message (so it is safe to send again); a failure without an answer (a
 /// dropped connection mid-DATA, a timeout) may have delivered it.
-fn classify(e: &lettre::transport::smtp::Error, login: &Login) -> ChannelError {
+fn classify(
+    e: &lettre::transport::smtp::Error,
+    login: &Login,
+    retry_after: Duration,
+) -> ChannelError {
     let code = e.status().map(u16::from);
     let detail = e.to_string();
     match code {
@@ -143,7 +149,7 @@ fn classify(e: &lettre::transport::smtp::Error, login: &Login) -> ChannelError {
         }
         Some(c) if (400..500).contains(&c) => ChannelError::RateLimited {
             platform: NAME.into(),
-            retry_after: Duration::from_secs(30),
+            retry_after,
         },
         Some(c) if c >= 500 => ChannelError::Rejected {
             platform: NAME.into(),

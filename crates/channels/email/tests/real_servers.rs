@@ -334,6 +334,7 @@ async fn mail_already_there_when_first_set_up_is_not_answered() {
 async fn it_reconnects_after_the_imap_server_restarts() {
     let mut servers = MailServers::start(&accounts());
     let mut rig = rig(&servers).await;
+    let before = servers.imap_logins();
     servers.restart_dovecot();
     // Delivered right after the restart, maybe before the channel is back: not lost.
     servers.deliver(
@@ -351,6 +352,13 @@ async fn it_reconnects_after_the_imap_server_restarts() {
     let event = next_event(&mut rig).await;
     assert!(event.text.ends_with("are you there"));
     wait_connected(&rig.channel).await;
+    assert!(
+        servers.imap_logins() > before,
+        "no new login after the restart:\n{}",
+        servers.dovecot_log()
+    );
+    let health = rig.channel.health();
+    assert!(health.reconnects >= 1, "{health:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
