@@ -73,7 +73,7 @@ pub fn build(draft: &Draft<'_>) -> Result<Message, BuildError> {
         .to
         .parse()
         .map_err(|_| BuildError::BadAddress(draft.to.to_owned()))?;
-    let message_id = message_id_for(draft.idempotency_key, &draft.from.email.to_string());
+    let message_id = message_id_for(draft.idempotency_key, draft.from.email.as_ref());
     let mut builder = Message::builder()
         .from(draft.from.clone())
         .to(to)
