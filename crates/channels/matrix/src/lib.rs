@@ -1,0 +1,518 @@
+//! nanoclaw's Matrix channel, on the client-server API
+//! (<https://spec.matrix.org/v1.12/client-server-api/>) with a thin client of our own
+//! ([`api`]).
+//!
+//! - **In**: long-polling `/sync`; the `next_batch` token is kept in the host's state store
+//!   and moved only after every message of a batch is settled by the host (a crash
+//!   re-delivers, the host deduplicates by event id). The first start skips the rooms'
+//!   history. A room is a chat; a DM is a room of two. A message addresses the bot when it
+//!   is in a DM, names the bot in `m.mentions`, or names it in its text. Threads
+//!   (`m.thread`) are the chat's threads. Files (`m.image`, `m.file`, …) are downloaded
+//!   through authenticated media up to `max_attachment_bytes`. `m.notice` is how programs
+//!   speak (the spec says never to answer one): it reaches the host marked as from a bot.
+//!   Invites are joined only from `invites_from` (users, or `:server` for a whole server).
+//! - **Out**: replies as `m.notice` (so other bots do not answer them; `reply_msgtype`
+//!   changes it), split at 16,000 characters, the first part replying to the message it
+//!   answers, in its thread; files uploaded and sent as `m.file`. Each part is sent with a
+//!   transaction id made from the message's idempotency key: the homeserver answers a
+//!   repeated id with the event it already made, so a part retried after a crash is shown
+//!   once (while the homeserver remembers the id: about 30 minutes on Synapse).
+//! - **Not yet**: end-to-end encrypted rooms. Encrypted messages are skipped and the health
+//!   says so; use the bot in unencrypted rooms.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nanoclaw_channel::chunk::{Measure, split};
+use nanoclaw_channel::{
+    Attachment, Backoff, Channel, ChannelError, ChannelEvent, ChannelRegistration, ChannelSetup,
+    Health, HealthCell, InboundEvent, InboundSink, OutgoingMessage, Progress, SecretSpec,
+    SendLedger, StateStore, send_parts,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio::task::JoinHandle;
+
+pub mod api;
+pub mod events;
+
+use api::{Api, ApiError};
+use events::{RoomMessage, SyncBatch};
+
+/// The channel's name.
+pub const NAME: &str = "matrix";
+/// The vault secret holding the access token.
+pub const TOKEN_SECRET: &str = "matrix.access_token";
+const NEXT_BATCH_KEY: &str = "next_batch";
+/// The longest part sent (events are limited to 64 KiB of JSON).
+pub const MAX_PART: usize = 16_000;
+/// Only what the channel reads: no presence, no account data.
+const FILTER: &str = r#"{"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]},"room":{"timeline":{"limit":100},"state":{"lazy_load_members":true},"ephemeral":{"not_types":["*"]},"account_data":{"not_types":["*"]}}}"#;
+
+/// What the host lists and builds.
+pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
+    name: NAME,
+    summary: "Matrix (client-server API): rooms, DMs, threads, files; unencrypted rooms",
+    secrets: &[SecretSpec {
+        name: TOKEN_SECRET,
+        prompt: "Access token of the bot's Matrix account",
+    }],
+    modes: &[],
+    settings: &[("homeserver", ""), ("invites_from", "[]")],
+    factory,
+};
+
+type BuiltChannel =
+    Pin<Box<dyn std::future::Future<Output = Result<Arc<dyn Channel>, ChannelError>> + Send>>;
+
+fn factory(setup: ChannelSetup) -> BuiltChannel {
+    Box::pin(async move {
+        let channel = MatrixChannel::from_setup(setup).await?;
+        Ok(Arc::new(channel) as Arc<dyn Channel>)
+    })
+}
+
+/// `[channels.matrix]` in config.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The homeserver's client API base, e.g. `https://matrix.example.org`.
+    pub homeserver: String,
+    /// Invites are accepted from these users (`@owner:example.org`) or servers
+    /// (`:example.org`); empty: none.
+    #[serde(default)]
+    pub invites_from: Vec<String>,
+    #[serde(default = "default_sync_timeout")]
+    pub sync_timeout_secs: u64,
+    #[serde(default = "default_max_attachment")]
+    pub max_attachment_bytes: u64,
+    /// `m.notice` (default: other bots never answer it) or `m.text`.
+    #[serde(default = "default_msgtype")]
+    pub reply_msgtype: String,
+}
+
+fn default_sync_timeout() -> u64 {
+    30
+}
+fn default_max_attachment() -> u64 {
+    20 * 1024 * 1024
+}
+fn default_msgtype() -> String {
+    "m.notice".into()
+}
+
+/// The Matrix channel.
+pub struct MatrixChannel {
+    api: Arc<Api>,
+    config: MatrixConfig,
+    state: Arc<dyn StateStore>,
+    ledger: Arc<dyn SendLedger>,
+    health: Arc<HealthCell>,
+    me: tokio::sync::OnceCell<String>,
+    /// Joined member counts by room, with when they were read.
+    members: Mutex<HashMap<String, (usize, Instant)>>,
+    receiver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl MatrixChannel {
+    pub async fn from_setup(setup: ChannelSetup) -> Result<MatrixChannel, ChannelError> {
+        let config: MatrixConfig = setup.settings_as(NAME)?;
+        if !matches!(config.reply_msgtype.as_str(), "m.notice" | "m.text") {
+            return Err(ChannelError::Setup(format!(
+                "[channels.matrix] reply_msgtype {:?}: use \"m.notice\" or \"m.text\"",
+                config.reply_msgtype
+            )));
+        }
+        for entry in &config.invites_from {
+            if !(entry.starts_with('@') && entry.contains(':') || entry.starts_with(':')) {
+                return Err(ChannelError::Setup(format!(
+                    "[channels.matrix] invites_from entry {entry:?}: write a user (@owner:example.org) or a server (:example.org)"
+                )));
+            }
+        }
+        let token = setup.require_secret(NAME, TOKEN_SECRET).await?;
+        let api = Api::new(&config.homeserver, token)?;
+        Ok(MatrixChannel {
+            api: Arc::new(api),
+            config,
+            state: setup.state,
+            ledger: setup.ledger,
+            health: Arc::new(HealthCell::default()),
+            me: tokio::sync::OnceCell::new(),
+            members: Mutex::new(HashMap::new()),
+            receiver: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn me(&self) -> Result<String, ApiError> {
+        self.me.get_or_try_init(|| self.api.whoami()).await.cloned()
+    }
+
+    fn invite_allowed(&self, inviter: Option<&str>) -> bool {
+        let Some(inviter) = inviter else {
+            return false;
+        };
+        self.config.invites_from.iter().any(|entry| {
+            if entry.starts_with(':') {
+                inviter.ends_with(entry.as_str())
+            } else {
+                entry == inviter
+            }
+        })
+    }
+
+    async fn member_count(&self, room: &str) -> usize {
+        if let Some((count, when)) = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room)
+            && when.elapsed() < Duration::from_secs(60)
+        {
+            return *count;
+        }
+        match self.api.joined_member_count(room).await {
+            Ok(count) => {
+                self.members
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(room.to_owned(), (count, Instant::now()));
+                count
+            }
+            // Unknown: treat as a group (a mention is then needed), the safer reading.
+            Err(e) => {
+                tracing::debug!(error = %e, room, "matrix: member count unknown");
+                3
+            }
+        }
+    }
+}
+
+/// The transaction id for part `part` of message `key`.
+fn txn_id(key: &str, part: usize) -> String {
+    let digest = sha2::Sha256::digest(format!("{key}:{part}").as_bytes());
+    format!("nc{}", &hex::encode(digest)[..32])
+}
+
+#[async_trait]
+impl Channel for MatrixChannel {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn start(self: Arc<Self>, sink: InboundSink) -> Result<(), ChannelError> {
+        let mut receiver = self.receiver.lock().await;
+        if let Some(old) = receiver.take() {
+            old.abort();
+        }
+        self.health.starting();
+        match self.me().await {
+            Ok(me) => tracing::info!(%me, "matrix: signed in"),
+            Err(e @ ApiError::Matrix { status: 401, .. }) => {
+                self.health.down(e.to_string());
+                return Err(e.into_channel_error());
+            }
+            Err(e) => self.health.reconnecting(e.to_string()),
+        }
+        let me = Arc::clone(&self);
+        *receiver = Some(tokio::spawn(async move { me.receive(sink).await }));
+        Ok(())
+    }
+
+    async fn deliver(&self, message: &OutgoingMessage) -> Result<Option<String>, ChannelError> {
+        let result = self.deliver_parts(message).await;
+        if let Err(e) = &result {
+            self.health.error(e.to_string());
+        }
+        result
+    }
+
+    async fn progress(&self, chat_id: &str, _answers: &[String], progress: Progress) {
+        if let Progress::Working = progress
+            && let Ok(me) = self.me().await
+            && let Err(e) = self.api.typing(chat_id, &me, true).await
+        {
+            tracing::debug!(error = %e, "matrix: typing not shown");
+        }
+    }
+
+    fn typing_lasts(&self) -> Option<Duration> {
+        Some(Duration::from_secs(25))
+    }
+
+    async fn verify(&self) -> Result<String, ChannelError> {
+        self.me().await.map_err(ApiError::into_channel_error)
+    }
+
+    fn health(&self) -> Health {
+        self.health.snapshot()
+    }
+
+    async fn stop(&self) {
+        if let Some(task) = self.receiver.lock().await.take() {
+            task.abort();
+        }
+        self.health.stopped();
+    }
+}
+
+impl MatrixChannel {
+    async fn deliver_parts(
+        &self,
+        message: &OutgoingMessage,
+    ) -> Result<Option<String>, ChannelError> {
+        let texts: Vec<String> = if message.text.trim().is_empty() {
+            Vec::new()
+        } else {
+            split(&message.text, MAX_PART, Measure::Chars)
+        };
+        let count = texts.len() + message.files.len();
+        if count == 0 {
+            return Ok(None);
+        }
+        send_parts(&*self.ledger, &message.idempotency_key, count, |part, _attempt| {
+            let texts = &texts;
+            async move {
+                let mut content = if let Some(text) = texts.get(part) {
+                    json!({"msgtype": self.config.reply_msgtype, "body": text})
+                } else {
+                    let file = &message.files[part - texts.len()];
+                    let data = tokio::fs::read(&file.path).await.map_err(|e| {
+                        ChannelError::Failed(format!("reading {}: {e}", file.path.display()))
+                    })?;
+                    let mime = file
+                        .mime_type
+                        .clone()
+                        .unwrap_or_else(|| "application/octet-stream".into());
+                    let size = data.len();
+                    let mxc = self
+                        .api
+                        .upload(&file.file_name, &mime, data)
+                        .await
+                        .map_err(ApiError::into_channel_error)?;
+                    json!({
+                        "msgtype": "m.file",
+                        "body": file.file_name,
+                        "filename": file.file_name,
+                        "url": mxc,
+                        "info": {"mimetype": mime, "size": size},
+                    })
+                };
+                // Threads keep every part in the thread; the first part replies.
+                let reply = (part == 0).then_some(message.reply_to.as_deref()).flatten();
+                if let Some(root) = &message.thread {
+                    let mut relates = json!({"rel_type": "m.thread", "event_id": root, "is_falling_back": true});
+                    if let Some(reply) = reply {
+                        relates["is_falling_back"] = Value::Bool(false);
+                        relates["m.in_reply_to"] = json!({"event_id": reply});
+                    }
+                    content["m.relates_to"] = relates;
+                } else if let Some(reply) = reply {
+                    content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": reply}});
+                }
+                let event = self
+                    .api
+                    .send_message(&message.chat_id, &txn_id(&message.idempotency_key, part), &content)
+                    .await
+                    .map_err(ApiError::into_channel_error)?;
+                Ok(Some(event))
+            }
+        })
+        .await
+    }
+
+    /// The receive loop: sync, hand over, move the token; reconnect with backoff.
+    async fn receive(self: Arc<Self>, sink: InboundSink) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(120));
+        loop {
+            let error = match self.sync_loop(&sink, &mut backoff).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            match &error {
+                ApiError::Matrix { status: 401, .. } => self.health.down(error.to_string()),
+                _ => self.health.reconnecting(error.to_string()),
+            }
+            let wait = match &error {
+                ApiError::Matrix {
+                    retry_after: Some(after),
+                    ..
+                } => *after,
+                _ => backoff.next_delay(),
+            };
+            tracing::warn!(error = %error, wait_ms = wait.as_millis() as u64, "matrix: sync failed; trying again");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// `Ok` only when the host stopped listening.
+    async fn sync_loop(&self, sink: &InboundSink, backoff: &mut Backoff) -> Result<(), ApiError> {
+        let me = self.me().await?;
+        let mut since = self
+            .state
+            .get(NEXT_BATCH_KEY)
+            .await
+            .map_err(|e| ApiError::Network(e.to_string()))?;
+        if since.is_none() {
+            // First start: the rooms' history is not answered.
+            let first = self.sync_once(None, Duration::ZERO).await?;
+            self.join_invites(&first).await;
+            self.save(&first.next_batch).await?;
+            since = Some(first.next_batch);
+        }
+        self.health.connected();
+        backoff.reset();
+        loop {
+            let timeout = Duration::from_secs(self.config.sync_timeout_secs);
+            let batch = self.sync_once(since.as_deref(), timeout).await?;
+            self.health.connected();
+            self.join_invites(&batch).await;
+            for room in &batch.gaps {
+                tracing::warn!(
+                    room,
+                    "matrix: more messages arrived than one sync holds; the oldest were skipped"
+                );
+            }
+            for message in batch.messages {
+                if message.sender == me {
+                    continue;
+                }
+                if message.encrypted {
+                    tracing::warn!(room = %message.room, "matrix: an end-to-end encrypted message was skipped (not supported yet)");
+                    self.health.error(format!(
+                        "room {} is encrypted; nanoclaw reads unencrypted rooms only",
+                        message.room
+                    ));
+                    continue;
+                }
+                if !self.hand_over(sink, &me, message).await? {
+                    return Ok(());
+                }
+            }
+            self.save(&batch.next_batch).await?;
+            since = Some(batch.next_batch);
+        }
+    }
+
+    async fn sync_once(
+        &self,
+        since: Option<&str>,
+        timeout: Duration,
+    ) -> Result<SyncBatch, ApiError> {
+        let v = self.api.sync(since, timeout, FILTER).await?;
+        events::read_sync(&v)
+            .ok_or_else(|| ApiError::Decode("a sync answer without next_batch".into()))
+    }
+
+    async fn save(&self, next_batch: &str) -> Result<(), ApiError> {
+        self.state
+            .put(NEXT_BATCH_KEY, next_batch)
+            .await
+            .map_err(|e| ApiError::Network(e.to_string()))
+    }
+
+    async fn join_invites(&self, batch: &SyncBatch) {
+        for room in &batch.invites {
+            let inviter = batch.inviters.get(room).map(String::as_str);
+            if !self.invite_allowed(inviter) {
+                tracing::info!(
+                    room,
+                    ?inviter,
+                    "matrix: invite not from invites_from; left alone"
+                );
+                continue;
+            }
+            match self.api.join(room).await {
+                Ok(()) => tracing::info!(room, ?inviter, "matrix: joined on invite"),
+                Err(e) => tracing::warn!(error = %e, room, "matrix: could not join"),
+            }
+        }
+    }
+
+    /// Hands one message to the host and waits until it is settled. `Ok(false)`: the host
+    /// is gone. A message the host could not store is an error (the batch is synced again).
+    async fn hand_over(
+        &self,
+        sink: &InboundSink,
+        me: &str,
+        message: RoomMessage,
+    ) -> Result<bool, ApiError> {
+        let members = self.member_count(&message.room).await;
+        let is_group = members > 2;
+        let mentions_me = !is_group
+            || message.mentioned.iter().any(|u| u == me)
+            || events::body_mentions(&message.body, me);
+        let mut attachments = Vec::new();
+        let mut text = message.body.clone();
+        if let Some(media) = &message.media {
+            text = media.caption.clone().unwrap_or_default();
+            match self
+                .api
+                .download(&media.mxc, self.config.max_attachment_bytes)
+                .await
+            {
+                Ok(Some(data)) => attachments.push(Attachment {
+                    file_name: media.name.clone(),
+                    mime_type: media.mime.clone(),
+                    data: bytes::Bytes::from(data),
+                }),
+                Ok(None) => {
+                    text.push_str(&format!(
+                        "\n[file {} not downloaded: larger than {} bytes]",
+                        media.name, self.config.max_attachment_bytes
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "matrix: a file could not be downloaded");
+                    text.push_str(&format!("\n[file {} could not be downloaded]", media.name));
+                }
+            }
+        }
+        let (ack, settled) = tokio::sync::oneshot::channel();
+        let event = InboundEvent {
+            channel: NAME.into(),
+            chat_id: message.room.clone(),
+            chat_name: message.room.clone(),
+            is_group,
+            thread: message.thread_root.clone(),
+            platform_msg_id: message.event_id.clone(),
+            sender: message.sender.clone(),
+            sender_name: None,
+            text,
+            received_at: nanoclaw_channel::now_ms(),
+            mentions_me,
+            from_bot: message.is_notice(),
+            attachments,
+            ack: Some(ack),
+        };
+        if sink.send(ChannelEvent::Inbound(event)).await.is_err() {
+            return Ok(false);
+        }
+        self.health.event();
+        match settled.await {
+            Ok(outcome) if outcome.is_settled() => Ok(true),
+            Ok(outcome) => Err(ApiError::Network(format!(
+                "the host could not store a message ({outcome:?}); syncing the batch again"
+            ))),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_ids_are_stable_per_part() {
+        assert_eq!(txn_id("k", 0), txn_id("k", 0));
+        assert_ne!(txn_id("k", 0), txn_id("k", 1));
+        assert!(txn_id("k", 0).chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}
