@@ -124,13 +124,7 @@ rc_room_creation: {burst}
         self.child = Some(KillOnDrop(child));
         let started = Instant::now();
         loop {
-            let up = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && Command::new("curl")
-                    .args(["-sf", &format!("{}/_matrix/client/versions", self.base)])
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-            if up {
+            if versions_answered(self.port) {
                 return;
             }
             assert!(
@@ -195,6 +189,24 @@ rc_room_creation: {burst}
             http,
         }
     }
+}
+
+/// Whether `GET /_matrix/client/versions` answers 200 (Synapse listens before it serves).
+fn versions_answered(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /_matrix/client/versions HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.0 200")
+        || head.starts_with(b"HTTP/1.1 200")
 }
 
 /// A test user's client.
@@ -279,6 +291,34 @@ impl MatrixUser {
     /// Sends an `m.room.message` with this content; returns its event id.
     pub async fn send(&self, room: &str, content: Value) -> String {
         self.send_event(room, "m.room.message", content).await
+    }
+
+    /// Sends an event the homeserver may refuse; `None` when it did.
+    pub async fn try_send_event(&self, room: &str, kind: &str, content: Value) -> Option<String> {
+        let txn = format!(
+            "u{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let response = self
+            .http
+            .put(format!(
+                "{}/_matrix/client/v3/rooms/{}/send/{kind}/{txn}",
+                self.base,
+                seg(room)
+            ))
+            .bearer_auth(&self.token)
+            .json(&content)
+            .send()
+            .await
+            .unwrap();
+        if !response.status().is_success() {
+            return None;
+        }
+        let v: Value = response.json().await.unwrap();
+        v["event_id"].as_str().map(str::to_owned)
     }
 
     /// Sends an event of any type (what a buggy or hostile client could send).

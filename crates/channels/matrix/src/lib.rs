@@ -12,7 +12,7 @@
 //!   speak (the spec says never to answer one): it reaches the host marked as from a bot.
 //!   Invites are joined only from `invites_from` (users, or `:server` for a whole server).
 //! - **Out**: replies as `m.notice` (so other bots do not answer them; `reply_msgtype`
-//!   changes it), split at 16,000 characters, the first part replying to the message it
+//!   changes it), split at 16,000 characters (`max_message_chars`), the first part replying to the message it
 //!   answers, in its thread; files uploaded and sent as `m.file`. Each part is sent with a
 //!   transaction id made from the message's idempotency key: the homeserver answers a
 //!   repeated id with the event it already made, so a part retried after a crash is shown
@@ -92,6 +92,10 @@ pub struct MatrixConfig {
     pub sync_timeout_secs: u64,
     #[serde(default = "default_max_attachment")]
     pub max_attachment_bytes: u64,
+    /// Longer replies are split into parts of at most this many characters (at most
+    /// [`MAX_PART`]: an event is limited to 64 KiB).
+    #[serde(default = "default_max_message_chars")]
+    pub max_message_chars: usize,
     /// `m.notice` (default: other bots never answer it) or `m.text`.
     #[serde(default = "default_msgtype")]
     pub reply_msgtype: String,
@@ -102,6 +106,9 @@ fn default_sync_timeout() -> u64 {
 }
 fn default_max_attachment() -> u64 {
     20 * 1024 * 1024
+}
+fn default_max_message_chars() -> usize {
+    MAX_PART
 }
 fn default_msgtype() -> String {
     "m.notice".into()
@@ -270,7 +277,11 @@ impl MatrixChannel {
         let texts: Vec<String> = if message.text.trim().is_empty() {
             Vec::new()
         } else {
-            split(&message.text, MAX_PART, Measure::Chars)
+            split(
+                &message.text,
+                self.config.max_message_chars.clamp(100, MAX_PART),
+                Measure::Chars,
+            )
         };
         let count = texts.len() + message.files.len();
         if count == 0 {

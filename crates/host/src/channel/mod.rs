@@ -40,6 +40,8 @@ const REGISTRATIONS: &[ChannelRegistration] = &[
     nanoclaw_channel_whatsapp::REGISTRATION,
     #[cfg(feature = "email")]
     nanoclaw_channel_email::REGISTRATION,
+    #[cfg(feature = "matrix")]
+    nanoclaw_channel_matrix::REGISTRATION,
 ];
 
 /// Every platform channel this build contains, by name.

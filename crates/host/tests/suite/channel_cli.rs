@@ -69,7 +69,12 @@ async fn channel_add_stores_the_token_enables_the_channel_and_gives_a_pairing_co
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["telegram", "discord", "slack", "whatsapp", "email"]);
+    assert_eq!(
+        names,
+        [
+            "telegram", "discord", "slack", "whatsapp", "email", "matrix"
+        ]
+    );
 
     // A wrong token: the test call fails, saying so.
     let wrong = nanoclaw(

@@ -669,6 +669,35 @@ mod platforms {
             std::sync::Arc::new(nanoclaw_test_support::platforms::email::FakeEmail::start().await);
         fake
     });
+    // Against a real Synapse (started by the driver). Left out, because a real homeserver
+    // cannot be made to do them on request, and covered instead by the channel's own tests
+    // against Synapse (crates/channels/matrix/tests/synapse.rs):
+    // - inbound_is_deduplicated_across_restarts: a homeserver never sends an event twice on
+    //   request; `history_is_not_answered_and_nothing_is_read_twice_across_a_restart` rolls
+    //   the sync token back and sees the same event id again (the host's deduplication by id
+    //   is checked by the other platforms).
+    // - outbound_is_exactly_once_across_a_kill: Synapse's answer cannot be held;
+    //   `a_part_sent_again_after_a_crash_shows_once` resends an in-doubt part with its
+    //   transaction id and finds one event in the room.
+    // - rate_limits_are_honoured: Synapse's 429 cannot be asked for once;
+    //   `a_rate_limited_send_says_when_to_try_again` limits the bot with the admin API and
+    //   reads `retry_after_ms` into the delay the host waits.
+    #[cfg(feature = "matrix")]
+    conformance_checks!(matrix, || async {
+        let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
+            std::sync::Arc::new(
+                nanoclaw_test_support::platforms::matrix::FakeMatrix::start().await,
+            );
+        fake
+    };
+        answers_direct_and_mentioned_messages,
+        long_replies_are_split_in_order,
+        inbound_files_reach_the_groups_inbox,
+        outbound_files_reach_the_chat,
+        reconnects_after_the_server_drops_it,
+        malformed_payloads_are_skipped,
+        bots_never_loop,
+    );
     #[cfg(feature = "slack")]
     conformance_suite!(slack, || async {
         let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
