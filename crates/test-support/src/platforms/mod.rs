@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod discord;
+pub mod irc;
 pub mod slack;
 pub mod whatsapp;
 
