@@ -556,7 +556,7 @@ mod tests {
             };
             expect("CAP LS 302", lines.next_line().await.unwrap());
             expect("NICK andy", lines.next_line().await.unwrap());
-            expect("USER andy 0 * :nanoclaw", lines.next_line().await.unwrap());
+            expect("USER andy 0 * nanoclaw", lines.next_line().await.unwrap());
             write
                 .write_all(b":srv CAP * LS :multi-prefix sasl=PLAIN,EXTERNAL server-time\r\n")
                 .await

@@ -165,7 +165,7 @@ impl IrcChannel {
         password: Option<SecretString>,
         ledger: Arc<dyn SendLedger>,
     ) -> Result<IrcChannel, ChannelError> {
-        if config.nick.trim().is_empty() || proto::encode("NICK", &[&config.nick]).is_err() {
+        if !proto::is_valid_nick(&config.nick) {
             return Err(ChannelError::Setup(format!(
                 "[channels.irc] nick {:?} is not a valid nick",
                 config.nick
@@ -532,6 +532,12 @@ impl Channel for IrcChannel {
             .sender()
             .send("QUIT :nanoclaw channel check".to_owned())
             .await;
+        // Until the server closes the link (bounded): then the nick is free again for the
+        // channel that starts next.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while conn.next().await.is_ok() {}
+        })
+        .await;
         Ok(format!("{} on {}", registered.nick, self.options.server))
     }
 

@@ -78,6 +78,9 @@ pub fn parse(line: &str) -> Option<Message> {
     }
     if let Some(sourced) = rest.strip_prefix(':') {
         let (source, after) = sourced.split_once(' ')?;
+        if source.is_empty() {
+            return None;
+        }
         message.source = Some(source.to_owned());
         rest = after.trim_start_matches(' ');
     }
@@ -205,6 +208,19 @@ pub fn fold(name: &str) -> String {
             c => c.to_ascii_lowercase(),
         })
         .collect()
+}
+
+/// Whether `nick` can be a nick: not empty, no spaces, controls or the characters that
+/// separate a source (`!`, `@`), targets (`,`) or start a channel or a trailing parameter.
+pub fn is_valid_nick(nick: &str) -> bool {
+    !nick.is_empty()
+        && nick.len() <= 64
+        && !nick.starts_with([
+            '#', '&', '+', '!', ':', '$', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '-',
+        ])
+        && !nick
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "!@,*?".contains(c))
 }
 
 /// Whether `target` names a channel rather than a nick.
