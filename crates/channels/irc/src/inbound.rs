@@ -43,6 +43,10 @@ pub fn event_for(message: &Message, ctx: &Context<'_>, received_at: i64) -> Opti
         None => raw.to_owned(),
     };
     let text = strip_formatting(&text);
+    let mentioned = mentions(&text, ctx.nick);
+    // `andy: hi` is IRC's way to address someone, as an @mention elsewhere: the agent gets
+    // "hi" (and a pairing code sent as `andy: 123456` is recognised).
+    let text = without_address(&text, ctx.nick).to_owned();
     if text.trim().is_empty() {
         return None;
     }
@@ -77,7 +81,7 @@ pub fn event_for(message: &Message, ctx: &Context<'_>, received_at: i64) -> Opti
         platform_msg_id,
         sender: folded_sender,
         sender_name: Some(sender.to_owned()),
-        mentions_me: !is_group || mentions(&text, ctx.nick),
+        mentions_me: !is_group || mentioned,
         text,
         received_at,
         from_bot: false,
@@ -108,6 +112,22 @@ fn hashed_id(
     }
     let digest = hash.finalize();
     format!("h:{}", hex::encode(&digest[..16]))
+}
+
+/// `text` without a leading `nick:` or `nick,` addressed to us.
+fn without_address<'a>(text: &'a str, nick: &str) -> &'a str {
+    let trimmed = text.trim_start();
+    let Some(head) = trimmed.get(..nick.len()) else {
+        return text;
+    };
+    if fold(head) != fold(nick) {
+        return text;
+    }
+    let rest = &trimmed[nick.len()..];
+    match rest.strip_prefix([':', ',']) {
+        Some(after) if after.is_empty() || after.starts_with(' ') => after.trim_start(),
+        _ => text,
+    }
 }
 
 /// `(COMMAND, body)` of a CTCP message (`\x01ACTION waves\x01`).
@@ -172,7 +192,7 @@ mod tests {
             ("#ops", true, true)
         );
         assert_eq!(e.sender_name.as_deref(), Some("Bob"));
-        assert_eq!(e.text, "andy: hi");
+        assert_eq!(e.text, "hi", "the address is taken off");
         let e = event(":Bob!~b@h PRIVMSG #ops :just chatting").unwrap();
         assert!(!e.mentions_me);
         let e = event(":Bob!~b@h PRIVMSG Andy :hello").unwrap();
@@ -180,6 +200,16 @@ mod tests {
             (e.chat_id.as_str(), e.is_group, e.mentions_me),
             ("bob", false, true)
         );
+    }
+
+    #[test]
+    fn only_a_leading_address_to_us_is_taken_off() {
+        assert_eq!(without_address("Andy: 123456", "andy"), "123456");
+        assert_eq!(without_address("andy, hi there", "Andy"), "hi there");
+        assert_eq!(without_address("andy:hi", "andy"), "andy:hi");
+        assert_eq!(without_address("hi andy: x", "andy"), "hi andy: x");
+        assert_eq!(without_address("bob: hi", "andy"), "bob: hi");
+        assert_eq!(without_address("é", "andy"), "é");
     }
 
     #[test]

@@ -121,7 +121,7 @@ async fn registers_joins_reads_channel_and_private_messages_and_answers_both() {
     assert_eq!(e.chat_id, "#ops");
     assert!(e.is_group && e.mentions_me);
     assert_eq!(e.sender_name.as_deref(), Some("Alice"));
-    assert_eq!(e.text, "nanobot: what time is it?");
+    assert_eq!(e.text, "what time is it?", "the address is taken off");
 
     alice.say("#ops", "just talking among ourselves").await;
     let e = bot.next_inbound().await;
@@ -301,7 +301,7 @@ async fn after_the_server_restarts_the_bot_reconnects_and_nothing_after_is_lost(
     for i in 0..3 {
         assert_eq!(
             bot.next_inbound().await.text,
-            format!("nanobot: after the restart {i}")
+            format!("after the restart {i}")
         );
     }
     bot.say("#ops", "still here").await;

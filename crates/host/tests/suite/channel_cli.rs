@@ -305,11 +305,13 @@ async fn irc_add_without_a_password_registers_on_a_real_server() {
     );
     assert!(out.contains("irc.password left empty"), "{out}");
     let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
-    assert!(
-        config.contains("[channels.irc]\nenabled = true"),
-        "{config}"
-    );
-    assert!(config.contains("channels = [\"#ops\"]"), "{config}");
+    let irc: toml::Table = toml::from_str::<toml::Table>(&config).unwrap()["channels"]["irc"]
+        .as_table()
+        .unwrap()
+        .clone();
+    assert_eq!(irc["enabled"].as_bool(), Some(true), "{config}");
+    assert_eq!(irc["server"].as_str(), Some(server.addr().as_str()), "{config}");
+    assert_eq!(irc["channels"][0].as_str(), Some("#ops"), "{config}");
     let vault = text(&nanoclaw(&home, &["vault", "list"], None));
     assert!(!vault.contains("irc.password"), "{vault}");
     // The test call quit again: the bot is not left on the server.
