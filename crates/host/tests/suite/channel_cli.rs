@@ -310,7 +310,11 @@ async fn irc_add_without_a_password_registers_on_a_real_server() {
         .unwrap()
         .clone();
     assert_eq!(irc["enabled"].as_bool(), Some(true), "{config}");
-    assert_eq!(irc["server"].as_str(), Some(server.addr().as_str()), "{config}");
+    assert_eq!(
+        irc["server"].as_str(),
+        Some(server.addr().as_str()),
+        "{config}"
+    );
     assert_eq!(irc["channels"][0].as_str(), Some("#ops"), "{config}");
     let vault = text(&nanoclaw(&home, &["vault", "list"], None));
     assert!(!vault.contains("irc.password"), "{vault}");

@@ -510,6 +510,9 @@ pub struct FakeIrc {
     pub server: Ngircd,
     relay: Relay,
     users: tokio::sync::Mutex<HashMap<String, Arc<IrcUser>>>,
+    /// After a drop: the bot counts as back only from this many relay connections on (the
+    /// server may still show the dropped session for a moment).
+    back_after: AtomicU64,
 }
 
 impl FakeIrc {
@@ -520,6 +523,7 @@ impl FakeIrc {
             server,
             relay,
             users: tokio::sync::Mutex::default(),
+            back_after: AtomicU64::new(0),
         }
     }
 
@@ -557,14 +561,17 @@ impl FakeIrc {
     async fn wait_for_bot(&self, user: &IrcUser, chat: &FakeChat) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let present = if chat.is_group {
-                user.names(&chat.platform_id)
-                    .await
-                    .iter()
-                    .any(|n| n.to_ascii_lowercase().starts_with(BOT_NICK))
-            } else {
-                user.is_online(BOT_NICK).await
-            };
+            let reconnected = self.relay.accepted.load(Ordering::SeqCst)
+                >= self.back_after.load(Ordering::SeqCst);
+            let present = reconnected
+                && if chat.is_group {
+                    user.names(&chat.platform_id)
+                        .await
+                        .iter()
+                        .any(|n| n.to_ascii_lowercase().starts_with(BOT_NICK))
+                } else {
+                    user.is_online(BOT_NICK).await
+                };
             if present {
                 return;
             }
@@ -717,6 +724,10 @@ impl FakePlatform for FakeIrc {
     }
 
     async fn drop_connections(&self) {
+        self.back_after.store(
+            self.relay.accepted.load(Ordering::SeqCst) + 1,
+            Ordering::SeqCst,
+        );
         self.relay.cut();
     }
 
