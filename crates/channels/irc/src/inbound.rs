@@ -3,7 +3,8 @@
 //! A message in a channel is a group chat (chat id: the channel's name, case-folded, e.g.
 //! `#ops`); a message to our nick (a query) is a direct message (chat id: the sender's nick,
 //! case-folded). IRC has no @mentions: a channel message addresses the bot when our current
-//! nick appears in it as a word (`andy: hi`, `andy, hi`, `hi andy`). CTCP ACTION (`/me`)
+//! nick appears in it as a word (`andy: hi`, `andy, hi`, `hi andy`); a leading `andy:` is
+//! taken off the text, as platforms keep an @mention out of it. CTCP ACTION (`/me`)
 //! arrives as text; other CTCP requests (VERSION, PING…) are ignored, as are NOTICEs
 //! (RFC 2812: a NOTICE must never be answered automatically), our own messages and the
 //! nicks in `ignore_nicks` (other bots: two bots answering each other would never stop).
