@@ -683,7 +683,8 @@ impl FakePlatform for FakeIrc {
 
     /// What a real server relays that is not clean text: broken UTF-8, a line of only
     /// formatting codes, an empty CTCP request, a CTCP with no end marker; and from another
-    /// connection a line over 512 bytes (which ngircd itself refuses).
+    /// connection a line over 512 bytes (ngircd cuts or refuses it itself; either way the bot
+    /// must carry on).
     async fn push_malformed(&self, chat: &FakeChat) {
         let channel = chat.is_group.then_some(chat.platform_id.as_str());
         let user = self.user(&Self::user_nick(chat), channel).await;
