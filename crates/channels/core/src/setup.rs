@@ -85,6 +85,10 @@ pub struct SecretSpec {
     pub name: &'static str,
     /// What to ask the owner, e.g. "Bot token from @BotFather".
     pub prompt: &'static str,
+    /// The channel works without it (an IRC server with no password): `channel add` takes
+    /// an empty answer as "none" and stores nothing, and `channel list` does not call it
+    /// missing.
+    pub optional: bool,
 }
 
 /// The secrets of one value of a channel's `mode` setting, when they differ from the

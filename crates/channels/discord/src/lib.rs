@@ -59,6 +59,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
     secrets: &[SecretSpec {
         name: TOKEN_SECRET,
         prompt: "Bot token from the Developer Portal",
+        optional: false,
     }],
     modes: &[],
     settings: &[

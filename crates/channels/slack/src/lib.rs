@@ -45,10 +45,12 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         SecretSpec {
             name: "slack.app_token",
             prompt: "App-level token xapp-… with connections:write",
+            optional: false,
         },
         SecretSpec {
             name: "slack.bot_token",
             prompt: "Bot token xoxb-…",
+            optional: false,
         },
     ],
     modes: &[],

@@ -57,6 +57,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
     secrets: &[SecretSpec {
         name: TOKEN_SECRET,
         prompt: "Bot token from @BotFather",
+        optional: false,
     }],
     modes: &[],
     settings: &[

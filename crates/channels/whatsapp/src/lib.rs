@@ -79,14 +79,17 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         SecretSpec {
             name: TOKEN_SECRET,
             prompt: "System-user access token (Business Settings → System users, whatsapp_business_messaging)",
+            optional: false,
         },
         SecretSpec {
             name: APP_SECRET,
             prompt: "App secret (App settings → Basic), to check webhook signatures",
+            optional: false,
         },
         SecretSpec {
             name: VERIFY_TOKEN_SECRET,
             prompt: "Verify token: any string, entered again in the app's webhook settings",
+            optional: false,
         },
     ],
     settings: &[

@@ -42,6 +42,8 @@ const REGISTRATIONS: &[ChannelRegistration] = &[
     nanoclaw_channel_email::REGISTRATION,
     #[cfg(feature = "matrix")]
     nanoclaw_channel_matrix::REGISTRATION,
+    #[cfg(feature = "irc")]
+    nanoclaw_channel_irc::REGISTRATION,
 ];
 
 /// Every platform channel this build contains, by name.

@@ -11,6 +11,7 @@ use nanoclaw_host::channel::terminal::{ChannelReport, ClientLine, ServerLine, Te
 use nanoclaw_host::channel::{self, ChannelRegistration};
 use nanoclaw_host::config::{Config, Paths, write_private_file};
 use nanoclaw_vault::SecretString;
+use secrecy::ExposeSecret;
 
 /// How long a pairing code from `channel add` stays valid.
 const PAIRING_MINUTES: i64 = 15;
@@ -38,6 +39,7 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
             let missing: Vec<&str> = r
                 .secrets_for(&settings)
                 .iter()
+                .filter(|s| !s.optional)
                 .map(|s| s.name)
                 .filter(|n| !secrets.iter().any(|have| have == n))
                 .collect();
@@ -106,6 +108,8 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
         let value = match stdin_lines.as_mut() {
             Some(lines) => match lines.next() {
                 Some(line) => SecretString::from(line?.trim_end_matches('\r').to_owned()),
+                // An optional secret may be left out at the end of the input.
+                None if spec.optional => SecretString::from(String::new()),
                 None => anyhow::bail!(
                     "stdin ended before {} ({}); give one secret per line, in this order: {}",
                     spec.name,
@@ -122,6 +126,12 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
                 spec.prompt, spec.name
             ))?),
         };
+        // An optional secret left empty means "none": nothing is stored (the vault refuses
+        // empty values), and a value stored earlier stays.
+        if spec.optional && value.expose_secret().is_empty() {
+            eprintln!("{} left empty: none set", spec.name);
+            continue;
+        }
         // Re-running `channel add` (a wrong token, a new one) replaces the value.
         let exists = vault.list().await?.iter().any(|s| s.name == spec.name);
         if exists {

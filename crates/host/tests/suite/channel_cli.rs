@@ -72,7 +72,7 @@ async fn channel_add_stores_the_token_enables_the_channel_and_gives_a_pairing_co
     assert_eq!(
         names,
         [
-            "telegram", "discord", "slack", "whatsapp", "email", "matrix"
+            "telegram", "discord", "slack", "whatsapp", "email", "matrix", "irc"
         ]
     );
 
@@ -235,6 +235,96 @@ async fn linked_whatsapp_add_needs_no_token_and_says_why_it_cannot_link_offline(
     let vault = text(&nanoclaw(&home, &["vault", "list"], None));
     assert!(!vault.contains("whatsapp.session_key"), "{vault}");
     assert!(!home.path().join("channels").join("whatsapp").exists());
+}
+
+/// IRC against a real ngircd: `channel add irc` asks for the optional password, takes an
+/// empty answer as "none" (nothing stored; the vault refuses empty secrets), registers on the
+/// server for the test call, and `channel list` does not call the password missing.
+#[cfg(feature = "irc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_add_without_a_password_registers_on_a_real_server() {
+    use nanoclaw_test_support::platforms::irc::{IrcUser, Ngircd};
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[agents]\nruntime = \"native\"\n",
+    )
+    .unwrap();
+    let server = Ngircd::start().await;
+    let list = nanoclaw(&home, &["channel", "list", "--json"], None);
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let irc = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "irc")
+        .expect("irc listed");
+    assert_eq!(irc["missing_secrets"], serde_json::json!([]), "{listed}");
+
+    // A server that is not there: the test call fails and says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = nanoclaw(
+        &home,
+        &[
+            "channel",
+            "add",
+            "irc",
+            "--set",
+            &format!("server={closed}"),
+            "--set",
+            "nick=clawbot",
+            "--set",
+            "tls=false",
+        ],
+        Some("\n"),
+    );
+    assert!(!down.status.success(), "{}", text(&down));
+    assert!(text(&down).contains("test call failed"), "{}", text(&down));
+
+    let watcher = IrcUser::connect(&server.addr(), "watcher").await;
+    let add = nanoclaw(
+        &home,
+        &[
+            "channel",
+            "add",
+            "irc",
+            "--set",
+            &format!("server={}", server.addr()),
+            "--set",
+            "nick=clawbot",
+            "--set",
+            "tls=false",
+            "--set",
+            "channels=[\"#ops\"]",
+        ],
+        Some("\n"),
+    );
+    let out = text(&add);
+    assert!(add.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("irc: connected as clawbot on {}", server.addr())),
+        "{out}"
+    );
+    assert!(out.contains("irc.password left empty"), "{out}");
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    let irc: toml::Table = toml::from_str::<toml::Table>(&config).unwrap()["channels"]["irc"]
+        .as_table()
+        .unwrap()
+        .clone();
+    assert_eq!(irc["enabled"].as_bool(), Some(true), "{config}");
+    assert_eq!(
+        irc["server"].as_str(),
+        Some(server.addr().as_str()),
+        "{config}"
+    );
+    assert_eq!(irc["channels"][0].as_str(), Some("#ops"), "{config}");
+    let vault = text(&nanoclaw(&home, &["vault", "list"], None));
+    assert!(!vault.contains("irc.password"), "{vault}");
+    // The test call quit again: the bot is not left on the server.
+    assert!(!watcher.is_online("clawbot").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

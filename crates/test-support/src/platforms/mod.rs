@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 pub mod discord;
 pub mod email;
+pub mod irc;
 pub mod matrix;
 pub mod slack;
 pub mod whatsapp;

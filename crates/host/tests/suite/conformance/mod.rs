@@ -698,6 +698,33 @@ mod platforms {
         malformed_payloads_are_skipped,
         bots_never_loop,
     );
+    // IRC against a real ngircd, driven by real client connections. Left out because they
+    // cannot apply to IRC:
+    // - inbound_is_deduplicated_across_restarts: an IRC server never delivers a message
+    //   twice, so there is no redelivery to deduplicate. Message ids (the `msgid` tag, else a
+    //   hash) are unit-tested in crates/channels/irc/src/inbound.rs.
+    // - outbound_is_exactly_once_across_a_kill: a PRIVMSG gets no response, so there is none
+    //   to withhold between the send and its record. A line in doubt after a crash is not
+    //   sent again (send_parts' AfterCrash, as for Telegram); the ledger is the core's, tested
+    //   there and by the other platforms.
+    // - inbound_files_reach_the_groups_inbox, outbound_files_reach_the_chat: IRC has no
+    //   attachments. An outbound file becomes a line saying so:
+    //   crates/channels/irc/tests/ngircd.rs files_become_a_line_saying_irc_has_no_attachments.
+    // - rate_limits_are_honoured: IRC has no rate-limit reply (a server throttles or
+    //   disconnects). Flood control is ours, a token bucket: ngircd.rs
+    //   a_twenty_line_reply_is_paced_by_the_bucket_and_the_server_keeps_the_bot.
+    #[cfg(feature = "irc")]
+    conformance_checks!(irc, || async {
+        let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
+            std::sync::Arc::new(nanoclaw_test_support::platforms::irc::FakeIrc::start().await);
+        fake
+    };
+        answers_direct_and_mentioned_messages,
+        long_replies_are_split_in_order,
+        reconnects_after_the_server_drops_it,
+        malformed_payloads_are_skipped,
+        bots_never_loop,
+    );
     #[cfg(feature = "slack")]
     conformance_suite!(slack, || async {
         let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
