@@ -63,12 +63,14 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
     secrets: &[SecretSpec {
         name: PASSWORD_SECRET,
         prompt: "Password (or app password) of the mail account",
+        optional: false,
     }],
     modes: &[ModeSecrets {
         mode: "oauth2",
         secrets: &[SecretSpec {
             name: oauth::CLIENT_SECRET_SECRET,
             prompt: "OAuth client secret (Google Cloud console → APIs & Services → Credentials)",
+            optional: false,
         }],
         generated: &[oauth::REFRESH_TOKEN_SECRET],
     }],

@@ -60,6 +60,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
     secrets: &[SecretSpec {
         name: TOKEN_SECRET,
         prompt: "Access token of the bot's Matrix account",
+        optional: false,
     }],
     modes: &[],
     settings: &[("homeserver", ""), ("invites_from", "[]")],
