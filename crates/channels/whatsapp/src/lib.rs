@@ -103,6 +103,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         secrets: &[],
         generated: &["whatsapp.session_key"],
     }],
+    settings_secrets: None,
     factory,
 };
 

@@ -38,6 +38,8 @@ const REGISTRATIONS: &[ChannelRegistration] = &[
     nanoclaw_channel_slack::REGISTRATION,
     #[cfg(feature = "whatsapp")]
     nanoclaw_channel_whatsapp::REGISTRATION,
+    #[cfg(feature = "webhook")]
+    nanoclaw_channel_webhook::REGISTRATION,
 ];
 
 /// Every platform channel this build contains, by name.
