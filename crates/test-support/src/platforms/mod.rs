@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 pub mod discord;
 pub mod slack;
+pub mod webhook;
 pub mod whatsapp;
 
 /// A chat on a fake platform, as the test sets it up.
@@ -66,6 +67,12 @@ pub trait FakePlatform: Send + Sync {
 
     /// The vault secrets the adapter needs: (name, value).
     fn secrets(&self) -> Vec<(String, String)>;
+
+    /// The chats are wired by the channel's config (webhooks name their group), so the
+    /// suite does not pair them. Default: `false` (paired with a code, as an owner does).
+    fn chats_wired_by_config(&self) -> bool {
+        false
+    }
 
     /// The longest message the platform takes, as it counts length.
     fn max_message_len(&self) -> usize;
