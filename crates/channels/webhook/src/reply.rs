@@ -81,6 +81,11 @@ impl Replier {
         send_parts(&*self.ledger, key, count, |index, _attempt| {
             // Fresh or in doubt after a crash: the same key either way, so the receiver
             // shows it once.
+            let part_files = if index + 1 == count {
+                files.clone()
+            } else {
+                Vec::new()
+            };
             let body = serde_json::json!({
                 "hook": name,
                 "text": parts[index],
@@ -88,7 +93,7 @@ impl Replier {
                 "in_reply_to": message.reply_to,
                 "part": index + 1,
                 "parts": count,
-                "files": if index + 1 == count { files.clone() } else { Vec::new() },
+                "files": part_files,
             });
             let part_key = format!("{key}:{index}");
             self.post(url, secret.expose_secret().as_bytes(), body, part_key)

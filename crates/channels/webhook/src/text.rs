@@ -76,7 +76,9 @@ pub fn github_summary(event: &str, v: &Value) -> String {
     let (title, url) = match subject {
         Some(found) => found,
         None if event == "push" => (
-            s(&["head_commit", "message"]).map(|m| m.lines().next().unwrap_or_default().to_owned()),
+            v["head_commit"]["message"]
+                .as_str()
+                .map(|m| clean(m.lines().next().unwrap_or_default())),
             s(&["compare"]),
         ),
         None => (None, s(&["repository", "html_url"])),

@@ -21,7 +21,7 @@ fn now() -> i64 {
     nanoclaw_channel::now_ms() / 1000
 }
 
-fn config(extra: &str) -> WebhookConfig {
+fn hook_config(extra: &str) -> WebhookConfig {
     let text = format!(
         "{extra}\n[hooks.gh]\ngroup = \"main\"\nscheme = \"github\"\n\
          [hooks.gen]\ngroup = \"main\"\nscheme = \"generic\"\nmax_body_bytes = 1000\n"
@@ -153,7 +153,7 @@ async fn error_of(response: reqwest::Response) -> String {
 
 #[tokio::test]
 async fn good_signatures_become_turns_and_bad_ones_are_refused() {
-    let config = config("");
+    let config = hook_config("");
     let r = serve(&config, Arc::default(), Duration::ZERO).await;
     let body = r#"{"action":"opened","issue":{"title":"Crash on start","html_url":"https://github.com/o/r/issues/1"},"repository":{"full_name":"o/r"},"sender":{"login":"alice"}}"#;
     let ok = post_github(&r.url, body, "d-1").await;
@@ -240,7 +240,7 @@ async fn good_signatures_become_turns_and_bad_ones_are_refused() {
 
 #[tokio::test]
 async fn replays_are_refused_by_time_and_by_delivery_id_also_after_a_restart() {
-    let config = config("");
+    let config = hook_config("");
     let host: Arc<TestHost> = Arc::default();
     let r = serve(&config, Arc::clone(&host), Duration::ZERO).await;
     // Outside the 5-minute window either way: 401, whatever the signature.
@@ -290,7 +290,7 @@ async fn replays_are_refused_by_time_and_by_delivery_id_also_after_a_restart() {
 
 #[tokio::test]
 async fn routes_methods_and_sizes_get_their_status_codes() {
-    let config = config("");
+    let config = hook_config("");
     let r = serve(&config, Arc::default(), Duration::ZERO).await;
     let c = client();
     let missing = c
@@ -345,7 +345,7 @@ mod futures_core_stream {
 
 #[tokio::test]
 async fn a_slow_body_gets_408() {
-    let config = config("body_timeout_secs = 1");
+    let config = hook_config("body_timeout_secs = 1");
     let r = serve(&config, Arc::default(), Duration::ZERO).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     tx.send(Ok(b"start".to_vec())).await.unwrap();
@@ -367,7 +367,7 @@ async fn a_slow_body_gets_408() {
 
 #[tokio::test]
 async fn many_concurrent_posts_are_all_answered_and_limits_say_when_to_retry() {
-    let config = config("max_in_flight = 200\nrate_per_minute = 1000");
+    let config = hook_config("max_in_flight = 200\nrate_per_minute = 1000");
     let host: Arc<TestHost> = Arc::default();
     // The host takes 200 ms per delivery: they overlap.
     let r = serve(&config, Arc::clone(&host), Duration::from_millis(200)).await;
@@ -389,7 +389,7 @@ async fn many_concurrent_posts_are_all_answered_and_limits_say_when_to_retry() {
     r.task.abort();
 
     // Two in flight at most: the third waits its turn with a 429 and Retry-After.
-    let config = config("max_in_flight = 2");
+    let config = hook_config("max_in_flight = 2");
     let r = serve(&config, Arc::default(), Duration::from_millis(500)).await;
     let posts: Vec<_> = (0..3)
         .map(|i| {
@@ -412,7 +412,7 @@ async fn many_concurrent_posts_are_all_answered_and_limits_say_when_to_retry() {
     r.task.abort();
 
     // A hook's rate: 2 a minute, the third is told to wait about 30 s.
-    let config = config("rate_per_minute = 2");
+    let config = hook_config("rate_per_minute = 2");
     let r = serve(&config, Arc::default(), Duration::ZERO).await;
     for i in 0..2 {
         assert_eq!(

@@ -69,7 +69,10 @@ async fn channel_add_stores_the_token_enables_the_channel_and_gives_a_pairing_co
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["telegram", "discord", "slack", "whatsapp", "webhook"]);
+    assert_eq!(
+        names,
+        ["telegram", "discord", "slack", "whatsapp", "webhook"]
+    );
 
     // A wrong token: the test call fails, saying so.
     let wrong = nanoclaw(
@@ -332,7 +335,9 @@ async fn webhook_add_stores_the_secret_and_prints_how_to_sign() {
     assert!(!bad.status.success(), "{}", text(&bad));
     let add = nanoclaw(
         &home,
-        &["webhook", "add", "ci", "--group", "main", "--scheme", "generic"],
+        &[
+            "webhook", "add", "ci", "--group", "main", "--scheme", "generic",
+        ],
         Some("the-ci-secret\n"),
     );
     let out = text(&add);
@@ -340,11 +345,22 @@ async fn webhook_add_stores_the_secret_and_prints_how_to_sign() {
     assert!(out.contains("URL: http://127.0.0.1:8791/hooks/ci"), "{out}");
     assert!(out.contains("X-Signature: t=<unix seconds>,v1="), "{out}");
     assert!(out.contains("replies: to your main chat"), "{out}");
-    assert!(!out.contains("the-ci-secret"), "the secret is never echoed: {out}");
+    assert!(
+        !out.contains("the-ci-secret"),
+        "the secret is never echoed: {out}"
+    );
     // Empty input: a secret is generated and shown once.
     let add = nanoclaw(
         &home,
-        &["webhook", "add", "gh", "--scheme", "github", "--reply-url", "https://example.invalid/r"],
+        &[
+            "webhook",
+            "add",
+            "gh",
+            "--scheme",
+            "github",
+            "--reply-url",
+            "https://example.invalid/r",
+        ],
         Some("\n"),
     );
     let out = text(&add);
@@ -363,7 +379,13 @@ async fn webhook_add_stores_the_secret_and_prints_how_to_sign() {
     let listed = nanoclaw(&home, &["webhook", "list", "--json"], None);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
-    assert!(listed.as_array().unwrap().iter().all(|h| h["secret_set"] == true));
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["secret_set"] == true)
+    );
 
     let rm = nanoclaw(&home, &["vault", "rm", "webhook.gh.secret"], None);
     assert!(rm.status.success(), "{}", text(&rm));

@@ -24,11 +24,12 @@ async fn a_webhook_without_reply_url_is_answered_in_the_owners_main_chat() {
     )
     .await
     .unwrap();
-    let key = MasterKey::from_bytes([9u8; 32]);
     let paths = nanoclaw_host::config::Paths::new(home.path());
     paths.prepare().unwrap();
     let store = nanoclaw_host::open_store(&paths.database(), false).unwrap();
-    let vault = Vault::open(store.clone(), key.clone()).await.unwrap();
+    let vault = Vault::open(store.clone(), MasterKey::from_bytes([9u8; 32]))
+        .await
+        .unwrap();
     vault
         .set("webhook.deploy.secret", SecretString::from("deploy-secret"))
         .await
@@ -44,7 +45,7 @@ async fn a_webhook_without_reply_url_is_answered_in_the_owners_main_chat() {
     .unwrap();
     config.channels.platforms.insert("webhook".into(), table);
     let mut options = host_options(home.path(), &model, config, None);
-    options.master_key = Some(key);
+    options.master_key = Some(MasterKey::from_bytes([9u8; 32]));
     let host = Host::start(options).await.expect("host starts");
     eventually(60, "the webhook channel listening", || async {
         host.channel_health()
@@ -98,7 +99,10 @@ async fn a_webhook_without_reply_url_is_answered_in_the_owners_main_chat() {
         .unwrap()
         .expect("the hook's chat");
     let terminal = store
-        .chat_by_platform("terminal", nanoclaw_host::channel::terminal::TERMINAL_CHAT_ID)
+        .chat_by_platform(
+            "terminal",
+            nanoclaw_host::channel::terminal::TERMINAL_CHAT_ID,
+        )
         .await
         .unwrap()
         .unwrap();

@@ -130,7 +130,10 @@ impl FakeWebhook {
             let mut request = self
                 .http
                 .post(&url)
-                .header("x-signature", sign(&secret(hook), body.as_bytes(), now_secs()))
+                .header(
+                    "x-signature",
+                    sign(&secret(hook), body.as_bytes(), now_secs()),
+                )
                 .body(body.to_owned());
             for (name, value) in headers {
                 request = request.header(*name, value);
@@ -279,7 +282,10 @@ impl FakePlatform for FakeWebhook {
     }
 
     fn chat(&self, n: u32, is_group: bool) -> FakeChat {
-        assert!((1..=HOOKS).contains(&n), "the fake configures hooks h1..h{HOOKS}");
+        assert!(
+            (1..=HOOKS).contains(&n),
+            "the fake configures hooks h1..h{HOOKS}"
+        );
         FakeChat {
             platform_id: format!("hook:h{n}"),
             is_group,
@@ -291,9 +297,14 @@ impl FakePlatform for FakeWebhook {
     async fn user_says(&self, chat: &FakeChat, text: &str, _mention: bool) -> Posted {
         let id = format!("delivery-{}", self.next_id.fetch_add(1, Ordering::SeqCst));
         let hook = Self::hook_of(chat);
-        let status = self.post(&hook, text, &[("x-webhook-id", id.clone())]).await;
+        let status = self
+            .post(&hook, text, &[("x-webhook-id", id.clone())])
+            .await;
         assert_eq!(status, StatusCode::ACCEPTED, "posting {text:?}");
-        self.shared.lock().posted.push((id.clone(), text.to_owned()));
+        self.shared
+            .lock()
+            .posted
+            .push((id.clone(), text.to_owned()));
         Posted {
             chat_id: chat.platform_id.clone(),
             message_id: id,
@@ -319,7 +330,10 @@ impl FakePlatform for FakeWebhook {
             .post(
                 &hook,
                 text,
-                &[("x-webhook-id", id.clone()), ("x-nanoclaw-reply", "1".into())],
+                &[
+                    ("x-webhook-id", id.clone()),
+                    ("x-nanoclaw-reply", "1".into()),
+                ],
             )
             .await;
         assert!(status.is_success(), "{status}");
@@ -363,7 +377,13 @@ impl FakePlatform for FakeWebhook {
             .await
             .unwrap();
         assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
-        let unsigned = self.http.post(&url).body("\u{0}\u{1}").send().await.unwrap();
+        let unsigned = self
+            .http
+            .post(&url)
+            .body("\u{0}\u{1}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
         let malformed = self
             .http
@@ -378,7 +398,10 @@ impl FakePlatform for FakeWebhook {
         let big = self
             .http
             .post(&url)
-            .header("x-signature", sign(&secret(&hook), huge.as_bytes(), now_secs()))
+            .header(
+                "x-signature",
+                sign(&secret(&hook), huge.as_bytes(), now_secs()),
+            )
             .body(huge)
             .send()
             .await;
