@@ -44,16 +44,18 @@ pub async fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
     }
     let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
     let (text, _) = current(&paths)?;
-    if paths.database().exists() {
-        let store = nanoclaw_host::open_store(&paths.database(), true)?;
+    {
+        paths.prepare()?;
+        let store = nanoclaw_host::open_store(&paths.database(), false)?;
+        // The main group exists from the host's first start; make sure of it here too.
+        let config: Config = toml::from_str(&text)?;
+        nanoclaw_host::host::ensure_main_wiring(&store, &config).await?;
         if store.group_by_folder(args.group.clone()).await?.is_none() {
             anyhow::bail!(
                 "no group with the folder {:?} (`nanoclaw group list`)",
                 args.group
             );
         }
-    } else if args.group != "main" {
-        anyhow::bail!("start nanoclaw once first: only the main group exists before that");
     }
     // The secret first: nothing is written to the config until it is in the vault.
     let vault = super::vault::open_vault(true)
