@@ -32,7 +32,7 @@ pub const REPLY_MARK: &str = "x-nanoclaw-reply";
 /// Signatures remembered against replays.
 const SEEN_MAX: usize = 10_000;
 
-/// Signatures of deliveries the host has settled (newest [`SEEN_MAX`]): the same signed
+/// Signatures of deliveries the host has settled (the newest 10,000): the same signed
 /// bytes sent again under a new delivery id are not a new turn.
 #[derive(Default)]
 pub struct Seen(Mutex<(HashSet<String>, VecDeque<String>)>);

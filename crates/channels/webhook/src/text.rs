@@ -38,7 +38,7 @@ fn frame(hook: &str) -> String {
     )
 }
 
-/// One line: "GitHub <event>[.<action>] in <repo> by <sender>: <title> <url>".
+/// One line: `GitHub <event>[.<action>] in <repo> by <sender>: <title> <url>`.
 pub fn github_summary(event: &str, v: &Value) -> String {
     let s = |path: &[&str]| -> Option<String> {
         let mut cur = v;
