@@ -171,6 +171,8 @@ enum WebhookCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a hook: its table and its secret (its chat and history stay).
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -546,6 +548,7 @@ fn main() -> ExitCode {
                     .await
                 }
                 WebhookCommand::List { json } => cli::webhook::list(json).await,
+                WebhookCommand::Remove { name } => cli::webhook::remove(name).await,
             },
             Command::Image { command } => match command {
                 ImageCommand::Build {

@@ -210,3 +210,60 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `text` without the table `[TABLE]` (its header and keys, up to the next table); the
+/// rest as it was. `None` when the table is not there.
+fn without_table(text: &str, table: &str) -> Option<String> {
+    let header = format!("[{table}]");
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.trim() == header)?;
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |i| start + 1 + i);
+    let mut kept: Vec<&str> = lines[..start].to_vec();
+    kept.extend_from_slice(&lines[end..]);
+    let mut out = kept.join("\n");
+    out.push('\n');
+    Some(out)
+}
+
+/// `nanoclaw webhook remove NAME`: its table and its secret go; its chat and history stay.
+pub async fn remove(name: String) -> anyhow::Result<ExitCode> {
+    let paths = Paths::from_env().map_err(anyhow::Error::msg)?;
+    let (text, _) = current(&paths)?;
+    let table = format!("channels.webhook.hooks.{name}");
+    match without_table(&text, &table) {
+        Some(out) => {
+            let _: Config = toml::from_str(&out)?;
+            write_private_file(&paths.config_file(), out.as_bytes())?;
+            eprintln!("removed [{table}] from {}", paths.config_file().display());
+        }
+        None => anyhow::bail!(
+            "no [{table}] in {} (hooks written inline are edited by hand)",
+            paths.config_file().display()
+        ),
+    }
+    if let Some(vault) = super::vault::open_vault_quietly().await
+        && vault.remove(&secret_name(&name)).await?
+    {
+        eprintln!("removed {} from the vault", secret_name(&name));
+    }
+    super::channel::finish_add(&paths, nanoclaw_channel_webhook::NAME).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removing_a_hook_keeps_the_other_tables() {
+        let text = "[channels.webhook]\nenabled = true\n\n[channels.webhook.hooks.a]\ngroup = \"main\"\n\n[channels.webhook.hooks.b]\ngroup = \"x\"\n";
+        let out = without_table(text, "channels.webhook.hooks.a").unwrap();
+        assert_eq!(
+            out,
+            "[channels.webhook]\nenabled = true\n\n[channels.webhook.hooks.b]\ngroup = \"x\"\n"
+        );
+        assert!(without_table(text, "channels.webhook.hooks.c").is_none());
+    }
+}

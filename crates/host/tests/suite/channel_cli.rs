@@ -387,6 +387,18 @@ async fn webhook_add_stores_the_secret_and_prints_how_to_sign() {
             .all(|h| h["secret_set"] == true)
     );
 
+    // `webhook remove` takes one hook's table and secret; the other stays.
+    let gone = nanoclaw(&home, &["webhook", "add", "old"], Some("s\n"));
+    assert!(gone.status.success(), "{}", text(&gone));
+    let gone = nanoclaw(&home, &["webhook", "remove", "old"], None);
+    assert!(gone.status.success(), "{}", text(&gone));
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    assert!(!config.contains("hooks.old"), "{config}");
+    assert!(config.contains("[channels.webhook.hooks.ci]"), "{config}");
+    let vault = text(&nanoclaw(&home, &["vault", "list"], None));
+    assert!(!vault.contains("webhook.old.secret"), "{vault}");
+    assert!(vault.contains("webhook.ci.secret"), "{vault}");
+
     let rm = nanoclaw(&home, &["vault", "rm", "webhook.gh.secret"], None);
     assert!(rm.status.success(), "{}", text(&rm));
     let list = nanoclaw(&home, &["channel", "list", "--json"], None);
