@@ -12,6 +12,7 @@ pub use nanoclaw_scripted_model as scripted_model;
 
 pub mod bench;
 pub mod fake_agent;
+pub mod mail;
 pub mod platforms;
 pub mod procfs;
 

@@ -40,6 +40,8 @@ const REGISTRATIONS: &[ChannelRegistration] = &[
     nanoclaw_channel_whatsapp::REGISTRATION,
     #[cfg(feature = "webhook")]
     nanoclaw_channel_webhook::REGISTRATION,
+    #[cfg(feature = "email")]
+    nanoclaw_channel_email::REGISTRATION,
 ];
 
 /// Every platform channel this build contains, by name.

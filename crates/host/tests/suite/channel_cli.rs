@@ -71,7 +71,9 @@ async fn channel_add_stores_the_token_enables_the_channel_and_gives_a_pairing_co
         .collect();
     assert_eq!(
         names,
-        ["telegram", "discord", "slack", "whatsapp", "webhook"]
+        [
+            "telegram", "discord", "slack", "whatsapp", "webhook", "email"
+        ]
     );
 
     // A wrong token: the test call fails, saying so.
@@ -318,6 +320,53 @@ async fn chats_wire_checks_what_it_is_given() {
     assert_eq!(wiring["trigger_pattern"], "(?i)^andy");
     assert_eq!(wiring["allowed_senders"], serde_json::json!(["111"]));
     assert_eq!(wiring["session_mode"], "per-thread");
+}
+
+/// `channel add email` with the password on stdin and the servers by `--set`: the test call
+/// logs in to real IMAP and SMTP servers; a wrong password says so; the right one enables
+/// the channel and gives a pairing code to mail from the owner's address.
+#[cfg(feature = "email")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_add_email_logs_in_to_real_mail_servers() {
+    use nanoclaw_test_support::platforms::email::{BOT, BOT_PASSWORD, FakeEmail};
+    let home = TestHome::new();
+    let mail = FakeEmail::start().await;
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[agents]\nruntime = \"native\"\n",
+    )
+    .unwrap();
+    let sets: Vec<String> = mail
+        .settings_toml()
+        .lines()
+        .filter(|l| !l.starts_with("enabled"))
+        .map(|l| l.replacen(" = ", "=", 1))
+        .collect();
+    let mut args: Vec<&str> = vec!["channel", "add", "email"];
+    for set in &sets {
+        args.push("--set");
+        args.push(set);
+    }
+    let wrong = nanoclaw(&home, &args, Some("not-the-password\n"));
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains("test call failed") && text(&wrong).contains("refused the login"),
+        "{}",
+        text(&wrong)
+    );
+    let add = nanoclaw(&home, &args, Some(&format!("{BOT_PASSWORD}\n")));
+    let out = text(&add);
+    assert!(add.status.success(), "{out}");
+    assert!(out.contains(&format!("connected as {BOT}")), "{out}");
+    assert!(!out.contains(BOT_PASSWORD), "the password is never printed");
+    assert!(
+        out.split_whitespace()
+            .any(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit())),
+        "a pairing code: {out}"
+    );
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    assert!(config.contains("[channels.email]"), "{config}");
+    assert!(!config.contains(BOT_PASSWORD), "{config}");
 }
 
 /// `nanoclaw webhook add` stores the hook's secret (from stdin), writes its table, prints the

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod discord;
+pub mod email;
 pub mod slack;
 pub mod webhook;
 pub mod whatsapp;
@@ -76,6 +77,12 @@ pub trait FakePlatform: Send + Sync {
 
     /// The longest message the platform takes, as it counts length.
     fn max_message_len(&self) -> usize;
+
+    /// Whether the platform has group chats (several people, the bot addressed or not);
+    /// email has none: every mail to the bot is addressed to it.
+    fn has_group_chats(&self) -> bool {
+        true
+    }
 
     /// A chat for the suite to use (`n` makes distinct chats).
     fn chat(&self, n: u32, is_group: bool) -> FakeChat;
