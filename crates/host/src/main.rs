@@ -73,6 +73,12 @@ enum Command {
         #[command(subcommand)]
         command: ChannelCommand,
     },
+    /// Webhooks: signed HTTP POSTs that become turns for a group (the webhook channel).
+    #[cfg(feature = "webhook")]
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
     /// Which chats reach which agent group, and under what rules; pairing codes for new chats.
     Chats {
         #[command(subcommand)]
@@ -136,6 +142,37 @@ enum TasksCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(feature = "webhook")]
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Add (or change) a hook: its secret goes into the vault (hidden prompt, or one line on
+    /// stdin; empty: generated and shown once), its table into config.toml; prints its URL
+    /// and how to sign.
+    Add {
+        /// The hook's name: its URL is /hooks/NAME.
+        name: String,
+        /// The agent group (folder) its deliveries go to.
+        #[arg(long, default_value = "main")]
+        group: String,
+        /// How deliveries are signed: github (X-Hub-Signature-256) or generic (X-Signature).
+        #[arg(long, default_value = "generic")]
+        scheme: String,
+        /// Where replies are POSTed; without it they go to your main chat.
+        #[arg(long)]
+        reply_url: Option<String>,
+        /// This hook's body limit in bytes.
+        #[arg(long)]
+        max_body_bytes: Option<u64>,
+    },
+    /// The hooks, their URLs, groups and whether their secrets are set.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a hook: its table and its secret (its chat and history stay).
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -492,6 +529,27 @@ fn main() -> ExitCode {
             Command::Status { json } => cli::status::status(json).await,
             Command::Channel { command } => channel(command).await,
             Command::Chats { command } => chats(command).await,
+            #[cfg(feature = "webhook")]
+            Command::Webhook { command } => match command {
+                WebhookCommand::Add {
+                    name,
+                    group,
+                    scheme,
+                    reply_url,
+                    max_body_bytes,
+                } => {
+                    cli::webhook::add(cli::webhook::AddArgs {
+                        name,
+                        group,
+                        scheme,
+                        reply_url,
+                        max_body_bytes,
+                    })
+                    .await
+                }
+                WebhookCommand::List { json } => cli::webhook::list(json).await,
+                WebhookCommand::Remove { name } => cli::webhook::remove(name).await,
+            },
             Command::Image { command } => match command {
                 ImageCommand::Build {
                     tag,

@@ -311,6 +311,51 @@ impl Store {
         .await
     }
 
+    /// Sends the replies for chat `chat_id` to chat `target` instead (`None`: to the chat
+    /// itself again). Messages queued before stay where they were queued.
+    pub async fn set_reply_route(
+        &self,
+        chat_id: i64,
+        target: Option<i64>,
+    ) -> Result<(), StoreError> {
+        if target == Some(chat_id) {
+            return Err(StoreError::Invalid(
+                "a chat's replies cannot be routed to itself".into(),
+            ));
+        }
+        self.write("set reply route", move |tx| {
+            match target {
+                Some(target) => tx
+                    .execute(
+                        "INSERT INTO reply_routes (chat_id, target_chat_id, created_at)
+                         VALUES (?1, ?2, ?3)
+                         ON CONFLICT (chat_id) DO UPDATE SET target_chat_id = excluded.target_chat_id",
+                        params![chat_id, target, now_ms()],
+                    )
+                    .ctx("set reply route")?,
+                None => tx
+                    .execute("DELETE FROM reply_routes WHERE chat_id = ?1", [chat_id])
+                    .ctx("clear reply route")?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every chat whose replies go to another chat: (chat id, target chat id).
+    pub async fn reply_routes(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT chat_id, target_chat_id FROM reply_routes ORDER BY chat_id")
+                .ctx("list reply routes")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .ctx("list reply routes")?;
+            rows.collect::<Result<Vec<_>, _>>().ctx("list reply routes")
+        })
+        .await
+    }
+
     /// The groups a chat is routed to, with the wiring options, oldest wiring first.
     pub async fn wirings_for_chat(&self, chat_id: i64) -> Result<Vec<(Wiring, Group)>, StoreError> {
         self.read(move |conn| {

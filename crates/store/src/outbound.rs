@@ -55,6 +55,42 @@ pub(crate) fn insert_outbound_tx(
     m: &NewOutbound,
     now_ms: i64,
 ) -> Result<Option<Outbound>, StoreError> {
+    // A chat whose replies go elsewhere (`reply_routes`): the message is queued for the
+    // target chat, saying where it comes from, without the platform reply/thread (ids of
+    // another platform mean nothing there).
+    let route: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT r.target_chat_id, c.name FROM reply_routes r JOIN chats c ON c.id = r.chat_id
+             WHERE r.chat_id = ?1",
+            [m.chat_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .ctx("look up reply route")?;
+    if let Some((target, name)) = route {
+        let inserted = conn
+            .execute(
+                "INSERT INTO outbound (session_id, chat_id, in_reply_to, idempotency_key, text, kind,
+                                       state, tries, created_at, thread)
+                 VALUES (?1, ?2, NULL, ?3, ?4, ?5, 'pending', 0, ?6, NULL)
+                 ON CONFLICT (idempotency_key) DO NOTHING",
+                params![
+                    m.session_id,
+                    target,
+                    m.idempotency_key,
+                    format!("[{name}] {}", m.text),
+                    m.kind,
+                    now_ms
+                ],
+            )
+            .ctx("insert routed outbound")?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        let id = conn.last_insert_rowid();
+        insert_files_tx(conn, id, &m.files)?;
+        return outbound_by_id(conn, id);
+    }
     let inserted = conn
         .execute(
             // The thread: a chat session's own (per-thread mode), or in a group-wide session

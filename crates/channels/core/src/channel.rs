@@ -59,6 +59,19 @@ impl ChannelError {
     }
 }
 
+/// A chat named by a channel's configuration (see [`Channel::configured_chats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfiguredChat {
+    /// The chat's id on the channel (`InboundEvent::chat_id`).
+    pub chat_id: String,
+    pub name: String,
+    /// The folder of the agent group its messages go to.
+    pub group: String,
+    /// The chat cannot show replies (nowhere to send them): the host sends them to the
+    /// owner's main chat instead.
+    pub replies_to_owner: bool,
+}
+
 /// Prints what the owner must see while a channel links (a QR code, a pairing code).
 pub type ShowToOwner<'a> = dyn Fn(&str) + Send + Sync + 'a;
 
@@ -101,6 +114,13 @@ pub trait Channel: Send + Sync {
     /// `nanoclaw channel add` before [`Channel::verify`]; the channel bounds its own wait.
     async fn link(&self, _show: &ShowToOwner<'_>) -> Result<Option<String>, ChannelError> {
         Ok(None)
+    }
+
+    /// Chats that exist because the channel's configuration names them (webhook endpoints),
+    /// not because someone wrote from them. The host wires each to its group when the
+    /// channel starts, so the owner configures them in one place. Default: none.
+    fn configured_chats(&self) -> Vec<ConfiguredChat> {
+        Vec::new()
     }
 
     /// The channel's real state for `nanoclaw channel status`.

@@ -117,6 +117,10 @@ pub struct ChannelRegistration {
     pub modes: &'static [ModeSecrets],
     /// Settings keys `channel add` asks for (besides secrets), with their defaults.
     pub settings: &'static [(&'static str, &'static str)],
+    /// Secrets named by the settings themselves, for channels configured per item (one
+    /// secret per webhook: `webhook.<hook>.secret`). Asked for by the channel's own
+    /// command; listed as missing and removed with the channel like the others.
+    pub settings_secrets: Option<fn(&toml::Table) -> Vec<String>>,
     pub factory: ChannelFactory,
 }
 
@@ -124,6 +128,19 @@ impl ChannelRegistration {
     /// The secrets to ask for with these settings (its `mode` picks among [`Self::modes`]).
     pub fn secrets_for(&self, settings: &toml::Table) -> &'static [SecretSpec] {
         self.mode_for(settings).map_or(self.secrets, |m| m.secrets)
+    }
+
+    /// Every secret these settings need: [`Self::secrets_for`] and the settings' own.
+    pub fn secret_names_for(&self, settings: &toml::Table) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .secrets_for(settings)
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect();
+        if let Some(named) = self.settings_secrets {
+            names.extend(named(settings));
+        }
+        names
     }
 
     fn mode_for(&self, settings: &toml::Table) -> Option<&'static ModeSecrets> {

@@ -67,6 +67,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         ("gateway_url", ""),
         ("max_attachment_bytes", "20971520"),
     ],
+    settings_secrets: None,
     factory: |setup| Box::pin(build(setup)),
 };
 

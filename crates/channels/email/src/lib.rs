@@ -80,6 +80,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         ("smtp_host", ""),
         ("allow_senders", "[]"),
     ],
+    settings_secrets: None,
     factory,
 };
 

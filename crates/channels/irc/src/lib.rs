@@ -66,6 +66,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         ("tls", "true"),
         ("sasl", "false"),
     ],
+    settings_secrets: None,
     factory,
 };
 

@@ -64,6 +64,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
     }],
     modes: &[],
     settings: &[("homeserver", ""), ("invites_from", "[]")],
+    settings_secrets: None,
     factory,
 };
 

@@ -58,6 +58,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         ("api_base", DEFAULT_API_BASE),
         ("max_attachment_bytes", "20971520"),
     ],
+    settings_secrets: None,
     factory: |setup| Box::pin(build(setup)),
 };
 

@@ -65,6 +65,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         ("poll_timeout_secs", "30"),
         ("max_attachment_bytes", "20971520"),
     ],
+    settings_secrets: None,
     factory,
 };
 

@@ -106,6 +106,7 @@ pub const REGISTRATION: ChannelRegistration = ChannelRegistration {
         secrets: &[],
         generated: &["whatsapp.session_key"],
     }],
+    settings_secrets: None,
     factory,
 };
 

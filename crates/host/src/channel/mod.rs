@@ -38,6 +38,8 @@ const REGISTRATIONS: &[ChannelRegistration] = &[
     nanoclaw_channel_slack::REGISTRATION,
     #[cfg(feature = "whatsapp")]
     nanoclaw_channel_whatsapp::REGISTRATION,
+    #[cfg(feature = "webhook")]
+    nanoclaw_channel_webhook::REGISTRATION,
     #[cfg(feature = "email")]
     nanoclaw_channel_email::REGISTRATION,
     #[cfg(feature = "matrix")]

@@ -223,7 +223,19 @@ impl Channel for LazyChannel {
             }
         };
         drop(built);
+        sync_configured_chats(
+            &self.backing.store,
+            self.registration.name,
+            channel.configured_chats(),
+        )
+        .await?;
         channel.start(sink).await
+    }
+
+    fn configured_chats(&self) -> Vec<nanoclaw_channel::ConfiguredChat> {
+        self.current()
+            .map(|channel| channel.configured_chats())
+            .unwrap_or_default()
     }
 
     async fn deliver(
@@ -294,4 +306,69 @@ impl Channel for LazyChannel {
             channel.stop().await;
         }
     }
+}
+
+/// Wires the chats a channel's configuration names ([`Channel::configured_chats`]) the way
+/// the configuration says, at every start: each to its group (every message wakes it; a
+/// wiring to another group from an earlier configuration is removed), and its replies to
+/// the owner's main chat when it cannot show them itself.
+pub async fn sync_configured_chats(
+    store: &Store,
+    channel: &str,
+    chats: Vec<nanoclaw_channel::ConfiguredChat>,
+) -> Result<(), ChannelError> {
+    let failed = |e: nanoclaw_store::StoreError| {
+        ChannelError::Setup(format!("wiring the {channel} channel's chats: {e}"))
+    };
+    for configured in chats {
+        let group = store
+            .group_by_folder(configured.group.clone())
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| {
+                ChannelError::Setup(format!(
+                    "{channel}: {} names the group {:?}, which does not exist (`nanoclaw group list`)",
+                    configured.chat_id, configured.group
+                ))
+            })?;
+        let chat = store
+            .ensure_chat(
+                channel,
+                configured.chat_id.clone(),
+                configured.name.clone(),
+                false,
+            )
+            .await
+            .map_err(failed)?;
+        let wirings = store.wirings_for_chat(chat.id).await.map_err(failed)?;
+        for (_, other) in wirings.iter().filter(|(_, g)| g.id != group.id) {
+            store
+                .unwire(chat.id, other.id.clone())
+                .await
+                .map_err(failed)?;
+        }
+        if !wirings.iter().any(|(_, g)| g.id == group.id) {
+            store
+                .wire(
+                    chat.id,
+                    group.id.clone(),
+                    nanoclaw_store::WiringOptions::new(false, nanoclaw_store::SessionMode::Shared),
+                )
+                .await
+                .map_err(failed)?;
+        }
+        let target = if configured.replies_to_owner {
+            crate::host::owner_chat(store)
+                .await
+                .map_err(failed)?
+                .map(|owner| owner.id)
+        } else {
+            None
+        };
+        store
+            .set_reply_route(chat.id, target)
+            .await
+            .map_err(failed)?;
+    }
+    Ok(())
 }

@@ -36,11 +36,18 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
                 .get(r.name)
                 .cloned()
                 .unwrap_or_default();
-            let missing: Vec<&str> = r
+            // Optional secrets (an IRC server without a password) are never missing.
+            let mut required: Vec<String> = r
                 .secrets_for(&settings)
                 .iter()
                 .filter(|s| !s.optional)
-                .map(|s| s.name)
+                .map(|s| s.name.to_string())
+                .collect();
+            if let Some(named) = r.settings_secrets {
+                required.extend(named(&settings));
+            }
+            let missing: Vec<String> = required
+                .into_iter()
                 .filter(|n| !secrets.iter().any(|have| have == n))
                 .collect();
             serde_json::json!({
@@ -186,6 +193,13 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
                 "{name}: the test call got no answer in 30 s; check the network or api_base"
             ),
         }
+        if registration.settings_secrets.is_some() {
+            // Its chats come from its settings (one per item), not from pairing.
+            println!(
+                "{name}: its chats come from its config; add them with `nanoclaw {name} add` (see docs/CHANNELS.md)"
+            );
+            return finish_add(&paths, &name).await;
+        }
         let code = pairing_code();
         nanoclaw_host::host::ensure_main_wiring(&store, &config).await?;
         let main = store
@@ -202,7 +216,12 @@ pub async fn add(name: String, settings: Vec<String>, verify: bool) -> anyhow::R
              (`unknown_chats` in [channels.{name}])."
         );
     }
-    match restart_running(&paths, &name).await {
+    finish_add(&paths, &name).await
+}
+
+/// Restarts channel `name` in the running host after a change, and says what happened.
+pub async fn finish_add(paths: &Paths, name: &str) -> anyhow::Result<ExitCode> {
+    match restart_running(paths, name).await {
         Some(Ok(())) => eprintln!("the running host restarted the {name} channel"),
         Some(Err(e)) => {
             eprintln!("the running host: {e}; restart it (`nanoclaw run`) to start {name}")
@@ -258,7 +277,19 @@ pub fn enable_in_config(
     enabled: bool,
     pairs: &[(String, toml::Value)],
 ) -> anyhow::Result<String> {
-    let header = format!("[channels.{name}]");
+    let mut all = vec![("enabled".to_owned(), toml::Value::Boolean(enabled))];
+    all.extend(pairs.iter().cloned());
+    set_in_table(text, &format!("channels.{name}"), &all)
+}
+
+/// `text` with the table `[TABLE]` present (appended when missing) and `pairs` set in it,
+/// the first pair first. Other lines (and their comments) are kept as they are.
+pub fn set_in_table(
+    text: &str,
+    table: &str,
+    pairs: &[(String, toml::Value)],
+) -> anyhow::Result<String> {
+    let header = format!("[{table}]");
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let start = match lines.iter().position(|l| l.trim() == header) {
         Some(i) => i,
@@ -291,7 +322,6 @@ pub fn enable_in_config(
     for (key, value) in pairs.iter().rev() {
         set(key, value.to_string(), &mut lines, &mut end);
     }
-    set("enabled", enabled.to_string(), &mut lines, &mut end);
     let mut out = lines.join("\n");
     out.push('\n');
     Ok(out)
@@ -417,8 +447,20 @@ pub async fn remove(name: String, keep_secrets: bool) -> anyhow::Result<ExitCode
         eprintln!("disabled [channels.{name}] in {}", file.display());
     }
     if !keep_secrets && let Some(vault) = super::vault::open_vault_quietly().await {
-        for secret in registration.all_secret_names() {
-            if vault.remove(secret).await? {
+        let settings = Config::load(&file)
+            .ok()
+            .and_then(|c| c.channels.platforms.get(&name).cloned())
+            .unwrap_or_default();
+        let mut names: Vec<String> = registration
+            .all_secret_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        names.extend(registration.secret_names_for(&settings));
+        names.sort_unstable();
+        names.dedup();
+        for secret in names {
+            if vault.remove(&secret).await? {
                 eprintln!("removed {secret} from the vault");
             }
         }

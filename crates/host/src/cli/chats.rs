@@ -9,6 +9,7 @@ use nanoclaw_store::{Chat, SessionMode, Store, TriggerRule, UnknownSenders, Wiri
 pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
     let (_, _, store) = super::open_existing()?;
     let chats = store.list_chats().await?;
+    let routes = store.reply_routes().await?;
     let mut rows = Vec::new();
     for chat in &chats {
         let wirings = store.wirings_for_chat(chat.id).await?;
@@ -23,6 +24,8 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
                 "session_mode": w.session_mode.as_str(),
             })).collect::<Vec<_>>(),
             "blocked": store.is_chat_blocked(chat.id).await?,
+            // Its replies go to this chat instead (a webhook without a reply URL).
+            "replies_to": routes.iter().find(|(from, _)| *from == chat.id).map(|(_, to)| *to),
         }));
     }
     let waiting = store.waiting_messages().await?;
@@ -64,6 +67,10 @@ pub async fn list(json: bool) -> anyhow::Result<ExitCode> {
             "-".to_string()
         } else {
             wired.join(", ")
+        };
+        let wired = match row["replies_to"].as_i64() {
+            Some(to) => format!("{wired}; replies to chat {to}"),
+            None => wired,
         };
         println!(
             "{:<5} {:<10} {:<22} {:<20} {wired}",

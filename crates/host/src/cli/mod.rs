@@ -13,6 +13,8 @@ pub mod run;
 pub mod status;
 pub mod tasks;
 pub mod vault;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use std::path::Path;
 

@@ -72,7 +72,7 @@ async fn channel_add_stores_the_token_enables_the_channel_and_gives_a_pairing_co
     assert_eq!(
         names,
         [
-            "telegram", "discord", "slack", "whatsapp", "email", "matrix", "irc"
+            "telegram", "discord", "slack", "whatsapp", "email", "matrix", "irc", "webhook"
         ]
     );
 
@@ -457,4 +457,104 @@ async fn channel_add_email_logs_in_to_real_mail_servers() {
     let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
     assert!(config.contains("[channels.email]"), "{config}");
     assert!(!config.contains(BOT_PASSWORD), "{config}");
+}
+
+/// `nanoclaw webhook add` stores the hook's secret (from stdin), writes its table, prints the
+/// URL and how to sign; `channel list` counts a hook whose secret is gone as missing; `channel
+/// remove webhook` takes every hook's secret away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_add_stores_the_secret_and_prints_how_to_sign() {
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[agents]\nruntime = \"native\"\n",
+    )
+    .unwrap();
+    let bad = nanoclaw(&home, &["webhook", "add", "Bad Name"], Some("x\n"));
+    assert!(!bad.status.success(), "{}", text(&bad));
+    let add = nanoclaw(
+        &home,
+        &[
+            "webhook", "add", "ci", "--group", "main", "--scheme", "generic",
+        ],
+        Some("the-ci-secret\n"),
+    );
+    let out = text(&add);
+    assert!(add.status.success(), "{out}");
+    assert!(out.contains("URL: http://127.0.0.1:8791/hooks/ci"), "{out}");
+    assert!(out.contains("X-Signature: t=<unix seconds>,v1="), "{out}");
+    assert!(out.contains("replies: to your main chat"), "{out}");
+    assert!(
+        !out.contains("the-ci-secret"),
+        "the secret is never echoed: {out}"
+    );
+    // Empty input: a secret is generated and shown once.
+    let add = nanoclaw(
+        &home,
+        &[
+            "webhook",
+            "add",
+            "gh",
+            "--scheme",
+            "github",
+            "--reply-url",
+            "https://example.invalid/r",
+        ],
+        Some("\n"),
+    );
+    let out = text(&add);
+    assert!(add.status.success(), "{out}");
+    assert!(out.contains("secret (shown once"), "{out}");
+    assert!(out.contains("GitHub: Settings → Webhooks"), "{out}");
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    let parsed: toml::Table = toml::from_str(&config).unwrap();
+    let webhook = &parsed["channels"]["webhook"];
+    assert_eq!(webhook["enabled"].as_bool(), Some(true));
+    assert_eq!(webhook["hooks"]["ci"]["scheme"].as_str(), Some("generic"));
+    assert_eq!(
+        webhook["hooks"]["gh"]["reply_url"].as_str(),
+        Some("https://example.invalid/r")
+    );
+    let listed = nanoclaw(&home, &["webhook", "list", "--json"], None);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["secret_set"] == true)
+    );
+
+    // `webhook remove` takes one hook's table and secret; the other stays.
+    let gone = nanoclaw(&home, &["webhook", "add", "old"], Some("s\n"));
+    assert!(gone.status.success(), "{}", text(&gone));
+    let gone = nanoclaw(&home, &["webhook", "remove", "old"], None);
+    assert!(gone.status.success(), "{}", text(&gone));
+    let config = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
+    assert!(!config.contains("hooks.old"), "{config}");
+    assert!(config.contains("[channels.webhook.hooks.ci]"), "{config}");
+    let vault = text(&nanoclaw(&home, &["vault", "list"], None));
+    assert!(!vault.contains("webhook.old.secret"), "{vault}");
+    assert!(vault.contains("webhook.ci.secret"), "{vault}");
+
+    let rm = nanoclaw(&home, &["vault", "rm", "webhook.gh.secret"], None);
+    assert!(rm.status.success(), "{}", text(&rm));
+    let list = nanoclaw(&home, &["channel", "list", "--json"], None);
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let ours = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "webhook")
+        .unwrap();
+    assert_eq!(ours["enabled"], true);
+    assert_eq!(
+        ours["missing_secrets"],
+        serde_json::json!(["webhook.gh.secret"])
+    );
+    let remove = nanoclaw(&home, &["channel", "remove", "webhook"], None);
+    assert!(remove.status.success(), "{}", text(&remove));
+    let vault = text(&nanoclaw(&home, &["vault", "list"], None));
+    assert!(!vault.contains("webhook.ci.secret"), "{vault}");
 }

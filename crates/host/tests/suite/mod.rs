@@ -28,3 +28,5 @@ mod vault_approvals;
 mod vault_cli;
 mod vault_e2e;
 mod vault_keyring;
+#[cfg(feature = "webhook")]
+mod webhook;

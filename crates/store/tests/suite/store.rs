@@ -1380,3 +1380,49 @@ async fn a_version_8_database_upgrades_with_its_messages_wirings_and_reply_threa
     );
     assert_eq!(session.scope, SessionScope::Chat);
 }
+
+#[tokio::test]
+async fn replies_for_a_routed_chat_are_queued_for_its_target() {
+    let f = fixture(Store::open_in_memory().unwrap()).await;
+    let hook = f
+        .store
+        .ensure_chat("webhook", "hook:ci", "webhook ci", false)
+        .await
+        .unwrap();
+    assert!(
+        f.store
+            .set_reply_route(hook.id, Some(hook.id))
+            .await
+            .is_err()
+    );
+    f.store
+        .set_reply_route(hook.id, Some(f.chat_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.reply_routes().await.unwrap(),
+        vec![(hook.id, f.chat_id)]
+    );
+    let mut answer = reply(&f, "routed", None);
+    answer.chat_id = hook.id;
+    answer.text = "build is green".into();
+    let row = f
+        .store
+        .insert_outbound(answer.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.chat_id, f.chat_id);
+    assert_eq!(row.text, "[webhook ci] build is green");
+    assert_eq!(row.in_reply_to, None);
+    // Still once per key.
+    assert!(f.store.insert_outbound(answer).await.unwrap().is_none());
+    // Cleared: replies stay in the chat again.
+    f.store.set_reply_route(hook.id, None).await.unwrap();
+    let mut direct = reply(&f, "direct", None);
+    direct.chat_id = hook.id;
+    let row = f.store.insert_outbound(direct).await.unwrap().unwrap();
+    assert_eq!(row.chat_id, hook.id);
+    assert_eq!(row.text, "reply direct");
+    assert!(f.store.reply_routes().await.unwrap().is_empty());
+}

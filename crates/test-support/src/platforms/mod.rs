@@ -15,6 +15,7 @@ pub mod email;
 pub mod irc;
 pub mod matrix;
 pub mod slack;
+pub mod webhook;
 pub mod whatsapp;
 
 /// A chat on a fake platform, as the test sets it up.
@@ -69,6 +70,12 @@ pub trait FakePlatform: Send + Sync {
 
     /// The vault secrets the adapter needs: (name, value).
     fn secrets(&self) -> Vec<(String, String)>;
+
+    /// The chats are wired by the channel's config (webhooks name their group), so the
+    /// suite does not pair them. Default: `false` (paired with a code, as an owner does).
+    fn chats_wired_by_config(&self) -> bool {
+        false
+    }
 
     /// The longest message the platform takes, as it counts length.
     fn max_message_len(&self) -> usize;

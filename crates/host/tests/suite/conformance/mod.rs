@@ -294,6 +294,10 @@ impl Harness {
 
     /// Pairs `chat` with the main group through the channel.
     pub async fn pair(&self, chat: &FakeChat) {
+        if self.fake.chats_wired_by_config() {
+            // Wired when the channel started (its config names the group).
+            return;
+        }
         self.pairing_code().await;
         self.fake.user_says(chat, PAIRING_CODE, true).await;
         self.wait_sent(chat, "Paired").await;
@@ -662,6 +666,32 @@ mod platforms {
             );
         fake
     });
+    // Webhooks: every check whose behaviour exists for a signed HTTP endpoint. Left out:
+    // - answers_direct_and_mentioned_messages: every delivery addresses the assistant
+    //   (there is no un-addressed group chatter to ignore); a delivery becoming a turn is
+    //   inbound_is_deduplicated_across_restarts' first step, and the crate's
+    //   good_signatures_become_turns_and_bad_ones_are_refused checks the event fields.
+    // - inbound_files_reach_the_groups_inbox: a delivery is a body, it has no attachments.
+    // - reconnects_after_the_server_drops_it: there is no connection to drop; each delivery
+    //   is its own request. A listener that cannot bind is retried with backoff and shown in
+    //   health (the same loop as WhatsApp's webhook server); a stopped channel binding again
+    //   is covered by the deduplication check's restart.
+    #[cfg(feature = "webhook")]
+    conformance_checks!(webhook, || async {
+        let fake: std::sync::Arc<dyn nanoclaw_test_support::platforms::FakePlatform> =
+            std::sync::Arc::new(
+                nanoclaw_test_support::platforms::webhook::FakeWebhook::start().await,
+            );
+        fake
+    };
+        inbound_is_deduplicated_across_restarts,
+        outbound_is_exactly_once_across_a_kill,
+        long_replies_are_split_in_order,
+        outbound_files_reach_the_chat,
+        rate_limits_are_honoured,
+        malformed_payloads_are_skipped,
+        bots_never_loop,
+    );
     // Against real Dovecot and Postfix (started by the driver; needs root for Postfix).
     #[cfg(feature = "email")]
     conformance_suite!(email, || async {
