@@ -38,14 +38,14 @@ const REGISTRATIONS: &[ChannelRegistration] = &[
     nanoclaw_channel_slack::REGISTRATION,
     #[cfg(feature = "whatsapp")]
     nanoclaw_channel_whatsapp::REGISTRATION,
-    #[cfg(feature = "webhook")]
-    nanoclaw_channel_webhook::REGISTRATION,
     #[cfg(feature = "email")]
     nanoclaw_channel_email::REGISTRATION,
     #[cfg(feature = "matrix")]
     nanoclaw_channel_matrix::REGISTRATION,
     #[cfg(feature = "irc")]
     nanoclaw_channel_irc::REGISTRATION,
+    #[cfg(feature = "webhook")]
+    nanoclaw_channel_webhook::REGISTRATION,
 ];
 
 /// Every platform channel this build contains, by name.
