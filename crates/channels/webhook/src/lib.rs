@@ -10,7 +10,9 @@
 //!   as untrusted content ([`text`]), and is answered 202 only once the host has stored it
 //!   durably. The delivery id (`X-GitHub-Delivery`, else `X-Webhook-Id`, else the
 //!   signature) is the message's platform id, so a redelivery — also after a restart — is
-//!   stored once (answered 200 `duplicate`).
+//!   stored once (answered 200 `duplicate`); the signatures of stored deliveries are kept in
+//!   the host's database, so the same signed bytes under a new (unsigned) delivery id are a
+//!   duplicate too, also after a restart.
 //! - **Out** ([`reply`]): with `reply_url`, the reply is POSTed there as JSON
 //!   `{hook, text, in_reply_to, kind, part, parts, files}`, signed with the hook's secret in
 //!   the generic scheme, with an `Idempotency-Key` per part, through the send ledger
@@ -225,7 +227,7 @@ pub struct WebhookChannel {
     replies: reply::Replier,
     health: Arc<HealthCell>,
     server: tokio::sync::Mutex<Option<JoinHandle<()>>>,
-    /// Remembered signatures, shared across restarts of the listener.
+    /// Remembered signatures, kept in the host's database (across restarts).
     seen: Arc<server::Seen>,
 }
 
@@ -258,7 +260,7 @@ impl WebhookChannel {
             hooks,
             health: Arc::new(HealthCell::default()),
             server: tokio::sync::Mutex::new(None),
-            seen: Arc::new(server::Seen::default()),
+            seen: Arc::new(server::Seen::durable(setup.state)),
         })
     }
 

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http_body_util::BodyExt;
 use nanoclaw_channel::{
-    Backoff, ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome, now_ms,
+    Backoff, ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome, StateStore, now_ms,
 };
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -32,22 +32,61 @@ pub const REPLY_MARK: &str = "x-nanoclaw-reply";
 /// Signatures remembered against replays.
 const SEEN_MAX: usize = 10_000;
 
-/// Signatures of deliveries the host has settled (the newest 10,000): the same signed
-/// bytes sent again under a new delivery id are not a new turn.
+/// Signatures of deliveries the host has settled: the same signed bytes sent again under a
+/// new delivery id (headers a replaying attacker can change; GitHub's scheme signs no time)
+/// are not a new turn. The newest 10,000 are kept in memory; with a state store
+/// ([`Seen::durable`], as the channel runs it) every one is also kept in the host's
+/// database, so a replay after a restart is refused too.
 #[derive(Default)]
-pub struct Seen(Mutex<(HashSet<String>, VecDeque<String>)>);
+pub struct Seen {
+    memory: Mutex<(HashSet<String>, VecDeque<String>)>,
+    state: Option<Arc<dyn StateStore>>,
+}
 
 impl Seen {
-    fn contains(&self, sig: &str) -> bool {
-        self.0
+    /// Remembers signatures in `state` as well (durable across restarts).
+    pub fn durable(state: Arc<dyn StateStore>) -> Seen {
+        Seen {
+            memory: Mutex::default(),
+            state: Some(state),
+        }
+    }
+
+    fn key(sig: &str) -> String {
+        format!("seen:{sig}")
+    }
+
+    async fn contains(&self, sig: &str) -> bool {
+        if self
+            .memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .0
             .contains(sig)
+        {
+            return true;
+        }
+        match &self.state {
+            Some(state) => match state.get(&Self::key(sig)).await {
+                Ok(found) => found.is_some(),
+                // Unknown: let it through to the host, whose deduplication by delivery id
+                // still holds.
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook: remembered signatures unreadable");
+                    false
+                }
+            },
+            None => false,
+        }
     }
 
-    fn insert(&self, sig: String) {
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    async fn insert(&self, sig: String) {
+        if let Some(state) = &self.state
+            && let Err(e) = state.put(&Self::key(&sig), &now_ms().to_string()).await
+        {
+            tracing::warn!(error = %e, "webhook: could not remember a signature");
+        }
+        let mut guard = self.memory.lock().unwrap_or_else(|p| p.into_inner());
         let (set, order) = &mut *guard;
         if set.insert(sig.clone()) {
             order.push_back(sig);
@@ -263,7 +302,7 @@ async fn receive(
     server.health.event();
     // Verified: from here the bytes came from someone holding the secret.
     let signature = signature.unwrap_or_default();
-    if server.seen.contains(&signature) {
+    if server.seen.contains(&signature).await {
         return status(StatusCode::OK, "duplicate", None);
     }
     let delivery_id = header_str(&headers, "x-github-delivery")
@@ -311,7 +350,7 @@ async fn receive(
         }
     };
     if outcome.is_settled() {
-        server.seen.insert(signature);
+        server.seen.insert(signature).await;
     }
     match outcome {
         RouteOutcome::Accepted => status(StatusCode::ACCEPTED, "accepted", None),

@@ -67,6 +67,16 @@ struct Running {
 /// Serves the hooks of `config` on a free port; `host` keeps what is stored across
 /// "restarts" (as the real host's database does); `ack_delay` holds each acknowledgement.
 async fn serve(config: &WebhookConfig, host: Arc<TestHost>, ack_delay: Duration) -> Running {
+    serve_remembering(config, host, ack_delay, Seen::default()).await
+}
+
+/// [`serve`] with the channel's memory of signatures (durable when given a state store).
+async fn serve_remembering(
+    config: &WebhookConfig,
+    host: Arc<TestHost>,
+    ack_delay: Duration,
+    seen: Seen,
+) -> Running {
     let (sink, mut rx) = tokio::sync::mpsc::channel(1024);
     let health = Arc::new(HealthCell::default());
     let server = Arc::new(Server::new(
@@ -74,7 +84,7 @@ async fn serve(config: &WebhookConfig, host: Arc<TestHost>, ack_delay: Duration)
         hooks(config),
         Arc::clone(&health),
         sink,
-        Arc::new(Seen::default()),
+        Arc::new(seen),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -285,6 +295,39 @@ async fn replays_are_refused_by_time_and_by_delivery_id_also_after_a_restart() {
     assert_eq!(turns.len(), 5, "{turns:?}");
     let unique: HashSet<&String> = turns.iter().collect();
     assert_eq!(unique.len(), 3, "{turns:?}");
+    r.task.abort();
+}
+
+/// GitHub's scheme signs no time and its delivery id header is not signed: a captured
+/// delivery replayed under a new id after the host restarted must still not be a new turn.
+#[tokio::test]
+async fn a_github_replay_under_a_new_delivery_id_is_refused_after_a_restart() {
+    let config = hook_config("");
+    let host: Arc<TestHost> = Arc::default();
+    // The channel's state store, which lives in the host's database across restarts.
+    let state: Arc<nanoclaw_channel::memory::MemoryState> = Arc::default();
+    let r = serve_remembering(
+        &config,
+        Arc::clone(&host),
+        Duration::ZERO,
+        Seen::durable(state.clone()),
+    )
+    .await;
+    let body = r#"{"action":"opened","issue":{"title":"deploy"}}"#;
+    assert_eq!(post_github(&r.url, body, "gh-a").await.status(), 202);
+    r.task.abort();
+    let r = serve_remembering(
+        &config,
+        Arc::clone(&host),
+        Duration::ZERO,
+        Seen::durable(state),
+    )
+    .await;
+    let replayed = post_github(&r.url, body, "gh-forged-new-id").await;
+    assert_eq!(replayed.status(), 200);
+    let v: serde_json::Value = replayed.json().await.unwrap();
+    assert_eq!(v["status"], "duplicate");
+    assert_eq!(host.events.lock().unwrap().len(), 1, "one turn only");
     r.task.abort();
 }
 
