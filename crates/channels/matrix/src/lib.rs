@@ -127,6 +127,8 @@ pub struct MatrixChannel {
     /// Joined member counts by room, with when they were read.
     members: Mutex<HashMap<String, (usize, Instant)>>,
     receiver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Held while a batch is handed to the host and the token moved past it.
+    handing_over: tokio::sync::Mutex<()>,
 }
 
 impl MatrixChannel {
@@ -156,6 +158,7 @@ impl MatrixChannel {
             me: tokio::sync::OnceCell::new(),
             members: Mutex::new(HashMap::new()),
             receiver: tokio::sync::Mutex::new(None),
+            handing_over: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -264,6 +267,9 @@ impl Channel for MatrixChannel {
     }
 
     async fn stop(&self) {
+        // Bounded: the host may be the one not answering (the batch then comes again and
+        // the host deduplicates it by event id).
+        let _settled = tokio::time::timeout(Duration::from_secs(5), self.handing_over.lock()).await;
         if let Some(task) = self.receiver.lock().await.take() {
             task.abort();
         }
@@ -384,6 +390,9 @@ impl MatrixChannel {
         loop {
             let timeout = Duration::from_secs(self.config.sync_timeout_secs);
             let batch = self.sync_once(since.as_deref(), timeout).await?;
+            // A stop waits for this: a batch handed over always moves the token, so a
+            // restarted channel does not hand it over again.
+            let handing_over = self.handing_over.lock().await;
             self.health.connected();
             self.join_invites(&batch).await;
             for room in &batch.gaps {
@@ -409,6 +418,7 @@ impl MatrixChannel {
                 }
             }
             self.save(&batch.next_batch).await?;
+            drop(handing_over);
             since = Some(batch.next_batch);
         }
     }
