@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::event::{ChannelEvent, OutgoingMessage, Progress};
+use crate::event::{ChannelEvent, InboundEvent, OutgoingMessage, Progress, RouteOutcome};
 use crate::health::Health;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,17 @@ pub type ShowToOwner<'a> = dyn Fn(&str) + Send + Sync + 'a;
 /// Where channels send what they receive.
 pub type InboundSink = mpsc::Sender<ChannelEvent>;
 
+/// Hands one message to the host and waits until the host has decided about it (stored,
+/// ignored, held, or failed). `None`: the host stopped listening, or dropped the message
+/// undecided. For channels that move a cursor one message at a time; many in flight at once
+/// is [`crate::Pipeline`].
+pub async fn hand_over(sink: &InboundSink, mut event: InboundEvent) -> Option<RouteOutcome> {
+    let (ack, decided) = tokio::sync::oneshot::channel();
+    event.ack = Some(ack);
+    sink.send(ChannelEvent::Inbound(event)).await.ok()?;
+    decided.await.ok()
+}
+
 #[async_trait]
 pub trait Channel: Send + Sync {
     /// Channel type, e.g. `telegram`.
@@ -137,4 +148,51 @@ pub trait Channel: Send + Sync {
 
     /// Stops receiving. A stopped channel can be started again (`channel restart`).
     async fn stop(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn event() -> InboundEvent {
+        InboundEvent {
+            channel: "t".into(),
+            chat_id: "c".into(),
+            chat_name: "c".into(),
+            is_group: false,
+            thread: None,
+            platform_msg_id: "m1".into(),
+            sender: "s".into(),
+            sender_name: None,
+            text: "hi".into(),
+            received_at: 0,
+            mentions_me: true,
+            from_bot: false,
+            attachments: Vec::new(),
+            ack: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn hand_over_returns_what_the_host_decided_or_none_when_it_is_gone() {
+        let (sink, mut host) = mpsc::channel(1);
+        let decide = tokio::spawn(async move {
+            let Some(ChannelEvent::Inbound(mut e)) = host.recv().await else {
+                panic!("no event");
+            };
+            e.ack.take().unwrap().send(RouteOutcome::Duplicate).unwrap();
+            // Undecided: the ack is dropped with the event.
+            let Some(ChannelEvent::Inbound(_undecided)) = host.recv().await else {
+                panic!("no second event");
+            };
+        });
+        assert_eq!(
+            hand_over(&sink, event()).await,
+            Some(RouteOutcome::Duplicate)
+        );
+        assert_eq!(hand_over(&sink, event()).await, None);
+        decide.await.unwrap();
+        assert_eq!(hand_over(&sink, event()).await, None, "the host is gone");
+    }
 }

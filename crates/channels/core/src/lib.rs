@@ -23,7 +23,7 @@ mod setup;
 mod supervisor;
 
 pub use backoff::Backoff;
-pub use channel::{Channel, ChannelError, ConfiguredChat, InboundSink, ShowToOwner};
+pub use channel::{Channel, ChannelError, ConfiguredChat, InboundSink, ShowToOwner, hand_over};
 pub use event::{
     Attachment, ChannelEvent, InboundEvent, OutgoingFile, OutgoingMessage, Progress, RouteOutcome,
 };

@@ -28,9 +28,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lettre::message::Mailbox;
 use nanoclaw_channel::{
-    Attachment, Backoff, Channel, ChannelError, ChannelEvent, ChannelRegistration, ChannelSetup,
-    Health, HealthCell, InboundEvent, InboundSink, ModeSecrets, OutgoingMessage, SecretSpec,
-    SendAttempt, SendLedger, ShowToOwner, StateStore, send_parts,
+    Attachment, Backoff, Channel, ChannelError, ChannelRegistration, ChannelSetup, Health,
+    HealthCell, InboundEvent, InboundSink, ModeSecrets, OutgoingMessage, SecretSpec, SendAttempt,
+    SendLedger, ShowToOwner, StateStore, hand_over, send_parts,
 };
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -722,7 +722,6 @@ impl EmailChannel {
                 data: bytes::Bytes::from(f.data.clone()),
             })
             .collect();
-        let (ack, settled) = tokio::sync::oneshot::channel();
         let event = InboundEvent {
             channel: NAME.into(),
             chat_id: mail.from.clone(),
@@ -737,18 +736,16 @@ impl EmailChannel {
             mentions_me: true,
             from_bot: mail.automated,
             attachments,
-            ack: Some(ack),
+            ack: None,
         };
-        if sink.send(ChannelEvent::Inbound(event)).await.is_err() {
-            return Ok(false);
-        }
+        let outcome = hand_over(sink, event).await;
         self.health.event();
-        match settled.await {
-            Ok(outcome) if outcome.is_settled() => Ok(true),
-            Ok(outcome) => Err(MailError::Connect(format!(
+        match outcome {
+            Some(outcome) if outcome.is_settled() => Ok(true),
+            Some(outcome) => Err(MailError::Connect(format!(
                 "the host could not store a message ({outcome:?}); it is fetched again"
             ))),
-            Err(_) => Ok(false),
+            None => Ok(false),
         }
     }
 }

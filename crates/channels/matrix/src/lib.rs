@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use nanoclaw_channel::chunk::{Measure, split};
 use nanoclaw_channel::{
-    Attachment, Backoff, Channel, ChannelError, ChannelEvent, ChannelRegistration, ChannelSetup,
-    Health, HealthCell, InboundEvent, InboundSink, OutgoingMessage, Progress, SecretSpec,
-    SendLedger, StateStore, send_parts,
+    Attachment, Backoff, Channel, ChannelError, ChannelRegistration, ChannelSetup, Health,
+    HealthCell, InboundEvent, InboundSink, OutgoingMessage, Progress, SecretSpec, SendLedger,
+    StateStore, hand_over, send_parts,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -497,7 +497,6 @@ impl MatrixChannel {
                 }
             }
         }
-        let (ack, settled) = tokio::sync::oneshot::channel();
         let event = InboundEvent {
             channel: NAME.into(),
             chat_id: message.room.clone(),
@@ -512,18 +511,16 @@ impl MatrixChannel {
             mentions_me,
             from_bot: message.is_notice(),
             attachments,
-            ack: Some(ack),
+            ack: None,
         };
-        if sink.send(ChannelEvent::Inbound(event)).await.is_err() {
-            return Ok(false);
-        }
+        let outcome = hand_over(sink, event).await;
         self.health.event();
-        match settled.await {
-            Ok(outcome) if outcome.is_settled() => Ok(true),
-            Ok(outcome) => Err(ApiError::Network(format!(
+        match outcome {
+            Some(outcome) if outcome.is_settled() => Ok(true),
+            Some(outcome) => Err(ApiError::Network(format!(
                 "the host could not store a message ({outcome:?}); syncing the batch again"
             ))),
-            Err(_) => Ok(false),
+            None => Ok(false),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nanoclaw_channel::{Attachment, ChannelEvent, InboundEvent, InboundSink};
+use nanoclaw_channel::{Attachment, InboundEvent, InboundSink};
 use whatsapp_rust::Client;
 use whatsapp_rust::types::durability_hook::InboundMessage;
 use whatsapp_rust::wacore_binary::{Jid, JidExt};
@@ -65,22 +65,16 @@ impl whatsapp_rust::InboundDurabilityHook for InboundHook {
 
 impl InboundHook {
     /// Gives the host one event and waits until it is settled.
-    async fn hand_over(&self, mut event: InboundEvent) -> whatsapp_rust::anyhow::Result<()> {
-        let (ack, settled) = tokio::sync::oneshot::channel();
-        event.ack = Some(ack);
+    async fn hand_over(&self, event: InboundEvent) -> whatsapp_rust::anyhow::Result<()> {
         let id = event.platform_msg_id.clone();
-        self.sink
-            .send(ChannelEvent::Inbound(event))
-            .await
-            .map_err(|_| whatsapp_rust::anyhow::anyhow!("the host stopped taking messages"))?;
-        match settled.await {
-            Ok(outcome) if outcome.is_settled() => Ok(()),
-            Ok(outcome) => {
+        match nanoclaw_channel::hand_over(&self.sink, event).await {
+            Some(outcome) if outcome.is_settled() => Ok(()),
+            Some(outcome) => {
                 tracing::warn!(%id, ?outcome, "whatsapp: the host could not store a message; WhatsApp will deliver it again");
                 Err(whatsapp_rust::anyhow::anyhow!("not stored: {outcome:?}"))
             }
-            Err(_) => Err(whatsapp_rust::anyhow::anyhow!(
-                "the host dropped the message"
+            None => Err(whatsapp_rust::anyhow::anyhow!(
+                "the host stopped taking messages, or dropped this one"
             )),
         }
     }
