@@ -17,6 +17,7 @@ pub mod chunk;
 mod event;
 mod health;
 mod ledger;
+mod listen;
 pub mod memory;
 mod pipeline;
 mod setup;
@@ -29,6 +30,7 @@ pub use event::{
 };
 pub use health::{Health, HealthCell, LinkState};
 pub use ledger::{PartState, SendAttempt, SendLedger, send_parts};
+pub use listen::serve_with_rebind;
 pub use pipeline::{DEFAULT_IN_FLIGHT, Pipeline, Settlement};
 pub use setup::{
     ChannelFactory, ChannelRegistration, ChannelSetup, ModeSecrets, SecretSource, SecretSpec,

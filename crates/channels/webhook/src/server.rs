@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http_body_util::BodyExt;
 use nanoclaw_channel::{
-    Backoff, ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome, StateStore, now_ms,
+    ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome, StateStore, now_ms,
+    serve_with_rebind,
 };
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -165,32 +166,12 @@ impl Server {
 /// Serves on `listen` until aborted; binds again with backoff when it cannot bind or the
 /// server fails. `first` is a listener `start()` already bound.
 pub async fn run(listen: String, server: Arc<Server>, first: Option<TcpListener>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut first = first;
-    loop {
-        let listener = match first.take() {
-            Some(listener) => listener,
-            None => match TcpListener::bind(&listen).await {
-                Ok(listener) => listener,
-                Err(e) => {
-                    let error = format!("cannot listen on {listen}: {e}");
-                    tracing::warn!(%error, "webhook: retrying");
-                    server.health.reconnecting(error);
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
-            },
-        };
-        backoff.reset();
-        server.health.connected();
-        tracing::info!(%listen, "webhook: listening");
-        if let Err(e) = axum::serve(listener, router(Arc::clone(&server))).await {
-            let error = format!("the listener failed: {e}");
-            tracing::warn!(%error, "webhook: restarting it");
-            server.health.reconnecting(error);
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
+    let health = Arc::clone(&server.health);
+    serve_with_rebind(&listen, first, &health, "webhook", |listener| {
+        let app = router(Arc::clone(&server));
+        async move { axum::serve(listener, app).await }
+    })
+    .await;
 }
 
 /// The routes (also for tests that serve them on their own listener).

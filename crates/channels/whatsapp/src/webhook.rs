@@ -25,7 +25,7 @@ use axum::routing::get;
 use hmac::{KeyInit, Mac};
 use http_body_util::BodyExt;
 use nanoclaw_channel::{
-    Backoff, ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome,
+    ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome, serve_with_rebind,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -55,35 +55,14 @@ pub struct Webhook {
 /// Serves `path` on `listen` until aborted; binds again with backoff when it cannot bind
 /// or the server fails. `first` is a listener `start()` already bound.
 pub async fn run(listen: String, path: String, hook: Arc<Webhook>, first: Option<TcpListener>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut first = first;
-    loop {
-        let listener = match first.take() {
-            Some(listener) => listener,
-            None => match TcpListener::bind(&listen).await {
-                Ok(listener) => listener,
-                Err(e) => {
-                    let error = format!("webhook server: cannot listen on {listen}: {e}");
-                    tracing::warn!(%error, "whatsapp: retrying");
-                    hook.health.reconnecting(error);
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
-            },
-        };
-        backoff.reset();
-        hook.health.connected();
-        tracing::info!(%listen, %path, "whatsapp: webhook server listening");
+    let health = Arc::clone(&hook.health);
+    serve_with_rebind(&listen, first, &health, "whatsapp webhook", |listener| {
         let app = Router::new()
             .route(&path, get(handshake).post(receive))
             .with_state(Arc::clone(&hook));
-        if let Err(e) = axum::serve(listener, app).await {
-            let error = format!("webhook server failed: {e}");
-            tracing::warn!(%error, "whatsapp: restarting it");
-            hook.health.reconnecting(error);
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
+        async move { axum::serve(listener, app).await }
+    })
+    .await;
 }
 
 async fn handshake(
