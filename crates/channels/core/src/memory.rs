@@ -87,3 +87,26 @@ impl SecretSource for MemorySecrets {
         Ok(())
     }
 }
+
+/// A host for adapters' tests that stores every message: each inbound message is settled
+/// as [`RouteOutcome::Accepted`] and passed on to the returned receiver (ack taken).
+pub fn accepting_host() -> (
+    crate::InboundSink,
+    tokio::sync::mpsc::Receiver<crate::InboundEvent>,
+) {
+    let (sink, mut raw) = tokio::sync::mpsc::channel(64);
+    let (tx, events) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(event) = raw.recv().await {
+            if let crate::ChannelEvent::Inbound(mut event) = event {
+                if let Some(ack) = event.ack.take() {
+                    let _ = ack.send(crate::RouteOutcome::Accepted);
+                }
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (sink, events)
+}

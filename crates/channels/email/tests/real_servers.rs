@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nanoclaw_channel::memory::{MemoryLedger, MemorySecrets, MemoryState};
+use nanoclaw_channel::memory::{MemoryLedger, MemorySecrets, MemoryState, accepting_host};
 use nanoclaw_channel::{
-    Channel, ChannelError, ChannelEvent, ChannelSetup, InboundEvent, LinkState, OutgoingFile,
-    OutgoingMessage, RouteOutcome, SecretSource, SendLedger,
+    Channel, ChannelError, ChannelSetup, InboundEvent, LinkState, OutgoingFile, OutgoingMessage,
+    SecretSource, SendLedger,
 };
 use nanoclaw_channel_email::{EmailChannel, PASSWORD_SECRET, parse};
 use nanoclaw_test_support::mail::{FakeOAuth, MailServers};
@@ -71,19 +71,7 @@ async fn start(
         .await
         .unwrap(),
     );
-    let (sink, mut raw) = mpsc::channel(64);
-    let (tx, events) = mpsc::channel(64);
-    // The host's part: store (here: pass on) and settle each message.
-    tokio::spawn(async move {
-        while let Some(event) = raw.recv().await {
-            if let ChannelEvent::Inbound(mut event) = event {
-                if let Some(ack) = event.ack.take() {
-                    let _ = ack.send(RouteOutcome::Accepted);
-                }
-                let _ = tx.send(event).await;
-            }
-        }
-    });
+    let (sink, events) = accepting_host();
     Arc::clone(&channel).start(sink).await.unwrap();
     wait_connected(&channel).await;
     Rig {
@@ -448,7 +436,7 @@ async fn a_send_in_doubt_after_a_crash_is_not_sent_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starttls_submission_works_and_plain_is_never_used() {
+async fn starttls_submission_works() {
     let servers = MailServers::start(&accounts());
     let mut table = settings(&servers, "");
     table.insert("smtp_security".into(), "starttls".into());

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nanoclaw_channel::memory::{MemoryLedger, MemorySecrets, MemoryState};
+use nanoclaw_channel::memory::{MemoryLedger, MemorySecrets, MemoryState, accepting_host};
 use nanoclaw_channel::{
-    Channel, ChannelError, ChannelEvent, ChannelSetup, InboundEvent, LinkState, OutgoingFile,
-    OutgoingMessage, RouteOutcome, SendLedger, StateStore,
+    Channel, ChannelError, ChannelSetup, InboundEvent, LinkState, OutgoingFile, OutgoingMessage,
+    SendLedger, StateStore,
 };
 use nanoclaw_channel_matrix::{MatrixChannel, TOKEN_SECRET};
 use nanoclaw_test_support::matrix::{MatrixUser, Synapse};
@@ -48,18 +48,7 @@ async fn start(
         .await
         .unwrap(),
     );
-    let (sink, mut raw) = mpsc::channel(64);
-    let (tx, events) = mpsc::channel(64);
-    tokio::spawn(async move {
-        while let Some(event) = raw.recv().await {
-            if let ChannelEvent::Inbound(mut event) = event {
-                if let Some(ack) = event.ack.take() {
-                    let _ = ack.send(RouteOutcome::Accepted);
-                }
-                let _ = tx.send(event).await;
-            }
-        }
-    });
+    let (sink, events) = accepting_host();
     Arc::clone(&channel).start(sink).await.unwrap();
     for _ in 0..200 {
         if channel.health().state == LinkState::Connected {
@@ -69,6 +58,17 @@ async fn start(
     }
     assert_eq!(channel.health().state, LinkState::Connected);
     Rig { channel, events }
+}
+
+/// The channel as the bot, accepting invites from the whole server, fresh state and ledger.
+async fn rig(synapse: &Synapse, bot: &MatrixUser) -> Rig {
+    start(
+        settings(synapse, "\":localhost\""),
+        &bot.token,
+        Arc::default(),
+        Arc::default(),
+    )
+    .await
 }
 
 async fn next(rig: &mut Rig) -> InboundEvent {
@@ -127,13 +127,7 @@ async fn a_dm_is_answered_in_reply_and_group_rooms_need_a_mention() {
     let bot = synapse.register("andy", false).await;
     let ada = synapse.register("ada", false).await;
     let bob = synapse.register("bob", false).await;
-    let mut rig = start(
-        settings(&synapse, "\":localhost\""),
-        &bot.token,
-        Arc::default(),
-        Arc::default(),
-    )
-    .await;
+    let mut rig = rig(&synapse, &bot).await;
 
     let dm = room_with(&ada, &bot, &[]).await;
     let asked = ada.say(&dm, "hello there", None).await;
@@ -262,13 +256,7 @@ async fn a_part_sent_again_after_a_crash_shows_once() {
     let synapse = Synapse::start();
     let bot = synapse.register("andy", false).await;
     let ada = synapse.register("ada", false).await;
-    let rig = start(
-        settings(&synapse, "\":localhost\""),
-        &bot.token,
-        Arc::default(),
-        Arc::default(),
-    )
-    .await;
+    let rig = rig(&synapse, &bot).await;
     let dm = room_with(&ada, &bot, &[]).await;
     rig.channel
         .deliver(&reply("k-crash", &dm, "once", None))
@@ -300,13 +288,7 @@ async fn a_rate_limited_send_says_when_to_try_again() {
     let admin = synapse.register("admin", true).await;
     let bot = synapse.register("andy", false).await;
     let ada = synapse.register("ada", false).await;
-    let rig = start(
-        settings(&synapse, "\":localhost\""),
-        &bot.token,
-        Arc::default(),
-        Arc::default(),
-    )
-    .await;
+    let rig = rig(&synapse, &bot).await;
     let dm = room_with(&ada, &bot, &[]).await;
     admin.override_ratelimit(&bot.user_id, Some((1, 1))).await;
     let mut limited = None;
@@ -336,13 +318,7 @@ async fn files_travel_both_ways_and_encrypted_rooms_are_said_to_be_unreadable() 
     let synapse = Synapse::start();
     let bot = synapse.register("andy", false).await;
     let ada = synapse.register("ada", false).await;
-    let mut rig = start(
-        settings(&synapse, "\":localhost\""),
-        &bot.token,
-        Arc::default(),
-        Arc::default(),
-    )
-    .await;
+    let mut rig = rig(&synapse, &bot).await;
     let dm = room_with(&ada, &bot, &[]).await;
     let mxc = ada.upload("numbers.txt", b"1,2,3\n").await;
     ada.send(
@@ -402,13 +378,7 @@ async fn it_syncs_again_after_the_homeserver_restarts() {
     let mut synapse = Synapse::start();
     let bot = synapse.register("andy", false).await;
     let ada = synapse.register("ada", false).await;
-    let mut rig = start(
-        settings(&synapse, "\":localhost\""),
-        &bot.token,
-        Arc::default(),
-        Arc::default(),
-    )
-    .await;
+    let mut rig = rig(&synapse, &bot).await;
     let dm = room_with(&ada, &bot, &[]).await;
     tokio::task::block_in_place(|| synapse.restart());
     ada.say(&dm, "are you back", None).await;
