@@ -89,7 +89,7 @@ impl SecretSource for MemorySecrets {
 }
 
 /// A host for adapters' tests that stores every message: each inbound message is settled
-/// as [`RouteOutcome::Accepted`] and passed on to the returned receiver (ack taken).
+/// as [`crate::RouteOutcome::Accepted`] and passed on to the returned receiver (ack taken).
 pub fn accepting_host() -> (
     crate::InboundSink,
     tokio::sync::mpsc::Receiver<crate::InboundEvent>,
