@@ -695,7 +695,8 @@ fn spawn_stdout_reader(
     log: LogBudget,
 ) {
     tokio::spawn(async move {
-        let mut reader = LineReader::new(BufReader::new(stdout));
+        // 4 KiB reads: agents' lines are small, and a host holds one reader per live agent.
+        let mut reader = LineReader::new(BufReader::with_capacity(4096, stdout));
         loop {
             match reader.next::<AgentMessage>().await {
                 Ok(Some(msg)) => {
@@ -787,7 +788,8 @@ fn spawn_stderr_logger(
     const MAX_LINE: u64 = 4096;
     tokio::spawn(async move {
         let _end = EndOnDrop(tail.clone());
-        let mut reader = BufReader::new(stderr);
+        // Agents write little to stderr: a small read buffer per live agent is enough.
+        let mut reader = BufReader::with_capacity(1024, stderr);
         let mut line = Vec::new();
         loop {
             line.clear();

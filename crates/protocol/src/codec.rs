@@ -64,6 +64,12 @@ fn snippet(line: &[u8]) -> String {
     String::from_utf8_lossy(cut).into_owned()
 }
 
+/// The line buffer a reader starts with, and shrinks back to after a long line.
+const LINE_BUFFER: usize = 4096;
+/// A buffer grown past this by one long line is given back before the next line: a host
+/// holds a reader per live agent, and one 4 MB answer each must not stay resident.
+const LINE_BUFFER_KEPT: usize = 64 * 1024;
+
 /// Reads messages line by line. An oversized line is skipped up to its end without being
 /// held in memory, so a peer cannot make us allocate more than [`MAX_LINE_BYTES`].
 pub struct LineReader<R> {
@@ -75,7 +81,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            buf: Vec::with_capacity(4096),
+            buf: Vec::with_capacity(LINE_BUFFER),
         }
     }
 
@@ -84,6 +90,9 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
         loop {
             self.buf.clear();
+            if self.buf.capacity() > LINE_BUFFER_KEPT {
+                self.buf.shrink_to(LINE_BUFFER);
+            }
             let mut too_long = false;
             loop {
                 let available = self.inner.fill_buf().await?;
@@ -184,6 +193,32 @@ mod tests {
         assert!(err.to_string().contains("no_such_kind"), "{err}");
         assert!(reader.next::<AgentMessage>().await.unwrap().is_some());
         assert!(reader.next::<AgentMessage>().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_long_line_does_not_stay_in_memory() {
+        let long = encode_line(&AgentMessage::Log {
+            level: LogLevel::Info,
+            message: "y".repeat(2 * 1024 * 1024),
+        })
+        .unwrap();
+        let mut input = long.clone();
+        input.extend_from_slice(&encode_line(&HostMessage::Shutdown).unwrap());
+        let mut reader = LineReader::new(BufReader::new(&input[..]));
+        assert!(matches!(
+            reader.next::<AgentMessage>().await.unwrap(),
+            Some(AgentMessage::Log { message, .. }) if message.len() == 2 * 1024 * 1024
+        ));
+        assert!(reader.buf.capacity() >= long.len() - 1);
+        assert_eq!(
+            reader.next::<HostMessage>().await.unwrap(),
+            Some(HostMessage::Shutdown)
+        );
+        assert!(
+            reader.buf.capacity() <= LINE_BUFFER_KEPT,
+            "the 2 MB line's buffer is still held: {} bytes",
+            reader.buf.capacity()
+        );
     }
 
     #[tokio::test]
