@@ -16,6 +16,7 @@ mod channel;
 pub mod chunk;
 mod event;
 mod health;
+mod http;
 mod ledger;
 mod listen;
 pub mod memory;
@@ -29,6 +30,7 @@ pub use event::{
     Attachment, ChannelEvent, InboundEvent, OutgoingFile, OutgoingMessage, Progress, RouteOutcome,
 };
 pub use health::{Health, HealthCell, LinkState};
+pub use http::{HttpLimits, serve_http};
 pub use ledger::{PartState, SendAttempt, SendLedger, send_parts};
 pub use listen::serve_with_rebind;
 pub use pipeline::{DEFAULT_IN_FLIGHT, Pipeline, Settlement};

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http_body_util::BodyExt;
 use nanoclaw_channel::{
-    ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome, StateStore, now_ms,
-    serve_with_rebind,
+    ChannelEvent, HealthCell, HttpLimits, InboundEvent, InboundSink, RouteOutcome, StateStore,
+    now_ms, serve_http, serve_with_rebind,
 };
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -169,7 +169,7 @@ pub async fn run(listen: String, server: Arc<Server>, first: Option<TcpListener>
     let health = Arc::clone(&server.health);
     serve_with_rebind(&listen, first, &health, "webhook", |listener| {
         let app = router(Arc::clone(&server));
-        async move { axum::serve(listener, app).await }
+        serve_http(listener, app, HttpLimits::default())
     })
     .await;
 }

@@ -25,7 +25,8 @@ use axum::routing::get;
 use hmac::{KeyInit, Mac};
 use http_body_util::BodyExt;
 use nanoclaw_channel::{
-    ChannelEvent, HealthCell, InboundEvent, InboundSink, RouteOutcome, serve_with_rebind,
+    ChannelEvent, HealthCell, HttpLimits, InboundEvent, InboundSink, RouteOutcome, serve_http,
+    serve_with_rebind,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -60,7 +61,7 @@ pub async fn run(listen: String, path: String, hook: Arc<Webhook>, first: Option
         let app = Router::new()
             .route(&path, get(handshake).post(receive))
             .with_state(Arc::clone(&hook));
-        async move { axum::serve(listener, app).await }
+        serve_http(listener, app, HttpLimits::default())
     })
     .await;
 }
