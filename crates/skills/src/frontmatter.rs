@@ -149,6 +149,24 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// Frontmatter is a handful of short fields: budgets far below the parser's defaults stop alias
+/// bombs ("billion laughs") and deep nesting early. Duplicate keys are errors.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut aliases = serde_saphyr::options::AliasLimits::default();
+    aliases.max_total_replayed_events = 10_000;
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: 50_000,
+            max_nodes: 10_000,
+            max_depth: 16,
+            max_aliases: 1_000,
+            max_documents: 1,
+        },
+        alias_limits: aliases,
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+    }
+}
+
 /// Parses and validates SKILL.md text. `folder` is the skill folder's name, which `name` must
 /// equal; `None` skips that check (an install reads the name before the folder is named).
 ///
@@ -163,7 +181,7 @@ pub fn parse(
     folder: Option<&str>,
 ) -> Result<(Frontmatter, String), LoadError> {
     let (yaml, body) = split(text, file)?;
-    let value: Value = serde_saphyr::from_str(&yaml).map_err(|e| LoadError::Syntax {
+    let value: Value = serde_saphyr::from_str_with_options(&yaml, yaml_options()).map_err(|e| LoadError::Syntax {
         file: file.to_path_buf(),
         message: format!("the frontmatter is not valid YAML: {e}"),
     })?;
