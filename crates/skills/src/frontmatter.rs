@@ -181,9 +181,11 @@ pub fn parse(
     folder: Option<&str>,
 ) -> Result<(Frontmatter, String), LoadError> {
     let (yaml, body) = split(text, file)?;
-    let value: Value = serde_saphyr::from_str_with_options(&yaml, yaml_options()).map_err(|e| LoadError::Syntax {
-        file: file.to_path_buf(),
-        message: format!("the frontmatter is not valid YAML: {e}"),
+    let value: Value = serde_saphyr::from_str_with_options(&yaml, yaml_options()).map_err(|e| {
+        LoadError::Syntax {
+            file: file.to_path_buf(),
+            message: format!("the frontmatter is not valid YAML: {e}"),
+        }
     })?;
     let map = match value {
         Value::Object(map) => map,

@@ -37,7 +37,11 @@ fn expect_error(folder: &str, fm: &str, field: &str, parts: &[&str]) -> String {
 fn fixture_skills_in_the_published_style_load() {
     let rn = Skill::load(&fixtures().join("release-notes")).unwrap();
     assert_eq!(rn.name(), "release-notes");
-    assert!(rn.frontmatter.description.starts_with("Drafts release notes"));
+    assert!(
+        rn.frontmatter
+            .description
+            .starts_with("Drafts release notes")
+    );
     assert_eq!(rn.frontmatter.license.as_deref(), Some("MIT"));
     assert_eq!(
         rn.frontmatter.compatibility.as_deref(),
@@ -48,7 +52,10 @@ fn fixture_skills_in_the_published_style_load() {
     assert_eq!(rn.frontmatter.metadata["version"], "1.4");
     assert!(rn.body.starts_with("\n# Release notes\n"));
     assert!(rn.body.contains("references/STYLE.md"));
-    assert_eq!(rn.version().map(|v| v.to_string()).as_deref(), Some("1.4.0"));
+    assert_eq!(
+        rn.version().map(|v| v.to_string()).as_deref(),
+        Some("1.4.0")
+    );
     assert!(rn.warnings().is_empty(), "{:?}", rn.warnings());
 
     let csv = Skill::load(&fixtures().join("csv-report")).unwrap();
@@ -78,7 +85,10 @@ fn quoted_and_block_descriptions_are_read_as_yaml() {
         &skill_md("name: folded\ndescription: >\n  Line one\n  continues: with a colon.\n"),
     )
     .unwrap();
-    assert_eq!(s.frontmatter.description, "Line one continues: with a colon.\n");
+    assert_eq!(
+        s.frontmatter.description,
+        "Line one continues: with a colon.\n"
+    );
 }
 
 #[test]
@@ -142,7 +152,10 @@ fn uppercase_name() {
         "name",
         &["name \"Foo\" must be lowercase", "\"foo\""],
     );
-    assert!(msg.contains("/skills/Foo/SKILL.md: name \"Foo\" must be lowercase"), "{msg}");
+    assert!(
+        msg.contains("/skills/Foo/SKILL.md: name \"Foo\" must be lowercase"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -317,7 +330,10 @@ fn unknown_fields_load_with_a_warning() {
     let w = s.warnings();
     assert_eq!(w.len(), 1);
     assert!(w[0].contains("argument-hint, version"), "{w:?}");
-    assert!(w[0].contains("not in the Agent Skills specification"), "{w:?}");
+    assert!(
+        w[0].contains("not in the Agent Skills specification"),
+        "{w:?}"
+    );
 }
 
 #[test]
@@ -334,7 +350,10 @@ fn optional_folders_must_be_folders() {
     let dir = common::skill(tmp.path(), "odd", None);
     write(&dir, "scripts", "not a folder");
     let err = Skill::load(&dir).unwrap_err();
-    assert!(err.to_string().contains("scripts must be a folder"), "{err}");
+    assert!(
+        err.to_string().contains("scripts must be a folder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -345,19 +364,26 @@ fn a_symlink_anywhere_in_the_skill_is_refused() {
     std::os::unix::fs::symlink("/etc/passwd", dir.join("references/passwd")).unwrap();
     let err = Skill::load(&dir).unwrap_err();
     assert!(matches!(err, LoadError::Refused { .. }), "{err:?}");
-    assert!(err.to_string().contains("symlinks are not allowed"), "{err}");
+    assert!(
+        err.to_string().contains("symlinks are not allowed"),
+        "{err}"
+    );
 }
 
 #[test]
 fn billion_laughs_is_refused_not_expanded() {
     // Nested aliases that would expand to ~10^9 nodes; the YAML budget must stop it quickly.
     let tmp = tempfile::tempdir().unwrap();
-    let mut fm = String::from("name: laughs\ndescription: d\nmetadata:\n  a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut fm = String::from(
+        "name: laughs\ndescription: d\nmetadata:\n  a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     for i in 1..10 {
         let prev = format!("*a{}", i - 1);
         fm.push_str(&format!(
             "  a{i}: &a{i} [{}]\n",
-            std::iter::repeat_n(prev.as_str(), 10).collect::<Vec<_>>().join(",")
+            std::iter::repeat_n(prev.as_str(), 10)
+                .collect::<Vec<_>>()
+                .join(",")
         ));
     }
     let started = std::time::Instant::now();
