@@ -271,6 +271,7 @@ impl Graph {
                     return;
                 }
                 EdgeState::Incompatible(found) => {
+                    printed.insert(name);
                     let _ = writeln!(
                         out,
                         "{indent}[{}] {}{req}: {found} does not fit",
