@@ -1,5 +1,7 @@
 //! Sources, overrides, broken skills and the content hash.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{copy_fixture, skill, write};

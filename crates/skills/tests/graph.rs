@@ -1,5 +1,7 @@
 //! Graph rendering: text, Graphviz dot (checked by `dot` when installed) and Mermaid.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,5 +1,7 @@
 //! Installs from a folder, a `.tar.gz` with its SHA-256, and a local git repository.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write;

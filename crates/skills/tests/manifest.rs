@@ -1,5 +1,7 @@
 //! skill.toml: every key validated, unknown keys refused, messages name the field.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

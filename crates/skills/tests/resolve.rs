@@ -1,5 +1,7 @@
 //! Dependency resolution: order, missing and incompatible requirements, cycles without hangs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! SKILL.md: the Agent Skills frontmatter rules, each with a passing and a failing case.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! Helpers shared by the skills tests: skill folders written into temporary directories.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
