@@ -167,6 +167,7 @@ pub fn install_from_archive(
         .entries()
         .map_err(|e| InstallError::io(archive, "reading the archive", &e))?;
     let mut count = 0usize;
+    let mut entries_seen = 0usize;
     let mut total = 0u64;
     for entry in entries {
         let mut entry = entry.map_err(|e| InstallError::io(archive, "reading the archive", &e))?;
@@ -181,6 +182,15 @@ pub fn install_from_archive(
         };
         let kind = entry.header().entry_type();
         let rel = entry_path(&raw, &name)?;
+        // Folders and metadata entries count too, so an archive of empty folders is bounded.
+        entries_seen += 1;
+        if entries_seen > 4 * limits.max_files || rel.components().count() > limits.max_depth + 1 {
+            return Err(refuse(format!(
+                "the archive has more than {} entries or nests deeper than {} folders",
+                4 * limits.max_files,
+                limits.max_depth
+            )));
+        }
         match kind {
             tar::EntryType::Directory => {
                 if !rel.as_os_str().is_empty() {

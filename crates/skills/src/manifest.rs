@@ -177,6 +177,14 @@ pub fn check_host(host: &str) -> Result<String, String> {
     if lower.starts_with("*.") && !domain.contains('.') {
         return Err(bad("is a wildcard over a whole top-level domain"));
     }
+    // No top-level domain is all digits, so this is an IPv4 address: grants name hosts.
+    if domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad("is an IP address, not a host name"));
+    }
     Ok(lower)
 }
 

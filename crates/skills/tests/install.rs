@@ -299,6 +299,8 @@ fn an_archive_with_a_path_twice_or_over_the_limits_is_refused() {
         file("SKILL.md", b"---\nname: x\n---\n"),
         "holds this path twice",
     );
+    let deep = format!("{}f", "d/".repeat(20));
+    expect_refused(file(&deep, b"x"), "nests deeper than 16 folders");
     let big = vec![0u8; 11 * 1024 * 1024];
     expect_refused(file("assets/big.bin", &big), "exceeds the limits");
 }

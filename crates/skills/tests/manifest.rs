@@ -145,6 +145,11 @@ fn egress_hosts_and_methods() {
         &["wildcard over a whole top-level domain"],
     );
     expect_error(
+        "[[egress]]\nhost = \"169.254.169.254\"\nmethods = [\"GET\"]\n",
+        "egress[0].host",
+        &["is an IP address, not a host name"],
+    );
+    expect_error(
         "[[egress]]\nhost = \"api.example.com\"\nmethods = []\n",
         "egress[0].methods",
         &["is empty"],
