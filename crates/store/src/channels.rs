@@ -56,6 +56,27 @@ impl Store {
         .await
     }
 
+    /// Removes a channel's state values whose key starts with `prefix` and that were last
+    /// written before `before_ms` (ms since the epoch); returns how many.
+    pub async fn forget_channel_state_before(
+        &self,
+        channel: impl Into<String>,
+        prefix: impl Into<String>,
+        before_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let (channel, prefix) = (channel.into(), prefix.into());
+        self.write("forget old channel state", move |tx| {
+            // substr, not LIKE: a prefix may hold `%` or `_`.
+            tx.execute(
+                "DELETE FROM channel_state WHERE channel = ?1
+                   AND substr(key, 1, length(?2)) = ?2 AND updated_at < ?3",
+                params![channel, prefix, before_ms],
+            )
+            .ctx("forget old channel state")
+        })
+        .await
+    }
+
     /// Removes every state value of a channel (`nanoclaw channel remove`).
     pub async fn clear_channel_state(
         &self,

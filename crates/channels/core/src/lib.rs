@@ -36,7 +36,7 @@ pub use listen::serve_with_rebind;
 pub use pipeline::{DEFAULT_IN_FLIGHT, Pipeline, Settlement};
 pub use setup::{
     ChannelFactory, ChannelRegistration, ChannelSetup, ModeSecrets, SecretSource, SecretSpec,
-    StateStore,
+    StateStore, forget_older_daily,
 };
 pub use supervisor::{Alerts, Supervisor, SupervisorConfig};
 

@@ -46,17 +46,49 @@ impl SendLedger for MemoryLedger {
     }
 }
 
+/// State in memory: each value with when it was written.
 #[derive(Debug, Default)]
-pub struct MemoryState(Mutex<HashMap<String, String>>);
+pub struct MemoryState(Mutex<HashMap<String, (String, std::time::Instant)>>);
+
+impl MemoryState {
+    /// Every key held, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = lock(&self.0).keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Makes `key` look written `age` ago (for tests of pruning).
+    pub fn backdate(&self, key: &str, age: std::time::Duration) {
+        if let Some((_, at)) = lock(&self.0).get_mut(key)
+            && let Some(earlier) = std::time::Instant::now().checked_sub(age)
+        {
+            *at = earlier;
+        }
+    }
+}
 
 #[async_trait]
 impl StateStore for MemoryState {
     async fn get(&self, key: &str) -> Result<Option<String>, ChannelError> {
-        Ok(lock(&self.0).get(key).cloned())
+        Ok(lock(&self.0).get(key).map(|(value, _)| value.clone()))
     }
     async fn put(&self, key: &str, value: &str) -> Result<(), ChannelError> {
-        lock(&self.0).insert(key.to_string(), value.to_string());
+        lock(&self.0).insert(
+            key.to_string(),
+            (value.to_string(), std::time::Instant::now()),
+        );
         Ok(())
+    }
+    async fn forget_older(
+        &self,
+        prefix: &str,
+        age: std::time::Duration,
+    ) -> Result<usize, ChannelError> {
+        let mut map = lock(&self.0);
+        let before = map.len();
+        map.retain(|key, (_, at)| !(key.starts_with(prefix) && at.elapsed() > age));
+        Ok(before - map.len())
     }
 }
 

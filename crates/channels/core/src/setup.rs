@@ -30,6 +30,33 @@ pub trait SecretSource: Send + Sync {
 pub trait StateStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<String>, ChannelError>;
     async fn put(&self, key: &str, value: &str) -> Result<(), ChannelError>;
+    /// Removes the values whose key starts with `prefix` and that were last written more
+    /// than `age` ago; returns how many. For what a channel remembers per message
+    /// (signatures seen, mails answered), which would otherwise grow forever.
+    async fn forget_older(
+        &self,
+        prefix: &str,
+        age: std::time::Duration,
+    ) -> Result<usize, ChannelError>;
+}
+
+/// Forgets `state`'s values under `prefix` older than `age`, now and once a day, until the
+/// task is aborted (run it beside the channel's receiver). `label` names the channel and
+/// what is forgotten in logs.
+pub async fn forget_older_daily(
+    state: Arc<dyn StateStore>,
+    prefix: &str,
+    age: std::time::Duration,
+    label: &str,
+) {
+    loop {
+        match state.forget_older(prefix, age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(forgotten = n, "{label}: forgotten"),
+            Err(e) => tracing::warn!(error = %e, "{label}: could not forget old entries"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+    }
 }
 
 /// Everything a factory gets.

@@ -30,7 +30,7 @@ use lettre::message::Mailbox;
 use nanoclaw_channel::{
     Attachment, Backoff, Channel, ChannelError, ChannelRegistration, ChannelSetup, Health,
     HealthCell, InboundEvent, InboundSink, ModeSecrets, OutgoingMessage, SecretSpec, SendAttempt,
-    SendLedger, ShowToOwner, StateStore, hand_over, send_parts,
+    SendLedger, ShowToOwner, StateStore, forget_older_daily, hand_over, send_parts,
 };
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -487,6 +487,10 @@ impl EmailChannel {
     }
 }
 
+/// How long an inbound mail's headers and text are kept for quoting and threading the
+/// answer: a reply to an older mail is sent unquoted, in a new thread.
+pub const ORIGINAL_RETENTION: Duration = Duration::from_secs(180 * 24 * 3600);
+
 async fn load_original(
     state: &dyn StateStore,
     message_id: &str,
@@ -510,7 +514,19 @@ impl Channel for EmailChannel {
         }
         self.health.starting();
         let me = Arc::clone(&self);
-        *receiver = Some(tokio::spawn(async move { me.receive(sink).await }));
+        let pruning = forget_older_daily(
+            Arc::clone(&self.state),
+            "orig:",
+            ORIGINAL_RETENTION,
+            "email: answered mails' headers older than the retention",
+        );
+        *receiver = Some(tokio::spawn(async move {
+            // The receiver ends when the host is gone; the pruning with it.
+            tokio::select! {
+                () = me.receive(sink) => {}
+                () = pruning => {}
+            }
+        }));
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use axum::routing::any;
 use http_body_util::BodyExt;
 use nanoclaw_channel::{
     ChannelEvent, HealthCell, HttpLimits, InboundEvent, InboundSink, RouteOutcome, StateStore,
-    now_ms, serve_http, serve_with_rebind,
+    forget_older_daily, now_ms, serve_http, serve_with_rebind,
 };
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -32,12 +32,17 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 pub const REPLY_MARK: &str = "x-nanoclaw-reply";
 /// Signatures remembered against replays.
 const SEEN_MAX: usize = 10_000;
+/// How long a stored delivery's signature is remembered in the database. The generic
+/// scheme's signed timestamp refuses replays after the replay window anyway; GitHub signs
+/// no time, so a delivery captured and replayed later than this would be taken again
+/// (GitHub itself redelivers only within 3 days).
+pub const SEEN_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Signatures of deliveries the host has settled: the same signed bytes sent again under a
 /// new delivery id (headers a replaying attacker can change; GitHub's scheme signs no time)
 /// are not a new turn. The newest 10,000 are kept in memory; with a state store
-/// ([`Seen::durable`], as the channel runs it) every one is also kept in the host's
-/// database, so a replay after a restart is refused too.
+/// ([`Seen::durable`], as the channel runs it) each is also kept in the host's
+/// database for [`SEEN_RETENTION`], so a replay after a restart is refused too.
 #[derive(Default)]
 pub struct Seen {
     memory: Mutex<(HashSet<String>, VecDeque<String>)>,
@@ -78,6 +83,14 @@ impl Seen {
                 }
             },
             None => false,
+        }
+    }
+
+    /// Forgets signatures stored longer ago than [`SEEN_RETENTION`], now and once a day.
+    pub async fn prune_forever(self: Arc<Self>) {
+        if let Some(state) = &self.state {
+            let label = "webhook: delivery signatures older than the retention";
+            forget_older_daily(Arc::clone(state), "seen:", SEEN_RETENTION, label).await;
         }
     }
 
@@ -167,11 +180,12 @@ impl Server {
 /// server fails. `first` is a listener `start()` already bound.
 pub async fn run(listen: String, server: Arc<Server>, first: Option<TcpListener>) {
     let health = Arc::clone(&server.health);
-    serve_with_rebind(&listen, first, &health, "webhook", |listener| {
+    let pruning = Arc::clone(&server.seen).prune_forever();
+    let serving = serve_with_rebind(&listen, first, &health, "webhook", |listener| {
         let app = router(Arc::clone(&server));
         serve_http(listener, app, HttpLimits::default())
-    })
-    .await;
+    });
+    tokio::join!(serving, pruning);
 }
 
 /// The routes (also for tests that serve them on their own listener).

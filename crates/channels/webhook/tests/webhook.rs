@@ -331,6 +331,52 @@ async fn a_github_replay_under_a_new_delivery_id_is_refused_after_a_restart() {
     r.task.abort();
 }
 
+/// Signatures are kept in the host's database for the retention (90 days), not forever:
+/// an older one is forgotten, a newer one still refuses its replay after a restart.
+#[tokio::test]
+async fn remembered_signatures_are_forgotten_after_the_retention_only() {
+    use nanoclaw_channel_webhook::server::SEEN_RETENTION;
+    let config = hook_config("");
+    let host: Arc<TestHost> = Arc::default();
+    let state: Arc<nanoclaw_channel::memory::MemoryState> = Arc::default();
+    let r = serve_remembering(
+        &config,
+        Arc::clone(&host),
+        Duration::ZERO,
+        Seen::durable(state.clone()),
+    )
+    .await;
+    let old_body = r#"{"action":"opened","issue":{"title":"long ago"}}"#;
+    assert_eq!(post_github(&r.url, old_body, "gh-old").await.status(), 202);
+    let old_keys = state.keys();
+    assert_eq!(old_keys.len(), 1, "{old_keys:?}");
+    let new_body = r#"{"action":"opened","issue":{"title":"today"}}"#;
+    assert_eq!(post_github(&r.url, new_body, "gh-new").await.status(), 202);
+    r.task.abort();
+    state.backdate(&old_keys[0], SEEN_RETENTION + Duration::from_secs(3600));
+
+    // The channel's daily pruning (its first pass runs at once).
+    let seen = Arc::new(Seen::durable(state.clone()));
+    let pruning = tokio::time::timeout(Duration::from_secs(2), seen.prune_forever()).await;
+    assert!(pruning.is_err(), "pruning runs until the channel stops");
+    let left = state.keys();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_ne!(left[0], old_keys[0], "the old signature is still kept");
+
+    let r = serve_remembering(
+        &config,
+        Arc::clone(&host),
+        Duration::ZERO,
+        Seen::durable(state),
+    )
+    .await;
+    let replayed = post_github(&r.url, new_body, "gh-new-forged").await;
+    assert_eq!(replayed.status(), 200);
+    let v: serde_json::Value = replayed.json().await.unwrap();
+    assert_eq!(v["status"], "duplicate");
+    r.task.abort();
+}
+
 #[tokio::test]
 async fn routes_methods_and_sizes_get_their_status_codes() {
     let config = hook_config("");

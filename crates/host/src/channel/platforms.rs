@@ -36,6 +36,18 @@ impl StateStore for StoreState {
             .await
             .map_err(storage)
     }
+    async fn forget_older(
+        &self,
+        prefix: &str,
+        age: std::time::Duration,
+    ) -> Result<usize, ChannelError> {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let before = nanoclaw_store::now_ms().saturating_sub(age_ms);
+        self.store
+            .forget_channel_state_before(self.channel.clone(), prefix, before)
+            .await
+            .map_err(storage)
+    }
 }
 
 /// The send ledger, in the `channel_sends` table.

@@ -1426,3 +1426,69 @@ async fn replies_for_a_routed_chat_are_queued_for_its_target() {
     assert_eq!(row.text, "reply direct");
     assert!(f.store.reply_routes().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn old_channel_state_is_forgotten_by_prefix_and_age_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_path(&dir)).unwrap();
+    for (channel, key) in [
+        ("webhook", "seen:old"),
+        ("webhook", "seen:new"),
+        ("webhook", "cursor"),
+        ("webhook", "seenx"),
+        ("email", "seen:old"),
+        ("webhook", "50%:old"),
+        ("webhook", "500:old"),
+    ] {
+        store.set_channel_state(channel, key, "v").await.unwrap();
+    }
+    // Every "…old" entry was written a year ago.
+    store
+        .call(|c| {
+            Ok(c.execute(
+                "UPDATE channel_state SET updated_at = updated_at - 365 * 86400000
+                 WHERE key LIKE '%old' OR key = 'cursor' OR key = 'seenx'",
+                [],
+            )?)
+        })
+        .await
+        .unwrap();
+    let thirty_days_ago = nanoclaw_store::now_ms() - 30 * 86_400_000;
+    let forgotten = store
+        .forget_channel_state_before("webhook", "seen:", thirty_days_ago)
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 1);
+    assert_eq!(
+        store.channel_state("webhook", "seen:old").await.unwrap(),
+        None
+    );
+    // A recent one, other prefixes, near-miss keys and other channels stay.
+    for (channel, key) in [
+        ("webhook", "seen:new"),
+        ("webhook", "cursor"),
+        ("webhook", "seenx"),
+        ("email", "seen:old"),
+    ] {
+        assert!(
+            store.channel_state(channel, key).await.unwrap().is_some(),
+            "{channel}/{key} was forgotten"
+        );
+    }
+    // A prefix is literal text, not a LIKE pattern.
+    store
+        .forget_channel_state_before("webhook", "50%", thirty_days_ago)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.channel_state("webhook", "50%:old").await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .channel_state("webhook", "500:old")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
