@@ -23,6 +23,17 @@
 //!    100 agents) once every message was answered and 1 s idle. The agents' sandboxes are
 //!    separate processes, reported separately.
 //!
+//! 3. The issue-12 channels against REAL servers on loopback, when named in
+//!    `BENCH_PLATFORMS` (e.g. `email,matrix,irc,webhook`): Dovecot + Postfix (root needed),
+//!    Synapse (`scripts/prerequisites --tests`), ngircd, and the webhook channel's signing
+//!    client — the same drivers as the conformance suite. Their drivers have fewer users
+//!    (4 mail senders, 3 hooks; 10 rooms or DMs for Matrix and IRC), and the servers are far
+//!    slower than the fakes, so run them at a low `BENCH_RATE` (e.g. 20). Latency includes
+//!    the server: Synapse's /sync wake-up, Dovecot's IDLE notification.
+//!
+//! Every run also prints the machine's CPU use from the first post to the last answer (busy
+//! share of both cores, busy time per message), which says whether a rate saturates it.
+//!
 //! Run: `cargo bench -p nanoclaw --bench channel_inbound` (needs bwrap and /usr/bin/python3).
 
 // Benches are test code: a failed precondition should stop the run loudly.
@@ -42,15 +53,25 @@ use nanoclaw_host::config::{Config, Paths};
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_store::{SessionMode, Store, WiringOptions};
 use nanoclaw_test_support::platforms::discord::FakeDiscord;
+use nanoclaw_test_support::platforms::email::FakeEmail;
+use nanoclaw_test_support::platforms::irc::FakeIrc;
+use nanoclaw_test_support::platforms::matrix::FakeMatrix;
 use nanoclaw_test_support::platforms::slack::FakeSlack;
 use nanoclaw_test_support::platforms::telegram::FakeTelegram;
+use nanoclaw_test_support::platforms::webhook::FakeWebhook;
 use nanoclaw_test_support::platforms::whatsapp::FakeWhatsApp;
 use nanoclaw_test_support::platforms::{FakeChat, FakePlatform};
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
 use nanoclaw_test_support::{KillOnDrop, TestHome, eventually};
 use nanoclaw_vault::{MasterKey, SecretString, Vault};
 
+/// Chats per platform on the local fakes; the real servers have fewer users (see
+/// [`chats_for`]).
 const CHATS: u32 = 100;
+/// The issue-11 platforms, measured when `BENCH_PLATFORMS` is not set.
+const FAKE_PLATFORMS: [&str; 4] = ["telegram", "discord", "slack", "whatsapp"];
+/// The issue-12 platforms, against real servers (named in `BENCH_PLATFORMS` to run).
+const REAL_PLATFORMS: [&str; 4] = ["email", "matrix", "irc", "webhook"];
 const MASTER_KEY: [u8; 32] = [7u8; 32];
 const MASTER_KEY_HEX: &str = "0707070707070707070707070707070707070707070707070707070707070707";
 
@@ -120,31 +141,54 @@ async fn run() {
     let only = std::env::var("BENCH_PLATFORMS").unwrap_or_default();
 
     let mut results = Vec::new();
-    for name in ["telegram", "discord", "slack", "whatsapp"] {
-        if !only.is_empty() && !only.split(',').any(|p| p == name) {
+    for name in FAKE_PLATFORMS.into_iter().chain(REAL_PLATFORMS) {
+        let named = only.split(',').any(|p| p == name);
+        if !named && (!only.is_empty() || REAL_PLATFORMS.contains(&name)) {
             continue;
         }
         let fake = start_fake(name).await;
-        let result = measure_platform(fake, &model, &agent, rate, secs).await;
+        let chats = chats_for(name);
+        let result = measure_platform(fake, &model, &agent, rate, secs, chats).await;
         results.push((name, result));
     }
     print_header(&format!(
-        "inbound posted on the fake -> turn read by the warm agent, {CHATS} chats, target {rate:.0} msg/s for {secs:.0} s"
+        "inbound posted on the platform's server -> turn read by the warm agent, target {rate:.0} msg/s for {secs:.0} s"
     ));
     for (name, r) in &results {
-        print_row(name, &r.latencies);
+        print_row(&format!("{name} ({} chats)", r.chats), &r.latencies);
     }
     println!();
     println!(
-        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12}",
-        "channel", "posted", "answered", "turns", "msg/s", "max/turn"
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12} {:>12}",
+        "channel",
+        "posted",
+        "answered",
+        "turns",
+        "msg/s",
+        "max/turn",
+        "cpu busy",
+        "cpu/msg",
+        "host/msg"
     );
     for (name, r) in &results {
         println!(
-            "{:<12} {:>10} {:>10} {:>10} {:>10.0} {:>12}",
-            name, r.posted, r.answered, r.turns, r.achieved_rate, r.max_batch
+            "{:<12} {:>10} {:>10} {:>10} {:>10.0} {:>12} {:>9.0}% {:>9.3} ms {:>9.3} ms",
+            name,
+            r.posted,
+            r.answered,
+            r.turns,
+            r.achieved_rate,
+            r.max_batch,
+            r.machine_busy * 100.0,
+            r.cpu_per_message.as_secs_f64() * 1e3,
+            r.process_cpu_per_message.as_secs_f64() * 1e3,
         );
     }
+    println!(
+        "cpu busy: the machine's busy share of all cores from the first post to the last answer; \
+         cpu/msg: that busy time per message (bench, fakes, host, agents, anything else running); \
+         host/msg: this process's (host, fakes, posting loop) share of it"
+    );
 
     if std::env::var_os("BENCH_SKIP_RSS").is_none() {
         measure_rss(&model, &agent).await;
@@ -166,7 +210,34 @@ async fn start_fake(name: &str) -> Arc<dyn FakePlatform> {
         "discord" => Arc::new(FakeDiscord::start().await),
         "slack" => Arc::new(FakeSlack::start().await),
         "whatsapp" => Arc::new(FakeWhatsApp::start().await),
+        // Real servers: Dovecot + Postfix (needs root), Synapse, ngircd, and the webhook
+        // channel's signing client.
+        "email" => Arc::new(FakeEmail::start().await),
+        "matrix" => Arc::new(FakeMatrix::start().await),
+        "irc" => Arc::new(FakeIrc::start().await),
+        "webhook" => Arc::new(FakeWebhook::start().await),
         other => panic!("no fake for {other}"),
+    }
+}
+
+/// Chats (so agents) per platform: 100 on the fakes; the real servers' drivers have a fixed
+/// set of users (4 mail senders, 3 configured hooks) or make one room or DM per chat (10).
+/// `BENCH_CHATS` overrides where the driver allows it.
+fn chats_for(name: &str) -> u32 {
+    let fixed = match name {
+        "email" => Some(4),
+        "webhook" => Some(3),
+        _ => None,
+    };
+    let default = if REAL_PLATFORMS.contains(&name) {
+        10
+    } else {
+        CHATS
+    };
+    match (fixed, env_num("BENCH_CHATS", 0.0) as u32) {
+        (Some(n), _) => n,
+        (None, 0) => default,
+        (None, n) => n,
     }
 }
 
@@ -215,12 +286,20 @@ async fn wire(store: &Store, fake: &dyn FakePlatform, chats: &[FakeChat]) {
 }
 
 struct PlatformResult {
+    chats: u32,
     latencies: Vec<Duration>,
     posted: usize,
     answered: usize,
     turns: usize,
     max_batch: usize,
     achieved_rate: f64,
+    /// The machine's CPU from the first post to the last answer: busy share of all cores,
+    /// and busy CPU time per message (everything: bench, fakes, host, agents).
+    machine_busy: f64,
+    cpu_per_message: Duration,
+    /// The bench's own process (host, fakes and posting loop; not the agents): CPU time per
+    /// message.
+    process_cpu_per_message: Duration,
 }
 
 /// What the agents answered in `chats` so far: marker → the turn's read stamp, plus the
@@ -278,6 +357,7 @@ async fn measure_platform(
     agent: &Path,
     rate: f64,
     secs: f64,
+    chat_count: u32,
 ) -> PlatformResult {
     let name = fake.channel();
     let home = TestHome::new();
@@ -299,8 +379,10 @@ async fn measure_platform(
     })
     .await;
 
-    let chats: Vec<FakeChat> = (1..=CHATS).map(|n| fake.chat(n, false)).collect();
-    wire(host.store(), fake.as_ref(), &chats).await;
+    let chats: Vec<FakeChat> = (1..=chat_count).map(|n| fake.chat(n, false)).collect();
+    if !fake.chats_wired_by_config() {
+        wire(host.store(), fake.as_ref(), &chats).await;
+    }
 
     // Warm-up: one message per chat starts its agent (100 sandboxes).
     let mut want = HashSet::new();
@@ -318,14 +400,16 @@ async fn measure_platform(
         want.len()
     );
     let live = host.live_agents();
-    if live != CHATS as usize {
-        println!("{name}: {live} agents live after the warm-up, not {CHATS}");
+    if live != chat_count as usize {
+        println!("{name}: {live} agents live after the warm-up, not {chat_count}");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The paced run.
     let total = (rate * secs).round() as usize;
     let mut posted_at: Vec<i128> = Vec::with_capacity(total);
+    let cpu_before = machine_cpu_ticks().unwrap_or_default();
+    let process_before = process_cpu_ticks(std::process::id()).unwrap_or_default();
     let started = Instant::now();
     let mut i = 0usize;
     while i < total {
@@ -354,6 +438,14 @@ async fn measure_platform(
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Up to the last answer (within the 100 ms poll above): the run's whole CPU cost.
+    let cpu_after = machine_cpu_ticks().unwrap_or_default();
+    let process_after = process_cpu_ticks(std::process::id()).unwrap_or_default();
+    let busy_ticks = cpu_after.0.saturating_sub(cpu_before.0);
+    let all_ticks = cpu_after.1.saturating_sub(cpu_before.1).max(1);
+    let per_message = |ticks: u64| {
+        Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND as f64 / total.max(1) as f64)
+    };
     let want: HashSet<String> = (0..total).map(|i| format!("bm{i}")).collect();
     let (got, turns, max_batch) = wait_answers(fake.as_ref(), &chats, &want, 120).await;
     let mut latencies = Vec::with_capacity(total);
@@ -375,9 +467,13 @@ async fn measure_platform(
         posted: total,
         answered,
         // The warm-up turns are not counted.
-        turns: turns.saturating_sub(CHATS as usize),
+        turns: turns.saturating_sub(chat_count as usize),
+        chats: chat_count,
         max_batch,
         achieved_rate,
+        machine_busy: busy_ticks as f64 / all_ticks as f64,
+        cpu_per_message: per_message(busy_ticks),
+        process_cpu_per_message: per_message(process_after.saturating_sub(process_before)),
     }
 }
 
@@ -442,6 +538,8 @@ async fn measure_rss(model: &ScriptedModel, agent: &Path) {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = status_kb(pid, "VmRSS");
+    let idle_anon = smaps_rollup_kb(pid, "Anonymous");
+    let idle_threads = status_kb(pid, "Threads");
 
     // The burst: 25 chats per platform, 4 messages each, all wired `always`.
     let store = nanoclaw_host::open_store(&Paths::new(home.path()).database(), false).unwrap();
@@ -469,6 +567,8 @@ async fn measure_rss(model: &ScriptedModel, agent: &Path) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = status_kb(pid, "VmRSS");
+    let after_anon = smaps_rollup_kb(pid, "Anonymous");
+    let after_threads = status_kb(pid, "Threads");
     let hwm = status_kb(pid, "VmHWM");
     let sandboxes: Vec<(u32, u64)> = descendants(pid)
         .into_iter()
@@ -491,8 +591,28 @@ async fn measure_rss(model: &ScriptedModel, agent: &Path) {
     );
     println!(
         "{:<60} {:>10}",
+        "  of which anonymous (heap, stacks)",
+        mb(idle_anon)
+    );
+    println!(
+        "{:<60} {:>10}",
+        "  threads",
+        idle_threads.map_or("n/a".into(), |t| t.to_string())
+    );
+    println!(
+        "{:<60} {:>10}",
         "host, after a burst (400 messages, 100 chats), 1 s idle",
         mb(after)
+    );
+    println!(
+        "{:<60} {:>10}",
+        "  of which anonymous (heap, stacks)",
+        mb(after_anon)
+    );
+    println!(
+        "{:<60} {:>10}",
+        "  threads",
+        after_threads.map_or("n/a".into(), |t| t.to_string())
     );
     println!("{:<60} {:>10}", "host, peak (VmHWM)", mb(hwm));
     println!(

@@ -26,7 +26,10 @@ pub use nanoclaw_test_support::bench::{
     print_machine, print_row,
 };
 pub use nanoclaw_test_support::fake_agent::{FAKE_AGENT, field, write_fake_agent};
-pub use nanoclaw_test_support::procfs::{comm, descendants, status_kb};
+pub use nanoclaw_test_support::procfs::{
+    TICKS_PER_SECOND, comm, descendants, machine_cpu_ticks, process_cpu_ticks, smaps_rollup_kb,
+    status_kb,
+};
 
 /// The Anthropic key the scripted model of a benchmark expects.
 pub const BENCH_KEY: &str = "sk-ant-bench-0123456789-SECRET";
