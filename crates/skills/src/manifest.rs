@@ -131,59 +131,38 @@ pub struct ToolSpec {
     pub input_schema: serde_json::Value,
 }
 
-/// `^[a-z0-9][a-z0-9_.-]{0,63}$`, the vault's secret-name rule.
+/// The vault's secret-name rule (`^[a-z0-9][a-z0-9_.-]{0,63}$`): a declared secret must be
+/// one the vault can hold.
 fn check_secret_name(name: &str) -> Result<(), String> {
-    let mut bytes = name.bytes();
-    let first = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let rest = bytes
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
-    if first && rest && name.len() <= 64 {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} must be 1-64 characters of a-z, 0-9, '_', '.' or '-', starting with a \
-             letter or digit (the vault's names)"
-        ))
-    }
+    nanoclaw_vault::validate_secret_name(name).map_err(vault_message)
 }
 
-/// A lower-case DNS name or `*.` and one (the egress proxy's host patterns). No scheme, port
-/// or path. Returns the lower-cased pattern.
-pub fn check_host(host: &str) -> Result<String, String> {
-    let lower = host.to_ascii_lowercase();
-    let bad = |why: &str| {
-        format!("{host:?} {why}; give a host name such as api.example.com or *.example.com")
+/// The vault's message without its leading noun (the manifest names the field instead).
+fn vault_message(error: nanoclaw_vault::VaultError) -> String {
+    let message = match error {
+        nanoclaw_vault::VaultError::Invalid(message) => message,
+        other => other.to_string(),
     };
+    ["host ", "secret name "]
+        .iter()
+        .find_map(|noun| message.strip_prefix(noun))
+        .map_or_else(|| message.clone(), str::to_owned)
+}
+
+/// A lower-case DNS name or `*.` and one: the vault's host-pattern rule (the egress proxy
+/// matches these), and no IP address (grants name hosts). Returns the lower-cased pattern.
+pub fn check_host(host: &str) -> Result<String, String> {
+    let lower = nanoclaw_vault::validate_host_pattern(host).map_err(vault_message)?;
     let domain = lower.strip_prefix("*.").unwrap_or(&lower);
-    if domain.is_empty() || domain.len() > 253 {
-        return Err(bad("is empty or too long"));
-    }
-    for label in domain.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return Err(bad(
-                "is not a host name (letters, digits, '-' and dots; no scheme, port or path)",
-            ));
-        }
-    }
-    if lower.starts_with("*.") && !domain.contains('.') {
-        return Err(bad("is a wildcard over a whole top-level domain"));
-    }
     // No top-level domain is all digits, so this is an IPv4 address: grants name hosts.
     if domain
         .rsplit('.')
         .next()
         .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(bad("is an IP address, not a host name"));
+        return Err(format!(
+            "{host:?} is an IP address, not a host name; give a host name such as api.example.com"
+        ));
     }
     Ok(lower)
 }

@@ -132,7 +132,7 @@ fn egress_hosts_and_methods() {
     expect_error(
         "[[egress]]\nhost = \"https://api.example.com\"\nmethods = [\"GET\"]\n",
         "egress[0].host",
-        &["egress[0].host \"https://api.example.com\" is not a host name"],
+        &["egress[0].host \"https://api.example.com\" is not a valid host name"],
     );
     expect_error(
         "[[egress]]\nhost = \"api.example.com:443\"\nmethods = [\"GET\"]\n",

@@ -45,7 +45,7 @@ pub fn validate_host_pattern(pattern: &str) -> Result<String, VaultError> {
             && !label.ends_with('-');
         if !ok {
             return Err(bad(
-                "is not a valid host name (letters, digits, '-' and dots only)",
+                "is not a valid host name (letters, digits, '-' and dots; no scheme, port or path)",
             ));
         }
     }
