@@ -563,6 +563,9 @@ impl MatrixChannel {
                 .receive_to_device(&self.api, &*self.state, &batch.to_device)
                 .await
                 .map_err(e2ee_to_api)?;
+            if let Some(why) = crypto.last_refusal.take() {
+                self.health.error(why);
+            }
             let ready = if added > 0 {
                 crypto.retry_pending()
             } else {

@@ -106,6 +106,8 @@ pub struct Crypto {
     pending: Vec<Pending>,
     /// Refused events and messages dropped unread, since the start (for the health).
     pub refused: u64,
+    /// The last to-device refusal, for the health (taken by the channel).
+    pub last_refusal: Option<String>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> E2eeError {
@@ -158,6 +160,7 @@ impl Crypto {
             stale: HashSet::new(),
             pending: Vec::new(),
             refused: 0,
+            last_refusal: None,
         }
     }
 
@@ -213,6 +216,7 @@ impl Crypto {
             stale: HashSet::new(),
             pending: p.pending,
             refused: 0,
+            last_refusal: None,
             key,
         })
     }
@@ -493,6 +497,7 @@ impl Crypto {
                 Err(OlmRefusal::Api(e)) => return Err(E2eeError::Api(e)),
                 Err(OlmRefusal::Refused(why)) => {
                     self.refused += 1;
+                    self.last_refusal = Some(format!("a to-device message was refused: {why}"));
                     tracing::warn!(sender = ?event.get("sender"), why, "matrix: a to-device message was refused");
                 }
             }
