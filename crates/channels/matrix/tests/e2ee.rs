@@ -510,8 +510,12 @@ struct Forger {
 
 impl Forger {
     async fn new(synapse: &Synapse, name: &str) -> Forger {
+        Forger::with(synapse.register(name, false).await).await
+    }
+
+    /// Uploads device keys of its own for `user`'s token.
+    async fn with(user: MatrixUser) -> Forger {
         use nanoclaw_channel_matrix::e2ee::keys::{add_signature, signable};
-        let user = synapse.register(name, false).await;
         let device = user.device_id().await;
         let mut account = vodozemac::olm::Account::new();
         let mut keys = json!({
@@ -922,4 +926,139 @@ async fn a_message_whose_key_comes_late_is_handed_over_then() {
     }
     assert!(detail.contains("0 waiting"), "{detail}");
     none(&mut rig, Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_already_on_the_server_for_the_device_stop_the_start() {
+    let synapse = Synapse::start();
+    let bot = synapse.register("andy", false).await;
+    // Another client (Element, say) used the token first and uploaded its keys.
+    let _element = Forger::with(bot.clone()).await;
+    let keep = Keep::new(&bot);
+    let dir = tempfile::tempdir().unwrap();
+    let settings: toml::Table = toml::from_str(&format!(
+        "enabled = true\nhomeserver = \"{}\"\n",
+        synapse.base
+    ))
+    .unwrap();
+    let channel = Arc::new(
+        MatrixChannel::from_setup(ChannelSetup {
+            settings,
+            secrets: keep.secrets.clone(),
+            state: keep.state.clone(),
+            ledger: Arc::new(MemoryLedger::default()),
+            assistant_name: "Andy".into(),
+            data_dir: dir.path().to_path_buf(),
+        })
+        .await
+        .unwrap(),
+    );
+    let (sink, _events) = accepting_host();
+    let err = Arc::clone(&channel).start(sink).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, nanoclaw_channel::ChannelError::Setup(_)) && text.contains("fresh device"),
+        "{text}"
+    );
+    assert_eq!(channel.health().state, LinkState::Down);
+    // Nothing was uploaded over the other client's keys.
+    let query = bot
+        .request(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({"device_keys": {&bot.user_id: []}})),
+        )
+        .await;
+    let device = bot.device_id().await;
+    assert_eq!(
+        query["device_keys"][&bot.user_id][&device]["keys"][format!("ed25519:{device}")],
+        _element.ed25519().as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_in_an_encrypted_room_travel_encrypted_both_ways() {
+    use matrix_sdk_crypto::{AttachmentDecryptor, AttachmentEncryptor, MediaEncryptionInfo};
+    use std::io::Read;
+    let synapse = Synapse::start();
+    let bot = synapse.register("andy", false).await;
+    let mut owner = Owner::new(&synapse, "owner").await;
+    let keep = Keep::new(&bot);
+    let mut rig = start(&synapse, &keep).await;
+    let room = encrypted_room(&owner, &bot, &[]).await;
+
+    // The owner's client encrypts the file the way Element does.
+    let plain = b"quarterly numbers: 1,2,3\n".to_vec();
+    let mut reader = std::io::Cursor::new(plain.clone());
+    let mut encryptor = AttachmentEncryptor::new(&mut reader);
+    let mut cipher = Vec::new();
+    encryptor.read_to_end(&mut cipher).unwrap();
+    let info = encryptor.finish();
+    let mxc = owner.user.upload("numbers.txt", &cipher).await;
+    let mut file = serde_json::to_value(&info).unwrap();
+    file["url"] = json!(mxc);
+    let first_file = file.clone();
+    owner
+        .send_encrypted(
+            &room,
+            json!({"msgtype": "m.file", "body": "read this", "filename": "numbers.txt",
+                "file": file, "info": {"mimetype": "text/plain", "size": plain.len()}}),
+        )
+        .await;
+    let event = next(&mut rig).await;
+    assert_eq!(event.text, "read this");
+    assert_eq!(event.attachments.len(), 1);
+    assert_eq!(&event.attachments[0].data[..], &plain[..]);
+
+    // The bot's file: only ciphertext on the homeserver; the owner decrypts it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.bin");
+    std::fs::write(&path, b"report\x00\xff secret").unwrap();
+    let mut message = reply("k-file", &room, "the report", None);
+    message.files = vec![nanoclaw_channel::OutgoingFile {
+        file_name: "report.bin".into(),
+        path,
+        mime_type: None,
+    }];
+    rig.channel.deliver(&message).await.unwrap();
+    let read = owner.read_at_least(&room, &bot.user_id, 2).await;
+    let sent = read
+        .iter()
+        .find(|c| c["msgtype"] == "m.file")
+        .expect("a file message");
+    assert!(
+        sent.get("url").is_none(),
+        "a clear url in an encrypted room"
+    );
+    let stored = owner
+        .user
+        .download(sent["file"]["url"].as_str().unwrap())
+        .await;
+    assert!(!stored.windows(6).any(|w| w == b"secret"));
+    let info: MediaEncryptionInfo = serde_json::from_value(sent["file"].clone()).unwrap();
+    let mut cursor = std::io::Cursor::new(stored);
+    let mut decryptor = AttachmentDecryptor::new(&mut cursor, info).unwrap();
+    let mut data = Vec::new();
+    decryptor.read_to_end(&mut data).unwrap();
+    assert_eq!(data, b"report\x00\xff secret");
+
+    // A file whose bytes were changed on the server is not handed over as the file.
+    let mut tampered = cipher.clone();
+    tampered[0] ^= 1;
+    let mut bad = first_file;
+    bad["url"] = json!(owner.user.upload("numbers.txt", &tampered).await);
+    owner
+        .send_encrypted(
+            &room,
+            json!({"msgtype": "m.file", "body": "again", "filename": "numbers.txt",
+                "file": bad, "info": {"mimetype": "text/plain", "size": plain.len()}}),
+        )
+        .await;
+    let event = next(&mut rig).await;
+    assert!(event.attachments.is_empty());
+    assert!(
+        event.text.contains("could not be decrypted"),
+        "{}",
+        event.text
+    );
 }
