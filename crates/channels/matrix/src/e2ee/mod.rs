@@ -125,7 +125,13 @@ impl Crypto {
         state: &dyn StateStore,
         secrets: &dyn SecretSource,
     ) -> Result<Crypto, E2eeError> {
-        let (user, device) = api.whoami_device().await?;
+        let (user, device) = api.whoami_device().await.map_err(|e| match e {
+            ApiError::Decode(why) => E2eeError::Setup(format!(
+                "{why}: end-to-end encryption needs a token with a device (a login's), or set \
+                 [channels.matrix] encryption = false"
+            )),
+            other => E2eeError::Api(other),
+        })?;
         let key = PickleKey::load_or_create(secrets)
             .await
             .map_err(|e| E2eeError::Setup(e.to_string()))?;
@@ -546,6 +552,16 @@ impl Crypto {
                 E2eeError::Api(e) => OlmRefusal::Api(e),
                 other => OlmRefusal::Refused(other.to_string()),
             })?;
+        if self.device_by_curve(sender, sender_key).is_none() {
+            // A device newer than our list of the sender's: read it again once.
+            self.stale.insert(sender.to_owned());
+            self.refresh_devices(api, &[sender.to_owned()])
+                .await
+                .map_err(|e| match e {
+                    E2eeError::Api(e) => OlmRefusal::Api(e),
+                    other => OlmRefusal::Refused(other.to_string()),
+                })?;
+        }
         let (device_id, device) = self
             .device_by_curve(sender, sender_key)
             .ok_or_else(|| refuse("no device of the sender has this curve25519 key"))?;
@@ -817,7 +833,7 @@ impl Crypto {
             .get("rotation_period_ms")
             .and_then(Value::as_i64)
             .unwrap_or(7 * 24 * 3600 * 1000);
-        let rotate = self.outbound.get(&room.to_owned()).is_some_and(|o| {
+        let rotate = self.outbound.get(room).is_some_and(|o| {
             o.record.sent >= max_msgs
                 || now_ms() - o.record.created_ms >= max_ms
                 || o.record.shared.iter().any(|d| !targets.contains_key(d))
@@ -1038,4 +1054,97 @@ fn content_relates(event: &Value) -> Option<Value> {
 /// Escapes a JSON pointer segment (`~` and `/`).
 fn pointer_escape(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn crypto() -> Crypto {
+        Crypto::new(
+            PickleKey(zeroize::Zeroizing::new([7; 32])),
+            "@bot:hs".into(),
+            "BOT".into(),
+        )
+    }
+
+    fn event(id: usize) -> Value {
+        json!({"event_id": format!("${id}"), "sender": "@a:hs", "type": "m.room.encrypted",
+            "content": {"algorithm": MEGOLM, "session_id": "nope", "ciphertext": "x"}})
+    }
+
+    #[test]
+    fn waiting_messages_are_bounded_in_number_and_age() {
+        let mut c = crypto();
+        for i in 0..=PENDING_MAX {
+            c.defer("!r:hs", &event(i));
+        }
+        assert_eq!(c.pending_count(), PENDING_MAX);
+        assert_eq!(c.refused, 1, "the oldest was dropped");
+        assert_eq!(str_at(&c.pending[0].event, "/event_id"), Some("$1"));
+        // The same event again is not kept twice.
+        c.defer("!r:hs", &event(5));
+        assert_eq!(c.pending_count(), PENDING_MAX);
+        c.pending[0].received_ms -= PENDING_MS + 1;
+        assert!(c.retry_pending().is_empty());
+        assert_eq!(c.pending_count(), PENDING_MAX - 1);
+        assert_eq!(c.refused, 2);
+    }
+
+    #[test]
+    fn a_session_decrypts_only_its_room_and_sender_and_no_index_twice() {
+        let mut c = crypto();
+        let mut outbound = GroupSession::new(MegolmConfig::version_1());
+        let session = InboundGroupSession::new(&outbound.session_key(), MegolmConfig::version_1());
+        let id = session.session_id();
+        c.inbound.insert(
+            ("!r:hs".into(), id.clone()),
+            Inbound {
+                session,
+                record: InboundRecord {
+                    pickle: String::new(),
+                    room: "!r:hs".into(),
+                    session_id: id.clone(),
+                    sender: "@a:hs".into(),
+                    sender_device: "A".into(),
+                    sender_key: "k".into(),
+                    seen: BTreeMap::new(),
+                },
+            },
+        );
+        let ciphertext = outbound
+            .encrypt(
+                json!({"type": "m.room.message", "room_id": "!r:hs",
+                "content": {"msgtype": "m.text", "body": "hi"}})
+                .to_string(),
+            )
+            .to_base64();
+        let ev = |event_id: &str, sender: &str| {
+            json!({"event_id": event_id, "sender": sender, "origin_server_ts": 1,
+                "content": {"algorithm": MEGOLM, "session_id": id, "ciphertext": ciphertext,
+                    "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}})
+        };
+        match c.decrypt("!r:hs", &ev("$1", "@a:hs")) {
+            Decrypted::Event(e) => {
+                assert_eq!(e["content"]["body"], "hi");
+                assert_eq!(e["content"]["m.relates_to"]["event_id"], "$root");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same event again (a re-sync) is fine; another event at that index is not.
+        assert!(matches!(
+            c.decrypt("!r:hs", &ev("$1", "@a:hs")),
+            Decrypted::Event(_)
+        ));
+        assert!(
+            matches!(c.decrypt("!r:hs", &ev("$2", "@a:hs")), Decrypted::Refused(w) if w.contains("replay"))
+        );
+        assert!(
+            matches!(c.decrypt("!r:hs", &ev("$3", "@m:hs")), Decrypted::Refused(w) if w.contains("with a session of"))
+        );
+        assert!(
+            matches!(c.decrypt("!other:hs", &ev("$4", "@a:hs")), Decrypted::Refused(w) if w.contains("another room"))
+        );
+    }
 }
