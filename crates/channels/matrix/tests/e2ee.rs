@@ -1062,3 +1062,43 @@ async fn files_in_an_encrypted_room_travel_encrypted_both_ways() {
         event.text
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_keys_are_topped_up_as_others_claim_them() {
+    let synapse = Synapse::start();
+    let bot = synapse.register("andy", false).await;
+    let ada = synapse.register("ada", false).await;
+    let keep = Keep::new(&bot);
+    let _rig = start(&synapse, &keep).await;
+    // `/keys/upload` with nothing in it answers the device's counts.
+    let count = || async {
+        bot.request(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Some(json!({})),
+        )
+        .await["one_time_key_counts"]["signed_curve25519"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(count().await, 50);
+    let device = bot.device_id().await;
+    for _ in 0..30 {
+        ada.request(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/keys/claim",
+            Some(json!({"one_time_keys": {&bot.user_id: {&device: "signed_curve25519"}}})),
+        )
+        .await;
+    }
+    assert_eq!(count().await, 20);
+    let mut now = 0;
+    for _ in 0..100 {
+        now = count().await;
+        if now == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(now, 50, "not topped up");
+}
