@@ -515,6 +515,11 @@ impl Forger {
 
     /// Uploads device keys of its own for `user`'s token.
     async fn with(user: MatrixUser) -> Forger {
+        Forger::with_one_time_keys(user, 5).await
+    }
+
+    /// The same, with `count` one-time keys.
+    async fn with_one_time_keys(user: MatrixUser, count: usize) -> Forger {
         use nanoclaw_channel_matrix::e2ee::keys::{add_signature, signable};
         let device = user.device_id().await;
         let mut account = vodozemac::olm::Account::new();
@@ -531,12 +536,25 @@ impl Forger {
             &format!("ed25519:{device}"),
             &signature,
         );
-        account.generate_one_time_keys(1);
+        // Signed one-time keys, so that others can open Olm sessions to this device.
+        account.generate_one_time_keys(count);
+        let mut one_time_keys = serde_json::Map::new();
+        for (id, key) in account.one_time_keys() {
+            let mut object = json!({"key": key.to_base64()});
+            let signature = account.sign(signable(&object));
+            add_signature(
+                &mut object,
+                &user.user_id,
+                &format!("ed25519:{device}"),
+                &signature,
+            );
+            one_time_keys.insert(format!("signed_curve25519:{}", id.to_base64()), object);
+        }
         account.mark_keys_as_published();
         user.request(
             reqwest::Method::POST,
             "/_matrix/client/v3/keys/upload",
-            Some(json!({"device_keys": keys})),
+            Some(json!({"device_keys": keys, "one_time_keys": one_time_keys})),
         )
         .await;
         Forger {
@@ -1101,4 +1119,127 @@ async fn one_time_keys_are_topped_up_as_others_claim_them() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(now, 50, "not topped up");
+}
+
+/// The `session_id`s of the bot's encrypted events in `room`, oldest first.
+async fn bot_sessions(viewer: &MatrixUser, room: &str, bot: &MatrixUser) -> Vec<String> {
+    viewer
+        .events(room)
+        .await
+        .into_iter()
+        .filter(|e| e["sender"] == bot.user_id.as_str() && e["type"] == "m.room.encrypted")
+        .map(|e| e["content"]["session_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_key_rotates_after_the_rooms_message_count() {
+    let synapse = Synapse::start();
+    let bot = synapse.register("andy", false).await;
+    let mut owner = Owner::new(&synapse, "owner").await;
+    let keep = Keep::new(&bot);
+    let rig = start(&synapse, &keep).await;
+    let room = owner
+        .user
+        .request(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(
+                json!({"invite": [bot.user_id], "is_direct": true, "preset": "private_chat",
+                "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_msgs": 2}}]}),
+            ),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..300 {
+        if owner.user.joined_members(&room).await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        rig.channel
+            .deliver(&reply(&format!("k{i}"), &room, &format!("m{i}"), None))
+            .await
+            .unwrap();
+    }
+    let read = owner.read_at_least(&room, &bot.user_id, 3).await;
+    let bodies: Vec<&str> = read.iter().map(|c| c["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["m0", "m1", "m2"]);
+    let sessions = bot_sessions(&owner.user, &room, &bot).await;
+    assert_eq!(sessions[0], sessions[1]);
+    assert_ne!(sessions[1], sessions[2], "not rotated after 2 messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_keys_change_gets_no_more_room_keys() {
+    let synapse = Synapse::start();
+    let bot = synapse.register("andy", false).await;
+    let owner = Owner::new(&synapse, "owner").await;
+    let mallory = Forger::new(&synapse, "mallory").await;
+    let keep = Keep::new(&bot);
+    let rig = start(&synapse, &keep).await;
+    let room = encrypted_room(&owner, &bot, &[&mallory.user]).await;
+    // To-device events that reach Mallory's device.
+    let since = mallory
+        .user
+        .request(
+            reqwest::Method::GET,
+            "/_matrix/client/v3/sync?timeout=0",
+            None,
+        )
+        .await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to_device = |since: String| {
+        let user = mallory.user.clone();
+        async move {
+            let v = user
+                .request(
+                    reqwest::Method::GET,
+                    &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+                    None,
+                )
+                .await;
+            (
+                v["to_device"]["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+                v["next_batch"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    rig.channel
+        .deliver(&reply("k1", &room, "first", None))
+        .await
+        .unwrap();
+    let (events, since) = to_device(since).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "the first room key went to Mallory's device"
+    );
+
+    // The same device id, new keys (the spec says they never change).
+    let _changed = Forger::with_one_time_keys(mallory.user.clone(), 0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rig.channel
+        .deliver(&reply("k2", &room, "second", None))
+        .await
+        .unwrap();
+    let (events, _) = to_device(since).await;
+    assert!(
+        events.is_empty(),
+        "a room key went to the changed device: {events:?}"
+    );
+    let sessions = bot_sessions(&owner.user, &room, &bot).await;
+    assert_ne!(
+        sessions[0], sessions[1],
+        "the session it had was not replaced"
+    );
 }
