@@ -452,6 +452,39 @@ async fn an_encrypted_room_is_read_and_answered_encrypted() {
             .is_empty(),
         "the reply went out in the clear"
     );
+    // The relation travels in the clear part of the encrypted event (the spec), so the
+    // homeserver can thread it.
+    let raw_reply = owner
+        .user
+        .events(&room)
+        .await
+        .into_iter()
+        .rfind(|e| e["sender"] == bot.user_id.as_str())
+        .unwrap();
+    assert_eq!(raw_reply["type"], "m.room.encrypted");
+    assert_eq!(
+        raw_reply["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
+        asked.as_str()
+    );
+
+    // A thread, encrypted: the host sees the thread, and the reply goes into it.
+    let in_thread = owner
+        .send_encrypted(
+            &room,
+            json!({"msgtype": "m.text", "body": "and the details",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": asked}}),
+        )
+        .await;
+    let threaded = next(&mut rig).await;
+    assert_eq!(threaded.text, "and the details");
+    assert_eq!(threaded.thread.as_deref(), Some(asked.as_str()));
+    let mut answer = reply("k2", &room, "details follow", Some(&in_thread));
+    answer.thread = Some(asked.clone());
+    rig.channel.deliver(&answer).await.unwrap();
+    let read = owner.read_at_least(&room, &bot.user_id, 2).await;
+    assert_eq!(read[1]["body"], "details follow");
+    assert_eq!(read[1]["m.relates_to"]["rel_type"], "m.thread");
+    assert_eq!(read[1]["m.relates_to"]["event_id"], asked.as_str());
 }
 
 async fn bot_plain_messages(user: &MatrixUser, room: &str, bot: &MatrixUser) -> Vec<Value> {
