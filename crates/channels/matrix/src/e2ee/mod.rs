@@ -721,6 +721,9 @@ impl Crypto {
         if str_at(&payload, "/room_id") != Some(room) {
             return refused("the payload names another room".into());
         }
+        if str_at(&payload, "/type") == Some("m.room.encrypted") {
+            return refused("ciphertext inside ciphertext".into());
+        }
         let mut content = payload.get("content").cloned().unwrap_or(Value::Null);
         // Relations travel in the clear (the spec), for the server to see threads.
         if let (Some(relates), Value::Object(map)) = (content_relates(event), &mut content)
