@@ -258,6 +258,98 @@ impl MatrixUser {
         v["room_id"].as_str().unwrap().to_owned()
     }
 
+    /// The device id of this user's token.
+    pub async fn device_id(&self) -> String {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                None,
+            )
+            .await;
+        v["device_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an end-to-end encrypted room (`m.room.encryption` in its initial state) and
+    /// invites `invite`.
+    pub async fn create_encrypted_room(&self, invite: &[&str], direct: bool) -> String {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(
+                    json!({"invite": invite, "is_direct": direct, "preset": "private_chat",
+                    "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]}),
+                ),
+            )
+            .await;
+        v["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn leave(&self, room: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", seg(room)),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// The user ids of everyone joined to `room`.
+    pub async fn joined_member_ids(&self, room: &str) -> Vec<String> {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/_matrix/client/v3/rooms/{}/joined_members", seg(room)),
+                None,
+            )
+            .await;
+        v["joined"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every timeline event in `room` (any type), oldest first.
+    pub async fn events(&self, room: &str) -> Vec<Value> {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+                    seg(room)
+                ),
+                None,
+            )
+            .await;
+        let mut events = v["chunk"].as_array().cloned().unwrap_or_default();
+        events.reverse();
+        events
+    }
+
+    /// `PUT /sendToDevice/{type}/{txn}` with `{user: {device: content}}`.
+    pub async fn send_to_device(&self, kind: &str, messages: Value) {
+        let txn = format!(
+            "d{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/sendToDevice/{}/{txn}", seg(kind)),
+            Some(json!({"messages": messages})),
+        )
+        .await;
+    }
+
+    /// Any client-server call, answered 2xx (asserted), as JSON.
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.call(method, path, body).await
+    }
+
     pub async fn join(&self, room: &str) {
         self.call(
             reqwest::Method::POST,

@@ -47,6 +47,9 @@ pub struct Health {
     pub last_error_at: Option<i64>,
     /// Reconnects since the channel started.
     pub reconnects: u64,
+    /// What the channel says about itself beyond the link (e.g. Matrix's encryption device).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 impl Health {
@@ -59,6 +62,7 @@ impl Health {
             last_error: None,
             last_error_at: None,
             reconnects: 0,
+            detail: None,
         }
     }
 
@@ -92,6 +96,12 @@ impl HealthCell {
             health.state = state;
             health.since = now_ms();
         }
+    }
+
+    /// Sets what [`Health::detail`] says.
+    pub fn detail(&self, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.update(|h| h.detail = Some(detail));
     }
 
     pub fn snapshot(&self) -> Health {

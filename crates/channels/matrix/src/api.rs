@@ -196,6 +196,153 @@ impl Api {
         .await
     }
 
+    /// `GET /account/whoami`: the user id and the device id the token belongs to.
+    pub async fn whoami_device(&self) -> Result<(String, String), ApiError> {
+        let v = self
+            .call(
+                self.http.get(self.url("/_matrix/client/v3/account/whoami")),
+                Duration::from_secs(30),
+            )
+            .await?;
+        match (v["user_id"].as_str(), v["device_id"].as_str()) {
+            (Some(user), Some(device)) => Ok((user.to_owned(), device.to_owned())),
+            _ => Err(ApiError::Decode(
+                "whoami without user_id or device_id (a token without a device?)".into(),
+            )),
+        }
+    }
+
+    /// `POST /keys/upload`: device keys, one-time keys, fallback keys; the counts the
+    /// homeserver now holds.
+    pub async fn keys_upload(&self, body: &Value) -> Result<Value, ApiError> {
+        self.call(
+            self.http
+                .post(self.url("/_matrix/client/v3/keys/upload"))
+                .json(body),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// `POST /keys/query`: the device keys of `users` (all their devices).
+    pub async fn keys_query(&self, users: &[String]) -> Result<Value, ApiError> {
+        let devices: serde_json::Map<String, Value> = users
+            .iter()
+            .map(|u| (u.clone(), Value::Array(Vec::new())))
+            .collect();
+        self.call(
+            self.http
+                .post(self.url("/_matrix/client/v3/keys/query"))
+                .json(&serde_json::json!({"device_keys": devices, "timeout": 10000})),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// `POST /keys/claim`: one `signed_curve25519` one-time key per device.
+    pub async fn keys_claim(&self, devices: &[(String, String)]) -> Result<Value, ApiError> {
+        let mut wanted = serde_json::Map::new();
+        for (user, device) in devices {
+            let entry = wanted
+                .entry(user.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(map) = entry {
+                map.insert(device.clone(), Value::String("signed_curve25519".into()));
+            }
+        }
+        self.call(
+            self.http
+                .post(self.url("/_matrix/client/v3/keys/claim"))
+                .json(&serde_json::json!({"one_time_keys": wanted, "timeout": 10000})),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// `PUT /sendToDevice/{eventType}/{txnId}`: `messages` is `{user: {device: content}}`.
+    pub async fn send_to_device(
+        &self,
+        kind: &str,
+        txn_id: &str,
+        messages: &Value,
+    ) -> Result<(), ApiError> {
+        self.call(
+            self.http
+                .put(self.url(&format!(
+                    "/_matrix/client/v3/sendToDevice/{}/{}",
+                    segment(kind),
+                    segment(txn_id)
+                )))
+                .json(&serde_json::json!({"messages": messages})),
+            Duration::from_secs(60),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `GET /rooms/{roomId}/state/m.room.encryption/`: the room's encryption settings,
+    /// `None` when the room is not encrypted.
+    pub async fn room_encryption(&self, room: &str) -> Result<Option<Value>, ApiError> {
+        match self
+            .call(
+                self.http.get(self.url(&format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.encryption/",
+                    segment(room)
+                ))),
+                Duration::from_secs(30),
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(ApiError::Matrix { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /rooms/{roomId}/joined_members`: the user ids of everyone joined.
+    pub async fn joined_members(&self, room: &str) -> Result<Vec<String>, ApiError> {
+        let v = self
+            .call(
+                self.http.get(self.url(&format!(
+                    "/_matrix/client/v3/rooms/{}/joined_members",
+                    segment(room)
+                ))),
+                Duration::from_secs(30),
+            )
+            .await?;
+        Ok(v["joined"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`, any event type.
+    pub async fn send_event(
+        &self,
+        room: &str,
+        kind: &str,
+        txn_id: &str,
+        content: &Value,
+    ) -> Result<String, ApiError> {
+        let v = self
+            .call(
+                self.http
+                    .put(self.url(&format!(
+                        "/_matrix/client/v3/rooms/{}/send/{}/{}",
+                        segment(room),
+                        segment(kind),
+                        segment(txn_id)
+                    )))
+                    .json(content),
+                Duration::from_secs(60),
+            )
+            .await?;
+        v["event_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::Decode("send without event_id".into()))
+    }
+
     /// `POST /rooms/{roomId}/join` (accepting an invite).
     pub async fn join(&self, room: &str) -> Result<(), ApiError> {
         self.call(

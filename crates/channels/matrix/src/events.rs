@@ -13,6 +13,8 @@ pub struct MediaRef {
     pub size: Option<u64>,
     /// A caption: the body, when the message names the file separately (`filename`).
     pub caption: Option<String>,
+    /// In an encrypted room: the `file` object (key, iv, hash) the download decrypts with.
+    pub file: Option<Value>,
 }
 
 /// One `m.room.message` (or an encrypted event) in a joined room.
@@ -31,8 +33,10 @@ pub struct RoomMessage {
     /// `m.mentions.user_ids` (intentional mentions, spec v1.7).
     pub mentioned: Vec<String>,
     pub media: Option<MediaRef>,
-    /// `m.room.encrypted`: the channel cannot read it.
+    /// `m.room.encrypted`: still to be decrypted.
     pub encrypted: bool,
+    /// The whole event as received, for an encrypted one (what decryption reads).
+    pub raw: Option<Value>,
 }
 
 impl RoomMessage {
@@ -52,6 +56,14 @@ pub struct SyncBatch {
     pub messages: Vec<RoomMessage>,
     /// Joined rooms whose timeline was cut (`limited`): messages were skipped.
     pub gaps: Vec<String>,
+    /// `to_device.events`, as received (end-to-end encryption reads them first).
+    pub to_device: Vec<Value>,
+    /// `device_one_time_keys_count.signed_curve25519`.
+    pub one_time_keys: Option<u64>,
+    /// `device_unused_fallback_key_types`, when the homeserver sent it.
+    pub unused_fallback: Option<Vec<String>>,
+    /// `device_lists.changed`: users whose devices changed.
+    pub devices_changed: Vec<String>,
 }
 
 /// Reads a `/sync` answer. `None` when it has no `next_batch` (not a sync answer).
@@ -81,6 +93,33 @@ pub fn read_sync(v: &Value) -> Option<SyncBatch> {
             }
         }
     }
+    batch.to_device = v
+        .pointer("/to_device/events")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    batch.one_time_keys = v
+        .pointer("/device_one_time_keys_count/signed_curve25519")
+        .and_then(Value::as_u64);
+    batch.unused_fallback = v
+        .get("device_unused_fallback_key_types")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        });
+    batch.devices_changed = v
+        .pointer("/device_lists/changed")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
     let Some(joined) = v.pointer("/rooms/join").and_then(Value::as_object) else {
         return Some(batch);
     };
@@ -103,7 +142,8 @@ pub fn read_sync(v: &Value) -> Option<SyncBatch> {
     Some(batch)
 }
 
-fn read_event(room: &str, event: &Value) -> Option<RoomMessage> {
+/// Reads one timeline event (also a decrypted one) into a message; `None` for what is not one.
+pub fn read_event(room: &str, event: &Value) -> Option<RoomMessage> {
     let kind = event.get("type")?.as_str()?;
     let encrypted = match kind {
         "m.room.message" => false,
@@ -158,6 +198,7 @@ fn read_event(room: &str, event: &Value) -> Option<RoomMessage> {
     let media = match msgtype.as_str() {
         "m.image" | "m.file" | "m.audio" | "m.video" => content
             .get("url")
+            .or_else(|| content.pointer("/file/url"))
             .and_then(Value::as_str)
             .filter(|u| u.starts_with("mxc://"))
             .map(|mxc| MediaRef {
@@ -177,6 +218,7 @@ fn read_event(room: &str, event: &Value) -> Option<RoomMessage> {
                     .and_then(Value::as_str)
                     .filter(|name| *name != body)
                     .map(|_| body.clone()),
+                file: content.get("file").filter(|f| f.is_object()).cloned(),
             }),
         _ => None,
     };
@@ -195,6 +237,7 @@ fn read_event(room: &str, event: &Value) -> Option<RoomMessage> {
         mentioned,
         media,
         encrypted,
+        raw: encrypted.then(|| event.clone()),
     })
 }
 

@@ -413,6 +413,9 @@ pub fn print_reports(reports: &[ChannelReport]) {
                 _ => "-".into(),
             }
         );
+        if let Some(detail) = &h.detail {
+            println!("{:<10} {detail}", "");
+        }
     }
 }
 
