@@ -14,6 +14,7 @@ mod group_commit;
 mod groups;
 mod held;
 mod inbound;
+mod memories;
 mod model;
 mod mounts;
 mod outbound;
@@ -31,6 +32,11 @@ pub use error::StoreError;
 pub use groups::{DEFAULT_TRIGGER, validate_folder};
 pub use held::{Held, NewHeld, Pairing};
 pub use inbound::backoff_ms;
+pub use memories::{
+    MAX_MEMORIES_PER_GROUP, MAX_MEMORY_TEXT_BYTES, MAX_QUERY_BYTES, MAX_RESULTS, Memory, MemoryHit,
+    MemoryQuery, NewMemory, RANK_WINDOW, SHARED_NAMESPACE, SKILL_NAMESPACE_PREFIX,
+    validate_namespace,
+};
 pub use model::{
     Chat, Group, HeldMessage, Inbound, InboundStatus, InsertedInbound, NewGroup, NewInbound,
     NewOutbound, Outbound, OutboundFile, OutboundKind, OutboundState, RetryOutcome, Session,
