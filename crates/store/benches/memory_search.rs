@@ -20,6 +20,9 @@ use nanoclaw_test_support::bench::{iterations, print_header, print_machine, prin
 
 const VOCABULARY: usize = 20_000;
 
+/// Makes one query of a kind.
+type MakeQuery<'a> = Box<dyn Fn(&mut Rng) -> String + 'a>;
+
 /// Deterministic xorshift: the same memories and queries every run.
 struct Rng(u64);
 
@@ -176,7 +179,7 @@ async fn run() {
         memories as u64
     );
 
-    let kinds: Vec<(&str, Box<dyn Fn(&mut Rng) -> String>)> = vec![
+    let kinds: Vec<(&str, MakeQuery<'_>)> = vec![
         (
             "common word (top 20)",
             Box::new(|r: &mut Rng| words[r.below(20)].clone()),
