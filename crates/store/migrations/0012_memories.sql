@@ -12,6 +12,9 @@ CREATE TABLE memories (
 );
 -- Listing (recent first) and counting a group's memories.
 CREATE INDEX memories_group ON memories(group_id, id);
+-- A search checks each match's group and namespace: from this small index (named in the query)
+-- instead of the row with its text, about twice as fast per match.
+CREATE INDEX memories_scope ON memories(id, group_id, namespace);
 
 -- Porter stemming so "birthdays" finds "birthday"; diacritics folded so "cafe" finds "café".
 CREATE VIRTUAL TABLE memories_fts USING fts5(

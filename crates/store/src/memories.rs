@@ -157,7 +157,7 @@ fn search_sync(
         .prepare_cached(&format!(
             "SELECT {MEMORY_COLS}, s.score FROM (
                  SELECT memories_fts.rowid AS id, bm25(memories_fts) AS score
-                 FROM memories_fts JOIN memories w ON w.id = memories_fts.rowid
+                 FROM memories_fts JOIN memories w INDEXED BY memories_scope ON w.id = memories_fts.rowid
                  WHERE memories_fts MATCH ?1 AND w.group_id = ?2
                      AND (?3 IS NULL OR w.namespace = ?3)
                  ORDER BY memories_fts.rowid DESC LIMIT ?4
