@@ -4,6 +4,9 @@
 //! the connection, so writes are serialized; write transactions are `BEGIN IMMEDIATE` with a busy timeout
 //! so a second process on the same file waits instead of failing. Times are unix milliseconds (UTC); calls
 //! whose behaviour depends on time take `now_ms` so tests control the clock.
+//!
+//! Besides the message path's state it keeps each agent group's memory store (`memories.rs`:
+//! namespaced texts behind an FTS5 index; see docs/MEMORY.md).
 
 mod channels;
 mod chats;
