@@ -288,6 +288,9 @@ fn action_name(action: &RequestAction) -> &'static str {
         RequestAction::PauseTask { .. } => "pause_task",
         RequestAction::ResumeTask { .. } => "resume_task",
         RequestAction::CancelTask { .. } => "cancel_task",
+        RequestAction::MemorySave { .. } => "memory_save",
+        RequestAction::MemorySearch { .. } => "memory_search",
+        RequestAction::MemoryForget { .. } => "memory_forget",
     }
 }
 

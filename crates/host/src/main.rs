@@ -62,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: TasksCommand,
     },
+    /// What agents keep in a group's memory store: search it, list it, forget a memory.
+    Memory {
+        #[command(subcommand)]
+        command: MemoryCommand,
+    },
     /// Agent groups: list them, set a group's model or trigger.
     Group {
         #[command(subcommand)]
@@ -141,6 +146,48 @@ enum TasksCommand {
         task_id: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemoryCommand {
+    /// The group's memories best matching some words (every namespace unless one is named).
+    Search {
+        /// Words to look for (all must match; when no memory has them all, any may).
+        query: String,
+        /// The group (by folder); default the main group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only this namespace: `shared` or `skill:<name>`.
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The group's memories, most recent first.
+    List {
+        /// The group (by folder); default the main group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only this namespace: `shared` or `skill:<name>`.
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only memories older than this id (the next page).
+        #[arg(long)]
+        before: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget one memory of the group by its id.
+    Forget {
+        id: i64,
+        /// The group (by folder); default the main group.
+        #[arg(long)]
+        group: Option<String>,
     },
 }
 
@@ -524,6 +571,23 @@ fn main() -> ExitCode {
                 TasksCommand::Cancel { task_id, json } => {
                     cli::tasks::change(task_id, cli::tasks::Change::Cancel, json).await
                 }
+            },
+            Command::Memory { command } => match command {
+                MemoryCommand::Search {
+                    query,
+                    group,
+                    namespace,
+                    limit,
+                    json,
+                } => cli::memory::search(query, group, namespace, limit, json).await,
+                MemoryCommand::List {
+                    group,
+                    namespace,
+                    limit,
+                    before,
+                    json,
+                } => cli::memory::list(group, namespace, limit, before, json).await,
+                MemoryCommand::Forget { id, group } => cli::memory::forget(id, group).await,
             },
             Command::Group { command } => group(command).await,
             Command::Status { json } => cli::status::status(json).await,

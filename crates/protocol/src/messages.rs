@@ -269,6 +269,26 @@ pub enum RequestAction {
     CancelTask {
         task_id: String,
     },
+    /// Keep a memory in this group's memory store (since 1.5). The host answers with its `id`.
+    MemorySave {
+        text: String,
+        /// `shared` (the default) or `skill:<name>`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
+    },
+    /// Search this group's memories (since 1.5): every namespace unless one is named. The host
+    /// answers with the best matches, best first.
+    MemorySearch {
+        query: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Forget one of this group's memories by id (since 1.5).
+    MemoryForget {
+        id: i64,
+    },
 }
 
 fn default_true() -> bool {

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_agent_shared_sessions.sql"),
     include_str!("../migrations/0010_outbound_files.sql"),
     include_str!("../migrations/0011_reply_routes.sql"),
+    include_str!("../migrations/0012_memories.sql"),
 ];
 
 /// The schema version this build knows.

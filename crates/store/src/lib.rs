@@ -4,6 +4,9 @@
 //! the connection, so writes are serialized; write transactions are `BEGIN IMMEDIATE` with a busy timeout
 //! so a second process on the same file waits instead of failing. Times are unix milliseconds (UTC); calls
 //! whose behaviour depends on time take `now_ms` so tests control the clock.
+//!
+//! Besides the message path's state it keeps each agent group's memory store (`memories.rs`:
+//! namespaced texts behind an FTS5 index; see docs/MEMORY.md).
 
 mod channels;
 mod chats;
@@ -14,6 +17,7 @@ mod group_commit;
 mod groups;
 mod held;
 mod inbound;
+mod memories;
 mod model;
 mod mounts;
 mod outbound;
@@ -31,6 +35,11 @@ pub use error::StoreError;
 pub use groups::{DEFAULT_TRIGGER, validate_folder};
 pub use held::{Held, NewHeld, Pairing};
 pub use inbound::backoff_ms;
+pub use memories::{
+    MAX_MEMORIES_PER_GROUP, MAX_MEMORY_TEXT_BYTES, MAX_QUERY_BYTES, MAX_RESULTS, Memory, MemoryHit,
+    MemoryQuery, NewMemory, RANK_WINDOW, SHARED_NAMESPACE, SKILL_NAMESPACE_PREFIX,
+    validate_namespace,
+};
 pub use model::{
     Chat, Group, HeldMessage, Inbound, InboundStatus, InsertedInbound, NewGroup, NewInbound,
     NewOutbound, Outbound, OutboundFile, OutboundKind, OutboundState, RetryOutcome, Session,

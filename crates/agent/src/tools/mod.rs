@@ -16,6 +16,7 @@ mod edit_file;
 mod glob;
 mod grep;
 mod list_groups;
+mod memory;
 mod read_file;
 mod register_chat;
 mod send_message;
@@ -27,6 +28,7 @@ pub use edit_file::EditFileTool;
 pub use glob::GlobTool;
 pub use grep::GrepTool;
 pub use list_groups::ListGroupsTool;
+pub use memory::{MemoryForgetTool, MemorySaveTool, MemorySearchTool};
 pub use read_file::ReadFileTool;
 pub use register_chat::RegisterChatTool;
 pub use send_message::SendMessageTool;
@@ -123,6 +125,10 @@ pub fn all_tools() -> Vec<Box<dyn Tool>> {
         Box::new(PauseTaskTool),
         Box::new(ResumeTaskTool),
         Box::new(CancelTaskTool),
+        // The group's memory store; the host answers from this group's memories only.
+        Box::new(MemorySaveTool),
+        Box::new(MemorySearchTool),
+        Box::new(MemoryForgetTool),
     ]
 }
 

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod doctor;
 pub mod group;
 pub mod image;
+pub mod memory;
 pub mod run;
 pub mod status;
 pub mod tasks;

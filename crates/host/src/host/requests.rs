@@ -55,6 +55,71 @@ pub(super) async fn handle_request(
         | RequestAction::CancelTask { .. }) => {
             task_request(&inner.store, &inner.tasks, group, chat, action).await
         }
+        action @ (RequestAction::MemorySave { .. }
+        | RequestAction::MemorySearch { .. }
+        | RequestAction::MemoryForget { .. }) => memory_request(&inner.store, group, action).await,
+    }
+}
+
+/// Results `memory_search` returns when the agent names no limit.
+const DEFAULT_MEMORY_RESULTS: usize = 10;
+
+/// An agent's memory request, answered from its own group's memories only: the group is the
+/// session's, never named by the agent, and another group's memory id reads as unknown.
+async fn memory_request(
+    store: &Store,
+    group: &Group,
+    action: RequestAction,
+) -> Result<serde_json::Value, String> {
+    match action {
+        RequestAction::MemorySave { text, namespace } => {
+            let saved = store
+                .save_memory(nanoclaw_store::NewMemory {
+                    group_id: group.id.clone(),
+                    namespace: namespace.clone(),
+                    text,
+                    now_ms: nanoclaw_store::now_ms(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let namespace = namespace.unwrap_or_else(|| nanoclaw_store::SHARED_NAMESPACE.into());
+            tracing::debug!(group = %group.folder, id = saved, %namespace, "memory saved");
+            Ok(serde_json::json!({ "id": saved, "namespace": namespace }))
+        }
+        RequestAction::MemorySearch {
+            query,
+            namespace,
+            limit,
+        } => {
+            let limit = limit.map_or(DEFAULT_MEMORY_RESULTS, |l| l as usize);
+            let hits = store
+                .search_memories(nanoclaw_store::MemoryQuery {
+                    group_id: group.id.clone(),
+                    query,
+                    namespace,
+                    limit,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::Value::Array(
+                hits.iter()
+                    .map(|h| crate::memory::memory_view(&h.memory))
+                    .collect(),
+            ))
+        }
+        RequestAction::MemoryForget { id } => {
+            let forgotten = store
+                .forget_memory(group.id.clone(), id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if forgotten {
+                tracing::debug!(group = %group.folder, id, "memory forgotten");
+                Ok(serde_json::json!({ "forgotten": id }))
+            } else {
+                Err(format!("no memory {id} in this group; see memory_search"))
+            }
+        }
+        other => Err(format!("not a memory request: {other:?}")),
     }
 }
 

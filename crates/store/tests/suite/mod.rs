@@ -1,4 +1,5 @@
 //! One module per former test file; `cargo test --test all <module>::` runs one of them.
 
+mod memories;
 mod store;
 mod tasks;
