@@ -31,13 +31,17 @@ impl Default for HttpLimits {
 
 /// Serves `app` on `listener` (HTTP/1.1) until the task is aborted, within `limits`.
 /// Failing accepts (e.g. out of file descriptors) are logged and retried after a pause;
-/// they do not end the server.
+/// they do not end the server. When this future is dropped (the channel stops), every open
+/// connection finishes the request it is on and closes: a client's kept-alive connection
+/// must not keep reaching a stopped channel.
 pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     limits: HttpLimits,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Dropped with this future: each connection sees its receiver close.
+    let (_open, closed) = tokio::sync::watch::channel(());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -52,15 +56,22 @@ pub async fn serve_http(
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
+        let mut closed = closed.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
-            if let Err(error) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = closed.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "http: connection ended with an error");
             }
             drop(permit);
@@ -133,6 +144,26 @@ mod tests {
         assert!(
             closed_by_server(&mut slow).await,
             "the trickling client's connection is still open"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_server_closes_its_kept_alive_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", get(|| async { "hello" }));
+        let server = tokio::spawn(serve_http(listener, app, HttpLimits::default()));
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("hello"));
+        server.abort();
+        assert!(
+            closed_by_server(&mut kept).await,
+            "a kept-alive connection outlived its server"
         );
     }
 
