@@ -196,6 +196,38 @@ impl Api {
         .await
     }
 
+    /// `GET /rooms/{room}/messages` backwards from `from` (a `prev_batch` token) down to
+    /// `to` (the previous sync's token), at most `limit` events: the events, newest first,
+    /// and the token to read on from (`None` at the end).
+    pub async fn messages_before(
+        &self,
+        room: &str,
+        from: &str,
+        to: &str,
+        limit: u32,
+    ) -> Result<(Vec<Value>, Option<String>), ApiError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/messages", segment(room));
+        let query = [
+            ("dir", "b".to_owned()),
+            ("from", from.to_owned()),
+            ("to", to.to_owned()),
+            ("limit", limit.to_string()),
+        ];
+        let v = self
+            .call(
+                self.http.get(self.url(&path)).query(&query),
+                Duration::from_secs(30),
+            )
+            .await?;
+        let events = v
+            .get("chunk")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let end = v.get("end").and_then(Value::as_str).map(str::to_owned);
+        Ok((events, end))
+    }
+
     /// `GET /account/whoami`: the user id and the device id the token belongs to.
     pub async fn whoami_device(&self) -> Result<(String, String), ApiError> {
         let v = self

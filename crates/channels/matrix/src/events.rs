@@ -46,6 +46,13 @@ impl RoomMessage {
     }
 }
 
+/// A room whose sync timeline was cut: the events before `prev_batch` were not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub room: String,
+    pub prev_batch: Option<String>,
+}
+
 /// One `/sync` answer, read.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncBatch {
@@ -54,8 +61,9 @@ pub struct SyncBatch {
     /// Who invited the bot, by room (the sender of the invite's `m.room.member` event).
     pub inviters: std::collections::HashMap<String, String>,
     pub messages: Vec<RoomMessage>,
-    /// Joined rooms whose timeline was cut (`limited`): messages were skipped.
-    pub gaps: Vec<String>,
+    /// Joined rooms whose timeline was cut (`limited`): older messages are to be read
+    /// with `/messages` from the timeline's `prev_batch`.
+    pub gaps: Vec<Gap>,
     /// `to_device.events`, as received (end-to-end encryption reads them first).
     pub to_device: Vec<Value>,
     /// `device_one_time_keys_count.signed_curve25519`.
@@ -125,7 +133,13 @@ pub fn read_sync(v: &Value) -> Option<SyncBatch> {
     };
     for (room, data) in joined {
         if data.pointer("/timeline/limited").and_then(Value::as_bool) == Some(true) {
-            batch.gaps.push(room.clone());
+            batch.gaps.push(Gap {
+                room: room.clone(),
+                prev_batch: data
+                    .pointer("/timeline/prev_batch")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            });
         }
         let Some(events) = data.pointer("/timeline/events").and_then(Value::as_array) else {
             continue;
@@ -274,7 +288,7 @@ mod tests {
                 "invite": {"!inv:hs": {"invite_state": {"events": [
                     {"type": "m.room.member", "sender": "@owner:hs", "state_key": "@andy:hs",
                      "content": {"membership": "invite"}}]}}},
-                "join": {"!r:hs": {"timeline": {"limited": true, "events": [
+                "join": {"!r:hs": {"timeline": {"limited": true, "prev_batch": "p1", "events": [
                     {"type": "m.room.member", "event_id": "$m", "sender": "@a:hs", "content": {}},
                     {"type": "m.room.message", "event_id": "$1", "sender": "@a:hs",
                      "origin_server_ts": 5,
@@ -298,7 +312,13 @@ mod tests {
         assert_eq!(batch.next_batch, "s2");
         assert_eq!(batch.invites, ["!inv:hs"]);
         assert_eq!(batch.inviters["!inv:hs"], "@owner:hs");
-        assert_eq!(batch.gaps, ["!r:hs"]);
+        assert_eq!(
+            batch.gaps,
+            [Gap {
+                room: "!r:hs".into(),
+                prev_batch: Some("p1".into())
+            }]
+        );
         assert_eq!(
             batch.messages.len(),
             3,

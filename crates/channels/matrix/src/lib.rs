@@ -60,6 +60,8 @@ pub const NAME: &str = "matrix";
 /// The vault secret holding the access token.
 pub const TOKEN_SECRET: &str = "matrix.access_token";
 const NEXT_BATCH_KEY: &str = "next_batch";
+/// Messages read back per room when a sync's timeline was cut (`limited`).
+pub const MAX_BACKFILL: usize = 1_000;
 /// The longest part sent (events are limited to 64 KiB of JSON).
 pub const MAX_PART: usize = 16_000;
 /// Only what the channel reads: no presence, no account data.
@@ -510,11 +512,9 @@ impl MatrixChannel {
             let handing_over = self.handing_over.lock().await;
             self.health.connected();
             self.join_invites(&batch).await;
-            for room in &batch.gaps {
-                tracing::warn!(
-                    room,
-                    "matrix: more messages arrived than one sync holds; the oldest were skipped"
-                );
+            let mut batch = batch;
+            if let Some(since) = since.as_deref() {
+                self.backfill(&mut batch, since).await?;
             }
             // Keys before rooms: a message and its key often come in the same batch.
             if !self.receive_keys(sink, &me, &batch).await? {
@@ -540,6 +540,61 @@ impl MatrixChannel {
             drop(handing_over);
             since = Some(batch.next_batch);
         }
+    }
+
+    /// Reads what a cut timeline left out: for each room of the batch whose timeline was
+    /// `limited`, `/messages` backwards from its `prev_batch` down to `since` (the previous
+    /// sync), at most [`MAX_BACKFILL`] events; they join the batch's messages in order
+    /// (the host drops any it already has by event id). Beyond the bound, the oldest are
+    /// skipped and the health says so.
+    async fn backfill(&self, batch: &mut SyncBatch, since: &str) -> Result<(), ApiError> {
+        let gaps = std::mem::take(&mut batch.gaps);
+        let mut older: Vec<RoomMessage> = Vec::new();
+        for gap in gaps {
+            let Some(mut from) = gap.prev_batch.clone() else {
+                continue;
+            };
+            let mut events: Vec<Value> = Vec::new();
+            let complete = loop {
+                if events.len() >= MAX_BACKFILL {
+                    break false;
+                }
+                let (chunk, end) = self
+                    .api
+                    .messages_before(&gap.room, &from, since, 100)
+                    .await?;
+                let done = chunk.is_empty();
+                events.extend(chunk);
+                match end {
+                    Some(next) if !done && next != from => from = next,
+                    _ => break true,
+                }
+            };
+            if !complete {
+                let error = format!(
+                    "room {}: more than {MAX_BACKFILL} messages arrived between two syncs; the oldest were skipped",
+                    gap.room
+                );
+                tracing::warn!(%error, "matrix: backfill cut");
+                self.health.error(error);
+            }
+            tracing::info!(room = %gap.room, events = events.len(), "matrix: read what a cut timeline left out");
+            // `/messages` backwards gives the newest first.
+            older.extend(
+                events
+                    .iter()
+                    .rev()
+                    .filter_map(|event| events::read_event(&gap.room, event)),
+            );
+        }
+        if older.is_empty() {
+            return Ok(());
+        }
+        // Stable: within a timestamp the backfilled stay before the batch's own.
+        older.append(&mut batch.messages);
+        older.sort_by_key(|m| m.origin_server_ts);
+        batch.messages = older;
+        Ok(())
     }
 
     /// A batch's encryption news: key counts, device changes, room keys; then hands over

@@ -214,6 +214,47 @@ async fn invites_are_joined_only_from_who_the_owner_named() {
     );
 }
 
+/// More messages than one sync's timeline holds (100) arrive while the channel is down:
+/// the sync answers with a cut (`limited`) timeline, and the channel reads the rest back with
+/// `/messages` — every message reaches the host, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_timeline_is_read_back_and_nothing_is_skipped() {
+    let synapse = Synapse::start();
+    let bot = synapse.register("andy", false).await;
+    let ada = synapse.register("ada", false).await;
+    let state = Arc::new(MemoryState::default());
+    let mut rig = start(
+        settings(&synapse, "\":localhost\""),
+        &bot.token,
+        state.clone(),
+        Arc::default(),
+    )
+    .await;
+    let dm = room_with(&ada, &bot, &[]).await;
+    ada.say(&dm, "before", None).await;
+    assert_eq!(next(&mut rig).await.text, "before");
+    rig.channel.stop().await;
+    drop(rig);
+    const DOWN: usize = 130;
+    for i in 0..DOWN {
+        ada.say(&dm, &format!("while down {i}"), None).await;
+    }
+    let mut rig = start(
+        settings(&synapse, "\":localhost\""),
+        &bot.token,
+        state,
+        Arc::default(),
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..DOWN {
+        got.push(next(&mut rig).await.text);
+    }
+    let want: Vec<String> = (0..DOWN).map(|i| format!("while down {i}")).collect();
+    assert_eq!(got, want);
+    none(&mut rig, Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_is_not_answered_and_nothing_is_read_twice_across_a_restart() {
     let synapse = Synapse::start();
