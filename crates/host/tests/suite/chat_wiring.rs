@@ -227,14 +227,18 @@ async fn an_unknown_chat_is_held_asked_once_and_replayed_when_the_owner_approves
         TriggerRule::Mention,
         "a group chat answers mentions"
     );
-    // Both held messages reach the agent (the echo model repeats them).
+    // All three held messages reach the agent (the echo model repeats them), possibly in
+    // more than one turn: the stranger's "/approve" was only an ordinary message of their
+    // chat and is replayed like the others; it decided nothing (the chat was approved by the
+    // owner's command alone, once).
     let replies = eventually(90, "the held messages answered", || async {
         let r = texts(&host, chat.id).await.join("\n");
-        (r.contains("first question") && r.contains("second question")).then_some(r)
+        (r.contains("first question")
+            && r.contains("second question")
+            && r.contains("/approve chat"))
+        .then_some(r)
     })
     .await;
-    // The stranger's "/approve" was only an ordinary message of their chat: it decided
-    // nothing (the chat was approved by the owner's command alone, once).
     assert!(replies.contains("/approve chat"), "{replies}");
     assert_eq!(
         owner_notices(&host)
