@@ -370,14 +370,7 @@ impl MatrixUser {
 
     /// How many have joined `room`.
     pub async fn joined_members(&self, room: &str) -> usize {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/_matrix/client/v3/rooms/{}/joined_members", seg(room)),
-                None,
-            )
-            .await;
-        v["joined"].as_object().map_or(0, serde_json::Map::len)
+        self.joined_member_ids(room).await.len()
     }
 
     /// Sends an `m.room.message` with this content; returns its event id.
@@ -481,24 +474,8 @@ impl MatrixUser {
 
     /// Every `m.room.message` event in `room`, oldest first.
     pub async fn messages(&self, room: &str) -> Vec<Value> {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
-                    seg(room)
-                ),
-                None,
-            )
-            .await;
-        let mut events: Vec<Value> = v["chunk"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e["type"] == "m.room.message")
-            .collect();
-        events.reverse();
+        let mut events = self.events(room).await;
+        events.retain(|e| e["type"] == "m.room.message");
         events
     }
 

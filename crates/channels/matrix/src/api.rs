@@ -387,21 +387,12 @@ impl Api {
         .map(|_| ())
     }
 
-    /// `GET /rooms/{roomId}/joined_members`: how many have joined.
+    /// How many have joined (`joined_members`, counted).
     pub async fn joined_member_count(&self, room: &str) -> Result<usize, ApiError> {
-        let v = self
-            .call(
-                self.http.get(self.url(&format!(
-                    "/_matrix/client/v3/rooms/{}/joined_members",
-                    segment(room)
-                ))),
-                Duration::from_secs(30),
-            )
-            .await?;
-        Ok(v["joined"].as_object().map_or(0, serde_json::Map::len))
+        Ok(self.joined_members(room).await?.len())
     }
 
-    /// `PUT /rooms/{roomId}/send/m.room.message/{txnId}`: the homeserver answers a repeated
+    /// [`Api::send_event`] of an `m.room.message`: the homeserver answers a repeated
     /// transaction id with the event it made the first time, so a retry shows once.
     pub async fn send_message(
         &self,
@@ -409,22 +400,8 @@ impl Api {
         txn_id: &str,
         content: &Value,
     ) -> Result<String, ApiError> {
-        let v = self
-            .call(
-                self.http
-                    .put(self.url(&format!(
-                        "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
-                        segment(room),
-                        segment(txn_id)
-                    )))
-                    .json(content),
-                Duration::from_secs(60),
-            )
-            .await?;
-        v["event_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| ApiError::Decode("send without event_id".into()))
+        self.send_event(room, "m.room.message", txn_id, content)
+            .await
     }
 
     /// `PUT /rooms/{roomId}/typing/{userId}`.

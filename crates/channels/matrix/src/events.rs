@@ -109,25 +109,8 @@ pub fn read_sync(v: &Value) -> Option<SyncBatch> {
     batch.one_time_keys = v
         .pointer("/device_one_time_keys_count/signed_curve25519")
         .and_then(Value::as_u64);
-    batch.unused_fallback = v
-        .get("device_unused_fallback_key_types")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        });
-    batch.devices_changed = v
-        .pointer("/device_lists/changed")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    batch.unused_fallback = strings_at(v, "/device_unused_fallback_key_types");
+    batch.devices_changed = strings_at(v, "/device_lists/changed").unwrap_or_default();
     let Some(joined) = v.pointer("/rooms/join").and_then(Value::as_object) else {
         return Some(batch);
     };
@@ -154,6 +137,18 @@ pub fn read_sync(v: &Value) -> Option<SyncBatch> {
     // homeserver's timestamps order them.
     batch.messages.sort_by_key(|m| m.origin_server_ts);
     Some(batch)
+}
+
+/// The strings of the array at `pointer` (other elements skipped); `None` without an array.
+fn strings_at(v: &Value, pointer: &str) -> Option<Vec<String>> {
+    let array = v.pointer(pointer)?.as_array()?;
+    Some(
+        array
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// Reads one timeline event (also a decrypted one) into a message; `None` for what is not one.
@@ -194,16 +189,7 @@ pub fn read_event(room: &str, event: &Value) -> Option<RoomMessage> {
         .and_then(|r| r.pointer("/m.in_reply_to/event_id"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let mentioned = content
-        .pointer("/m.mentions/user_ids")
-        .and_then(Value::as_array)
-        .map(|ids| {
-            ids.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mentioned = strings_at(content, "/m.mentions/user_ids").unwrap_or_default();
     let body = content
         .get("body")
         .and_then(Value::as_str)

@@ -5,10 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{Rig, started};
 use matrix_sdk_crypto::types::requests::{AnyOutgoingRequest, ToDeviceRequest};
 use matrix_sdk_crypto::{
     DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement,
@@ -26,7 +29,6 @@ use ruma::api::{IncomingResponse, MatrixVersion, OutgoingRequest, SupportedVersi
 use ruma::serde::Raw;
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 // ---------------------------------------------------------------------------------------
 // The owner: OlmMachine over HTTP.
@@ -306,11 +308,6 @@ impl Owner {
 // ---------------------------------------------------------------------------------------
 // The channel.
 
-struct Rig {
-    channel: Arc<MatrixChannel>,
-    events: mpsc::Receiver<InboundEvent>,
-}
-
 /// What a channel keeps across a restart: its state store and the vault.
 #[derive(Clone)]
 struct Keep {
@@ -334,28 +331,15 @@ async fn start(synapse: &Synapse, keep: &Keep) -> Rig {
         synapse.base
     ))
     .unwrap();
-    let channel = Arc::new(
-        MatrixChannel::from_setup(ChannelSetup {
-            settings,
-            secrets: keep.secrets.clone(),
-            state: keep.state.clone(),
-            ledger: Arc::new(MemoryLedger::default()),
-            assistant_name: "Andy".into(),
-            data_dir: dir.path().to_path_buf(),
-        })
-        .await
-        .unwrap(),
-    );
-    let (sink, events) = accepting_host();
-    Arc::clone(&channel).start(sink).await.unwrap();
-    for _ in 0..200 {
-        if channel.health().state == LinkState::Connected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(channel.health().state, LinkState::Connected);
-    Rig { channel, events }
+    started(ChannelSetup {
+        settings,
+        secrets: keep.secrets.clone(),
+        state: keep.state.clone(),
+        ledger: Arc::new(MemoryLedger::default()),
+        assistant_name: "Andy".into(),
+        data_dir: dir.path().to_path_buf(),
+    })
+    .await
 }
 
 async fn next(rig: &mut Rig) -> InboundEvent {

@@ -3,23 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use nanoclaw_channel::memory::{MemoryLedger, MemorySecrets, MemoryState, accepting_host};
+use common::{Rig, started};
+use nanoclaw_channel::memory::{MemoryLedger, MemorySecrets, MemoryState};
 use nanoclaw_channel::{
-    Channel, ChannelError, ChannelSetup, InboundEvent, LinkState, OutgoingFile, OutgoingMessage,
-    SendLedger, StateStore,
+    Channel, ChannelError, ChannelSetup, InboundEvent, OutgoingFile, OutgoingMessage, SendLedger,
+    StateStore,
 };
 use nanoclaw_channel_matrix::{MatrixChannel, TOKEN_SECRET};
 use nanoclaw_test_support::matrix::{MatrixUser, Synapse};
 use serde_json::json;
-use tokio::sync::mpsc;
-
-struct Rig {
-    channel: Arc<MatrixChannel>,
-    events: mpsc::Receiver<InboundEvent>,
-}
 
 fn settings(synapse: &Synapse, invites_from: &str) -> toml::Table {
     toml::from_str(&format!(
@@ -36,28 +33,15 @@ async fn start(
     ledger: Arc<MemoryLedger>,
 ) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let channel = Arc::new(
-        MatrixChannel::from_setup(ChannelSetup {
-            settings,
-            secrets: vault(token),
-            state,
-            ledger,
-            assistant_name: "Andy".into(),
-            data_dir: dir.path().to_path_buf(),
-        })
-        .await
-        .unwrap(),
-    );
-    let (sink, events) = accepting_host();
-    Arc::clone(&channel).start(sink).await.unwrap();
-    for _ in 0..200 {
-        if channel.health().state == LinkState::Connected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(channel.health().state, LinkState::Connected);
-    Rig { channel, events }
+    started(ChannelSetup {
+        settings,
+        secrets: vault(token),
+        state,
+        ledger,
+        assistant_name: "Andy".into(),
+        data_dir: dir.path().to_path_buf(),
+    })
+    .await
 }
 
 /// The bot's vault: one per token, kept across restarts as the host's is (it holds the key
