@@ -178,6 +178,8 @@ mod tests {
             },
             assistant_name: "Andy".into(),
             timezone: Some("Europe/Berlin".into()),
+            skills: Vec::new(),
+            mcp_servers: Vec::new(),
         }
     }
 

@@ -825,6 +825,8 @@ mod tests {
             },
             assistant_name: "Andy".into(),
             timezone: None,
+            skills: Vec::new(),
+            mcp_servers: Vec::new(),
         }
     }
 

@@ -493,6 +493,8 @@ impl AgentPool {
             },
             assistant_name: self.config.assistant_name.clone(),
             timezone: Some(timezone),
+            skills: Vec::new(),
+            mcp_servers: Vec::new(),
         })
     }
 }

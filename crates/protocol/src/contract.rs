@@ -33,6 +33,8 @@ pub mod paths {
     pub const GLOBAL: &str = "/workspace/global";
     /// Extra allowlisted folders appear under this, one per mount name.
     pub const EXTRA: &str = "/workspace/extra";
+    /// Enabled skills, one read-only folder each: `/workspace/skills/<name>` (since 1.6).
+    pub const SKILLS: &str = "/workspace/skills";
     /// The host's run dir for this sandbox (sockets, CA files), read-only.
     pub const RUN: &str = "/run/nanoclaw";
     /// File names inside [`RUN`].

@@ -19,7 +19,7 @@ pub use messages::*;
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Minor version: bumped on backwards-compatible additions (new optional fields, new
 /// message kinds that the peer may ignore).
-pub const PROTOCOL_MINOR: u32 = 5;
+pub const PROTOCOL_MINOR: u32 = 6;
 
 /// The longest line either side accepts, in bytes. Turns carry whole chat batches and
 /// tool output is capped well below this, so a longer line is a bug or an attack.

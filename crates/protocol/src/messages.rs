@@ -29,6 +29,53 @@ pub struct Hello {
     /// IANA time zone of the group, e.g. `Europe/Berlin`.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// The group's enabled skills (since 1.6), dependencies first. The system prompt lists
+    /// their names and descriptions; the agent reads a skill's files when it uses it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skills: Vec<SkillInfo>,
+    /// MCP servers the agent starts inside the sandbox (since 1.6): the group's own and those
+    /// of its enabled skills. Their tools are offered to the model as `<server>__<tool>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServer>,
+}
+
+/// An enabled skill as the agent sees it (since 1.6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkillInfo {
+    pub name: String,
+    pub description: String,
+    /// The skill's folder inside the sandbox (read-only), under [`crate::contract::paths::SKILLS`].
+    pub path: String,
+    /// Script-backed tools the skill registers (its `skill.toml` `[[tools]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<SkillTool>,
+}
+
+/// A tool backed by a script in a skill's folder (since 1.6). The agent runs the script in the
+/// sandbox with the tool's JSON input on stdin and returns its stdout to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkillTool {
+    pub name: String,
+    pub description: String,
+    /// Path of the script relative to the skill's folder, e.g. `scripts/issues.py`.
+    pub script: String,
+    /// A JSON Schema object for the tool's input.
+    pub input_schema: Value,
+}
+
+/// A stdio MCP server the agent starts inside the sandbox (since 1.6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpServer {
+    /// Unique among the session's servers: `[A-Za-z0-9_-]`, at most 64 characters.
+    pub name: String,
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The skill that declared it; absent for a server from the group's own configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

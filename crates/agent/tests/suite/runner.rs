@@ -151,6 +151,8 @@ fn hello(provider: &str, session: &str) -> Hello {
         },
         assistant_name: "Andy".into(),
         timezone: Some("UTC".into()),
+        skills: Vec::new(),
+        mcp_servers: Vec::new(),
     }
 }
 

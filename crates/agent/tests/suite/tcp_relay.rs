@@ -73,6 +73,8 @@ fn hello() -> Hello {
         },
         assistant_name: "Andy".into(),
         timezone: Some("UTC".into()),
+        skills: Vec::new(),
+        mcp_servers: Vec::new(),
     }
 }
 
