@@ -282,6 +282,7 @@ fn action_name(action: &RequestAction) -> &'static str {
         RequestAction::SendMessage { .. } => "send_message",
         RequestAction::ListGroups => "list_groups",
         RequestAction::RegisterChat { .. } => "register_chat",
+        RequestAction::UpdateGroup { .. } => "update_group",
         RequestAction::ScheduleTask { .. } => "schedule_task",
         RequestAction::ListTasks => "list_tasks",
         RequestAction::UpdateTask { .. } => "update_task",

@@ -86,6 +86,9 @@ pub struct LiveAgent {
     run_dir: PathBuf,
     /// What this sandbox may still make the host log (shared with its output readers).
     pub log: LogBudget,
+    /// The configuration it was started with. Model, zone, skills and MCP servers are fixed for
+    /// an agent's life: when the group's would now be different, the pool starts a new one.
+    hello: Option<Hello>,
 }
 
 impl LiveAgent {
@@ -188,10 +191,17 @@ impl AgentPool {
         // Taken out under the lock, which is dropped before a dead agent is killed.
         let idle = self.idle.lock().await.remove(&session.id);
         if let Some(mut idle) = idle {
-            if idle.agent.is_alive() {
+            if !idle.agent.is_alive() {
+                idle.agent.kill().await;
+            } else if idle.agent.hello.as_ref() == Some(&self.hello(session, group)) {
                 return Ok(idle.agent);
+            } else {
+                // The owner changed the group (model, zone, skills …) since this agent started:
+                // its conversation is kept in the group folder, so a new agent resumes it with
+                // the new settings.
+                tracing::info!(session = %session.id, group = %group.folder, "group settings changed; starting a new agent");
+                idle.agent.stop().await;
             }
-            idle.agent.kill().await;
         }
         let runtime = match &self.runtime {
             Ok(r) => Arc::clone(r),
@@ -342,9 +352,8 @@ impl AgentPool {
             .serve_sandbox(runtime, group, &sandbox_name, &run_dir, &mut env)
             .await?;
         let extra_mounts = self.extra_mounts(group).await?;
-        let timezone = crate::group_zone(group, crate::host_zone(&self.config))
-            .name()
-            .to_owned();
+        let hello = self.hello(session, group);
+        let timezone = hello.timezone.clone().unwrap_or_default();
         insert_base_env(&mut env, &timezone);
         let spec = SandboxSpec {
             name: sandbox_name.clone(),
@@ -364,8 +373,9 @@ impl AgentPool {
             run_dir,
         };
         let (agent, stderr_tail) = start_agent(process, session, sandbox_name, services);
-        let hello = self.hello(session, group, timezone);
-        let (agent, agent_version) = handshake(agent, &hello, &stderr_tail).await?;
+        let (mut agent, agent_version) =
+            handshake(agent, &HostMessage::Hello(hello.clone()), &stderr_tail).await?;
+        agent.hello = Some(hello);
         tracing::info!(
             sandbox = %agent.sandbox_name,
             session = %session.id,
@@ -467,8 +477,11 @@ impl AgentPool {
     }
 
     /// The handshake's `hello`: the session, its group and the model it uses.
-    fn hello(&self, session: &Session, group: &Group, timezone: String) -> HostMessage {
-        HostMessage::Hello(Hello {
+    fn hello(&self, session: &Session, group: &Group) -> Hello {
+        let timezone = crate::group_zone(group, crate::host_zone(&self.config))
+            .name()
+            .to_owned();
+        Hello {
             protocol_major: PROTOCOL_MAJOR,
             protocol_minor: PROTOCOL_MINOR,
             session_id: session.id.clone(),
@@ -495,7 +508,7 @@ impl AgentPool {
             timezone: Some(timezone),
             skills: Vec::new(),
             mcp_servers: Vec::new(),
-        })
+        }
     }
 }
 
@@ -595,6 +608,7 @@ fn start_agent(
         _permit: services.permit,
         run_dir: services.run_dir,
         log,
+        hello: None,
     };
     (agent, stderr_tail)
 }

@@ -12,6 +12,7 @@ pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod egress_vault;
+pub mod group_settings;
 pub mod host;
 pub mod inbox;
 pub mod log_limit;

@@ -277,6 +277,24 @@ pub enum RequestAction {
         #[serde(default = "default_true")]
         requires_trigger: bool,
     },
+    /// Main group only (since 1.6): change a group's trigger word, model provider, model or
+    /// time zone, as the owner asked in the main chat. Only the fields given change; the host
+    /// checks each and records the change in the audit log.
+    UpdateGroup {
+        /// The group's folder; absent: the main group itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trigger: Option<String>,
+        /// `anthropic` or `openai`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// An IANA zone (`Europe/Berlin`), or `host` for the host's zone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timezone: Option<String>,
+    },
     /// Create a scheduled task for this group (the main group may name another group).
     ScheduleTask {
         /// What to do at each run, written as a request to the assistant.

@@ -21,6 +21,7 @@ mod read_file;
 mod register_chat;
 mod send_message;
 mod tasks;
+mod update_group;
 mod write_file;
 
 pub use bash::BashTool;
@@ -35,6 +36,7 @@ pub use send_message::SendMessageTool;
 pub use tasks::{
     CancelTaskTool, ListTasksTool, PauseTaskTool, ResumeTaskTool, ScheduleTaskTool, UpdateTaskTool,
 };
+pub use update_group::UpdateGroupTool;
 pub use write_file::WriteFileTool;
 
 pub(crate) use bash::{Capture, run_shell, shell, signal};
@@ -134,7 +136,11 @@ pub fn all_tools() -> Vec<Box<dyn Tool>> {
 
 /// Tools only the owner's main group gets (the host checks again on every request).
 pub fn admin_tools() -> Vec<Box<dyn Tool>> {
-    vec![Box::new(ListGroupsTool), Box::new(RegisterChatTool)]
+    vec![
+        Box::new(ListGroupsTool),
+        Box::new(RegisterChatTool),
+        Box::new(UpdateGroupTool),
+    ]
 }
 
 /// The registered tools, looked up by name.

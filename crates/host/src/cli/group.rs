@@ -48,37 +48,23 @@ pub async fn set(
     let Some(mut group) = store.group_by_folder(folder.as_str()).await? else {
         anyhow::bail!("no agent group with folder {folder:?}; see `nanoclaw group list`");
     };
-    if let Some(p) = provider {
-        if !["anthropic", "openai"].contains(&p.as_str()) {
-            anyhow::bail!("provider {p:?} is not known; use anthropic or openai");
-        }
-        group.provider = Some(p);
-    }
-    if let Some(m) = model {
-        if m.trim().is_empty() {
-            anyhow::bail!("the model name must not be empty");
-        }
-        group.model = Some(m);
-    }
-    if let Some(t) = trigger {
-        if t.trim().is_empty() {
-            anyhow::bail!("the trigger must not be empty");
-        }
-        group.trigger = t;
-    }
-    if let Some(tz) = timezone {
-        if tz == "host" {
-            group.timezone = None;
-        } else {
-            let zone = nanoclaw_schedule::parse_tz(&tz)?;
-            group.timezone = Some(zone.name().to_owned());
-        }
+    let settings = nanoclaw_host::group_settings::GroupSettings {
+        provider,
+        model,
+        trigger,
+        timezone,
+    };
+    let changes = settings.apply(&mut group).map_err(anyhow::Error::msg)?;
+    if changes.is_empty() {
+        println!("{}: nothing changed", group.folder);
+        return Ok(ExitCode::SUCCESS);
     }
     store.update_group(&group).await?;
+    let listed: Vec<String> = changes.iter().map(ToString::to_string).collect();
     println!(
-        "updated {}: the group's next agent uses these settings (existing scheduled tasks keep \
-         their zone)",
-        group.folder
+        "updated {}: {}; the group's next turn uses them (existing scheduled tasks keep their zone)",
+        group.folder,
+        listed.join(", ")
     );
     Ok(ExitCode::SUCCESS)
 }

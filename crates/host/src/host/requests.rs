@@ -11,6 +11,7 @@ use nanoclaw_store::{Chat, Group, NewGroup, NewOutbound, OutboundKind, SessionMo
 
 use super::Inner;
 use super::turn::{TurnMessages, remember_answers};
+use crate::group_settings::{GroupSettings, SettingChange};
 use crate::tasks::{Scheduler, TaskError};
 
 /// Longest text the agent may send through `send_message`.
@@ -46,6 +47,21 @@ pub(super) async fn handle_request(
         } => {
             require_main(group, "register_chat")?;
             register_chat(inner, channel, chat_id, folder, name, requires_trigger).await
+        }
+        RequestAction::UpdateGroup {
+            group: target,
+            trigger,
+            provider,
+            model,
+            timezone,
+        } => {
+            let settings = GroupSettings {
+                provider,
+                model,
+                trigger,
+                timezone,
+            };
+            update_group(&inner.store, group, target, settings).await
         }
         action @ (RequestAction::ScheduleTask { .. }
         | RequestAction::ListTasks
@@ -245,6 +261,89 @@ fn require_main(group: &Group, action: &str) -> Result<(), String> {
             group.folder
         ))
     }
+}
+
+/// `update_group`: the owner, through the main group's agent, changes a group's trigger, model or
+/// zone. Every attempt is recorded in the audit log — refused ones too, since an agent tricked by
+/// something it read is exactly what the owner wants to see there.
+async fn update_group(
+    store: &Store,
+    asking: &Group,
+    target: Option<String>,
+    settings: GroupSettings,
+) -> Result<serde_json::Value, String> {
+    let folder = target.unwrap_or_else(|| asking.folder.clone());
+    let outcome: Result<Vec<SettingChange>, String> = async {
+        require_main(asking, "update_group")?;
+        if settings.is_empty() {
+            return Err(
+                "update_group needs at least one of trigger, provider, model, timezone".into(),
+            );
+        }
+        let mut group = store
+            .group_by_folder(folder.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no agent group with folder {folder:?}; see list_groups"))?;
+        let changes = settings.apply(&mut group)?;
+        if !changes.is_empty() {
+            store
+                .update_group(&group)
+                .await
+                .map_err(|e| format!("could not save the group: {e}"))?;
+        }
+        Ok(changes)
+    }
+    .await;
+    let reason = match &outcome {
+        Ok(changes) if changes.is_empty() => {
+            format!("update_group by {}: no change", asking.folder)
+        }
+        Ok(changes) => format!(
+            "update_group by {}: {}",
+            asking.folder,
+            changes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(why) => format!("update_group by {} refused: {why}", asking.folder),
+    };
+    let audit = nanoclaw_vault::Audit::new(store.clone())
+        .record(nanoclaw_vault::AuditEntry {
+            at: None,
+            group_folder: folder.clone(),
+            method: "ADMIN".into(),
+            host: "nanoclaw".into(),
+            path: format!("/groups/{folder}/settings"),
+            status: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            secret_name: None,
+            decision: if outcome.is_ok() {
+                nanoclaw_vault::Decision::Allow
+            } else {
+                nanoclaw_vault::Decision::Deny
+            },
+            reason,
+        })
+        .await;
+    if let Err(e) = audit {
+        // A change the audit cannot show is still made (it is in the store and the log), but
+        // the owner must hear of the gap.
+        tracing::error!(group = %folder, error = %e, "could not record a group change in the audit log");
+    }
+    let changes = outcome?;
+    tracing::info!(group = %folder, by = %asking.folder, changes = changes.len(), "group settings changed on request");
+    Ok(serde_json::json!({
+        "group": folder,
+        "changed": changes
+            .iter()
+            .map(|c| serde_json::json!({"setting": c.setting, "from": c.from, "to": c.to}))
+            .collect::<Vec<_>>(),
+        "applies": "from the group's next message",
+    }))
 }
 
 /// `list_groups`: every group with the chats wired to it.

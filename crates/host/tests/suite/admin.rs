@@ -10,7 +10,7 @@ use super::common::*;
 use nanoclaw_egress::relay::ModelUpstreams;
 use nanoclaw_host::Host;
 use nanoclaw_host::HostOptions;
-use nanoclaw_host::channel::{ChannelEvent, InboundEvent};
+use nanoclaw_host::channel::{ChannelEvent, InboundEvent, RouteOutcome};
 use nanoclaw_host::config::Paths;
 use nanoclaw_store::{NewGroup, SessionMode};
 use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
@@ -91,14 +91,19 @@ for line in inp:
     if msg["type"] == "hello":
         send({"type": "ready", "protocol_major": 1, "protocol_minor": 1, "agent_version": "x"})
     elif msg["type"] == "turn":
-        send({"type": "request", "request_id": "r1", "turn_id": msg["turn_id"],
-              "action": {"action": "register_chat", "channel": "telegram", "chat_id": "666", "folder": "pwned"}})
-        while True:
-            m = json.loads(inp.readline())
-            if m["type"] == "request_result":
-                break
+        results = []
+        for rid, action in [
+            ("r1", {"action": "register_chat", "channel": "telegram", "chat_id": "666", "folder": "pwned"}),
+            ("r2", {"action": "update_group", "group": "main", "trigger": "@Pwned"}),
+        ]:
+            send({"type": "request", "request_id": rid, "turn_id": msg["turn_id"], "action": action})
+            while True:
+                m = json.loads(inp.readline())
+                if m["type"] == "request_result":
+                    break
+            results.append("ok=%s error=%s" % (m["ok"], m.get("error")))
         send({"type": "turn_finished", "turn_id": msg["turn_id"],
-              "reply": "ok=%s error=%s" % (m["ok"], m.get("error")),
+              "reply": " | ".join(results),
               "usage": {"input_tokens": 0, "output_tokens": 0}})
 "#;
 
@@ -167,10 +172,27 @@ async fn another_group_asking_for_admin_actions_is_refused_by_the_host() {
             .map(|o| o.text)
     })
     .await;
-    assert!(reply.starts_with("ok=False"), "{reply}");
+    let (registered, updated) = reply.split_once(" | ").unwrap();
+    assert!(registered.starts_with("ok=False"), "{reply}");
     assert!(
-        reply.contains("only available to the owner's main group"),
+        registered.contains("only available to the owner's main group"),
         "{reply}"
+    );
+    assert!(updated.starts_with("ok=False"), "{reply}");
+    assert!(
+        updated.contains("update_group is only available to the owner's main group"),
+        "{reply}"
+    );
+    // The main group's trigger is untouched, and the attempt is in the audit log.
+    if let Some(main) = store.main_group().await.unwrap() {
+        assert_ne!(main.trigger, "@Pwned");
+    }
+    let audit = nanoclaw_vault::Audit::new(store.clone());
+    let rows = audit.rows(0, Some("main".into()), 100).await.unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r.decision == "deny" && r.reason.contains("update_group by team refused")),
+        "{rows:?}"
     );
     assert!(store.group_by_folder("pwned").await.unwrap().is_none());
     assert!(
@@ -180,5 +202,109 @@ async fn another_group_asking_for_admin_actions_is_refused_by_the_host() {
             .unwrap()
             .is_none()
     );
+    host.shutdown().await;
+}
+
+/// "Change the trigger word to @Bob": the main group's agent asks the host, which changes the
+/// group, audits it, and the group answers to the new word (with the new model) from its next
+/// message on; a bad zone is refused and audited too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_changes_a_groups_trigger_and_model_from_the_main_chat() {
+    let home = TestHome::new();
+    let scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(
+            Matcher::LastIsToolResult,
+            Reply::text("RESULT[{{last_tool_result}}]"),
+        )
+        .rule(
+            Matcher::LastUserTextContains("family should answer to @Bob".into()),
+            Reply::tool_call(
+                "update_group",
+                json!({"group": "family", "trigger": "@Bob", "model": "scripted-two"}),
+            ),
+        )
+        .rule(
+            Matcher::LastUserTextContains("family lives on Mars".into()),
+            Reply::tool_call(
+                "update_group",
+                json!({"group": "family", "timezone": "Mars/Olympus"}),
+            ),
+        )
+        .rule(Matcher::Always, Reply::text("ECHO {{last_user_text}}"));
+    let model = ScriptedModel::start(scenario).await.unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let family_chat = wire_group(&host, "family", "family-room", true).await;
+    let store = host.store().clone();
+
+    // The family's agent is warm with the old settings before the change.
+    assert_eq!(
+        inject(&host, "test", "family-room", "f1", "@Andy hello").await,
+        RouteOutcome::Accepted
+    );
+    eventually(60, "the family's first reply", || async {
+        let all = store.outbound_for_chat(family_chat).await.unwrap();
+        (!all.is_empty()).then_some(())
+    })
+    .await;
+
+    let mut client = connect_client(home.path()).await;
+    let (_, changed) = ask(&mut client, "the family should answer to @Bob from now on").await;
+    assert!(changed.contains(r#""setting":"trigger""#), "{changed}");
+    assert!(changed.contains(r#""to":"@Bob""#), "{changed}");
+    let family = store.group_by_folder("family").await.unwrap().unwrap();
+    assert_eq!(family.trigger, "@Bob");
+    assert_eq!(family.model.as_deref(), Some("scripted-two"));
+
+    // The old word no longer wakes the group; the new one does, and its (new) agent uses the
+    // new model although the old agent was still warm.
+    let outcome = inject(&host, "test", "family-room", "f2", "@Andy are you there").await;
+    assert!(
+        matches!(outcome, RouteOutcome::Ignored(ref why) if why.contains("trigger")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        inject(&host, "test", "family-room", "f3", "@Bob are you there").await,
+        RouteOutcome::Accepted
+    );
+    let second = eventually(60, "the family's second reply", || async {
+        let all = store.outbound_for_chat(family_chat).await.unwrap();
+        all.get(1).map(|o| o.text.clone())
+    })
+    .await;
+    assert!(second.contains("@Bob are you there"), "{second}");
+    let last_model = model
+        .requests()
+        .iter()
+        .rev()
+        .find(|r| r.body.to_string().contains("@Bob are you there"))
+        .map(|r| r.body["model"].clone());
+    assert_eq!(last_model, Some(json!("scripted-two")));
+
+    let (_, refused) = ask(&mut client, "the family lives on Mars now").await;
+    assert!(refused.contains("Mars/Olympus"), "{refused}");
+    let family = store.group_by_folder("family").await.unwrap().unwrap();
+    assert_eq!(family.timezone, None, "a refused change changes nothing");
+
+    // Both attempts are in the audit chain, which still verifies.
+    let audit = nanoclaw_vault::Audit::new(store.clone());
+    let rows = audit.rows(0, Some("family".into()), 100).await.unwrap();
+    let reasons: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.decision.clone(), r.reason.clone()))
+        .collect();
+    assert!(
+        reasons.iter().any(|(d, r)| d == "allow"
+            && r.contains(r#"trigger "@Andy" → "@Bob""#)
+            && r.contains("update_group by main")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(d, r)| d == "deny" && r.contains("Mars/Olympus")),
+        "{reasons:?}"
+    );
+    audit.verify().await.unwrap();
     host.shutdown().await;
 }

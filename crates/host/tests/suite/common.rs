@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
 use nanoclaw_host::channel::terminal::{ServerLine, TerminalClient};
+use nanoclaw_host::channel::{ChannelEvent, InboundEvent, RouteOutcome};
 use nanoclaw_host::config::{Config, Paths};
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_sandbox::image::{self, ImageBuild, ImageError, ImageKind, ImageStatus};
 use nanoclaw_sandbox::{DockerRuntime, Runtime};
-use nanoclaw_store::{Chat, Group, Store};
+use nanoclaw_store::{Chat, Group, NewGroup, SessionMode, Store};
 use nanoclaw_test_support::scripted_model::ScriptedModel;
 
 pub use nanoclaw_test_support::KillOnDrop;
@@ -268,4 +269,51 @@ pub async fn minimal_docker_runtime(
     .expect("connecting to the engine");
     runtime.probe().await.expect("the minimal image is usable");
     Ok(runtime)
+}
+
+/// Sends a message from `test:alice` into `channel`/`chat` and returns what the router did.
+pub async fn inject(host: &Host, channel: &str, chat: &str, id: &str, text: &str) -> RouteOutcome {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    host.inbound_sink()
+        .send(ChannelEvent::Inbound(InboundEvent {
+            channel: channel.into(),
+            chat_id: chat.into(),
+            chat_name: chat.into(),
+            is_group: true,
+            thread: None,
+            platform_msg_id: id.into(),
+            sender: "test:alice".into(),
+            sender_name: Some("Alice".into()),
+            text: text.into(),
+            received_at: nanoclaw_host::now_ms(),
+            ack: Some(tx),
+            ..InboundEvent::default()
+        }))
+        .await
+        .unwrap();
+    rx.await.unwrap()
+}
+
+/// Wires `chat` on the (unregistered) `test` channel to a new group `folder`.
+pub async fn wire_group(host: &Host, folder: &str, chat: &str, requires_trigger: bool) -> i64 {
+    let store = host.store();
+    let group = store
+        .ensure_group(NewGroup {
+            name: folder.into(),
+            folder: folder.into(),
+            trigger: Some("@Andy".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let chat = store.ensure_chat("test", chat, chat, true).await.unwrap();
+    store
+        .wire(
+            chat.id,
+            group.id,
+            nanoclaw_store::WiringOptions::new(requires_trigger, SessionMode::Shared),
+        )
+        .await
+        .unwrap();
+    chat.id
 }

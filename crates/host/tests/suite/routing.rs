@@ -5,58 +5,11 @@
 
 use super::common::*;
 use nanoclaw_host::Host;
+use nanoclaw_host::channel::RouteOutcome;
 use nanoclaw_host::channel::terminal::ServerLine;
-use nanoclaw_host::channel::{ChannelEvent, InboundEvent, RouteOutcome};
-use nanoclaw_store::{NewGroup, SessionMode};
 use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use nanoclaw_test_support::{TestHome, eventually};
 use serde_json::json;
-
-async fn inject(host: &Host, channel: &str, chat: &str, id: &str, text: &str) -> RouteOutcome {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    host.inbound_sink()
-        .send(ChannelEvent::Inbound(InboundEvent {
-            channel: channel.into(),
-            chat_id: chat.into(),
-            chat_name: chat.into(),
-            is_group: true,
-            thread: None,
-            platform_msg_id: id.into(),
-            sender: "test:alice".into(),
-            sender_name: Some("Alice".into()),
-            text: text.into(),
-            received_at: nanoclaw_host::now_ms(),
-            ack: Some(tx),
-            ..InboundEvent::default()
-        }))
-        .await
-        .unwrap();
-    rx.await.unwrap()
-}
-
-/// Wires `chat` on the (unregistered) `test` channel to a new group `folder`.
-async fn wire_group(host: &Host, folder: &str, chat: &str, requires_trigger: bool) -> i64 {
-    let store = host.store();
-    let group = store
-        .ensure_group(NewGroup {
-            name: folder.into(),
-            folder: folder.into(),
-            trigger: Some("@Andy".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let chat = store.ensure_chat("test", chat, chat, true).await.unwrap();
-    store
-        .wire(
-            chat.id,
-            group.id,
-            nanoclaw_store::WiringOptions::new(requires_trigger, SessionMode::Shared),
-        )
-        .await
-        .unwrap();
-    chat.id
-}
 
 async fn replies(host: &Host, chat_id: i64) -> Vec<String> {
     host.store()
