@@ -23,6 +23,7 @@
 //!
 //! [Agent Skills]: https://agentskills.io/specification
 
+pub mod bundled;
 mod catalog;
 mod error;
 pub mod frontmatter;
@@ -33,6 +34,7 @@ pub mod manifest;
 mod resolve;
 mod skill;
 
+pub use bundled::BundledFile;
 pub use catalog::{Catalog, Entry, Shadowed, Source, SourceKind};
 pub use error::{InstallError, LoadError, ResolveError};
 pub use frontmatter::Frontmatter;

@@ -399,3 +399,35 @@ fn github_api_refuses_paths_that_could_send_the_token_elsewhere() {
     );
     assert!(stdout(&out).contains("takes no body"), "{}", stdout(&out));
 }
+
+#[test]
+fn the_embedded_files_are_the_bundled_folder_with_execute_bits() {
+    let mut on_disk = Vec::new();
+    for name in NAMES {
+        let dir = bundled().join(name);
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    on_disk.push(p.strip_prefix(bundled()).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    on_disk.sort();
+    let embedded: Vec<&str> = nanoclaw_skills::bundled::FILES
+        .iter()
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(embedded, on_disk);
+    for f in nanoclaw_skills::bundled::FILES {
+        assert_eq!(
+            f.contents,
+            std::fs::read(bundled().join(f.path)).unwrap().as_slice()
+        );
+        assert_eq!(f.executable, f.path.ends_with(".py"), "{}", f.path);
+    }
+}
