@@ -15,6 +15,7 @@ pub mod egress_vault;
 pub mod host;
 pub mod inbox;
 pub mod log_limit;
+pub mod mcp_servers;
 pub mod memory;
 pub mod mounts;
 pub mod outbox;
