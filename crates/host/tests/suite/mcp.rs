@@ -4,6 +4,9 @@
 //! mounts read-only), and the scripted model calls their tools; fetch's network goes through
 //! the group's egress proxy.
 
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use nanoclaw_store::{NewGroup, Store};
