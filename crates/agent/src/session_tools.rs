@@ -65,3 +65,65 @@ pub fn add_session_tools(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nanoclaw_protocol::{AgentMessage, McpServer};
+    use std::path::{Path, PathBuf};
+
+    fn faults(name: &str) -> McpServer {
+        let venv = std::env::var_os("NANOCLAW_MCP_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/opt/nanoclaw-tests/mcp"));
+        assert!(
+            venv.join("bin/python").exists(),
+            "the MCP test servers are not installed at {}: run scripts/prerequisites --tests",
+            venv.display()
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_faults.py");
+        McpServer {
+            name: name.into(),
+            command: venv.join("bin/python").display().to_string(),
+            args: vec![script.display().to_string()],
+            env: Default::default(),
+            skill: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn mcp_tools_past_the_cap_are_left_out_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, mut rx) = Outbox::channel();
+        let limits = McpLimits {
+            max_tools: 3,
+            ..McpLimits::default()
+        };
+        let mcp = McpServers::start(&[faults("a"), faults("b")], dir.path(), limits, &outbox).await;
+        assert_eq!(mcp.running().len(), 2);
+        let mut registry = ToolRegistry::new(Vec::new());
+        add_session_tools(&mut registry, &hello(), &mcp, limits, &outbox);
+        assert_eq!(registry.len(), 3, "{:?}", registry.specs());
+        assert!(registry.specs().iter().all(|s| s.name.starts_with("a__")));
+        outbox.flush().await;
+        let warning = match rx.try_recv() {
+            Ok(AgentMessage::Log { message, .. }) => message,
+            other => panic!("expected a warning, got {other:?}"),
+        };
+        assert!(
+            warning.contains("at most 3 MCP tools") && warning.contains("`a`"),
+            "{warning}"
+        );
+        mcp.shutdown();
+    }
+
+    fn hello() -> Hello {
+        serde_json::from_value(serde_json::json!({
+            "protocol_major": 1, "protocol_minor": 6, "session_id": "s",
+            "group": {"id": "g", "name": "G", "folder": "g"},
+            "model": {"provider": "anthropic", "model": "m"},
+            "assistant_name": "Andy"
+        }))
+        .unwrap()
+    }
+}
