@@ -8,10 +8,12 @@ pub mod conversation;
 pub mod format;
 pub mod host_link;
 pub mod init;
+pub mod mcp;
 pub mod memory;
 pub mod precheck;
 pub mod provider;
 pub mod runner;
+pub mod session_tools;
 pub mod tools;
 
 pub use runner::{AgentEnv, EnvError, run};

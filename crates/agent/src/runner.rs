@@ -17,12 +17,14 @@ use crate::compaction;
 use crate::conversation::{Conversation, ConversationStore};
 use crate::format::{context_line, format_precheck_data, format_task, format_turn};
 use crate::host_link::{HostLink, Outbox};
+use crate::mcp::{McpLimits, McpServers};
 use crate::memory::{self, PromptContext};
 use crate::precheck;
 use crate::provider::{
     self, ContentBlock, Message, ModelRequest, Provider, ProviderError, RetryPolicy, Role,
     ToolSpec, Usage,
 };
+use crate::session_tools::add_session_tools;
 use crate::tools::{ToolContext, ToolRegistry};
 
 /// Model calls per turn before the agent stops and says so.
@@ -185,8 +187,15 @@ where
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     tokio::spawn(read_loop(reader, inbox_tx, host.clone()));
 
-    let agent = Agent::new(provider, hello, env, host);
+    // After `ready`, so slow servers do not hold up the handshake; turns that arrive
+    // meanwhile wait in the inbox.
+    let limits = McpLimits::default();
+    let mcp = McpServers::start(&hello.mcp_servers, &env.workspace, limits, outbox).await;
+    let mut agent = Agent::new(provider, hello, env, host);
+    add_session_tools(&mut agent.tools, &agent.hello, &mcp, limits, outbox);
     serve(agent, inbox, outbox).await;
+    // `main` exits without running destructors: stop the servers here.
+    mcp.shutdown();
     drop(bridge);
     EXIT_OK
 }

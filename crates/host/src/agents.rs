@@ -507,7 +507,7 @@ impl AgentPool {
             assistant_name: self.config.assistant_name.clone(),
             timezone: Some(timezone),
             skills: Vec::new(),
-            mcp_servers: Vec::new(),
+            mcp_servers: crate::mcp_servers::group_mcp_servers(&self.config.groups, &group.folder),
         }
     }
 }

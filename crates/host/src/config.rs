@@ -115,6 +115,16 @@ max_outgoing_file_bytes = 26214400
 
 [channels.terminal]
 enabled = true
+
+# A group's own MCP servers (see docs/MCP.md): programs its agent starts inside the sandbox
+# and talks to over stdin/stdout; their tools are offered as <name>__<tool>. The command must
+# exist inside the sandbox (the host's /usr, or a folder mounted with `nanoclaw group mount`).
+# Their network goes through the group's egress proxy like everything else in the sandbox.
+# `env` is plain text here: no secrets (grant them through the vault instead).
+# [groups.main.mcp_servers.time]
+# command = "/usr/local/bin/mcp-server-time"
+# args = ["--local-timezone", "Europe/Berlin"]
+# env = { }
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +138,8 @@ pub struct Config {
     pub scheduler: SchedulerSection,
     pub relay: RelaySection,
     pub channels: ChannelsSection,
+    /// `[groups.<folder>]`: per-group settings (its MCP servers).
+    pub groups: std::collections::BTreeMap<String, crate::mcp_servers::GroupSection>,
 }
 
 impl Default for Config {
@@ -141,6 +153,7 @@ impl Default for Config {
             scheduler: SchedulerSection::default(),
             relay: RelaySection::default(),
             channels: ChannelsSection::default(),
+            groups: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -550,6 +563,7 @@ impl Config {
             return Err(format!("timezone: {e}"));
         }
         self.relay.validate()?;
+        crate::mcp_servers::validate(&self.groups)?;
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ pub mod group_settings;
 pub mod host;
 pub mod inbox;
 pub mod log_limit;
+pub mod mcp_servers;
 pub mod memory;
 pub mod mounts;
 pub mod outbox;

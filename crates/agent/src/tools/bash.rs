@@ -18,11 +18,11 @@ use crate::provider::ToolSpec;
 
 pub struct BashTool;
 
-const DEFAULT_TIMEOUT_SECS: u64 = 120;
+pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 120;
 const MAX_TIMEOUT_SECS: u64 = 600;
 /// Output kept for the model: this many bytes from the start and as many from the end.
-const HEAD_BYTES: usize = 15_000;
-const TAIL_BYTES: usize = 15_000;
+pub(crate) const HEAD_BYTES: usize = 15_000;
+pub(crate) const TAIL_BYTES: usize = 15_000;
 /// After the shell exits, how long to wait for background processes that still hold
 /// the output pipes before returning without their output.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -178,17 +178,39 @@ pub(crate) async fn run_shell(
     stderr: &Capture,
 ) -> std::io::Result<ShellExit> {
     let mut cmd = Command::new(shell());
-    cmd.arg("-c")
-        .arg(command)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Own process group, so a timeout can kill everything the command started.
-        .process_group(0)
-        .kill_on_drop(true);
+    cmd.arg("-c").arg(command).current_dir(cwd);
+    run_captured(cmd, None, timeout, stdout, stderr).await
+}
+
+/// Runs `cmd` as [`run_shell`] runs the shell, with `input` written to its stdin (closed
+/// when `None`). A program that exits without reading all of `input` is not an error.
+pub(crate) async fn run_captured(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+    stdout: &Capture,
+    stderr: &Capture,
+) -> std::io::Result<ShellExit> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // Own process group, so a timeout can kill everything the command started.
+    .process_group(0)
+    .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // EPIPE when the program does not read its input: that is its business.
+            let _ = pipe.write_all(&input).await;
+            let _ = pipe.shutdown().await;
+        });
+    }
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
         readers.push(tokio::spawn(pump(out, stdout.clone())));
@@ -232,7 +254,8 @@ fn kill_group(pgid: i32) {
     }
 }
 
-async fn pump<R: AsyncRead + Unpin>(mut from: R, into: Capture) {
+/// Copies everything `from` yields into `into` until end of file or an error.
+pub(crate) async fn pump<R: AsyncRead + Unpin>(mut from: R, into: Capture) {
     let mut buf = vec![0u8; 8192];
     loop {
         match from.read(&mut buf).await {
@@ -256,7 +279,7 @@ impl Capture {
         })))
     }
 
-    fn push(&self, bytes: &[u8]) {
+    pub(crate) fn push(&self, bytes: &[u8]) {
         match self.0.lock() {
             Ok(mut c) => c.push(bytes),
             Err(e) => e.into_inner().push(bytes),

@@ -16,10 +16,12 @@ mod edit_file;
 mod glob;
 mod grep;
 mod list_groups;
+mod mcp;
 mod memory;
 mod read_file;
 mod register_chat;
 mod send_message;
+mod skill_script;
 mod tasks;
 mod update_group;
 mod write_file;
@@ -29,17 +31,19 @@ pub use edit_file::EditFileTool;
 pub use glob::GlobTool;
 pub use grep::GrepTool;
 pub use list_groups::ListGroupsTool;
+pub use mcp::McpTool;
 pub use memory::{MemoryForgetTool, MemorySaveTool, MemorySearchTool};
 pub use read_file::ReadFileTool;
 pub use register_chat::RegisterChatTool;
 pub use send_message::SendMessageTool;
+pub use skill_script::SkillScriptTool;
 pub use tasks::{
     CancelTaskTool, ListTasksTool, PauseTaskTool, ResumeTaskTool, ScheduleTaskTool, UpdateTaskTool,
 };
 pub use update_group::UpdateGroupTool;
 pub use write_file::WriteFileTool;
 
-pub(crate) use bash::{Capture, run_shell, shell, signal};
+pub(crate) use bash::{Capture, pump, run_captured, run_shell, shell, signal};
 
 /// What a tool returns to the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +161,24 @@ impl Default for ToolRegistry {
 impl ToolRegistry {
     pub fn new(tools: Vec<Box<dyn Tool>>) -> Self {
         Self { tools }
+    }
+
+    /// Adds `tool` unless another tool already has its name; `Err` says which name clashed.
+    pub fn add(&mut self, tool: Box<dyn Tool>) -> Result<(), String> {
+        let name = tool.spec().name;
+        if self.get(&name).is_some() {
+            return Err(format!("a tool named `{name}` already exists"));
+        }
+        self.tools.push(tool);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
     }
 
     pub fn specs(&self) -> Vec<ToolSpec> {
@@ -320,6 +342,38 @@ mod tests {
                 assert!(out.is_error, "{} accepted bad input: {out:?}", spec.name);
             }
         }
+    }
+
+    #[test]
+    fn a_tool_whose_name_is_taken_is_refused() {
+        let mut reg = ToolRegistry::default();
+        let n = reg.len();
+        let err = reg.add(Box::new(BashTool)).unwrap_err();
+        assert!(err.contains("`bash` already exists"), "{err}");
+        let skill = nanoclaw_protocol::SkillInfo {
+            name: "s".into(),
+            description: "d".into(),
+            path: "/nowhere".into(),
+            tools: Vec::new(),
+        };
+        let tool = |name: &str| nanoclaw_protocol::SkillTool {
+            name: name.into(),
+            description: "d".into(),
+            script: "run.sh".into(),
+            input_schema: json!({"type": "object"}),
+        };
+        // `a.b` and `a_b` both become `s__a_b`: the second is refused.
+        reg.add(Box::new(
+            SkillScriptTool::new(&skill, &tool("a.b")).unwrap(),
+        ))
+        .unwrap();
+        let err = reg
+            .add(Box::new(
+                SkillScriptTool::new(&skill, &tool("a_b")).unwrap(),
+            ))
+            .unwrap_err();
+        assert!(err.contains("`s__a_b` already exists"), "{err}");
+        assert_eq!(reg.len(), n + 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! parallel.
 
 mod egress;
+mod mcp;
 mod providers;
 mod runner;
 mod tcp_relay;

@@ -21,13 +21,13 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
 /// The scripted model behind a Unix socket, like the host's model relay.
-struct Relay {
+pub(super) struct Relay {
     _dir: tempfile::TempDir,
-    socket: PathBuf,
-    model: ScriptedModel,
+    pub(super) socket: PathBuf,
+    pub(super) model: ScriptedModel,
 }
 
-async fn relay(scenario: Scenario) -> Relay {
+pub(super) async fn relay(scenario: Scenario) -> Relay {
     let model = ScriptedModel::start(scenario).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join(contract::paths::MODEL_SOCKET_NAME);
@@ -48,14 +48,14 @@ async fn relay(scenario: Scenario) -> Relay {
     }
 }
 
-struct Agent {
+pub(super) struct Agent {
     child: Child,
     stdin: ChildStdin,
     out: LineReader<BufReader<ChildStdout>>,
 }
 
 impl Agent {
-    fn spawn(workspace: &Path, socket: &Path) -> Agent {
+    pub(super) fn spawn(workspace: &Path, socket: &Path) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nanoclaw-agent"))
             .env_clear()
             .env(contract::env::MODEL_SOCKET, socket)
@@ -75,7 +75,7 @@ impl Agent {
         Agent { child, stdin, out }
     }
 
-    async fn send(&mut self, msg: &HostMessage) {
+    pub(super) async fn send(&mut self, msg: &HostMessage) {
         let mut w = LineWriter::new(&mut self.stdin);
         w.send(msg).await.unwrap();
     }
@@ -85,7 +85,7 @@ impl Agent {
         self.stdin.flush().await.unwrap();
     }
 
-    async fn next(&mut self) -> AgentMessage {
+    pub(super) async fn next(&mut self) -> AgentMessage {
         tokio::time::timeout(HANG_GUARD, self.out.next::<AgentMessage>())
             .await
             .expect("the agent stopped talking")
@@ -94,7 +94,7 @@ impl Agent {
     }
 
     /// Messages up to and including the turn's end (finished or failed).
-    async fn until_turn_end(&mut self) -> Vec<AgentMessage> {
+    pub(super) async fn until_turn_end(&mut self) -> Vec<AgentMessage> {
         let mut seen = Vec::new();
         loop {
             let msg = self.next().await;
@@ -109,7 +109,7 @@ impl Agent {
         }
     }
 
-    async fn handshake(&mut self, hello: Hello) {
+    pub(super) async fn handshake(&mut self, hello: Hello) {
         self.send(&HostMessage::Hello(hello)).await;
         match self.next().await {
             AgentMessage::Ready(r) => {
@@ -120,7 +120,7 @@ impl Agent {
         }
     }
 
-    async fn exit_code(mut self) -> i32 {
+    pub(super) async fn exit_code(mut self) -> i32 {
         drop(self.stdin);
         tokio::time::timeout(HANG_GUARD, self.child.wait())
             .await
@@ -131,7 +131,7 @@ impl Agent {
     }
 }
 
-fn hello(provider: &str, session: &str) -> Hello {
+pub(super) fn hello(provider: &str, session: &str) -> Hello {
     Hello {
         protocol_major: PROTOCOL_MAJOR,
         protocol_minor: PROTOCOL_MINOR,
@@ -156,7 +156,7 @@ fn hello(provider: &str, session: &str) -> Hello {
     }
 }
 
-fn turn(id: &str, text: &str) -> HostMessage {
+pub(super) fn turn(id: &str, text: &str) -> HostMessage {
     HostMessage::Turn(Turn {
         turn_id: id.into(),
         messages: vec![ChatMessage {
@@ -176,7 +176,7 @@ fn turn(id: &str, text: &str) -> HostMessage {
     })
 }
 
-fn finished(msgs: &[AgentMessage]) -> &TurnFinished {
+pub(super) fn finished(msgs: &[AgentMessage]) -> &TurnFinished {
     match msgs.last() {
         Some(AgentMessage::TurnFinished(f)) => f,
         other => panic!("expected the turn to finish, got {other:?} after {msgs:?}"),

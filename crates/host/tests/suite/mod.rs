@@ -16,6 +16,7 @@ mod e2e;
 mod egress;
 mod egress_mitm;
 mod hostile_agent;
+mod mcp;
 mod memory;
 mod model_relay;
 mod mounts;

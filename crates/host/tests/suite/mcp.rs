@@ -1,0 +1,175 @@
+//! A group's MCP servers from the host's configuration, end to end: the host hands them to the
+//! agent in `hello`, the agent starts them inside the native sandbox (the reference
+//! `mcp-server-time` and `mcp-server-fetch` from PyPI, in a virtual environment the group
+//! mounts read-only), and the scripted model calls their tools; fetch's network goes through
+//! the group's egress proxy.
+
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use nanoclaw_store::{NewGroup, Store};
+use nanoclaw_test_support::TestHome;
+use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
+use serde_json::{Value, json};
+
+use super::common::*;
+
+/// Where `scripts/prerequisites --tests` installs the MCP servers; `NANOCLAW_MCP_VENV`
+/// overrides it.
+const MCP_VENV: &str = "/opt/nanoclaw-tests/mcp";
+
+fn venv() -> PathBuf {
+    let venv = std::env::var_os("NANOCLAW_MCP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(MCP_VENV));
+    assert!(
+        venv.join("bin/mcp-server-time").exists(),
+        "the MCP test servers are not installed at {}: run scripts/prerequisites --tests",
+        venv.display()
+    );
+    std::fs::canonicalize(venv).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_mcp_servers_run_in_the_sandbox_and_their_network_goes_through_the_proxy() {
+    let home = TestHome::new();
+    let allow_dir = tempfile::tempdir().unwrap();
+    let allowlist = allow_dir.path().join("mount-allowlist.toml");
+    let venv = venv();
+    std::fs::write(
+        &allowlist,
+        format!("[[allow]]\npath = {:?}\n", venv.display()),
+    )
+    .unwrap();
+
+    // The venv is mounted at /workspace/extra/mcp; its python finds its packages from there.
+    // That path exists only inside the sandbox, so the server cannot have run anywhere else.
+    std::fs::write(
+        home.path().join("config.toml"),
+        format!(
+            "{NATIVE_CONFIG_TOML}
+[groups.main.mcp_servers.time]
+command = \"/workspace/extra/mcp/bin/python3\"
+args = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"]
+[groups.main.mcp_servers.fetch]
+command = \"/workspace/extra/mcp/bin/python3\"
+args = [\"-m\", \"mcp_server_fetch\", \"--ignore-robots-txt\"]
+"
+        ),
+    )
+    .unwrap();
+    let store = Store::open(&home.path().join("nanoclaw.db")).unwrap();
+    store
+        .ensure_group(NewGroup {
+            name: "main".into(),
+            folder: "main".into(),
+            is_main: true,
+            ..NewGroup::default()
+        })
+        .await
+        .unwrap();
+    drop(store);
+
+    let scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(
+            Matcher::LastIsToolResult,
+            Reply::text("TIME[{{last_tool_result}}]"),
+        )
+        .rule(
+            Matcher::LastUserTextContains("Tokyo".into()),
+            Reply::tool_call("time__get_current_time", json!({"timezone": "Asia/Tokyo"})),
+        )
+        .rule(
+            Matcher::LastUserTextContains("fetch".into()),
+            Reply::tool_call(
+                "fetch__fetch",
+                json!({"url": "http://ungranted.example/page"}),
+            ),
+        )
+        .rule(Matcher::Always, Reply::text("nothing to do"));
+    let model = ScriptedModel::start(scenario).await.unwrap();
+    let out = nanoclaw_command(
+        home.path(),
+        &model,
+        Some(TEST_KEY),
+        &[
+            "group",
+            "mount",
+            "add",
+            "main",
+            &venv.display().to_string(),
+            "--name",
+            "mcp",
+        ],
+    )
+    .env("NANOCLAW_MOUNT_ALLOWLIST", &allowlist)
+    .env("NANOCLAW_RUNTIME", "native")
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _daemon = KillOnDrop(
+        daemon_command(
+            home.path(),
+            &model,
+            TEST_KEY,
+            &nanoclaw_test_support::agent_binary(),
+        )
+        .env("NANOCLAW_RUNTIME", "native")
+        .env("NANOCLAW_LOG", "debug")
+        .env("NANOCLAW_MOUNT_ALLOWLIST", &allowlist)
+        .spawn()
+        .unwrap(),
+    );
+    let mut client = connect_client(home.path()).await;
+    let (kind, reply) = ask(&mut client, "what time is it in Tokyo?").await;
+    let log = std::fs::read_to_string(home.path().join("daemon.log")).unwrap_or_default();
+    assert_eq!(kind, "reply", "{reply}\n{log}");
+    let json_start = reply
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in {reply:?}\n{log}"));
+    let answer: Value = serde_json::from_str(reply[json_start..].trim_end_matches(']'))
+        .unwrap_or_else(|e| panic!("{e}: {reply}"));
+    assert_eq!(answer["timezone"], "Asia/Tokyo", "{reply}");
+    assert!(
+        answer["datetime"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("+09:00")),
+        "{reply}"
+    );
+
+    // The model was offered the server's tools next to the built-in ones.
+    let first = &model.requests()[0];
+    let tools: Vec<&str> = first.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        tools.contains(&"time__get_current_time")
+            && tools.contains(&"fetch__fetch")
+            && tools.contains(&"bash"),
+        "{tools:?}"
+    );
+
+    // The fetch server's request goes through the group's egress proxy, which refuses a host
+    // nobody granted; the model reads the refusal as the tool's error.
+    let (kind, reply) = ask(&mut client, "please fetch that page").await;
+    let log = std::fs::read_to_string(home.path().join("daemon.log")).unwrap_or_default();
+    assert_eq!(kind, "reply", "{reply}\n{log}");
+    assert!(reply.starts_with("TIME["), "{reply}");
+    // Without the proxy there would be no answer at all (the sandbox has no network): a 403
+    // is the proxy's deny-by-default answer.
+    assert!(
+        reply.contains("403"),
+        "the proxy's refusal reaches the model: {reply}\n{log}"
+    );
+}
