@@ -86,6 +86,9 @@ pub struct LiveAgent {
     run_dir: PathBuf,
     /// What this sandbox may still make the host log (shared with its output readers).
     pub log: LogBudget,
+    /// The skill set it was started with (names and hashes): skills are mounts, fixed per
+    /// sandbox, so an agent with another set is replaced before the next turn.
+    skills_fingerprint: String,
 }
 
 impl LiveAgent {
@@ -185,20 +188,30 @@ impl AgentPool {
 
     /// The session's live agent, spawning one if needed (possibly waiting for a slot).
     pub async fn acquire(&self, session: &Session, group: &Group) -> Result<LiveAgent, SpawnError> {
+        // Read at every turn: skills enabled, disabled or changed since apply now.
+        let skills = crate::skills::prepare(&self.store, &self.paths, group)
+            .await
+            .map_err(SpawnError::Prepare)?;
         // Taken out under the lock, which is dropped before a dead agent is killed.
         let idle = self.idle.lock().await.remove(&session.id);
         if let Some(mut idle) = idle {
-            if idle.agent.is_alive() {
+            if idle.agent.is_alive() && idle.agent.skills_fingerprint == skills.fingerprint {
                 return Ok(idle.agent);
             }
-            idle.agent.kill().await;
+            if idle.agent.is_alive() {
+                tracing::info!(session = %session.id, group = %group.folder, "the group's skills changed; replacing its agent");
+                idle.agent.stop().await;
+            } else {
+                idle.agent.kill().await;
+            }
         }
         let runtime = match &self.runtime {
             Ok(r) => Arc::clone(r),
             Err(why) => return Err(SpawnError::NoRuntime(why.clone())),
         };
         let permit = self.take_slot().await;
-        self.spawn(runtime.as_ref(), session, group, permit).await
+        self.spawn(runtime.as_ref(), session, group, permit, skills)
+            .await
     }
 
     /// Returns an agent after a turn; it stays warm until the idle timeout.
@@ -321,6 +334,7 @@ impl AgentPool {
         session: &Session,
         group: &Group,
         permit: OwnedSemaphorePermit,
+        skills: crate::skills::Prepared,
     ) -> Result<LiveAgent, SpawnError> {
         let agent_binary = self
             .agent_binary
@@ -350,7 +364,10 @@ impl AgentPool {
             name: sandbox_name.clone(),
             agent_binary,
             args: Vec::new(),
-            mounts: sandbox_mounts(group_dir, global_dir, run_dir.clone(), extra_mounts),
+            mounts: sandbox_mounts(group_dir, global_dir, run_dir.clone(), extra_mounts)
+                .into_iter()
+                .chain(skills.mounts.iter().cloned())
+                .collect(),
             env,
             workdir: SANDBOX_WORKSPACE.into(),
             limits: self.config.agents.limits.to_limits(),
@@ -363,8 +380,9 @@ impl AgentPool {
             permit,
             run_dir,
         };
-        let (agent, stderr_tail) = start_agent(process, session, sandbox_name, services);
-        let hello = self.hello(session, group, timezone);
+        let (mut agent, stderr_tail) = start_agent(process, session, sandbox_name, services);
+        agent.skills_fingerprint = skills.fingerprint.clone();
+        let hello = self.hello(session, group, timezone, &skills);
         let (agent, agent_version) = handshake(agent, &hello, &stderr_tail).await?;
         tracing::info!(
             sandbox = %agent.sandbox_name,
@@ -467,7 +485,13 @@ impl AgentPool {
     }
 
     /// The handshake's `hello`: the session, its group and the model it uses.
-    fn hello(&self, session: &Session, group: &Group, timezone: String) -> HostMessage {
+    fn hello(
+        &self,
+        session: &Session,
+        group: &Group,
+        timezone: String,
+        skills: &crate::skills::Prepared,
+    ) -> HostMessage {
         HostMessage::Hello(Hello {
             protocol_major: PROTOCOL_MAJOR,
             protocol_minor: PROTOCOL_MINOR,
@@ -493,8 +517,8 @@ impl AgentPool {
             },
             assistant_name: self.config.assistant_name.clone(),
             timezone: Some(timezone),
-            skills: Vec::new(),
-            mcp_servers: Vec::new(),
+            skills: skills.skills.clone(),
+            mcp_servers: skills.mcp_servers.clone(),
         })
     }
 }
@@ -595,6 +619,7 @@ fn start_agent(
         _permit: services.permit,
         run_dir: services.run_dir,
         log,
+        skills_fingerprint: String::new(),
     };
     (agent, stderr_tail)
 }
