@@ -304,7 +304,7 @@ pub fn check(catalog: &Catalog, rows: &[GroupSkill]) -> (Prepared, Vec<Pause>) {
         }
         prepared.mounts.push(Mount {
             host_path: skill.dir.clone(),
-            sandbox_path: path,
+            sandbox_path: path.into(),
             writable: false,
         });
         fingerprint.push(format!("{name}={}", skill.content_hash()));

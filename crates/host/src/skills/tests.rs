@@ -81,8 +81,8 @@ fn a_changed_or_vanished_skill_is_paused_and_left_out_of_the_agents_set() {
     let (prepared, pauses) = check(&catalog, &rows);
     assert!(pauses.is_empty(), "{pauses:?}");
     let names: Vec<&str> = prepared.skills.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["gone", "http", "app"]);
-    assert_eq!(prepared.skills[2].path, "/workspace/skills/app");
+    assert_eq!(names, ["http", "app", "gone"], "dependencies first, then by name");
+    assert_eq!(prepared.skills[1].path, "/workspace/skills/app");
     assert_eq!(prepared.mcp_servers.len(), 1);
     assert_eq!(prepared.mcp_servers[0].skill.as_deref(), Some("app"));
     assert!(prepared.mounts.iter().all(|m| !m.writable));
