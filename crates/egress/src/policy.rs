@@ -789,7 +789,8 @@ mod tests {
                 .rule,
             RefusalRule::NotAllowed
         );
-        p.deny.push(DomainPattern::parse("api.tracker.example").unwrap());
+        p.deny
+            .push(DomainPattern::parse("api.tracker.example").unwrap());
         assert!(matches!(
             p.check_target(&Method::GET, &name("api.tracker.example"), 443)
                 .unwrap_err()

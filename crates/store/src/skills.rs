@@ -326,8 +326,7 @@ impl Store {
             let rows = stmt
                 .query_map([&group_id], skill_at)
                 .ctx("list group skills")?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .ctx("list group skills")
+            rows.collect::<Result<Vec<_>, _>>().ctx("list group skills")
         })
         .await
     }

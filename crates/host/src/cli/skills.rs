@@ -216,11 +216,7 @@ pub async fn show(name: String, folder: Option<String>, json: bool) -> anyhow::R
             );
         }
         for e in &egress {
-            println!(
-                "  granted: {} ({})",
-                e.pattern,
-                e.methods.join(", ")
-            );
+            println!("  granted: {} ({})", e.pattern, e.methods.join(", "));
         }
         for s in &secrets {
             println!("  granted secret: {} on {}", s.secret_name, s.host);
@@ -314,8 +310,7 @@ pub async fn install(
         None => skills::user_dir(&paths),
     };
     if let Some(parent) = dest.parent() {
-        create_private_dir(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+        create_private_dir(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     create_private_dir(&dest).with_context(|| format!("creating {}", dest.display()))?;
     let local = PathBuf::from(&from.source);
@@ -552,10 +547,9 @@ pub async fn approve(name: String, folder: Option<String>, json: bool) -> anyhow
         .catalog
         .get(&name)
         .ok_or_else(|| anyhow::anyhow!("skill {name:?} is no longer installed; disable it"))?;
-    let skill = entry
-        .skill
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("skill {name:?} does not load, so it cannot be approved: {e}"))?;
+    let skill = entry.skill.as_ref().map_err(|e| {
+        anyhow::anyhow!("skill {name:?} does not load, so it cannot be approved: {e}")
+    })?;
     let new = skills::row_for(skill, &entry.source, row.requested);
     let old_hash = row.content_hash.clone();
     ctx.store

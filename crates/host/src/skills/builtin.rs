@@ -38,10 +38,7 @@ pub fn install(dir: &Path, files: &[BuiltinFile]) -> io::Result<()> {
         create_private_dir(&staging)?;
         for file in files {
             let rel = Path::new(file.path);
-            if file.path.is_empty()
-                || !rel
-                    .components()
-                    .all(|c| matches!(c, Component::Normal(_)))
+            if file.path.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_)))
             {
                 return Err(io::Error::other(format!(
                     "built-in skill file {:?} is not a plain relative path",

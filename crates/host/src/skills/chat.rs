@@ -105,10 +105,9 @@ pub async fn answer(store: &Store, paths: &Paths, command: &Command) -> Result<S
                     };
                     out.push_str(&format!("  {} [{state}]\n", entry.name));
                 }
-                for r in rows
-                    .iter()
-                    .filter(|r| catalog.get(&r.skill).is_none() && r.state == GroupSkillState::Paused)
-                {
+                for r in rows.iter().filter(|r| {
+                    catalog.get(&r.skill).is_none() && r.state == GroupSkillState::Paused
+                }) {
                     out.push_str(&format!(
                         "  {} [paused: {}]\n",
                         r.skill,

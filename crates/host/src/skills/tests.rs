@@ -6,7 +6,9 @@ fn write_skill(root: &std::path::Path, name: &str, toml: &str) {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("SKILL.md"),
-        format!("---\nname: {name}\ndescription: The {name} skill. Use it for {name}.\n---\n# {name}\n"),
+        format!(
+            "---\nname: {name}\ndescription: The {name} skill. Use it for {name}.\n---\n# {name}\n"
+        ),
     )
     .unwrap();
     if !toml.is_empty() {
@@ -48,10 +50,19 @@ fn enabling_resolves_requirements_and_lists_what_it_grants() {
     assert_eq!(plan.rows[1].secrets[0].secret_name, "app-token");
     assert!(plan.secrets.contains("app-token"));
     let text = plan.grants.join("\n");
-    assert!(text.contains("app: may reach api.app.example (GET)"), "{text}");
-    assert!(text.contains("app: may use secret app-token on api.app.example"), "{text}");
+    assert!(
+        text.contains("app: may reach api.app.example (GET)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("app: may use secret app-token on api.app.example"),
+        "{text}"
+    );
     assert!(text.contains("MCP server app"), "{text}");
-    assert_eq!(dependents(&catalog, &["app".into(), "http".into()], "http"), ["app"]);
+    assert_eq!(
+        dependents(&catalog, &["app".into(), "http".into()], "http"),
+        ["app"]
+    );
 
     // A missing requirement or a cycle is refused with the library's message.
     write_skill(dir.path(), "lonely", "[requires]\nghost = \"*\"\n");
@@ -59,7 +70,10 @@ fn enabling_resolves_requirements_and_lists_what_it_grants() {
     write_skill(dir.path(), "b", "[requires]\na = \"*\"\n");
     let catalog = Catalog::load(&[Source::user(dir.path())]);
     let err = plan_enable(&catalog, &["lonely".to_owned()]).unwrap_err();
-    assert!(err.contains("\"ghost\"") && err.contains("not installed"), "{err}");
+    assert!(
+        err.contains("\"ghost\"") && err.contains("not installed"),
+        "{err}"
+    );
     let err = plan_enable(&catalog, &["a".to_owned()]).unwrap_err();
     assert!(err.contains("a → b → a"), "{err}");
     let err = plan_enable(&catalog, &["nope".to_owned()]).unwrap_err();
@@ -81,7 +95,11 @@ fn a_changed_or_vanished_skill_is_paused_and_left_out_of_the_agents_set() {
     let (prepared, pauses) = check(&catalog, &rows);
     assert!(pauses.is_empty(), "{pauses:?}");
     let names: Vec<&str> = prepared.skills.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["http", "app", "gone"], "dependencies first, then by name");
+    assert_eq!(
+        names,
+        ["http", "app", "gone"],
+        "dependencies first, then by name"
+    );
     assert_eq!(prepared.skills[1].path, "/workspace/skills/app");
     assert_eq!(prepared.mcp_servers.len(), 1);
     assert_eq!(prepared.mcp_servers[0].skill.as_deref(), Some("app"));
@@ -89,7 +107,11 @@ fn a_changed_or_vanished_skill_is_paused_and_left_out_of_the_agents_set() {
     let before = prepared.fingerprint.clone();
 
     // One changed byte in app, and gone removed.
-    std::fs::write(dir.path().join("app/SKILL.md"), "---\nname: app\ndescription: Changed. Use it.\n---\n").unwrap();
+    std::fs::write(
+        dir.path().join("app/SKILL.md"),
+        "---\nname: app\ndescription: Changed. Use it.\n---\n",
+    )
+    .unwrap();
     std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
     let catalog = Catalog::load(&[Source::user(dir.path())]);
     let (prepared, pauses) = check(&catalog, &rows);
@@ -105,7 +127,11 @@ fn a_changed_or_vanished_skill_is_paused_and_left_out_of_the_agents_set() {
         Some(catalog.skill("app").unwrap().content_hash())
     );
     let gone = pauses.iter().find(|p| p.skill == "gone").unwrap();
-    assert!(gone.reason.contains("no longer installed"), "{}", gone.reason);
+    assert!(
+        gone.reason.contains("no longer installed"),
+        "{}",
+        gone.reason
+    );
     assert_eq!(gone.found_hash, None);
 
     // A paused row stays out without a new pause.

@@ -62,13 +62,12 @@ async fn https_upstream() -> Upstream {
     let root_cert = root_params.self_signed(&root_key).unwrap();
     let issuer = rcgen::Issuer::new(root_params, root_key);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf_params =
-        rcgen::CertificateParams::new(vec![
-            "api.test".into(),
-            "other.test".into(),
-            "skill.test".into(),
-        ])
-        .unwrap();
+    let leaf_params = rcgen::CertificateParams::new(vec![
+        "api.test".into(),
+        "other.test".into(),
+        "skill.test".into(),
+    ])
+    .unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(

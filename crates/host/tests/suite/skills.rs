@@ -98,7 +98,9 @@ fn scenario() -> Scenario {
             Reply::text("COMMAND RAN: {{last_user_text}}"),
         )
         .rule(
-            Matcher::system_contains("- notes (/workspace/skills/notes): Keeps the family's notes."),
+            Matcher::system_contains(
+                "- notes (/workspace/skills/notes): Keeps the family's notes.",
+            ),
             Reply::text("SKILLS: notes"),
         )
         .rule(Matcher::Always, Reply::text("SKILLS: none"))
@@ -173,8 +175,14 @@ async fn skills_enabled_from_the_cli_reach_the_next_turn_read_only_and_pause_whe
                 .into_iter()
                 .map(|o| o.text)
                 .collect();
-            let list = texts.iter().find(|t| t.starts_with("Skills by group"))?.clone();
-            let graph = texts.iter().find(|t| t.starts_with("[enabled] notes"))?.clone();
+            let list = texts
+                .iter()
+                .find(|t| t.starts_with("Skills by group"))?
+                .clone();
+            let graph = texts
+                .iter()
+                .find(|t| t.starts_with("[enabled] notes"))?
+                .clone();
             Some((list, graph))
         }
     })
@@ -301,9 +309,16 @@ async fn a_skills_declared_host_is_reachable_for_the_enabling_group_only_with_it
         "tracker",
         "[[egress]]\nhost = \"api.tracker.test\"\nmethods = [\"GET\"]\n",
     );
-    let (ok, out) = run_cli(home.path(), &["skills", "enable", "tracker", "--group", "main"]).await;
+    let (ok, out) = run_cli(
+        home.path(),
+        &["skills", "enable", "tracker", "--group", "main"],
+    )
+    .await;
     assert!(ok, "{out}");
-    assert!(out.contains("tracker: may reach api.tracker.test (GET)"), "{out}");
+    assert!(
+        out.contains("tracker: may reach api.tracker.test (GET)"),
+        "{out}"
+    );
 
     let local: IpAddr = "127.0.0.1".parse().unwrap();
     let resolver = StaticResolver::new()
@@ -324,16 +339,32 @@ async fn a_skills_declared_host_is_reachable_for_the_enabling_group_only_with_it
     let _main = proxy.serve(&main_sock, "main").unwrap();
     let _other = proxy.serve(&other_sock, "other").unwrap();
 
-    assert_eq!(status(&main_sock, "GET", "api.tracker.test", up.port()).await, 200);
+    assert_eq!(
+        status(&main_sock, "GET", "api.tracker.test", up.port()).await,
+        200
+    );
     // Declared GET only.
-    assert_eq!(status(&main_sock, "POST", "api.tracker.test", up.port()).await, 403);
+    assert_eq!(
+        status(&main_sock, "POST", "api.tracker.test", up.port()).await,
+        403
+    );
     // Undeclared stays denied.
-    assert_eq!(status(&main_sock, "GET", "undeclared.test", up.port()).await, 403);
+    assert_eq!(
+        status(&main_sock, "GET", "undeclared.test", up.port()).await,
+        403
+    );
     // The group that did not enable it is refused the declared host.
-    assert_eq!(status(&other_sock, "GET", "api.tracker.test", up.port()).await, 403);
+    assert_eq!(
+        status(&other_sock, "GET", "api.tracker.test", up.port()).await,
+        403
+    );
 
     // Disabled: refused again, on the running proxy (its policy is re-read within a second).
-    let (ok, out) = run_cli(home.path(), &["skills", "disable", "tracker", "--group", "main"]).await;
+    let (ok, out) = run_cli(
+        home.path(),
+        &["skills", "disable", "tracker", "--group", "main"],
+    )
+    .await;
     assert!(ok, "{out}");
     eventually(30, "the disabled skill's host to be refused", || {
         let sock = main_sock.clone();
@@ -342,7 +373,13 @@ async fn a_skills_declared_host_is_reachable_for_the_enabling_group_only_with_it
         }
     })
     .await;
-    assert!(store.skill_egress_rules(ids[0].as_str()).await.unwrap().is_empty());
+    assert!(
+        store
+            .skill_egress_rules(ids[0].as_str())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,8 +440,16 @@ async fn a_skills_secret_is_usable_by_placeholder_on_its_hosts_for_the_enabling_
         on("main", "api.tracker.test").await.as_deref(),
         Some("s3cret-value")
     );
-    assert_eq!(on("main", "evil.test").await, None, "only its declared hosts");
-    assert_eq!(on("other", "api.tracker.test").await, None, "only the enabling group");
+    assert_eq!(
+        on("main", "evil.test").await,
+        None,
+        "only its declared hosts"
+    );
+    assert_eq!(
+        on("other", "api.tracker.test").await,
+        None,
+        "only the enabling group"
+    );
     // A skill grant never injects by itself (skill.toml names no injection).
     assert!(
         vault

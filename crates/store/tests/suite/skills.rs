@@ -79,7 +79,10 @@ async fn disabling_a_skill_removes_exactly_its_grants_and_never_the_owners() {
         .await
         .unwrap();
 
-    store.enable_skills(a.as_str(), vec![tracker()]).await.unwrap();
+    store
+        .enable_skills(a.as_str(), vec![tracker()])
+        .await
+        .unwrap();
     let skills = store.group_skills(a.as_str()).await.unwrap();
     assert_eq!(skills.len(), 1);
     assert_eq!(skills[0].state, GroupSkillState::Enabled);
@@ -89,7 +92,13 @@ async fn disabling_a_skill_removes_exactly_its_grants_and_never_the_owners() {
     assert_eq!(rules[0].methods, ["GET"]);
     assert_eq!(store.skill_secret_grants("alpha").await.unwrap().len(), 1);
     // Nothing for the other group.
-    assert!(store.skill_egress_rules(b.as_str()).await.unwrap().is_empty());
+    assert!(
+        store
+            .skill_egress_rules(b.as_str())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.skill_secret_grants("beta").await.unwrap().is_empty());
 
     let removed = store
@@ -98,7 +107,13 @@ async fn disabling_a_skill_removes_exactly_its_grants_and_never_the_owners() {
         .unwrap();
     assert_eq!(removed, ["tracker"]);
     assert!(store.group_skills(a.as_str()).await.unwrap().is_empty());
-    assert!(store.skill_egress_rules(a.as_str()).await.unwrap().is_empty());
+    assert!(
+        store
+            .skill_egress_rules(a.as_str())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.skill_secret_grants("alpha").await.unwrap().is_empty());
     // The owner's rule and grant are still there.
     assert_eq!(store.egress_rules(a.as_str()).await.unwrap().len(), 1);
@@ -111,25 +126,50 @@ async fn a_paused_skill_grants_nothing_until_enabled_again_with_a_new_hash() {
     let store = Store::open(&dir.path().join("nanoclaw.db")).unwrap();
     let (a, _) = groups(&store).await;
     add_secret(&store, "tracker-token").await;
-    store.enable_skills(a.as_str(), vec![tracker()]).await.unwrap();
+    store
+        .enable_skills(a.as_str(), vec![tracker()])
+        .await
+        .unwrap();
 
     let first = store
-        .pause_skill(a.as_str(), "tracker", "its files changed", Some("bb".repeat(32)))
+        .pause_skill(
+            a.as_str(),
+            "tracker",
+            "its files changed",
+            Some("bb".repeat(32)),
+        )
         .await
         .unwrap();
     assert!(first, "the first pause is news");
     let again = store
-        .pause_skill(a.as_str(), "tracker", "its files changed", Some("bb".repeat(32)))
+        .pause_skill(
+            a.as_str(),
+            "tracker",
+            "its files changed",
+            Some("bb".repeat(32)),
+        )
         .await
         .unwrap();
-    assert!(!again, "pausing a paused skill is not news (the owner is told once)");
+    assert!(
+        !again,
+        "pausing a paused skill is not news (the owner is told once)"
+    );
     let s = &store.group_skills(a.as_str()).await.unwrap()[0];
     assert_eq!(s.state, GroupSkillState::Paused);
     assert_eq!(s.found_hash.as_deref(), Some("bb".repeat(32).as_str()));
-    assert!(store.skill_egress_rules(a.as_str()).await.unwrap().is_empty());
+    assert!(
+        store
+            .skill_egress_rules(a.as_str())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.skill_secret_grants("alpha").await.unwrap().is_empty());
     // Its recorded grants are kept while paused (shown to the owner).
-    let (egress, secrets) = store.group_skill_grants(a.as_str(), "tracker").await.unwrap();
+    let (egress, secrets) = store
+        .group_skill_grants(a.as_str(), "tracker")
+        .await
+        .unwrap();
     assert_eq!((egress.len(), secrets.len()), (1, 1));
 
     // Approval re-enables with the new hash and the new manifest's grants.
@@ -137,7 +177,10 @@ async fn a_paused_skill_grants_nothing_until_enabled_again_with_a_new_hash() {
     approved.content_hash = "bb".repeat(32);
     approved.requested = false;
     approved.egress[0].methods = vec!["GET".into(), "POST".into()];
-    store.enable_skills(a.as_str(), vec![approved]).await.unwrap();
+    store
+        .enable_skills(a.as_str(), vec![approved])
+        .await
+        .unwrap();
     let s = &store.group_skills(a.as_str()).await.unwrap()[0];
     assert_eq!(s.state, GroupSkillState::Enabled);
     assert_eq!(s.content_hash, "bb".repeat(32));
@@ -159,7 +202,10 @@ async fn enabling_checks_its_input_and_the_group() {
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     let mut bad = tracker();
     bad.egress[0].methods = vec!["get".into()];
-    let err = store.enable_skills(a.as_str(), vec![bad]).await.unwrap_err();
+    let err = store
+        .enable_skills(a.as_str(), vec![bad])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("upper-case HTTP method"), "{err}");
     assert!(store.group_skills(a.as_str()).await.unwrap().is_empty());
 }
