@@ -464,3 +464,79 @@ async fn a_skills_secret_is_usable_by_placeholder_on_its_hosts_for_the_enabling_
     assert!(vault.placeholder_env("main").await.unwrap().is_empty());
     assert_eq!(on("main", "api.tracker.test").await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_pulls_in_requirements_and_schedules_and_disabling_respects_dependents() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(scenario()).await.unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let skills = home.path().join("skills");
+    write_skill(
+        &skills,
+        "report",
+        "version = \"1.0.0\"\n[requires]\nfetch = \"^2\"\n\n[[schedules]]\nname = \"monday\"\ncron = \"0 8 * * MON\"\nprompt = \"Write the weekly report.\"\n",
+    );
+    write_skill(&skills, "fetch", "version = \"2.1.0\"\n");
+    write_skill(&skills, "loop-a", "[requires]\nloop-b = \"*\"\n");
+    write_skill(&skills, "loop-b", "[requires]\nloop-a = \"*\"\n");
+
+    // A cycle is refused with the library's message, and nothing is enabled.
+    let (ok, out) = run_cli(home.path(), &["skills", "enable", "loop-a"]).await;
+    assert!(!ok && out.contains("loop-a → loop-b → loop-a"), "{out}");
+
+    let (ok, out) = run_cli(home.path(), &["skills", "enable", "report", "--json"]).await;
+    assert!(ok, "{out}");
+    let done: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(done["added"], json!(["fetch"]));
+    let main = host.store().group_by_folder("main").await.unwrap().unwrap();
+    let tasks = host
+        .store()
+        .list_tasks(Some(main.id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].created_by, "skill:report:monday");
+    assert_eq!(tasks[0].prompt, "Write the weekly report.");
+    // Enabling again adds no second task.
+    let (ok, out) = run_cli(home.path(), &["skills", "enable", "report"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        host.store()
+            .list_tasks(Some(main.id.clone()))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let (ok, out) = run_cli(home.path(), &["skills", "graph", "--format", "mermaid"]).await;
+    assert!(ok && out.contains("graph TD"), "{out}");
+    let (ok, out) = run_cli(home.path(), &["skills", "graph"]).await;
+    assert!(ok && out.contains("[enabled] report 1.0.0"), "{out}");
+
+    // fetch is still needed by report.
+    let (ok, out) = run_cli(home.path(), &["skills", "disable", "fetch"]).await;
+    assert!(!ok && out.contains("report requires fetch"), "{out}");
+    let (ok, out) = run_cli(
+        home.path(),
+        &["skills", "disable", "fetch", "--with-dependents", "--json"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let done: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(done["disabled"], json!(["fetch", "report"]));
+    let tasks = host
+        .store()
+        .list_tasks(Some(main.id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(tasks[0].status, nanoclaw_store::TaskStatus::Cancelled);
+    assert!(
+        host.store()
+            .group_skills(main.id.as_str())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    host.shutdown().await;
+}
