@@ -115,6 +115,7 @@ pub fn system_prompt(ctx: &PromptContext<'_>) -> String {
         workspace = ctx.workspace.display(),
     );
 
+    push_skills(&mut out, &hello.skills);
     if let Some(global) = ctx.global_dir.and_then(read_memory) {
         out.push_str(
             "\n\n# Global memory (shared by all groups, read-only)\n\
@@ -137,6 +138,29 @@ pub fn system_prompt(ctx: &PromptContext<'_>) -> String {
         )),
     }
     out
+}
+
+/// Progressive disclosure: only each enabled skill's name, description and folder; the model
+/// reads a skill's SKILL.md (and the files it names) when it uses the skill.
+fn push_skills(out: &mut String, skills: &[nanoclaw_protocol::SkillInfo]) {
+    if skills.is_empty() {
+        return;
+    }
+    out.push_str(
+        "\n\n# Skills\n\
+         The owner enabled these skills for this group. Each is a read-only folder. Before you \
+         use a skill, read its SKILL.md (read_file on <folder>/SKILL.md) and follow it; open \
+         other files it mentions only when you need them. Run its scripts from its folder; \
+         never write into a skill's folder.\n",
+    );
+    for s in skills {
+        out.push_str(&format!(
+            "- {} ({}): {}\n",
+            s.name,
+            s.path,
+            s.description.trim()
+        ));
+    }
 }
 
 fn push_memory(out: &mut String, file: &MemoryFile) {
@@ -205,6 +229,32 @@ mod tests {
         assert!(p.contains("GLOBAL-FACT"));
         assert!(p.contains("GROUP-FACT"));
         assert!(p.contains("edit AGENTS.md"));
+    }
+
+    #[test]
+    fn enabled_skills_are_listed_by_name_description_and_folder_only() {
+        let ws = tempfile::tempdir().unwrap();
+        let mut h = hello();
+        assert!(!prompt(ws.path(), None).contains("# Skills"));
+        h.skills.push(nanoclaw_protocol::SkillInfo {
+            name: "weekly-summary".into(),
+            description: "Writes the weekly summary. Use on Mondays.".into(),
+            path: "/workspace/skills/weekly-summary".into(),
+            tools: Vec::new(),
+        });
+        let p = system_prompt(&PromptContext {
+            hello: &h,
+            workspace: ws.path(),
+            global_dir: None,
+        });
+        assert!(p.contains("# Skills"), "{p}");
+        assert!(
+            p.contains(
+                "- weekly-summary (/workspace/skills/weekly-summary): Writes the weekly summary. Use on Mondays."
+            ),
+            "{p}"
+        );
+        assert!(p.contains("read its SKILL.md"), "{p}");
     }
 
     #[test]

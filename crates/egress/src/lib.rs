@@ -53,7 +53,7 @@ pub use error::{EgressError, PolicyError, SecretsError};
 pub use mitm::{MAX_SCANNED_BODY, PLACEHOLDER_PREFIX};
 pub use policy::{
     AddressGuard, BlockedRange, DEFAULT_PORTS, DomainPattern, EgressPolicy, PatternError, Refusal,
-    RefusalRule, TargetHost, blocked_range,
+    RefusalRule, SkillRule, TargetHost, blocked_range,
 };
 pub use proxy::{EgressHandle, EgressProxy, Interception};
 pub use resolve::{Resolve, StaticResolver, SystemResolver};

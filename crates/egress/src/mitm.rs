@@ -93,6 +93,8 @@ struct Conn {
     server_name: ServerName<'static>,
     addrs: Vec<SocketAddr>,
     reason: String,
+    /// The methods allowed on this host when only enabled skills allow it.
+    methods: Option<Vec<http::Method>>,
     upstream: Mutex<Option<SendRequest<ProxyBody>>>,
 }
 
@@ -109,6 +111,7 @@ pub(super) fn intercept(
     reason: String,
     mut shutdown: watch::Receiver<()>,
     slot: Option<ConnSlot>,
+    methods: Option<Vec<http::Method>>,
 ) -> Response<ProxyBody> {
     let host = target.host.as_match_str();
     let fail = |inner: &Inner, pending, why: String| {
@@ -153,6 +156,7 @@ pub(super) fn intercept(
         server_name,
         addrs,
         reason,
+        methods,
         upstream: Mutex::new(None),
     });
     tokio::spawn(async move {
@@ -212,6 +216,26 @@ async fn handle(c: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    if let Some(allowed) = &c.methods
+        && !allowed.contains(&parts.method)
+    {
+        let list = allowed
+            .iter()
+            .map(http::Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return refuse_with(
+            inner,
+            pending,
+            StatusCode::FORBIDDEN,
+            "method",
+            &format!(
+                "nanoclaw egress: {} is allowed for group {} only by a skill that declares {list}; \
+                 {} was refused (change the skill's skill.toml egress methods)",
+                c.host, c.group, parts.method
+            ),
+        );
+    }
     if let Some(why) = ambiguous_path(target) {
         return refuse_with(
             inner,

@@ -378,6 +378,17 @@ pub struct EgressPolicy {
     pub methods: Option<Vec<Method>>,
     pub ports: Vec<u16>,
     pub guard: AddressGuard,
+    /// Hosts the group's enabled skills declared, each with the methods its skill allows. A
+    /// host reached only through these may be used only with their methods; `deny` still wins.
+    pub skill_allow: Vec<SkillRule>,
+}
+
+/// A host an enabled skill may reach, and the methods it declared.
+#[derive(Clone, Debug)]
+pub struct SkillRule {
+    pub skill: String,
+    pub pattern: DomainPattern,
+    pub methods: Vec<Method>,
 }
 
 impl EgressPolicy {
@@ -390,7 +401,39 @@ impl EgressPolicy {
             methods: None,
             ports: DEFAULT_PORTS.to_vec(),
             guard: AddressGuard::production(),
+            skill_allow: Vec::new(),
         }
+    }
+
+    /// The methods `host` (its match string) may be used with when only enabled skills allow
+    /// it: the union of the matching skills' methods. `None` when the group's own rules allow
+    /// the host, or no skill names it.
+    pub fn skill_methods(&self, host: &str) -> Option<Vec<Method>> {
+        if self.allow.iter().any(|p| p.matches(host)) {
+            return None;
+        }
+        let mut methods: Vec<Method> = Vec::new();
+        let mut any = false;
+        for rule in self.skill_allow.iter().filter(|r| r.pattern.matches(host)) {
+            any = true;
+            for m in &rule.methods {
+                if !methods.contains(m) {
+                    methods.push(m.clone());
+                }
+            }
+        }
+        any.then_some(methods)
+    }
+
+    /// The skills whose rules allow `host`, in rule order.
+    pub fn skills_allowing(&self, host: &str) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for rule in self.skill_allow.iter().filter(|r| r.pattern.matches(host)) {
+            if !names.contains(&rule.skill.as_str()) {
+                names.push(&rule.skill);
+            }
+        }
+        names
     }
 
     /// Builder-style: allow `patterns` (for tests and embedding).
@@ -436,7 +479,8 @@ impl EgressPolicy {
                 ),
             ));
         }
-        if !self.allow.iter().any(|p| p.matches(&name)) {
+        let skill_methods = self.skill_methods(&name);
+        if skill_methods.is_none() && !self.allow.iter().any(|p| p.matches(&name)) {
             return Err(Refusal::new(
                 RefusalRule::NotAllowed,
                 format!(
@@ -469,6 +513,25 @@ impl EgressPolicy {
                     ),
                 ));
             }
+        }
+        // A skill's methods can be seen on plain HTTP and inside an intercepted tunnel (the
+        // proxy intercepts skill-only hosts when it can, and checks each request there).
+        if let Some(allowed) = &skill_methods
+            && method != Method::CONNECT
+            && !allowed.contains(method)
+        {
+            let list = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let skills = self.skills_allowing(&name).join(", ");
+            return Err(Refusal::new(
+                RefusalRule::Method,
+                format!(
+                    "{host} is allowed for group {g} only by skill {skills}, which declares                      {list}; {method} was refused (change the skill's skill.toml egress methods)"
+                ),
+            ));
         }
         if !self.ports.contains(&port) {
             let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
@@ -676,6 +739,64 @@ mod tests {
             .check_target(&Method::GET, &name("example.com"), 443)
             .unwrap_err();
         assert_eq!(r.rule, RefusalRule::NotAllowed);
+    }
+
+    #[test]
+    fn a_skill_host_takes_only_its_methods_and_the_owners_rules_still_win() {
+        let mut p = policy();
+        p.skill_allow.push(SkillRule {
+            skill: "tracker".into(),
+            pattern: DomainPattern::parse("api.tracker.example").unwrap(),
+            methods: vec![Method::GET],
+        });
+        // A skill naming a host the owner already allows does not narrow it.
+        p.skill_allow.push(SkillRule {
+            skill: "gh".into(),
+            pattern: DomainPattern::parse("api.github.com").unwrap(),
+            methods: vec![Method::GET],
+        });
+        assert!(
+            p.check_target(&Method::GET, &name("api.tracker.example"), 443)
+                .is_ok()
+        );
+        // The tunnel passes the policy; its requests are checked where they can be seen.
+        assert!(
+            p.check_target(&Method::CONNECT, &name("api.tracker.example"), 443)
+                .is_ok()
+        );
+        let r = p
+            .check_target(&Method::POST, &name("api.tracker.example"), 80)
+            .unwrap_err();
+        assert_eq!(r.rule, RefusalRule::Method);
+        assert!(
+            r.message.contains("only by skill tracker") && r.message.contains("GET"),
+            "{}",
+            r.message
+        );
+        assert!(
+            p.check_target(&Method::POST, &name("api.github.com"), 443)
+                .is_ok()
+        );
+        assert_eq!(p.skill_methods("api.github.com"), None);
+        assert_eq!(
+            p.skill_methods("api.tracker.example"),
+            Some(vec![Method::GET])
+        );
+        // Undeclared hosts stay refused; the owner's deny wins over a skill.
+        assert_eq!(
+            p.check_target(&Method::GET, &name("other.tracker.example"), 443)
+                .unwrap_err()
+                .rule,
+            RefusalRule::NotAllowed
+        );
+        p.deny
+            .push(DomainPattern::parse("api.tracker.example").unwrap());
+        assert!(matches!(
+            p.check_target(&Method::GET, &name("api.tracker.example"), 443)
+                .unwrap_err()
+                .rule,
+            RefusalRule::Denied(_)
+        ));
     }
 
     #[test]

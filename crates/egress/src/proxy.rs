@@ -557,16 +557,34 @@ async fn handle(
         Err(refusal) => return refuse(&inner, pending, &refusal),
     };
     let reason = allowed_by(&policy, &target.host);
+    // A host only a skill allows takes only the skill's methods: intercepted, so each request
+    // inside the tunnel is checked (without interception the tunnel's methods go unseen).
+    let skill_methods = policy.skill_methods(&target.host.as_match_str());
     if connect && let Some(mitm) = inner.mitm.clone() {
-        match inner
-            .secrets
-            .injects_for(&group, &target.host.as_match_str())
-            .await
-        {
+        let injects = match &skill_methods {
+            Some(_) => Ok(true),
+            None => {
+                inner
+                    .secrets
+                    .injects_for(&group, &target.host.as_match_str())
+                    .await
+            }
+        };
+        match injects {
             Ok(true) => {
                 let slot = slot.lock().ok().and_then(|mut s| s.take());
                 return crate::mitm::intercept(
-                    inner, mitm, group, req, pending, target, addrs, reason, shutdown, slot,
+                    inner,
+                    mitm,
+                    group,
+                    req,
+                    pending,
+                    target,
+                    addrs,
+                    reason,
+                    shutdown,
+                    slot,
+                    skill_methods,
                 );
             }
             Ok(false) => {}
@@ -677,12 +695,15 @@ async fn check(
 
 fn allowed_by(policy: &EgressPolicy, host: &TargetHost) -> String {
     let name = host.as_match_str();
-    policy
-        .allow
-        .iter()
-        .find(|p| p.matches(&name))
-        .map(|p| format!("allowed by {p}"))
-        .unwrap_or_else(|| "allowed".into())
+    if let Some(p) = policy.allow.iter().find(|p| p.matches(&name)) {
+        return format!("allowed by {p}");
+    }
+    let skills = policy.skills_allowing(&name);
+    if skills.is_empty() {
+        "allowed".into()
+    } else {
+        format!("allowed by skill {}", skills.join(", "))
+    }
 }
 
 pub(super) fn refuse(inner: &Inner, pending: Pending, refusal: &Refusal) -> Response<ProxyBody> {

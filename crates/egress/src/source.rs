@@ -10,7 +10,7 @@ use http::Method;
 use nanoclaw_store::{EgressAction, Store};
 
 use crate::PolicyError;
-use crate::policy::{AddressGuard, DEFAULT_PORTS, DomainPattern, EgressPolicy};
+use crate::policy::{AddressGuard, DEFAULT_PORTS, DomainPattern, EgressPolicy, SkillRule};
 
 /// How long a policy read from the store is reused: changes made with the CLI (another
 /// process) apply within this time, without a restart.
@@ -56,6 +56,7 @@ impl PolicySource for StaticPolicies {
 pub struct StorePolicySource {
     store: Store,
     cache: Mutex<HashMap<String, (Instant, Arc<EgressPolicy>)>>,
+    guard: AddressGuard,
 }
 
 impl StorePolicySource {
@@ -63,7 +64,16 @@ impl StorePolicySource {
         StorePolicySource {
             store,
             cache: Mutex::new(HashMap::new()),
+            guard: AddressGuard::production(),
         }
+    }
+
+    /// Tests only: the store's policies with another address guard (e.g.
+    /// [`AddressGuard::allow_loopback_for_tests`], so a local upstream is reachable). The host
+    /// never calls this.
+    pub fn with_guard_for_tests(mut self, guard: AddressGuard) -> StorePolicySource {
+        self.guard = guard;
+        self
     }
 
     async fn load(&self, folder: &str) -> Result<EgressPolicy, PolicyError> {
@@ -94,8 +104,49 @@ impl StorePolicySource {
                 folder: folder.to_owned(),
                 source,
             })?;
-        Ok(policy_from_rows(folder, &rules, &settings))
+        let skills = self
+            .store
+            .skill_egress_rules(group.id.as_str())
+            .await
+            .map_err(|source| PolicyError::Rules {
+                folder: folder.to_owned(),
+                source,
+            })?;
+        let mut policy = policy_from_rows(folder, &rules, &settings);
+        policy.skill_allow = skill_rules(folder, &skills);
+        policy.guard = self.guard;
+        Ok(policy)
     }
+}
+
+/// The enabled skills' egress rows as policy rules. A row that no longer parses is skipped
+/// (logged): skipping an allow only narrows the policy. A method that does not parse is
+/// dropped, and a rule left without methods allows nothing.
+pub fn skill_rules(folder: &str, rows: &[nanoclaw_store::ActiveSkillEgress]) -> Vec<SkillRule> {
+    let mut out = Vec::new();
+    for row in rows {
+        let pattern = match DomainPattern::parse(&row.pattern) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(group = folder, skill = %row.skill, error = %e, "ignoring a stored skill egress rule");
+                continue;
+            }
+        };
+        let methods: Vec<Method> = row
+            .methods
+            .iter()
+            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+            .collect();
+        if methods.is_empty() {
+            continue;
+        }
+        out.push(SkillRule {
+            skill: row.skill.clone(),
+            pattern,
+            methods,
+        });
+    }
+    out
 }
 
 /// Builds a policy from stored rows. Rows that no longer parse are skipped (and logged):

@@ -89,6 +89,9 @@ pub struct LiveAgent {
     /// The configuration it was started with. Model, zone, skills and MCP servers are fixed for
     /// an agent's life: when the group's would now be different, the pool starts a new one.
     hello: Option<Hello>,
+    /// The skill set it was started with (names and content hashes): skills are mounts, fixed
+    /// per sandbox, so an agent with another set is replaced before the next turn.
+    skills_fingerprint: String,
 }
 
 impl LiveAgent {
@@ -188,18 +191,24 @@ impl AgentPool {
 
     /// The session's live agent, spawning one if needed (possibly waiting for a slot).
     pub async fn acquire(&self, session: &Session, group: &Group) -> Result<LiveAgent, SpawnError> {
+        // Read at every turn: skills enabled, disabled or changed since apply now.
+        let skills = crate::skills::prepare(&self.store, &self.paths, group)
+            .await
+            .map_err(SpawnError::Prepare)?;
         // Taken out under the lock, which is dropped before a dead agent is killed.
         let idle = self.idle.lock().await.remove(&session.id);
         if let Some(mut idle) = idle {
             if !idle.agent.is_alive() {
                 idle.agent.kill().await;
-            } else if idle.agent.hello.as_ref() == Some(&self.hello(session, group)) {
+            } else if idle.agent.skills_fingerprint == skills.fingerprint
+                && idle.agent.hello.as_ref() == Some(&self.hello(session, group, &skills))
+            {
                 return Ok(idle.agent);
             } else {
                 // The owner changed the group (model, zone, skills …) since this agent started:
                 // its conversation is kept in the group folder, so a new agent resumes it with
                 // the new settings.
-                tracing::info!(session = %session.id, group = %group.folder, "group settings changed; starting a new agent");
+                tracing::info!(session = %session.id, group = %group.folder, "group settings or skills changed; starting a new agent");
                 idle.agent.stop().await;
             }
         }
@@ -208,7 +217,8 @@ impl AgentPool {
             Err(why) => return Err(SpawnError::NoRuntime(why.clone())),
         };
         let permit = self.take_slot().await;
-        self.spawn(runtime.as_ref(), session, group, permit).await
+        self.spawn(runtime.as_ref(), session, group, permit, skills)
+            .await
     }
 
     /// Returns an agent after a turn; it stays warm until the idle timeout.
@@ -331,6 +341,7 @@ impl AgentPool {
         session: &Session,
         group: &Group,
         permit: OwnedSemaphorePermit,
+        skills: crate::skills::Prepared,
     ) -> Result<LiveAgent, SpawnError> {
         let agent_binary = self
             .agent_binary
@@ -352,14 +363,17 @@ impl AgentPool {
             .serve_sandbox(runtime, group, &sandbox_name, &run_dir, &mut env)
             .await?;
         let extra_mounts = self.extra_mounts(group).await?;
-        let hello = self.hello(session, group);
+        let hello = self.hello(session, group, &skills);
         let timezone = hello.timezone.clone().unwrap_or_default();
         insert_base_env(&mut env, &timezone);
         let spec = SandboxSpec {
             name: sandbox_name.clone(),
             agent_binary,
             args: Vec::new(),
-            mounts: sandbox_mounts(group_dir, global_dir, run_dir.clone(), extra_mounts),
+            mounts: sandbox_mounts(group_dir, global_dir, run_dir.clone(), extra_mounts)
+                .into_iter()
+                .chain(skills.mounts.iter().cloned())
+                .collect(),
             env,
             workdir: SANDBOX_WORKSPACE.into(),
             limits: self.config.agents.limits.to_limits(),
@@ -372,7 +386,8 @@ impl AgentPool {
             permit,
             run_dir,
         };
-        let (agent, stderr_tail) = start_agent(process, session, sandbox_name, services);
+        let (mut agent, stderr_tail) = start_agent(process, session, sandbox_name, services);
+        agent.skills_fingerprint = skills.fingerprint.clone();
         let (mut agent, agent_version) =
             handshake(agent, &HostMessage::Hello(hello.clone()), &stderr_tail).await?;
         agent.hello = Some(hello);
@@ -477,7 +492,7 @@ impl AgentPool {
     }
 
     /// The handshake's `hello`: the session, its group and the model it uses.
-    fn hello(&self, session: &Session, group: &Group) -> Hello {
+    fn hello(&self, session: &Session, group: &Group, skills: &crate::skills::Prepared) -> Hello {
         let timezone = crate::group_zone(group, crate::host_zone(&self.config))
             .name()
             .to_owned();
@@ -506,8 +521,11 @@ impl AgentPool {
             },
             assistant_name: self.config.assistant_name.clone(),
             timezone: Some(timezone),
-            skills: Vec::new(),
-            mcp_servers: crate::mcp_servers::group_mcp_servers(&self.config.groups, &group.folder),
+            skills: skills.skills.clone(),
+            mcp_servers: session_mcp_servers(
+                crate::mcp_servers::group_mcp_servers(&self.config.groups, &group.folder),
+                &skills.mcp_servers,
+            ),
         }
     }
 }
@@ -518,6 +536,28 @@ struct SandboxServices {
     egress: Option<nanoclaw_egress::EgressHandle>,
     permit: OwnedSemaphorePermit,
     run_dir: PathBuf,
+}
+
+/// The session's MCP servers: the group's own from the config, then its enabled skills'. Names
+/// must be unique in a session (tools are named `<server>__<tool>`): a skill's server whose name
+/// the group or an earlier skill already uses is left out, with a warning naming both.
+fn session_mcp_servers(
+    mut servers: Vec<nanoclaw_protocol::McpServer>,
+    from_skills: &[nanoclaw_protocol::McpServer],
+) -> Vec<nanoclaw_protocol::McpServer> {
+    for server in from_skills {
+        if let Some(taken) = servers.iter().find(|s| s.name == server.name) {
+            tracing::warn!(
+                server = %server.name,
+                skill = server.skill.as_deref().unwrap_or("?"),
+                taken_by = taken.skill.as_deref().unwrap_or("the group's config"),
+                "an MCP server name is already used in this session; the skill's server is left out"
+            );
+            continue;
+        }
+        servers.push(server.clone());
+    }
+    servers
 }
 
 /// The environment every sandbox gets besides its relay and egress variables.
@@ -609,6 +649,7 @@ fn start_agent(
         run_dir: services.run_dir,
         log,
         hello: None,
+        skills_fingerprint: String::new(),
     };
     (agent, stderr_tail)
 }

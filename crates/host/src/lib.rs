@@ -22,6 +22,7 @@ pub mod mounts;
 pub mod outbox;
 pub mod router;
 pub mod runtime;
+pub mod skills;
 pub mod tasks;
 pub mod unknown;
 

@@ -67,6 +67,12 @@ enum Command {
         #[command(subcommand)]
         command: MemoryCommand,
     },
+    /// Skills (folders with SKILL.md and skill.toml): list, show, check, install, enable or
+    /// disable them for a group, approve a changed one, draw their requirement graph.
+    Skills {
+        #[command(subcommand)]
+        command: SkillsCommand,
+    },
     /// Agent groups: list them, set a group's model or trigger.
     Group {
         #[command(subcommand)]
@@ -146,6 +152,93 @@ enum TasksCommand {
         task_id: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SkillsCommand {
+    /// Every installed skill (built-in, yours, the group's own) and its state for the group.
+    List {
+        /// The group (by folder); default the main group.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One skill: where it comes from, its hash, what it grants, its state for the group.
+    Show {
+        name: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate every skill, and find enabled ones whose files changed. Exit 1 on a problem.
+    Check {
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a skill from a folder, a .tar.gz (with --sha256) or a git repository (with
+    /// --ref), into your skills folder or, with --group, that group's own.
+    Install {
+        /// A folder, an archive, or a git URL.
+        source: String,
+        /// The archive's SHA-256 (checked before anything is unpacked).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// A git branch or tag to clone.
+        #[arg(long = "ref")]
+        reference: Option<String>,
+        /// The commit (full hex) the ref must point at.
+        #[arg(long, requires = "reference")]
+        commit: Option<String>,
+        /// The skill's folder inside the repository.
+        #[arg(long, requires = "reference")]
+        subdir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable skills (and what they require) for a group; shows what that grants. Applies on
+    /// the group's next turn.
+    Enable {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable skills for a group, removing exactly their grants.
+    Disable {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// Also disable the enabled skills that require these.
+        #[arg(long)]
+        with_dependents: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a skill's changed files (its new hash and grants); a paused skill resumes.
+    Approve {
+        name: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The requirement graph, marking enabled, disabled and broken skills.
+    Graph {
+        #[arg(long)]
+        group: Option<String>,
+        /// text, dot (Graphviz) or mermaid.
+        #[arg(long, default_value = "text")]
+        format: String,
     },
 }
 
@@ -589,6 +682,7 @@ fn main() -> ExitCode {
                 } => cli::memory::list(group, namespace, limit, before, json).await,
                 MemoryCommand::Forget { id, group } => cli::memory::forget(id, group).await,
             },
+            Command::Skills { command } => skills(command).await,
             Command::Group { command } => group(command).await,
             Command::Status { json } => cli::status::status(json).await,
             Command::Channel { command } => channel(command).await,
@@ -781,5 +875,41 @@ async fn vault(command: VaultCommand) -> anyhow::Result<ExitCode> {
         VaultCommand::Approvals { json } => cli::vault::approvals(json).await,
         VaultCommand::Approve { grant } => cli::vault::decide(grant, true).await,
         VaultCommand::Deny { grant } => cli::vault::decide(grant, false).await,
+    }
+}
+
+async fn skills(command: SkillsCommand) -> anyhow::Result<ExitCode> {
+    use cli::skills as s;
+    match command {
+        SkillsCommand::List { group, json } => s::list(group, json).await,
+        SkillsCommand::Show { name, group, json } => s::show(name, group, json).await,
+        SkillsCommand::Check { group, json } => s::check(group, json).await,
+        SkillsCommand::Install {
+            source,
+            sha256,
+            reference,
+            commit,
+            subdir,
+            group,
+            json,
+        } => {
+            let from = s::InstallFrom {
+                source,
+                sha256,
+                reference,
+                commit,
+                subdir,
+            };
+            s::install(from, group, json).await
+        }
+        SkillsCommand::Enable { names, group, json } => s::enable(names, group, json).await,
+        SkillsCommand::Disable {
+            names,
+            group,
+            with_dependents,
+            json,
+        } => s::disable(names, group, with_dependents, json).await,
+        SkillsCommand::Approve { name, group, json } => s::approve(name, group, json).await,
+        SkillsCommand::Graph { group, format } => s::graph(group, format).await,
     }
 }

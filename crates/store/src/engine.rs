@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_outbound_files.sql"),
     include_str!("../migrations/0011_reply_routes.sql"),
     include_str!("../migrations/0012_memories.sql"),
+    include_str!("../migrations/0013_skills.sql"),
 ];
 
 /// The schema version this build knows.

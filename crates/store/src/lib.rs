@@ -22,6 +22,7 @@ mod model;
 mod mounts;
 mod outbound;
 mod sessions;
+mod skills;
 mod tasks;
 mod usage;
 mod vault;
@@ -49,6 +50,10 @@ pub use model::{
 pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.
 pub use rusqlite;
+pub use skills::{
+    ActiveSkillEgress, GroupSkill, GroupSkillState, NewGroupSkill, SkillEgress, SkillSecret,
+    SkillSecretGrant,
+};
 pub use tasks::{
     FailedRun, FireTask, FiredRun, NewTask, RunStatus, TASK_FAILING_AFTER, Task, TaskChanges,
     TaskRunRow, TaskStatus,

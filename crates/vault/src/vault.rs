@@ -366,12 +366,22 @@ impl Vault {
         group_folder: &str,
     ) -> Result<Vec<(String, String)>, VaultError> {
         let mut out: Vec<(String, String)> = Vec::new();
-        for (grant, version) in self.store().vault_group_grants(group_folder).await? {
-            let env = env_name(&grant.secret_name);
+        let hand = self.store().vault_group_grants(group_folder).await?;
+        let skills = self.store().skill_secret_grants(group_folder).await?;
+        let granted = hand
+            .iter()
+            .map(|(g, v)| (g.secret_name.as_str(), v.version))
+            .chain(
+                skills
+                    .iter()
+                    .map(|s| (s.secret_name.as_str(), s.version.version)),
+            );
+        for (name, version) in granted {
+            let env = env_name(name);
             if out.iter().any(|(e, _)| *e == env) {
                 continue;
             }
-            out.push((env, self.placeholder(&grant.secret_name, version.version)));
+            out.push((env, self.placeholder(name, version)));
         }
         Ok(out)
     }
@@ -412,6 +422,17 @@ impl Vault {
             }
             usable = Some(v);
             break;
+        }
+        // An enabled skill's declared secret, on one of its declared hosts (placeholders only:
+        // a skill grant never injects by itself). Paused skills' grants are not listed.
+        if usable.is_none() {
+            usable = self
+                .store()
+                .skill_secret_grants(group_folder)
+                .await?
+                .into_iter()
+                .find(|s| s.secret_name == name && host_matches(&s.host, &host))
+                .map(|s| s.version);
         }
         let Some(current) = usable else {
             return Ok(None);

@@ -11,6 +11,7 @@ pub mod group;
 pub mod image;
 pub mod memory;
 pub mod run;
+pub mod skills;
 pub mod status;
 pub mod tasks;
 pub mod vault;

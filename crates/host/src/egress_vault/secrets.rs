@@ -24,7 +24,12 @@ impl EgressSecrets for VaultSecrets {
     async fn injects_for(&self, group: &str, host: &str) -> Result<bool, SecretsError> {
         let host = normalize_host(host);
         let grants = self.vault.store().vault_group_grants(group).await?;
-        Ok(grants.iter().any(|(g, _)| host_matches(&g.host, &host)))
+        if grants.iter().any(|(g, _)| host_matches(&g.host, &host)) {
+            return Ok(true);
+        }
+        // An enabled skill's secret: intercepted so its placeholder can be swapped in.
+        let skills = self.vault.store().skill_secret_grants(group).await?;
+        Ok(skills.iter().any(|s| host_matches(&s.host, &host)))
     }
 
     async fn injection(
@@ -55,9 +60,16 @@ impl EgressSecrets for VaultSecrets {
     async fn bound_to(&self, group: &str, name: &str, host: &str) -> Result<bool, SecretsError> {
         let host = normalize_host(host);
         let grants = self.vault.store().vault_group_grants(group).await?;
-        Ok(grants
+        if grants
             .iter()
-            .any(|(g, _)| g.secret_name == name && host_matches(&g.host, &host)))
+            .any(|(g, _)| g.secret_name == name && host_matches(&g.host, &host))
+        {
+            return Ok(true);
+        }
+        let skills = self.vault.store().skill_secret_grants(group).await?;
+        Ok(skills
+            .iter()
+            .any(|s| s.secret_name == name && host_matches(&s.host, &host)))
     }
 
     async fn leak_guard(&self) -> Result<Option<Arc<LeakGuard>>, SecretsError> {

@@ -69,6 +69,17 @@ pub(super) async fn route_inbound(inner: &Arc<Inner>, mut event: InboundEvent) {
         }
         return;
     }
+    // The owner's `/skills` and `/skill-graph` in the main chat, answered by the host.
+    if let Some(outcome) = crate::skills::chat::intercept(&inner.store, &inner.paths, &event).await
+    {
+        inner.delivery_wake.notify_one();
+        if let Some(ack) = ack {
+            let _ = ack.send(outcome);
+        }
+        return;
+    }
+    // A skill's `/command` becomes its prompt for the groups that enabled the skill.
+    crate::skills::chat::expand_command(&inner.store, &inner.paths, &mut event).await;
     let outcome = route_event(inner, &event).await;
     tracing::debug!(channel = %event.channel, chat = %event.chat_id, ?outcome, "routed");
     if let Some(ack) = ack {

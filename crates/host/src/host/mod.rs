@@ -164,6 +164,7 @@ impl Host {
         let store = open_store(&paths, &config).await?;
         // Before any agent runs: nothing is being copied into the outbox right now.
         crate::outbox::sweep_unsent(&store, paths.outbox_dir()).await;
+        crate::skills::builtin::write_at_start(&paths);
         let PoolParts {
             pool,
             runtime_error,

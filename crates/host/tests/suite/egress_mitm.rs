@@ -62,8 +62,12 @@ async fn https_upstream() -> Upstream {
     let root_cert = root_params.self_signed(&root_key).unwrap();
     let issuer = rcgen::Issuer::new(root_params, root_key);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf_params =
-        rcgen::CertificateParams::new(vec!["api.test".into(), "other.test".into()]).unwrap();
+    let leaf_params = rcgen::CertificateParams::new(vec![
+        "api.test".into(),
+        "other.test".into(),
+        "skill.test".into(),
+    ])
+    .unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -222,8 +226,15 @@ async fn start_tuned(tune: impl FnOnce(EgressProxy) -> EgressProxy) -> Fixture {
         .unwrap();
     policy.ports = vec![up.port];
     policy.guard = AddressGuard::allow_loopback_for_tests();
+    // skill.test: allowed only by an enabled skill that declares GET.
+    policy.skill_allow.push(nanoclaw_egress::SkillRule {
+        skill: "tracker".into(),
+        pattern: nanoclaw_egress::DomainPattern::parse("skill.test").unwrap(),
+        methods: vec![http::Method::GET],
+    });
     let local: IpAddr = "127.0.0.1".parse().unwrap();
     let resolver = StaticResolver::new()
+        .with("skill.test", &[local])
         .with("api.test", &[local])
         .with("other.test", &[local])
         .with("plain.test", &[local]);
@@ -907,4 +918,33 @@ async fn slow_request_heads_and_bodies_are_cut_off_and_audited() {
             .any(|r| r.status == 408 && r.reason.starts_with("body_timeout")),
         "{audited:?}"
     );
+}
+
+/// A host only a skill allows is intercepted (it has no grant) so each request's method is
+/// checked against the skill's declared methods inside the tunnel.
+#[tokio::test]
+async fn a_skill_only_host_is_intercepted_and_takes_only_the_declared_methods() {
+    let fx = start().await;
+    let client = fx.client();
+    let ok = client
+        .get(fx.url("skill.test", "/items"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(fx.last_seen().host_sni, "skill.test");
+    let before = fx.seen_count();
+    let refused = client
+        .post(fx.url("skill.test", "/items"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("only by a skill") && body.contains("GET"),
+        "{body}"
+    );
+    assert_eq!(fx.seen_count(), before, "the refused request never left");
 }

@@ -24,6 +24,7 @@ mod outgoing_files;
 mod relay_tcp;
 mod relay_transport;
 mod routing;
+mod skills;
 mod task_properties;
 mod tasks;
 mod vault_approvals;

@@ -1,0 +1,284 @@
+//! Skills from the owner's main chat: `/skills` lists each group's skills with their states,
+//! `/skill-graph [group]` draws the requirement graph as text. Answered by the host and never
+//! passed to an agent; the same words from any other chat are ordinary messages (like
+//! `/approve`, see `approvals.rs`).
+
+use nanoclaw_skills::{Format, SkillState};
+use nanoclaw_store::{GroupSkillState, NewOutbound, OutboundKind, Store, StoreError};
+
+use crate::channel::{InboundEvent, RouteOutcome};
+use crate::config::Paths;
+
+/// A skills command of the owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/skills`
+    List,
+    /// `/skill-graph [group]`
+    Graph(Option<String>),
+}
+
+/// `/skills` and `/skill-graph [group]`; anything else is not a skills command.
+pub fn parse(text: &str) -> Option<Command> {
+    let mut words = text.split_whitespace();
+    match (words.next()?, words.next(), words.next()) {
+        ("/skills", None, _) => Some(Command::List),
+        ("/skill-graph", group, None) => Some(Command::Graph(group.map(str::to_owned))),
+        _ => None,
+    }
+}
+
+/// Answers a skills command from the owner's main chat (queued in that chat); `None` for
+/// anything else, including such a command from another chat.
+pub async fn intercept(store: &Store, paths: &Paths, event: &InboundEvent) -> Option<RouteOutcome> {
+    let command = parse(&event.text)?;
+    let chat_id = match main_chat(store, event).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return None,
+        Err(e) => {
+            return Some(RouteOutcome::Failed(format!(
+                "could not check who may use skills commands: {e}"
+            )));
+        }
+    };
+    let reply = match answer(store, paths, &command).await {
+        Ok(text) => text,
+        Err(e) => format!("Could not read the skills: {e}"),
+    };
+    let row = NewOutbound {
+        session_id: None,
+        chat_id,
+        in_reply_to: None,
+        idempotency_key: format!(
+            "skills-reply:{}:{}:{}",
+            event.channel, event.chat_id, event.platform_msg_id
+        ),
+        text: reply,
+        kind: OutboundKind::Message,
+        files: Vec::new(),
+    };
+    Some(match store.insert_outbound(row).await {
+        Ok(Some(_)) => RouteOutcome::Accepted,
+        Ok(None) => RouteOutcome::Duplicate,
+        Err(e) => RouteOutcome::Failed(format!("could not queue the answer: {e}")),
+    })
+}
+
+/// The chat's id when it is one of the owner's main chats and wired to the main group.
+async fn main_chat(store: &Store, event: &InboundEvent) -> Result<Option<i64>, StoreError> {
+    if !crate::host::is_owner(store, &event.channel, &event.chat_id).await? {
+        return Ok(None);
+    }
+    let Some(chat) = store
+        .chat_by_platform(event.channel.clone(), event.chat_id.clone())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let wirings = store.wirings_for_chat(chat.id).await?;
+    Ok(wirings.iter().any(|(_, g)| g.is_main).then_some(chat.id))
+}
+
+/// The text answer to `command`.
+pub async fn answer(store: &Store, paths: &Paths, command: &Command) -> Result<String, String> {
+    let groups = store.list_groups().await.map_err(|e| e.to_string())?;
+    match command {
+        Command::List => {
+            let mut out = String::from("Skills by group:\n");
+            for g in &groups {
+                let rows = store
+                    .group_skills(g.id.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let catalog = super::load_catalog_blocking(paths, &g.folder).await?;
+                out.push_str(&format!("\n{}:\n", g.folder));
+                for entry in catalog.entries() {
+                    let row = rows.iter().find(|r| r.skill == entry.name);
+                    let state = match (row, entry.error()) {
+                        (_, Some(_)) => "broken".to_owned(),
+                        (Some(r), None) if r.state == GroupSkillState::Paused => format!(
+                            "paused: {}",
+                            r.paused_reason.as_deref().unwrap_or("changed")
+                        ),
+                        (Some(_), None) => "enabled".to_owned(),
+                        (None, None) => "disabled".to_owned(),
+                    };
+                    out.push_str(&format!("  {} [{state}]\n", entry.name));
+                }
+                for r in rows.iter().filter(|r| {
+                    catalog.get(&r.skill).is_none() && r.state == GroupSkillState::Paused
+                }) {
+                    out.push_str(&format!(
+                        "  {} [paused: {}]\n",
+                        r.skill,
+                        r.paused_reason.as_deref().unwrap_or("gone")
+                    ));
+                }
+                if catalog.entries().next().is_none() && rows.is_empty() {
+                    out.push_str("  (no skills installed)\n");
+                }
+            }
+            out.push_str("\nEnable one with `nanoclaw skills enable NAME --group G`.");
+            Ok(out)
+        }
+        Command::Graph(folder) => {
+            let group = match folder {
+                Some(f) => groups.iter().find(|g| &g.folder == f).ok_or_else(|| {
+                    format!("there is no group {f:?}; `/skills` lists the groups")
+                })?,
+                None => groups
+                    .iter()
+                    .find(|g| g.is_main)
+                    .ok_or_else(|| "there is no main group".to_owned())?,
+            };
+            graph_text(store, paths, &group.id, &group.folder, Format::Text).await
+        }
+    }
+}
+
+/// The group's requirement graph in `format`: enabled (and paused, shown disabled with a
+/// note), disabled and broken skills.
+pub async fn graph_text(
+    store: &Store,
+    paths: &Paths,
+    group_id: &str,
+    folder: &str,
+    format: Format,
+) -> Result<String, String> {
+    let rows = store
+        .group_skills(group_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let catalog = super::load_catalog_blocking(paths, folder).await?;
+    let enabled: Vec<String> = rows
+        .iter()
+        .filter(|r| r.state == GroupSkillState::Enabled)
+        .map(|r| r.skill.clone())
+        .collect();
+    let mut states = catalog.states(&enabled);
+    // A paused skill does not run: not enabled, whatever requires it.
+    for r in rows.iter().filter(|r| r.state == GroupSkillState::Paused) {
+        if let Some(s) = states.get_mut(&r.skill)
+            && *s == SkillState::Enabled
+        {
+            *s = SkillState::Disabled;
+        }
+    }
+    let mut out = catalog.graph().render(format, &states);
+    if format == Format::Text {
+        for r in rows.iter().filter(|r| r.state == GroupSkillState::Paused) {
+            out.push_str(&format!(
+                "[paused] {}: {}\n",
+                r.skill,
+                r.paused_reason.as_deref().unwrap_or("changed")
+            ));
+        }
+        if out.trim().is_empty() {
+            out = format!("group {folder} has no skills installed\n");
+        }
+    }
+    Ok(out)
+}
+
+/// A skill's chat command in a message: `/name` and the rest of the text.
+pub fn parse_skill_command(text: &str) -> Option<(&str, &str)> {
+    let rest = text.trim_start().strip_prefix('/')?;
+    let (name, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    // Command names follow the skill-name rule (lower-case letters, digits, hyphens).
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    valid.then_some((name, args.trim()))
+}
+
+/// `/name args` in a chat wired to a group that enabled a skill with a prompt command `name`:
+/// the message becomes that prompt (and the arguments), addressed to the assistant (the
+/// command is an explicit call, so a word or mention trigger is satisfied). Sender allowlists
+/// still apply. Nothing changes for any other message.
+pub async fn expand_command(store: &Store, paths: &Paths, event: &mut InboundEvent) {
+    let Some((name, args)) = parse_skill_command(&event.text) else {
+        return;
+    };
+    let (name, args) = (name.to_owned(), args.to_owned());
+    let chat = match store
+        .chat_by_platform(event.channel.clone(), event.chat_id.clone())
+        .await
+    {
+        Ok(Some(chat)) => chat,
+        _ => return,
+    };
+    let Ok(wirings) = store.wirings_for_chat(chat.id).await else {
+        return;
+    };
+    for (_, group) in wirings {
+        let Ok(rows) = store.group_skills(group.id.as_str()).await else {
+            continue;
+        };
+        if !rows.iter().any(|r| r.state == GroupSkillState::Enabled) {
+            continue;
+        }
+        let Ok(catalog) = super::load_catalog_blocking(paths, &group.folder).await else {
+            continue;
+        };
+        // Only skills that would be given to the agent: enabled, with the approved hash.
+        let (prepared, _) = super::check(&catalog, &rows);
+        for info in &prepared.skills {
+            let Some(skill) = catalog.skill(&info.name) else {
+                continue;
+            };
+            let Some(prompt) = skill
+                .manifest
+                .commands
+                .get(&name)
+                .and_then(|c| c.prompt.as_deref())
+            else {
+                continue;
+            };
+            tracing::info!(group = %group.folder, skill = %info.name, command = %name, "skill chat command");
+            let mut text = format!("{} {prompt}", group.trigger);
+            if !args.is_empty() {
+                text.push_str(&format!("\n\n{args}"));
+            }
+            event.text = text;
+            event.mentions_me = true;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_commands_are_taken() {
+        assert_eq!(parse("/skills"), Some(Command::List));
+        assert_eq!(parse("  /skills  "), Some(Command::List));
+        assert_eq!(parse("/skill-graph"), Some(Command::Graph(None)));
+        assert_eq!(
+            parse("/skill-graph family"),
+            Some(Command::Graph(Some("family".into())))
+        );
+        assert_eq!(parse("/skills please"), None);
+        assert_eq!(parse("/skill-graph a b"), None);
+        assert_eq!(parse("what /skills do you have"), None);
+        assert_eq!(parse("/skillz"), None);
+    }
+
+    #[test]
+    fn skill_commands_are_a_slash_and_a_skill_style_name() {
+        assert_eq!(
+            parse_skill_command("/weekly-summary"),
+            Some(("weekly-summary", ""))
+        );
+        assert_eq!(
+            parse_skill_command("/weekly-summary  last month please "),
+            Some(("weekly-summary", "last month please"))
+        );
+        assert_eq!(parse_skill_command("weekly-summary"), None);
+        assert_eq!(parse_skill_command("/Weekly"), None);
+        assert_eq!(parse_skill_command("/"), None);
+        assert_eq!(parse_skill_command("/a/b"), None);
+    }
+}
