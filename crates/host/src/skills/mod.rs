@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod chat;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -325,7 +326,37 @@ pub async fn prepare(store: &Store, paths: &Paths, group: &Group) -> Result<Prep
         return Ok(Prepared::default());
     }
     let catalog = load_catalog_blocking(paths, &group.folder).await?;
-    let (prepared, pauses) = check(&catalog, &rows);
+    let (mut prepared, pauses) = check(&catalog, &rows);
+    // Mount copies of exactly the approved files (see snapshot.rs), made on the blocking pool.
+    let sources: Vec<(PathBuf, String)> = prepared
+        .mounts
+        .iter()
+        .map(|m| {
+            let name = m
+                .sandbox_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let hash = rows
+                .iter()
+                .find(|r| r.skill == name)
+                .map(|r| r.content_hash.clone())
+                .unwrap_or_default();
+            (m.host_path.clone(), hash)
+        })
+        .collect();
+    let snapshot_paths = paths.clone();
+    let snapshots = tokio::task::spawn_blocking(move || {
+        sources
+            .iter()
+            .map(|(dir, hash)| snapshot::ensure(&snapshot_paths, dir, hash))
+            .collect::<Result<Vec<PathBuf>, String>>()
+    })
+    .await
+    .map_err(|e| format!("preparing the skills' snapshots: {e}"))??;
+    for (mount, snap) in prepared.mounts.iter_mut().zip(snapshots) {
+        mount.host_path = snap;
+    }
     for p in pauses {
         let newly = store
             .pause_skill(

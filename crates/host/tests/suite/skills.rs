@@ -546,3 +546,50 @@ async fn enabling_pulls_in_requirements_and_schedules_and_disabling_respects_dep
     );
     host.shutdown().await;
 }
+
+/// A bundled skill end to end: the built-in `web-research` enabled from the CLI, its script tool
+/// run by the agent inside the sandbox (as the sandbox user, also when the host is root: the
+/// scripts are two folders deep in a read-only mount), its request through the egress proxy,
+/// which refuses a host the skill did not declare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundled_skills_script_tool_runs_in_the_sandbox_through_the_proxy() {
+    let home = TestHome::new();
+    let scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(
+            Matcher::LastIsToolResult,
+            Reply::text("Tool said: {{last_tool_result}}"),
+        )
+        .rule(
+            Matcher::last_user_text_contains("read the page"),
+            Reply::tool_call(
+                "web-research__fetch_page",
+                json!({"url": "http://undeclared.example/secret-plans"}),
+            ),
+        )
+        .rule(Matcher::Always, Reply::text("nothing to do"));
+    let model = ScriptedModel::start(scenario).await.unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+
+    let (ok, out) = run_cli(home.path(), &["skills", "enable", "web-research"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("html.duckduckgo.com"),
+        "enable lists the grants: {out}"
+    );
+    let (_, text) = ask(&mut client, "read the page for me").await;
+    assert!(text.starts_with("Tool said:"), "{text}");
+    // The script ran (its own message format) and the proxy refused the undeclared host.
+    assert!(
+        text.contains("HTTP 403") && text.contains("http://undeclared.example/secret-plans"),
+        "{text}"
+    );
+    assert!(!text.contains("Permission denied"), "{text}");
+    let prompt = last_system_prompt(&model);
+    assert!(
+        prompt.contains("- web-research (/workspace/skills/web-research)"),
+        "{prompt}"
+    );
+    host.shutdown().await;
+}
