@@ -2,7 +2,7 @@
 //! agent in `hello`, the agent starts them inside the native sandbox (the reference
 //! `mcp-server-time` and `mcp-server-fetch` from PyPI, in a virtual environment the group
 //! mounts read-only), and the scripted model calls their tools; fetch's network goes through
-//! the group's egress proxy.
+//! the group's egress proxy. A skill's declared MCP server comes and goes with the skill.
 
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,9 +32,13 @@ fn venv() -> PathBuf {
     std::fs::canonicalize(venv).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_groups_mcp_servers_run_in_the_sandbox_and_their_network_goes_through_the_proxy() {
-    let home = TestHome::new();
+/// A daemon on `home` whose main group mounts the MCP venv read-only at `/workspace/extra/mcp`
+/// (through the allowlist) and has `group_config` in its config.toml.
+async fn host_with_mcp_venv(
+    home: &TestHome,
+    model: &ScriptedModel,
+    group_config: &str,
+) -> (KillOnDrop, tempfile::TempDir) {
     let allow_dir = tempfile::tempdir().unwrap();
     let allowlist = allow_dir.path().join("mount-allowlist.toml");
     let venv = venv();
@@ -48,16 +52,7 @@ async fn a_groups_mcp_servers_run_in_the_sandbox_and_their_network_goes_through_
     // That path exists only inside the sandbox, so the server cannot have run anywhere else.
     std::fs::write(
         home.path().join("config.toml"),
-        format!(
-            "{NATIVE_CONFIG_TOML}
-[groups.main.mcp_servers.time]
-command = \"/workspace/extra/mcp/bin/python3\"
-args = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"]
-[groups.main.mcp_servers.fetch]
-command = \"/workspace/extra/mcp/bin/python3\"
-args = [\"-m\", \"mcp_server_fetch\", \"--ignore-robots-txt\"]
-"
-        ),
+        format!("{NATIVE_CONFIG_TOML}\n{group_config}"),
     )
     .unwrap();
     let store = Store::open(&home.path().join("nanoclaw.db")).unwrap();
@@ -72,25 +67,6 @@ args = [\"-m\", \"mcp_server_fetch\", \"--ignore-robots-txt\"]
         .unwrap();
     drop(store);
 
-    let scenario = Scenario::new()
-        .with_api_key(TEST_KEY)
-        .rule(
-            Matcher::LastIsToolResult,
-            Reply::text("TIME[{{last_tool_result}}]"),
-        )
-        .rule(
-            Matcher::LastUserTextContains("Tokyo".into()),
-            Reply::tool_call("time__get_current_time", json!({"timezone": "Asia/Tokyo"})),
-        )
-        .rule(
-            Matcher::LastUserTextContains("fetch".into()),
-            Reply::tool_call(
-                "fetch__fetch",
-                json!({"url": "http://ungranted.example/page"}),
-            ),
-        )
-        .rule(Matcher::Always, Reply::text("nothing to do"));
-    let model = ScriptedModel::start(scenario).await.unwrap();
     let out = nanoclaw_command(
         home.path(),
         &model,
@@ -115,7 +91,7 @@ args = [\"-m\", \"mcp_server_fetch\", \"--ignore-robots-txt\"]
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _daemon = KillOnDrop(
+    let daemon = KillOnDrop(
         daemon_command(
             home.path(),
             &model,
@@ -128,6 +104,43 @@ args = [\"-m\", \"mcp_server_fetch\", \"--ignore-robots-txt\"]
         .spawn()
         .unwrap(),
     );
+    (daemon, allow_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_mcp_servers_run_in_the_sandbox_and_their_network_goes_through_the_proxy() {
+    let home = TestHome::new();
+    let scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(
+            Matcher::LastIsToolResult,
+            Reply::text("TIME[{{last_tool_result}}]"),
+        )
+        .rule(
+            Matcher::LastUserTextContains("Tokyo".into()),
+            Reply::tool_call("time__get_current_time", json!({"timezone": "Asia/Tokyo"})),
+        )
+        .rule(
+            Matcher::LastUserTextContains("fetch".into()),
+            Reply::tool_call(
+                "fetch__fetch",
+                json!({"url": "http://ungranted.example/page"}),
+            ),
+        )
+        .rule(Matcher::Always, Reply::text("nothing to do"));
+    let model = ScriptedModel::start(scenario).await.unwrap();
+    let (_daemon, _allow) = host_with_mcp_venv(
+        &home,
+        &model,
+        "[groups.main.mcp_servers.time]
+command = \"/workspace/extra/mcp/bin/python3\"
+args = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"]
+[groups.main.mcp_servers.fetch]
+command = \"/workspace/extra/mcp/bin/python3\"
+args = [\"-m\", \"mcp_server_fetch\", \"--ignore-robots-txt\"]
+",
+    )
+    .await;
     let mut client = connect_client(home.path()).await;
     let (kind, reply) = ask(&mut client, "what time is it in Tokyo?").await;
     let log = std::fs::read_to_string(home.path().join("daemon.log")).unwrap_or_default();
@@ -171,5 +184,101 @@ args = [\"-m\", \"mcp_server_fetch\", \"--ignore-robots-txt\"]
     assert!(
         reply.contains("403"),
         "the proxy's refusal reaches the model: {reply}\n{log}"
+    );
+}
+
+/// `nanoclaw ARGS` on `home` as the owner runs it, while the daemon runs: (success, output).
+fn owner_cli(home: &std::path::Path, model: &ScriptedModel, args: &[&str]) -> (bool, String) {
+    let out = nanoclaw_command(home, model, Some(TEST_KEY), args)
+        .env("NANOCLAW_RUNTIME", "native")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The tools the model was offered in its latest request.
+fn offered_tools(model: &ScriptedModel) -> Vec<String> {
+    let requests = model.requests();
+    let last = requests.last().expect("the model was asked");
+    last.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// An MCP server declared by a skill (`[mcp_servers]` in its skill.toml): enabled from the CLI
+/// while the host runs, the next turn's agent starts it in the sandbox and the model calls it as
+/// `<server>__<tool>`; disabled, the next turn no longer offers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skills_mcp_server_comes_and_goes_with_the_skill() {
+    let home = TestHome::new();
+    let skill = home.path().join("skills/clock");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "---\nname: clock\ndescription: Tells the time anywhere. Use when asked what time it is.\n---\nCall clock__get_current_time.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        skill.join("skill.toml"),
+        "version = \"1.0.0\"\n\n[mcp_servers.clock]\ncommand = \"/workspace/extra/mcp/bin/python3\"\nargs = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"]\n",
+    )
+    .unwrap();
+    let scenario = Scenario::new()
+        .with_api_key(TEST_KEY)
+        .rule(
+            Matcher::LastIsToolResult,
+            Reply::text("CLOCK[{{last_tool_result}}]"),
+        )
+        .rule(
+            Matcher::LastUserTextContains("Sydney".into()),
+            Reply::tool_call(
+                "clock__get_current_time",
+                json!({"timezone": "Australia/Sydney"}),
+            ),
+        )
+        .rule(Matcher::Always, Reply::text("nothing to do"));
+    let model = ScriptedModel::start(scenario).await.unwrap();
+    let (_daemon, _allow) = host_with_mcp_venv(&home, &model, "").await;
+    let mut client = connect_client(home.path()).await;
+
+    let (_, reply) = ask(&mut client, "hello").await;
+    assert_eq!(reply, "nothing to do");
+    assert!(
+        !offered_tools(&model)
+            .iter()
+            .any(|t| t.starts_with("clock__"))
+    );
+
+    let (ok, out) = owner_cli(home.path(), &model, &["skills", "enable", "clock"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("clock"), "enable names the MCP server: {out}");
+    let (kind, reply) = ask(&mut client, "what time is it in Sydney?").await;
+    let log = std::fs::read_to_string(home.path().join("daemon.log")).unwrap_or_default();
+    assert_eq!(kind, "reply", "{reply}\n{log}");
+    assert!(reply.starts_with("CLOCK["), "{reply}\n{log}");
+    assert!(reply.contains("Australia/Sydney"), "{reply}");
+    assert!(
+        reply.contains("+10:00") || reply.contains("+11:00"),
+        "the real server's answer: {reply}"
+    );
+
+    let (ok, out) = owner_cli(home.path(), &model, &["skills", "disable", "clock"]);
+    assert!(ok, "{out}");
+    let (_, reply) = ask(&mut client, "hello again").await;
+    assert_eq!(reply, "nothing to do");
+    let tools = offered_tools(&model);
+    assert!(
+        !tools.iter().any(|t| t.starts_with("clock__")),
+        "gone after disable: {tools:?}"
     );
 }
