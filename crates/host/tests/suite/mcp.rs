@@ -69,7 +69,7 @@ async fn host_with_mcp_venv(
 
     let out = nanoclaw_command(
         home.path(),
-        &model,
+        model,
         Some(TEST_KEY),
         &[
             "group",
@@ -94,7 +94,7 @@ async fn host_with_mcp_venv(
     let daemon = KillOnDrop(
         daemon_command(
             home.path(),
-            &model,
+            model,
             TEST_KEY,
             &nanoclaw_test_support::agent_binary(),
         )
