@@ -118,7 +118,7 @@ pub struct Intercepted {
 /// including such a command from any other chat, which stays an ordinary message.
 pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<Intercepted> {
     let (approve, subject, n) = parse_command(&event.text)?;
-    let chat_id = match from_main_chat(store, event).await {
+    let chat_id = match crate::host::owner_command_chat(store, event).await {
         Ok(Some(chat_id)) => chat_id,
         Ok(None) => return None,
         Err(e) => {
@@ -161,23 +161,6 @@ pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<Intercepte
         Err(e) => RouteOutcome::Failed(format!("could not queue the confirmation: {e}")),
     };
     Some(Intercepted { outcome, replay })
-}
-
-/// The chat's id when it is wired to the main group.
-async fn from_main_chat(store: &Store, event: &InboundEvent) -> Result<Option<i64>, StoreError> {
-    // Only the owner's own main chats decide (the terminal, and direct chats the owner made
-    // main chats): members of any other chat wired to main are not the owner.
-    if !crate::host::is_owner(store, &event.channel, &event.chat_id).await? {
-        return Ok(None);
-    }
-    let Some(chat) = store
-        .chat_by_platform(event.channel.clone(), event.chat_id.clone())
-        .await?
-    else {
-        return Ok(None);
-    };
-    let wirings = store.wirings_for_chat(chat.id).await?;
-    Ok(wirings.iter().any(|(_, g)| g.is_main).then_some(chat.id))
 }
 
 async fn decide(

@@ -30,19 +30,11 @@ impl Tool for ListGroupsTool {
     }
 
     async fn run(&self, _input: Value, ctx: &ToolContext) -> ToolOutput {
-        match ctx
-            .host
-            .request(&ctx.turn_id, RequestAction::ListGroups, TIMEOUT)
-            .await
-        {
-            Ok(result) if result.ok => ToolOutput::ok(
-                serde_json::to_string_pretty(&result.data).unwrap_or_else(|_| "[]".into()),
-            ),
-            Ok(result) => ToolOutput::error(format!(
-                "the host refused: {}",
-                result.error.as_deref().unwrap_or("no reason given")
-            )),
-            Err(e) => ToolOutput::error(e.to_string()),
+        match super::ask_host(ctx, RequestAction::ListGroups, TIMEOUT, "the host refused").await {
+            Ok(data) => {
+                ToolOutput::ok(serde_json::to_string_pretty(&data).unwrap_or_else(|_| "[]".into()))
+            }
+            Err(refused) => refused,
         }
     }
 }

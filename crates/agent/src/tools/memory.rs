@@ -25,15 +25,12 @@ const NAMESPACE_HELP: &str = "\"shared\" (the default) for what any conversation
 
 /// Sends `action`; the host's data as pretty JSON, or why it refused.
 async fn ask_host(ctx: &ToolContext, action: RequestAction, what: &str) -> ToolOutput {
-    match ctx.host.request(&ctx.turn_id, action, TIMEOUT).await {
-        Ok(result) if result.ok => ToolOutput::ok(
-            serde_json::to_string_pretty(&result.data).unwrap_or_else(|_| result.data.to_string()),
-        ),
-        Ok(result) => ToolOutput::error(format!(
-            "the host refused to {what}: {}",
-            result.error.as_deref().unwrap_or("no reason given")
-        )),
-        Err(e) => ToolOutput::error(e.to_string()),
+    let refused = format!("the host refused to {what}");
+    match super::ask_host(ctx, action, TIMEOUT, &refused).await {
+        Ok(data) => {
+            ToolOutput::ok(serde_json::to_string_pretty(&data).unwrap_or_else(|_| data.to_string()))
+        }
+        Err(refused) => refused,
     }
 }
 

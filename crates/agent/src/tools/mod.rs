@@ -238,6 +238,24 @@ pub(crate) fn parse_action(tool: &str, input: Value) -> Result<RequestAction, To
     parse_input(tool, Value::Object(fields))
 }
 
+/// Sends `action` to the host and waits up to `timeout`: the host's data, or the tool's error
+/// (`refused` and the host's reason, e.g. "the host refused: …").
+pub(crate) async fn ask_host(
+    ctx: &ToolContext,
+    action: RequestAction,
+    timeout: std::time::Duration,
+    refused: &str,
+) -> Result<Value, ToolOutput> {
+    match ctx.host.request(&ctx.turn_id, action, timeout).await {
+        Ok(result) if result.ok => Ok(result.data),
+        Ok(result) => Err(ToolOutput::error(format!(
+            "{refused}: {}",
+            result.error.as_deref().unwrap_or("no reason given")
+        ))),
+        Err(e) => Err(ToolOutput::error(e.to_string())),
+    }
+}
+
 /// The error for a parsed action of another kind than the tool's own (cannot happen: the
 /// action tag is the tool's name).
 pub(crate) fn not_this_action(tool: &str) -> ToolOutput {

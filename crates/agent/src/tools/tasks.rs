@@ -57,22 +57,13 @@ fn script_help() -> String {
 /// Sends `action` and turns the host's answer into the tool's output: the host's data as
 /// pretty JSON (or `done` when it sent none), or why it refused.
 async fn ask_host(ctx: &ToolContext, action: RequestAction, what: &str, done: &str) -> ToolOutput {
-    match ctx.host.request(&ctx.turn_id, action, TIMEOUT).await {
-        Ok(result) if result.ok => {
-            if result.data.is_null() {
-                ToolOutput::ok(done)
-            } else {
-                ToolOutput::ok(
-                    serde_json::to_string_pretty(&result.data)
-                        .unwrap_or_else(|_| result.data.to_string()),
-                )
-            }
+    let refused = format!("the host refused to {what}");
+    match super::ask_host(ctx, action, TIMEOUT, &refused).await {
+        Ok(data) if data.is_null() => ToolOutput::ok(done),
+        Ok(data) => {
+            ToolOutput::ok(serde_json::to_string_pretty(&data).unwrap_or_else(|_| data.to_string()))
         }
-        Ok(result) => ToolOutput::error(format!(
-            "the host refused to {what}: {}",
-            result.error.as_deref().unwrap_or("no reason given")
-        )),
-        Err(e) => ToolOutput::error(e.to_string()),
+        Err(refused) => refused,
     }
 }
 

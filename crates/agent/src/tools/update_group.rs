@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use nanoclaw_protocol::RequestAction;
 use serde_json::{Value, json};
 
-use super::{Tool, ToolContext, ToolOutput, not_this_action, parse_action};
+use super::{Tool, ToolContext, ToolOutput, ask_host, not_this_action, parse_action};
 use crate::provider::ToolSpec;
 
 pub struct UpdateGroupTool;
@@ -54,13 +54,9 @@ impl Tool for UpdateGroupTool {
             Ok(_) => return not_this_action(tool),
             Err(e) => return e,
         };
-        match ctx.host.request(&ctx.turn_id, action, TIMEOUT).await {
-            Ok(result) if result.ok => ToolOutput::ok(result.data.to_string()),
-            Ok(result) => ToolOutput::error(format!(
-                "the host refused: {}",
-                result.error.as_deref().unwrap_or("no reason given")
-            )),
-            Err(e) => ToolOutput::error(e.to_string()),
+        match ask_host(ctx, action, TIMEOUT, "the host refused").await {
+            Ok(data) => ToolOutput::ok(data.to_string()),
+            Err(refused) => refused,
         }
     }
 }

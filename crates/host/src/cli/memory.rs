@@ -5,22 +5,7 @@
 use std::process::ExitCode;
 
 use nanoclaw_host::memory::memory_view;
-use nanoclaw_store::{Group, Memory, MemoryQuery, Store};
-
-/// The group named by `folder`, or the owner's main group.
-async fn group(store: &Store, folder: Option<String>) -> anyhow::Result<Group> {
-    match folder {
-        Some(f) => store.group_by_folder(f.as_str()).await?.ok_or_else(|| {
-            anyhow::anyhow!("no group with folder {f:?}; see `nanoclaw group list`")
-        }),
-        None => store
-            .list_groups()
-            .await?
-            .into_iter()
-            .find(|g| g.is_main)
-            .ok_or_else(|| anyhow::anyhow!("there is no main group yet; name one with --group")),
-    }
-}
+use nanoclaw_store::{Memory, MemoryQuery};
 
 fn print_table(memories: &[&Memory]) {
     println!("{:<8} {:<20} {:<20} text", "id", "namespace", "saved");
@@ -47,7 +32,7 @@ pub async fn search(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let (_, _, store) = super::open_existing()?;
-    let group = group(&store, folder).await?;
+    let group = super::group_or_main(&store, folder).await?;
     let hits = store
         .search_memories(MemoryQuery {
             group_id: group.id.clone(),
@@ -91,7 +76,7 @@ pub async fn list(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let (_, _, store) = super::open_existing()?;
-    let group = group(&store, folder).await?;
+    let group = super::group_or_main(&store, folder).await?;
     let memories = store
         .list_memories(group.id.clone(), namespace, before, limit)
         .await?;
@@ -126,7 +111,7 @@ pub async fn list(
 /// `nanoclaw memory forget <id>`: only within the group (main unless `--group`).
 pub async fn forget(id: i64, folder: Option<String>) -> anyhow::Result<ExitCode> {
     let (_, _, store) = super::open_existing()?;
-    let group = group(&store, folder).await?;
+    let group = super::group_or_main(&store, folder).await?;
     if store.forget_memory(group.id.clone(), id).await? {
         println!("forgot memory {id} of group {:?}", group.folder);
         Ok(ExitCode::SUCCESS)

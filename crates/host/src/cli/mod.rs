@@ -38,6 +38,22 @@ pub fn open_existing() -> anyhow::Result<(Paths, Config, Store)> {
     Ok((paths, config, store))
 }
 
+/// The group named by `folder` (`--group`), or the owner's main group.
+pub async fn group_or_main(
+    store: &Store,
+    folder: Option<String>,
+) -> anyhow::Result<nanoclaw_store::Group> {
+    match folder {
+        Some(f) => store.group_by_folder(f.as_str()).await?.ok_or_else(|| {
+            anyhow::anyhow!("no group with folder {f:?}; see `nanoclaw group list`")
+        }),
+        None => store
+            .main_group()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("there is no main group yet; name one with --group")),
+    }
+}
+
 /// Logs to stderr (the daemon) or to `file` (an in-process host behind `chat`; never
 /// coloured). Stderr is coloured only when it is a terminal and `NO_COLOR` is unset.
 /// `NANOCLAW_LOG` sets the filter (default `info`); `NANOCLAW_LOG_FORMAT=json` for JSON.

@@ -13,21 +13,6 @@ use nanoclaw_skills::{Catalog, Format, GitSource};
 use nanoclaw_store::{Group, GroupSkill, GroupSkillState, Store};
 use serde_json::json;
 
-/// The group named by `folder`, or the owner's main group.
-async fn group(store: &Store, folder: Option<String>) -> anyhow::Result<Group> {
-    match folder {
-        Some(f) => store.group_by_folder(f.as_str()).await?.ok_or_else(|| {
-            anyhow::anyhow!("no group with folder {f:?}; see `nanoclaw group list`")
-        }),
-        None => store
-            .list_groups()
-            .await?
-            .into_iter()
-            .find(|g| g.is_main)
-            .ok_or_else(|| anyhow::anyhow!("there is no main group yet; name one with --group")),
-    }
-}
-
 struct Ctx {
     paths: Paths,
     config: nanoclaw_host::config::Config,
@@ -39,7 +24,7 @@ struct Ctx {
 
 async fn open(folder: Option<String>) -> anyhow::Result<Ctx> {
     let (paths, config, store) = super::open_existing()?;
-    let group = group(&store, folder).await?;
+    let group = super::group_or_main(&store, folder).await?;
     let catalog = skills::load_catalog_blocking(&paths, &group.folder)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -304,7 +289,7 @@ pub async fn install(
     let (paths, _, store) = super::open_existing()?;
     let dest = match &folder {
         Some(f) => {
-            let g = group(&store, Some(f.clone())).await?;
+            let g = super::group_or_main(&store, Some(f.clone())).await?;
             skills::group_dir(&paths, &g.folder)
         }
         None => skills::user_dir(&paths),
@@ -589,7 +574,7 @@ pub async fn graph(folder: Option<String>, format: String) -> anyhow::Result<Exi
         other => anyhow::bail!("format {other:?} is not known; use text, dot or mermaid"),
     };
     let (paths, _, store) = super::open_existing()?;
-    let group = group(&store, folder).await?;
+    let group = super::group_or_main(&store, folder).await?;
     let text = skills::chat::graph_text(&store, &paths, &group.id, &group.folder, format)
         .await
         .map_err(anyhow::Error::msg)?;

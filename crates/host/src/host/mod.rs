@@ -21,7 +21,7 @@ mod session;
 mod turn;
 
 pub use lock::AlreadyRunning;
-pub use owner::{is_owner, is_owner_chat, owner_chat};
+pub use owner::{is_owner, is_owner_chat, owner_chat, owner_command_chat};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

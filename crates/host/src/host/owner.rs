@@ -44,6 +44,26 @@ pub async fn is_owner(store: &Store, channel: &str, chat_id: &str) -> Result<boo
     Ok(store.owner_chat_ids().await?.contains(&chat.id))
 }
 
+/// The chat's id when `event` came from one of the owner's main chats that is wired to the main
+/// group: the only place owner commands (`/approve`, `/skills` …) are answered. Members of any
+/// other chat wired to main are not the owner.
+pub async fn owner_command_chat(
+    store: &Store,
+    event: &crate::channel::InboundEvent,
+) -> Result<Option<i64>, StoreError> {
+    if !is_owner(store, &event.channel, &event.chat_id).await? {
+        return Ok(None);
+    }
+    let Some(chat) = store
+        .chat_by_platform(event.channel.clone(), event.chat_id.clone())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let wirings = store.wirings_for_chat(chat.id).await?;
+    Ok(wirings.iter().any(|(_, g)| g.is_main).then_some(chat.id))
+}
+
 /// A message for the owner's main chat that must get out even when the database does not take
 /// writes: stored when possible (delivered like any other), else handed to the channel directly.
 pub(super) async fn tell_owner(inner: &Arc<Inner>, key: String, text: String) {

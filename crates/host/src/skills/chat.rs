@@ -4,7 +4,7 @@
 //! `/approve`, see `approvals.rs`).
 
 use nanoclaw_skills::{Format, SkillState};
-use nanoclaw_store::{GroupSkillState, NewOutbound, OutboundKind, Store, StoreError};
+use nanoclaw_store::{GroupSkillState, NewOutbound, OutboundKind, Store};
 
 use crate::channel::{InboundEvent, RouteOutcome};
 use crate::config::Paths;
@@ -32,7 +32,7 @@ pub fn parse(text: &str) -> Option<Command> {
 /// anything else, including such a command from another chat.
 pub async fn intercept(store: &Store, paths: &Paths, event: &InboundEvent) -> Option<RouteOutcome> {
     let command = parse(&event.text)?;
-    let chat_id = match main_chat(store, event).await {
+    let chat_id = match crate::host::owner_command_chat(store, event).await {
         Ok(Some(id)) => id,
         Ok(None) => return None,
         Err(e) => {
@@ -62,21 +62,6 @@ pub async fn intercept(store: &Store, paths: &Paths, event: &InboundEvent) -> Op
         Ok(None) => RouteOutcome::Duplicate,
         Err(e) => RouteOutcome::Failed(format!("could not queue the answer: {e}")),
     })
-}
-
-/// The chat's id when it is one of the owner's main chats and wired to the main group.
-async fn main_chat(store: &Store, event: &InboundEvent) -> Result<Option<i64>, StoreError> {
-    if !crate::host::is_owner(store, &event.channel, &event.chat_id).await? {
-        return Ok(None);
-    }
-    let Some(chat) = store
-        .chat_by_platform(event.channel.clone(), event.chat_id.clone())
-        .await?
-    else {
-        return Ok(None);
-    };
-    let wirings = store.wirings_for_chat(chat.id).await?;
-    Ok(wirings.iter().any(|(_, g)| g.is_main).then_some(chat.id))
 }
 
 /// The text answer to `command`.
