@@ -206,14 +206,7 @@ async fn connect_tcp(addr: &str, token: &str, purpose: &'static str) -> Option<T
 /// Hosts that never go through the proxy (the bridges themselves live on loopback).
 pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 
-/// The CA bundle variables, set when the host intercepts TLS so clients trust its local CA.
-pub const CA_BUNDLE_VARS: &[&str] = &[
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO",
-    "CURL_CA_BUNDLE",
-];
+pub use nanoclaw_protocol::contract::env::CA_BUNDLE_VARS;
 
 /// The environment every tool subprocess gets so its HTTP(S) goes through `proxy_url`
 /// (`http://127.0.0.1:PORT`), with `ca_bundle` when the host intercepts TLS. The one place

@@ -104,29 +104,13 @@ fn validate_server(name: &str, server: &McpServerSection) -> Result<(), String> 
                  with a digit)"
             ));
         }
-        if is_reserved(key) {
+        if nanoclaw_protocol::contract::env::is_routing_var(key) {
             return Err(format!(
                 "env: {key} is set by nanoclaw for every sandbox and cannot be changed here"
             ));
         }
     }
     Ok(())
-}
-
-/// Variables the sandbox's routing depends on: the agent ignores them in a server entry, so
-/// the configuration is refused rather than silently not doing what it says.
-fn is_reserved(key: &str) -> bool {
-    let upper = key.to_ascii_uppercase();
-    upper.starts_with("NANOCLAW_")
-        || ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"].contains(&upper.as_str())
-        || [
-            "SSL_CERT_FILE",
-            "REQUESTS_CA_BUNDLE",
-            "NODE_EXTRA_CA_CERTS",
-            "GIT_SSL_CAINFO",
-            "CURL_CA_BUNDLE",
-        ]
-        .contains(&key)
 }
 
 /// The MCP servers group `folder` declares, in name order, as `hello` carries them.

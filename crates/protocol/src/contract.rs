@@ -23,6 +23,38 @@ pub mod env {
     pub const GLOBAL_DIR: &str = "NANOCLAW_GLOBAL_DIR";
     /// The agent runner's log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "NANOCLAW_LOG";
+
+    /// The proxy variables the agent sets for its tools and MCP servers (both spellings).
+    pub const PROXY_VARS: &[&str] = &[
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+    ];
+    /// The CA bundle variables, set when the host intercepts TLS so clients trust its local CA.
+    pub const CA_BUNDLE_VARS: &[&str] = &[
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+        "CURL_CA_BUNDLE",
+    ];
+
+    /// Whether `name` routes a sandbox's traffic through the host (nanoclaw's own variables, the
+    /// proxy and CA bundle variables, in any case): an MCP server entry (a group's config, a
+    /// skill's manifest) may not set it, and the agent never lets one through.
+    pub fn is_routing_var(name: &str) -> bool {
+        let upper = name.to_ascii_uppercase();
+        upper.starts_with("NANOCLAW_")
+            || PROXY_VARS
+                .iter()
+                .chain(CA_BUNDLE_VARS)
+                .any(|v| v.eq_ignore_ascii_case(name))
+    }
 }
 
 /// Where things appear inside every sandbox.

@@ -393,6 +393,15 @@ pub fn parse(text: &str, dir: &Path, file: &Path) -> Result<Manifest, LoadError>
                     ),
                 ));
             }
+            if nanoclaw_protocol::contract::env::is_routing_var(key) {
+                return Err(bad(
+                    format!("mcp_servers.{name}.env"),
+                    format!(
+                        "mcp_servers.{name}.env: {key} is set by nanoclaw for every sandbox (it \
+                         routes traffic through the host) and cannot be changed by a skill"
+                    ),
+                ));
+            }
         }
     }
 

@@ -16,7 +16,6 @@ use serde_json::Value;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use crate::bridge::CA_BUNDLE_VARS;
 use crate::tools::{Capture, pump, signal};
 
 /// The end of a server's stderr kept for error messages.
@@ -81,7 +80,7 @@ impl McpConnection {
         // The agent's environment (proxy variables included) plus the entry's own; the
         // variables that route traffic through the host stay the agent's.
         for (key, value) in &spec.env {
-            if is_reserved_env(key) {
+            if nanoclaw_protocol::contract::env::is_routing_var(key) {
                 tracing::warn!(server = %spec.name, variable = %key, "ignored a reserved environment variable");
                 continue;
             }
@@ -316,21 +315,6 @@ fn stderr_note(stderr: &Capture) -> String {
     }
 }
 
-/// Variables a server entry may not set: the ones that route traffic through the host.
-fn is_reserved_env(name: &str) -> bool {
-    const PROXY: &[&str] = &[
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-    ];
-    name.starts_with("NANOCLAW_") || PROXY.contains(&name) || CA_BUNDLE_VARS.contains(&name)
-}
-
 fn kill_group(pgid: i32) {
     // SAFETY: kill(2) with a negative pid signals the process group; no memory involved.
     let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
@@ -428,8 +412,13 @@ mod tests {
             "SSL_CERT_FILE",
             "NANOCLAW_MODEL_TOKEN",
         ] {
-            assert!(is_reserved_env(name), "{name}");
+            assert!(
+                nanoclaw_protocol::contract::env::is_routing_var(name),
+                "{name}"
+            );
         }
-        assert!(!is_reserved_env("GITHUB_TOKEN"));
+        assert!(!nanoclaw_protocol::contract::env::is_routing_var(
+            "GITHUB_TOKEN"
+        ));
     }
 }
