@@ -6,6 +6,7 @@
 //! ([`host`]) → [`agents`] (sandboxed agent over the protocol) → store (outbound row) →
 //! delivery → channel. See docs/ARCHITECTURE.md.
 
+pub mod admin_audit;
 pub mod agents;
 pub mod approvals;
 pub mod channel;

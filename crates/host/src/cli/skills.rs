@@ -2,20 +2,19 @@
 //! skills of a group. Like `tasks`, it works on the database directly: a running host reads a
 //! group's skills before each turn, so a change applies on the group's next turn.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use nanoclaw_host::config::{Paths, create_private_dir};
 use nanoclaw_host::skills;
+use nanoclaw_host::skills::manage::SkillAdmin;
 use nanoclaw_skills::{Catalog, Format, GitSource};
 use nanoclaw_store::{Group, GroupSkill, GroupSkillState, Store};
 use serde_json::json;
 
 struct Ctx {
     paths: Paths,
-    config: nanoclaw_host::config::Config,
     store: Store,
     group: Group,
     catalog: Catalog,
@@ -23,7 +22,7 @@ struct Ctx {
 }
 
 async fn open(folder: Option<String>) -> anyhow::Result<Ctx> {
-    let (paths, config, store) = super::open_existing()?;
+    let (paths, _, store) = super::open_existing()?;
     let group = super::group_or_main(&store, folder).await?;
     let catalog = skills::load_catalog_blocking(&paths, &group.folder)
         .await
@@ -31,7 +30,6 @@ async fn open(folder: Option<String>) -> anyhow::Result<Ctx> {
     let rows = store.group_skills(group.id.as_str()).await?;
     Ok(Ctx {
         paths,
-        config,
         store,
         group,
         catalog,
@@ -365,6 +363,18 @@ pub async fn install(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The task scheduler skills' schedules are created with (a running host is woken after).
+fn scheduler(
+    config: &nanoclaw_host::config::Config,
+    store: &Store,
+) -> nanoclaw_host::tasks::Scheduler {
+    nanoclaw_host::tasks::Scheduler::new(
+        store.clone(),
+        std::sync::Arc::new(nanoclaw_host::clock::SystemClock),
+        config,
+    )
+}
+
 /// `nanoclaw skills enable NAME…`: the skills and what they require, their grants recorded for
 /// this group only, their hashes approved.
 pub async fn enable(
@@ -372,78 +382,27 @@ pub async fn enable(
     folder: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let ctx = open(folder).await?;
-    let plan = skills::plan_enable(&ctx.catalog, &names)
-        .map_err(|e| anyhow::anyhow!("cannot enable: {e}"))?;
-    // Enabling never approves changed files: that is `approve`'s job, after a review.
-    for row in &plan.rows {
-        if let Some(existing) = ctx.rows.iter().find(|r| r.skill == row.skill)
-            && (existing.state == GroupSkillState::Paused
-                || existing.content_hash != row.content_hash)
-        {
-            anyhow::bail!(
-                "skill {} is already enabled for group {} and its files changed since they were \
-                 approved; review them, then run `nanoclaw skills approve {} --group {}`",
-                row.skill,
-                ctx.group.folder,
-                row.skill,
-                ctx.group.folder
-            );
-        }
+    let (paths, config, store) = super::open_existing()?;
+    let group = super::group_or_main(&store, folder).await?;
+    let tasks = scheduler(&config, &store);
+    let admin = SkillAdmin {
+        store: &store,
+        paths: &paths,
+        tasks: &tasks,
+        by: "cli".into(),
+    };
+    let done = admin
+        .enable(&group, &names)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if !done.scheduled.is_empty() {
+        wake_host(&paths).await;
     }
-    let mut missing = Vec::new();
-    for s in &plan.secrets {
-        if ctx.store.vault_secret(s.as_str()).await?.is_none() {
-            missing.push(s.clone());
-        }
-    }
-    ctx.store
-        .enable_skills(ctx.group.id.as_str(), plan.rows.clone())
-        .await?;
-    let names: Vec<String> = plan.rows.iter().map(|r| r.skill.clone()).collect();
-    let scheduled = add_schedules(&ctx, &names).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "group": ctx.group.folder,
-                "enabled": plan.requested,
-                "added": plan.added,
-                "grants": plan.grants,
-                "missing_secrets": missing,
-                "scheduled": scheduled,
-            }))?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "enabled {} for group {}",
-        plan.requested.join(", "),
-        ctx.group.folder
-    );
-    if !plan.added.is_empty() {
-        println!(
-            "also enabled, because they are required: {}",
-            plan.added.join(", ")
-        );
-    }
-    if plan.grants.is_empty() {
-        println!("it grants nothing beyond its files (read-only in the sandbox)");
+        println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
-        println!("this grants group {}:", ctx.group.folder);
-        for g in &plan.grants {
-            println!("  - {g}");
-        }
+        print!("{}", done.summary());
     }
-    for line in &scheduled {
-        println!("{line}");
-    }
-    for s in &missing {
-        println!(
-            "warning: secret {s} is not in the vault yet; add it with `nanoclaw vault set {s}`"
-        );
-    }
-    println!("applies on the group's next turn (a running host needs no restart)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -454,114 +413,51 @@ pub async fn disable(
     with_dependents: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let ctx = open(folder).await?;
-    let enabled: Vec<String> = ctx.rows.iter().map(|r| r.skill.clone()).collect();
-    for n in &names {
-        if !enabled.contains(n) {
-            anyhow::bail!(
-                "skill {n:?} is not enabled for group {}; see `nanoclaw skills list --group {}`",
-                ctx.group.folder,
-                ctx.group.folder
-            );
-        }
+    let (paths, config, store) = super::open_existing()?;
+    let group = super::group_or_main(&store, folder).await?;
+    let tasks = scheduler(&config, &store);
+    let admin = SkillAdmin {
+        store: &store,
+        paths: &paths,
+        tasks: &tasks,
+        by: "cli".into(),
+    };
+    let done = admin
+        .disable(&group, &names, with_dependents)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if !done.cancelled_tasks.is_empty() {
+        wake_host(&paths).await;
     }
-    let mut off: BTreeSet<String> = names.iter().cloned().collect();
-    loop {
-        let mut more = Vec::new();
-        for n in &off {
-            for d in skills::dependents(&ctx.catalog, &enabled, n) {
-                if !off.contains(&d) {
-                    more.push((d, n.clone()));
-                }
-            }
-        }
-        if more.is_empty() {
-            break;
-        }
-        if !with_dependents {
-            let list: Vec<String> = more
-                .iter()
-                .map(|(d, n)| format!("{d} requires {n}"))
-                .collect();
-            anyhow::bail!(
-                "cannot disable: enabled skills still need it ({}); disable those too, or pass \
-                 --with-dependents",
-                list.join("; ")
-            );
-        }
-        off.extend(more.into_iter().map(|(d, _)| d));
-    }
-    let removed = ctx
-        .store
-        .disable_skills(ctx.group.id.as_str(), off.iter().cloned().collect())
-        .await?;
-    let cancelled = remove_schedules(&ctx, &removed).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"group": ctx.group.folder, "disabled": removed, "cancelled_tasks": cancelled})
-            )?
-        );
-        return Ok(ExitCode::SUCCESS);
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        print!("{}", done.summary());
     }
-    println!(
-        "disabled {} for group {}; their grants are removed",
-        removed.join(", "),
-        ctx.group.folder
-    );
-    for id in &cancelled {
-        println!("cancelled task {id} (a schedule of a disabled skill)");
-    }
-    println!("applies on the group's next turn (a running host needs no restart)");
     Ok(ExitCode::SUCCESS)
 }
 
 /// `nanoclaw skills approve NAME`: records the skill's current hash (and its manifest's grants)
 /// after the owner reviewed a change; a paused skill resumes on the group's next turn.
 pub async fn approve(name: String, folder: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
-    let ctx = open(folder).await?;
-    let Some(row) = ctx.rows.iter().find(|r| r.skill == name) else {
-        anyhow::bail!(
-            "skill {name:?} is not enabled for group {}; enable it with `nanoclaw skills enable {name} --group {}`",
-            ctx.group.folder,
-            ctx.group.folder
-        );
+    let (paths, config, store) = super::open_existing()?;
+    let group = super::group_or_main(&store, folder).await?;
+    let tasks = scheduler(&config, &store);
+    let admin = SkillAdmin {
+        store: &store,
+        paths: &paths,
+        tasks: &tasks,
+        by: "cli".into(),
     };
-    let entry = ctx
-        .catalog
-        .get(&name)
-        .ok_or_else(|| anyhow::anyhow!("skill {name:?} is no longer installed; disable it"))?;
-    let skill = entry.skill.as_ref().map_err(|e| {
-        anyhow::anyhow!("skill {name:?} does not load, so it cannot be approved: {e}")
-    })?;
-    let new = skills::row_for(skill, &entry.source, row.requested);
-    let old_hash = row.content_hash.clone();
-    ctx.store
-        .enable_skills(ctx.group.id.as_str(), vec![new.clone()])
-        .await?;
-    let grants = skills::describe_grants(skill);
+    let done = admin
+        .approve(&group, &name)
+        .await
+        .map_err(anyhow::Error::msg)?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "group": ctx.group.folder,
-                "skill": name,
-                "approved_hash": new.content_hash,
-                "previous_hash": old_hash,
-                "grants": grants,
-            }))?
-        );
-        return Ok(ExitCode::SUCCESS);
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        print!("{}", done.summary());
     }
-    println!(
-        "approved {name} for group {} (hash {}, was {})",
-        ctx.group.folder, new.content_hash, old_hash
-    );
-    for g in &grants {
-        println!("  - {g}");
-    }
-    println!("applies on the group's next turn");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -580,106 +476,6 @@ pub async fn graph(folder: Option<String>, format: String) -> anyhow::Result<Exi
         .map_err(anyhow::Error::msg)?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// How the tasks a skill's `[[schedules]]` made are marked, so disabling cancels exactly them.
-fn schedule_tag(skill: &str, schedule: &str) -> String {
-    format!("skill:{skill}:{schedule}")
-}
-
-fn scheduler(ctx: &Ctx) -> nanoclaw_host::tasks::Scheduler {
-    nanoclaw_host::tasks::Scheduler::new(
-        ctx.store.clone(),
-        std::sync::Arc::new(nanoclaw_host::clock::SystemClock),
-        &ctx.config,
-    )
-}
-
-/// Creates a task for each schedule of `names` the group does not have yet, answering in the
-/// group's first chat; tells a running host. Returns a line per schedule.
-async fn add_schedules(ctx: &Ctx, names: &[String]) -> anyhow::Result<Vec<String>> {
-    let mut lines = Vec::new();
-    let existing = ctx.store.list_tasks(Some(ctx.group.id.clone())).await?;
-    let chat = ctx
-        .store
-        .chats_for_group(ctx.group.id.as_str())
-        .await?
-        .into_iter()
-        .next();
-    let tasks = scheduler(ctx);
-    for name in names {
-        let Some(skill) = ctx.catalog.skill(name) else {
-            continue;
-        };
-        for sched in &skill.manifest.schedules {
-            let tag = schedule_tag(name, &sched.name);
-            if existing.iter().any(|t| {
-                t.created_by == tag
-                    && !matches!(
-                        t.status,
-                        nanoclaw_store::TaskStatus::Cancelled | nanoclaw_store::TaskStatus::Done
-                    )
-            }) {
-                continue;
-            }
-            let Some(chat) = &chat else {
-                lines.push(format!(
-                    "warning: group {} has no chat, so schedule {} of {name} was not created",
-                    ctx.group.folder, sched.name
-                ));
-                continue;
-            };
-            match tasks
-                .create(
-                    &ctx.group,
-                    chat.id,
-                    sched.prompt.clone(),
-                    &sched.cron,
-                    None,
-                    false,
-                    tag,
-                )
-                .await
-            {
-                Ok(task) => lines.push(format!(
-                    "scheduled task {} ({}: {}) from {name}",
-                    task.id, sched.name, sched.cron
-                )),
-                Err(e) => lines.push(format!(
-                    "warning: schedule {} of {name} was not created: {e}",
-                    sched.name
-                )),
-            }
-        }
-    }
-    if !lines.is_empty() {
-        wake_host(&ctx.paths).await;
-    }
-    Ok(lines)
-}
-
-/// Cancels the group's live tasks that the schedules of `names` made; returns their ids.
-async fn remove_schedules(ctx: &Ctx, names: &[String]) -> anyhow::Result<Vec<String>> {
-    let tasks = scheduler(ctx);
-    let mut cancelled = Vec::new();
-    for task in ctx.store.list_tasks(Some(ctx.group.id.clone())).await? {
-        let from_skill = names
-            .iter()
-            .any(|n| task.created_by.starts_with(&format!("skill:{n}:")));
-        if from_skill
-            && !matches!(
-                task.status,
-                nanoclaw_store::TaskStatus::Cancelled | nanoclaw_store::TaskStatus::Done
-            )
-        {
-            tasks.cancel(&task).await?;
-            cancelled.push(task.id.clone());
-        }
-    }
-    if !cancelled.is_empty() {
-        wake_host(&ctx.paths).await;
-    }
-    Ok(cancelled)
 }
 
 /// Tells a running host to look at its tasks again; nothing when none runs.

@@ -69,8 +69,9 @@ pub(super) async fn route_inbound(inner: &Arc<Inner>, mut event: InboundEvent) {
         }
         return;
     }
-    // The owner's `/skills` and `/skill-graph` in the main chat, answered by the host.
-    if let Some(outcome) = crate::skills::chat::intercept(&inner.store, &inner.paths, &event).await
+    // The owner's `/skills …` and `/skill-graph` in the main chat, answered by the host.
+    if let Some(outcome) =
+        crate::skills::chat::intercept(&inner.store, &inner.paths, &inner.tasks, &event).await
     {
         inner.delivery_wake.notify_one();
         if let Some(ack) = ack {

@@ -165,6 +165,7 @@ impl Host {
         // Before any agent runs: nothing is being copied into the outbox right now.
         crate::outbox::sweep_unsent(&store, paths.outbox_dir()).await;
         crate::skills::builtin::write_at_start(&paths);
+        crate::skills::snapshot::prune_unused(&store, &paths).await;
         let PoolParts {
             pool,
             runtime_error,

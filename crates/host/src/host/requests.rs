@@ -310,30 +310,14 @@ async fn update_group(
         ),
         Err(why) => format!("update_group by {} refused: {why}", asking.folder),
     };
-    let audit = nanoclaw_vault::Audit::new(store.clone())
-        .record(nanoclaw_vault::AuditEntry {
-            at: None,
-            group_folder: folder.clone(),
-            method: "ADMIN".into(),
-            host: "nanoclaw".into(),
-            path: format!("/groups/{folder}/settings"),
-            status: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            secret_name: None,
-            decision: if outcome.is_ok() {
-                nanoclaw_vault::Decision::Allow
-            } else {
-                nanoclaw_vault::Decision::Deny
-            },
-            reason,
-        })
-        .await;
-    if let Err(e) = audit {
-        // A change the audit cannot show is still made (it is in the store and the log), but
-        // the owner must hear of the gap.
-        tracing::error!(group = %folder, error = %e, "could not record a group change in the audit log");
-    }
+    crate::admin_audit::record(
+        store,
+        &folder,
+        format!("/groups/{folder}/settings"),
+        outcome.is_ok(),
+        reason,
+    )
+    .await;
     let changes = outcome?;
     tracing::info!(group = %folder, by = %asking.folder, changes = changes.len(), "group settings changed on request");
     Ok(serde_json::json!({

@@ -1,13 +1,16 @@
 //! Skills from the owner's main chat: `/skills` lists each group's skills with their states,
-//! `/skill-graph [group]` draws the requirement graph as text. Answered by the host and never
-//! passed to an agent; the same words from any other chat are ordinary messages (like
-//! `/approve`, see `approvals.rs`).
+//! `/skills enable|disable|approve NAME… [--group G]` change them (the same code as `nanoclaw
+//! skills`, see `manage.rs`), `/skill-graph [group]` draws the requirement graph as text.
+//! Answered by the host and never passed to an agent; the same words from any other chat are
+//! ordinary messages (like `/approve`, see `approvals.rs`).
 
 use nanoclaw_skills::{Format, SkillState};
 use nanoclaw_store::{GroupSkillState, NewOutbound, OutboundKind, Store};
 
+use super::manage::SkillAdmin;
 use crate::channel::{InboundEvent, RouteOutcome};
 use crate::config::Paths;
+use crate::tasks::Scheduler;
 
 /// A skills command of the owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,21 +19,86 @@ pub enum Command {
     List,
     /// `/skill-graph [group]`
     Graph(Option<String>),
+    /// `/skills enable NAME… [--group G]`
+    Enable {
+        names: Vec<String>,
+        group: Option<String>,
+    },
+    /// `/skills disable NAME… [--group G] [--with-dependents]`
+    Disable {
+        names: Vec<String>,
+        group: Option<String>,
+        with_dependents: bool,
+    },
+    /// `/skills approve NAME [--group G]`
+    Approve { name: String, group: Option<String> },
+    /// `/skills …` that is none of the above: answered with the usage, never sent to an agent.
+    Usage(String),
 }
 
-/// `/skills` and `/skill-graph [group]`; anything else is not a skills command.
+const USAGE: &str = "Usage: /skills | /skills enable NAME… [--group G] | /skills disable NAME… \
+                     [--group G] [--with-dependents] | /skills approve NAME [--group G] | \
+                     /skill-graph [GROUP]";
+
+/// `/skills …` and `/skill-graph [group]`; anything else is not a skills command.
 pub fn parse(text: &str) -> Option<Command> {
     let mut words = text.split_whitespace();
-    match (words.next()?, words.next(), words.next()) {
-        ("/skills", None, _) => Some(Command::List),
-        ("/skill-graph", group, None) => Some(Command::Graph(group.map(str::to_owned))),
+    match words.next()? {
+        "/skill-graph" => {
+            let group = words.next().map(str::to_owned);
+            words.next().is_none().then_some(Command::Graph(group))
+        }
+        "/skills" => Some(parse_change(words.collect())),
         _ => None,
+    }
+}
+
+fn parse_change(words: Vec<&str>) -> Command {
+    let Some((verb, rest)) = words.split_first() else {
+        return Command::List;
+    };
+    let mut names = Vec::new();
+    let mut group = None;
+    let mut with_dependents = false;
+    let mut rest = rest.iter();
+    while let Some(w) = rest.next() {
+        match *w {
+            "--group" => match rest.next() {
+                Some(g) => group = Some((*g).to_owned()),
+                None => return Command::Usage(format!("--group needs a group folder. {USAGE}")),
+            },
+            "--with-dependents" if *verb == "disable" => with_dependents = true,
+            w if w.starts_with("--") => {
+                return Command::Usage(format!("{w} is not an option here. {USAGE}"));
+            }
+            w => names.push(w.to_owned()),
+        }
+    }
+    match *verb {
+        "enable" if !names.is_empty() => Command::Enable { names, group },
+        "disable" if !names.is_empty() => Command::Disable {
+            names,
+            group,
+            with_dependents,
+        },
+        "approve" if names.len() == 1 => Command::Approve {
+            name: names.remove(0),
+            group,
+        },
+        "approve" => Command::Usage(format!("approve one skill at a time. {USAGE}")),
+        "enable" | "disable" => Command::Usage(format!("name the skills to {verb}. {USAGE}")),
+        other => Command::Usage(format!("{other:?} is not a skills command. {USAGE}")),
     }
 }
 
 /// Answers a skills command from the owner's main chat (queued in that chat); `None` for
 /// anything else, including such a command from another chat.
-pub async fn intercept(store: &Store, paths: &Paths, event: &InboundEvent) -> Option<RouteOutcome> {
+pub async fn intercept(
+    store: &Store,
+    paths: &Paths,
+    tasks: &Scheduler,
+    event: &InboundEvent,
+) -> Option<RouteOutcome> {
     let command = parse(&event.text)?;
     let chat_id = match crate::host::owner_command_chat(store, event).await {
         Ok(Some(id)) => id,
@@ -41,9 +109,15 @@ pub async fn intercept(store: &Store, paths: &Paths, event: &InboundEvent) -> Op
             )));
         }
     };
-    let reply = match answer(store, paths, &command).await {
+    let admin = SkillAdmin {
+        store,
+        paths,
+        tasks,
+        by: format!("chat {}:{}", event.channel, event.chat_id),
+    };
+    let reply = match answer(&admin, &command).await {
         Ok(text) => text,
-        Err(e) => format!("Could not read the skills: {e}"),
+        Err(e) => format!("Could not do that: {e}"),
     };
     let row = NewOutbound {
         session_id: None,
@@ -64,10 +138,36 @@ pub async fn intercept(store: &Store, paths: &Paths, event: &InboundEvent) -> Op
     })
 }
 
-/// The text answer to `command`.
-pub async fn answer(store: &Store, paths: &Paths, command: &Command) -> Result<String, String> {
+/// The text answer to `command` (changes made through `admin`).
+pub async fn answer(admin: &SkillAdmin<'_>, command: &Command) -> Result<String, String> {
+    let (store, paths) = (admin.store, admin.paths);
     let groups = store.list_groups().await.map_err(|e| e.to_string())?;
+    let group_named = |folder: &Option<String>| match folder {
+        Some(f) => groups
+            .iter()
+            .find(|g| &g.folder == f)
+            .ok_or_else(|| format!("there is no group {f:?}; `/skills` lists the groups")),
+        None => groups
+            .iter()
+            .find(|g| g.is_main)
+            .ok_or_else(|| "there is no main group".to_owned()),
+    };
     match command {
+        Command::Usage(text) => Ok(text.clone()),
+        Command::Enable { names, group } => {
+            Ok(admin.enable(group_named(group)?, names).await?.summary())
+        }
+        Command::Disable {
+            names,
+            group,
+            with_dependents,
+        } => Ok(admin
+            .disable(group_named(group)?, names, *with_dependents)
+            .await?
+            .summary()),
+        Command::Approve { name, group } => {
+            Ok(admin.approve(group_named(group)?, name).await?.summary())
+        }
         Command::List => {
             let mut out = String::from("Skills by group:\n");
             for g in &groups {
@@ -103,19 +203,11 @@ pub async fn answer(store: &Store, paths: &Paths, command: &Command) -> Result<S
                     out.push_str("  (no skills installed)\n");
                 }
             }
-            out.push_str("\nEnable one with `nanoclaw skills enable NAME --group G`.");
+            out.push_str("\nEnable one with `/skills enable NAME --group G`.");
             Ok(out)
         }
         Command::Graph(folder) => {
-            let group = match folder {
-                Some(f) => groups.iter().find(|g| &g.folder == f).ok_or_else(|| {
-                    format!("there is no group {f:?}; `/skills` lists the groups")
-                })?,
-                None => groups
-                    .iter()
-                    .find(|g| g.is_main)
-                    .ok_or_else(|| "there is no main group".to_owned())?,
-            };
+            let group = group_named(folder)?;
             graph_text(store, paths, &group.id, &group.folder, Format::Text).await
         }
     }
@@ -177,10 +269,11 @@ pub fn parse_skill_command(text: &str) -> Option<(&str, &str)> {
     valid.then_some((name, args.trim()))
 }
 
-/// `/name args` in a chat wired to a group that enabled a skill with a prompt command `name`:
-/// the message becomes that prompt (and the arguments), addressed to the assistant (the
-/// command is an explicit call, so a word or mention trigger is satisfied). Sender allowlists
-/// still apply. Nothing changes for any other message.
+/// `/name args` in a chat wired to a group that enabled a skill with a command `name`: the
+/// message becomes that command's prompt (or, for a tool-backed command, a request to run that
+/// tool) and the arguments, addressed to the assistant (the command is an explicit call, so a
+/// word or mention trigger is satisfied). Sender allowlists still apply. Nothing changes for
+/// any other message.
 pub async fn expand_command(store: &Store, paths: &Paths, event: &mut InboundEvent) {
     let Some((name, args)) = parse_skill_command(&event.text) else {
         return;
@@ -212,13 +305,25 @@ pub async fn expand_command(store: &Store, paths: &Paths, event: &mut InboundEve
             let Some(skill) = catalog.skill(&info.name) else {
                 continue;
             };
-            let Some(prompt) = skill
-                .manifest
-                .commands
-                .get(&name)
-                .and_then(|c| c.prompt.as_deref())
-            else {
+            let Some(command) = skill.manifest.commands.get(&name) else {
                 continue;
+            };
+            // A tool-backed command asks for that tool by the name the agent knows it under
+            // (`<skill>__<tool>`); the model turns the free-text arguments into its input.
+            let prompt = match (&command.prompt, &command.tool) {
+                (Some(prompt), _) => prompt.clone(),
+                (None, Some(tool)) => format!(
+                    "Run the tool `{}__{tool}` now (the /{name} command of skill {}){}, and \
+                     reply with what it returns.",
+                    info.name,
+                    info.name,
+                    if args.is_empty() {
+                        String::new()
+                    } else {
+                        " with the input the arguments below describe".to_owned()
+                    }
+                ),
+                (None, None) => continue,
             };
             tracing::info!(group = %group.folder, skill = %info.name, command = %name, "skill chat command");
             let mut text = format!("{} {prompt}", group.trigger);
@@ -245,8 +350,43 @@ mod tests {
             parse("/skill-graph family"),
             Some(Command::Graph(Some("family".into())))
         );
-        assert_eq!(parse("/skills please"), None);
+        assert!(matches!(parse("/skills please"), Some(Command::Usage(_))));
         assert_eq!(parse("/skill-graph a b"), None);
+        assert_eq!(
+            parse("/skills enable github web-research --group family"),
+            Some(Command::Enable {
+                names: vec!["github".into(), "web-research".into()],
+                group: Some("family".into())
+            })
+        );
+        assert_eq!(
+            parse("/skills disable github --with-dependents"),
+            Some(Command::Disable {
+                names: vec!["github".into()],
+                group: None,
+                with_dependents: true
+            })
+        );
+        assert_eq!(
+            parse("/skills approve github"),
+            Some(Command::Approve {
+                name: "github".into(),
+                group: None
+            })
+        );
+        assert!(matches!(
+            parse("/skills approve a b"),
+            Some(Command::Usage(_))
+        ));
+        assert!(matches!(parse("/skills enable"), Some(Command::Usage(_))));
+        assert!(matches!(
+            parse("/skills enable x --group"),
+            Some(Command::Usage(_))
+        ));
+        assert!(matches!(
+            parse("/skills enable x --with-dependents"),
+            Some(Command::Usage(_))
+        ));
         assert_eq!(parse("what /skills do you have"), None);
         assert_eq!(parse("/skillz"), None);
     }

@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod chat;
+pub mod manage;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -199,7 +200,11 @@ pub fn dependents(catalog: &Catalog, enabled: &[String], name: &str) -> Vec<Stri
         .collect()
 }
 
-/// A skill that must be paused: its files no longer match what the owner approved.
+/// How a pause for a paused requirement begins: approving that requirement resumes the skill.
+pub const REQUIRES_PAUSED: &str = "it requires ";
+
+/// A skill that must be paused: its files no longer match what the owner approved, or a skill
+/// it requires is paused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pause {
     pub skill: String,
@@ -257,7 +262,33 @@ pub fn check(catalog: &Catalog, rows: &[GroupSkill]) -> (Prepared, Vec<Pause>) {
             },
         }
     }
-    // Dependencies first when they resolve; else name order (a dependency may be paused).
+    // A skill whose requirement is paused (or gone) is paused too: it would run without what
+    // it was approved to rely on. Repeated until nothing changes (chains of requirements).
+    loop {
+        let blocked: Vec<(String, String)> = active
+            .iter()
+            .filter_map(|(name, skill)| {
+                skill
+                    .manifest
+                    .requires
+                    .keys()
+                    .find(|dep| !active.contains_key(dep.as_str()))
+                    .map(|dep| (name.clone(), dep.clone()))
+            })
+            .collect();
+        if blocked.is_empty() {
+            break;
+        }
+        for (name, dep) in blocked {
+            let hash = active.remove(&name).map(|s| s.content_hash().to_owned());
+            pauses.push(Pause {
+                skill: name,
+                reason: format!("{REQUIRES_PAUSED}{dep}, which is paused or missing"),
+                found_hash: hash,
+            });
+        }
+    }
+    // Dependencies first when they resolve; else name order.
     let names: Vec<String> = active.keys().cloned().collect();
     let order: Vec<String> = match catalog.resolve(names.as_slice()) {
         Ok(r) => r
@@ -369,19 +400,38 @@ pub async fn prepare(store: &Store, paths: &Paths, group: &Group) -> Result<Prep
             .map_err(|e| format!("pausing skill {}: {e}", p.skill))?;
         if newly {
             tracing::warn!(group = %group.folder, skill = %p.skill, reason = %p.reason, "skill paused until the owner approves it");
-            let text = format!(
-                "Skill {} of group {} is paused: {}. Its grants are suspended and agents do not \
-                 get it. Check the files, then run `nanoclaw skills approve {} --group {}` to \
-                 resume it (or disable it).",
-                p.skill, group.folder, p.reason, p.skill, group.folder
-            );
+            manage::audit(
+                store,
+                &group.folder,
+                &p.skill,
+                false,
+                format!("skill {} paused: {}", p.skill, p.reason),
+            )
+            .await;
+            let text = if p.reason.starts_with(REQUIRES_PAUSED) {
+                format!(
+                    "Skill {} of group {} is paused: {}. Its grants are suspended and agents do \
+                     not get it; it resumes when that skill is approved.",
+                    p.skill, group.folder, p.reason
+                )
+            } else {
+                format!(
+                    "Skill {} of group {} is paused: {}. Its grants are suspended and agents do \
+                     not get it. Check the files, then approve it to resume it (`/skills approve \
+                     {} --group {}` here, or `nanoclaw skills approve {} --group {}`), or \
+                     disable it.",
+                    p.skill, group.folder, p.reason, p.skill, group.folder, p.skill, group.folder
+                )
+            };
             tell_owner(
                 store,
+                // Once per pause (`newly`); a later pause of the same files is news again.
                 format!(
-                    "skill-paused:{}:{}:{}",
+                    "skill-paused:{}:{}:{}:{}",
                     group.folder,
                     p.skill,
-                    p.found_hash.as_deref().unwrap_or("gone")
+                    p.found_hash.as_deref().unwrap_or("gone"),
+                    crate::now_ms()
                 ),
                 text,
             )

@@ -91,6 +91,63 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes every snapshot whose hash is not in `keep` (no group's approved hash any more) and
+/// any staging folder left by a crash. Called at start, before any agent runs: a running
+/// sandbox may still have an old snapshot mounted. Returns how many were removed.
+pub fn prune(paths: &Paths, keep: &std::collections::HashSet<String>) -> usize {
+    let root = snapshots_dir(paths);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(&name) {
+            continue;
+        }
+        // Only what this module makes: never follow or delete anything else put there.
+        let ours = entry.file_type().is_ok_and(|t| t.is_dir())
+            && (name.chars().all(|c| c.is_ascii_hexdigit()) || name.starts_with('.'));
+        if !ours {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(snapshot = %name, error = %e, "could not remove an unused skill snapshot")
+            }
+        }
+    }
+    removed
+}
+
+/// [`prune`] with the hashes every group has approved, read from the store.
+pub async fn prune_unused(store: &nanoclaw_store::Store, paths: &Paths) {
+    let mut keep = std::collections::HashSet::new();
+    let groups = match store.list_groups().await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(error = %e, "skill snapshots not pruned: could not list the groups");
+            return;
+        }
+    };
+    for g in groups {
+        match store.group_skills(g.id.as_str()).await {
+            Ok(rows) => keep.extend(rows.into_iter().map(|r| r.content_hash)),
+            Err(e) => {
+                tracing::warn!(error = %e, "skill snapshots not pruned: could not read a group's skills");
+                return;
+            }
+        }
+    }
+    let paths = paths.clone();
+    match tokio::task::spawn_blocking(move || prune(&paths, &keep)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed unused skill snapshots"),
+        Err(e) => tracing::warn!(error = %e, "pruning skill snapshots failed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -143,5 +200,27 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(snapshots_dir(&paths)).unwrap().collect();
         assert!(leftovers.is_empty(), "staging removed");
         assert!(ensure(&paths, &src, "../../etc").is_err());
+    }
+
+    #[test]
+    fn pruning_keeps_approved_snapshots_and_removes_the_rest() {
+        let home = tempfile::tempdir().unwrap();
+        let paths = Paths::new(home.path());
+        let root = snapshots_dir(&paths);
+        let (kept, old) = ("aa".repeat(32), "bb".repeat(32));
+        for dir in [&kept, &old, &".cc.new-x1y2".to_owned()] {
+            std::fs::create_dir_all(root.join(dir).join("scripts")).unwrap();
+            std::fs::write(root.join(dir).join("SKILL.md"), "x").unwrap();
+        }
+        std::fs::write(root.join("README"), "not ours").unwrap();
+        let keep = std::collections::HashSet::from([kept.clone()]);
+        assert_eq!(prune(&paths, &keep), 2);
+        assert!(root.join(&kept).join("SKILL.md").is_file());
+        assert!(!root.join(&old).exists());
+        assert!(!root.join(".cc.new-x1y2").exists());
+        assert!(
+            root.join("README").is_file(),
+            "only snapshot folders are touched"
+        );
     }
 }

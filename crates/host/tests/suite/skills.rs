@@ -15,6 +15,7 @@ use super::common::*;
 use nanoclaw_egress::{
     AddressGuard, EgressProxy, MemoryAudit, NoSecrets, StaticResolver, StorePolicySource,
 };
+use nanoclaw_host::channel::terminal::TerminalClient;
 use nanoclaw_store::{EgressSettings, NewGroup, Store};
 use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use nanoclaw_test_support::{TestHome, eventually};
@@ -92,6 +93,10 @@ fn scenario() -> Scenario {
                 "write_file",
                 json!({"path": "/workspace/skills/notes/SKILL.md", "content": "pwned"}),
             ),
+        )
+        .rule(
+            Matcher::last_user_text_contains("Run the tool `notes__count`"),
+            Reply::tool_call("notes__count", json!({"what": "apples"})),
         )
         .rule(
             Matcher::last_user_text_contains("NOTE-COMMAND-PROMPT"),
@@ -592,4 +597,216 @@ async fn a_bundled_skills_script_tool_runs_in_the_sandbox_through_the_proxy() {
         "{prompt}"
     );
     host.shutdown().await;
+}
+
+/// The owner's `/skills …` in the main chat: sends `text` and returns the host's answer (the
+/// next row queued for that chat).
+async fn owner_command(
+    client: &mut TerminalClient,
+    store: &Store,
+    chat_id: i64,
+    text: &str,
+) -> String {
+    let before = store.outbound_for_chat(chat_id).await.unwrap().len();
+    client.send(text).await.unwrap();
+    eventually(30, text, || {
+        let store = store.clone();
+        async move {
+            let rows = store.outbound_for_chat(chat_id).await.ok()?;
+            rows.get(before).map(|o| o.text.clone())
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_enables_disables_and_approves_from_the_main_chat_and_a_paused_requirement_pauses_what_needs_it()
+ {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(scenario()).await.unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+    let user_skills = home.path().join("skills");
+    write_skill(&user_skills, "base", "version = \"1.2.0\"\n");
+    write_skill(
+        &user_skills,
+        "notes",
+        "[requires]\nbase = \"^1\"\n\n[commands.count]\ndescription = \"Count things\"\ntool = \"count\"\n\n\
+         [[tools]]\nname = \"count\"\ndescription = \"Counts things.\"\nscript = \"scripts/count.sh\"\n\
+         input_schema = { type = \"object\", properties = { what = { type = \"string\" } } }\n",
+    );
+    std::fs::create_dir_all(user_skills.join("notes/scripts")).unwrap();
+    std::fs::write(
+        user_skills.join("notes/scripts/count.sh"),
+        "#!/bin/sh\nread -r input\necho \"COUNTED $input\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        user_skills.join("notes/scripts/count.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let store = host.store().clone();
+    let (_, chat) = main_and_terminal(&store).await;
+    let asked = model.requests().len();
+
+    // Enabled from the chat, with what it requires; answered by the host, no agent asked.
+    let answer = owner_command(&mut client, &store, chat.id, "/skills enable notes").await;
+    assert!(answer.contains("enabled notes for group main"), "{answer}");
+    assert!(
+        answer.contains("also enabled, because they are required: base"),
+        "{answer}"
+    );
+    assert_eq!(model.requests().len(), asked, "no agent saw the command");
+    let (_, text) = ask(&mut client, "hello").await;
+    assert_eq!(text, "SKILLS: notes");
+    // A tool-backed command: the agent is asked to run that tool, which runs in the sandbox.
+    let (_, text) = ask(&mut client, "/count apples please").await;
+    assert!(
+        text.starts_with("Tool said:") && text.contains("COUNTED") && text.contains("apples"),
+        "{text}"
+    );
+
+    // The requirement's files change: it is paused, and so is what requires it (notes' own
+    // files did not change, but it would run without what it was approved with).
+    std::fs::write(user_skills.join("base/extra.md"), "changed").unwrap();
+    let (_, text) = ask(&mut client, "hello after the change").await;
+    assert_eq!(text, "SKILLS: none");
+    let rows = store
+        .group_skills(chat_main_group(&store).await)
+        .await
+        .unwrap();
+    let state = |name: &str| {
+        rows.iter()
+            .find(|r| r.skill == name)
+            .map(|r| {
+                (
+                    r.state.as_str().to_owned(),
+                    r.paused_reason.clone().unwrap_or_default(),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(state("base").0, "paused");
+    assert_eq!(state("notes").0, "paused");
+    assert!(
+        state("notes").1.contains("requires base"),
+        "{:?}",
+        state("notes")
+    );
+    let notices: Vec<String> = store
+        .outbound_for_chat(chat.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.text)
+        .filter(|t| t.contains("is paused"))
+        .collect();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(
+        notices.iter().any(|n| n.contains("/skills approve base")),
+        "{notices:?}"
+    );
+
+    // Approved from the chat: both resume.
+    let answer = owner_command(&mut client, &store, chat.id, "/skills approve base").await;
+    assert!(answer.contains("approved base for group main"), "{answer}");
+    assert!(
+        answer.contains("resumed with it (they require it): notes"),
+        "{answer}"
+    );
+    let (_, text) = ask(&mut client, "hello after approval").await;
+    assert_eq!(text, "SKILLS: notes");
+
+    // Disabling a requirement is refused while something needs it, then done with it.
+    let answer = owner_command(&mut client, &store, chat.id, "/skills disable base").await;
+    assert!(answer.contains("notes requires base"), "{answer}");
+    let (_, text) = ask(&mut client, "still there?").await;
+    assert_eq!(text, "SKILLS: notes");
+    let answer = owner_command(
+        &mut client,
+        &store,
+        chat.id,
+        "/skills disable base --with-dependents",
+    )
+    .await;
+    assert!(
+        answer.contains("disabled base, notes for group main"),
+        "{answer}"
+    );
+    let (_, text) = ask(&mut client, "hello after disabling").await;
+    assert_eq!(text, "SKILLS: none");
+    let answer = owner_command(&mut client, &store, chat.id, "/skills frobnicate").await;
+    assert!(answer.contains("Usage: /skills"), "{answer}");
+
+    // Every change, the refusal and the pauses are in the hash-chained audit log.
+    let audit = store
+        .audit_rows(0, Some("main".into()), 1000)
+        .await
+        .unwrap();
+    let admin: Vec<(String, String, String)> = audit
+        .iter()
+        .filter(|r| r.method == "ADMIN" && r.path.starts_with("/groups/main/skills/"))
+        .map(|r| (r.path.clone(), r.decision.clone(), r.reason.clone()))
+        .collect();
+    let has = |path: &str, decision: &str, words: &str| {
+        admin
+            .iter()
+            .any(|(p, d, r)| p == path && d == decision && r.contains(words))
+    };
+    assert!(
+        has(
+            "/groups/main/skills/notes",
+            "allow",
+            "skills enable notes by chat terminal:local"
+        ),
+        "{admin:?}"
+    );
+    assert!(
+        has(
+            "/groups/main/skills/base",
+            "deny",
+            "skill base paused: its files changed"
+        ),
+        "{admin:?}"
+    );
+    assert!(
+        has(
+            "/groups/main/skills/notes",
+            "deny",
+            "skill notes paused: it requires base"
+        ),
+        "{admin:?}"
+    );
+    assert!(
+        has("/groups/main/skills/base", "allow", "skills approve base"),
+        "{admin:?}"
+    );
+    assert!(
+        has(
+            "/groups/main/skills/base",
+            "deny",
+            "refused: cannot disable"
+        ),
+        "{admin:?}"
+    );
+    assert!(
+        has(
+            "/groups/main/skills/base",
+            "allow",
+            "skills disable base notes"
+        ),
+        "{admin:?}"
+    );
+    host.shutdown().await;
+}
+
+async fn chat_main_group(store: &Store) -> String {
+    store
+        .group_by_folder("main")
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+        .to_string()
 }
