@@ -96,8 +96,11 @@ fn attacks(home: &Path, host_pid: u32) -> Vec<Attack> {
         Attack {
             name: "reach metadata, the internet or a private address through the egress proxy",
             // The sandbox's only way out: the host's proxy, deny by default. Spoken by hand
-            // (busybox nc) so it works in the minimal image too.
-            command: "p=${HTTP_PROXY##*:}; p=${p%/}; [ -n \"$p\" ] || echo ESCAPED:no-proxy-env; for u in http://169.254.169.254/latest/meta-data/ http://1.1.1.1/ http://10.0.0.1/ http://[fe80::1]/; do r=$( (printf \"GET $u HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n\"; sleep 1) | busybox nc -w 5 127.0.0.1 $p | head -1); case \"$r\" in *403*) ;; *) echo \"ESCAPED:proxy-$u:$r\";; esac; done; echo CONTAINED:proxy-refuses".into(),
+            // (busybox nc) so it works in the minimal image too. The request side stays open
+            // until the answer is in (up to 20 s): nc half-closes at the end of its input and
+            // the proxy drops a client that closes before its answer is ready, which on a
+            // loaded machine read as an empty, non-403 answer.
+            command: "p=${HTTP_PROXY##*:}; p=${p%/}; [ -n \"$p\" ] || echo ESCAPED:no-proxy-env; f=/tmp/proxy-answer; for u in http://169.254.169.254/latest/meta-data/ http://1.1.1.1/ http://10.0.0.1/ http://[fe80::1]/; do rm -f $f; (printf \"GET $u HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n\"; i=0; while [ $i -lt 200 ] && ! [ -s $f ]; do sleep 0.1; i=$((i+1)); done) | busybox nc -w 20 127.0.0.1 $p > $f; r=$(head -1 $f); case \"$r\" in *403*) ;; *) echo \"ESCAPED:proxy-$u:$r\";; esac; done; rm -f $f; echo CONTAINED:proxy-refuses".into(),
         },
         Attack {
             name: "reach the Docker socket",
