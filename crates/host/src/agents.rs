@@ -185,6 +185,11 @@ impl AgentPool {
         })
     }
 
+    /// The runtime agents run in, when there is one.
+    pub fn runtime(&self) -> Option<&dyn Runtime> {
+        self.runtime.as_ref().ok().map(|r| r.as_ref())
+    }
+
     pub fn runtime_name(&self) -> Option<&'static str> {
         self.runtime.as_ref().ok().map(|r| r.name())
     }

@@ -512,6 +512,13 @@ enum ImageCommand {
         /// Debian mirror for --debootstrap.
         #[arg(long, requires = "debootstrap")]
         mirror: Option<String>,
+        /// Also install the Debian packages this skill declares (repeatable). Without it, the
+        /// packages of every skill enabled in any group are installed.
+        #[arg(long = "skill", value_name = "NAME")]
+        skills: Vec<String>,
+        /// Also install this Debian package (repeatable).
+        #[arg(long = "package", value_name = "NAME")]
+        packages: Vec<String>,
         /// On a terminal, print the build output above the progress line.
         #[arg(short, long)]
         verbose: bool,
@@ -716,6 +723,8 @@ fn main() -> ExitCode {
                     debootstrap,
                     containerfile,
                     mirror,
+                    skills,
+                    packages,
                     verbose,
                 } => {
                     cli::image::build(cli::image::BuildArgs {
@@ -725,6 +734,8 @@ fn main() -> ExitCode {
                         debootstrap,
                         containerfile,
                         mirror,
+                        skills,
+                        packages,
                         verbose,
                     })
                     .await

@@ -116,6 +116,12 @@ impl Runtime for RetryingRuntime {
     ) -> Result<nanoclaw_sandbox::SandboxProcess, nanoclaw_sandbox::SandboxError> {
         self.get().await?.spawn(spec).await
     }
+
+    async fn installed_packages(
+        &self,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, nanoclaw_sandbox::SandboxError> {
+        self.get().await?.installed_packages().await
+    }
 }
 
 async fn native() -> Result<Arc<dyn Runtime>, String> {

@@ -279,6 +279,21 @@ impl NativeRuntime {
 
 #[async_trait]
 impl Runtime for NativeRuntime {
+    /// The host's own packages: its sandboxes run the host's `/usr`. A host without dpkg
+    /// (not Debian-based) cannot tell.
+    async fn installed_packages(
+        &self,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, SandboxError> {
+        match tokio::fs::read_to_string(crate::packages::DPKG_STATUS).await {
+            Ok(text) => Ok(Some(crate::packages::parse_dpkg_status(&text))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SandboxError::Packages {
+                runtime: RUNTIME,
+                reason: format!("reading {}: {e}", crate::packages::DPKG_STATUS),
+            }),
+        }
+    }
+
     fn name(&self) -> &'static str {
         RUNTIME
     }

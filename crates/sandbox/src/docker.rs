@@ -552,6 +552,86 @@ impl Runtime for DockerRuntime {
         }
         self.start(&valid).await
     }
+
+    /// Read from the image's dpkg database through a container that is created, never
+    /// started, and removed again. An image without dpkg (the minimal one) has no packages.
+    async fn installed_packages(
+        &self,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, SandboxError> {
+        let fail = |reason: String| SandboxError::Packages {
+            runtime: RUNTIME,
+            reason,
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let name = format!("{CONTAINER_PREFIX}packages-{nanos}");
+        let body = ContainerCreateBody {
+            image: Some(self.config.image.clone()),
+            entrypoint: Some(Vec::new()),
+            cmd: Some(vec!["true".into()]),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| fail(format!("image {}: {e}", self.config.image)))?;
+        let read = read_file(&self.docker, &created.id, crate::packages::DPKG_STATUS).await;
+        if let Err(error) = force_remove(&self.docker, &created.id).await {
+            tracing::warn!(container = %name, %error, "removing the package-list container");
+        }
+        match read.map_err(|e| fail(format!("image {}: {e}", self.config.image)))? {
+            Some(text) => Ok(Some(crate::packages::parse_dpkg_status(&text))),
+            None => Ok(Some(Default::default())),
+        }
+    }
+}
+
+/// The largest dpkg database read from an image (a full desktop's is ~10 MB).
+const MAX_STATUS_BYTES: usize = 64 * 1024 * 1024;
+
+/// One text file of a (stopped) container, or `None` when it has no such file.
+async fn read_file(docker: &Docker, id: &str, path: &str) -> Result<Option<String>, String> {
+    let mut stream = docker.download_from_container(
+        id,
+        Some(bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_owned(),
+        }),
+    );
+    let mut archive = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => {
+                archive.extend_from_slice(&bytes);
+                if archive.len() > MAX_STATUS_BYTES {
+                    return Err(format!("{path} is larger than {MAX_STATUS_BYTES} bytes"));
+                }
+            }
+            Err(error) if status_of(&error) == Some(404) => return Ok(None),
+            Err(error) => return Err(format!("reading {path}: {error}")),
+        }
+    }
+    let mut entries = tar::Archive::new(archive.as_slice());
+    let mut entries = entries
+        .entries()
+        .map_err(|e| format!("reading the archive of {path}: {e}"))?;
+    let Some(entry) = entries.next() else {
+        return Ok(None);
+    };
+    let mut entry = entry.map_err(|e| format!("reading the archive of {path}: {e}"))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut entry, &mut text)
+        .map_err(|e| format!("reading {path}: {e}"))?;
+    Ok(Some(text))
 }
 
 /// The container's configuration. Pure: everything host-dependent is passed in.

@@ -118,6 +118,9 @@ pub struct ImageBuild {
     pub mirror: Option<String>,
     /// Static busybox for [`ImageKind::Minimal`]; `/bin/busybox` or `/usr/bin/busybox` when `None`.
     pub busybox: Option<PathBuf>,
+    /// Debian packages to install on top of the Containerfile's own (skills' `packages`):
+    /// passed as the build argument `EXTRA_PACKAGES`. Not for [`ImageKind::Minimal`].
+    pub packages: Vec<String>,
 }
 
 impl Default for ImageBuild {
@@ -129,6 +132,7 @@ impl Default for ImageBuild {
             containerfile: None,
             mirror: None,
             busybox: None,
+            packages: Vec::new(),
         }
     }
 }
@@ -221,6 +225,12 @@ pub enum ImageError {
     DebootstrapNeedsRoot,
     #[error("debootstrap failed ({status}); its last output:\n{output}")]
     DebootstrapFailed { status: String, output: String },
+    #[error(
+        "the minimal image is busybox only and cannot install packages ({packages}); build the Debian image (`nanoclaw image build`, or `--debootstrap` without a registry)"
+    )]
+    MinimalHasNoPackages { packages: String },
+    #[error("{0}")]
+    BadPackage(String),
     #[error("the built image {tag} is {status:?}, expected Current")]
     NotCurrentAfterBuild { tag: String, status: ImageStatus },
 }
@@ -310,7 +320,15 @@ pub async fn build(
     build: &ImageBuild,
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<(), ImageError> {
+    for p in &build.packages {
+        crate::packages::check_package_name(p).map_err(ImageError::BadPackage)?;
+    }
     let id = match build.kind {
+        ImageKind::Minimal if !build.packages.is_empty() => {
+            return Err(ImageError::MinimalHasNoPackages {
+                packages: build.packages.join(", "),
+            });
+        }
         ImageKind::Minimal => build_minimal(docker, build, progress).await?,
         ImageKind::Debian => {
             ensure_base(docker, &build.base, progress).await?;
@@ -413,7 +431,10 @@ async fn build_containerfile(
         path: PathBuf::from("Containerfile"),
         source,
     })?;
-    let args = HashMap::from([("BASE".to_string(), base.to_string())]);
+    let args = HashMap::from([
+        ("BASE".to_string(), base.to_string()),
+        ("EXTRA_PACKAGES".to_string(), build.packages.join(" ")),
+    ]);
     let options = BuildImageOptionsBuilder::new()
         .dockerfile("Containerfile")
         .t(&build.tag)

@@ -7,7 +7,7 @@
 //! When no runtime is usable, nanoclaw refuses to run agents; it never falls back to
 //! running one unsandboxed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -17,6 +17,7 @@ pub mod bwrap;
 mod cgroup;
 pub mod docker;
 pub mod image;
+pub mod packages;
 mod process;
 pub mod user;
 
@@ -122,6 +123,11 @@ pub enum SandboxError {
     },
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
+    #[error("cannot tell which packages the {runtime} sandboxes have: {reason}")]
+    Packages {
+        runtime: &'static str,
+        reason: String,
+    },
     #[error("starting the {runtime} sandbox failed: {source}")]
     Spawn {
         runtime: &'static str,
@@ -160,4 +166,10 @@ pub trait Runtime: Send + Sync {
 
     /// Starts the agent in a new sandbox.
     async fn spawn(&self, spec: &SandboxSpec) -> Result<SandboxProcess, SandboxError>;
+
+    /// The Debian packages its sandboxes have (see [`packages`]), which skills' declared
+    /// `packages` are checked against; `None` when this runtime cannot tell.
+    async fn installed_packages(&self) -> Result<Option<BTreeSet<String>>, SandboxError> {
+        Ok(None)
+    }
 }

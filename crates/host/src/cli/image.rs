@@ -19,6 +19,10 @@ pub struct BuildArgs {
     pub debootstrap: bool,
     pub containerfile: Option<PathBuf>,
     pub mirror: Option<String>,
+    /// Skills whose declared packages to install.
+    pub skills: Vec<String>,
+    /// Packages to install.
+    pub packages: Vec<String>,
     pub verbose: bool,
 }
 
@@ -29,6 +33,10 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         (false, true) => ImageKind::Debootstrap,
         (false, false) => ImageKind::Debian,
     };
+    let packages = packages_for(&args, kind).await?;
+    if !packages.is_empty() {
+        println!("installing for skills: {}", packages.join(" "));
+    }
     let spec = ImageBuild {
         tag: args.tag,
         base: args.base,
@@ -36,6 +44,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         containerfile: args.containerfile,
         mirror: args.mirror,
         busybox: None,
+        packages,
     };
     let docker = image::connect().await?;
     let started = Instant::now();
@@ -54,6 +63,33 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The packages to install: those named, those of the named skills and, for a Debian image,
+/// those of every skill enabled in any group (when nanoclaw is set up here).
+async fn packages_for(args: &BuildArgs, kind: ImageKind) -> anyhow::Result<Vec<String>> {
+    let mut packages: std::collections::BTreeSet<String> = args.packages.iter().cloned().collect();
+    let enabled = kind != ImageKind::Minimal;
+    if enabled || !args.skills.is_empty() {
+        match super::open_existing() {
+            Ok((paths, _, store)) => {
+                let of_skills =
+                    nanoclaw_host::skills::image_packages(&store, &paths, &args.skills, enabled)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                packages.extend(of_skills);
+            }
+            Err(e) if !args.skills.is_empty() => {
+                return Err(e.context("finding the skills named by --skill"));
+            }
+            // Not set up yet: no skill is enabled anywhere.
+            Err(_) => {}
+        }
+    }
+    for p in &packages {
+        nanoclaw_sandbox::packages::check_package_name(p).map_err(anyhow::Error::msg)?;
+    }
+    Ok(packages.into_iter().collect())
 }
 
 /// Prints the image's status; exits 0 only when it is current.

@@ -385,10 +385,16 @@ pub async fn enable(
     let (paths, config, store) = super::open_existing()?;
     let group = super::group_or_main(&store, folder).await?;
     let tasks = scheduler(&config, &store);
+    // The runtime the host would run this group's agents in: declared packages are checked
+    // against it. None usable: nothing runs, so nothing to check against (said in the output).
+    let runtime = nanoclaw_host::runtime::select(&config, &paths.host_id().unwrap_or_default())
+        .await
+        .ok();
     let admin = SkillAdmin {
         store: &store,
         paths: &paths,
         tasks: &tasks,
+        runtime: runtime.as_deref(),
         by: "cli".into(),
     };
     let done = admin
@@ -420,6 +426,7 @@ pub async fn disable(
         store: &store,
         paths: &paths,
         tasks: &tasks,
+        runtime: None,
         by: "cli".into(),
     };
     let done = admin
@@ -447,6 +454,7 @@ pub async fn approve(name: String, folder: Option<String>, json: bool) -> anyhow
         store: &store,
         paths: &paths,
         tasks: &tasks,
+        runtime: None,
         by: "cli".into(),
     };
     let done = admin

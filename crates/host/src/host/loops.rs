@@ -70,8 +70,14 @@ pub(super) async fn route_inbound(inner: &Arc<Inner>, mut event: InboundEvent) {
         return;
     }
     // The owner's `/skills …` and `/skill-graph` in the main chat, answered by the host.
-    if let Some(outcome) =
-        crate::skills::chat::intercept(&inner.store, &inner.paths, &inner.tasks, &event).await
+    if let Some(outcome) = crate::skills::chat::intercept(
+        &inner.store,
+        &inner.paths,
+        &inner.tasks,
+        inner.pool.runtime(),
+        &event,
+    )
+    .await
     {
         inner.delivery_wake.notify_one();
         if let Some(ack) = ack {

@@ -97,6 +97,7 @@ pub async fn intercept(
     store: &Store,
     paths: &Paths,
     tasks: &Scheduler,
+    runtime: Option<&dyn nanoclaw_sandbox::Runtime>,
     event: &InboundEvent,
 ) -> Option<RouteOutcome> {
     let command = parse(&event.text)?;
@@ -113,6 +114,7 @@ pub async fn intercept(
         store,
         paths,
         tasks,
+        runtime,
         by: format!("chat {}:{}", event.channel, event.chat_id),
     };
     let reply = match answer(&admin, &command).await {

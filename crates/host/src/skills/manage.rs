@@ -9,6 +9,8 @@ use nanoclaw_skills::Catalog;
 use nanoclaw_store::{Group, GroupSkill, GroupSkillState, Store, TaskStatus};
 use serde::Serialize;
 
+use nanoclaw_sandbox::Runtime;
+
 use crate::config::Paths;
 use crate::tasks::Scheduler;
 
@@ -18,6 +20,9 @@ pub struct SkillAdmin<'a> {
     pub paths: &'a Paths,
     /// Creates and cancels the tasks of skills' schedules (and wakes its loop).
     pub tasks: &'a Scheduler,
+    /// The runtime the group's agents run in: skills' declared `packages` are checked
+    /// against what its sandboxes have. `None` when there is none (nothing can run anyway).
+    pub runtime: Option<&'a dyn Runtime>,
     pub by: String,
 }
 
@@ -35,6 +40,8 @@ pub struct Enabled {
     pub missing_secrets: Vec<String>,
     /// One line per schedule turned into a task (or why not).
     pub scheduled: Vec<String>,
+    /// Declared packages this runtime could not check.
+    pub unchecked_packages: Vec<String>,
 }
 
 /// What disabling did.
@@ -85,6 +92,13 @@ impl Enabled {
         for s in &self.missing_secrets {
             out.push_str(&format!(
                 "warning: secret {s} is not in the vault yet; add it with `nanoclaw vault set {s}`\n"
+            ));
+        }
+        if !self.unchecked_packages.is_empty() {
+            out.push_str(&format!(
+                "warning: this runtime cannot tell whether its sandboxes have the packages \
+                 declared ({}); the skill fails when it runs without them\n",
+                self.unchecked_packages.join(", ")
             ));
         }
         out.push_str("applies on the group's next turn (a running host needs no restart)\n");
@@ -196,6 +210,7 @@ impl SkillAdmin<'_> {
                 ));
             }
         }
+        let unchecked_packages = self.check_packages(&catalog, &plan.rows).await?;
         let mut missing_secrets = Vec::new();
         for s in &plan.secrets {
             let known = self
@@ -220,7 +235,61 @@ impl SkillAdmin<'_> {
             grants: plan.grants,
             missing_secrets,
             scheduled,
+            unchecked_packages,
         })
+    }
+
+    /// Refuses skills whose declared `packages` the runtime's sandboxes lack, naming them and
+    /// how to get them. What could not be checked (a runtime that cannot tell) is returned,
+    /// to be said, not refused: a missing package breaks the skill, not the sandbox.
+    async fn check_packages(
+        &self,
+        catalog: &Catalog,
+        rows: &[nanoclaw_store::NewGroupSkill],
+    ) -> Result<Vec<String>, String> {
+        let wanted: Vec<(String, Vec<String>)> = rows
+            .iter()
+            .filter_map(|r| {
+                let skill = catalog.skill(&r.skill)?;
+                (!skill.manifest.packages.is_empty())
+                    .then(|| (r.skill.clone(), skill.manifest.packages.clone()))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(runtime) = self.runtime else {
+            return Ok(wanted.into_iter().flat_map(|(_, p)| p).collect());
+        };
+        let installed = match runtime.installed_packages().await {
+            Ok(Some(installed)) => installed,
+            Ok(None) => return Ok(wanted.into_iter().flat_map(|(_, p)| p).collect()),
+            Err(e) => return Err(format!("cannot check the skills' packages: {e}")),
+        };
+        let mut refusals = Vec::new();
+        for (skill, packages) in &wanted {
+            let missing = nanoclaw_sandbox::packages::missing(&installed, packages);
+            if !missing.is_empty() {
+                refusals.push(format!("{skill} needs {}", missing.join(", ")));
+            }
+        }
+        if refusals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fix = if runtime.name() == "docker" {
+            let skills: Vec<String> = wanted.iter().map(|(s, _)| format!("--skill {s}")).collect();
+            format!(
+                "`nanoclaw image build {}` adds them to the agent image; then enable again",
+                skills.join(" ")
+            )
+        } else {
+            "install them on this machine (its sandboxes run its /usr), then enable again".into()
+        };
+        Err(format!(
+            "the {} sandboxes lack packages: {}. {fix}",
+            runtime.name(),
+            refusals.join("; ")
+        ))
     }
 
     /// Disables `names` for `group`, removing exactly the grants they made and cancelling their

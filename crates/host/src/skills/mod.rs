@@ -67,6 +67,49 @@ pub async fn load_catalog_blocking(paths: &Paths, folder: &str) -> Result<Catalo
         .map_err(|e| format!("loading the skills catalog: {e}"))
 }
 
+/// The Debian packages an agent image needs for skills: those the `named` skills declare
+/// (found in any group's catalog) and, with `enabled`, those of every skill enabled in any
+/// group. Sorted, each once. An unknown name is an error naming it.
+pub async fn image_packages(
+    store: &Store,
+    paths: &Paths,
+    named: &[String],
+    enabled: bool,
+) -> Result<Vec<String>, String> {
+    let groups = store
+        .list_groups()
+        .await
+        .map_err(|e| format!("reading the groups: {e}"))?;
+    let mut packages = BTreeSet::new();
+    let mut found = BTreeSet::new();
+    for group in &groups {
+        let catalog = load_catalog_blocking(paths, &group.folder).await?;
+        for name in named {
+            if let Some(skill) = catalog.skill(name) {
+                found.insert(name.clone());
+                packages.extend(skill.manifest.packages.iter().cloned());
+            }
+        }
+        if enabled {
+            let rows = store
+                .group_skills(group.id.as_str())
+                .await
+                .map_err(|e| format!("reading group {}'s skills: {e}", group.folder))?;
+            for row in rows {
+                if let Some(skill) = catalog.skill(&row.skill) {
+                    packages.extend(skill.manifest.packages.iter().cloned());
+                }
+            }
+        }
+    }
+    if let Some(unknown) = named.iter().find(|n| !found.contains(*n)) {
+        return Err(format!(
+            "no skill named {unknown} (see `nanoclaw skills list`)"
+        ));
+    }
+    Ok(packages.into_iter().collect())
+}
+
 /// How a source is recorded in the store.
 pub fn source_name(kind: &SourceKind) -> &'static str {
     match kind {

@@ -253,6 +253,7 @@ pub async fn minimal_docker_runtime(
                 containerfile: None,
                 mirror: None,
                 busybox: None,
+                packages: Vec::new(),
             },
             &mut |_| {},
         )

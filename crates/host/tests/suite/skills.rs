@@ -810,3 +810,60 @@ async fn chat_main_group(store: &Store) -> String {
         .id
         .to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skill_whose_packages_the_sandbox_lacks_is_refused_naming_them() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(scenario()).await.unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let mut client = connect_client(home.path()).await;
+    let user_skills = home.path().join("skills");
+    // bash is essential on Debian; the other exists nowhere.
+    write_skill(
+        &user_skills,
+        "needy",
+        "packages = [\"bash\", \"nanoclaw-no-such-package\"]\n",
+    );
+    write_skill(&user_skills, "shell", "packages = [\"bash\"]\n");
+    let store = host.store().clone();
+    let (_, chat) = main_and_terminal(&store).await;
+    let group = chat_main_group(&store).await;
+
+    let needy = owner_command(&mut client, &store, chat.id, "/skills enable needy").await;
+    let shell = owner_command(&mut client, &store, chat.id, "/skills enable shell").await;
+    let enabled: Vec<String> = store
+        .group_skills(group.clone())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.skill)
+        .collect();
+    // The native runtime's sandboxes run this machine's /usr: its dpkg database says.
+    if Path::new("/var/lib/dpkg/status").exists() {
+        assert!(
+            needy.contains(
+                "the native sandboxes lack packages: needy needs nanoclaw-no-such-package."
+            ) && needy.contains("install them on this machine"),
+            "{needy}"
+        );
+        assert!(!needy.contains("needs bash"), "{needy}");
+        assert!(shell.contains("enabled shell for group main"), "{shell}");
+        assert_eq!(enabled, ["shell"]);
+        let refused = store
+            .audit_rows(0, Some("main".into()), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .any(|r| {
+                r.path == "/groups/main/skills/needy"
+                    && r.decision == "deny"
+                    && r.reason.contains("lack packages")
+            });
+        assert!(refused, "the refusal is audited");
+    } else {
+        // A machine without dpkg cannot tell: enabled, with the warning.
+        assert!(needy.contains("cannot tell whether"), "{needy}");
+        assert_eq!(enabled.len(), 2);
+    }
+    host.shutdown().await;
+}

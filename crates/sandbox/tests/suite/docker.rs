@@ -718,3 +718,88 @@ async fn invalid_specs_are_rejected_before_starting() {
     }
     assert!(!container_exists(&docker, &container).await);
 }
+
+#[tokio::test]
+async fn installed_packages_are_read_from_the_images_dpkg_database_without_running_it() {
+    use nanoclaw_sandbox::image::{self, ImageBuild, ImageKind};
+    use std::collections::BTreeSet;
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let docker = engine(&runtime);
+    // The minimal image has no dpkg: it provides no packages.
+    assert_eq!(
+        runtime.installed_packages().await.unwrap(),
+        Some(BTreeSet::new())
+    );
+
+    // An image built on it whose Containerfile records the packages it is given as apt
+    // would: what `--package`/`--skill` pass reaches the build, and is read back.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("Containerfile");
+    std::fs::write(
+        &file,
+        "ARG BASE\nFROM ${BASE}\nARG EXTRA_PACKAGES=\"\"\nUSER 0\n\
+         RUN mkdir -p /var/lib/dpkg && for p in ${EXTRA_PACKAGES}; do \
+         printf 'Package: %s\\nStatus: install ok installed\\n\\n' $p; done > /var/lib/dpkg/status\n",
+    )
+    .unwrap();
+    let tag = "nanoclaw-test-packages:latest";
+    let build = |packages: Vec<String>| ImageBuild {
+        tag: tag.into(),
+        base: IMAGE.into(),
+        kind: ImageKind::Debian,
+        containerfile: Some(file.clone()),
+        packages,
+        ..Default::default()
+    };
+    image::build(
+        &docker,
+        &build(vec!["jq".into(), "ffmpeg".into()]),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    let derived = DockerRuntime::connect(config(tag, host_id()))
+        .await
+        .unwrap();
+    let installed = derived.installed_packages().await.unwrap().unwrap();
+    assert_eq!(
+        installed,
+        ["ffmpeg", "jq"].map(String::from).into_iter().collect()
+    );
+    // The container it was read through is gone again.
+    let left = docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "name".to_string(),
+                vec![format!("{CONTAINER_PREFIX}packages-")],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A name that is not a package never reaches the build's shell.
+    let err = image::build(&docker, &build(vec!["jq;reboot".into()]), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not a Debian package name"),
+        "{err}"
+    );
+    // Nor does any package reach the minimal image, which cannot install one.
+    let err = image::build(
+        &docker,
+        &ImageBuild {
+            kind: ImageKind::Minimal,
+            ..build(vec!["jq".into()])
+        },
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot install packages"), "{err}");
+}
