@@ -151,18 +151,23 @@ fn search_sync(
     namespace: Option<&str>,
     limit: usize,
 ) -> Result<Vec<MemoryHit>, StoreError> {
-    // The inner query walks the index newest first (rowid order) and stops after the window;
-    // only those rows are scored.
+    // The innermost query walks the index newest first (rowid order) and stops after the
+    // window; only those rows are scored. Only the best `limit` of them are then read from the
+    // table with their text: reading all the window's rows cost a page each (spread over the
+    // table for a mid-frequency word), most of them thrown away by the sort.
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {MEMORY_COLS}, s.score FROM (
-                 SELECT memories_fts.rowid AS id, bm25(memories_fts) AS score
-                 FROM memories_fts JOIN memories w INDEXED BY memories_scope ON w.id = memories_fts.rowid
-                 WHERE memories_fts MATCH ?1 AND w.group_id = ?2
-                     AND (?3 IS NULL OR w.namespace = ?3)
-                 ORDER BY memories_fts.rowid DESC LIMIT ?4
+                 SELECT id, score FROM (
+                     SELECT memories_fts.rowid AS id, bm25(memories_fts) AS score
+                     FROM memories_fts
+                         JOIN memories w INDEXED BY memories_scope ON w.id = memories_fts.rowid
+                     WHERE memories_fts MATCH ?1 AND w.group_id = ?2
+                         AND (?3 IS NULL OR w.namespace = ?3)
+                     ORDER BY memories_fts.rowid DESC LIMIT ?4
+                 ) ORDER BY score, id DESC LIMIT ?5
              ) s JOIN memories m ON m.id = s.id
-             ORDER BY s.score, m.id DESC LIMIT ?5"
+             ORDER BY s.score, m.id DESC"
         ))
         .ctx("search memories")?;
     let rows = stmt

@@ -292,6 +292,12 @@ async fn limits_refuse_with_a_reason() {
         .await
         .unwrap();
     assert_eq!(hits.len(), nanoclaw_store::MAX_RESULTS);
+    // Every one of them scores the same (three words, "note" once): the newest win, newest
+    // first.
+    let ids: Vec<i64> = hits.iter().map(|h| h.memory.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    assert_eq!(hits[0].memory.text, "note number 119");
+    assert_eq!(hits[99].memory.text, "note number 20");
     let listed = s
         .list_memories(f.b.clone(), None, None, 10_000)
         .await
