@@ -375,6 +375,17 @@ fn scheduler(
     )
 }
 
+/// The runtime the host would run agents in: skills' declared packages are checked against
+/// it. None usable: nothing runs, so nothing to check against (said in the output).
+async fn host_runtime(
+    config: &nanoclaw_host::config::Config,
+    paths: &Paths,
+) -> Option<std::sync::Arc<dyn nanoclaw_sandbox::Runtime>> {
+    nanoclaw_host::runtime::select(config, &paths.host_id().unwrap_or_default())
+        .await
+        .ok()
+}
+
 /// `nanoclaw skills enable NAME…`: the skills and what they require, their grants recorded for
 /// this group only, their hashes approved.
 pub async fn enable(
@@ -385,11 +396,7 @@ pub async fn enable(
     let (paths, config, store) = super::open_existing()?;
     let group = super::group_or_main(&store, folder).await?;
     let tasks = scheduler(&config, &store);
-    // The runtime the host would run this group's agents in: declared packages are checked
-    // against it. None usable: nothing runs, so nothing to check against (said in the output).
-    let runtime = nanoclaw_host::runtime::select(&config, &paths.host_id().unwrap_or_default())
-        .await
-        .ok();
+    let runtime = host_runtime(&config, &paths).await;
     let admin = SkillAdmin {
         store: &store,
         paths: &paths,
@@ -450,11 +457,12 @@ pub async fn approve(name: String, folder: Option<String>, json: bool) -> anyhow
     let (paths, config, store) = super::open_existing()?;
     let group = super::group_or_main(&store, folder).await?;
     let tasks = scheduler(&config, &store);
+    let runtime = host_runtime(&config, &paths).await;
     let admin = SkillAdmin {
         store: &store,
         paths: &paths,
         tasks: &tasks,
-        runtime: None,
+        runtime: runtime.as_deref(),
         by: "cli".into(),
     };
     let done = admin

@@ -62,6 +62,8 @@ pub struct Approved {
     pub grants: Vec<String>,
     /// Skills paused only because they require this one, resumed with it.
     pub resumed: Vec<String>,
+    /// Declared packages this runtime could not check.
+    pub unchecked_packages: Vec<String>,
 }
 
 impl Enabled {
@@ -94,13 +96,7 @@ impl Enabled {
                 "warning: secret {s} is not in the vault yet; add it with `nanoclaw vault set {s}`\n"
             ));
         }
-        if !self.unchecked_packages.is_empty() {
-            out.push_str(&format!(
-                "warning: this runtime cannot tell whether its sandboxes have the packages \
-                 declared ({}); the skill fails when it runs without them\n",
-                self.unchecked_packages.join(", ")
-            ));
-        }
+        out.push_str(&unchecked_warning(&self.unchecked_packages));
         out.push_str("applies on the group's next turn (a running host needs no restart)\n");
         out
     }
@@ -138,9 +134,22 @@ impl Approved {
                 self.resumed.join(", ")
             ));
         }
+        out.push_str(&unchecked_warning(&self.unchecked_packages));
         out.push_str("applies on the group's next turn\n");
         out
     }
+}
+
+/// The line saying which declared packages could not be checked; empty when none.
+fn unchecked_warning(packages: &[String]) -> String {
+    if packages.is_empty() {
+        return String::new();
+    }
+    format!(
+        "warning: this runtime cannot tell whether its sandboxes have the packages declared \
+         ({}); the skill fails when it runs without them\n",
+        packages.join(", ")
+    )
 }
 
 /// The group's catalog and skill rows, read together.
@@ -435,6 +444,8 @@ impl SkillAdmin<'_> {
                 resumed.push(r.skill.clone());
             }
         }
+        // A change may declare new packages: checked as enabling does.
+        let unchecked_packages = self.check_packages(&catalog, &new_rows[..1]).await?;
         let approved_hash = skill.content_hash().to_owned();
         self.store
             .enable_skills(group.id.as_str(), new_rows)
@@ -447,6 +458,7 @@ impl SkillAdmin<'_> {
             previous_hash: row.content_hash.clone(),
             grants: super::describe_grants(skill),
             resumed,
+            unchecked_packages,
         })
     }
 
