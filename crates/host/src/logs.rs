@@ -169,12 +169,23 @@ impl Entry {
             .filter_map(|s| s.as_object())
     }
 
-    /// Whether the event, or a span it ran in, has `group` = `folder`.
+    /// Whether the event, or a span it ran in, names group `folder` (its `group` or
+    /// `folder` field: some lines name a group by its folder under either).
     pub fn has_group(&self, folder: &str) -> bool {
-        let is = |v: Option<&serde_json::Value>| v.and_then(|g| g.as_str()) == Some(folder);
-        is(self.value.get("fields").and_then(|f| f.get("group")))
-            || is(self.value.get("span").and_then(|s| s.get("group")))
-            || self.spans().any(|s| is(s.get("group")))
+        let names = |v: Option<&serde_json::Value>| {
+            v.is_some_and(|o| {
+                ["group", "folder"]
+                    .iter()
+                    .any(|k| o.get(k).and_then(|g| g.as_str()) == Some(folder))
+            })
+        };
+        names(self.value.get("fields"))
+            || names(self.value.get("span"))
+            || self
+                .value
+                .get("spans")
+                .and_then(|s| s.as_array())
+                .is_some_and(|spans| spans.iter().any(|s| names(Some(s))))
     }
 
     /// For people: `2026-12-07T10:00:00Z  INFO session{group=main}: target: message k=v`.
@@ -492,6 +503,11 @@ mod tests {
         .unwrap();
         assert!(e.has_group("family"));
         assert!(!e.has_group("main"));
+        let by_folder = Entry::parse(
+            r#"{"timestamp":"2026-12-07T10:00:00Z","level":"WARN","fields":{"message":"x","folder":"main"}}"#,
+        )
+        .unwrap();
+        assert!(by_folder.has_group("main"));
         let f = Filter {
             group: Some("family".into()),
             since: Some(
