@@ -221,7 +221,12 @@ async fn the_host_logs_json_lines_to_private_daily_files_that_logs_reads_filters
     assert!(out.status.success(), "{}", text(&out));
     let shown = String::from_utf8(out.stdout.clone()).unwrap();
     assert!(shown.contains("turn finished"), "{shown}");
-    assert!(shown.lines().all(|l| l.contains("group=main")), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .all(|l| l.contains("group=main") || l.contains("folder=main")),
+        "{shown}"
+    );
     assert!(!shown.contains('\x1b'), "no colour when piped");
     // Raw: the file's lines.
     let out = run(home.path(), &model, &["logs", "--json", "--since", "10m"]).await;
