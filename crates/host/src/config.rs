@@ -116,6 +116,11 @@ max_outgoing_file_bytes = 26214400
 [channels.terminal]
 enabled = true
 
+[logs]
+# The host writes its log as JSON lines to logs/nanoclaw.YYYY-MM-DD.jsonl in the data
+# directory, one file per day (UTC); `nanoclaw logs` shows them. Daily files kept [1 to 3650].
+keep_days = 7
+
 # A group's own MCP servers (see docs/MCP.md): programs its agent starts inside the sandbox
 # and talks to over stdin/stdout; their tools are offered as <name>__<tool>. The command must
 # exist inside the sandbox (the host's /usr, or a folder mounted with `nanoclaw group mount`).
@@ -138,6 +143,7 @@ pub struct Config {
     pub scheduler: SchedulerSection,
     pub relay: RelaySection,
     pub channels: ChannelsSection,
+    pub logs: LogsSection,
     /// `[groups.<folder>]`: per-group settings (its MCP servers).
     pub groups: std::collections::BTreeMap<String, crate::mcp_servers::GroupSection>,
 }
@@ -153,6 +159,7 @@ impl Default for Config {
             scheduler: SchedulerSection::default(),
             relay: RelaySection::default(),
             channels: ChannelsSection::default(),
+            logs: LogsSection::default(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -440,6 +447,20 @@ impl ChannelsSection {
     }
 }
 
+/// `[logs]`: the host's daily JSON log files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsSection {
+    /// Daily files kept (the newest).
+    pub keep_days: u64,
+}
+
+impl Default for LogsSection {
+    fn default() -> Self {
+        Self { keep_days: 7 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TerminalSection {
@@ -644,6 +665,7 @@ impl Config {
                 self.channels.max_outgoing_file_bytes,
                 (1, 1 << 30),
             ),
+            ("logs.keep_days", self.logs.keep_days, (1, 3650)),
         ]
     }
 }
@@ -697,6 +719,10 @@ impl Paths {
     }
     pub fn terminal_socket(&self) -> PathBuf {
         self.run_dir().join("terminal.sock")
+    }
+    /// Held by the running host (one per data directory); it holds the host's pid.
+    pub fn host_lock(&self) -> PathBuf {
+        self.run_dir().join("host.lock")
     }
     pub fn sandbox_run_dir(&self, sandbox: &str) -> PathBuf {
         self.run_dir().join("sandboxes").join(sandbox)

@@ -45,12 +45,57 @@ enum Command {
     /// driven by a bundled scripted model (no API key needed).
     #[cfg(feature = "demo")]
     Demo,
-    /// Is the host running, each channel's real state, and what is waiting (replies not yet
-    /// delivered, messages held for your decision). Exit 2 when a channel is down, 3 when the
-    /// host is not running.
+    /// Is the host running (since when, version, runtime), each channel's real state, live
+    /// agents and the queue, tasks due next, failures in the last 24 h, and what waits for you
+    /// (approvals, held messages). Exit 2 when a channel is down, 3 when the host is not running.
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// The host's log (JSON lines in $NANOCLAW_HOME/logs/, one file a day), for people or
+    /// as JSON; filter by group and time, or follow it.
+    Logs {
+        /// Keep printing new lines as they are written (across the daily rotation; Ctrl-C stops).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines about this group (by folder).
+        #[arg(long)]
+        group: Option<String>,
+        /// Only lines since then: 90s, 30m, 1h, 2d ago, or 2026-12-07T10:00 (local time),
+        /// 2026-12-07, or RFC 3339.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N matching lines (with --follow and no --since: 10).
+        #[arg(short = 'n', long)]
+        lines: Option<usize>,
+        /// The lines as written: one JSON object each.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the running host cleanly (as SIGTERM does) and wait until it is gone. Exit 3 when
+    /// none is running.
+    Stop {
+        /// Seconds to wait for the host to finish shutting down.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Run the host as a service of your user: a systemd user unit (Linux) or a launchd agent
+    /// (macOS) that starts it at login and again when it fails.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Print a shell completion script: `nanoclaw completions bash > ~/.local/share/bash-completion/completions/nanoclaw`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) generated from this command line, or write one page per
+    /// command into a directory.
+    Man {
+        /// Write nanoclaw.1, nanoclaw-status.1, … into this directory instead.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
     /// Check that this machine can run nanoclaw, and say how to fix what is missing.
     Doctor {
@@ -111,6 +156,22 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write the unit (~/.config/systemd/user/nanoclaw.service) or plist
+    /// (~/Library/LaunchAgents/nanoclaw.host.plist) for this binary, enable and start it.
+    /// Running it again rewrites it only when something changed.
+    Install,
+    /// Stop and disable the service and remove its file.
+    Uninstall,
+    /// The service manager's view of it (`systemctl --user status`).
+    Status,
+    /// Start it now.
+    Start,
+    /// Stop it now (it stays enabled for the next login).
+    Stop,
 }
 
 #[derive(Subcommand)]
@@ -692,6 +753,38 @@ fn main() -> ExitCode {
             Command::Skills { command } => skills(command).await,
             Command::Group { command } => group(command).await,
             Command::Status { json } => cli::status::status(json).await,
+            Command::Logs {
+                follow,
+                group,
+                since,
+                lines,
+                json,
+            } => {
+                cli::logs::logs(cli::logs::LogsArgs {
+                    follow,
+                    group,
+                    since,
+                    lines,
+                    json,
+                })
+                .await
+            }
+            Command::Stop { timeout } => {
+                cli::stop::stop(std::time::Duration::from_secs(timeout)).await
+            }
+            Command::Service { command } => match command {
+                ServiceCommand::Install => cli::service::install().await,
+                ServiceCommand::Uninstall => cli::service::uninstall().await,
+                ServiceCommand::Status => cli::service::control("status").await,
+                ServiceCommand::Start => cli::service::control("start").await,
+                ServiceCommand::Stop => cli::service::control("stop").await,
+            },
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "nanoclaw", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man { dir } => man(dir),
             Command::Channel { command } => channel(command).await,
             Command::Chats { command } => chats(command).await,
             #[cfg(feature = "webhook")]
@@ -759,6 +852,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `nanoclaw man`: the page for the whole command on stdout, or one page per command in `dir`.
+fn man(dir: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    let command = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(command, &dir)?;
+            println!("wrote the man pages into {}", dir.display());
+        }
+        None => {
+            use std::io::Write;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(command).render(&mut out)?;
+            std::io::stdout().write_all(&out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `nanoclaw channel …`.

@@ -20,6 +20,7 @@ mod inbound;
 mod memories;
 mod model;
 mod mounts;
+mod ops;
 mod outbound;
 mod sessions;
 mod skills;
@@ -48,6 +49,7 @@ pub use model::{
     Wiring, WiringOptions,
 };
 pub use mounts::{GroupMount, NewGroupMount, validate_mount_name};
+pub use ops::{FailureCounts, QueueCounts};
 /// Re-exported so [`Store::call`] users need no direct rusqlite dependency.
 pub use rusqlite;
 pub use skills::{

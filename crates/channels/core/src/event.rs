@@ -89,6 +89,40 @@ pub enum ChannelEvent {
         name: String,
         done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     },
+    /// The owner asked (from the CLI, `nanoclaw status`) how the host itself is doing.
+    HostStatus {
+        reply: tokio::sync::oneshot::Sender<HostState>,
+    },
+    /// The owner asked (from the CLI, `nanoclaw stop`) the host to shut down as on SIGTERM.
+    Stop,
+}
+
+/// The running host's live state, for `nanoclaw status` (what only the running process
+/// knows; what the database knows the CLI reads itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostState {
+    /// The host's process id.
+    pub pid: u32,
+    /// The host's version (its binary may be older than the CLI asking).
+    pub version: String,
+    /// When the host started (unix ms).
+    pub started_at: i64,
+    /// The sandbox runtime agents run in (`native`, `docker`, `apple`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Why no agent can run, when none can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_error: Option<String>,
+    /// Agents alive (busy with a turn or idle and warm).
+    pub live_agents: usize,
+    /// The most agents alive at once (`agents.max_concurrent`).
+    pub max_agents: usize,
+    /// Sessions with a worker answering their messages right now.
+    pub busy_sessions: usize,
+    /// Messages stored and waiting for a turn (pending, due or backing off).
+    pub queued_messages: u64,
+    /// Messages in a turn right now.
+    pub processing_messages: u64,
 }
 
 /// A reply or message for a chat.

@@ -27,7 +27,8 @@ mod supervisor;
 pub use backoff::Backoff;
 pub use channel::{Channel, ChannelError, ConfiguredChat, InboundSink, ShowToOwner, hand_over};
 pub use event::{
-    Attachment, ChannelEvent, InboundEvent, OutgoingFile, OutgoingMessage, Progress, RouteOutcome,
+    Attachment, ChannelEvent, HostState, InboundEvent, OutgoingFile, OutgoingMessage, Progress,
+    RouteOutcome,
 };
 pub use health::{Health, HealthCell, LinkState};
 pub use http::{HttpLimits, serve_http};

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 pub use nanoclaw_channel::{
-    Attachment, Channel, ChannelError, ChannelEvent, ChannelRegistration, Health, InboundEvent,
-    InboundSink, LinkState, OutgoingFile, OutgoingMessage, Progress, RouteOutcome,
+    Attachment, Channel, ChannelError, ChannelEvent, ChannelRegistration, Health, HostState,
+    InboundEvent, InboundSink, LinkState, OutgoingFile, OutgoingMessage, Progress, RouteOutcome,
 };
 
 use crate::config::{Config, Paths};

@@ -69,6 +69,10 @@ pub enum ClientLine {
     RestartChannel {
         name: String,
     },
+    /// `nanoclaw status`: the host's own live state.
+    HostStatus,
+    /// `nanoclaw stop`: shut down as on SIGTERM.
+    Stop,
 }
 
 /// One channel's health, for `nanoclaw channel status`.
@@ -119,6 +123,10 @@ pub enum ServerLine {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// The host's live state (answers [`ClientLine::HostStatus`]).
+    Host { host: super::HostState },
+    /// The host is shutting down (answers [`ClientLine::Stop`]).
+    Stopping { pid: u32 },
 }
 
 pub fn factory(ctx: &ChannelContext<'_>) -> Option<Arc<dyn Channel>> {
@@ -346,7 +354,10 @@ impl TerminalChannel {
                     self.settle(id, scope, sink).await;
                     continue;
                 }
-                admin @ (ClientLine::ChannelStatus | ClientLine::RestartChannel { .. }) => {
+                admin @ (ClientLine::ChannelStatus
+                | ClientLine::RestartChannel { .. }
+                | ClientLine::HostStatus
+                | ClientLine::Stop) => {
                     if !answer_admin(admin, tx, sink).await {
                         break;
                     }
@@ -436,8 +447,8 @@ impl TerminalChannel {
     }
 }
 
-/// Answers an admin request (`channel status`, `channel restart`) through the host; false
-/// when the host is shutting down.
+/// Answers an admin request (`channel status`, `channel restart`, `status`, `stop`) through
+/// the host; false when the host is shutting down.
 async fn answer_admin(msg: ClientLine, tx: &ClientTx, sink: &InboundSink) -> bool {
     match msg {
         ClientLine::ChannelStatus => {
@@ -472,6 +483,32 @@ async fn answer_admin(msg: ClientLine, tx: &ClientTx, sink: &InboundSink) -> boo
                 Err(_) => Some("the host dropped the request".into()),
             };
             say(tx, ServerLine::Restarted { name, error });
+        }
+        ClientLine::HostStatus => {
+            let (reply, heard) = oneshot::channel();
+            if sink.send(ChannelEvent::HostStatus { reply }).await.is_err() {
+                return false;
+            }
+            match heard.await {
+                Ok(host) => say(tx, ServerLine::Host { host }),
+                Err(_) => say(
+                    tx,
+                    ServerLine::Error {
+                        error: "the host is shutting down".into(),
+                    },
+                ),
+            }
+        }
+        ClientLine::Stop => {
+            if sink.send(ChannelEvent::Stop).await.is_err() {
+                return false;
+            }
+            say(
+                tx,
+                ServerLine::Stopping {
+                    pid: std::process::id(),
+                },
+            );
         }
         _ => {}
     }
@@ -752,8 +789,8 @@ impl TerminalClient {
         self.write.write_all(&line).await
     }
 
-    /// Sends an admin request (`channel_status`, `restart_channel`) as a client that shows no
-    /// chat messages, and returns the host's answer to it.
+    /// Sends an admin request (`channel_status`, `restart_channel`, `host_status`, `stop`) as a
+    /// client that shows no chat messages, and returns the host's answer to it.
     pub async fn admin(&mut self, request: &ClientLine) -> std::io::Result<Option<ServerLine>> {
         self.show(Scope::Own).await?;
         let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
@@ -762,7 +799,12 @@ impl TerminalClient {
         self.write.flush().await?;
         loop {
             match self.next().await? {
-                Some(answer @ (ServerLine::Channels { .. } | ServerLine::Restarted { .. })) => {
+                Some(
+                    answer @ (ServerLine::Channels { .. }
+                    | ServerLine::Restarted { .. }
+                    | ServerLine::Host { .. }
+                    | ServerLine::Stopping { .. }),
+                ) => {
                     return Ok(Some(answer));
                 }
                 Some(ServerLine::Error { error }) => return Err(std::io::Error::other(error)),

@@ -96,7 +96,7 @@ pub async fn connect_or_start(paths: &Paths) -> anyhow::Result<Connected> {
                  see {}",
                 socket.display(),
                 START_TIMEOUT.as_secs(),
-                paths.logs_dir().join("nanoclaw.log").display()
+                logs_hint(paths)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -124,7 +124,7 @@ pub async fn connect_or_start(paths: &Paths) -> anyhow::Result<Connected> {
                 anyhow::bail!(
                     "the nanoclaw host did not start ({status}):\n{}\n(log: {})",
                     for_terminal(&said.join("\n")),
-                    paths.logs_dir().join("nanoclaw.log").display()
+                    logs_hint(paths)
                 );
             }
             // Exited fine: another host serves this data directory; connect to it.
@@ -136,11 +136,16 @@ pub async fn connect_or_start(paths: &Paths) -> anyhow::Result<Connected> {
                 "the nanoclaw host started but did not answer on {} within {}s; see {}",
                 socket.display(),
                 START_TIMEOUT.as_secs(),
-                paths.logs_dir().join("nanoclaw.log").display()
+                logs_hint(paths)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Where a host started for clients logs: `nanoclaw logs` reads its daily files.
+fn logs_hint(paths: &Paths) -> String {
+    format!("`nanoclaw logs` (files in {})", paths.logs_dir().display())
 }
 
 /// Connects and waits for the welcome; `None` when no host answers (none runs, or one is
@@ -357,7 +362,11 @@ async fn interactive(client: &mut TerminalClient) -> anyhow::Result<ExitCode> {
                     }
                     ServerLine::Error { error } => eprintln!("host: {}", for_terminal(&error)),
                     // Answers to admin requests this client never makes.
-                    ServerLine::Ack { .. } | ServerLine::Channels { .. } | ServerLine::Restarted { .. } => {}
+                    ServerLine::Ack { .. }
+                    | ServerLine::Channels { .. }
+                    | ServerLine::Restarted { .. }
+                    | ServerLine::Host { .. }
+                    | ServerLine::Stopping { .. } => {}
                 }
             }
         }

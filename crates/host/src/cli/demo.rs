@@ -48,7 +48,7 @@ async fn run_demo(home: &std::path::Path) -> anyhow::Result<ExitCode> {
         .context("starting the scripted model")?;
     let paths = Paths::new(home);
     paths.prepare()?;
-    super::init_logging(Some(&paths.logs_dir().join("nanoclaw.log")));
+    super::init_logging(super::LogTo::File(&paths.logs_dir().join("nanoclaw.log")));
     let options = HostOptions {
         paths: paths.clone(),
         config: Config::default(),

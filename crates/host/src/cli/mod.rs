@@ -9,10 +9,13 @@ pub mod demo;
 pub mod doctor;
 pub mod group;
 pub mod image;
+pub mod logs;
 pub mod memory;
 pub mod run;
+pub mod service;
 pub mod skills;
 pub mod status;
+pub mod stop;
 pub mod tasks;
 pub mod vault;
 #[cfg(feature = "webhook")]
@@ -54,49 +57,104 @@ pub async fn group_or_main(
     }
 }
 
-/// Logs to stderr (the daemon) or to `file` (an in-process host behind `chat`; never
-/// coloured). Stderr is coloured only when it is a terminal and `NO_COLOR` is unset.
-/// `NANOCLAW_LOG` sets the filter (default `info`); `NANOCLAW_LOG_FORMAT=json` for JSON.
-pub fn init_logging(file: Option<&Path>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("NANOCLAW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// Where a process logs.
+pub enum LogTo<'a> {
+    /// One plain-text file, never coloured (the demo's in-process host).
+    File(&'a Path),
+    /// The host: JSON lines in the data dir's daily files (`logs/`, newest `keep_days` kept),
+    /// and, when `stderr`, the terminal's human format too.
+    Host {
+        paths: &'a nanoclaw_host::config::Paths,
+        keep_days: usize,
+        stderr: bool,
+    },
+}
+
+/// Starts logging. `NANOCLAW_LOG` sets the filter (default `info`); `NANOCLAW_LOG_FORMAT=json`
+/// makes stderr JSON too. Stderr is coloured only when it is a terminal and `NO_COLOR` is
+/// unset; files never are. A log directory that cannot be opened is said on stderr, and
+/// the host runs on without its files.
+pub fn init_logging(to: LogTo<'_>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry, fmt};
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+    let filter =
+        || EnvFilter::try_from_env("NANOCLAW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("NANOCLAW_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let writer = file.and_then(|path| {
-        if let Some(dir) = path.parent() {
-            let _ = nanoclaw_host::config::create_private_dir(dir);
+    let mut layers: Vec<Boxed> = Vec::new();
+    let stderr = match to {
+        LogTo::File(path) => {
+            if let Some(dir) = path.parent() {
+                let _ = nanoclaw_host::config::create_private_dir(dir);
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok();
+            match file {
+                Some(f) if json => layers.push(
+                    fmt::layer()
+                        .json()
+                        .with_writer(std::sync::Mutex::new(f))
+                        .with_filter(filter())
+                        .boxed(),
+                ),
+                Some(f) => layers.push(
+                    fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(std::sync::Mutex::new(f))
+                        .with_filter(filter())
+                        .boxed(),
+                ),
+                None => {}
+            }
+            false
         }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok()
-    });
-    match (writer, json) {
-        (Some(f), true) => {
-            let _ = builder
-                .json()
-                .with_writer(std::sync::Mutex::new(f))
-                .try_init();
+        LogTo::Host {
+            paths,
+            keep_days,
+            stderr,
+        } => {
+            match nanoclaw_host::logs::DailyFiles::open(&paths.logs_dir(), keep_days) {
+                Ok(files) => layers.push(
+                    fmt::layer()
+                        .json()
+                        .with_writer(files)
+                        .with_filter(filter())
+                        .boxed(),
+                ),
+                Err(e) => eprintln!(
+                    "warning: cannot write the log files in {}: {e}; logging to stderr only",
+                    paths.logs_dir().display()
+                ),
+            }
+            stderr
         }
-        (Some(f), false) => {
-            let _ = builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .try_init();
-        }
-        (None, true) => {
-            let _ = builder.json().with_writer(std::io::stderr).try_init();
-        }
-        (None, false) => {
+    };
+    if stderr {
+        if json {
+            layers.push(
+                fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter())
+                    .boxed(),
+            );
+        } else {
             // Colour only for a person at a terminal: stderr redirected to a file, a pipe or
             // journald gets plain text.
-            let _ = builder
-                .with_ansi(color())
-                .with_writer(std::io::stderr)
-                .try_init();
+            layers.push(
+                fmt::layer()
+                    .with_ansi(color())
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter())
+                    .boxed(),
+            );
         }
     }
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// Whether to use colour on stderr.

@@ -10,18 +10,21 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// `nanoclaw run`. `for_clients`: started in the background by `nanoclaw chat`; logs to the
 /// data dir's log file and stops once no client has been connected for a while.
 pub async fn run(for_clients: bool) -> anyhow::Result<ExitCode> {
-    if for_clients {
-        let paths = nanoclaw_host::config::Paths::from_env().map_err(anyhow::Error::msg)?;
-        super::init_logging(Some(&paths.logs_dir().join("nanoclaw.log")));
-    } else {
-        super::init_logging(None);
-    }
+    let paths = nanoclaw_host::config::Paths::from_env().map_err(anyhow::Error::msg)?;
+    // An invalid config is reported when the host loads it, just below.
+    let keep_days = nanoclaw_host::config::Config::load(&paths.config_file())
+        .map(|c| c.logs.keep_days)
+        .unwrap_or(nanoclaw_host::config::LogsSection::default().keep_days);
+    // A host started for clients has no terminal of its own: its log is the files alone.
+    super::init_logging(super::LogTo::Host {
+        paths: &paths,
+        keep_days: usize::try_from(keep_days).unwrap_or(usize::MAX),
+        stderr: !for_clients,
+    });
     let Some(host) = start(for_clients).await? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let home = nanoclaw_host::config::Paths::from_env()
-        .map(|p| p.home.display().to_string())
-        .unwrap_or_default();
+    let home = paths.home.display().to_string();
     match host.runtime() {
         Ok(name) => tracing::info!(%home, runtime = name, for_clients, "nanoclaw is ready"),
         Err(why) => {
@@ -31,6 +34,7 @@ pub async fn run(for_clients: bool) -> anyhow::Result<ExitCode> {
     if for_clients {
         tokio::select! {
             _ = wait_for_signal() => {}
+            () = host.until_stop_requested() => {}
             unattended = host.until_unattended(super::chat::CLIENT_HOST_LINGER) => {
                 if !unattended {
                     tracing::error!("the terminal channel is off, so no client can connect; stopping");
@@ -40,7 +44,11 @@ pub async fn run(for_clients: bool) -> anyhow::Result<ExitCode> {
             }
         }
     } else {
-        wait_for_signal().await;
+        // SIGTERM, Ctrl-C, or `nanoclaw stop`: the same clean shutdown.
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            () = host.until_stop_requested() => {}
+        }
     }
     tracing::info!("shutting down");
     host.shutdown().await;

@@ -45,6 +45,32 @@ impl HostLock {
             }
             .into());
         }
+        // The holder's pid, for `nanoclaw stop` and `status` to name (best effort: the lock,
+        // not this text, is what keeps a second host out).
+        {
+            use std::io::{Seek, Write};
+            let mut f = &file;
+            let _ = f
+                .set_len(0)
+                .and_then(|()| f.rewind())
+                .and_then(|()| writeln!(f, "{}", std::process::id()));
+        }
         Ok(HostLock { _file: file })
+    }
+}
+
+/// Whether a host holds the lock file at `path` right now, and the pid it wrote there.
+/// `None`: no host runs on that data directory.
+pub fn holder(path: &Path) -> Option<Option<u32>> {
+    let file = std::fs::OpenOptions::new().write(true).open(path).ok()?;
+    match file.try_lock() {
+        // Free: let go at once (dropping the file releases it), so a host starting now
+        // is not kept out for more than this instant.
+        Ok(()) => None,
+        Err(_) => Some(
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok()),
+        ),
     }
 }

@@ -37,6 +37,17 @@ pub(super) async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Channe
                     }
                 });
             }
+            ChannelEvent::HostStatus { reply } => {
+                // Off the router loop: counting the queue reads the store.
+                let inner = Arc::clone(&inner);
+                tokio::spawn(async move {
+                    let _ = reply.send(inner.host_state().await);
+                });
+            }
+            ChannelEvent::Stop => {
+                tracing::info!("the owner asked the host to stop (nanoclaw stop)");
+                inner.stop_requested.send_replace(true);
+            }
             ChannelEvent::Reachable { channel, chat_id } => {
                 let chat = inner.store.chat_by_platform(channel, chat_id).await;
                 let mut parked = inner.parked_chats.lock().await;

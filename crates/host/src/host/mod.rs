@@ -20,7 +20,7 @@ pub(crate) mod requests;
 mod session;
 mod turn;
 
-pub use lock::AlreadyRunning;
+pub use lock::{AlreadyRunning, holder as lock_holder};
 pub use owner::{is_owner, is_owner_chat, owner_chat, owner_command_chat};
 
 use std::collections::{HashMap, HashSet};
@@ -107,6 +107,10 @@ struct Inner {
     paths: Paths,
     /// The platform channels' supervisors, by channel name (set once they are started).
     supervisors: std::sync::OnceLock<HashMap<String, Arc<nanoclaw_channel::Supervisor>>>,
+    /// When this host started (unix ms).
+    started_at: i64,
+    /// Becomes `true` when the owner asked the host to stop (`nanoclaw stop`).
+    stop_requested: tokio::sync::watch::Sender<bool>,
     _lock: HostLock,
 }
 
@@ -126,6 +130,29 @@ impl Inner {
             );
         }
         out
+    }
+
+    /// The live state `nanoclaw status` shows; the queue is read from the store.
+    async fn host_state(&self) -> crate::channel::HostState {
+        let queue = match self.store.queue_counts().await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(error = %e, "counting queued messages for status failed");
+                nanoclaw_store::QueueCounts::default()
+            }
+        };
+        crate::channel::HostState {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: self.started_at,
+            runtime: self.pool.runtime_name().map(str::to_owned),
+            runtime_error: self.runtime_error.clone(),
+            live_agents: self.pool.live_count(),
+            max_agents: self.config.agents.max_concurrent,
+            busy_sessions: self.workers.lock().await.len(),
+            queued_messages: queue.pending,
+            processing_messages: queue.processing,
+        }
     }
 
     /// Restarts platform channel `name` now.
@@ -210,6 +237,8 @@ impl Host {
             vault,
             supervisors: std::sync::OnceLock::new(),
             paths: paths.clone(),
+            started_at: now_ms(),
+            stop_requested: tokio::sync::watch::Sender::new(false),
             _lock: lock,
         });
 
@@ -280,6 +309,14 @@ impl Host {
             .any(|unattended| unattended)
     }
 
+    /// Returns once the owner asked this host to stop (`nanoclaw stop` over the terminal
+    /// socket); whoever runs the host then shuts it down as on SIGTERM.
+    pub async fn until_stop_requested(&self) {
+        let mut asked = self.inner.stop_requested.subscribe();
+        // The sender lives in `inner`, as long as `self`: `wait_for` only ends when asked.
+        let _ = asked.wait_for(|asked| *asked).await;
+    }
+
     /// Stops channels, background tasks and idle agents.
     pub async fn shutdown(self) {
         for task in &self.tasks {
@@ -298,7 +335,7 @@ fn take_data_dir(paths: &Paths) -> anyhow::Result<HostLock> {
     paths
         .prepare()
         .with_context(|| format!("preparing the data directory {}", paths.home.display()))?;
-    let lock = HostLock::acquire(&paths.run_dir().join("host.lock"))?;
+    let lock = HostLock::acquire(&paths.host_lock())?;
     // Sandboxes of a previous run died with it (die-with-parent); drop their sockets.
     let stale = paths.run_dir().join("sandboxes");
     let _ = std::fs::remove_dir_all(&stale);

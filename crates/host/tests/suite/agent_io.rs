@@ -152,7 +152,7 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
     );
     assert!(!log.contains(&0x1b), "no ANSI escape in the log file");
 
-    // `nanoclaw chat -m` runs an in-process host that logs to logs/nanoclaw.log.
+    // `nanoclaw chat -m` starts a host that logs to the daily files in logs/.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_nanoclaw"))
         .args(["chat", "-m", "hi there"])
         .env_clear()
@@ -170,9 +170,10 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let file = std::fs::read(home.path().join("logs/nanoclaw.log")).unwrap();
+    let files = nanoclaw_host::logs::files(&home.path().join("logs")).unwrap();
+    let file = std::fs::read(files.last().expect("a daily log file")).unwrap();
     assert!(!file.is_empty());
-    assert!(!file.contains(&0x1b), "no ANSI escape in logs/nanoclaw.log");
+    assert!(!file.contains(&0x1b), "no ANSI escape in the log files");
     assert!(
         !output.stderr.contains(&0x1b),
         "no colour on a piped stderr"

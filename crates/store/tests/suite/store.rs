@@ -1492,3 +1492,38 @@ async fn old_channel_state_is_forgotten_by_prefix_and_age_only() {
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn status_counts_what_is_queued_what_failed_since_a_time_and_approvals_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(Store::open(&db_path(&dir)).unwrap()).await;
+    let s = &f.store;
+    for (id, at) in [("a", 0), ("b", 1), ("c", 2)] {
+        s.insert_inbound(msg(&f, id, at)).await.unwrap();
+    }
+    // a: in a turn, then given up at t=5000 (its last try); b: in a turn; c: waiting.
+    let a = s.claim_pending(&f.session_id, 0, 1).await.unwrap()[0].id;
+    s.retry_or_fail(vec![a], "boom", 1, 1_000, 5_000, None)
+        .await
+        .unwrap();
+    s.claim_pending(&f.session_id, 10, 1).await.unwrap();
+    let first = s
+        .insert_outbound(reply(&f, "r1", None))
+        .await
+        .unwrap()
+        .unwrap();
+    s.insert_outbound(reply(&f, "r2", None)).await.unwrap();
+    s.mark_delivery_failed(first.id, "chat gone", 1)
+        .await
+        .unwrap();
+
+    let q = s.queue_counts().await.unwrap();
+    assert_eq!((q.pending, q.processing, q.outbound), (1, 1, 1));
+    let since_start = s.failures_since(5_000).await.unwrap();
+    assert_eq!((since_start.messages, since_start.deliveries), (1, 1));
+    assert_eq!(since_start.total(), 2);
+    // The message failed at t=5000: not counted from a later time on.
+    let later = s.failures_since(5_001).await.unwrap();
+    assert_eq!(later.messages, 0);
+    assert_eq!(s.pending_approval_count().await.unwrap(), 0);
+}
