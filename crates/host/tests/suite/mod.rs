@@ -16,6 +16,7 @@ mod e2e;
 mod egress;
 mod egress_mitm;
 mod hostile_agent;
+mod kill_switch;
 mod mcp;
 mod memory;
 mod model_relay;
