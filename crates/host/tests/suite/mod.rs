@@ -8,6 +8,7 @@ mod admin;
 mod agent_io;
 mod channel_cli;
 mod chat_clients;
+mod chat_tty;
 mod chat_wiring;
 mod cli;
 mod containment;
