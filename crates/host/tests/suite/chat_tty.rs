@@ -26,21 +26,26 @@ struct Tty {
 }
 
 impl Tty {
-    fn start(home: &std::path::Path) -> Option<Tty> {
+    /// `styled`: without `NO_COLOR`, so spinner and styles are drawn.
+    fn start(home: &std::path::Path, styled: bool) -> Option<Tty> {
         if Command::new("script").arg("--version").output().is_err() {
             eprintln!("skipped: no `script` (util-linux) to make a pseudo-terminal");
             return None;
         }
         // `exec`: no shell in between to take the Ctrl-C as its own.
         let chat = format!("exec {} chat", env!("CARGO_BIN_EXE_nanoclaw"));
-        let mut child = Command::new("script")
+        let mut command = Command::new("script");
+        command
             .args(["-q", "-e", "-f", "-c", &chat, "/dev/null"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", home)
             .env("NANOCLAW_HOME", home)
-            .env("NO_COLOR", "1")
-            .env("TERM", "xterm")
+            .env("TERM", "xterm");
+        if !styled {
+            command.env("NO_COLOR", "1");
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -136,7 +141,7 @@ async fn on_a_terminal_a_paste_is_one_message_help_is_local_and_ctrl_c_stops_the
     let finished = home.path().join("groups/main/finished");
 
     let terminal = tokio::task::spawn_blocking(move || {
-        let mut tty = Tty::start(&home_path)?;
+        let mut tty = Tty::start(&home_path, false)?;
         let at = tty.wait_for(0, "/help for commands");
         // A bracketed paste of two lines, then Enter: one message.
         tty.send("\x1b[200~line one\nline two\x1b[201~");
@@ -190,5 +195,43 @@ async fn on_a_terminal_a_paste_is_one_message_help_is_local_and_ctrl_c_stops_the
     assert_eq!(mode, 0o600);
     let kept = std::fs::read_to_string(&history).unwrap();
     assert!(kept.contains("line one"), "{kept}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_a_spinner_turns_until_the_reply_which_is_drawn_as_markdown() {
+    let home = TestHome::new();
+    let scenario = Scenario::new().with_api_key(TEST_KEY).rule(
+        Matcher::Always,
+        Reply::text("## Plan\n- **first** step\n- run `ls`"),
+    );
+    let model = ScriptedModel::start(scenario).await.unwrap();
+    let host = start_host(home.path(), &model, config_for_tests()).await;
+    let home_path = home.path().to_path_buf();
+    let shown = tokio::task::spawn_blocking(move || {
+        let mut tty = Tty::start(&home_path, true)?;
+        let at = tty.wait_for(0, "/help for commands");
+        tty.send("make a plan\r");
+        // The last line, once drawn styled (it shows raw until the reply is complete).
+        tty.wait_for(at, "run \x1b[36mls");
+        tty.send("\x04");
+        let shown = tty.out.lock().unwrap().clone();
+        Some(shown)
+    })
+    .await
+    .unwrap();
+    let Some(shown) = shown else {
+        host.shutdown().await;
+        return;
+    };
+    assert!(shown.contains("thinking…"), "no spinner:\n{shown}");
+    // The heading bold, the list drawn with bullets and its emphasis and code styled.
+    assert!(shown.contains("\x1b[1mPlan\x1b[0m"), "{shown:?}");
+    assert!(shown.contains("• \x1b[1mfirst\x1b[0m step"), "{shown:?}");
+    assert!(shown.contains("• run \x1b[36mls\x1b[0m"), "{shown:?}");
+    assert!(
+        !shown.contains("**first**\r\n"),
+        "raw markdown left on screen: {shown:?}"
+    );
     host.shutdown().await;
 }
