@@ -196,7 +196,8 @@ pub(super) async fn intercept(inner: &Arc<Inner>, event: &InboundEvent) -> Optio
             event.channel, event.chat_id, event.platform_msg_id
         ),
         text: reply,
-        kind: OutboundKind::Message,
+        // A reply to the command: `nanoclaw chat -m /stop` waits for exactly that.
+        kind: OutboundKind::Reply,
         files: Vec::new(),
     };
     let outcome = match inner.store.insert_outbound(row).await {

@@ -102,8 +102,12 @@ async fn stop_kills_a_turn_mid_tool_and_its_message_is_never_answered_again() {
     let store = host.store().clone();
     let (_, chat) = main_and_terminal(&store).await;
 
-    let answer = owner_command(&mut client, &store, chat.id, "/stop").await;
-    assert_eq!(answer, "Nothing was running.");
+    // Answered as a reply to the command, as `nanoclaw chat -m /stop` waits for.
+    let (kind, answer) = ask(&mut client, "/stop").await;
+    assert_eq!(
+        (kind.as_str(), answer.as_str()),
+        ("reply", "Nothing was running.")
+    );
 
     let slow = client.send("a slow job please").await.unwrap();
     tool_started(home.path(), "main").await;
