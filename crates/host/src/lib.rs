@@ -10,6 +10,7 @@ pub mod admin_audit;
 pub mod agents;
 pub mod approvals;
 pub mod channel;
+pub mod chat_ui;
 pub mod clock;
 pub mod config;
 pub mod egress_vault;

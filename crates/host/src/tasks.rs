@@ -422,7 +422,7 @@ impl Scheduler {
                 .map(|n| format!(" Next run: {}.", nanoclaw_schedule::format_local(n, tz)))
                 .unwrap_or_default();
             let notice = format!(
-                "Skipped scheduled task {} (\"{}\") due at {when}: nanoclaw was not running then.{next_text}",
+                "Skipped scheduled task {} (\"{}\") due at {when}: nanoclaw was not running (or was paused) then.{next_text}",
                 task.id,
                 short(&task.prompt)
             );
@@ -437,7 +437,7 @@ impl Scheduler {
         }
         let notice = missed.then(|| {
             format!(
-                "Running scheduled task {} (\"{}\") late: it was due at {when}, while nanoclaw was not running.",
+                "Running scheduled task {} (\"{}\") late: it was due at {when}, while nanoclaw was not running (or was paused).",
                 task.id,
                 short(&task.prompt)
             )

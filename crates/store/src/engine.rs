@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_reply_routes.sql"),
     include_str!("../migrations/0012_memories.sql"),
     include_str!("../migrations/0013_skills.sql"),
+    include_str!("../migrations/0014_host_state.sql"),
 ];
 
 /// The schema version this build knows.

@@ -16,6 +16,7 @@ mod error;
 mod group_commit;
 mod groups;
 mod held;
+mod host_state;
 mod inbound;
 mod memories;
 mod model;
@@ -36,6 +37,7 @@ pub use engine::{
 pub use error::StoreError;
 pub use groups::{DEFAULT_TRIGGER, validate_folder};
 pub use held::{Held, NewHeld, Pairing};
+pub use host_state::Paused;
 pub use inbound::backoff_ms;
 pub use memories::{
     MAX_MEMORIES_PER_GROUP, MAX_MEMORY_TEXT_BYTES, MAX_QUERY_BYTES, MAX_RESULTS, Memory, MemoryHit,

@@ -5,13 +5,13 @@
 //! at once take turns on `run/start.lock`, so only one host is started. That host stops once
 //! no client has been connected for [`CLIENT_HOST_LINGER`].
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use nanoclaw_host::channel::sanitize::{TerminalText, for_terminal};
+use nanoclaw_host::channel::sanitize::for_terminal;
 use nanoclaw_host::channel::terminal::{Scope, ServerLine, TerminalClient, answers_id};
 use nanoclaw_host::config::{Config, Paths, create_private_dir};
 use tokio::io::AsyncBufReadExt;
@@ -48,7 +48,7 @@ pub async fn chat(message: Option<String>, json: bool, timeout: u64) -> anyhow::
                 .await
                 .context("talking to the host")?;
             eprintln!("connected to {}", for_terminal(&connected.assistant));
-            interactive(client).await
+            super::chat_tty::interactive(client, &paths).await
         }
         None => {
             client
@@ -302,78 +302,4 @@ async fn piped(client: &mut TerminalClient, timeout: Duration) -> anyhow::Result
         }
     }
     Ok(code)
-}
-
-async fn interactive(client: &mut TerminalClient) -> anyhow::Result<ExitCode> {
-    let color = super::color();
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    eprintln!("nanoclaw chat — type a message, Ctrl-D to leave.");
-    prompt();
-    let mut streaming = false;
-    // Deltas are pieces of one text: a control sequence split across them is still removed.
-    let mut stream_text = TerminalText::new();
-    loop {
-        tokio::select! {
-            line = stdin.next_line() => {
-                let Some(line) = line? else { break };
-                let text = line.trim();
-                if text.is_empty() {
-                    prompt();
-                    continue;
-                }
-                client.send(text).await.context("sending the message")?;
-            }
-            line = client.next() => {
-                let Some(line) = line? else {
-                    eprintln!("\nthe host went away");
-                    return Ok(ExitCode::FAILURE);
-                };
-                match line {
-                    ServerLine::Welcome { .. } => {}
-                    ServerLine::Delta { text } => {
-                        print!("{}", stream_text.push(&text));
-                        let _ = std::io::stdout().flush();
-                        streaming = true;
-                    }
-                    ServerLine::Tool { tool, summary } => {
-                        if streaming {
-                            println!();
-                            streaming = false;
-                        }
-                        stream_text.reset();
-                        print_tool(&tool, &summary, color);
-                    }
-                    ServerLine::Message { text, kind, .. } => {
-                        if streaming && kind == "reply" {
-                            // The text already streamed in; just end the line.
-                            println!();
-                        } else {
-                            if streaming { println!(); }
-                            let text = for_terminal(&text);
-                            if kind == "error" { eprintln!("! {text}"); } else { println!("{text}"); }
-                        }
-                        streaming = false;
-                        stream_text.reset();
-                        prompt();
-                    }
-                    ServerLine::Ack { status, detail, .. } if status != "accepted" => {
-                        eprintln!("({status}: {})", for_terminal(&detail.unwrap_or_default()));
-                        prompt();
-                    }
-                    ServerLine::Error { error } => eprintln!("host: {}", for_terminal(&error)),
-                    // Answers to admin requests this client never makes.
-                    ServerLine::Ack { .. }
-                    | ServerLine::Channels { .. }
-                    | ServerLine::Restarted { .. }
-                    | ServerLine::Host { .. }
-                    | ServerLine::Stopping { .. } => {}
-                }
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn prompt() {
-    eprint!("> ");
 }

@@ -2,6 +2,7 @@
 
 pub mod channel;
 pub mod chat;
+pub mod chat_tty;
 pub mod chats;
 pub mod config;
 #[cfg(feature = "demo")]

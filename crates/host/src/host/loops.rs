@@ -80,6 +80,13 @@ pub(super) async fn route_inbound(inner: &Arc<Inner>, mut event: InboundEvent) {
         }
         return;
     }
+    // The owner's kill switch (`/stop`, `/pause`, `/resume`), answered by the host.
+    if let Some(outcome) = super::kill_switch::intercept(inner, &event).await {
+        if let Some(ack) = ack {
+            let _ = ack.send(outcome);
+        }
+        return;
+    }
     // The owner's `/skills …` and `/skill-graph` in the main chat, answered by the host.
     if let Some(outcome) = crate::skills::chat::intercept(
         &inner.store,
@@ -137,6 +144,10 @@ pub(super) async fn route_event(inner: &Arc<Inner>, event: &InboundEvent) -> Rou
 /// Starts the agents of the groups in `agents.warm` (their known sessions; for the main
 /// group, the owner's main chat's session) so first replies skip the sandbox start.
 pub(super) async fn prewarm(inner: Arc<Inner>) {
+    if super::kill_switch::is_paused(&inner) {
+        tracing::info!("paused by the owner: no agent is kept warm until /resume");
+        return;
+    }
     for folder in inner.config.agents.warm.clone() {
         let group = match inner.store.group_by_folder(folder.as_str()).await {
             Ok(Some(g)) => g,
@@ -180,7 +191,14 @@ pub(super) async fn prewarm(inner: Arc<Inner>) {
 
 /// Fires scheduled tasks when due; sleeps until the next fire time (or a change) in between.
 pub(super) async fn task_loop(inner: Arc<Inner>) {
+    let mut paused = inner.paused.subscribe();
     loop {
+        // Paused by the owner: nothing fires until `/resume`; what fell due meanwhile fires
+        // then, once, as after downtime.
+        let resumed = paused.wait_for(|p| !*p).await.is_ok();
+        if !resumed {
+            return;
+        }
         let mut last_pass = inner.tasks.clock().now();
         match inner.tasks.fire_due().await {
             Ok(fired) => {
@@ -201,7 +219,13 @@ pub(super) async fn task_loop(inner: Arc<Inner>) {
 
 /// Sleeps until the next retry is due (no polling), then wakes those sessions.
 pub(super) async fn scheduler_loop(inner: Arc<Inner>) {
+    let mut paused = inner.paused.subscribe();
     loop {
+        // Paused by the owner: messages wait in the store until `/resume`.
+        let resumed = paused.wait_for(|p| !*p).await.is_ok();
+        if !resumed {
+            return;
+        }
         let now = now_ms();
         match inner.store.sessions_with_due_work(now).await {
             Ok(sessions) => {

@@ -12,6 +12,7 @@
 
 mod delivery;
 mod failure;
+pub mod kill_switch;
 mod lanes;
 mod lock;
 mod loops;
@@ -105,6 +106,10 @@ struct Inner {
     /// Secrets; the leak guard scans outgoing chat messages for their values.
     vault: Option<nanoclaw_vault::Vault>,
     paths: Paths,
+    /// Turns running now, and how to stop them (the kill switch, `kill_switch.rs`).
+    running: kill_switch::RunningTurns,
+    /// `true` while the owner's `/pause` holds (kept in the store across restarts).
+    paused: tokio::sync::watch::Sender<bool>,
     /// The platform channels' supervisors, by channel name (set once they are started).
     supervisors: std::sync::OnceLock<HashMap<String, Arc<nanoclaw_channel::Supervisor>>>,
     /// When this host started (unix ms).
@@ -220,6 +225,13 @@ impl Host {
             .map(|c| (c.name().to_owned(), Arc::clone(c)))
             .collect();
 
+        let paused = store
+            .paused()
+            .await
+            .context("reading whether the owner paused the host")?;
+        if let Some(p) = &paused {
+            tracing::warn!(by = %p.by, "the owner paused this host: no agent runs until /resume");
+        }
         let clock = clock.unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
         let tasks = Arc::new(crate::tasks::Scheduler::new(store.clone(), clock, &config));
         let inner = Arc::new(Inner {
@@ -236,6 +248,8 @@ impl Host {
             runtime_error,
             vault,
             supervisors: std::sync::OnceLock::new(),
+            running: kill_switch::RunningTurns::default(),
+            paused: tokio::sync::watch::Sender::new(paused.is_some()),
             paths: paths.clone(),
             started_at: now_ms(),
             stop_requested: tokio::sync::watch::Sender::new(false),
@@ -284,6 +298,11 @@ impl Host {
     /// Agents running right now: busy with a turn or idle and warm.
     pub fn live_agents(&self) -> usize {
         self.inner.pool.live_count()
+    }
+
+    /// Whether the owner paused the host (`/pause`; see `kill_switch.rs`).
+    pub fn is_paused(&self) -> bool {
+        kill_switch::is_paused(&self.inner)
     }
 
     /// The runtime agents run in, or why there is none.

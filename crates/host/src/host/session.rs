@@ -13,6 +13,10 @@ const MAX_BATCH: usize = 10;
 
 /// Makes sure a worker is processing `session`.
 pub(super) async fn kick(inner: &Arc<Inner>, session: String) {
+    // Paused by the owner: the messages wait in the store; `/resume` wakes them.
+    if super::kill_switch::is_paused(inner) {
+        return;
+    }
     let mut workers = inner.workers.lock().await;
     if workers.insert(session.clone()) {
         // The group is recorded by the first turn, which reads it anyway.
@@ -33,6 +37,10 @@ async fn session_worker(inner: Arc<Inner>, session_id: String) {
     loop {
         let batch = {
             let mut workers = inner.workers.lock().await;
+            if super::kill_switch::is_paused(&inner) {
+                workers.remove(&session_id);
+                return;
+            }
             match inner
                 .store
                 .claim_pending(session_id.clone(), now_ms(), MAX_BATCH)

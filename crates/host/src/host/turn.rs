@@ -34,7 +34,14 @@ const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How a turn ended.
 pub(super) enum TurnEnd {
     Finished(Box<TurnFinished>),
-    Failed { error: String, retryable: bool },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+    /// The owner stopped it (`/stop`, `/pause`; see `kill_switch.rs`).
+    Stopped {
+        reason: String,
+    },
 }
 
 /// The messages a turn answers: the first one's row id (it keys the turn's outbound rows)
@@ -95,6 +102,21 @@ pub(super) async fn run_turn(
     if give_up_exhausted(inner, &ctx, &batch).await? {
         return Ok(());
     }
+    let mut guard = super::kill_switch::register(
+        inner,
+        session_id,
+        (ctx.chat.channel.clone(), ctx.chat.platform_id.clone()),
+        ctx.group.folder.clone(),
+    );
+    if super::kill_switch::is_paused(inner) {
+        // Claimed just as the owner paused: back to the queue untouched, answered after /resume.
+        let now = now_ms();
+        inner
+            .store
+            .defer_claimed(ctx.ids.clone(), now, "paused by the owner", now)
+            .await?;
+        return Ok(());
+    }
     let mut agent = match inner.pool.acquire(&ctx.session, &ctx.group).await {
         Ok(agent) => agent,
         Err(e) if e.is_runtime_down() => {
@@ -106,13 +128,17 @@ pub(super) async fn run_turn(
             return fail_turn(inner, &ctx, e.to_string(), retryable).await;
         }
     };
+    // Stopped while its sandbox was starting: it never begins.
+    if let Some(reason) = guard.reason() {
+        return finish_turn(inner, &ctx, agent, TurnEnd::Stopped { reason }).await;
+    }
     let turn_id = format!("{session_id}:{}:{}", ctx.first_id(), ctx.tries);
     let turn = turn_message(inner, &ctx, &batch, &turn_id);
     if let Err(e) = agent.send(&turn).await {
         agent.kill().await;
         return fail_turn(inner, &ctx, format!("the agent stopped: {e}"), true).await;
     }
-    let end = drive_turn(inner, &ctx, &mut agent, &turn_id).await;
+    let end = drive_turn(inner, &ctx, &mut agent, &turn_id, &mut guard.stopped).await;
     finish_turn(inner, &ctx, agent, end).await
 }
 
@@ -197,6 +223,7 @@ async fn drive_turn(
     ctx: &TurnContext,
     agent: &mut LiveAgent,
     turn_id: &str,
+    stopped: &mut tokio::sync::watch::Receiver<Option<String>>,
 ) -> TurnEnd {
     let mut driver = TurnDriver {
         inner,
@@ -225,6 +252,13 @@ async fn drive_turn(
         let next = tokio::time::timeout_at(deadline, agent.next_event());
         let event = tokio::select! {
             event = next => event,
+            // The owner's kill switch: the turn ends here, whatever the agent is doing.
+            Ok(()) = stopped.changed() => {
+                if let Some(reason) = stopped.borrow().clone() {
+                    return TurnEnd::Stopped { reason };
+                }
+                continue;
+            }
             // `next_event` is a channel receive: dropping it here loses nothing.
             _ = async {
                 match typing.as_mut() {
@@ -458,6 +492,16 @@ async fn finish_turn(
             // The agent's state is suspect after a failure; start fresh next time.
             agent.kill().await;
             fail_turn(inner, ctx, error, retryable).await
+        }
+        TurnEnd::Stopped { reason } => {
+            // Killed first, so no further tool runs; then its messages are done for good.
+            agent.kill().await;
+            tracing::warn!(%reason, "turn stopped by the owner");
+            inner
+                .store
+                .stop_turn(ctx.ids.clone(), reason, now_ms())
+                .await?;
+            Ok(())
         }
     }
 }

@@ -1527,3 +1527,75 @@ async fn status_counts_what_is_queued_what_failed_since_a_time_and_approvals_wai
     assert_eq!(later.messages, 0);
     assert_eq!(s.pending_approval_count().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn the_pause_survives_a_reopen_and_a_second_pause_keeps_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.paused().await.unwrap(), None);
+        assert_eq!(
+            store
+                .set_paused(Some("chat terminal:local".into()), 1_000)
+                .await
+                .unwrap(),
+            None
+        );
+        // Pausing again says since when, and keeps who paused first.
+        let before = store
+            .set_paused(Some("chat telegram:42".into()), 2_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (before.by.as_str(), before.since),
+            ("chat terminal:local", 1_000)
+        );
+    }
+    let store = Store::open(&path).unwrap();
+    let paused = store.paused().await.unwrap().unwrap();
+    assert_eq!(
+        (paused.by.as_str(), paused.since),
+        ("chat terminal:local", 1_000)
+    );
+    assert!(store.set_paused(None, 3_000).await.unwrap().is_some());
+    assert_eq!(store.paused().await.unwrap(), None);
+    assert_eq!(store.set_paused(None, 4_000).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_stopped_turn_is_done_for_good_and_a_restart_does_not_bring_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(Store::open(&db_path(&dir)).unwrap()).await;
+    let a = f.store.insert_inbound(msg(&f, "a", 10)).await.unwrap().id;
+    let b = f.store.insert_inbound(msg(&f, "b", 11)).await.unwrap().id;
+    let claimed = f.store.claim_pending(&f.session_id, 100, 1).await.unwrap();
+    assert_eq!(claimed.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a]);
+    assert_eq!(
+        f.store
+            .stop_turn(vec![a, b], "stopped by the owner", 200)
+            .await
+            .unwrap(),
+        1,
+        "only the claimed row is ended"
+    );
+    assert_eq!(f.store.recover_interrupted(300).await.unwrap(), 0);
+    let a_row = f.store.inbound(a).await.unwrap().unwrap();
+    assert_eq!(a_row.status, InboundStatus::Done);
+    assert_eq!(a_row.last_error.as_deref(), Some("stopped by the owner"));
+    let b_row = f.store.inbound(b).await.unwrap().unwrap();
+    assert_eq!(
+        b_row.status,
+        InboundStatus::Pending,
+        "the queued message still waits"
+    );
+    assert!(
+        f.store
+            .outbound_for_chat(f.chat_id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no reply for a stopped turn"
+    );
+}
