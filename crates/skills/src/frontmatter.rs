@@ -37,7 +37,8 @@ pub struct Frontmatter {
     pub license: Option<String>,
     /// Environment requirements, in prose.
     pub compatibility: Option<String>,
-    /// Free key/value pairs (scalars written as numbers or booleans are kept as their text).
+    /// Free key/value pairs (scalars written as numbers or booleans are kept as their text, as
+    /// written: `version: 1.10` is "1.10").
     pub metadata: BTreeMap<String, String>,
     /// Pre-approved tools (`allowed-tools`, experimental in the spec). Advisory in nanoclaw:
     /// what a skill may do is what skill.toml grants.
@@ -164,7 +165,130 @@ fn yaml_options() -> serde_saphyr::Options {
         },
         alias_limits: aliases,
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+        // `.nan` and `.inf` become nulls here and are then read as their text (see
+        // `scalars_as_text`), not refused.
+        non_finite_float_policy: serde_saphyr::options::NonFiniteFloatPolicy::PassThrough,
     }
+}
+
+/// Top-level fields whose value is text: a plain scalar there is read as written.
+const TEXT_FIELDS: [&str; 4] = ["name", "description", "license", "compatibility"];
+
+/// Which scalars to read a second time as their text: top-level fields and `metadata` keys.
+struct TextSeed {
+    top: Vec<String>,
+    meta: Vec<String>,
+}
+
+/// The texts read by [`TextSeed`]; `None` is a YAML null (`~`, `null`, nothing).
+#[derive(Default)]
+struct Texts {
+    top: BTreeMap<String, Option<String>>,
+    meta: BTreeMap<String, Option<String>>,
+}
+
+struct MetaSeed<'a>(&'a [String], &'a mut BTreeMap<String, Option<String>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TextSeed {
+    type Value = Texts;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Texts, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TextSeed {
+    type Value = Texts;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a mapping of fields")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Texts, A::Error> {
+        let mut texts = Texts::default();
+        while let Some(key) = map.next_key::<String>()? {
+            if self.top.contains(&key) {
+                let text = map.next_value::<Option<String>>()?;
+                texts.top.insert(key, text);
+            } else if key == "metadata" && !self.meta.is_empty() {
+                map.next_value_seed(MetaSeed(&self.meta, &mut texts.meta))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(texts)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for MetaSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for MetaSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a mapping of strings to strings")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if self.0.contains(&key) {
+                let text = map.next_value::<Option<String>>()?;
+                self.1.insert(key, text);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a value from the typed reading is a scalar that is not a string (a number, a
+/// boolean, or a null, which is also what `.nan` and `.inf` become).
+fn typed_scalar(v: &Value) -> bool {
+    matches!(v, Value::Null | Value::Bool(_) | Value::Number(_))
+}
+
+/// Replaces the text fields and metadata values that YAML typed as numbers or booleans with
+/// the text as written (`version: 1.10` is "1.10", not 1.1; `name: 2048` is the skill "2048"),
+/// as the reference validator (which reads every scalar as a string) does. A null stays a null.
+fn scalars_as_text(
+    yaml: &str,
+    map: &mut serde_json::Map<String, Value>,
+    file: &Path,
+) -> Result<(), LoadError> {
+    let top: Vec<String> = TEXT_FIELDS
+        .iter()
+        .filter(|f| map.get(**f).is_some_and(typed_scalar))
+        .map(|f| f.to_string())
+        .collect();
+    let meta: Vec<String> = match map.get("metadata") {
+        Some(Value::Object(m)) => m
+            .iter()
+            .filter(|(_, v)| typed_scalar(v))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    if top.is_empty() && meta.is_empty() {
+        return Ok(());
+    }
+    let texts = serde_saphyr::with_deserializer_from_str_with_options(yaml, yaml_options(), |d| {
+        serde::de::DeserializeSeed::deserialize(TextSeed { top, meta }, d)
+    })
+    .map_err(|e| LoadError::Syntax {
+        file: file.to_path_buf(),
+        message: format!("the frontmatter is not valid YAML: {e}"),
+    })?;
+    for (k, text) in texts.top {
+        map.insert(k, text.map_or(Value::Null, Value::String));
+    }
+    if let Some(Value::Object(m)) = map.get_mut("metadata") {
+        for (k, text) in texts.meta {
+            // An empty value (`author:`) is empty text, as in the reference validator.
+            m.insert(k, Value::String(text.unwrap_or_default()));
+        }
+    }
+    Ok(())
 }
 
 /// Parses and validates SKILL.md text. `folder` is the skill folder's name, which `name` must
@@ -187,7 +311,7 @@ pub fn parse(
             message: format!("the frontmatter is not valid YAML: {e}"),
         }
     })?;
-    let map = match value {
+    let mut map = match value {
         Value::Object(map) => map,
         Value::Null => {
             return Err(LoadError::invalid(
@@ -206,6 +330,8 @@ pub fn parse(
             });
         }
     };
+
+    scalars_as_text(&yaml, &mut map, file)?;
 
     let name = string_field(&map, "name", file)?.ok_or_else(|| {
         LoadError::invalid(
@@ -277,11 +403,9 @@ pub fn parse(
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
             for (k, v) in m {
+                // Numbers, booleans and nulls were read as their text above.
                 let text = match v {
                     Value::String(s) => s.clone(),
-                    // `version: 1.0` is common; the spec's string map would have it quoted.
-                    Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
                     other => {
                         return Err(LoadError::invalid(
                             file,

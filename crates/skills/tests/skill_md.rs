@@ -238,10 +238,43 @@ fn name_not_matching_the_folder() {
 #[test]
 fn name_that_is_not_a_string() {
     expect_error(
-        "num",
-        "name: 123\ndescription: Number.",
+        "list",
+        "name:\n  - list\ndescription: A list.",
         "name",
-        &["name must be a string, not a number"],
+        &["name must be a string, not a list"],
+    );
+}
+
+#[test]
+fn scalars_yaml_types_are_read_as_written() {
+    // YAML types these as numbers and booleans; they are text fields, read as written (as the
+    // reference validator, which reads every scalar as text, does).
+    let tmp = tempfile::tempdir().unwrap();
+    let s = load_text(
+        tmp.path(),
+        "2048",
+        &skill_md(
+            "name: 2048\ndescription: 1.10\nlicense: 2.0\ncompatibility: yes\nmetadata:\n  \
+             version: 1.10\n  beta: True\n  octal: 0o17\n  nan: .NaN\n  empty:",
+        ),
+    )
+    .unwrap();
+    assert_eq!(s.name(), "2048");
+    assert_eq!(s.frontmatter.description, "1.10");
+    assert_eq!(s.frontmatter.license.as_deref(), Some("2.0"));
+    assert_eq!(s.frontmatter.compatibility.as_deref(), Some("yes"));
+    let m = &s.frontmatter.metadata;
+    assert_eq!(m["version"], "1.10");
+    assert_eq!(m["beta"], "True");
+    assert_eq!(m["octal"], "0o17");
+    assert_eq!(m["nan"], ".NaN");
+    assert_eq!(m["empty"], "");
+    // A null is no value: a name written `null` is missing, not the skill "null".
+    expect_error(
+        "null",
+        "name: null\ndescription: d",
+        "name",
+        &["name is missing"],
     );
 }
 
