@@ -70,6 +70,12 @@ struct QueueJson {
 }
 
 #[derive(Serialize)]
+struct PausedJson {
+    by: String,
+    since: String,
+}
+
+#[derive(Serialize)]
 struct FailuresJson {
     messages: u64,
     task_runs: u64,
@@ -89,6 +95,8 @@ struct StatusJson {
     queued_replies: u64,
     held_for_you: usize,
     approvals_waiting: u64,
+    /// Set while the owner's `/pause` holds every agent and scheduled run (until `/resume`).
+    paused: Option<PausedJson>,
     failures_last_24h: FailuresJson,
     tasks_due_next: Vec<nanoclaw_host::tasks::TaskView>,
 }
@@ -99,6 +107,7 @@ struct Stored {
     queue: QueueCounts,
     held: usize,
     approvals: u64,
+    paused: Option<nanoclaw_store::Paused>,
     failures: FailureCounts,
     tasks: Vec<nanoclaw_host::tasks::TaskView>,
 }
@@ -120,6 +129,7 @@ async fn stored() -> anyhow::Result<Stored> {
         queue: store.queue_counts().await?,
         held: store.waiting_messages().await?.len(),
         approvals: store.pending_approval_count().await?,
+        paused: store.paused().await?,
         failures: store.failures_since(now - FAILURE_WINDOW_MS).await?,
         tasks: scheduler.views(&due).await?,
     })
@@ -188,6 +198,10 @@ pub async fn status(json: bool) -> anyhow::Result<ExitCode> {
         queue,
         held_for_you: stored.held,
         approvals_waiting: stored.approvals,
+        paused: stored.paused.map(|p| PausedJson {
+            by: p.by,
+            since: rfc3339(p.since),
+        }),
         failures_last_24h: FailuresJson {
             messages: stored.failures.messages,
             task_runs: stored.failures.task_runs,
@@ -242,6 +256,12 @@ fn print_human(paths: &Paths, r: &StatusJson) {
                 "host: not running (start it with `nanoclaw run` or `nanoclaw service start`)"
             ),
         },
+    }
+    if let Some(p) = &r.paused {
+        println!(
+            "PAUSED since {} by {}: no agent or scheduled run starts until /resume in the main chat",
+            p.since, p.by
+        );
     }
     if let Some(a) = &r.agents {
         println!(

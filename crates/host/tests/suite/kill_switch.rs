@@ -266,6 +266,18 @@ async fn pause_holds_messages_and_due_tasks_across_a_restart_and_resume_runs_bot
     drop(store);
     let host = start_with_clock(home.path(), &model, &clock).await;
     assert!(host.is_paused(), "the pause was forgotten by the restart");
+    // `nanoclaw status` says so too (from the database).
+    let mut status = nanoclaw_command(home.path(), &model, Some(TEST_KEY), &["status", "--json"]);
+    let out = tokio::task::spawn_blocking(move || status.output().unwrap())
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["paused"]["by"]
+            .as_str()
+            .is_some_and(|by| by.contains("terminal")),
+        "{report}"
+    );
     let mut client = connect_client(home.path()).await;
     let store = host.store().clone();
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -104,6 +104,7 @@ async fn status_reports_the_running_host_its_agents_tasks_failures_and_approvals
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["host_running"], true);
+    assert!(s["paused"].is_null(), "{s}");
     assert_eq!(s["host"]["pid"], daemon.id());
     assert_eq!(s["host"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(s["host"]["runtime"], "native");
