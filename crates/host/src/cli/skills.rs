@@ -375,15 +375,57 @@ fn scheduler(
     )
 }
 
-/// The runtime the host would run agents in: skills' declared packages are checked against
-/// it. None usable: nothing runs, so nothing to check against (said in the output).
-async fn host_runtime(
-    config: &nanoclaw_host::config::Config,
-    paths: &Paths,
-) -> Option<std::sync::Arc<dyn nanoclaw_sandbox::Runtime>> {
-    nanoclaw_host::runtime::select(config, &paths.host_id().unwrap_or_default())
-        .await
-        .ok()
+/// What `enable`, `disable` and `approve` work on: the group and the host's parts.
+struct Admin {
+    paths: Paths,
+    store: Store,
+    tasks: nanoclaw_host::tasks::Scheduler,
+    /// The runtime the host would run agents in: skills' declared packages are checked
+    /// against it. None usable: nothing runs, so nothing to check against (said in the output).
+    runtime: Option<std::sync::Arc<dyn nanoclaw_sandbox::Runtime>>,
+    group: Group,
+}
+
+impl Admin {
+    async fn open(folder: Option<String>, check_packages: bool) -> anyhow::Result<Admin> {
+        let (paths, config, store) = super::open_existing()?;
+        let group = super::group_or_main(&store, folder).await?;
+        let tasks = scheduler(&config, &store);
+        let runtime = if check_packages {
+            nanoclaw_host::runtime::select(&config, &paths.host_id().unwrap_or_default())
+                .await
+                .ok()
+        } else {
+            None
+        };
+        Ok(Admin {
+            paths,
+            store,
+            tasks,
+            runtime,
+            group,
+        })
+    }
+
+    fn skills(&self) -> SkillAdmin<'_> {
+        SkillAdmin {
+            store: &self.store,
+            paths: &self.paths,
+            tasks: &self.tasks,
+            runtime: self.runtime.as_deref(),
+            by: "cli".into(),
+        }
+    }
+}
+
+/// Prints what was done: as JSON, or the owner-facing summary.
+fn report(done: &impl serde::Serialize, summary: String, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(done)?);
+    } else {
+        print!("{summary}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `nanoclaw skills enable NAME…`: the skills and what they require, their grants recorded for
@@ -393,30 +435,16 @@ pub async fn enable(
     folder: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (paths, config, store) = super::open_existing()?;
-    let group = super::group_or_main(&store, folder).await?;
-    let tasks = scheduler(&config, &store);
-    let runtime = host_runtime(&config, &paths).await;
-    let admin = SkillAdmin {
-        store: &store,
-        paths: &paths,
-        tasks: &tasks,
-        runtime: runtime.as_deref(),
-        by: "cli".into(),
-    };
+    let admin = Admin::open(folder, true).await?;
     let done = admin
-        .enable(&group, &names)
+        .skills()
+        .enable(&admin.group, &names)
         .await
         .map_err(anyhow::Error::msg)?;
     if !done.scheduled.is_empty() {
-        wake_host(&paths).await;
+        wake_host(&admin.paths).await;
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
-    } else {
-        print!("{}", done.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    report(&done, done.summary(), json)
 }
 
 /// `nanoclaw skills disable NAME…`: removes exactly the grants the skills made for this group.
@@ -426,55 +454,28 @@ pub async fn disable(
     with_dependents: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (paths, config, store) = super::open_existing()?;
-    let group = super::group_or_main(&store, folder).await?;
-    let tasks = scheduler(&config, &store);
-    let admin = SkillAdmin {
-        store: &store,
-        paths: &paths,
-        tasks: &tasks,
-        runtime: None,
-        by: "cli".into(),
-    };
+    let admin = Admin::open(folder, false).await?;
     let done = admin
-        .disable(&group, &names, with_dependents)
+        .skills()
+        .disable(&admin.group, &names, with_dependents)
         .await
         .map_err(anyhow::Error::msg)?;
     if !done.cancelled_tasks.is_empty() {
-        wake_host(&paths).await;
+        wake_host(&admin.paths).await;
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
-    } else {
-        print!("{}", done.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    report(&done, done.summary(), json)
 }
 
 /// `nanoclaw skills approve NAME`: records the skill's current hash (and its manifest's grants)
 /// after the owner reviewed a change; a paused skill resumes on the group's next turn.
 pub async fn approve(name: String, folder: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
-    let (paths, config, store) = super::open_existing()?;
-    let group = super::group_or_main(&store, folder).await?;
-    let tasks = scheduler(&config, &store);
-    let runtime = host_runtime(&config, &paths).await;
-    let admin = SkillAdmin {
-        store: &store,
-        paths: &paths,
-        tasks: &tasks,
-        runtime: runtime.as_deref(),
-        by: "cli".into(),
-    };
+    let admin = Admin::open(folder, true).await?;
     let done = admin
-        .approve(&group, &name)
+        .skills()
+        .approve(&admin.group, &name)
         .await
         .map_err(anyhow::Error::msg)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
-    } else {
-        print!("{}", done.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    report(&done, done.summary(), json)
 }
 
 /// `nanoclaw skills graph`.

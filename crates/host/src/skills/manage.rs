@@ -167,35 +167,35 @@ async fn load(
 }
 
 impl SkillAdmin<'_> {
+    /// The audit row of one attempt on `asked` (its path, `/groups/<folder>/skills/<a,b>`):
+    /// "skills VERB WHAT by WHO" and what it did (`Ok`, a suffix) or why it was refused.
+    async fn audit(
+        &self,
+        group: &Group,
+        asked: &str,
+        verb: &str,
+        what: &str,
+        done: Result<String, &String>,
+    ) {
+        let head = format!("skills {verb} {what} by {}", self.by);
+        let (allowed, reason) = match done {
+            Ok(suffix) => (true, format!("{head}{suffix}")),
+            Err(why) => (false, format!("{head} refused: {why}")),
+        };
+        audit(self.store, &group.folder, asked, allowed, reason).await;
+    }
+
     /// Enables `names` and what they require for `group`: their grants recorded for this group
     /// only, their hashes approved, their schedules made tasks. Never approves changed files
     /// (that is [`SkillAdmin::approve`], after a review).
     pub async fn enable(&self, group: &Group, names: &[String]) -> Result<Enabled, String> {
         let outcome = self.try_enable(group, names).await;
-        let reason = match &outcome {
-            Ok(e) if e.grants.is_empty() => {
-                format!("skills enable {} by {}", names.join(" "), self.by)
-            }
-            Ok(e) => format!(
-                "skills enable {} by {}: {}",
-                names.join(" "),
-                self.by,
-                e.grants.join("; ")
-            ),
-            Err(why) => format!(
-                "skills enable {} by {} refused: {why}",
-                names.join(" "),
-                self.by
-            ),
-        };
-        audit(
-            self.store,
-            &group.folder,
-            &names.join(","),
-            outcome.is_ok(),
-            reason,
-        )
-        .await;
+        let done = outcome.as_ref().map(|e| match e.grants.as_slice() {
+            [] => String::new(),
+            grants => format!(": {}", grants.join("; ")),
+        });
+        self.audit(group, &names.join(","), "enable", &names.join(" "), done)
+            .await;
         outcome
     }
 
@@ -311,22 +311,14 @@ impl SkillAdmin<'_> {
         with_dependents: bool,
     ) -> Result<Disabled, String> {
         let outcome = self.try_disable(group, names, with_dependents).await;
-        let reason = match &outcome {
-            Ok(d) => format!("skills disable {} by {}", d.disabled.join(" "), self.by),
-            Err(why) => format!(
-                "skills disable {} by {} refused: {why}",
-                names.join(" "),
-                self.by
-            ),
+        // What was disabled (with dependents too), or what was asked for when refused.
+        let what = match &outcome {
+            Ok(d) => d.disabled.join(" "),
+            Err(_) => names.join(" "),
         };
-        audit(
-            self.store,
-            &group.folder,
-            &names.join(","),
-            outcome.is_ok(),
-            reason,
-        )
-        .await;
+        let done = outcome.as_ref().map(|_| String::new());
+        self.audit(group, &names.join(","), "disable", &what, done)
+            .await;
         outcome
     }
 
@@ -393,21 +385,17 @@ impl SkillAdmin<'_> {
     /// paused only because they require it.
     pub async fn approve(&self, group: &Group, name: &str) -> Result<Approved, String> {
         let outcome = self.try_approve(group, name).await;
-        let reason = match &outcome {
-            Ok(a) => format!(
-                "skills approve {name} by {}: hash {} (was {}){}",
-                self.by,
-                a.approved_hash,
-                a.previous_hash,
-                if a.grants.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", a.grants.join("; "))
-                }
-            ),
-            Err(why) => format!("skills approve {name} by {} refused: {why}", self.by),
-        };
-        audit(self.store, &group.folder, name, outcome.is_ok(), reason).await;
+        let done = outcome.as_ref().map(|a| {
+            let grants = match a.grants.as_slice() {
+                [] => String::new(),
+                grants => format!("; {}", grants.join("; ")),
+            };
+            format!(
+                ": hash {} (was {}){grants}",
+                a.approved_hash, a.previous_hash
+            )
+        });
+        self.audit(group, name, "approve", name, done).await;
         outcome
     }
 

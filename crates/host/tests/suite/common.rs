@@ -318,3 +318,23 @@ pub async fn wire_group(host: &Host, folder: &str, chat: &str, requires_trigger:
         .unwrap();
     chat.id
 }
+
+/// An owner command (`/skills …`, `/stop`, …) from the terminal: sends `text` and returns the
+/// host's answer to it (the next row queued for the owner's chat).
+pub async fn owner_command(
+    client: &mut TerminalClient,
+    store: &Store,
+    chat_id: i64,
+    text: &str,
+) -> String {
+    let before = store.outbound_for_chat(chat_id).await.unwrap().len();
+    client.send(text).await.unwrap();
+    nanoclaw_test_support::eventually(30, text, || {
+        let store = store.clone();
+        async move {
+            let rows = store.outbound_for_chat(chat_id).await.ok()?;
+            rows.get(before).map(|o| o.text.clone())
+        }
+    })
+    .await
+}

@@ -13,7 +13,6 @@ use std::time::Duration;
 use super::common::*;
 use chrono::{TimeZone, Utc};
 use nanoclaw_host::Host;
-use nanoclaw_host::channel::terminal::TerminalClient;
 use nanoclaw_host::channel::{ChannelEvent, InboundEvent, RouteOutcome};
 use nanoclaw_host::clock::ManualClock;
 use nanoclaw_host::config::Paths;
@@ -39,26 +38,6 @@ fn scenario() -> Scenario {
             ),
         )
         .rule(Matcher::Always, Reply::text("echo: {{last_user_text}}"))
-}
-
-/// Sends `text` from the terminal and returns the host's answer to it (the next row queued for
-/// the owner's chat).
-async fn owner_command(
-    client: &mut TerminalClient,
-    store: &Store,
-    chat_id: i64,
-    text: &str,
-) -> String {
-    let before = store.outbound_for_chat(chat_id).await.unwrap().len();
-    client.send(text).await.unwrap();
-    eventually(30, text, || {
-        let store = store.clone();
-        async move {
-            let rows = store.outbound_for_chat(chat_id).await.ok()?;
-            rows.get(before).map(|o| o.text.clone())
-        }
-    })
-    .await
 }
 
 async fn texts(store: &Store, chat_id: i64) -> Vec<String> {

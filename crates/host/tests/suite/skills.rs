@@ -15,7 +15,6 @@ use super::common::*;
 use nanoclaw_egress::{
     AddressGuard, EgressProxy, MemoryAudit, NoSecrets, StaticResolver, StorePolicySource,
 };
-use nanoclaw_host::channel::terminal::TerminalClient;
 use nanoclaw_store::{EgressSettings, NewGroup, Store};
 use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use nanoclaw_test_support::{TestHome, eventually};
@@ -597,26 +596,6 @@ async fn a_bundled_skills_script_tool_runs_in_the_sandbox_through_the_proxy() {
         "{prompt}"
     );
     host.shutdown().await;
-}
-
-/// The owner's `/skills …` in the main chat: sends `text` and returns the host's answer (the
-/// next row queued for that chat).
-async fn owner_command(
-    client: &mut TerminalClient,
-    store: &Store,
-    chat_id: i64,
-    text: &str,
-) -> String {
-    let before = store.outbound_for_chat(chat_id).await.unwrap().len();
-    client.send(text).await.unwrap();
-    eventually(30, text, || {
-        let store = store.clone();
-        async move {
-            let rows = store.outbound_for_chat(chat_id).await.ok()?;
-            rows.get(before).map(|o| o.text.clone())
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
