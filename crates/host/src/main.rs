@@ -97,6 +97,19 @@ enum Command {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// First-run walk-through, safe to repeat (it repairs): config, database, the model key
+    /// (verified, kept in the vault; asked for by hidden prompt or read from stdin), the
+    /// sandbox runtime (image built if needed), the service.
+    Setup {
+        /// Also install the service (systemd user unit / launchd agent).
+        #[arg(long)]
+        service: bool,
+        /// Do not build the agent image when the Docker runtime lacks a current one.
+        #[arg(long)]
+        no_build: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that this machine can run nanoclaw, and say how to fix what is missing.
     Doctor {
         #[arg(long)]
@@ -716,6 +729,18 @@ fn main() -> ExitCode {
             } => cli::chat::chat(message, json, timeout).await,
             #[cfg(feature = "demo")]
             Command::Demo => cli::demo::demo().await,
+            Command::Setup {
+                service,
+                no_build,
+                json,
+            } => {
+                cli::setup::setup(cli::setup::SetupArgs {
+                    service,
+                    build_image: !no_build,
+                    json,
+                })
+                .await
+            }
             Command::Doctor { json } => cli::doctor::doctor(json).await,
             Command::Tasks { command } => match command {
                 TasksCommand::List { group, json } => cli::tasks::list(group, json).await,

@@ -325,7 +325,6 @@ fn database_check(db: &std::path::Path) -> (Check, Option<nanoclaw_store::Store>
 /// One cheap authenticated request (the model list) with the configured key: a rejected key
 /// fails; a network failure is only a warning (the API may be unreachable just now).
 async fn verify_key(upstreams: &ModelUpstreams, provider: &str, in_vault: bool) -> Check {
-    use nanoclaw_egress::relay::UpstreamAuth;
     let check = |ok: bool, optional: bool, detail: String| Check {
         name: "model credentials",
         ok,
@@ -343,6 +342,28 @@ async fn verify_key(upstreams: &ModelUpstreams, provider: &str, in_vault: bool) 
             format!("{provider}: key in the vault (the key stays in the host)"),
         );
     };
+    match probe_key(provider, upstream).await {
+        KeyVerdict::Accepted(detail) => check(true, false, detail),
+        KeyVerdict::Rejected(detail) => check(false, false, detail),
+        KeyVerdict::Unverified(detail) => check(false, true, detail),
+    }
+}
+
+/// What the provider said of a key.
+pub(crate) enum KeyVerdict {
+    Accepted(String),
+    /// 401 or 403: the key is wrong.
+    Rejected(String),
+    /// No answer, or another status: maybe right, maybe not.
+    Unverified(String),
+}
+
+/// Asks `provider`'s model list with `upstream`'s credential (the cheapest authenticated call).
+pub(crate) async fn probe_key(
+    provider: &str,
+    upstream: &nanoclaw_egress::relay::Upstream,
+) -> KeyVerdict {
+    use nanoclaw_egress::relay::UpstreamAuth;
     let base = upstream.base_url.trim_end_matches('/');
     let url = if provider == "anthropic" {
         format!("{base}/v1/models")
@@ -355,57 +376,47 @@ async fn verify_key(upstreams: &ModelUpstreams, provider: &str, in_vault: bool) 
         .build()
     {
         Ok(c) => c,
-        Err(e) => return check(false, true, format!("{provider}: key not verified ({e})")),
+        Err(e) => return KeyVerdict::Unverified(format!("{provider}: key not verified ({e})")),
     };
     let mut request = client.get(&url).header("anthropic-version", "2023-06-01");
-    let (env_name, shown) = match &upstream.auth {
+    let env_name = match &upstream.auth {
         UpstreamAuth::XApiKey(key) => {
             request = request.header("x-api-key", key);
-            ("ANTHROPIC_API_KEY", true)
+            "ANTHROPIC_API_KEY"
         }
         UpstreamAuth::Bearer(token) => {
             request = request.bearer_auth(token);
-            (
-                if provider == "anthropic" {
-                    "ANTHROPIC_AUTH_TOKEN"
-                } else {
-                    "OPENAI_API_KEY"
-                },
-                true,
-            )
+            if provider == "anthropic" {
+                "ANTHROPIC_AUTH_TOKEN"
+            } else {
+                "OPENAI_API_KEY"
+            }
         }
-        UpstreamAuth::None => ("OPENAI_BASE_URL", false),
+        // A base URL without a key: a keyless server, if it answers without one.
+        UpstreamAuth::None => "ANTHROPIC_API_KEY",
     };
-    if !shown {
-        return check(true, false, format!("{provider}: keyless server at {base}"));
-    }
+    let keyless = matches!(upstream.auth, UpstreamAuth::None);
     match request.send().await {
-        Ok(r) if r.status().is_success() => check(
-            true,
-            false,
-            format!("{provider}: key accepted by {base} (the key stays in the host)"),
-        ),
-        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => check(
-            false,
-            false,
-            format!(
-                "{provider}: {base} rejected the key ({}); set {env_name} to a valid key",
-                r.status()
-            ),
-        ),
-        Ok(r) => check(
-            false,
-            true,
-            format!(
-                "{provider}: key not verified: {url} answered {}",
-                r.status()
-            ),
-        ),
-        Err(e) => check(
-            false,
-            true,
-            format!("{provider}: key not verified, {base} not reachable ({e})"),
-        ),
+        Ok(r) if r.status().is_success() && keyless => {
+            KeyVerdict::Accepted(format!("{provider}: keyless server at {base}"))
+        }
+        Ok(r) if r.status().is_success() => KeyVerdict::Accepted(format!(
+            "{provider}: key accepted by {base} (the key stays in the host)"
+        )),
+        Ok(r) if keyless && matches!(r.status().as_u16(), 401 | 403) => {
+            KeyVerdict::Rejected(format!("{provider}: {base} wants a key ({})", r.status()))
+        }
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => KeyVerdict::Rejected(format!(
+            "{provider}: {base} rejected the key ({}); set {env_name} to a valid key",
+            r.status()
+        )),
+        Ok(r) => KeyVerdict::Unverified(format!(
+            "{provider}: key not verified: {url} answered {}",
+            r.status()
+        )),
+        Err(e) => KeyVerdict::Unverified(format!(
+            "{provider}: key not verified, {base} not reachable ({e})"
+        )),
     }
 }
 

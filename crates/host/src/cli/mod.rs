@@ -14,6 +14,7 @@ pub mod logs;
 pub mod memory;
 pub mod run;
 pub mod service;
+pub mod setup;
 pub mod skills;
 pub mod status;
 pub mod stop;

@@ -53,7 +53,7 @@ async fn require_vault() -> anyhow::Result<Vault> {
 
 /// Read a secret value: a hidden prompt on a terminal, else all of stdin (one trailing newline
 /// dropped, so `echo value | nanoclaw vault set NAME` stores `value`).
-fn read_value(name: &str) -> anyhow::Result<SecretString> {
+pub(crate) fn read_value(name: &str) -> anyhow::Result<SecretString> {
     let mut text = zeroize::Zeroizing::new(String::new());
     if std::io::stdin().is_terminal() {
         *text = rpassword::prompt_password(format!("value for {name} (not shown): "))

@@ -28,6 +28,7 @@ mod relay_tcp;
 mod relay_transport;
 mod routing;
 mod service;
+mod setup;
 mod skills;
 mod task_properties;
 mod tasks;
