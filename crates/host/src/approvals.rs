@@ -143,23 +143,15 @@ pub async fn intercept(store: &Store, event: &InboundEvent) -> Option<Intercepte
             (format!("Could not record that: {e}"), Vec::new())
         }
     };
-    let row = NewOutbound {
-        session_id: None,
+    let (outcome, _) = crate::host::queue_command_answer(
+        store,
         chat_id,
-        in_reply_to: None,
-        idempotency_key: format!(
-            "approval-reply:{}:{}:{}",
-            event.channel, event.chat_id, event.platform_msg_id
-        ),
-        text: reply,
-        kind: OutboundKind::Message,
-        files: Vec::new(),
-    };
-    let outcome = match store.insert_outbound(row).await {
-        Ok(Some(_)) => RouteOutcome::Accepted,
-        Ok(None) => RouteOutcome::Duplicate,
-        Err(e) => RouteOutcome::Failed(format!("could not queue the confirmation: {e}")),
-    };
+        event,
+        "approval-reply",
+        reply,
+        OutboundKind::Message,
+    )
+    .await;
     Some(Intercepted { outcome, replay })
 }
 

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use nanoclaw_store::{NewOutbound, OutboundKind};
+use nanoclaw_store::OutboundKind;
 use tokio::sync::watch;
 
 use super::Inner;
@@ -151,12 +151,17 @@ pub(super) fn is_paused(inner: &Inner) -> bool {
 pub(super) async fn intercept(inner: &Arc<Inner>, event: &InboundEvent) -> Option<RouteOutcome> {
     let command = parse(&event.text)?;
     let by = format!("chat {}:{}", event.channel, event.chat_id);
+    // Host-wide, so filed under the main group (whatever its folder is called).
+    let main = match inner.store.main_group().await {
+        Ok(Some(g)) => g.folder,
+        _ => "main".to_owned(),
+    };
     let chat_id = match super::owner_command_chat(&inner.store, event).await {
         Ok(Some(id)) => id,
         Ok(None) => {
             crate::admin_audit::record(
                 &inner.store,
-                "main",
+                &main,
                 format!("/host/{}", command.name()),
                 false,
                 format!(
@@ -181,36 +186,28 @@ pub(super) async fn intercept(inner: &Arc<Inner>, event: &InboundEvent) -> Optio
     };
     crate::admin_audit::record(
         &inner.store,
-        "main",
+        &main,
         format!("/host/{}", command.name()),
         true,
         format!("/{} by {by}: {reply}", command.name()),
     )
     .await;
-    let row = NewOutbound {
-        session_id: None,
+    // A reply to the command, to the client that asked: `nanoclaw chat -m /stop` waits for it.
+    let (outcome, queued) = super::queue_command_answer(
+        &inner.store,
         chat_id,
-        in_reply_to: None,
-        idempotency_key: format!(
-            "kill-switch:{}:{}:{}",
-            event.channel, event.chat_id, event.platform_msg_id
-        ),
-        text: reply,
-        // A reply to the command: `nanoclaw chat -m /stop` waits for exactly that.
-        kind: OutboundKind::Reply,
-        files: Vec::new(),
-    };
-    let outcome = match inner.store.insert_outbound(row).await {
-        Ok(Some(row)) => {
-            // The answer goes to the client that asked (`nanoclaw chat -m /stop` too).
-            if let Ok(mut map) = inner.answers.lock() {
-                map.insert(row.id, vec![event.platform_msg_id.clone()]);
-            }
-            RouteOutcome::Accepted
-        }
-        Ok(None) => RouteOutcome::Duplicate,
-        Err(e) => RouteOutcome::Failed(format!("could not queue the answer: {e}")),
-    };
+        event,
+        "kill-switch",
+        reply,
+        OutboundKind::Reply,
+    )
+    .await;
+    // Not stored as an inbound row, so no `in_reply_to` names the command: the map does.
+    if let Some(id) = queued
+        && let Ok(mut map) = inner.answers.lock()
+    {
+        map.insert(id, vec![event.platform_msg_id.clone()]);
+    }
     inner.delivery_wake.notify_one();
     Some(outcome)
 }
@@ -222,8 +219,6 @@ async fn apply(
     event: &InboundEvent,
     by: &str,
 ) -> Result<String, String> {
-    let not_again =
-        "Their messages are marked done and will not be answered, not even after a restart.";
     match command {
         Command::StopAll | Command::StopHere => {
             let only = (command == Command::StopHere)
@@ -236,12 +231,7 @@ async fn apply(
             Ok(if stopped.is_empty() {
                 "Nothing was running.".to_owned()
             } else {
-                format!(
-                    "Stopped {} running turn{}: {}. {not_again}",
-                    stopped.len(),
-                    if stopped.len() == 1 { "" } else { "s" },
-                    stopped.join(", ")
-                )
+                said_stopped(&stopped)
             })
         }
         Command::Pause => {
@@ -266,12 +256,8 @@ async fn apply(
                     .to_owned(),
             };
             if !stopped.is_empty() {
-                text.push_str(&format!(
-                    " Stopped {} running turn{}: {}. {not_again}",
-                    stopped.len(),
-                    if stopped.len() == 1 { "" } else { "s" },
-                    stopped.join(", ")
-                ));
+                text.push(' ');
+                text.push_str(&said_stopped(&stopped));
             }
             text.push_str(
                 " Messages that arrive meanwhile are kept and answered after `/resume`; tasks due \
@@ -301,6 +287,17 @@ async fn apply(
             })
         }
     }
+}
+
+/// What the owner is told of the turns a `/stop` or `/pause` stopped (`stopped` not empty).
+fn said_stopped(stopped: &[String]) -> String {
+    format!(
+        "Stopped {} running turn{}: {}. Their messages are marked done and will not be \
+         answered, not even after a restart.",
+        stopped.len(),
+        if stopped.len() == 1 { "" } else { "s" },
+        stopped.join(", ")
+    )
 }
 
 /// A unix-ms time for the owner, in UTC.

@@ -22,7 +22,7 @@ mod session;
 mod turn;
 
 pub use lock::{AlreadyRunning, holder as lock_holder};
-pub use owner::{is_owner, is_owner_chat, owner_chat, owner_command_chat};
+pub use owner::{is_owner, is_owner_chat, owner_chat, owner_command_chat, queue_command_answer};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -64,6 +64,41 @@ pub async fn owner_command_chat(
     Ok(wirings.iter().any(|(_, g)| g.is_main).then_some(chat.id))
 }
 
+/// Queues `text` in the owner's chat `chat_id` as the host's answer to the owner command
+/// `event` (`/approve`, `/skills`, `/stop` …), keyed `<what>:<channel>:<chat>:<message id>` so a
+/// command the channel delivers twice is answered once. The outcome to acknowledge the command
+/// with, and the answer's row id when it was queued now.
+pub async fn queue_command_answer(
+    store: &Store,
+    chat_id: i64,
+    event: &crate::channel::InboundEvent,
+    what: &str,
+    text: String,
+    kind: OutboundKind,
+) -> (crate::channel::RouteOutcome, Option<i64>) {
+    use crate::channel::RouteOutcome;
+    let row = NewOutbound {
+        session_id: None,
+        chat_id,
+        in_reply_to: None,
+        idempotency_key: format!(
+            "{what}:{}:{}:{}",
+            event.channel, event.chat_id, event.platform_msg_id
+        ),
+        text,
+        kind,
+        files: Vec::new(),
+    };
+    match store.insert_outbound(row).await {
+        Ok(Some(row)) => (RouteOutcome::Accepted, Some(row.id)),
+        Ok(None) => (RouteOutcome::Duplicate, None),
+        Err(e) => (
+            RouteOutcome::Failed(format!("could not queue the answer: {e}")),
+            None,
+        ),
+    }
+}
+
 /// A message for the owner's main chat that must get out even when the database does not take
 /// writes: stored when possible (delivered like any other), else handed to the channel directly.
 pub(super) async fn tell_owner(inner: &Arc<Inner>, key: String, text: String) {

@@ -5,7 +5,7 @@
 //! ordinary messages (like `/approve`, see `approvals.rs`).
 
 use nanoclaw_skills::{Format, SkillState};
-use nanoclaw_store::{GroupSkillState, NewOutbound, OutboundKind, Store};
+use nanoclaw_store::{GroupSkillState, OutboundKind, Store};
 
 use super::manage::SkillAdmin;
 use crate::channel::{InboundEvent, RouteOutcome};
@@ -121,23 +121,16 @@ pub async fn intercept(
         Ok(text) => text,
         Err(e) => format!("Could not do that: {e}"),
     };
-    let row = NewOutbound {
-        session_id: None,
+    let (outcome, _) = crate::host::queue_command_answer(
+        store,
         chat_id,
-        in_reply_to: None,
-        idempotency_key: format!(
-            "skills-reply:{}:{}:{}",
-            event.channel, event.chat_id, event.platform_msg_id
-        ),
-        text: reply,
-        kind: OutboundKind::Message,
-        files: Vec::new(),
-    };
-    Some(match store.insert_outbound(row).await {
-        Ok(Some(_)) => RouteOutcome::Accepted,
-        Ok(None) => RouteOutcome::Duplicate,
-        Err(e) => RouteOutcome::Failed(format!("could not queue the answer: {e}")),
-    })
+        event,
+        "skills-reply",
+        reply,
+        OutboundKind::Message,
+    )
+    .await;
+    Some(outcome)
 }
 
 /// The text answer to `command` (changes made through `admin`).
