@@ -21,6 +21,8 @@ async fn setup(
     stdin: &str,
 ) -> (i32, serde_json::Value, Output) {
     let mut cmd = nanoclaw_command(home, model, env_key, &["setup", "--json"]);
+    // The runtime pinned, also where setup writes a fresh config (which says "auto").
+    cmd.env("NANOCLAW_RUNTIME", "native");
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -153,4 +155,32 @@ async fn setup_moves_the_environments_key_into_the_vault_for_the_service() {
     let (code, report, _) = setup(home.path(), &model, None, "").await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(status_of(&report, "model key").0, "ok");
+}
+
+#[tokio::test]
+async fn setup_writes_what_is_missing_and_a_second_run_repairs_what_went_missing() {
+    let home = TestHome::new();
+    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+        .await
+        .unwrap();
+    let config = home.path().join("config.toml");
+    let (code, report, _) = setup(home.path(), &model, Some(TEST_KEY), "").await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(status_of(&report, "config").0, "fixed");
+    assert_eq!(status_of(&report, "database").0, "fixed");
+    assert_eq!(status_of(&report, "model key").0, "fixed");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains("[model]"),
+        "the commented config: {written}"
+    );
+
+    // The config is lost: the next run writes it again and leaves the rest as it is.
+    std::fs::remove_file(&config).unwrap();
+    let (code, report, _) = setup(home.path(), &model, None, "").await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(status_of(&report, "config").0, "fixed");
+    assert_eq!(status_of(&report, "database").0, "ok");
+    assert_eq!(status_of(&report, "model key").0, "ok");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
 }
