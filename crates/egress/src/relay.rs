@@ -258,6 +258,24 @@ pub struct ModelUpstreams {
     pub openai: Option<Upstream>,
 }
 
+/// Where `provider`'s requests go with `key` (the vault's): the key replaces the credential
+/// only, so a `configured` base URL still decides where it goes; else the provider's own.
+pub fn upstream_with_key(provider: &str, configured: Option<&Upstream>, key: &str) -> Upstream {
+    let base_url = configured.map(|u| u.base_url.clone()).unwrap_or_else(|| {
+        if provider == "anthropic" {
+            DEFAULT_ANTHROPIC_BASE_URL.to_owned()
+        } else {
+            DEFAULT_OPENAI_BASE_URL.to_owned()
+        }
+    });
+    let auth = if provider == "anthropic" {
+        UpstreamAuth::XApiKey(key.to_owned())
+    } else {
+        UpstreamAuth::Bearer(key.to_owned())
+    };
+    Upstream { base_url, auth }
+}
+
 impl ModelUpstreams {
     /// `ANTHROPIC_API_KEY` (or `ANTHROPIC_AUTH_TOKEN`) and `ANTHROPIC_BASE_URL`;
     /// `OPENAI_API_KEY` and `OPENAI_BASE_URL` (a base URL alone is enough for keyless
@@ -421,21 +439,11 @@ impl Relay {
             Err(nanoclaw_vault::VaultError::NoSuchSecret(_)) => return Ok(from_env),
             Err(e) => return Err(e),
         };
-        // The vault replaces the key only: a configured base URL still decides where it goes.
-        let base_url = from_env.map(|u| u.base_url).unwrap_or_else(|| {
-            if provider == "anthropic" {
-                DEFAULT_ANTHROPIC_BASE_URL.to_owned()
-            } else {
-                DEFAULT_OPENAI_BASE_URL.to_owned()
-            }
-        });
-        let key = secret.expose_secret().to_owned();
-        let auth = if provider == "anthropic" {
-            UpstreamAuth::XApiKey(key)
-        } else {
-            UpstreamAuth::Bearer(key)
-        };
-        Ok(Some(Upstream { base_url, auth }))
+        Ok(Some(upstream_with_key(
+            provider,
+            from_env.as_ref(),
+            secret.expose_secret(),
+        )))
     }
 
     /// The relay's state for one sandbox: every transport serves it the same way.

@@ -7,7 +7,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use nanoclaw_egress::relay::{ModelUpstreams, Upstream, UpstreamAuth};
+use nanoclaw_egress::relay::{ModelUpstreams, UpstreamAuth};
 use nanoclaw_host::config::{
     Config, DEFAULT_CONFIG_TOML, Paths, create_private_dir, write_private_file,
 };
@@ -148,24 +148,8 @@ async fn model_key(config: &Config) -> Step {
         "anthropic" => from_env.anthropic,
         _ => from_env.openai,
     };
-    let base_url = env_upstream
-        .as_ref()
-        .map(|u| u.base_url.clone())
-        .unwrap_or_else(|| {
-            if provider == "anthropic" {
-                nanoclaw_egress::relay::DEFAULT_ANTHROPIC_BASE_URL.to_owned()
-            } else {
-                nanoclaw_egress::relay::DEFAULT_OPENAI_BASE_URL.to_owned()
-            }
-        });
-    let upstream_with = |key: &str| Upstream {
-        base_url: base_url.clone(),
-        auth: if provider == "anthropic" {
-            UpstreamAuth::XApiKey(key.to_owned())
-        } else {
-            UpstreamAuth::Bearer(key.to_owned())
-        },
-    };
+    let upstream_with =
+        |key: &str| nanoclaw_egress::relay::upstream_with_key(provider, env_upstream.as_ref(), key);
 
     // Already in the vault: check it still works.
     if let Some(vault) = super::vault::open_vault_quietly().await
