@@ -572,6 +572,12 @@ impl Runtime for DockerRuntime {
             entrypoint: Some(Vec::new()),
             cmd: Some(vec!["true".into()]),
             network_disabled: Some(true),
+            // Ours, so a process that dies before removing it leaves nothing for good: the
+            // next start's orphan sweep takes it.
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_HOST.to_string(), self.config.host_id.clone()),
+            ])),
             ..Default::default()
         };
         let created = self
