@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_memories.sql"),
     include_str!("../migrations/0013_skills.sql"),
     include_str!("../migrations/0014_host_state.sql"),
+    include_str!("../migrations/0015_dashboard.sql"),
 ];
 
 /// The schema version this build knows.

@@ -10,6 +10,7 @@
 
 mod channels;
 mod chats;
+mod dashboard;
 mod egress;
 mod engine;
 mod error;
@@ -30,6 +31,7 @@ mod usage;
 mod vault;
 
 pub use channels::LedgerPart;
+pub use dashboard::TranscriptLine;
 pub use egress::{EgressAction, EgressRule, EgressSettings};
 pub use engine::{
     DEFAULT_BUSY_TIMEOUT, LockWait, LockWaitFn, SCHEMA_VERSION, Store, StoreOptions, now_ms,

@@ -772,4 +772,28 @@ impl Store {
         })
         .await
     }
+
+    /// The newest `limit` audit rows with ids below `before` (all when `None`), newest first:
+    /// a page of the dashboard's audit log.
+    pub async fn audit_rows_newest(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let before = before.unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {AUDIT_COLS} FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
+                ))
+                .ctx("read the newest audit rows")?;
+            let rows = stmt
+                .query_map(params![before, limit], audit_at)
+                .ctx("read the newest audit rows")?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .ctx("read the newest audit rows")
+        })
+        .await
+    }
 }
