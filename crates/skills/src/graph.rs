@@ -14,6 +14,8 @@ pub enum Format {
     Dot,
     /// Mermaid `graph TD`.
     Mermaid,
+    /// A standalone SVG drawing (the dashboard's skill graph).
+    Svg,
 }
 
 /// A skill's state as shown in the graph.
@@ -28,7 +30,7 @@ pub enum SkillState {
 }
 
 impl SkillState {
-    fn marker(self) -> &'static str {
+    pub(crate) fn marker(self) -> &'static str {
         match self {
             SkillState::Enabled => "enabled",
             SkillState::Disabled => "disabled",
@@ -182,14 +184,14 @@ fn mermaid_text(s: &str) -> String {
 }
 
 impl Graph {
-    fn state(&self, name: &str, states: &BTreeMap<String, SkillState>) -> SkillState {
+    pub(crate) fn state(&self, name: &str, states: &BTreeMap<String, SkillState>) -> SkillState {
         match self.nodes.get(name) {
             Some(n) if n.error.is_some() => SkillState::Broken,
             _ => states.get(name).copied().unwrap_or(SkillState::Disabled),
         }
     }
 
-    fn label(&self, name: &str) -> String {
+    pub(crate) fn label(&self, name: &str) -> String {
         match self.nodes.get(name).and_then(|n| n.version.as_deref()) {
             Some(v) => format!("{name} {v}"),
             None => name.to_string(),
@@ -212,6 +214,7 @@ impl Graph {
             Format::Text => self.render_text(states),
             Format::Dot => self.render_dot(states),
             Format::Mermaid => self.render_mermaid(states),
+            Format::Svg => self.render_svg(states),
         }
     }
 

@@ -28,6 +28,7 @@ mod catalog;
 mod error;
 pub mod frontmatter;
 mod graph;
+mod graph_svg;
 pub mod hash;
 pub mod install;
 pub mod manifest;

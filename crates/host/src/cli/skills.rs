@@ -484,7 +484,8 @@ pub async fn graph(folder: Option<String>, format: String) -> anyhow::Result<Exi
         "text" => Format::Text,
         "dot" => Format::Dot,
         "mermaid" => Format::Mermaid,
-        other => anyhow::bail!("format {other:?} is not known; use text, dot or mermaid"),
+        "svg" => Format::Svg,
+        other => anyhow::bail!("format {other:?} is not known; use text, dot, mermaid or svg"),
     };
     let (paths, _, store) = super::open_existing()?;
     let group = super::group_or_main(&store, folder).await?;
