@@ -1,6 +1,7 @@
 //! Shared test helpers: the static agent binary, temporary nanoclaw homes, and the
 //! scripted model server (re-exported from `nanoclaw-scripted-model`); for the benchmarks,
-//! latency tables ([`bench`](mod@bench)), a fake agent ([`fake_agent`]) and `/proc` figures ([`procfs`]).
+//! latency tables ([`bench`](mod@bench)), a fake agent ([`fake_agent`]) and `/proc` figures ([`procfs`]);
+//! a real headless Chromium and screenshot comparison for browser tests ([`browser`]).
 //! Nothing here knows the host's types: what needs them stays with the host's tests.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::Duration;
 pub use nanoclaw_scripted_model as scripted_model;
 
 pub mod bench;
+pub mod browser;
 pub mod fake_agent;
 pub mod mail;
 pub mod matrix;
