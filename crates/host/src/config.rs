@@ -116,6 +116,15 @@ max_outgoing_file_bytes = 26214400
 [channels.terminal]
 enabled = true
 
+[dashboard]
+# The web dashboard the host serves (see docs/DASHBOARD.md): chat with any group, groups and
+# wiring, tasks and their runs, the vault's grants and approvals, the audit log, channel
+# health, skill graphs. Sign in with the one-time link `nanoclaw dashboard` prints.
+enabled = true
+# A loopback address only (it speaks plain HTTP; from another machine use an SSH tunnel).
+# Port 0 picks a free port. The environment variable NANOCLAW_DASHBOARD_LISTEN wins over this.
+listen = "127.0.0.1:7433"
+
 [logs]
 # The host writes its log as JSON lines to logs/nanoclaw.YYYY-MM-DD.jsonl in the data
 # directory, one file per day (UTC); `nanoclaw logs` shows them. Daily files kept [1 to 3650].
@@ -144,6 +153,7 @@ pub struct Config {
     pub relay: RelaySection,
     pub channels: ChannelsSection,
     pub logs: LogsSection,
+    pub dashboard: DashboardSection,
     /// `[groups.<folder>]`: per-group settings (its MCP servers).
     pub groups: std::collections::BTreeMap<String, crate::mcp_servers::GroupSection>,
 }
@@ -160,6 +170,7 @@ impl Default for Config {
             relay: RelaySection::default(),
             channels: ChannelsSection::default(),
             logs: LogsSection::default(),
+            dashboard: DashboardSection::default(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -461,6 +472,37 @@ impl Default for LogsSection {
     }
 }
 
+/// `[dashboard]`: the web dashboard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSection {
+    pub enabled: bool,
+    /// A loopback `address:port`.
+    pub listen: String,
+}
+
+impl Default for DashboardSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: nanoclaw_dashboard::DEFAULT_LISTEN.into(),
+        }
+    }
+}
+
+impl DashboardSection {
+    fn validate(&self) -> Result<(), String> {
+        if !nanoclaw_dashboard::auth::is_loopback(&self.listen) {
+            return Err(format!(
+                "dashboard.listen = {:?}: give a loopback address and port such as \"127.0.0.1:7433\" \
+                 (the dashboard speaks plain HTTP; from another machine use `ssh -L 7433:127.0.0.1:7433 HOST`)",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TerminalSection {
@@ -504,6 +546,16 @@ impl Config {
                 message: format!("{message} (from NANOCLAW_RUNTIME)"),
             })?;
         }
+        if let Some(listen) = std::env::var("NANOCLAW_DASHBOARD_LISTEN")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            config.dashboard.listen = listen.trim().to_owned();
+            config.validate().map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!("{message} (from NANOCLAW_DASHBOARD_LISTEN)"),
+            })?;
+        }
         Ok(config)
     }
 
@@ -534,6 +586,7 @@ impl Config {
             return Err("assistant_name must not be empty".into());
         }
         self.channels.validate()?;
+        self.dashboard.validate()?;
         if self.trigger.trim().is_empty() {
             return Err("trigger must not be empty".into());
         }
@@ -719,6 +772,10 @@ impl Paths {
     }
     pub fn terminal_socket(&self) -> PathBuf {
         self.run_dir().join("terminal.sock")
+    }
+    /// The address the running host's dashboard bound (`nanoclaw dashboard` reads it).
+    pub fn dashboard_addr_file(&self) -> PathBuf {
+        self.run_dir().join("dashboard.addr")
     }
     /// Held by the running host (one per data directory); it holds the host's pid.
     pub fn host_lock(&self) -> PathBuf {

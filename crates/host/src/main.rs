@@ -72,6 +72,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a one-time link that signs a browser in to the web dashboard of the running host
+    /// (chat, groups, tasks, vault, audit, channels, skills). Exit 3 when no host is running.
+    Dashboard {
+        /// The link and when it expires as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the running host cleanly (as SIGTERM does) and wait until it is gone. Exit 3 when
     /// none is running.
     Stop {
@@ -310,7 +317,7 @@ enum SkillsCommand {
     Graph {
         #[arg(long)]
         group: Option<String>,
-        /// text, dot (Graphviz) or mermaid.
+        /// text, dot (Graphviz), mermaid or svg.
         #[arg(long, default_value = "text")]
         format: String,
     },
@@ -794,6 +801,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Dashboard { json } => cli::dashboard::dashboard(json).await,
             Command::Stop { timeout } => {
                 cli::stop::stop(std::time::Duration::from_secs(timeout)).await
             }

@@ -78,12 +78,17 @@ pub const UNREACHABLE_MODEL_URL: &str = "http://127.0.0.1:9";
 
 /// Pins what a `nanoclaw` child process would otherwise take from the machine: the sandbox
 /// runtime (`auto` picks Docker wherever an engine and the agent image exist) and the model URL
-/// (the vendor's real API once a key is set). Call it after `env_clear`; a test's own `.env`
-/// afterwards wins.
+/// (the vendor's real API once a key is set), and the dashboard's port (any free one: tests run
+/// side by side, and a developer's own nanoclaw may hold the default). Call it after
+/// `env_clear`; a test's own `.env` afterwards wins.
 pub fn hermetic(cmd: &mut Command) -> &mut Command {
     cmd.env("NANOCLAW_RUNTIME", "native")
         .env("ANTHROPIC_BASE_URL", UNREACHABLE_MODEL_URL)
+        .env("NANOCLAW_DASHBOARD_LISTEN", ANY_LOOPBACK_PORT)
 }
+
+/// A dashboard address for tests: loopback, any free port.
+pub const ANY_LOOPBACK_PORT: &str = "127.0.0.1:0";
 
 /// Runs `cmd` with `stdin` as its standard input (the way secrets reach the CLI) and returns
 /// its captured output.

@@ -39,6 +39,7 @@ pub fn bench_config() -> Config {
     let mut config = Config::default();
     config.agents.retry_backoff_secs = 0;
     config.agents.idle_timeout_secs = 600;
+    config.dashboard.listen = "127.0.0.1:0".into();
     config
 }
 

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod chat_tty;
 pub mod chats;
 pub mod config;
+pub mod dashboard;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod doctor;

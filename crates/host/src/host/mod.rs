@@ -10,6 +10,7 @@
 //! answered), `requests` (what an agent may ask for), `delivery` (replies out, secrets
 //! redacted) and `owner` (the owner's main chat).
 
+mod dashboard;
 mod delivery;
 mod failure;
 pub mod kill_switch;
@@ -122,8 +123,10 @@ struct Inner {
 impl Inner {
     fn channel_health(&self) -> Vec<(String, nanoclaw_channel::Health)> {
         let mut out = Vec::new();
-        if let Some(terminal) = self.channels.get(crate::channel::terminal::NAME) {
-            out.push((terminal.name().to_owned(), terminal.health()));
+        for own in [crate::channel::terminal::NAME, nanoclaw_dashboard::NAME] {
+            if let Some(channel) = self.channels.get(own) {
+                out.push((channel.name().to_owned(), channel.health()));
+            }
         }
         if let Some(supervisors) = self.supervisors.get() {
             let mut named: Vec<_> = supervisors.iter().collect();
@@ -219,9 +222,13 @@ impl Host {
             warning: runtime_error.clone(),
         });
         let platforms = platform_channels(&config, &store, vault.clone(), &paths);
+        let dashboard = build_dashboard(&config, &store, &paths)?;
+        let dashboard_channel: Option<Arc<dyn Channel>> =
+            dashboard.clone().map(|d| d as Arc<dyn Channel>);
         let channels: HashMap<String, Arc<dyn Channel>> = terminal
             .iter()
             .chain(platforms.iter())
+            .chain(dashboard_channel.iter())
             .map(|c| (c.name().to_owned(), Arc::clone(c)))
             .collect();
 
@@ -263,6 +270,13 @@ impl Host {
                 .start(tx.clone())
                 .await
                 .context("starting the terminal channel")?;
+        }
+        if let Some(dashboard) = dashboard {
+            dashboard.set_backend(dashboard::HostBackend::new(&inner));
+            dashboard
+                .start(tx.clone())
+                .await
+                .context("starting the dashboard")?;
         }
         tasks.extend(supervise_platforms(&inner, platforms, &tx));
         if !inner.config.agents.warm.is_empty() {
@@ -360,6 +374,27 @@ fn take_data_dir(paths: &Paths) -> anyhow::Result<HostLock> {
     let _ = std::fs::remove_dir_all(&stale);
     crate::config::create_private_dir(&stale)?;
     Ok(lock)
+}
+
+/// The web dashboard, unless the configuration turns it off.
+fn build_dashboard(
+    config: &Config,
+    store: &Store,
+    paths: &Paths,
+) -> anyhow::Result<Option<Arc<nanoclaw_dashboard::Dashboard>>> {
+    if !config.dashboard.enabled {
+        return Ok(None);
+    }
+    let dashboard = nanoclaw_dashboard::Dashboard::new(
+        nanoclaw_dashboard::DashboardConfig {
+            listen: config.dashboard.listen.clone(),
+            assistant_name: config.assistant_name.clone(),
+            addr_file: paths.dashboard_addr_file(),
+        },
+        store.clone(),
+    )
+    .context("setting up the dashboard")?;
+    Ok(Some(dashboard))
 }
 
 /// The enabled platform channels, each built on its first start (see [`LazyChannel`]).

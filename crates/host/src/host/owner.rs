@@ -27,9 +27,10 @@ pub async fn owner_chat(store: &Store) -> Result<Option<Chat>, StoreError> {
     store.chat_by_platform(OWNER_CHANNEL, OWNER_CHAT_ID).await
 }
 
-/// Whether a message came from the owner's terminal.
+/// Whether a message came from the owner's terminal, or from the dashboard's web chat (only
+/// the owner signs in there, with a link minted from the data directory).
 pub fn is_owner_chat(channel: &str, chat_id: &str) -> bool {
-    channel == OWNER_CHANNEL && chat_id == OWNER_CHAT_ID
+    (channel == OWNER_CHANNEL && chat_id == OWNER_CHAT_ID) || channel == nanoclaw_dashboard::NAME
 }
 
 /// Whether a message came from one of the owner's main chats (the terminal, or a platform chat

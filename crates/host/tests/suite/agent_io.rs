@@ -160,6 +160,10 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
         .env("HOME", home.path())
         .env("NANOCLAW_HOME", home.path())
         .env("NANOCLAW_LOG", "debug")
+        .env(
+            "NANOCLAW_DASHBOARD_LISTEN",
+            nanoclaw_test_support::ANY_LOOPBACK_PORT,
+        )
         .env("ANTHROPIC_BASE_URL", model.base_url())
         .env("ANTHROPIC_API_KEY", TEST_KEY)
         .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary())

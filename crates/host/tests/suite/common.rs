@@ -33,6 +33,7 @@ pub fn config_for_tests() -> Config {
     config.agents.runtime = "native".into();
     config.agents.retry_backoff_secs = 0;
     config.agents.idle_timeout_secs = 60;
+    config.dashboard.listen = nanoclaw_test_support::ANY_LOOPBACK_PORT.into();
     config
 }
 
@@ -190,6 +191,10 @@ pub fn nanoclaw_command(
         .env("HOME", home)
         .env("NANOCLAW_HOME", home)
         .env("NO_COLOR", "1")
+        .env(
+            "NANOCLAW_DASHBOARD_LISTEN",
+            nanoclaw_test_support::ANY_LOOPBACK_PORT,
+        )
         .env("ANTHROPIC_BASE_URL", model.base_url())
         .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary());
     if let Some(key) = key {
@@ -337,4 +342,35 @@ pub async fn owner_command(
         }
     })
     .await
+}
+
+/// The secret `github` (holding `value`) granted to group `folder` on api.github.com with the
+/// owner's approval required, and asked for by that group's agent (as the egress proxy records
+/// it): a grant waiting for the owner. Returns the grant.
+pub async fn github_grant_waiting(
+    vault: &nanoclaw_vault::Vault,
+    folder: &str,
+    value: &str,
+) -> nanoclaw_store::VaultGrant {
+    vault
+        .set("github", nanoclaw_vault::SecretString::from(value))
+        .await
+        .unwrap();
+    let grant = vault
+        .grant(nanoclaw_vault::GrantRequest {
+            secret_name: "github".into(),
+            group_folder: folder.into(),
+            host: "api.github.com".into(),
+            path_prefix: String::new(),
+            inject: "header:Authorization: Bearer {secret}".into(),
+            needs_approval: true,
+        })
+        .await
+        .unwrap();
+    vault
+        .store()
+        .vault_request_approval(grant.id, folder, "api.github.com", nanoclaw_host::now_ms())
+        .await
+        .unwrap();
+    grant
 }

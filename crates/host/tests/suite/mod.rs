@@ -13,6 +13,7 @@ mod chat_wiring;
 mod cli;
 mod containment;
 mod crash;
+mod dashboard;
 mod e2e;
 mod egress;
 mod egress_mitm;

@@ -26,6 +26,10 @@ fn nanoclaw(home: &TestHome, args: &[&str], env: &[(&str, &str)], stdin: &str) -
         .env("NANOCLAW_MASTER_KEY", MASTER_KEY_HEX)
         .env("NANOCLAW_KEYRING", "off")
         .env("NO_COLOR", "1")
+        .env(
+            "NANOCLAW_DASHBOARD_LISTEN",
+            nanoclaw_test_support::ANY_LOOPBACK_PORT,
+        )
         .env("NANOCLAW_AGENT_BIN", nanoclaw_test_support::agent_binary());
     for (k, v) in env {
         cmd.env(k, v);

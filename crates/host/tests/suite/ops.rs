@@ -10,7 +10,7 @@ use super::common::*;
 use nanoclaw_store::Store;
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
-use nanoclaw_vault::{GrantRequest, MasterKey, SecretString, Vault};
+use nanoclaw_vault::{MasterKey, Vault};
 
 /// `nanoclaw ARGS` on `home` (off the async runtime: it blocks until the command ends).
 async fn run(home: &std::path::Path, model: &ScriptedModel, args: &[&str]) -> Output {
@@ -66,25 +66,7 @@ async fn seed(store: &Store) -> String {
     let vault = Vault::open(store.clone(), MasterKey::from_bytes([7u8; 32]))
         .await
         .unwrap();
-    vault
-        .set("github", SecretString::from("ghp_STATUStest0123456789"))
-        .await
-        .unwrap();
-    let grant = vault
-        .grant(GrantRequest {
-            secret_name: "github".into(),
-            group_folder: "main".into(),
-            host: "api.github.com".into(),
-            path_prefix: String::new(),
-            inject: "header:Authorization: Bearer {secret}".into(),
-            needs_approval: true,
-        })
-        .await
-        .unwrap();
-    store
-        .vault_request_approval(grant.id, "main", "api.github.com", now)
-        .await
-        .unwrap();
+    github_grant_waiting(&vault, "main", "ghp_STATUStest0123456789").await;
     task.id
 }
 

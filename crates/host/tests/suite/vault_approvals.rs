@@ -12,7 +12,7 @@ use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_store::{ApprovalState, NewGroup, SessionMode, Store};
 use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
 use nanoclaw_test_support::{TestHome, eventually};
-use nanoclaw_vault::{GrantRequest, MasterKey, SecretString, Vault};
+use nanoclaw_vault::{MasterKey, Vault};
 
 fn key() -> MasterKey {
     MasterKey::from_bytes([42u8; 32])
@@ -48,26 +48,8 @@ async fn approve_works_from_the_main_chat_only() {
         .unwrap();
     let store = Store::open(&home.path().join("nanoclaw.db")).unwrap();
     let vault = Vault::open(store.clone(), key()).await.unwrap();
-    vault
-        .set("github", SecretString::from("ghp_APPROVALtest0123456789"))
-        .await
-        .unwrap();
-    let grant = vault
-        .grant(GrantRequest {
-            secret_name: "github".into(),
-            group_folder: "team".into(),
-            host: "api.github.com".into(),
-            path_prefix: String::new(),
-            inject: "header:Authorization: Bearer {secret}".into(),
-            needs_approval: true,
-        })
-        .await
-        .unwrap();
     // The team's agent asked (as the egress proxy records it).
-    store
-        .vault_request_approval(grant.id, "team", "api.github.com", nanoclaw_host::now_ms())
-        .await
-        .unwrap();
+    let grant = github_grant_waiting(&vault, "team", "ghp_APPROVALtest0123456789").await;
     let host = Host::start(HostOptions {
         paths: Paths::new(home.path()),
         config: config_for_tests(),
