@@ -185,6 +185,19 @@ const pages = {
     if (task) {
       main.append(el("h2", {}, `Runs of ${task.task_id}`));
       main.append(el("p", { class: "muted" }, task.prompt));
+      const act = async (action) => {
+        if (action === "cancel" && !confirm(`Cancel ${task.task_id} for good?`)) return;
+        await api(`/api/tasks/${encodeURIComponent(task.task_id)}`, { body: { action } });
+        render();
+      };
+      const pausable = task.status === "active" || task.status === "failing";
+      const live = pausable || task.status === "paused";
+      main.append(el("p", { class: "actions" },
+        el("button", { class: "action primary", id: "task-run-now", onclick: () => act("run_now") }, "Run now"), " ",
+        pausable ? el("button", { class: "action", id: "task-pause", onclick: () => act("pause") }, "Pause") : "",
+        task.status === "paused" ? el("button", { class: "action", id: "task-resume", onclick: () => act("resume") }, "Resume") : "",
+        " ",
+        live ? el("button", { class: "action", id: "task-cancel", onclick: () => act("cancel") }, "Cancel") : ""));
       const runs = await api(`/api/tasks/${encodeURIComponent(task.task_id)}/runs`);
       main.append(table(["run", "scheduled for", "finished", "status", "late", "tokens in/out", "error"],
         runs.map((r) => [r.id, when(r.scheduled_for), when(r.finished_at),

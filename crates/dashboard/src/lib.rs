@@ -53,6 +53,12 @@ pub trait Backend: Send + Sync {
     async fn tasks(&self) -> Result<serde_json::Value, BackendError>;
     /// One task's runs, newest first.
     async fn task_runs(&self, task_id: &str) -> Result<serde_json::Value, BackendError>;
+    /// Changes a task as `nanoclaw tasks` does; the task as it is now.
+    async fn change_task(
+        &self,
+        task_id: &str,
+        change: TaskChange,
+    ) -> Result<serde_json::Value, BackendError>;
     /// The vault's secrets (names only) with their grants, and the approvals asked for.
     async fn vault(&self) -> Result<serde_json::Value, BackendError>;
     /// Approves or denies the grant waiting for the owner's approval.
@@ -82,6 +88,17 @@ pub trait Backend: Send + Sync {
         folder: &str,
         limit: usize,
     ) -> Result<serde_json::Value, BackendError>;
+}
+
+/// What the owner may do to a scheduled task from the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskChange {
+    /// Run it once now (its schedule stays as it is).
+    RunNow,
+    Pause,
+    Resume,
+    Cancel,
 }
 
 /// `[dashboard]` in config.toml.

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::auth;
 use crate::web_chat::Subscribers;
-use crate::{Backend, BackendError, DashboardConfig, NAME};
+use crate::{Backend, BackendError, DashboardConfig, NAME, TaskChange};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -102,6 +102,7 @@ pub(crate) fn router(shared: Shared, addr: SocketAddr) -> Router {
         .route("/api/overview", get(overview))
         .route("/api/groups", get(groups))
         .route("/api/tasks", get(tasks))
+        .route("/api/tasks/{id}", post(change_task))
         .route("/api/tasks/{id}/runs", get(task_runs))
         .route("/api/vault", get(vault))
         .route("/api/vault/approvals/{grant}", post(decide))
@@ -360,6 +361,19 @@ async fn tasks(State(s): State<Served>) -> Response {
 
 async fn task_runs(State(s): State<Served>, Path(id): Path<String>) -> Response {
     json(s.shared.backend.task_runs(&id).await)
+}
+
+#[derive(Deserialize)]
+struct ChangeTask {
+    action: TaskChange,
+}
+
+async fn change_task(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    Json(change): Json<ChangeTask>,
+) -> Response {
+    json(s.shared.backend.change_task(&id, change.action).await)
 }
 
 async fn vault(State(s): State<Served>) -> Response {

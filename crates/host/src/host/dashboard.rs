@@ -5,7 +5,7 @@
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use nanoclaw_dashboard::{Backend, BackendError};
+use nanoclaw_dashboard::{Backend, BackendError, TaskChange};
 use nanoclaw_store::{Group, Store, StoreError};
 use serde_json::{Value, json};
 
@@ -133,6 +133,32 @@ impl Backend for HostBackend {
                 .await
                 .map_err(failed)?,
         )
+    }
+
+    async fn change_task(&self, task_id: &str, change: TaskChange) -> Result<Value, BackendError> {
+        let inner = self.host()?;
+        let task = inner
+            .store
+            .task(task_id)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| BackendError::NotFound(format!("there is no task {task_id:?}")))?;
+        let refused = |e: crate::tasks::TaskError| match e {
+            crate::tasks::TaskError::Store(e) => failed(e),
+            other => BackendError::Invalid(other.to_string()),
+        };
+        let task = match change {
+            TaskChange::RunNow => {
+                inner.tasks.run_now(&task).await.map_err(refused)?;
+                task
+            }
+            TaskChange::Pause => inner.tasks.pause(&task).await.map_err(refused)?,
+            TaskChange::Resume => inner.tasks.resume(&task).await.map_err(refused)?,
+            TaskChange::Cancel => inner.tasks.cancel(&task).await.map_err(refused)?,
+        };
+        tracing::info!(task = %task_id, ?change, "task changed in the dashboard");
+        inner.look_again();
+        to_json(inner.tasks.view(&task).await)
     }
 
     async fn vault(&self) -> Result<Value, BackendError> {

@@ -19,11 +19,7 @@ pub(super) async fn router_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Channe
     while let Some(event) = rx.recv().await {
         match event {
             ChannelEvent::Inbound(event) => lanes.dispatch(&inner, event),
-            ChannelEvent::Wake => {
-                inner.tasks.wake();
-                inner.scheduler_wake.notify_one();
-                inner.delivery_wake.notify_one();
-            }
+            ChannelEvent::Wake => inner.look_again(),
             ChannelEvent::ChannelStatus { reply } => {
                 let _ = reply.send(inner.channel_health());
             }

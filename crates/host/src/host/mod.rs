@@ -121,6 +121,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// The database changed outside the message path (the owner's CLI, the dashboard): the
+    /// task loop, the retry loop and delivery look at it again.
+    fn look_again(&self) {
+        self.tasks.wake();
+        self.scheduler_wake.notify_one();
+        self.delivery_wake.notify_one();
+    }
+
     fn channel_health(&self) -> Vec<(String, nanoclaw_channel::Health)> {
         let mut out = Vec::new();
         for own in [crate::channel::terminal::NAME, nanoclaw_dashboard::NAME] {

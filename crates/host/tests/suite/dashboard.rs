@@ -803,6 +803,19 @@ async fn the_dashboard_works_in_a_real_browser() {
     let approvals = store.vault_approvals().await.unwrap();
     assert_eq!(approvals[0].state, ApprovalState::Approved);
 
+    // A task paused with a click.
+    show(&page, &format!("tasks/{task_id}")).await;
+    page.eval("document.getElementById('task-pause').click(); true")
+        .await
+        .unwrap();
+    page.wait_for(
+        "document.getElementById('task-resume') !== null",
+        "the task to show as paused",
+    )
+    .await;
+    let task = store.task(task_id.clone()).await.unwrap().unwrap();
+    assert_eq!(task.status, nanoclaw_store::TaskStatus::Paused);
+
     // Signing out ends the session: the page asks for a link again.
     page.eval("document.getElementById('signout').click(); true")
         .await
@@ -868,4 +881,66 @@ fn a_dashboard_on_a_non_loopback_address_is_refused_at_start() {
         err.contains("dashboard.listen") && err.contains("loopback") && err.contains("ssh -L"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_run_paused_resumed_and_cancelled_from_the_dashboard() {
+    let (home, model, host) = running().await;
+    let store = host.store().clone();
+    cli(&home, &model, &["skills", "enable", "daily-briefing"]);
+    let base = base_url(&home).await;
+    let browser = Browser::sign_in(&base, &store).await;
+    let tasks = browser.get_json("/api/tasks").await;
+    let id = tasks[0]["task_id"].as_str().unwrap().to_owned();
+    let path = format!("/api/tasks/{id}");
+    let act = |action: &str| browser.post(&path, serde_json::json!({ "action": action }));
+
+    let paused: serde_json::Value = act("pause").send().await.unwrap().json().await.unwrap();
+    assert_eq!(paused["status"], "paused", "{paused}");
+    let resumed: serde_json::Value = act("resume").send().await.unwrap().json().await.unwrap();
+    assert_eq!(resumed["status"], "active", "{resumed}");
+    assert!(resumed["next_run"].is_string());
+
+    // Run now: the host is told at once, the agent answers, the run is recorded.
+    assert_eq!(
+        act("run_now").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let runs_path = format!("/api/tasks/{id}/runs");
+    eventually(90, "the run the dashboard asked for to finish", || {
+        let browser = &browser;
+        let runs_path = runs_path.clone();
+        async move {
+            let runs = browser.get_json(&runs_path).await;
+            (runs[0]["status"] == "ok").then_some(())
+        }
+    })
+    .await;
+
+    let cancelled: serde_json::Value = act("cancel").send().await.unwrap().json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    // A cancelled task cannot come back, and the page is told why.
+    let refused = act("resume").send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    // What is not an action is refused before it reaches the host.
+    assert!(
+        act("explode")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_client_error()
+    );
+    let missing = browser
+        .post(
+            "/api/tasks/no-such-task",
+            serde_json::json!({ "action": "pause" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    host.shutdown().await;
 }
