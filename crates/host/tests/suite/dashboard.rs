@@ -944,3 +944,63 @@ async fn tasks_are_run_paused_resumed_and_cancelled_from_the_dashboard() {
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     host.shutdown().await;
 }
+
+/// A crowd on one chat: many browsers open, several sending at once. Messages that arrive
+/// together are answered in one turn; every browser must still see the answer to every
+/// message (the lesson of the terminal's batched replies reaching only one client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_browsers_on_one_chat_all_see_every_answer() {
+    const BROWSERS: usize = 12;
+    const SENDERS: usize = 6;
+    let (home, _model, host) = running().await; // the model serves until the test ends
+    let base = base_url(&home).await;
+    let mut browsers = Vec::new();
+    for _ in 0..BROWSERS {
+        browsers.push(Browser::sign_in(&base, host.store()).await);
+    }
+    let mut streams = Vec::new();
+    for b in &browsers {
+        streams.push(b.open_chat("main").await);
+    }
+    let texts: Vec<String> = (0..SENDERS).map(|i| format!("crowd message {i}")).collect();
+    let sends =
+        browsers
+            .iter()
+            .take(SENDERS)
+            .zip(&texts)
+            .enumerate()
+            .map(|(i, (b, text))| async move {
+                let r: serde_json::Value = b
+                    .post(
+                        "/api/chat/main",
+                        serde_json::json!({ "id": format!("crowd-{i}"), "text": text }),
+                    )
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(r["outcome"], "accepted", "{r}");
+            });
+    futures_util::future::join_all(sends).await;
+    let watch = streams.iter_mut().enumerate().map(|(n, stream)| {
+        let texts = texts.clone();
+        async move {
+            let mut unseen: Vec<String> = texts;
+            while !unseen.is_empty() {
+                let reply = stream.next_of("message").await;
+                let text = reply["text"].as_str().unwrap().to_owned();
+                unseen.retain(|t| !text.contains(t.as_str()));
+            }
+            n
+        }
+    });
+    let done = futures_util::future::join_all(watch).await;
+    assert_eq!(
+        done.len(),
+        BROWSERS,
+        "every browser saw an answer to every message"
+    );
+    host.shutdown().await;
+}
