@@ -171,18 +171,14 @@ impl Channel for Dashboard {
             let _ = old.await;
         }
         self.health.starting();
-        let first = match tokio::net::TcpListener::bind(&self.config.listen).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                let error = format!(
-                    "cannot listen on {}: {e} (another nanoclaw? set [dashboard] listen in config.toml)",
-                    self.config.listen
-                );
-                tracing::warn!(%error, "dashboard: retrying in the background");
-                self.health.reconnecting(error);
-                None
-            }
-        };
+        // A port taken (another nanoclaw?) is said in the health; [dashboard] listen moves it.
+        let first = nanoclaw_channel::bind_first(
+            &self.config.listen,
+            &self.health,
+            "dashboard",
+            "dashboard: ",
+        )
+        .await;
         let state = server::Shared {
             config: self.config.clone(),
             store: self.store.clone(),

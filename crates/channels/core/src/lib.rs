@@ -33,7 +33,7 @@ pub use event::{
 pub use health::{Health, HealthCell, LinkState};
 pub use http::{HttpLimits, serve_http};
 pub use ledger::{PartState, SendAttempt, SendLedger, send_parts};
-pub use listen::serve_with_rebind;
+pub use listen::{bind_first, serve_with_rebind};
 pub use pipeline::{DEFAULT_IN_FLIGHT, Pipeline, Settlement};
 pub use setup::{
     ChannelFactory, ChannelRegistration, ChannelSetup, ModeSecrets, SecretSource, SecretSpec,

@@ -10,6 +10,26 @@ use tokio::net::TcpListener;
 use crate::backoff::Backoff;
 use crate::health::HealthCell;
 
+/// Binds `listen` for a server's first start. When that fails the channel still starts: its
+/// health says why (reconnecting, `what` naming the server) and `None` leaves the binding to
+/// [`serve_with_rebind`], which keeps trying.
+pub async fn bind_first(
+    listen: &str,
+    health: &HealthCell,
+    label: &str,
+    what: &str,
+) -> Option<TcpListener> {
+    match TcpListener::bind(listen).await {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            let error = format!("{what}cannot listen on {listen}: {e}");
+            tracing::warn!(%error, "{label}: retrying in the background");
+            health.reconnecting(error);
+            None
+        }
+    }
+}
+
 /// Serves on `listen` with `serve` until the task is aborted. `first`: a listener the
 /// channel's `start` already bound (so a bad address is reported at once). `label` names
 /// the channel in logs.

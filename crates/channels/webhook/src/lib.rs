@@ -299,15 +299,8 @@ impl Channel for WebhookChannel {
             let _ = old.await;
         }
         self.health.starting();
-        let first = match tokio::net::TcpListener::bind(&self.config.listen).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                let error = format!("cannot listen on {}: {e}", self.config.listen);
-                tracing::warn!(%error, "webhook: retrying in the background");
-                self.health.reconnecting(error);
-                None
-            }
-        };
+        let first =
+            nanoclaw_channel::bind_first(&self.config.listen, &self.health, "webhook", "").await;
         let state = Arc::new(server::Server::new(
             &self.config,
             Arc::clone(&self.hooks),

@@ -318,18 +318,13 @@ impl Channel for CloudChannel {
                 self.health.error(e.to_string());
             }
         }
-        let first = match tokio::net::TcpListener::bind(&self.config.listen).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                let error = format!(
-                    "webhook server: cannot listen on {}: {e}",
-                    self.config.listen
-                );
-                tracing::warn!(%error, "whatsapp: retrying in the background");
-                self.health.reconnecting(error);
-                None
-            }
-        };
+        let first = nanoclaw_channel::bind_first(
+            &self.config.listen,
+            &self.health,
+            "whatsapp",
+            "webhook server: ",
+        )
+        .await;
         let hook = Arc::new(webhook::Webhook {
             api: Arc::clone(&self.api),
             phone_number_id: self.config.phone_number_id.clone(),

@@ -120,6 +120,21 @@ impl Browser {
             .json(&body)
     }
 
+    /// Sends `text` to group `group`'s web chat as the page does (`id`: the page's id for the
+    /// message); what the host made of it.
+    async fn say(&self, group: &str, id: &str, text: &str) -> serde_json::Value {
+        let response = self
+            .post(
+                &format!("/api/chat/{group}"),
+                serde_json::json!({ "id": id, "text": text }),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
     /// Opens the web chat's event stream for `group`, as an `EventSource` does.
     async fn open_chat(&self, group: &str) -> EventStream {
         let response = self.get(&format!("/api/chat/{group}/events")).await;
@@ -416,16 +431,7 @@ async fn the_web_chat_reaches_the_agent_and_every_browser_open_on_it() {
     let mut first_stream = first.open_chat("main").await;
     let mut second_stream = second.open_chat("main").await;
 
-    let sent = first
-        .post(
-            "/api/chat/main",
-            serde_json::json!({ "id": "m-1", "text": "hello from the browser" }),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), StatusCode::OK);
-    let outcome: serde_json::Value = sent.json().await.unwrap();
+    let outcome = first.say("main", "m-1", "hello from the browser").await;
     assert_eq!(outcome["outcome"], "accepted", "{outcome}");
     for stream in [&mut first_stream, &mut second_stream] {
         let reply = stream.next_of("message").await;
@@ -437,17 +443,7 @@ async fn the_web_chat_reaches_the_agent_and_every_browser_open_on_it() {
         );
     }
     // The same message sent twice (a retried request) is stored once.
-    let again: serde_json::Value = first
-        .post(
-            "/api/chat/main",
-            serde_json::json!({ "id": "m-1", "text": "hello from the browser" }),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = first.say("main", "m-1", "hello from the browser").await;
     assert_eq!(again["outcome"], "duplicate");
     let history = first.get_json("/api/chat/main/history").await;
     let lines = history.as_array().unwrap();
@@ -498,17 +494,7 @@ async fn a_reply_with_no_browser_open_waits_and_arrives_when_one_opens() {
     let (home, _model, host) = running().await; // the model serves until the test ends
     let base = base_url(&home).await;
     let browser = Browser::sign_in(&base, host.store()).await;
-    let sent: serde_json::Value = browser
-        .post(
-            "/api/chat/main",
-            serde_json::json!({ "id": "late-1", "text": "answer me later" }),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent = browser.say("main", "late-1", "answer me later").await;
     assert_eq!(sent["outcome"], "accepted");
     let store = host.store().clone();
     let chat = eventually(30, "the web chat to exist", || {
@@ -970,17 +956,7 @@ async fn a_crowd_of_browsers_on_one_chat_all_see_every_answer() {
             .zip(&texts)
             .enumerate()
             .map(|(i, (b, text))| async move {
-                let r: serde_json::Value = b
-                    .post(
-                        "/api/chat/main",
-                        serde_json::json!({ "id": format!("crowd-{i}"), "text": text }),
-                    )
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let r = b.say("main", &format!("crowd-{i}"), text).await;
                 assert_eq!(r["outcome"], "accepted", "{r}");
             });
     futures_util::future::join_all(sends).await;
