@@ -241,12 +241,22 @@ const pages = {
         : el("div", { class: "banner bad" }, `Chain BROKEN at row ${r.broken_at}: ${r.why}`));
     };
     main.append(el("p", {}, el("button", { class: "action", id: "verify", onclick: verify }, "Verify the hash chain")), result);
+    const cells = (r) => [r.id, when(r.at), r.group_folder,
+      badge(r.decision, r.decision === "allow" ? "ok" : r.decision === "deny" ? "bad" : ""),
+      `${r.method} ${r.host}${r.path}`, r.status === null || r.status === undefined ? "–" : r.status,
+      r.secret_name || "", r.reason || ""];
     const rows = await api("/api/audit");
-    main.append(table(["#", "when", "group", "decision", "request", "status", "secret", "reason"],
-      rows.map((r) => [r.id, when(r.at), r.group_folder,
-        badge(r.decision, r.decision === "allow" ? "ok" : r.decision === "deny" ? "bad" : ""),
-        `${r.method} ${r.host}${r.path}`, r.status === null || r.status === undefined ? "–" : r.status,
-        r.secret_name || "", r.reason || ""])));
+    const log = table(["#", "when", "group", "decision", "request", "status", "secret", "reason"], rows.map(cells));
+    main.append(log);
+    // Rows are numbered from 1 and never removed (the chain): below the last one shown, there are more.
+    let oldest = rows.length ? rows[rows.length - 1].id : 1;
+    const more = el("button", { class: "action", id: "audit-older", onclick: async () => {
+      const older = await api(`/api/audit?before=${oldest}`);
+      for (const r of older) log.tBodies[0].append(el("tr", {}, cells(r).map((c) => el("td", {}, c))));
+      if (older.length) oldest = older[older.length - 1].id;
+      if (oldest <= 1 || older.length === 0) more.remove();
+    } }, "Older rows");
+    if (oldest > 1) main.append(el("p", {}, more));
   },
 
   async skills(main, arg) {

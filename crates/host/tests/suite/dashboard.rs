@@ -371,6 +371,18 @@ async fn changes_need_the_csrf_token_the_own_origin_and_json_and_are_audited() {
         "nothing refused changed anything"
     );
 
+    // Earlier history in the audit log, for its pages below.
+    for n in 0..3 {
+        nanoclaw_host::admin_audit::record(
+            &store,
+            "main",
+            format!("/groups/main/earlier/{n}"),
+            true,
+            format!("earlier change {n}"),
+        )
+        .await;
+    }
+
     // The page's own request approves, and the audit log says who did it.
     let vault_view = browser.get_json("/api/vault").await;
     assert_eq!(vault_view["approvals"][0]["state"], "pending");
@@ -393,6 +405,20 @@ async fn changes_need_the_csrf_token_the_own_origin_and_json_and_are_audited() {
     );
     let verified = browser.get_json("/api/audit/verify").await;
     assert_eq!(verified["intact"], true, "{verified}");
+    // Older pages: only rows below the one given, newest first.
+    let newest = row["id"].as_i64().unwrap();
+    let older = browser
+        .get_json(&format!("/api/audit?before={newest}"))
+        .await;
+    let ids: Vec<i64> = older
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "the three earlier rows: {ids:?}");
+    assert!(ids.iter().all(|id| *id < newest), "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
 
     // A grant that does not exist is named as such.
     let missing = browser
