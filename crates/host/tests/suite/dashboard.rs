@@ -12,7 +12,7 @@ use super::common::*;
 use nanoclaw_host::config::Paths;
 use nanoclaw_host::{Host, HostOptions};
 use nanoclaw_store::{ApprovalState, Store};
-use nanoclaw_test_support::scripted_model::{Scenario, ScriptedModel};
+use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use nanoclaw_test_support::{TestHome, eventually};
 use nanoclaw_vault::{GrantRequest, MasterKey, SecretString, Vault};
 use reqwest::StatusCode;
@@ -25,8 +25,13 @@ fn key() -> MasterKey {
 /// A host with the vault open and its dashboard on a free loopback port, its home and the
 /// scripted model (echo) it talks to.
 async fn running() -> (TestHome, ScriptedModel, Host) {
+    running_with(Scenario::echo()).await
+}
+
+/// [`running`] with the model answering as `scenario` says.
+async fn running_with(scenario: Scenario) -> (TestHome, ScriptedModel, Host) {
     let home = TestHome::new();
-    let model = ScriptedModel::start(Scenario::echo().with_api_key(TEST_KEY))
+    let model = ScriptedModel::start(scenario.with_api_key(TEST_KEY))
         .await
         .unwrap();
     let host = Host::start(HostOptions {
@@ -712,7 +717,13 @@ fn screenshots() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_a_real_browser() {
     use nanoclaw_test_support::browser::{Browser as Chromium, compare_screenshot};
-    let (home, model, host) = running().await;
+    // Answers that do not change with the day: the screenshots compare the page, not the clock
+    // the agent is told about (an echo would show it).
+    let (home, model, host) = running_with(Scenario::new().rule(
+        Matcher::Always,
+        Reply::text("Nothing else today: the 08:00 briefing has run."),
+    ))
+    .await;
     let store = host.store().clone();
     let task_id = seed(&home, &model, &store).await;
     let base = base_url(&home).await;
@@ -747,7 +758,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     .await
     .unwrap();
     page.wait_for(
-        "[...document.querySelectorAll('.msg.out')].some(m => m.textContent.includes('What is on today?'))",
+        "[...document.querySelectorAll('.msg.out')].some(m => m.textContent.includes('the 08:00 briefing has run'))",
         "the agent's reply in the chat",
     )
     .await;
