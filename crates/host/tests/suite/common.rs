@@ -172,9 +172,29 @@ pub fn daemon_command(home: &Path, model: &ScriptedModel, key: &str, agent: &Pat
     cmd
 }
 
+/// A config.toml that pins the sandbox runtime to `$runtime` (a literal) with no retry backoff;
+/// one recipe, so the native and Docker configs differ only in the runtime.
+macro_rules! pinned_runtime_config_toml {
+    ($runtime:literal) => {
+        concat!(
+            "[agents]\nruntime = \"",
+            $runtime,
+            "\"\nretry_backoff_secs = 0\n"
+        )
+    };
+}
+
 /// The config that pins the sandbox runtime (native) for tests that run the `nanoclaw`
 /// binary; write it into the home before the first command.
-pub const NATIVE_CONFIG_TOML: &str = "[agents]\nruntime = \"native\"\nretry_backoff_secs = 0\n";
+pub const NATIVE_CONFIG_TOML: &str = pinned_runtime_config_toml!("native");
+
+/// As [`NATIVE_CONFIG_TOML`], but the Docker runtime with the agent image `image`.
+pub fn docker_config_toml(image: &str) -> String {
+    format!(
+        "{}\n[agents.docker]\nimage = {image:?}\n",
+        pinned_runtime_config_toml!("docker")
+    )
+}
 
 /// `nanoclaw ARGS` as a user runs it on `home`, with nothing from this machine's environment
 /// but `PATH`, the model pinned to `model` (with the test key unless `key` is `None`).
@@ -241,30 +261,7 @@ pub async fn minimal_docker_runtime(
     host_id: String,
     rebuild: bool,
 ) -> Result<DockerRuntime, ImageError> {
-    let engine = image::connect().await?;
-    let current = !rebuild
-        && image::try_image_status(&engine, tag)
-            .await
-            .expect("inspecting the image")
-            == ImageStatus::Current;
-    if !current {
-        // Only our own tag: an outdated image of ours is re-tagged, nothing else touched.
-        image::build(
-            &engine,
-            &ImageBuild {
-                tag: tag.into(),
-                base: image::DEFAULT_BASE.into(),
-                kind: ImageKind::Minimal,
-                containerfile: None,
-                mirror: None,
-                busybox: None,
-                packages: Vec::new(),
-            },
-            &mut |_| {},
-        )
-        .await
-        .expect("building the minimal agent image");
-    }
+    ensure_agent_image(tag, ImageKind::Minimal, rebuild).await?;
     let runtime = DockerRuntime::connect(nanoclaw_sandbox::docker::DockerConfig {
         socket: None,
         image: tag.into(),
@@ -275,6 +272,49 @@ pub async fn minimal_docker_runtime(
     .expect("connecting to the engine");
     runtime.probe().await.expect("the minimal image is usable");
     Ok(runtime)
+}
+
+/// Makes sure the agent image `tag` of `kind` exists and is current — building it every time
+/// when `rebuild`, else only when missing or outdated — without any registry: `kind` is
+/// [`ImageKind::Minimal`] (the host's busybox) or [`ImageKind::Debootstrap`] (a Debian rootfs
+/// from Debian's mirror; needs debootstrap and root). The error is the engine's when none
+/// answers; later failures panic.
+pub async fn ensure_agent_image(
+    tag: &str,
+    kind: ImageKind,
+    rebuild: bool,
+) -> Result<(), ImageError> {
+    let engine = image::connect().await?;
+    let current = !rebuild
+        && image::try_image_status(&engine, tag)
+            .await
+            .expect("inspecting the image")
+            == ImageStatus::Current;
+    if !current {
+        let started = std::time::Instant::now();
+        // Only our own tag: an outdated image of ours is re-tagged, nothing else touched.
+        image::build(
+            &engine,
+            &ImageBuild {
+                tag: tag.into(),
+                base: image::DEFAULT_BASE.into(),
+                kind,
+                containerfile: None,
+                mirror: None,
+                busybox: None,
+                packages: Vec::new(),
+            },
+            &mut |_| {},
+        )
+        .await
+        .unwrap_or_else(|e| panic!("building the {kind:?} agent image {tag}: {e}"));
+        // A debootstrap build takes minutes: say where a slow test's time went.
+        eprintln!(
+            "built the {kind:?} agent image {tag} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// Sends a message from `test:alice` into `channel`/`chat` and returns what the router did.

@@ -1,14 +1,16 @@
 //! A group's MCP servers from the host's configuration, end to end: the host hands them to the
-//! agent in `hello`, the agent starts them inside the native sandbox (the reference
-//! `mcp-server-time` and `mcp-server-fetch` from PyPI, in a virtual environment the group
-//! mounts read-only), and the scripted model calls their tools; fetch's network goes through
-//! the group's egress proxy. A skill's declared MCP server comes and goes with the skill.
+//! agent in `hello`, the agent starts them inside the sandbox — native, and Docker on a Debian
+//! agent image built here without any registry — (the reference `mcp-server-time` and
+//! `mcp-server-fetch` from PyPI, in a virtual environment the group mounts read-only), and the
+//! scripted model calls their tools; fetch's network goes through the group's egress proxy. A
+//! skill's declared MCP server comes and goes with the skill.
 
 // Test code: a failed step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
+use nanoclaw_sandbox::image::ImageKind;
 use nanoclaw_store::{NewGroup, Store};
 use nanoclaw_test_support::TestHome;
 use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
@@ -32,11 +34,43 @@ fn venv() -> PathBuf {
     std::fs::canonicalize(venv).unwrap()
 }
 
-/// A daemon on `home` whose main group mounts the MCP venv read-only at `/workspace/extra/mcp`
-/// (through the allowlist) and has `group_config` in its config.toml.
+/// The Docker test's agent image: the Debian one (the Containerfile installs bookworm's
+/// python3, the interpreter the venv was made with), under a tag of the tests' own.
+const MCP_DOCKER_IMAGE: &str = "nanoclaw-agent-mcp-test:debian";
+
+/// The sandbox runtime the daemon runs agents in.
+#[derive(Clone, Copy)]
+enum McpRuntime {
+    Native,
+    /// Docker with this agent image.
+    Docker(&'static str),
+}
+
+impl McpRuntime {
+    /// The value of `NANOCLAW_RUNTIME`.
+    fn name(self) -> &'static str {
+        match self {
+            McpRuntime::Native => "native",
+            McpRuntime::Docker(_) => "docker",
+        }
+    }
+
+    /// The config.toml that pins this runtime (before the group's part).
+    fn config_toml(self) -> String {
+        match self {
+            McpRuntime::Native => NATIVE_CONFIG_TOML.to_string(),
+            McpRuntime::Docker(image) => docker_config_toml(image),
+        }
+    }
+}
+
+/// A daemon on `home` running agents on `runtime`, whose main group mounts the MCP venv
+/// read-only at `/workspace/extra/mcp` (through the allowlist) and has `group_config` in its
+/// config.toml.
 async fn host_with_mcp_venv(
     home: &TestHome,
     model: &ScriptedModel,
+    runtime: McpRuntime,
     group_config: &str,
 ) -> (KillOnDrop, tempfile::TempDir) {
     let allow_dir = tempfile::tempdir().unwrap();
@@ -52,7 +86,7 @@ async fn host_with_mcp_venv(
     // That path exists only inside the sandbox, so the server cannot have run anywhere else.
     std::fs::write(
         home.path().join("config.toml"),
-        format!("{NATIVE_CONFIG_TOML}\n{group_config}"),
+        format!("{}\n{group_config}", runtime.config_toml()),
     )
     .unwrap();
     let store = Store::open(&home.path().join("nanoclaw.db")).unwrap();
@@ -82,7 +116,7 @@ async fn host_with_mcp_venv(
         ],
     )
     .env("NANOCLAW_MOUNT_ALLOWLIST", &allowlist)
-    .env("NANOCLAW_RUNTIME", "native")
+    .env("NANOCLAW_RUNTIME", runtime.name())
     .output()
     .unwrap();
     assert!(
@@ -98,7 +132,7 @@ async fn host_with_mcp_venv(
             TEST_KEY,
             &nanoclaw_test_support::agent_binary(),
         )
-        .env("NANOCLAW_RUNTIME", "native")
+        .env("NANOCLAW_RUNTIME", runtime.name())
         .env("NANOCLAW_LOG", "debug")
         .env("NANOCLAW_MOUNT_ALLOWLIST", &allowlist)
         .spawn()
@@ -109,6 +143,32 @@ async fn host_with_mcp_venv(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_mcp_servers_run_in_the_sandbox_and_their_network_goes_through_the_proxy() {
+    groups_mcp_servers_answer_through_the_proxy(McpRuntime::Native).await;
+}
+
+/// The same on the Docker runtime, in the Debian agent image made by debootstrap (no registry;
+/// built only when missing or outdated). Skips (loudly) only when no engine answers; CI has one.
+/// The group mount needs nothing of its own on Docker: it is a read-only bind mount at the same
+/// `/workspace/extra/mcp`; the venv (root's, folders 0755, files 0644) is readable by the
+/// container's unprivileged user, so the host leaves its owner alone; and the venv's
+/// `bin/python3`, a link to `/usr/bin/python3`, resolves inside the container to the image's
+/// bookworm python3, the interpreter the venv was made with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_docker_a_groups_mcp_servers_run_in_the_container_and_their_network_goes_through_the_proxy()
+ {
+    if ensure_agent_image(MCP_DOCKER_IMAGE, ImageKind::Debootstrap, false)
+        .await
+        .is_err()
+    {
+        eprintln!("SKIPPED the MCP test on Docker: no Docker engine answers here");
+        return;
+    }
+    groups_mcp_servers_answer_through_the_proxy(McpRuntime::Docker(MCP_DOCKER_IMAGE)).await;
+}
+
+/// The group's time and fetch servers on `runtime`: the model is offered their tools, the time
+/// server's answer reaches it, and fetch's request is refused by the egress proxy.
+async fn groups_mcp_servers_answer_through_the_proxy(runtime: McpRuntime) {
     let home = TestHome::new();
     let scenario = Scenario::new()
         .with_api_key(TEST_KEY)
@@ -132,6 +192,7 @@ async fn a_groups_mcp_servers_run_in_the_sandbox_and_their_network_goes_through_
     let (_daemon, _allow) = host_with_mcp_venv(
         &home,
         &model,
+        runtime,
         "[groups.main.mcp_servers.time]
 command = \"/workspace/extra/mcp/bin/python3\"
 args = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"]
@@ -145,6 +206,12 @@ args = [\"-m\", \"mcp_server_fetch\", \"--ignore-robots-txt\"]
     let (kind, reply) = ask(&mut client, "what time is it in Tokyo?").await;
     let log = std::fs::read_to_string(home.path().join("daemon.log")).unwrap_or_default();
     assert_eq!(kind, "reply", "{reply}\n{log}");
+    // The runtime under test ran the agent (an explicit runtime never falls back, but a test
+    // that passed on the wrong one would prove nothing): the daemon names it when ready.
+    assert!(
+        log.contains(&format!("runtime=\"{}\"", runtime.name())),
+        "{log}"
+    );
     let json_start = reply
         .find('{')
         .unwrap_or_else(|| panic!("no JSON in {reply:?}\n{log}"));
@@ -248,7 +315,7 @@ async fn a_skills_mcp_server_comes_and_goes_with_the_skill() {
         )
         .rule(Matcher::Always, Reply::text("nothing to do"));
     let model = ScriptedModel::start(scenario).await.unwrap();
-    let (_daemon, _allow) = host_with_mcp_venv(&home, &model, "").await;
+    let (_daemon, _allow) = host_with_mcp_venv(&home, &model, McpRuntime::Native, "").await;
     let mut client = connect_client(home.path()).await;
 
     let (_, reply) = ask(&mut client, "hello").await;
