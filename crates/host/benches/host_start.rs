@@ -68,6 +68,8 @@ async fn run() {
     }
 
     // 1b. In process, with a runtime probed once up front.
+    let mut config = bench_config();
+    config.dashboard.enabled = !dashboard_off();
     let native = NativeRuntime::detect().expect("bwrap");
     native.probe().await.expect("probe");
     let native: Arc<dyn Runtime> = Arc::new(native);
@@ -77,7 +79,7 @@ async fn run() {
         let started = Instant::now();
         let host = Host::start(HostOptions {
             paths: Paths::new(home.path()),
-            config: bench_config(),
+            config: config.clone(),
             upstreams: upstreams(&model),
             runtime: Some(Arc::clone(&native)),
             agent_binary: Some(agent.clone()),
@@ -154,8 +156,17 @@ async fn run() {
     );
 }
 
+/// `BENCH_NO_DASHBOARD=1`: the host without its web dashboard, to see what serving it costs.
+fn dashboard_off() -> bool {
+    std::env::var("BENCH_NO_DASHBOARD").is_ok_and(|v| v == "1")
+}
+
 /// `nanoclaw run` as a child process, environment as in the host's tests (`spawn_daemon`).
 fn spawn_daemon(home: &Path, model: &ScriptedModel, agent: &Path) -> Child {
+    if dashboard_off() {
+        std::fs::write(home.join("config.toml"), "[dashboard]\nenabled = false\n")
+            .expect("writing config.toml");
+    }
     daemon_command(home, model, BENCH_KEY, agent)
         .spawn()
         .expect("spawning nanoclaw run")

@@ -160,6 +160,10 @@ pub fn daemon_command(home: &Path, model: &ScriptedModel, key: &str, agent: &Pat
         .env("ANTHROPIC_BASE_URL", model.base_url())
         .env("ANTHROPIC_API_KEY", key)
         .env("NANOCLAW_AGENT_BIN", agent)
+        .env(
+            "NANOCLAW_DASHBOARD_LISTEN",
+            nanoclaw_test_support::ANY_LOOPBACK_PORT,
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
