@@ -119,6 +119,8 @@ pub struct Dashboard {
     backend: OnceLock<Arc<dyn Backend>>,
     chats: Arc<web_chat::Subscribers>,
     health: Arc<HealthCell>,
+    /// The address the server bound last (also written to `addr_file` for the CLI).
+    bound: Arc<std::sync::Mutex<Option<SocketAddr>>>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -138,6 +140,7 @@ impl Dashboard {
             backend: OnceLock::new(),
             chats: Arc::new(web_chat::Subscribers::default()),
             health: Arc::new(HealthCell::default()),
+            bound: Arc::new(std::sync::Mutex::new(None)),
             server: Mutex::new(None),
         }))
     }
@@ -185,6 +188,7 @@ impl Channel for Dashboard {
             backend,
             chats: Arc::clone(&self.chats),
             sink,
+            bound: Arc::clone(&self.bound),
         };
         let health = Arc::clone(&self.health);
         *server = Some(tokio::spawn(server::run(state, first, health)));
@@ -201,7 +205,8 @@ impl Channel for Dashboard {
 
     fn health(&self) -> Health {
         let mut health = self.health.snapshot();
-        if let Some(addr) = bound_addr(&self.config.addr_file) {
+        let bound = self.bound.lock().ok().and_then(|b| *b);
+        if let Some(addr) = bound {
             health.detail = Some(format!(
                 "http://{addr}/ ({} browser(s) open)",
                 self.chats.open()
@@ -217,6 +222,9 @@ impl Channel for Dashboard {
         }
         self.chats.close_all();
         let _ = std::fs::remove_file(&self.config.addr_file);
+        if let Ok(mut bound) = self.bound.lock() {
+            *bound = None;
+        }
         self.health.stopped();
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub backend: Arc<dyn Backend>,
     pub chats: Arc<Subscribers>,
     pub sink: InboundSink,
+    /// Where the address bound is kept for the channel's health.
+    pub bound: Arc<std::sync::Mutex<Option<SocketAddr>>>,
 }
 
 /// One listener's state: the shared parts and the address it answers to.
@@ -75,6 +77,9 @@ pub(crate) async fn run(
         async move {
             let addr = listener.local_addr()?;
             write_addr(&shared.config.addr_file, addr);
+            if let Ok(mut bound) = shared.bound.lock() {
+                *bound = Some(addr);
+            }
             tracing::info!(url = %format!("http://{addr}/"), "dashboard: serving; `nanoclaw dashboard` prints a sign-in link");
             serve_http(listener, router(shared, addr), HttpLimits::default()).await
         }

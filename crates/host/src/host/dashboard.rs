@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use nanoclaw_dashboard::{Backend, BackendError, TaskChange};
-use nanoclaw_store::{Group, Store, StoreError};
+use nanoclaw_store::{Group, Store};
 use serde_json::{Value, json};
 
 use super::Inner;
@@ -277,7 +277,7 @@ impl Backend for HostBackend {
                 .store
                 .chat_transcript(chat.id, limit)
                 .await
-                .map_err(|e: StoreError| failed(e))?,
+                .map_err(failed)?,
             None => Vec::new(),
         };
         to_json(lines)
