@@ -83,6 +83,11 @@ impl Browser {
         assert_eq!(login.status(), StatusCode::SEE_OTHER);
         let set = login.headers()[SET_COOKIE].to_str().unwrap().to_owned();
         let cookie = set.split(';').next().unwrap().to_owned();
+        Browser::with_cookie(base, http, cookie).await
+    }
+
+    /// The browser holding session `cookie`, with the CSRF token the page reads at start.
+    async fn with_cookie(base: &str, http: reqwest::Client, cookie: String) -> Browser {
         let session: serde_json::Value = http
             .get(format!("{base}/api/session"))
             .header(COOKIE, &cookie)
@@ -260,26 +265,14 @@ async fn a_login_link_works_once_and_nothing_works_without_a_session() {
 
     // Signed in: the page, with headers that keep it out of frames and other sites' scripts.
     let cookie = set.split(';').next().unwrap().to_owned();
-    let page = http
-        .get(format!("{base}/"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let browser = Browser::with_cookie(&base, http.clone(), cookie).await;
+    let page = browser.get("/").await;
     assert_eq!(page.status(), StatusCode::OK);
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
     assert_eq!(page.headers()["x-frame-options"], "DENY");
     assert_eq!(page.headers()["referrer-policy"], "no-referrer");
-    let overview: serde_json::Value = http
-        .get(format!("{base}/api/overview"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let overview = browser.get_json("/api/overview").await;
     let web = overview["channels"]
         .as_array()
         .unwrap()
@@ -290,23 +283,6 @@ async fn a_login_link_works_once_and_nothing_works_without_a_session() {
     assert_eq!(overview["host"]["runtime"], "native");
 
     // Signing out ends the session for good.
-    let browser = Browser {
-        base: base.clone(),
-        http: http.clone(),
-        cookie: cookie.clone(),
-        csrf: {
-            let s: serde_json::Value = http
-                .get(format!("{base}/api/session"))
-                .header(COOKIE, &cookie)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            s["csrf"].as_str().unwrap().to_owned()
-        },
-    };
     let out = browser
         .post("/api/logout", serde_json::json!({}))
         .send()

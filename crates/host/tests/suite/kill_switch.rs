@@ -16,7 +16,7 @@ use nanoclaw_host::Host;
 use nanoclaw_host::channel::{ChannelEvent, InboundEvent, RouteOutcome};
 use nanoclaw_host::clock::ManualClock;
 use nanoclaw_host::config::Paths;
-use nanoclaw_store::{InboundStatus, NewGroup, RunStatus, SessionMode, Store, WiringOptions};
+use nanoclaw_store::{InboundStatus, RunStatus, Store};
 use nanoclaw_test_support::scripted_model::{Matcher, Reply, Scenario, ScriptedModel};
 use nanoclaw_test_support::{TestHome, eventually};
 use serde_json::json;
@@ -344,27 +344,7 @@ async fn stop_from_a_chat_that_is_not_the_owners_stops_nothing_and_stop_here_sto
     let store = host.store().clone();
     let (_, owner) = main_and_terminal(&store).await;
     // A team room where every message counts (no trigger needed).
-    let team = store
-        .ensure_group(NewGroup {
-            name: "team".into(),
-            folder: "team".into(),
-            trigger: Some("@Andy".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let room = store
-        .ensure_chat("test", "team-room", "Team room", true)
-        .await
-        .unwrap();
-    store
-        .wire(
-            room.id,
-            team.id,
-            WiringOptions::new(false, SessionMode::Shared),
-        )
-        .await
-        .unwrap();
+    let room = wire_group(&host, "team", "team-room", false).await;
 
     assert_eq!(
         send(&host, team_event("t1", "slow team job")).await,
@@ -397,7 +377,7 @@ async fn stop_from_a_chat_that_is_not_the_owners_stops_nothing_and_stop_here_sto
     eventually(120, "the team's answers", || {
         let store = store.clone();
         async move {
-            let said = texts(&store, room.id).await;
+            let said = texts(&store, room).await;
             (said
                 .iter()
                 .any(|t| t.contains("tool finished") && t.contains("done"))
